@@ -1,0 +1,242 @@
+//! The command model: what a client proposes, what the state machine returns.
+//!
+//! These types are bincode-encoded into the Raft log, so their layout is part
+//! of the on-disk format: only append new enum variants at the end.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a client's write so a retry is applied exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Session {
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+/// One entry's payload: a command and, optionally, its exactly-once session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub session: Option<Session>,
+    pub command: Command,
+}
+
+impl Request {
+    pub fn new(command: Command) -> Self {
+        Self {
+            session: None,
+            command,
+        }
+    }
+
+    pub fn with_session(command: Command, client_id: u64, seq: u64) -> Self {
+        Self {
+            session: Some(Session { client_id, seq }),
+            command,
+        }
+    }
+}
+
+/// A set of keys: one key, `[start, end)`, or every key `>= start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRange {
+    Single(Vec<u8>),
+    Between { start: Vec<u8>, end: Vec<u8> },
+    From(Vec<u8>),
+}
+
+impl KeyRange {
+    /// All keys that start with `prefix` (etcd's `--prefix`).
+    pub fn prefix(prefix: &[u8]) -> Self {
+        match prefix_end(prefix) {
+            Some(end) => KeyRange::Between {
+                start: prefix.to_vec(),
+                end,
+            },
+            None => KeyRange::From(prefix.to_vec()),
+        }
+    }
+
+    pub fn start(&self) -> &[u8] {
+        match self {
+            KeyRange::Single(k) => k,
+            KeyRange::Between { start, .. } => start,
+            KeyRange::From(start) => start,
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(k) => k.as_slice() == key,
+            KeyRange::Between { start, end } => start.as_slice() <= key && key < end.as_slice(),
+            KeyRange::From(start) => start.as_slice() <= key,
+        }
+    }
+}
+
+/// The smallest key greater than every key with this prefix, if any.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A read of a key or key range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub range: KeyRange,
+    /// 0 means no limit.
+    pub limit: u64,
+    pub keys_only: bool,
+    pub count_only: bool,
+}
+
+impl RangeRequest {
+    pub fn key(key: impl Into<Vec<u8>>) -> Self {
+        Self::range(KeyRange::Single(key.into()))
+    }
+
+    pub fn range(range: KeyRange) -> Self {
+        Self {
+            range,
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key (since its last deletion).
+    pub create_revision: i64,
+    /// Revision of the last write to the key.
+    pub mod_revision: i64,
+    /// Number of writes since creation; 1 after the first put.
+    pub version: i64,
+    /// Reserved for leases; always 0 today.
+    pub lease: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    pub kvs: Vec<KeyValue>,
+    /// Number of keys in the range, regardless of `limit`.
+    pub count: u64,
+    /// True when `limit` cut the result short.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        /// Reserved for leases/TTL; must be 0 today.
+        lease: i64,
+        prev_kv: bool,
+    },
+    Delete {
+        key: Vec<u8>,
+        prev_kv: bool,
+    },
+    DeleteRange {
+        range: KeyRange,
+        prev_kv: bool,
+    },
+    Txn(Txn),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+}
+
+/// What a compare looks at, with the operand. A missing key has version,
+/// create_revision and mod_revision 0, and fails every value compare (etcd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Value(Vec<u8>),
+    Version(i64),
+    CreateRevision(i64),
+    ModRevision(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        prev_kv: bool,
+    },
+    Delete {
+        range: KeyRange,
+        prev_kv: bool,
+    },
+    Get(RangeRequest),
+}
+
+/// If every compare holds, run `success`, else `failure`; atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResponse {
+    Put { prev_kv: Option<KeyValue> },
+    Delete { deleted: u64, prev_kvs: Vec<KeyValue> },
+    Get(RangeResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Blank and membership entries.
+    Empty,
+    Put {
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
+    Txn {
+        succeeded: bool,
+        responses: Vec<TxnOpResponse>,
+    },
+    /// The command was not applied; state is unchanged.
+    Rejected(RejectReason),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The client already moved past this sequence number; its response is gone.
+    StaleSequence { client_id: u64, seq: u64, last_seq: u64 },
+    /// The command broke an input limit (defence in depth: the API checks first).
+    InvalidInput(String),
+}
+
+/// The state machine's answer for one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The store revision after applying this entry.
+    pub revision: i64,
+    pub result: CommandResult,
+}

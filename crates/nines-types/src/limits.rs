@@ -1,0 +1,206 @@
+//! Input limits, checked in one place for every entry point.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Command, KeyRange, RangeRequest, TxnOp};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("key is empty")]
+    EmptyKey,
+    #[error("key is {len} bytes, the limit is {max}")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value is {len} bytes, the limit is {max}")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("txn has {ops} operations, the limit is {max}")]
+    TooManyTxnOps { ops: usize, max: usize },
+    #[error("range end must be greater than range start")]
+    EmptyRange,
+    #[error("lease {0} is not supported yet (must be 0)")]
+    LeaseUnsupported(i64),
+    #[error("txn writes key {0:?} more than once in one branch")]
+    DuplicateKeyInTxn(String),
+}
+
+/// Size limits; the defaults match etcd's spirit with a larger value bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+impl Limits {
+    pub fn check_key(&self, key: &[u8]) -> Result<(), InputError> {
+        if key.is_empty() {
+            return Err(InputError::EmptyKey);
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(InputError::KeyTooLarge {
+                len: key.len(),
+                max: self.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn check_value(&self, value: &[u8]) -> Result<(), InputError> {
+        if value.len() > self.max_value_bytes {
+            return Err(InputError::ValueTooLarge {
+                len: value.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn check_range(&self, range: &KeyRange) -> Result<(), InputError> {
+        match range {
+            KeyRange::Single(key) => self.check_key(key),
+            KeyRange::From(start) => self.check_key(start),
+            KeyRange::Between { start, end } => {
+                self.check_key(start)?;
+                if end.len() > self.max_key_bytes {
+                    return Err(InputError::KeyTooLarge {
+                        len: end.len(),
+                        max: self.max_key_bytes,
+                    });
+                }
+                if end.as_slice() <= start.as_slice() {
+                    return Err(InputError::EmptyRange);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn check_read(&self, read: &RangeRequest) -> Result<(), InputError> {
+        self.check_range(&read.range)
+    }
+
+    pub fn check_command(&self, command: &Command) -> Result<(), InputError> {
+        match command {
+            Command::Put {
+                key, value, lease, ..
+            } => {
+                self.check_key(key)?;
+                self.check_value(value)?;
+                if *lease != 0 {
+                    return Err(InputError::LeaseUnsupported(*lease));
+                }
+                Ok(())
+            }
+            Command::Delete { key, .. } => self.check_key(key),
+            Command::DeleteRange { range, .. } => self.check_range(range),
+            Command::Txn(txn) => {
+                let ops = txn.compares.len() + txn.success.len() + txn.failure.len();
+                if ops > self.max_txn_ops {
+                    return Err(InputError::TooManyTxnOps {
+                        ops,
+                        max: self.max_txn_ops,
+                    });
+                }
+                for compare in &txn.compares {
+                    self.check_key(&compare.key)?;
+                    if let crate::CompareTarget::Value(v) = &compare.target {
+                        self.check_value(v)?;
+                    }
+                }
+                self.check_branch(&txn.success)?;
+                self.check_branch(&txn.failure)
+            }
+        }
+    }
+
+    fn check_branch(&self, ops: &[TxnOp]) -> Result<(), InputError> {
+        let mut put_keys: Vec<&[u8]> = Vec::new();
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value, .. } => {
+                    self.check_key(key)?;
+                    self.check_value(value)?;
+                    // etcd rejects a txn that writes the same key twice: the result would
+                    // depend on op order in a way clients rarely mean.
+                    if put_keys.contains(&key.as_slice()) {
+                        return Err(InputError::DuplicateKeyInTxn(
+                            String::from_utf8_lossy(key).into_owned(),
+                        ));
+                    }
+                    put_keys.push(key);
+                }
+                TxnOp::Delete { range, .. } => self.check_range(range)?,
+                TxnOp::Get(read) => self.check_read(read)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Txn;
+
+    #[test]
+    fn rejects_bad_keys_and_values() {
+        let limits = Limits::default();
+        assert_eq!(limits.check_key(b""), Err(InputError::EmptyKey));
+        assert!(limits.check_key(&[b'a'; 4096]).is_ok());
+        assert!(matches!(
+            limits.check_key(&[b'a'; 4097]),
+            Err(InputError::KeyTooLarge { len: 4097, .. })
+        ));
+        assert!(limits.check_value(&vec![0; 1024 * 1024]).is_ok());
+        assert!(limits.check_value(&vec![0; 1024 * 1024 + 1]).is_err());
+    }
+
+    #[test]
+    fn rejects_large_and_duplicate_txns() {
+        let limits = Limits::default();
+        let put = |k: &str| TxnOp::Put {
+            key: k.as_bytes().to_vec(),
+            value: vec![],
+            prev_kv: false,
+        };
+        let big = Txn {
+            success: (0..129).map(|i| put(&i.to_string())).collect(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            limits.check_command(&Command::Txn(big)),
+            Err(InputError::TooManyTxnOps { ops: 129, .. })
+        ));
+        let dup = Txn {
+            success: vec![put("a"), put("a")],
+            ..Default::default()
+        };
+        assert!(matches!(
+            limits.check_command(&Command::Txn(dup)),
+            Err(InputError::DuplicateKeyInTxn(_))
+        ));
+    }
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(
+            KeyRange::prefix(b"ab"),
+            KeyRange::Between {
+                start: b"ab".to_vec(),
+                end: b"ac".to_vec()
+            }
+        );
+        assert_eq!(KeyRange::prefix(&[0xff]), KeyRange::From(vec![0xff]));
+        assert!(KeyRange::prefix(b"a\xff").contains(b"a\xff\x01"));
+        assert!(!KeyRange::prefix(b"a").contains(b"b"));
+    }
+}

@@ -1,1 +1,7 @@
-//! Integration tests live in tests/tests/.
+//! Test support: a local cluster of real `nines-server` processes on
+//! loopback, each with its own data dir, that tests can kill -9, pause and
+//! restart. The integration tests themselves live in `tests/`.
+
+pub mod cluster;
+
+pub use cluster::{Cluster, ClusterOptions};

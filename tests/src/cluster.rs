@@ -1,0 +1,252 @@
+//! Real `nines-server` processes driven from tests.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nines_client::{proto as pb, Client, ClientConfig};
+
+/// Finds the `nines-server` binary built next to the test executable.
+pub fn server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("NINES_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("nines-server");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p nines-server` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: u64,
+    /// Extra flags for every server.
+    pub args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { nodes: 3, args: Vec::new() }
+    }
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    /// Bootstrap flags used at first start (ignored by the server on restart).
+    bootstrap: Vec<String>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    options: ClusterOptions,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `options.nodes` servers that bootstrap together.
+    pub fn start(options: ClusterOptions) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("nines-cluster").tempdir().expect("tempdir");
+        let mut nodes: Vec<NodeProc> = (1..=options.nodes)
+            .map(|id| NodeProc {
+                id,
+                client_addr: format!("127.0.0.1:{}", free_port()),
+                peer_addr: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node{id}")),
+                child: None,
+                bootstrap: Vec::new(),
+            })
+            .collect();
+        let initial: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{}={}/{}", n.id, n.peer_addr, n.client_addr))
+            .collect();
+        for node in &mut nodes {
+            node.bootstrap = vec!["--initial-cluster".into(), initial.join(",")];
+        }
+        let mut cluster = Cluster { nodes, options, dir };
+        for id in 1..=cluster.options.nodes {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds a node that starts empty and waits to be added (`member add`).
+    pub fn add_node_process(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        self.nodes.push(NodeProc {
+            id,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            peer_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            child: None,
+            bootstrap: Vec::new(),
+        });
+        self.spawn(id);
+        id
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let extra = self.options.args.clone();
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(server_binary())
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--listen-client")
+            .arg(&node.client_addr)
+            .arg("--listen-peer")
+            .arg(&node.peer_addr)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&node.bootstrap)
+            .args(extra)
+            .env("NINES_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nines-server");
+        node.child = Some(child);
+    }
+
+    /// kill -9: no shutdown path runs.
+    pub fn kill(&mut self, id: u64) {
+        self.signal(id, libc::SIGKILL);
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, id: u64) {
+        self.signal(id, libc::SIGTERM);
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.kill(id);
+        self.spawn(id);
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.node(id).child.is_some()
+    }
+
+    pub fn signal(&self, id: u64, signal: i32) {
+        if let Some(child) = &self.node(id).child {
+            // SAFETY: sending a signal to a child process we own.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.endpoints()).expect("client")
+    }
+
+    /// A client bound to one node only.
+    pub fn client_of(&self, id: u64) -> Client {
+        let mut config = ClientConfig::new([self.node(id).client_addr.clone()]);
+        config.retry_deadline = Duration::from_secs(20);
+        Client::new(config).expect("client")
+    }
+
+    pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
+        let client = Client::connect([self.node(id).client_addr.clone()]).ok()?;
+        client.status_of(&self.node(id).client_addr).await.ok()
+    }
+
+    /// Waits until a running node reports a leader that the others agree on.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Some(s) = self.status(node.id).await {
+                    if s.leader_id != 0 && (s.state == "leader" || s.leader_id != node.id) {
+                        leaders.push(s.leader_id);
+                    }
+                }
+            }
+            if let Some(&first) = leaders.first() {
+                if leaders.iter().all(|&l| l == first) && self.is_running(first) {
+                    return first;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status(id).await {
+                if s.applied_index >= index {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "node {id} did not apply {index} within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server log of a node, for failure messages.
+    pub fn server_log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.node(id).data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

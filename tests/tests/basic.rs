@@ -1,0 +1,156 @@
+//! A three-node cluster serves writes and reads through every node, and
+//! rejects bad input with INVALID_ARGUMENT without changing anything.
+
+use std::time::Duration;
+
+use nines_client::proto as pb;
+use nines_tests::{Cluster, ClusterOptions};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_each_node_read_from_each() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    for writer in 1..=3 {
+        let client = cluster.client_of(writer);
+        client
+            .put(format!("key-{writer}"), format!("value-{writer}"))
+            .await
+            .unwrap_or_else(|e| panic!("put via node {writer}: {e}\n{}", cluster.server_log(writer)));
+    }
+    for reader in 1..=3 {
+        let client = cluster.client_of(reader);
+        for writer in 1..=3 {
+            let kv = client.get(format!("key-{writer}")).await.expect("get").expect("key present");
+            assert_eq!(kv.value, format!("value-{writer}").into_bytes(), "read via node {reader}");
+        }
+        // A serializable range on each node converges to the same three keys.
+        let range = pb::RangeRequest {
+            key: b"key-".to_vec(),
+            range_end: nines_client::prefix_end(b"key-"),
+            ..Default::default()
+        };
+        let resp = client.range(range).await.expect("range");
+        assert_eq!(resp.count, 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_and_changes_nothing() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let client = cluster.client();
+    client.put("sentinel", "v").await.expect("put");
+    let before = client.get("sentinel").await.unwrap().unwrap();
+    let revision_before = client
+        .range(pb::RangeRequest { key: b"sentinel".to_vec(), ..Default::default() })
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+
+    let too_long_key = vec![b'k'; 4097];
+    let err = client.put(too_long_key, "v").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    let err = client.put("big", vec![0u8; 1024 * 1024 + 1]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    let err = client.put("", "v").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    let err = client.get("").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    // A compare without an operand is malformed.
+    let malformed = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            key: b"sentinel".to_vec(),
+            target: pb::compare::CompareTarget::Value as i32,
+            target_union: None,
+            ..Default::default()
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: b"sentinel".to_vec(),
+                value: b"changed".to_vec(),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    let err = client.txn(malformed).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    // Too many ops.
+    let huge = pb::TxnRequest {
+        success: (0..200)
+            .map(|i| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: format!("t{i}").into_bytes(),
+                    value: b"x".to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let err = client.txn(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    let after = client.get("sentinel").await.unwrap().unwrap();
+    assert_eq!(before, after);
+    let revision_after = client
+        .range(pb::RangeRequest { key: b"sentinel".to_vec(), ..Default::default() })
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    assert_eq!(revision_before, revision_after, "bad input must not change the store");
+    let resp = client
+        .range(pb::RangeRequest { key: b"t".to_vec(), range_end: b"u".to_vec(), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(resp.count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_compare_and_swap_through_a_follower() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let client = cluster.client_of(follower);
+    client.put("cas", "a").await.unwrap();
+    let cas = |expect: &str, new: &str| pb::TxnRequest {
+        compare: vec![pb::Compare {
+            key: b"cas".to_vec(),
+            result: pb::compare::CompareResult::Equal as i32,
+            target: pb::compare::CompareTarget::Value as i32,
+            target_union: Some(pb::compare::TargetUnion::Value(expect.as_bytes().to_vec())),
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: b"cas".to_vec(),
+                value: new.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }],
+        failure: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                key: b"cas".to_vec(),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    assert!(client.txn(cas("a", "b")).await.unwrap().succeeded);
+    let failed = client.txn(cas("a", "c")).await.unwrap();
+    assert!(!failed.succeeded);
+    match &failed.responses[0].response {
+        Some(pb::response_op::Response::ResponseRange(r)) => assert_eq!(r.kvs[0].value, b"b"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(client.get("cas").await.unwrap().unwrap().value, b"b");
+}

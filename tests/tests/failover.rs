@@ -1,0 +1,187 @@
+//! Failures: leader kill, all-node kill, follower catch-up by snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nines_client::proto as pb;
+use nines_client::Client;
+use nines_tests::{Cluster, ClusterOptions};
+
+/// Writes `w-<n>` keys in a loop; records each acknowledged write and the
+/// instants at which writes succeeded.
+struct Writer {
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(client: Client, prefix: &'static str) -> Writer {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (acked.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let key = format!("{prefix}-{n:08}");
+                if client.put(key.clone(), key.clone()).await.is_ok() {
+                    a.lock().unwrap().push((key, Instant::now()));
+                }
+                n += 1;
+            }
+        });
+        Writer { acked, stop, task }
+    }
+
+    async fn finish(self) -> Vec<(String, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+async fn all_keys(client: &Client, prefix: &str, serializable: bool) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let resp = client
+        .range(pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: nines_client::prefix_end(prefix.as_bytes()),
+            serializable,
+            ..Default::default()
+        })
+        .await
+        .expect("range");
+    resp.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
+}
+
+async fn assert_all_present(client: &Client, acked: &[(String, Instant)], prefix: &str) {
+    let stored = all_keys(client, prefix, false).await;
+    for (key, _) in acked {
+        assert_eq!(
+            stored.get(key.as_bytes()).map(|v| v.as_slice()),
+            Some(key.as_bytes()),
+            "acknowledged write {key} lost"
+        );
+    }
+}
+
+/// The longest gap between consecutive successful writes after `since`.
+fn max_gap_after(acked: &[(String, Instant)], since: Instant) -> Duration {
+    let before = acked.iter().rev().find(|(_, t)| *t <= since).map(|(_, t)| *t).unwrap_or(since);
+    let after = acked.iter().find(|(_, t)| *t > since).map(|(_, t)| *t);
+    after.map(|a| a - before).unwrap_or(Duration::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_elects_new_leader_and_loses_nothing() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let writer = Writer::start(cluster.client(), "w");
+    while writer.count() < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writer.acked.lock().unwrap().last().map(|(_, t)| *t <= killed_at).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.spawn(leader);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = writer.finish().await;
+    let gap = max_gap_after(&acked, killed_at);
+    println!("write gap across leader kill: {gap:?}");
+    assert!(gap < Duration::from_secs(2), "writes resumed only after {gap:?}");
+
+    let client = cluster.client();
+    assert_all_present(&client, &acked, "w").await;
+
+    // The old leader rejoins and catches up to the same state.
+    let applied = cluster.status(new_leader).await.unwrap().applied_index;
+    cluster.wait_applied(leader, applied, Duration::from_secs(30)).await;
+    let old = cluster.client_of(leader);
+    let on_old = all_keys(&old, "w", true).await;
+    let on_new = all_keys(&cluster.client_of(new_leader), "w", true).await;
+    for (key, _) in &acked {
+        assert!(on_old.contains_key(key.as_bytes()), "old leader misses {key}");
+    }
+    assert!(on_old.len() <= on_new.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_all_nodes_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let writer = Writer::start(cluster.client(), "r");
+    while writer.count() < 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // All at once, while writes are in flight.
+    for id in 1..=3 {
+        cluster.signal(id, libc::SIGKILL);
+    }
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    let acked = writer.finish().await;
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    assert_all_present(&cluster.client(), &acked, "r").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_follower_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        args: ["--snapshot-entries", "500", "--snapshot-keep-entries", "0"]
+            .map(String::from)
+            .to_vec(),
+    });
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let client = cluster.client_of(leader);
+    client.put("before", "x").await.unwrap();
+    cluster.kill(follower);
+
+    // 5,000 writes, 32 at a time.
+    let mut tasks = Vec::new();
+    for t in 0..32u32 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..5000).step_by(32) {
+                client.put(format!("s-{i:05}"), format!("v{i}")).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let status = cluster.status(leader).await.unwrap();
+    assert!(status.snapshot_index > 0, "leader built no snapshot: {status:?}");
+    assert!(status.purged_index > 100, "leader purged no log: {status:?}");
+
+    cluster.spawn(follower);
+    cluster
+        .wait_applied(follower, status.applied_index, Duration::from_secs(60))
+        .await;
+    let follower_status = cluster.status(follower).await.unwrap();
+    assert!(
+        follower_status.snapshot_index > 0,
+        "follower did not install a snapshot: {follower_status:?}"
+    );
+    let on_leader = all_keys(&cluster.client_of(leader), "s-", true).await;
+    let on_follower = all_keys(&cluster.client_of(follower), "s-", true).await;
+    assert_eq!(on_leader.len(), 5000);
+    assert_eq!(on_leader, on_follower);
+}

@@ -1,0 +1,67 @@
+//! Membership changes while the cluster keeps serving.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nines_tests::{Cluster, ClusterOptions};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_promote_remove_while_serving() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let client = cluster.client();
+
+    // A writer runs throughout; every write must eventually succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (client, stop, written) = (client.clone(), stop.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                client
+                    .put(format!("m-{n:06}"), "v")
+                    .await
+                    .unwrap_or_else(|e| panic!("write {n} failed during membership change: {e}"));
+                n += 1;
+                written.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let new_id = cluster.add_node_process();
+    let (peer, api) = {
+        let n = cluster.node(new_id);
+        (n.peer_addr.clone(), n.client_addr.clone())
+    };
+    let members = client.member_add_learner(new_id, &peer, &api).await.expect("add learner");
+    assert!(members.members.iter().any(|m| m.id == new_id && m.is_learner));
+
+    // Promoting an unknown node makes no sense.
+    let err = client.member_promote(99).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+
+    let members = client.member_promote(new_id).await.expect("promote");
+    assert!(members.members.iter().any(|m| m.id == new_id && !m.is_learner));
+
+    let members = client.member_remove(1).await.expect("remove node 1");
+    assert!(!members.members.iter().any(|m| m.id == 1));
+    let err = client.member_remove(1).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+
+    let before = written.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer never failed");
+    assert!(written.load(Ordering::Relaxed) > before, "writes stalled after the changes");
+
+    // The new member serves the data, and node 1 is gone from the membership.
+    cluster.kill(1);
+    let list = cluster.client_of(new_id).member_list().await.expect("member list");
+    let ids: Vec<u64> = list.members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![2, 3, new_id]);
+    let kv = cluster.client_of(new_id).get("m-000000").await.unwrap();
+    assert!(kv.is_some());
+}

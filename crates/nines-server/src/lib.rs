@@ -1,1 +1,17 @@
+//! nines-server: a node of the nines cluster. It wires the WAL Raft log and
+//! the sled state machine into openraft, carries Raft traffic over tonic,
+//! and serves the KV and Cluster gRPC APIs.
 
+pub mod api;
+pub mod config;
+pub mod core;
+mod datadir;
+pub mod error;
+mod join;
+pub mod network;
+mod node;
+mod read_barrier;
+
+pub use config::{ServerArgs, ServerConfig};
+pub use error::ServerError;
+pub use node::NinesNode;

@@ -1,0 +1,269 @@
+//! proto <-> domain conversions. Structural problems (a compare without an
+//! operand, an empty txn op) are INVALID_ARGUMENT here; size limits are
+//! checked by `Limits` in one place.
+
+use nines_proto as pb;
+use nines_types::{
+    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, RangeRequest,
+    RangeResponse, RejectReason, Request, Response, Session, Txn, TxnOp, TxnOpResponse,
+};
+
+use crate::error::ApiError;
+
+pub fn key_range(key: &[u8], range_end: &[u8]) -> KeyRange {
+    match range_end {
+        [] => KeyRange::Single(key.to_vec()),
+        [0] => KeyRange::From(key.to_vec()),
+        end => KeyRange::Between {
+            start: key.to_vec(),
+            end: end.to_vec(),
+        },
+    }
+}
+
+pub fn session(s: &Option<pb::WriteSession>) -> Option<Session> {
+    s.as_ref().filter(|s| s.client_id != 0).map(|s| Session {
+        client_id: s.client_id,
+        seq: s.seq,
+    })
+}
+
+pub fn range_request(req: &pb::RangeRequest) -> Result<RangeRequest, ApiError> {
+    if req.limit < 0 {
+        return Err(ApiError::InvalidRequest("limit must not be negative".into()));
+    }
+    Ok(RangeRequest {
+        range: key_range(&req.key, &req.range_end),
+        limit: req.limit as u64,
+        keys_only: req.keys_only,
+        count_only: req.count_only,
+    })
+}
+
+pub fn put_request(req: &pb::PutRequest) -> Request {
+    Request {
+        session: session(&req.session),
+        command: Command::Put {
+            key: req.key.clone(),
+            value: req.value.clone(),
+            lease: req.lease,
+            prev_kv: req.prev_kv,
+        },
+    }
+}
+
+pub fn delete_request(req: &pb::DeleteRequest) -> Request {
+    Request {
+        session: session(&req.session),
+        command: Command::Delete {
+            key: req.key.clone(),
+            prev_kv: req.prev_kv,
+        },
+    }
+}
+
+pub fn delete_range_request(req: &pb::DeleteRangeRequest) -> Request {
+    Request {
+        session: session(&req.session),
+        command: Command::DeleteRange {
+            range: key_range(&req.key, &req.range_end),
+            prev_kv: req.prev_kv,
+        },
+    }
+}
+
+pub fn txn_request(req: &pb::TxnRequest) -> Result<Request, ApiError> {
+    let compares = req.compare.iter().map(compare).collect::<Result<_, _>>()?;
+    let success = req.success.iter().map(txn_op).collect::<Result<_, _>>()?;
+    let failure = req.failure.iter().map(txn_op).collect::<Result<_, _>>()?;
+    Ok(Request {
+        session: session(&req.session),
+        command: Command::Txn(Txn {
+            compares,
+            success,
+            failure,
+        }),
+    })
+}
+
+fn compare(c: &pb::Compare) -> Result<Compare, ApiError> {
+    use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let bad = |why: &str| ApiError::InvalidRequest(format!("compare on {:?}: {why}", String::from_utf8_lossy(&c.key)));
+    let op = match R::try_from(c.result).map_err(|_| bad("unknown result operator"))? {
+        R::Equal => CompareOp::Equal,
+        R::Greater => CompareOp::Greater,
+        R::Less => CompareOp::Less,
+        R::NotEqual => CompareOp::NotEqual,
+    };
+    let target = T::try_from(c.target).map_err(|_| bad("unknown target"))?;
+    let target = match (target, &c.target_union) {
+        (T::Version, Some(U::Version(v))) => CompareTarget::Version(*v),
+        (T::Create, Some(U::CreateRevision(v))) => CompareTarget::CreateRevision(*v),
+        (T::Mod, Some(U::ModRevision(v))) => CompareTarget::ModRevision(*v),
+        (T::Value, Some(U::Value(v))) => CompareTarget::Value(v.clone()),
+        (_, None) => return Err(bad("missing operand")),
+        _ => return Err(bad("operand does not match target")),
+    };
+    Ok(Compare {
+        key: c.key.clone(),
+        op,
+        target,
+    })
+}
+
+fn txn_op(op: &pb::RequestOp) -> Result<TxnOp, ApiError> {
+    use pb::request_op::Request as R;
+    match &op.request {
+        Some(R::RequestRange(r)) => Ok(TxnOp::Get(range_request(r)?)),
+        Some(R::RequestPut(p)) => {
+            if p.lease != 0 {
+                return Err(ApiError::InvalidRequest("leases are not supported yet".into()));
+            }
+            Ok(TxnOp::Put {
+                key: p.key.clone(),
+                value: p.value.clone(),
+                prev_kv: p.prev_kv,
+            })
+        }
+        Some(R::RequestDeleteRange(d)) => Ok(TxnOp::Delete {
+            range: key_range(&d.key, &d.range_end),
+            prev_kv: d.prev_kv,
+        }),
+        None => Err(ApiError::InvalidRequest("txn op has no request".into())),
+    }
+}
+
+pub fn kv(kv: KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key,
+        value: kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        lease: kv.lease,
+    }
+}
+
+pub fn range_response(header: pb::ResponseHeader, r: RangeResponse) -> pb::RangeResponse {
+    pb::RangeResponse {
+        header: Some(header),
+        kvs: r.kvs.into_iter().map(kv).collect(),
+        more: r.more,
+        count: r.count as i64,
+    }
+}
+
+/// The state machine's verdict, or the reason it refused to apply.
+pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
+    match resp.result {
+        CommandResult::Rejected(RejectReason::InvalidInput(msg)) => Err(ApiError::InvalidRequest(msg)),
+        CommandResult::Rejected(RejectReason::StaleSequence {
+            client_id,
+            seq,
+            last_seq,
+        }) => Err(ApiError::Precondition(format!(
+            "client {client_id:x} sequence {seq} is older than its last write {last_seq}"
+        ))),
+        result => Ok((resp.revision, result)),
+    }
+}
+
+fn unexpected(result: &CommandResult) -> ApiError {
+    ApiError::Internal(format!("unexpected state machine result {result:?}"))
+}
+
+pub fn put_response(header: pb::ResponseHeader, result: CommandResult) -> Result<pb::PutResponse, ApiError> {
+    match result {
+        CommandResult::Put { prev_kv } => Ok(pb::PutResponse {
+            header: Some(header),
+            prev_kv: prev_kv.map(kv),
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn delete_response(
+    header: pb::ResponseHeader,
+    result: CommandResult,
+) -> Result<pb::DeleteRangeResponse, ApiError> {
+    match result {
+        CommandResult::Delete { deleted, prev_kvs } => Ok(pb::DeleteRangeResponse {
+            header: Some(header),
+            deleted: deleted as i64,
+            prev_kvs: prev_kvs.into_iter().map(kv).collect(),
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn txn_response(header: pb::ResponseHeader, result: CommandResult) -> Result<pb::TxnResponse, ApiError> {
+    use pb::response_op::Response as R;
+    let CommandResult::Txn {
+        succeeded,
+        responses,
+    } = result
+    else {
+        return Err(unexpected(&result));
+    };
+    let responses = responses
+        .into_iter()
+        .map(|r| pb::ResponseOp {
+            response: Some(match r {
+                TxnOpResponse::Put { prev_kv } => R::ResponsePut(pb::PutResponse {
+                    header: Some(header.clone()),
+                    prev_kv: prev_kv.map(kv),
+                }),
+                TxnOpResponse::Delete { deleted, prev_kvs } => {
+                    R::ResponseDeleteRange(pb::DeleteRangeResponse {
+                        header: Some(header.clone()),
+                        deleted: deleted as i64,
+                        prev_kvs: prev_kvs.into_iter().map(kv).collect(),
+                    })
+                }
+                TxnOpResponse::Get(range) => R::ResponseRange(range_response(header.clone(), range)),
+            }),
+        })
+        .collect();
+    Ok(pb::TxnResponse {
+        header: Some(header),
+        succeeded,
+        responses,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_range_end_convention() {
+        assert_eq!(key_range(b"a", b""), KeyRange::Single(b"a".to_vec()));
+        assert_eq!(key_range(b"a", b"\0"), KeyRange::From(b"a".to_vec()));
+        assert_eq!(
+            key_range(b"a", b"c"),
+            KeyRange::Between {
+                start: b"a".to_vec(),
+                end: b"c".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_txn_is_invalid() {
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                key: b"k".to_vec(),
+                target: pb::compare::CompareTarget::Value as i32,
+                target_union: None,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(txn_request(&req), Err(ApiError::InvalidRequest(_))));
+        let req = pb::TxnRequest {
+            success: vec![pb::RequestOp { request: None }],
+            ..Default::default()
+        };
+        assert!(matches!(txn_request(&req), Err(ApiError::InvalidRequest(_))));
+    }
+}

@@ -1,0 +1,151 @@
+//! The `nines.v1.KV` service.
+
+use std::sync::Arc;
+
+use nines_proto as pb;
+use nines_proto::kv_client::KvClient;
+use nines_types::{CommandResult, Request};
+use tonic::transport::Channel;
+use tonic::{Response, Status};
+
+use super::convert;
+use crate::core::{is_forwarded, NodeCore, Routed};
+use crate::error::ApiError;
+
+pub struct KvService {
+    pub core: Arc<NodeCore>,
+}
+
+enum Outcome<Req, Resp> {
+    Done(Resp),
+    Forward(KvClient<Channel>, tonic::Request<Req>),
+}
+
+impl KvService {
+    async fn write<Req, Resp>(
+        &self,
+        request: tonic::Request<Req>,
+        to_domain: impl FnOnce(&Req) -> Result<Request, ApiError>,
+        from_domain: impl FnOnce(pb::ResponseHeader, CommandResult) -> Result<Resp, ApiError>,
+    ) -> Result<Outcome<Req, Resp>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let domain = to_domain(&message)?;
+        match self.core.write(domain, forwarded).await? {
+            Routed::Local(resp) => {
+                let (revision, result) = convert::applied(resp)?;
+                Ok(Outcome::Done(from_domain(self.core.header(revision), result)?))
+            }
+            Routed::Forward(leader) => Ok(Outcome::Forward(
+                self.client(&leader)?,
+                self.core.forward_request(message),
+            )),
+        }
+    }
+
+    fn client(&self, leader: &nines_types::Node) -> Result<KvClient<Channel>, ApiError> {
+        Ok(KvClient::new(self.core.channel_to(leader)?))
+    }
+
+    /// Passes the read barrier unless serializable; Some(client) means forward.
+    async fn read_route(&self, serializable: bool, forwarded: bool) -> Result<Option<KvClient<Channel>>, Status> {
+        if serializable {
+            return Ok(None);
+        }
+        match self.core.linearize(forwarded).await? {
+            Routed::Local(()) => Ok(None),
+            Routed::Forward(leader) => Ok(Some(self.client(&leader)?)),
+        }
+    }
+}
+
+fn forward_failed(status: Status) -> Status {
+    // Statuses from the leader pass through unchanged; transport failures
+    // become UNAVAILABLE so clients retry elsewhere.
+    match status.code() {
+        tonic::Code::Unknown | tonic::Code::Cancelled => ApiError::Forward(Status::unavailable(status.message().to_string())).into(),
+        _ => status,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(&self, request: tonic::Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let read = convert::range_request(&message)?;
+        self.core.config.limits.check_read(&read).map_err(ApiError::from)?;
+        if let Some(mut leader) = self.read_route(message.serializable, forwarded).await? {
+            return leader.range(self.core.forward_request(message)).await.map_err(forward_failed);
+        }
+        let revision = self.core.reader.revision();
+        let result = self
+            .core
+            .reader
+            .range(&read)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Response::new(convert::range_response(self.core.header(revision), result)))
+    }
+
+    async fn get(&self, request: tonic::Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        self.core.config.limits.check_key(&message.key).map_err(ApiError::from)?;
+        if let Some(mut leader) = self.read_route(message.serializable, forwarded).await? {
+            return leader.get(self.core.forward_request(message)).await.map_err(forward_failed);
+        }
+        let revision = self.core.reader.revision();
+        let kv = self
+            .core
+            .reader
+            .get(&message.key)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Response::new(pb::GetResponse {
+            header: Some(self.core.header(revision)),
+            kv: kv.map(convert::kv),
+        }))
+    }
+
+    async fn put(&self, request: tonic::Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        match self
+            .write(request, |m| Ok(convert::put_request(m)), convert::put_response)
+            .await?
+        {
+            Outcome::Done(resp) => Ok(Response::new(resp)),
+            Outcome::Forward(mut leader, req) => leader.put(req).await.map_err(forward_failed),
+        }
+    }
+
+    async fn delete(
+        &self,
+        request: tonic::Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        match self
+            .write(request, |m| Ok(convert::delete_request(m)), convert::delete_response)
+            .await?
+        {
+            Outcome::Done(resp) => Ok(Response::new(resp)),
+            Outcome::Forward(mut leader, req) => leader.delete(req).await.map_err(forward_failed),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: tonic::Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        match self
+            .write(request, |m| Ok(convert::delete_range_request(m)), convert::delete_response)
+            .await?
+        {
+            Outcome::Done(resp) => Ok(Response::new(resp)),
+            Outcome::Forward(mut leader, req) => leader.delete_range(req).await.map_err(forward_failed),
+        }
+    }
+
+    async fn txn(&self, request: tonic::Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        match self.write(request, convert::txn_request, convert::txn_response).await? {
+            Outcome::Done(resp) => Ok(Response::new(resp)),
+            Outcome::Forward(mut leader, req) => leader.txn(req).await.map_err(forward_failed),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Node configuration: the clap flags (each with a `NINES_*` env fallback)
+//! and the validated `ServerConfig` the node is built from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use nines_types::{Limits, Node, NodeId};
+
+use crate::error::ServerError;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nines-server", version, about = "A nines node: Raft-replicated key-value store")]
+pub struct ServerArgs {
+    /// This node's id: a stable non-zero integer, unique in the cluster.
+    #[arg(long, env = "NINES_ID")]
+    pub id: NodeId,
+    /// Address for client gRPC (KV, Cluster, health).
+    #[arg(long, env = "NINES_LISTEN_CLIENT", default_value = "127.0.0.1:2379")]
+    pub listen_client: SocketAddr,
+    /// Address for Raft traffic between nodes (also serves forwarded client calls).
+    #[arg(long, env = "NINES_LISTEN_PEER", default_value = "127.0.0.1:2380")]
+    pub listen_peer: SocketAddr,
+    /// Client address others should use; defaults to --listen-client.
+    #[arg(long, env = "NINES_ADVERTISE_CLIENT")]
+    pub advertise_client: Option<String>,
+    /// Peer address others should use; defaults to --listen-peer.
+    #[arg(long, env = "NINES_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    #[arg(long, env = "NINES_DATA_DIR", default_value = "nines-data")]
+    pub data_dir: PathBuf,
+    /// Static bootstrap: `ID=PEER_ADDR[/CLIENT_ADDR],...`. Starting every member with
+    /// the same list forms the cluster; ignored when the data dir already holds state.
+    #[arg(long, env = "NINES_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Joins a running cluster through these client endpoints (comma separated):
+    /// the node adds itself as a learner, then promotes itself once caught up.
+    #[arg(long, env = "NINES_JOIN", conflicts_with = "initial_cluster")]
+    pub join: Option<String>,
+    /// With --join: stay a learner instead of becoming a voter.
+    #[arg(long, env = "NINES_JOIN_AS_LEARNER")]
+    pub join_as_learner: bool,
+    /// Cluster name; nodes of different clusters refuse each other's traffic.
+    #[arg(long, env = "NINES_CLUSTER_TOKEN", default_value = "nines")]
+    pub cluster_token: String,
+    #[arg(long, env = "NINES_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    #[arg(long, env = "NINES_ELECTION_MIN_MS", default_value_t = 300)]
+    pub election_min_ms: u64,
+    #[arg(long, env = "NINES_ELECTION_MAX_MS", default_value_t = 600)]
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    #[arg(long, env = "NINES_SNAPSHOT_ENTRIES", default_value_t = 20_000)]
+    pub snapshot_entries: u64,
+    /// Log entries kept behind a snapshot so slow followers catch up from the log.
+    #[arg(long, env = "NINES_SNAPSHOT_KEEP_ENTRIES", default_value_t = 2_000)]
+    pub snapshot_keep_entries: u64,
+    /// Server-side bound on a write or linearizable read, forwarding included.
+    #[arg(long, env = "NINES_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+    #[arg(long, env = "NINES_MAX_KEY_BYTES", default_value_t = 4096)]
+    pub max_key_bytes: usize,
+    #[arg(long, env = "NINES_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_value_bytes: usize,
+    #[arg(long, env = "NINES_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// sled page cache for the state machine.
+    #[arg(long, env = "NINES_CACHE_MB", default_value_t = 128)]
+    pub cache_mb: u64,
+    /// TEST ONLY: serve linearizable reads from local state without a read
+    /// barrier. Breaks linearizability; exists so the chaos harness can prove
+    /// it catches a broken build.
+    #[arg(long, env = "NINES_UNSAFE_LOCAL_READS", hide = true)]
+    pub unsafe_local_reads: bool,
+}
+
+/// How a node joins the cluster on first start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Restart or manual `member add`: do nothing.
+    None,
+    Initial(BTreeMap<NodeId, Node>),
+    Join { endpoints: Vec<String>, as_learner: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub id: NodeId,
+    pub listen_client: SocketAddr,
+    pub listen_peer: SocketAddr,
+    pub node: Node,
+    pub data_dir: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub cluster_token: String,
+    pub raft: openraft::Config,
+    pub request_timeout: Duration,
+    pub limits: Limits,
+    pub cache_bytes: u64,
+    pub unsafe_local_reads: bool,
+}
+
+impl ServerConfig {
+    /// The cluster id: a stable hash of the cluster token (FNV-1a, so it never
+    /// changes between builds).
+    pub fn cluster_id(&self) -> u64 {
+        cluster_id_of(&self.cluster_token)
+    }
+}
+
+pub fn cluster_id_of(token: &str) -> u64 {
+    token.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+pub fn raft_config(args: &ServerArgs) -> Result<openraft::Config, ServerError> {
+    let config = openraft::Config {
+        cluster_name: args.cluster_token.clone(),
+        heartbeat_interval: args.heartbeat_ms,
+        election_timeout_min: args.election_min_ms,
+        election_timeout_max: args.election_max_ms,
+        // A chunk that takes longer than this restarts the whole transfer: keep it generous.
+        install_snapshot_timeout: 10_000,
+        snapshot_max_chunk_size: 1024 * 1024,
+        max_payload_entries: 256,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_entries.max(1)),
+        max_in_snapshot_log_to_keep: args.snapshot_keep_entries,
+        // Above the snapshot interval, so a lagging learner is not reported caught up early.
+        replication_lag_threshold: args.snapshot_entries.max(1) * 2,
+        purge_batch_size: 256,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map_err(|e| ServerError::Config(format!("raft timing: {e}")))
+}
+
+/// Parses `1=127.0.0.1:7101/127.0.0.1:7001,2=...`.
+pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<NodeId, Node>, ServerError> {
+    let mut members = BTreeMap::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = |why: &str| ServerError::Config(format!("--initial-cluster entry {item:?}: {why}"));
+        let (id, addrs) = item.split_once('=').ok_or_else(|| bad("expected ID=PEER_ADDR[/CLIENT_ADDR]"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| bad("id is not a number"))?;
+        if id == 0 {
+            return Err(bad("id 0 is reserved"));
+        }
+        let (peer, client) = match addrs.split_once('/') {
+            Some((p, c)) => (p.trim(), c.trim()),
+            None => (addrs.trim(), ""),
+        };
+        check_addr(peer).map_err(|e| bad(&e))?;
+        if !client.is_empty() {
+            check_addr(client).map_err(|e| bad(&e))?;
+        }
+        if members.insert(id, Node::new(peer, client)).is_some() {
+            return Err(bad("duplicate id"));
+        }
+    }
+    if members.is_empty() {
+        return Err(ServerError::Config("--initial-cluster is empty".into()));
+    }
+    Ok(members)
+}
+
+fn check_addr(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address {addr:?} has no port"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("address {addr:?} is not HOST:PORT"));
+    }
+    Ok(())
+}
+
+impl TryFrom<ServerArgs> for ServerConfig {
+    type Error = ServerError;
+
+    fn try_from(args: ServerArgs) -> Result<Self, ServerError> {
+        if args.id == 0 {
+            return Err(ServerError::Config("--id must be non-zero".into()));
+        }
+        let raft = raft_config(&args)?;
+        let advertise_peer = args.advertise_peer.clone().unwrap_or_else(|| args.listen_peer.to_string());
+        let advertise_client = args
+            .advertise_client
+            .clone()
+            .unwrap_or_else(|| args.listen_client.to_string());
+        check_addr(&advertise_peer).map_err(ServerError::Config)?;
+        check_addr(&advertise_client).map_err(ServerError::Config)?;
+        let bootstrap = match (&args.initial_cluster, &args.join) {
+            (Some(spec), _) => {
+                let mut members = parse_initial_cluster(spec)?;
+                let me = members.get_mut(&args.id).ok_or_else(|| {
+                    ServerError::Config(format!("--initial-cluster does not list this node's id {}", args.id))
+                })?;
+                if me.api_addr.is_empty() {
+                    me.api_addr = advertise_client.clone();
+                }
+                Bootstrap::Initial(members)
+            }
+            (None, Some(join)) => Bootstrap::Join {
+                endpoints: join.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                as_learner: args.join_as_learner,
+            },
+            (None, None) => Bootstrap::None,
+        };
+        let limits = Limits {
+            max_key_bytes: args.max_key_bytes,
+            max_value_bytes: args.max_value_bytes,
+            max_txn_ops: args.max_txn_ops,
+        };
+        if limits.max_key_bytes == 0 || limits.max_txn_ops == 0 {
+            return Err(ServerError::Config("key and txn limits must be positive".into()));
+        }
+        Ok(ServerConfig {
+            id: args.id,
+            listen_client: args.listen_client,
+            listen_peer: args.listen_peer,
+            node: Node::new(advertise_peer, advertise_client),
+            data_dir: args.data_dir,
+            bootstrap,
+            cluster_token: args.cluster_token,
+            raft,
+            request_timeout: Duration::from_millis(args.request_timeout_ms.max(100)),
+            limits,
+            cache_bytes: args.cache_mb * 1024 * 1024,
+            unsafe_local_reads: args.unsafe_local_reads,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_initial_cluster() {
+        let m = parse_initial_cluster("1=127.0.0.1:7101/127.0.0.1:7001, 2=h:2").unwrap();
+        assert_eq!(m[&1], Node::new("127.0.0.1:7101", "127.0.0.1:7001"));
+        assert_eq!(m[&2], Node::new("h:2", ""));
+        assert!(parse_initial_cluster("1=nohost").is_err());
+        assert!(parse_initial_cluster("x=h:1").is_err());
+        assert!(parse_initial_cluster("1=h:1,1=h:2").is_err());
+        assert!(parse_initial_cluster("0=h:1").is_err());
+    }
+
+    #[test]
+    fn rejects_bad_timing() {
+        let args = ServerArgs::parse_from(["nines-server", "--id", "1", "--heartbeat-ms", "500"]);
+        assert!(matches!(raft_config(&args), Err(ServerError::Config(_))));
+        let args = ServerArgs::parse_from(["nines-server", "--id", "1"]);
+        assert!(raft_config(&args).is_ok());
+    }
+
+    #[test]
+    fn cluster_id_is_stable() {
+        assert_eq!(cluster_id_of("nines"), cluster_id_of("nines"));
+        assert_ne!(cluster_id_of("nines"), cluster_id_of("other"));
+    }
+}

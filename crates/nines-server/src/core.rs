@@ -1,0 +1,163 @@
+//! The domain operations behind the gRPC handlers: propose a write, pass a
+//! read barrier, decide when to forward to the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nines_proto as pb;
+use nines_state::StateReader;
+use nines_types::{Node, NodeId, Raft, Request, Response};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use tonic::transport::Channel;
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::network::ChannelPool;
+use crate::read_barrier::{Barrier, ReadBarrier};
+
+/// Set on a request one node forwards to another, so it is never forwarded twice.
+pub const FORWARDED_HEADER: &str = "x-nines-forwarded";
+
+/// Where a request is served.
+pub enum Routed<T> {
+    Local(T),
+    /// This node is not the leader; send the request to `leader`.
+    Forward(Node),
+}
+
+pub struct NodeCore {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    pub raft: Raft,
+    pub reader: StateReader,
+    pub config: Arc<ServerConfig>,
+    pub pool: ChannelPool,
+    pub barrier: ReadBarrier,
+}
+
+impl NodeCore {
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            raft_term: self.raft.metrics().borrow().current_term,
+            revision,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.config.request_timeout
+    }
+
+    /// Proposes a write and waits for it to be applied, or says where the leader is.
+    pub async fn write(&self, request: Request, forwarded: bool) -> Result<Routed<Response>, ApiError> {
+        self.config.limits.check_command(&request.command)?;
+        self.check_quorum_contact()?;
+        let written = tokio::time::timeout(self.timeout(), self.raft.client_write(request)).await;
+        match written {
+            Err(_) => Err(ApiError::Timeout(self.timeout())),
+            Ok(Ok(resp)) => Ok(Routed::Local(resp.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                self.redirect(f.leader_id, f.leader_node, forwarded)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ApiError::Precondition(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(ApiError::ShuttingDown),
+        }
+    }
+
+    /// Makes a following local read linearizable, or says where the leader is.
+    pub async fn linearize(&self, forwarded: bool) -> Result<Routed<()>, ApiError> {
+        if self.config.unsafe_local_reads {
+            return Ok(Routed::Local(()));
+        }
+        match self.barrier.check().await {
+            Barrier::ReadIndex(index) => {
+                if self.reader.last_applied().map(|l| l.index).unwrap_or(0) >= index {
+                    return Ok(Routed::Local(()));
+                }
+                self.raft
+                    .wait(Some(self.timeout()))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map_err(|e| match e {
+                        openraft::metrics::WaitError::Timeout(..) => ApiError::Timeout(self.timeout()),
+                        openraft::metrics::WaitError::ShuttingDown => ApiError::ShuttingDown,
+                    })?;
+                Ok(Routed::Local(()))
+            }
+            Barrier::NotLeader(id, node) => self.redirect(id, node, forwarded),
+            Barrier::QuorumLost => Err(ApiError::QuorumLost),
+            Barrier::Timeout => Err(ApiError::Timeout(self.timeout())),
+            Barrier::ShuttingDown => Err(ApiError::ShuttingDown),
+        }
+    }
+
+    /// openraft 0.9 has no CheckQuorum: a leader cut off from the majority
+    /// keeps its role and its writes hang. Refuse early instead.
+    fn check_quorum_contact(&self) -> Result<(), ApiError> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state == ServerState::Leader {
+            let limit = self.config.raft.election_timeout_max * 2;
+            if m.millis_since_quorum_ack.is_some_and(|ms| ms > limit) {
+                return Err(ApiError::QuorumLost);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn redirect<T>(
+        &self,
+        leader_id: Option<NodeId>,
+        leader: Option<Node>,
+        forwarded: bool,
+    ) -> Result<Routed<T>, ApiError> {
+        match (leader_id, leader) {
+            (Some(leader_id), Some(leader)) if leader_id != self.id => {
+                if forwarded {
+                    Err(ApiError::NotLeader {
+                        me: self.id,
+                        leader_id,
+                        leader,
+                    })
+                } else {
+                    Ok(Routed::Forward(leader))
+                }
+            }
+            _ => Err(ApiError::NoLeader),
+        }
+    }
+
+    /// A channel to a node's client API (its peer address serves it too).
+    pub fn channel_to(&self, node: &Node) -> Result<Channel, ApiError> {
+        let addr = if node.api_addr.is_empty() { &node.raft_addr } else { &node.api_addr };
+        self.pool
+            .get(addr)
+            .map_err(|e| ApiError::Internal(format!("bad address {addr:?}: {e}")))
+    }
+
+    /// Wraps a message for forwarding: marked, and bounded by our own timeout.
+    pub fn forward_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        request.set_timeout(self.timeout());
+        request
+    }
+
+    pub fn leader(&self) -> Option<(NodeId, Node)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+}
+
+pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}

@@ -1,0 +1,127 @@
+//! Errors: `ServerError` for start-up, `ApiError` for requests, and the one
+//! place where request errors become gRPC statuses.
+
+use std::path::PathBuf;
+
+use nines_types::{InputError, Node, NodeId};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {0} is locked by another nines-server process")]
+    Locked(PathBuf),
+    #[error("data dir {path} belongs to {what}; refusing to start")]
+    Mismatch { path: PathBuf, what: String },
+    #[error("raft log: {0}")]
+    Log(#[from] nines_log::LogError),
+    #[error("state machine: {0}")]
+    State(#[from] nines_state::StateError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("join failed: {0}")]
+    Join(String),
+}
+
+pub const LEADER_ID_HEADER: &str = "x-nines-leader-id";
+pub const LEADER_ADDR_HEADER: &str = "x-nines-leader-addr";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidInput(#[from] InputError),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("no leader is known; the cluster may be electing one")]
+    NoLeader,
+    /// Only returned for requests that were already forwarded once, so that a
+    /// stale leader view cannot bounce a request around the cluster.
+    #[error("node {me} is not the leader; leader is {leader_id}")]
+    NotLeader {
+        me: NodeId,
+        leader_id: NodeId,
+        leader: Node,
+    },
+    #[error("the leader has lost contact with a quorum")]
+    QuorumLost,
+    #[error("timed out after {0:?}; the outcome of a write is unknown")]
+    Timeout(std::time::Duration),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("node is shutting down")]
+    ShuttingDown,
+    #[error("forwarding to the leader failed: {0}")]
+    Forward(Status),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Status {
+        let message = err.to_string();
+        match err {
+            ApiError::InvalidInput(_) | ApiError::InvalidRequest(_) => Status::invalid_argument(message),
+            ApiError::Precondition(_) => Status::failed_precondition(message),
+            ApiError::Timeout(_) => Status::deadline_exceeded(message),
+            ApiError::Forward(status) => status,
+            ApiError::Internal(_) => Status::internal(message),
+            ApiError::NotLeader {
+                leader_id, leader, ..
+            } => unavailable_with_leader(message, Some((leader_id, &leader))),
+            ApiError::NoLeader | ApiError::QuorumLost | ApiError::ShuttingDown => {
+                unavailable_with_leader(message, None)
+            }
+        }
+    }
+}
+
+/// UNAVAILABLE, with the leader in the metadata when known, so a client can
+/// redirect without another round trip.
+pub fn unavailable_with_leader(message: String, leader: Option<(NodeId, &Node)>) -> Status {
+    let mut status = Status::new(Code::Unavailable, message);
+    if let Some((id, node)) = leader {
+        let addr = if node.api_addr.is_empty() { &node.raft_addr } else { &node.api_addr };
+        if let Ok(v) = MetadataValue::try_from(id.to_string()) {
+            status.metadata_mut().insert(LEADER_ID_HEADER, v);
+        }
+        if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
+            status.metadata_mut().insert(LEADER_ADDR_HEADER, v);
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_errors_to_codes() {
+        let s: Status = ApiError::InvalidInput(InputError::EmptyKey).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let s: Status = ApiError::NotLeader {
+            me: 1,
+            leader_id: 2,
+            leader: Node::new("p:1", "c:2"),
+        }
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.metadata().get(LEADER_ADDR_HEADER).unwrap(), "c:2");
+        let s: Status = ApiError::Timeout(std::time::Duration::from_secs(1)).into();
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        let s: Status = ApiError::Precondition("x".into()).into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+    }
+}

@@ -1,0 +1,69 @@
+//! `--join`: add this node to a running cluster through any member.
+
+use std::time::Duration;
+
+use nines_proto as pb;
+use nines_proto::cluster_client::ClusterClient;
+
+use crate::core::NodeCore;
+use crate::error::{ServerError, LEADER_ADDR_HEADER};
+
+pub async fn join(core: &NodeCore, endpoints: &[String], as_learner: bool) -> Result<(), ServerError> {
+    let me = &core.config.node;
+    let add = pb::MemberAddLearnerRequest {
+        id: core.id,
+        raft_addr: me.raft_addr.clone(),
+        api_addr: me.api_addr.clone(),
+    };
+    call_any(core, endpoints, |mut c| {
+        let add = add.clone();
+        async move { c.member_add_learner(add).await.map(|_| ()) }
+    })
+    .await?;
+    tracing::info!("joined as learner");
+    if !as_learner {
+        call_any(core, endpoints, |mut c| async move {
+            c.member_promote(pb::MemberPromoteRequest { id: core.id })
+                .await
+                .map(|_| ())
+        })
+        .await?;
+        tracing::info!("promoted to voter");
+    }
+    Ok(())
+}
+
+/// Tries each endpoint (following leader hints) until one succeeds, for up to a minute.
+async fn call_any<F, Fut>(core: &NodeCore, endpoints: &[String], call: F) -> Result<(), ServerError>
+where
+    F: Fn(ClusterClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::from("no endpoints given");
+    let mut targets: Vec<String> = endpoints.to_vec();
+    while tokio::time::Instant::now() < deadline {
+        for addr in targets.clone() {
+            let Ok(channel) = core.pool.get(&addr) else {
+                last = format!("bad endpoint {addr:?}");
+                continue;
+            };
+            match call(ClusterClient::new(channel)).await {
+                Ok(()) => return Ok(()),
+                Err(status) => {
+                    if let Some(leader) = status.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()) {
+                        if !targets.iter().any(|t| t == leader) {
+                            targets.insert(0, leader.to_string());
+                        }
+                    }
+                    if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::InvalidArgument {
+                        return Err(ServerError::Join(status.message().to_string()));
+                    }
+                    last = format!("{addr}: {}", status.message());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(ServerError::Join(last))
+}

@@ -1,0 +1,176 @@
+//! Sending Raft RPCs to peers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nines_proto::raft_client::RaftClient;
+use nines_proto::{RaftReply, RaftRequest};
+use nines_types::{Node, NodeId, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::AnyError;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use super::codec;
+
+/// Large enough for a full append batch or a 1 MiB-value entry plus a snapshot chunk.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// One lazily connected channel per address, shared by every caller: openraft
+/// asks for a new client per replication stream, election and read barrier,
+/// so connecting there would open a TCP connection per call.
+#[derive(Clone, Default)]
+pub struct ChannelPool {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl ChannelPool {
+    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub cluster_id: u64,
+    pub pool: ChannelPool,
+}
+
+pub struct Connection {
+    target: NodeId,
+    cluster_id: u64,
+    client: Option<RaftClient<Channel>>,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
+        let client = self.pool.get(&node.raft_addr).ok().map(|channel| {
+            RaftClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        Connection {
+            target,
+            cluster_id: self.cluster_id,
+            client,
+            addr: node.raft_addr.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl Connection {
+    async fn call<T, E>(&mut self, rpc: Rpc, data: Vec<u8>, option: &RPCOption) -> RpcResult<T, E>
+    where
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(unreachable(format!("bad peer address {:?}", self.addr)));
+        };
+        let mut request = tonic::Request::new(RaftRequest {
+            target: self.target,
+            cluster_id: self.cluster_id,
+            data,
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(status_to_rpc_error)?.into_inner();
+        let result: Result<T, RaftError<NodeId, E>> = codec::decode(&reply.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, Node, E> {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(msg)))
+}
+
+fn status_to_rpc_error<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, Node, E> {
+    match status.code() {
+        // Unreachable makes openraft back off instead of hammering a dead peer.
+        Code::Unavailable | Code::Cancelled | Code::Unknown => {
+            unreachable(format!("{:?}: {}", status.code(), status.message()))
+        }
+        _ => RPCError::Network(NetworkError::new(&AnyError::error(format!(
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        )))),
+    }
+}
+
+fn encode_error<E: std::error::Error>(e: bincode::error::EncodeError) -> RPCError<NodeId, Node, E> {
+    RPCError::Network(NetworkError::new(&AnyError::new(&e)))
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        let entries = rpc.entries.len() as u64;
+        let data = codec::encode(&rpc).map_err(encode_error)?;
+        if data.len() > MAX_MESSAGE_BYTES && entries > 1 {
+            // openraft halves the batch and retries.
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                entries / 2,
+            )));
+        }
+        self.call(Rpc::Append, data, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let data = codec::encode(&rpc).map_err(encode_error)?;
+        self.call(Rpc::Snapshot, data, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        let data = codec::encode(&rpc).map_err(encode_error)?;
+        self.call(Rpc::Vote, data, &option).await
+    }
+}

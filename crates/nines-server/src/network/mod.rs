@@ -1,0 +1,9 @@
+//! Raft traffic over tonic: the client side (`RaftNetworkFactory`) and the
+//! server side (the internal `nines.v1.Raft` gRPC service).
+
+mod client;
+mod codec;
+mod service;
+
+pub use client::{ChannelPool, NetworkFactory};
+pub use service::RaftService;

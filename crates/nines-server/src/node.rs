@@ -1,0 +1,224 @@
+//! Node assembly: open storage, start Raft, serve gRPC, bootstrap or join.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nines_log::{LogOptions, LogStore};
+use nines_proto as pb;
+use nines_state::{StateMachine, StateOptions};
+use nines_types::{NodeId, Raft};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::{ClusterService, KvService};
+use crate::config::{Bootstrap, ServerConfig};
+use crate::core::NodeCore;
+use crate::datadir::DataDir;
+use crate::error::ServerError;
+use crate::network::{ChannelPool, NetworkFactory, RaftService, MAX_MESSAGE_BYTES};
+use crate::read_barrier::ReadBarrier;
+
+/// Client requests are bounded well above the 1 MiB value limit, below the
+/// size that would make a single Raft entry unreasonable.
+const MAX_CLIENT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A running node. Dropping it does not stop it: call `shutdown`.
+pub struct NinesNode {
+    pub core: Arc<NodeCore>,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    _data_dir: DataDir,
+}
+
+impl NinesNode {
+    pub async fn start(config: ServerConfig) -> Result<NinesNode, ServerError> {
+        let cluster_id = config.cluster_id();
+        let data_dir = DataDir::open(&config.data_dir, cluster_id, config.id)?;
+        let log = LogStore::open(&config.data_dir.join("log"), LogOptions::default())?;
+        let state = StateMachine::open(
+            &config.data_dir.join("state"),
+            StateOptions {
+                limits: config.limits,
+                cache_capacity_bytes: config.cache_bytes,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let reader = state.reader();
+        let pool = ChannelPool::default();
+        let network = NetworkFactory {
+            cluster_id,
+            pool: pool.clone(),
+        };
+        let raft = Raft::new(config.id, Arc::new(config.raft.clone()), network, log, state)
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+        // Bind before bootstrapping: peers must reach us for the first election.
+        let client_listener = bind(config.listen_client).await?;
+        let peer_listener = bind(config.listen_peer).await?;
+        let client_addr = client_listener.local_addr().map_err(|source| ServerError::Listen {
+            addr: config.listen_client,
+            source,
+        })?;
+        let peer_addr = peer_listener.local_addr().map_err(|source| ServerError::Listen {
+            addr: config.listen_peer,
+            source,
+        })?;
+
+        let config = Arc::new(config);
+        let core = Arc::new(NodeCore {
+            id: config.id,
+            cluster_id,
+            barrier: ReadBarrier::new(raft.clone(), config.request_timeout),
+            raft: raft.clone(),
+            reader,
+            config: config.clone(),
+            pool,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let servers = vec![
+            tokio::spawn(serve_client(core.clone(), client_listener, stopped.clone())),
+            tokio::spawn(serve_peer(core.clone(), peer_listener, stopped)),
+        ];
+
+        bootstrap(&core).await?;
+        tracing::info!(id = config.id, %client_addr, %peer_addr, "nines node started");
+        Ok(NinesNode {
+            core,
+            client_addr,
+            peer_addr,
+            stop,
+            servers,
+            _data_dir: data_dir,
+        })
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.core.raft
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.core.id
+    }
+
+    /// Stops serving, then stops Raft (which flushes nothing further: every
+    /// acknowledged entry is already fsynced).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.core.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        for server in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })
+}
+
+async fn wait_stop(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+fn kv_server(core: &Arc<NodeCore>) -> pb::kv_server::KvServer<KvService> {
+    pb::kv_server::KvServer::new(KvService { core: core.clone() })
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn cluster_server(core: &Arc<NodeCore>) -> pb::cluster_server::ClusterServer<ClusterService> {
+    pb::cluster_server::ClusterServer::new(ClusterService { core: core.clone() })
+}
+
+async fn serve_client(core: Arc<NodeCore>, listener: TcpListener, stopped: watch::Receiver<bool>) {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::kv_server::KvServer<KvService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(nines_proto::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let mut router = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(kv_server(&core))
+        .add_service(cluster_server(&core));
+    if let Ok(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    let result = router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_stop(stopped))
+        .await;
+    if let Err(e) = result {
+        tracing::error!("client server stopped: {e}");
+    }
+}
+
+async fn serve_peer(core: Arc<NodeCore>, listener: TcpListener, stopped: watch::Receiver<bool>) {
+    let raft = pb::raft_server::RaftServer::new(RaftService {
+        id: core.id,
+        cluster_id: core.cluster_id,
+        raft: core.raft.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let result = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(raft)
+        .add_service(kv_server(&core))
+        .add_service(cluster_server(&core))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_stop(stopped))
+        .await;
+    if let Err(e) = result {
+        tracing::error!("peer server stopped: {e}");
+    }
+}
+
+async fn bootstrap(core: &Arc<NodeCore>) -> Result<(), ServerError> {
+    let initialized = core
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    match &core.config.bootstrap {
+        Bootstrap::None => {
+            tracing::info!("no state and no bootstrap flags: waiting to be added with `nines member add`");
+            Ok(())
+        }
+        Bootstrap::Initial(members) => {
+            // Every member initializes with the same membership, which openraft
+            // allows; no single node is needed to form the cluster.
+            match core.raft.initialize(members.clone()).await {
+                Ok(()) => Ok(()),
+                Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+                Err(e) => Err(ServerError::Raft(format!("initialize: {e}"))),
+            }
+        }
+        Bootstrap::Join { endpoints, as_learner } => {
+            let core = core.clone();
+            let endpoints = endpoints.clone();
+            let as_learner = *as_learner;
+            // In the background: the leader must be able to reach our peer port.
+            tokio::spawn(async move {
+                if let Err(e) = crate::join::join(&core, &endpoints, as_learner).await {
+                    tracing::error!("{e}");
+                }
+            });
+            Ok(())
+        }
+    }
+}

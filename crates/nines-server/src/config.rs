@@ -69,6 +69,10 @@ pub struct ServerArgs {
     /// sled page cache for the state machine.
     #[arg(long, env = "NINES_CACHE_MB", default_value_t = 128)]
     pub cache_mb: u64,
+    /// Source IP for connections this node opens to peers (lets a proxy or
+    /// firewall tell nodes apart on one host, e.g. 127.0.0.2).
+    #[arg(long, env = "NINES_PEER_SOURCE_IP")]
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build.
@@ -98,6 +102,7 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub limits: Limits,
     pub cache_bytes: u64,
+    pub peer_source_ip: Option<std::net::IpAddr>,
     pub unsafe_local_reads: bool,
 }
 
@@ -192,12 +197,14 @@ impl TryFrom<ServerArgs> for ServerConfig {
         check_addr(&advertise_client).map_err(ServerError::Config)?;
         let bootstrap = match (&args.initial_cluster, &args.join) {
             (Some(spec), _) => {
-                let mut members = parse_initial_cluster(spec)?;
-                let me = members.get_mut(&args.id).ok_or_else(|| {
-                    ServerError::Config(format!("--initial-cluster does not list this node's id {}", args.id))
-                })?;
-                if me.api_addr.is_empty() {
-                    me.api_addr = advertise_client.clone();
+                // Used exactly as given: every member must initialize with the
+                // same membership, so nothing here may differ between nodes.
+                let members = parse_initial_cluster(spec)?;
+                if !members.contains_key(&args.id) {
+                    return Err(ServerError::Config(format!(
+                        "--initial-cluster does not list this node's id {}",
+                        args.id
+                    )));
                 }
                 Bootstrap::Initial(members)
             }
@@ -227,6 +234,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(100)),
             limits,
             cache_bytes: args.cache_mb * 1024 * 1024,
+            peer_source_ip: args.peer_source_ip,
             unsafe_local_reads: args.unsafe_local_reads,
         })
     }

@@ -51,7 +51,7 @@ impl NinesNode {
         )
         .await?;
         let reader = state.reader();
-        let pool = ChannelPool::default();
+        let pool = ChannelPool::new(config.peer_source_ip);
         let network = NetworkFactory {
             cluster_id,
             pool: pool.clone(),

@@ -32,9 +32,17 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct ChannelPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl ChannelPool {
+    pub fn new(source_ip: Option<std::net::IpAddr>) -> Self {
+        Self {
+            channels: Arc::default(),
+            source_ip,
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(addr) {
@@ -43,6 +51,7 @@ impl ChannelPool {
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .local_address(self.source_ip)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();

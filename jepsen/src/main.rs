@@ -1,1 +1,6 @@
+//! nines-jepsen: a Jepsen-style chaos harness for nines.
+
+mod checker;
+mod history;
+
 fn main() {}

@@ -1,0 +1,189 @@
+//! Turns the paired history into each workload's checker input and runs it.
+
+pub mod append;
+pub mod set;
+pub mod wgl;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::history::{Op, Phase, Value, CAS_MISMATCH, F};
+use set::AddOutcome;
+use wgl::{RegEntry, RegOp, Verdict};
+
+/// Key prefixes, one per workload, so `all` can run them side by side.
+pub const REGISTER_PREFIX: &str = "r/";
+pub const SET_PREFIX: &str = "s/";
+pub const APPEND_PREFIX: &str = "a/";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisterAnomaly {
+    pub key: String,
+    pub stuck_op: u64,
+    pub state_before: Option<i64>,
+    pub linearized_prefix: usize,
+    /// The stuck op and the ops overlapping it: the evidence.
+    pub ops: Vec<Op>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RegisterResult {
+    pub keys: usize,
+    pub linearizable_keys: usize,
+    pub anomalies: Vec<RegisterAnomaly>,
+    /// Keys whose search ran out of time: neither valid nor invalid.
+    pub unknown_keys: Vec<String>,
+    pub check_millis: u128,
+}
+
+fn outcome(op: &Op) -> AddOutcome {
+    match op.phase {
+        Phase::Ok => AddOutcome::Ok,
+        Phase::Fail => AddOutcome::Fail,
+        Phase::Info | Phase::Invoke => AddOutcome::Info,
+    }
+}
+
+/// The checker's view of one register op; `None` when it cannot matter
+/// (a definitely failed write, a read without a result).
+fn reg_entry(op: &Op) -> Option<RegEntry> {
+    let reg = match (op.f, op.phase, &op.input, &op.output) {
+        (F::Read, Phase::Ok, _, Value::Read(v)) => RegOp::Read(*v),
+        (F::Write, Phase::Ok | Phase::Info, Value::Int(v), _) => RegOp::Write(*v),
+        (F::Cas, Phase::Ok | Phase::Info, Value::Cas(old, new), _) => RegOp::Cas(*old, *new),
+        (F::Cas, Phase::Fail, Value::Cas(old, _), _)
+            if op.error.as_deref() == Some(CAS_MISMATCH) =>
+        {
+            RegOp::CasFail(*old)
+        }
+        _ => return None,
+    };
+    Some(RegEntry {
+        id: op.id,
+        op: reg,
+        start: op.start,
+        end: if op.phase == Phase::Info { None } else { op.end },
+    })
+}
+
+pub fn check_register(ops: &[Op], budget_per_key: Duration) -> RegisterResult {
+    let started = Instant::now();
+    let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops.iter().filter(|o| o.key.starts_with(REGISTER_PREFIX)) {
+        by_key.entry(op.key.as_str()).or_default().push(op);
+    }
+    let mut r = RegisterResult {
+        keys: by_key.len(),
+        ..RegisterResult::default()
+    };
+    for (key, key_ops) in by_key {
+        let entries: Vec<RegEntry> = key_ops.iter().filter_map(|o| reg_entry(o)).collect();
+        match wgl::check(&entries, budget_per_key) {
+            Verdict::Linearizable => r.linearizable_keys += 1,
+            Verdict::Unknown { .. } => r.unknown_keys.push(key.to_string()),
+            Verdict::NotLinearizable {
+                stuck,
+                prefix_state,
+                prefix_len,
+            } => {
+                let stuck_op = key_ops.iter().find(|o| o.id == stuck).copied();
+                let (s, e) = stuck_op
+                    .map(|o| (o.start, o.end.unwrap_or(u64::MAX)))
+                    .unwrap_or((0, u64::MAX));
+                let mut evidence: Vec<Op> = key_ops
+                    .iter()
+                    .filter(|o| o.start <= e && o.end.unwrap_or(u64::MAX) >= s)
+                    .filter(|o| reg_entry(o).is_some())
+                    .map(|o| (*o).clone())
+                    .collect();
+                evidence.truncate(30);
+                r.anomalies.push(RegisterAnomaly {
+                    key: key.to_string(),
+                    stuck_op: stuck,
+                    state_before: prefix_state,
+                    linearized_prefix: prefix_len,
+                    ops: evidence,
+                });
+            }
+        }
+    }
+    r.check_millis = started.elapsed().as_millis();
+    r
+}
+
+pub fn check_set(ops: &[Op]) -> set::SetResult {
+    let mut adds = BTreeMap::new();
+    let mut final_read = None;
+    for op in ops.iter().filter(|o| o.key.starts_with(SET_PREFIX)) {
+        match (op.f, &op.input, &op.output, op.phase) {
+            (F::Add, Value::Int(x), _, _) => {
+                adds.insert(*x, outcome(op));
+            }
+            (F::FinalRead, _, Value::Set(xs), Phase::Ok) => final_read = Some(xs.clone()),
+            _ => {}
+        }
+    }
+    set::check(&adds, final_read.as_deref())
+}
+
+pub fn check_append(ops: &[Op]) -> append::AppendResult {
+    let mut appends = Vec::new();
+    let mut reads = Vec::new();
+    let mut finals = None;
+    for op in ops.iter().filter(|o| o.key.starts_with(APPEND_PREFIX)) {
+        match (op.f, &op.input, &op.output, op.phase) {
+            (F::Append, Value::Int(x), _, _) => appends.push(append::Append {
+                op: op.id,
+                key: op.key.clone(),
+                element: *x,
+                outcome: outcome(op),
+            }),
+            (F::ReadMulti, _, Value::Lists(lists), Phase::Ok) => {
+                reads.extend(lists.iter().map(|(k, l)| append::KeyRead {
+                    op: op.id,
+                    key: k.clone(),
+                    list: l.clone().unwrap_or_default(),
+                }));
+            }
+            (F::FinalRead, _, Value::Lists(lists), Phase::Ok) => {
+                finals = Some(
+                    lists
+                        .iter()
+                        .map(|(k, l)| (k.clone(), l.clone().unwrap_or_default()))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+            }
+            _ => {}
+        }
+    }
+    append::check(&appends, &reads, finals.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{pair, History};
+
+    #[test]
+    fn register_history_from_recorder_is_checked_per_key() {
+        let h = History::new();
+        let w = h.invoke(0, F::Write, "r/0", Value::Int(1));
+        h.complete(&w, Phase::Ok, Value::None, None);
+        let c = h.invoke(1, F::Cas, "r/0", Value::Cas(5, 6));
+        h.complete(&c, Phase::Fail, Value::None, Some(CAS_MISMATCH.into()));
+        let r = h.invoke(2, F::Read, "r/0", Value::None);
+        h.complete(&r, Phase::Ok, Value::Read(Some(1)), None);
+        // A stale read on another key.
+        let w = h.invoke(0, F::Write, "r/1", Value::Int(2));
+        h.complete(&w, Phase::Ok, Value::None, None);
+        let r = h.invoke(2, F::Read, "r/1", Value::None);
+        h.complete(&r, Phase::Ok, Value::Read(None), None);
+        let result = check_register(&pair(&h.events()), Duration::from_secs(5));
+        assert_eq!((result.keys, result.linearizable_keys), (2, 1));
+        assert_eq!(result.anomalies.len(), 1);
+        assert_eq!(result.anomalies[0].key, "r/1");
+        assert_eq!(result.anomalies[0].stuck_op, r.id);
+    }
+}

@@ -1,0 +1,73 @@
+//! The crate's error type and its mapping onto openraft's `StorageError`.
+
+use std::path::PathBuf;
+
+use nines_types::{InputError, StorageError};
+use openraft::{AnyError, StorageIOError};
+
+#[derive(thiserror::Error, Debug)]
+pub enum StateError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("codec: {0}")]
+    Codec(String),
+
+    #[error("corrupt snapshot {path}: {reason}")]
+    CorruptSnapshot { path: PathBuf, reason: String },
+
+    /// The state tree holds something this version cannot interpret.
+    #[error("corrupt state: {0}")]
+    CorruptState(String),
+
+    #[error("invalid input: {0}")]
+    InvalidInput(#[from] InputError),
+
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl StateError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StateError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        StateError::CorruptSnapshot {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn read_sm(self) -> StorageError {
+        StorageIOError::read_state_machine(AnyError::new(&self)).into()
+    }
+
+    pub(crate) fn write_sm(self) -> StorageError {
+        StorageIOError::write_state_machine(AnyError::new(&self)).into()
+    }
+
+    pub(crate) fn read_snapshot(self) -> StorageError {
+        StorageIOError::read_snapshot(None, AnyError::new(&self)).into()
+    }
+
+    pub(crate) fn write_snapshot(self) -> StorageError {
+        StorageIOError::write_snapshot(None, AnyError::new(&self)).into()
+    }
+}
+
+impl From<tokio::task::JoinError> for StateError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        StateError::Task(e.to_string())
+    }
+}

@@ -1,0 +1,118 @@
+//! Loading a snapshot file into a fresh tree and swapping it in; used by
+//! `install_snapshot` and by `open` after a crash mid-install.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use nines_types::SnapshotMeta;
+
+use crate::error::StateError;
+use crate::snapshot_file::SnapshotReader;
+use crate::store::{encode, lock, read_meta, MetaState, Shared, META_APPLIED, META_MEMBERSHIP};
+
+/// Records per sled batch while loading: bounds memory, keeps batches cheap.
+const LOAD_CHUNK: usize = 10_000;
+
+/// Installs a received snapshot: copy it into the snapshot dir, verify and
+/// load it into a new tree, publish the file, then flip to the new tree.
+pub(crate) fn install(
+    shared: &Shared,
+    meta: &SnapshotMeta,
+    mut src: File,
+) -> Result<(), StateError> {
+    let tmp = shared.snapshots.tmp_path("install");
+    let result = (|| {
+        copy_synced(&mut src, &tmp)?;
+        let (tree, state) = fill_new_tree(shared, &tmp, meta)?;
+        let dest = shared.snapshots.file_for(&meta.snapshot_id);
+        // Publish before flipping: if we crash in between, open() sees a
+        // snapshot newer than the tree and reloads it.
+        if let Err(e) = shared.snapshots.publish(&tmp, &dest) {
+            let _ = shared.db.drop_tree(tree.name());
+            return Err(e);
+        }
+        activate(shared, tree, state, meta.clone(), &dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Streams `src` from its start into `dest` and fsyncs it.
+fn copy_synced(src: &mut File, dest: &Path) -> Result<(), StateError> {
+    // openraft hands over the file it wrote into (or, in tests, another
+    // node's snapshot handle): its position is arbitrary.
+    src.seek(SeekFrom::Start(0))
+        .map_err(|e| StateError::io(dest, e))?;
+    let out = File::create(dest).map_err(|e| StateError::io(dest, e))?;
+    let mut writer = BufWriter::with_capacity(256 * 1024, out);
+    std::io::copy(&mut BufReader::with_capacity(256 * 1024, src), &mut writer)
+        .map_err(|e| StateError::io(dest, e))?;
+    writer.flush().map_err(|e| StateError::io(dest, e))?;
+    let out = writer
+        .into_inner()
+        .map_err(|e| StateError::io(dest, e.into_error()))?;
+    out.sync_all().map_err(|e| StateError::io(dest, e))
+}
+
+/// Verifies `path` while loading it into a new tree; the tree is dropped
+/// again if the file turns out corrupt, so a bad file never becomes current.
+pub(crate) fn fill_new_tree(
+    shared: &Shared,
+    path: &Path,
+    meta: &SnapshotMeta,
+) -> Result<(sled::Tree, MetaState), StateError> {
+    let tree = shared.new_tree()?;
+    match fill(&tree, path, meta) {
+        Ok(state) => Ok((tree, state)),
+        Err(e) => {
+            let _ = shared.db.drop_tree(tree.name());
+            Err(e)
+        }
+    }
+}
+
+fn fill(tree: &sled::Tree, path: &Path, meta: &SnapshotMeta) -> Result<MetaState, StateError> {
+    let (file_meta, mut reader) = SnapshotReader::open(path)?;
+    if file_meta.last_log_id != meta.last_log_id {
+        return Err(StateError::corrupt(
+            path,
+            format!(
+                "file is for {:?}, expected {:?}",
+                file_meta.last_log_id, meta.last_log_id
+            ),
+        ));
+    }
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    while let Some((key, value)) = reader.next_record()? {
+        batch.insert(key, value);
+        in_batch += 1;
+        if in_batch == LOAD_CHUNK {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    // The meta openraft gave us is authoritative for applied/membership.
+    batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
+    batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
+    tree.apply_batch(batch)?;
+    read_meta(tree)
+}
+
+/// Makes a filled tree current and `meta` the current snapshot.
+pub(crate) fn activate(
+    shared: &Shared,
+    tree: sled::Tree,
+    state: MetaState,
+    meta: SnapshotMeta,
+    file: &Path,
+) -> Result<(), StateError> {
+    shared.flip_tree(tree)?;
+    *lock(&shared.current_snapshot) = Some(meta);
+    shared.snapshots.remove_others(file);
+    shared.set_cached(state.applied, state.revision);
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! `RaftSnapshotBuilder`: a point-in-time snapshot built while applies continue.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nines_types::{Snapshot, SnapshotMeta, StorageError, TypeConfig};
+use openraft::RaftSnapshotBuilder;
+
+use crate::capture::{self, CaptureGuard};
+use crate::error::StateError;
+use crate::snapshot_file::SnapshotWriter;
+use crate::store::{lock, Shared};
+
+pub struct SnapshotBuilder {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Apply is blocked only while the capture starts (`capture::begin`:
+    /// one mutex hold and three point reads); measured at ~2–10 µs on the
+    /// 2-core dev machine (see the `concurrent_snapshot` test's output).
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let _one_at_a_time = self.shared.build_lock.lock().await;
+        let shared = self.shared.clone();
+        let (meta, file) = tokio::task::spawn_blocking(move || build(&shared))
+            .await
+            .map_err(StateError::from)
+            .and_then(|r| r)
+            .map_err(StateError::write_snapshot)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
+}
+
+fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
+    let tree = shared.current_tree();
+    let state = capture::begin(shared, &tree)?;
+    let guard = CaptureGuard { shared };
+    let meta = SnapshotMeta {
+        last_log_id: state.applied,
+        last_membership: state.membership,
+        snapshot_id: shared.snapshots.new_id(state.applied),
+    };
+    let tmp = shared.snapshots.tmp_path("build");
+    if let Err(e) = write(shared, &tree, guard, &meta, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let dest = shared.snapshots.file_for(&meta.snapshot_id);
+    shared.snapshots.publish(&tmp, &dest)?;
+    // Opened before anyone can delete it: we hold the build lock.
+    let file = std::fs::File::open(&dest).map_err(|e| StateError::io(&dest, e))?;
+    *lock(&shared.current_snapshot) = Some(meta.clone());
+    shared.snapshots.remove_others(&dest);
+    shared.stats.builds.fetch_add(1, Ordering::Relaxed);
+    Ok((meta, file))
+}
+
+/// Scans the live tree, substituting capture-point values for keys changed
+/// since the capture began.
+///
+/// Why the scan is point-in-time: an apply records a key's pre-change value
+/// in the undo map BEFORE writing it, and holds the capture lock while it
+/// writes. So if `k` is absent from the undo map when checked (after the
+/// iterator read it), no apply since the capture point has written `k`, and
+/// the value read is the capture-point value. Keys present in the map are
+/// skipped and written from the map at the end (None: did not exist then).
+fn write(
+    shared: &Shared,
+    tree: &sled::Tree,
+    guard: CaptureGuard<'_>,
+    meta: &SnapshotMeta,
+    tmp: &Path,
+) -> Result<(), StateError> {
+    let mut writer = SnapshotWriter::create(tmp, meta)?;
+    let delay = shared.stats.scan_delay_nanos.load(Ordering::Relaxed);
+    for item in tree.iter() {
+        let (key, value) = item?;
+        if guard.check(&key) {
+            writer.record(&key, &value)?;
+        }
+        if delay > 0 {
+            std::thread::sleep(Duration::from_nanos(delay));
+        }
+    }
+    for (key, value) in guard.finish() {
+        if let Some(value) = value {
+            writer.record(&key, &value)?;
+        }
+    }
+    writer.finish()?;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `RaftStateMachine` and `StateMachine::open`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nines_types::{
+    Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use openraft::storage::RaftStateMachine;
+use openraft::OptionalSend;
+
+use crate::apply::Executor;
+use crate::capture;
+use crate::error::StateError;
+use crate::install;
+use crate::reader::StateReader;
+use crate::snapshot_builder::SnapshotBuilder;
+use crate::store::{self, lock, read_meta, Shared, StateOptions};
+
+/// The sled-backed state machine. Raft owns it; use [`StateMachine::reader`]
+/// for concurrent reads.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Snapshot diagnostics since open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub builds: u64,
+    /// Keys whose pre-change value an apply had to save for a running build.
+    pub undo_entries_captured: u64,
+    /// How long the last build blocked apply.
+    pub last_capture_block: Duration,
+}
+
+impl StateMachine {
+    /// Opens (or creates) the state at `dir`: sled at `dir/sm`, snapshots at
+    /// `dir/snapshots`. Reloads the newest snapshot if it is ahead of sled.
+    pub async fn open(dir: &Path, opts: StateOptions) -> Result<StateMachine, StateError> {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || open_blocking(dir, opts)).await?
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        let s = &self.shared.stats;
+        SnapshotStats {
+            builds: s.builds.load(Ordering::Relaxed),
+            undo_entries_captured: s.undo_captured.load(Ordering::Relaxed),
+            last_capture_block: Duration::from_nanos(s.last_capture_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Test hook: slow the snapshot scan down by `per_record` per record.
+    #[doc(hidden)]
+    pub fn set_snapshot_scan_delay(&self, per_record: Duration) {
+        self.shared
+            .stats
+            .scan_delay_nanos
+            .store(per_record.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, StateError> {
+    std::fs::create_dir_all(&dir).map_err(|e| StateError::io(&dir, e))?;
+    let (db, tree, next_tree) = store::open_db(&dir, &opts)?;
+    let meta = read_meta(&tree)?;
+    let shared = store::shared(dir, db, tree, next_tree, opts, &meta);
+    shared.snapshots.create()?;
+    shared.snapshots.remove_tmp();
+    if let Some((snap, path)) = shared.snapshots.newest_valid()? {
+        if snap.last_log_id > meta.applied {
+            // A crash mid-install, or sled lost its tail: the log entries
+            // up to the snapshot may be purged, so the snapshot is the truth.
+            tracing::info!(snapshot = ?snap.last_log_id, applied = ?meta.applied, "reloading snapshot");
+            let (tree, state) = install::fill_new_tree(&shared, &path, &snap)?;
+            install::activate(&shared, tree, state, snap, &path)?;
+        } else {
+            *lock(&shared.current_snapshot) = Some(snap);
+            shared.snapshots.remove_others(&path);
+        }
+    }
+    Ok(StateMachine { shared })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let meta = read_meta(&self.shared.current_tree()).map_err(StateError::read_sm)?;
+        Ok((meta.applied, meta.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let shared = &self.shared;
+        let tree = shared.current_tree();
+        let mut exec = Executor::new(&tree, shared.revision.load(Ordering::Acquire), &shared.opts);
+        let mut responses = Vec::new();
+        for entry in entries {
+            responses.push(exec.apply_entry(&entry).map_err(StateError::write_sm)?);
+        }
+        let (applied, revision) = (exec.applied(), exec.revision());
+        if applied.is_none() {
+            return Ok(responses);
+        }
+        // No flush: the Raft log is durable and openraft re-applies
+        // committed entries after a crash.
+        exec.finish()
+            .and_then(|writes| capture::write_batch(shared, &tree, writes))
+            .map_err(StateError::write_sm)?;
+        shared.set_cached(applied, revision);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.shared.snapshots.tmp_path("receive");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StateError::io(&path, e).write_snapshot())?;
+        // Unlinked at once: the open handle is all we need, and nothing is
+        // left behind if the transfer is abandoned.
+        let _ = std::fs::remove_file(&path);
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let _one_at_a_time = self.shared.build_lock.lock().await;
+        let file = (*snapshot).into_std().await;
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || install::install(&shared, &meta, file))
+            .await
+            .map_err(StateError::from)
+            .and_then(|r| r)
+            .map_err(StateError::write_snapshot)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        // Held while opening so a finishing build cannot delete the file first.
+        let current = lock(&self.shared.current_snapshot);
+        let Some(meta) = current.clone() else {
+            return Ok(None);
+        };
+        let path = self.shared.snapshots.file_for(&meta.snapshot_id);
+        let file =
+            std::fs::File::open(&path).map_err(|e| StateError::io(&path, e).read_snapshot())?;
+        drop(current);
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+}

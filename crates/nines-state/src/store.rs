@@ -1,0 +1,286 @@
+//! Shared state, key layout and `StateMachine::open`.
+//!
+//! Everything the machine owns lives in ONE sled tree so a single
+//! `apply_batch` commits data, sessions and meta atomically:
+//! - `d` + user key → `StoredValue`
+//! - `s` + client id (u64 BE) → `SessionRecord`
+//! - `m` + name → meta (`applied`, `membership`, `revision`)
+//!
+//! The default tree holds `current_tree`, the name of that tree, so an
+//! installed snapshot can be loaded into a fresh tree and swapped in by
+//! rewriting one key.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use nines_types::{KeyValue, Limits, LogId, Response, SnapshotMeta, StoredMembership};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::capture::Capture;
+use crate::error::StateError;
+use crate::snapshot_dir::SnapshotDir;
+
+pub(crate) const DATA_PREFIX: u8 = b'd';
+pub(crate) const SESSION_PREFIX: u8 = b's';
+pub(crate) const META_APPLIED: &[u8] = b"mapplied";
+pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
+pub(crate) const META_REVISION: &[u8] = b"mrevision";
+const CURRENT_TREE: &[u8] = b"current_tree";
+const TREE_PREFIX: &str = "data-";
+
+/// Tuning of the state machine.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    pub limits: Limits,
+    /// sled page cache size; sled's own default is 1 GiB per Db.
+    pub cache_capacity_bytes: u64,
+    /// A session idle for this many log entries may be forgotten.
+    pub session_ttl_entries: u64,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            cache_capacity_bytes: 128 * 1024 * 1024,
+            session_ttl_entries: 1_000_000,
+        }
+    }
+}
+
+/// What a `d` key stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredValue {
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl StoredValue {
+    pub fn into_kv(self, key: &[u8], keys_only: bool) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            value: if keys_only { Vec::new() } else { self.value },
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}
+
+/// What an `s` key stores. `seq` and `last_index` come first so expiry can
+/// decode just `SessionHead` from the front of the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    pub seq: u64,
+    pub last_index: u64,
+    pub response: Response,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct SessionHead {
+    pub seq: u64,
+    pub last_index: u64,
+}
+
+/// A raw tree key and value.
+pub type RawRecord = (Vec<u8>, Vec<u8>);
+
+pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(key.len() + 1);
+    raw.push(DATA_PREFIX);
+    raw.extend_from_slice(key);
+    raw
+}
+
+pub(crate) fn session_key(client_id: u64) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(9);
+    raw.push(SESSION_PREFIX);
+    raw.extend_from_slice(&client_id.to_be_bytes());
+    raw
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| StateError::Codec(e.to_string()))
+}
+
+/// Decodes a value from the front of `bytes` (trailing bytes are allowed so
+/// a record's prefix can be read on its own).
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StateError::Codec(e.to_string()))
+}
+
+/// Locks a std mutex, recovering from poisoning: the data it guards is only
+/// mutated by short sections that cannot panic halfway.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The meta records of a tree.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MetaState {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub revision: i64,
+}
+
+pub(crate) fn read_meta(tree: &sled::Tree) -> Result<MetaState, StateError> {
+    let applied = match tree.get(META_APPLIED)? {
+        Some(v) => decode(&v)?,
+        None => None,
+    };
+    let membership = match tree.get(META_MEMBERSHIP)? {
+        Some(v) => decode(&v)?,
+        None => StoredMembership::default(),
+    };
+    let revision = match tree.get(META_REVISION)? {
+        Some(v) => decode(&v)?,
+        None => 0,
+    };
+    Ok(MetaState {
+        applied,
+        membership,
+        revision,
+    })
+}
+
+/// State shared by the state machine, its snapshot builders and readers.
+pub(crate) struct Shared {
+    pub db: sled::Db,
+    /// The current data tree; replaced only by a snapshot install. Guards are
+    /// never held across `.await` (clone the handle out instead).
+    pub tree: RwLock<sled::Tree>,
+    /// Copy-on-write undo capture of a running snapshot build.
+    pub capture: Mutex<Option<Capture>>,
+    /// One snapshot build or install at a time.
+    pub build_lock: tokio::sync::Mutex<()>,
+    /// Meta of the newest snapshot file, if any. Held while opening the
+    /// file so a concurrent build cannot delete it in between.
+    pub current_snapshot: Mutex<Option<SnapshotMeta>>,
+    pub snapshots: SnapshotDir,
+    pub opts: StateOptions,
+    /// Caches for readers; written after the tree.
+    pub revision: AtomicI64,
+    pub last_applied: RwLock<Option<LogId>>,
+    pub tree_counter: AtomicU64,
+    pub stats: Stats,
+}
+
+/// Counters exposed for diagnostics and tests.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub builds: AtomicU64,
+    pub undo_captured: AtomicU64,
+    pub last_capture_nanos: AtomicU64,
+    /// Test hook: sleep this long per scanned record to widen the window in
+    /// which applies race a build.
+    pub scan_delay_nanos: AtomicU64,
+}
+
+impl Shared {
+    pub fn current_tree(&self) -> sled::Tree {
+        self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_cached(&self, applied: Option<LogId>, revision: i64) {
+        *self.last_applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
+        self.revision.store(revision, Ordering::Release);
+    }
+
+    pub fn cached_applied(&self) -> Option<LogId> {
+        *self.last_applied.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a new, empty tree for a snapshot load.
+    pub fn new_tree(&self) -> Result<sled::Tree, StateError> {
+        let n = self.tree_counter.fetch_add(1, Ordering::Relaxed);
+        let tree = self.db.open_tree(format!("{TREE_PREFIX}{n}"))?;
+        // A crashed earlier load may have left data under this name.
+        tree.clear()?;
+        Ok(tree)
+    }
+
+    /// Makes `new` the current tree: persist the pointer, swap the handle
+    /// readers use, then drop the old tree.
+    pub fn flip_tree(&self, new: sled::Tree) -> Result<(), StateError> {
+        self.db.flush()?;
+        self.db.insert(CURRENT_TREE, &*new.name())?;
+        self.db.flush()?;
+        let old = {
+            let mut guard = self.tree.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *guard, new)
+        };
+        self.db.drop_tree(old.name())?;
+        Ok(())
+    }
+}
+
+/// Opens sled and the current tree, dropping trees left by a crashed install.
+pub(crate) fn open_db(
+    dir: &Path,
+    opts: &StateOptions,
+) -> Result<(sled::Db, sled::Tree, u64), StateError> {
+    let db = sled::Config::new()
+        .path(dir.join("sm"))
+        .cache_capacity(opts.cache_capacity_bytes)
+        .open()?;
+    let name = match db.get(CURRENT_TREE)? {
+        Some(name) => name.to_vec(),
+        None => {
+            let name = format!("{TREE_PREFIX}0").into_bytes();
+            db.insert(CURRENT_TREE, name.clone())?;
+            name
+        }
+    };
+    let mut max_n = 0u64;
+    for existing in db.tree_names() {
+        let Some(n) = tree_number(&existing) else {
+            continue;
+        };
+        max_n = max_n.max(n);
+        if existing.as_ref() != name.as_slice() {
+            db.drop_tree(&existing)?;
+        }
+    }
+    let tree = db.open_tree(&name)?;
+    Ok((db, tree, max_n + 1))
+}
+
+fn tree_number(name: &[u8]) -> Option<u64> {
+    std::str::from_utf8(name)
+        .ok()?
+        .strip_prefix(TREE_PREFIX)?
+        .parse()
+        .ok()
+}
+
+pub(crate) fn shared(
+    dir: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    next_tree: u64,
+    opts: StateOptions,
+    meta: &MetaState,
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        db,
+        tree: RwLock::new(tree),
+        capture: Mutex::new(None),
+        build_lock: tokio::sync::Mutex::new(()),
+        current_snapshot: Mutex::new(None),
+        snapshots: SnapshotDir::new(dir.join("snapshots")),
+        opts,
+        revision: AtomicI64::new(meta.revision),
+        last_applied: RwLock::new(meta.applied),
+        tree_counter: AtomicU64::new(next_tree),
+        stats: Stats::default(),
+    })
+}

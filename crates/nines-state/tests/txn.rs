@@ -1,0 +1,237 @@
+//! Txn compares, branches and revision rules.
+
+mod common;
+
+use common::*;
+use nines_types::{CommandResult, CompareOp, CompareTarget, KeyValue, TxnOpResponse};
+
+fn succeeded(result: &CommandResult) -> bool {
+    match result {
+        CommandResult::Txn { succeeded, .. } => *succeeded,
+        other => panic!("not a txn result: {other:?}"),
+    }
+}
+
+/// Sets up k (rev 1, then rev 3: version 2, create 1, mod 3), other (rev 2).
+async fn setup() -> (tempfile::TempDir, Applier) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    a.cmd(put("k", "b")).await;
+    a.cmd(put("other", "x")).await;
+    a.cmd(put("k", "m")).await;
+    (dir, a)
+}
+
+#[tokio::test]
+async fn every_compare_target_and_op() {
+    let (_dir, mut a) = setup().await;
+    use CompareOp::*;
+    use CompareTarget::*;
+    let cases = vec![
+        (Value(b"m".to_vec()), Equal, true),
+        (Value(b"a".to_vec()), Equal, false),
+        (Value(b"a".to_vec()), NotEqual, true),
+        (Value(b"m".to_vec()), NotEqual, false),
+        (Value(b"a".to_vec()), Greater, true),
+        (Value(b"z".to_vec()), Greater, false),
+        (Value(b"z".to_vec()), Less, true),
+        (Value(b"a".to_vec()), Less, false),
+        (Version(2), Equal, true),
+        (Version(1), Equal, false),
+        (Version(1), Greater, true),
+        (Version(3), Less, true),
+        (Version(2), NotEqual, false),
+        (CreateRevision(1), Equal, true),
+        (CreateRevision(3), Equal, false),
+        (CreateRevision(0), Greater, true),
+        (CreateRevision(2), Less, true),
+        (ModRevision(3), Equal, true),
+        (ModRevision(1), Equal, false),
+        (ModRevision(2), Greater, true),
+        (ModRevision(3), Less, false),
+        (ModRevision(4), NotEqual, true),
+    ];
+    for (target, op, expect) in cases {
+        let before = a.sm.reader().revision();
+        let r = a
+            .cmd(txn(
+                vec![cmp("k", op, target.clone())],
+                vec![tget("k")],
+                vec![],
+            ))
+            .await;
+        assert_eq!(succeeded(&r.result), expect, "{op:?} {target:?}");
+        assert_eq!(r.revision, before, "read-only txn must not bump");
+    }
+}
+
+#[tokio::test]
+async fn missing_key_semantics() {
+    let (_dir, mut a) = setup().await;
+    use CompareOp::*;
+    use CompareTarget::*;
+    let cases = vec![
+        (Value(b"".to_vec()), Equal, false),
+        (Value(b"x".to_vec()), NotEqual, false),
+        (Value(b"x".to_vec()), Less, false),
+        (Value(b"".to_vec()), Greater, false),
+        (Version(0), Equal, true),
+        (CreateRevision(0), Equal, true),
+        (ModRevision(0), Equal, true),
+        (ModRevision(1), Less, true),
+        (Version(0), Greater, false),
+    ];
+    for (target, op, expect) in cases {
+        let r = a
+            .cmd(txn(
+                vec![cmp("missing", op, target.clone())],
+                vec![],
+                vec![],
+            ))
+            .await;
+        assert_eq!(succeeded(&r.result), expect, "{op:?} {target:?}");
+    }
+}
+
+#[tokio::test]
+async fn branches_ops_and_revision() {
+    let (_dir, mut a) = setup().await;
+    // Create-if-absent: success branch puts two keys and reads one back.
+    let r = a
+        .cmd(txn(
+            vec![cmp("new", CompareOp::Equal, CompareTarget::Version(0))],
+            vec![
+                tput("new", "1"),
+                tput("new2", "2"),
+                tget("new"),
+                tdel("other"),
+            ],
+            vec![tget("new")],
+        ))
+        .await;
+    assert_eq!(r.revision, 4, "one revision for the whole txn");
+    let CommandResult::Txn {
+        succeeded: true,
+        responses,
+    } = r.result
+    else {
+        panic!("{:?}", r.result)
+    };
+    assert_eq!(responses.len(), 4);
+    let TxnOpResponse::Get(got) = &responses[2] else {
+        panic!()
+    };
+    assert_eq!(
+        got.kvs,
+        vec![KeyValue {
+            key: b"new".to_vec(),
+            value: b"1".to_vec(),
+            create_revision: 4,
+            mod_revision: 4,
+            version: 1,
+            lease: 0
+        }],
+        "get inside txn sees the earlier put"
+    );
+    assert!(matches!(
+        responses[3],
+        TxnOpResponse::Delete { deleted: 1, .. }
+    ));
+    assert_eq!(a.sm.reader().get(b"new2").unwrap().unwrap().mod_revision, 4);
+    assert_eq!(a.sm.reader().get(b"other").unwrap(), None);
+
+    // Same txn again: compare fails, failure branch is a read: no bump.
+    let r = a
+        .cmd(txn(
+            vec![cmp("new", CompareOp::Equal, CompareTarget::Version(0))],
+            vec![tput("new", "again")],
+            vec![tget("new")],
+        ))
+        .await;
+    assert_eq!(r.revision, 4);
+    let CommandResult::Txn {
+        succeeded: false,
+        responses,
+    } = r.result
+    else {
+        panic!()
+    };
+    let TxnOpResponse::Get(got) = &responses[0] else {
+        panic!()
+    };
+    assert_eq!(got.kvs[0].value, b"1");
+    assert_eq!(a.sm.reader().get(b"new").unwrap().unwrap().version, 1);
+
+    // Failure branch that writes bumps once; delete of nothing does not.
+    let r = a
+        .cmd(txn(
+            vec![
+                cmp("k", CompareOp::Equal, CompareTarget::Value(b"m".to_vec())),
+                cmp("k", CompareOp::Equal, CompareTarget::Version(99)),
+            ],
+            vec![],
+            vec![tput("k", "f"), tdel("nothing-here")],
+        ))
+        .await;
+    assert_eq!(r.revision, 5);
+    assert!(!succeeded(&r.result));
+    let kv = a.sm.reader().get(b"k").unwrap().unwrap();
+    assert_eq!(
+        (
+            kv.value.as_slice(),
+            kv.version,
+            kv.mod_revision,
+            kv.create_revision
+        ),
+        (&b"f"[..], 3, 5, 1)
+    );
+
+    let r = a.cmd(txn(vec![], vec![tdel("nothing-here")], vec![])).await;
+    assert_eq!(r.revision, 5, "a txn that deletes nothing does not bump");
+
+    // Delete then get inside a txn sees the deletion; put after delete recreates.
+    let r = a
+        .cmd(txn(
+            vec![],
+            vec![tdel("k"), tget("k"), tput("k", "z")],
+            vec![],
+        ))
+        .await;
+    assert_eq!(r.revision, 6);
+    let CommandResult::Txn { responses, .. } = r.result else {
+        panic!()
+    };
+    let TxnOpResponse::Get(got) = &responses[1] else {
+        panic!()
+    };
+    assert_eq!(got.count, 0);
+    let kv = a.sm.reader().get(b"k").unwrap().unwrap();
+    assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, 6, 6));
+    assert_eq!(a.sm.reader().revision(), 6);
+}
+
+#[tokio::test]
+async fn txn_put_returns_prev_kv() {
+    let (_dir, mut a) = setup().await;
+    let r = a
+        .cmd(txn(
+            vec![],
+            vec![nines_types::TxnOp::Put {
+                key: b"k".to_vec(),
+                value: b"n".to_vec(),
+                prev_kv: true,
+            }],
+            vec![],
+        ))
+        .await;
+    let CommandResult::Txn { responses, .. } = r.result else {
+        panic!()
+    };
+    let TxnOpResponse::Put {
+        prev_kv: Some(prev),
+    } = &responses[0]
+    else {
+        panic!("{:?}", responses[0])
+    };
+    assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"m"[..], 3));
+}

@@ -153,7 +153,10 @@ impl History {
     }
 
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn write_jsonl(&self, path: &Path) -> std::io::Result<()> {
@@ -237,7 +240,10 @@ mod tests {
         assert_eq!(ops.len(), 3);
         assert_eq!(ops[0].phase, Phase::Ok);
         assert!(ops[0].end.is_some());
-        assert_eq!((ops[1].id, ops[1].phase, ops[1].end), (b.id, Phase::Info, None));
+        assert_eq!(
+            (ops[1].id, ops[1].phase, ops[1].end),
+            (b.id, Phase::Info, None)
+        );
         assert_eq!((ops[2].phase, ops[2].end), (Phase::Info, None));
     }
 
@@ -250,7 +256,10 @@ mod tests {
         let path = dir.path().join("h.jsonl");
         h.write_jsonl(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let back: Vec<Event> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let back: Vec<Event> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(back, h.events());
     }
 }

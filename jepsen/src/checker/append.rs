@@ -146,7 +146,10 @@ mod tests {
     }
 
     fn finals(lists: &[(&str, &[i64])]) -> BTreeMap<String, Vec<i64>> {
-        lists.iter().map(|(k, l)| (k.to_string(), l.to_vec())).collect()
+        lists
+            .iter()
+            .map(|(k, l)| (k.to_string(), l.to_vec()))
+            .collect()
     }
 
     #[test]
@@ -157,7 +160,11 @@ mod tests {
             app(2, "a/0", 3, AddOutcome::Ok),
             app(3, "a/1", 4, AddOutcome::Fail),
         ];
-        let reads = [read(4, "a/0", &[1]), read(5, "a/0", &[1, 2]), read(6, "a/1", &[])];
+        let reads = [
+            read(4, "a/0", &[1]),
+            read(5, "a/0", &[1, 2]),
+            read(6, "a/1", &[]),
+        ];
         let f = finals(&[("a/0", &[1, 2, 3])]);
         let r = check(&appends, &reads, Some(&f));
         assert!(r.valid(), "{r:?}");

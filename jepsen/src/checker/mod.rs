@@ -64,7 +64,11 @@ fn reg_entry(op: &Op) -> Option<RegEntry> {
         id: op.id,
         op: reg,
         start: op.start,
-        end: if op.phase == Phase::Info { None } else { op.end },
+        end: if op.phase == Phase::Info {
+            None
+        } else {
+            op.end
+        },
     })
 }
 

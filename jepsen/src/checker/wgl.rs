@@ -60,7 +60,9 @@ pub enum Verdict {
         prefix_len: usize,
     },
     /// The search exceeded its time budget: no verdict.
-    Unknown { explored: u64 },
+    Unknown {
+        explored: u64,
+    },
 }
 
 const NIL: usize = usize::MAX;
@@ -178,7 +180,7 @@ pub fn check(ops: &[RegEntry], budget: Duration) -> Verdict {
 
     while remaining > 0 {
         explored += 1;
-        if explored % 4096 == 0 && Instant::now() > deadline {
+        if explored & 4095 == 0 && Instant::now() > deadline {
             return Verdict::Unknown { explored };
         }
         let node = if entry == NIL {
@@ -302,7 +304,10 @@ mod tests {
             e(1, Write(2), 2, Some(3)),
             e(2, Read(Some(1)), 4, Some(5)),
         ];
-        assert!(matches!(check(&h, BUDGET), Verdict::NotLinearizable { stuck: 2, .. }));
+        assert!(matches!(
+            check(&h, BUDGET),
+            Verdict::NotLinearizable { stuck: 2, .. }
+        ));
     }
 
     #[test]
@@ -350,10 +355,7 @@ mod tests {
 
     #[test]
     fn read_of_never_written_value_is_rejected() {
-        let h = [
-            e(0, Write(1), 0, Some(2)),
-            e(1, Read(Some(42)), 1, Some(3)),
-        ];
+        let h = [e(0, Write(1), 0, Some(2)), e(1, Read(Some(42)), 1, Some(3))];
         assert!(!ok(&h));
     }
 
@@ -413,7 +415,7 @@ mod tests {
                     // The linearization point: apply to the sequential register.
                     let op = match out[i].op {
                         Read(_) => Read(state),
-                        Cas(old, new) if state != Some(old) => CasFail(old),
+                        Cas(old, _) if state != Some(old) => CasFail(old),
                         other => other,
                     };
                     state = step(state, op).expect("sequential step");

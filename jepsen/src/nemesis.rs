@@ -1,0 +1,252 @@
+//! Fault injection on a seeded schedule: one fault at a time, held for an
+//! interval, then healed, then a quiet interval. Each fault is recorded in
+//! the history as a nemesis op (invoked at injection, completed at heal), so
+//! the report can measure how long clients were unable to write.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nines_client::Client;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::cluster::{find_leader, Cluster};
+use crate::history::{History, Phase, Value, F};
+use crate::proxy::{Blocked, Proxy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    Kill,
+    Pause,
+    Partition,
+    Member,
+}
+
+impl Fault {
+    pub fn parse_list(s: &str) -> anyhow::Result<Vec<Fault>> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "kill" => out.push(Fault::Kill),
+                "pause" => out.push(Fault::Pause),
+                "partition" => out.push(Fault::Partition),
+                "member" => out.push(Fault::Member),
+                "all" => out.extend([Fault::Kill, Fault::Pause, Fault::Partition, Fault::Member]),
+                "none" => {}
+                other => anyhow::bail!(
+                    "unknown nemesis {other:?} (kill, pause, partition, member, all, none)"
+                ),
+            }
+        }
+        out.dedup();
+        Ok(out)
+    }
+}
+
+pub struct Nemesis {
+    pub cluster: Arc<Mutex<Cluster>>,
+    pub proxy: Arc<Proxy>,
+    pub history: Arc<History>,
+    pub admin: Client,
+    pub rng: StdRng,
+    pub faults: Vec<Fault>,
+    pub interval: Duration,
+}
+
+/// What to undo when the fault's time is up.
+enum Heal {
+    Restart(u64),
+    Resume(u64),
+    Partition,
+    Rejoin(u64),
+    Nothing,
+}
+
+impl Nemesis {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cluster> {
+        self.cluster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs faults until `deadline`; always leaves the cluster healed.
+    pub async fn run(mut self, deadline: Instant) {
+        if self.faults.is_empty() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(self.interval).await;
+            if Instant::now() + self.interval > deadline {
+                return;
+            }
+            let fault = *self.faults.choose(&mut self.rng).expect("non-empty");
+            let (desc, heal) = self.inject(fault).await;
+            let op = self.history.invoke(
+                -1,
+                F::Nemesis,
+                format!("{fault:?}").to_lowercase(),
+                Value::Text(desc.clone()),
+            );
+            tracing::info!("nemesis: {desc}");
+            tokio::time::sleep(self.interval).await;
+            let healed = self.heal(heal).await;
+            tracing::info!("nemesis: healed {healed}");
+            self.history
+                .complete(&op, Phase::Ok, Value::Text(healed), None);
+        }
+    }
+
+    async fn target(&mut self) -> u64 {
+        let (running, candidates) = {
+            let c = self.lock();
+            let running: Vec<u64> = c.ids().into_iter().filter(|&id| c.is_running(id)).collect();
+            let candidates: Vec<(u64, String)> = running
+                .iter()
+                .map(|&id| (id, c.node(id).client_addr.clone()))
+                .collect();
+            (running, candidates)
+        };
+        if self.rng.gen_bool(0.5) {
+            if let Some(leader) = find_leader(&self.admin, &candidates).await {
+                return leader;
+            }
+        }
+        *running.choose(&mut self.rng).unwrap_or(&1)
+    }
+
+    async fn inject(&mut self, fault: Fault) -> (String, Heal) {
+        match fault {
+            Fault::Kill => {
+                let id = self.target().await;
+                self.lock().kill(id);
+                (format!("kill -9 node {id}"), Heal::Restart(id))
+            }
+            Fault::Pause => {
+                let id = self.target().await;
+                self.lock().pause(id);
+                (format!("SIGSTOP node {id}"), Heal::Resume(id))
+            }
+            Fault::Partition => {
+                let (desc, blocked) = self.partition().await;
+                self.proxy.set_blocked(blocked);
+                (desc, Heal::Partition)
+            }
+            Fault::Member => match self.remove_member().await {
+                Ok(id) => (format!("remove node {id}, wipe it"), Heal::Rejoin(id)),
+                Err(e) => (format!("member remove failed: {e}"), Heal::Nothing),
+            },
+        }
+    }
+
+    async fn partition(&mut self) -> (String, Blocked) {
+        let mut ids = self.lock().ids();
+        let n = ids.len();
+        let choice = self.rng.gen_range(0..if n >= 4 { 3 } else { 2 });
+        let (desc, groups): (String, Vec<Vec<u64>>) = match choice {
+            1 => {
+                let candidates: Vec<(u64, String)> = {
+                    let c = self.lock();
+                    ids.iter()
+                        .map(|&id| (id, c.node(id).client_addr.clone()))
+                        .collect()
+                };
+                let leader = find_leader(&self.admin, &candidates)
+                    .await
+                    .unwrap_or_else(|| *ids.choose(&mut self.rng).unwrap_or(&1));
+                let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+                (format!("isolate leader {leader}"), vec![vec![leader], rest])
+            }
+            2 => {
+                // Ring: each node talks only to its two neighbours.
+                ids.shuffle(&mut self.rng);
+                let mut blocked = Blocked::new();
+                for (i, &a) in ids.iter().enumerate() {
+                    for (j, &b) in ids.iter().enumerate() {
+                        let d = (i + n - j) % n;
+                        if a != b && d != 1 && d != n - 1 {
+                            blocked.insert((a, b));
+                        }
+                    }
+                }
+                return (format!("ring {ids:?}"), blocked);
+            }
+            _ => {
+                ids.shuffle(&mut self.rng);
+                let minority = ids[..n / 2].to_vec();
+                let majority = ids[n / 2..].to_vec();
+                (
+                    format!("halves {minority:?} | {majority:?}"),
+                    vec![minority, majority],
+                )
+            }
+        };
+        let mut blocked = Blocked::new();
+        for (gi, g) in groups.iter().enumerate() {
+            for (hi, h) in groups.iter().enumerate() {
+                if gi != hi {
+                    blocked.extend(g.iter().flat_map(|&a| h.iter().map(move |&b| (a, b))));
+                }
+            }
+        }
+        (desc, blocked)
+    }
+
+    /// Removes a random node from the membership, kills it and wipes its data.
+    async fn remove_member(&mut self) -> anyhow::Result<u64> {
+        let ids = self.lock().ids();
+        let id = *ids.choose(&mut self.rng).unwrap_or(&1);
+        self.admin.member_remove(id).await?;
+        let mut c = self.lock();
+        c.kill(id);
+        c.wipe(id)?;
+        Ok(id)
+    }
+
+    async fn heal(&mut self, heal: Heal) -> String {
+        match heal {
+            Heal::Restart(id) => match self.lock().spawn(id) {
+                Ok(()) => format!("restarted node {id}"),
+                Err(e) => format!("restart of node {id} failed: {e}"),
+            },
+            Heal::Resume(id) => {
+                self.lock().resume(id);
+                format!("SIGCONT node {id}")
+            }
+            Heal::Partition => {
+                self.proxy.heal();
+                "network healed".into()
+            }
+            Heal::Rejoin(id) => match self.rejoin(id).await {
+                Ok(()) => format!("node {id} re-added and promoted"),
+                Err(e) => format!("re-adding node {id} failed: {e}"),
+            },
+            Heal::Nothing => "nothing to heal".into(),
+        }
+    }
+
+    /// Starts the wiped node with no bootstrap flags (it waits), then adds it
+    /// back under the same id and addresses, as a learner, then a voter.
+    async fn rejoin(&mut self, id: u64) -> anyhow::Result<()> {
+        let peer_addr = {
+            let mut c = self.lock();
+            c.spawn(id)?;
+            c.node(id).peer_addr.clone()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.admin.member_add_learner(id, &peer_addr, "").await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        loop {
+            match self.admin.member_promote(id).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                // Promotion waits for the learner to catch up.
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+    }
+}

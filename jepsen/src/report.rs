@@ -1,0 +1,259 @@
+//! The run's report: op counts, per-workload verdicts with the evidence for
+//! any anomaly, and availability measured from the history itself.
+//!
+//! Unavailability window: from a fault's injection to the completion of the
+//! first ok write invoked at or after it (a write already in flight says
+//! nothing about whether the cluster recovered). Availability is
+//! uptime / (uptime + downtime) over the run, downtime being the union of
+//! the windows.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::checker::append::AppendResult;
+use crate::checker::set::SetResult;
+use crate::checker::RegisterResult;
+use crate::history::{Op, Phase, Value, F};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub fault: String,
+    pub at_secs: f64,
+    /// `None`: no write succeeded after the fault before the run ended.
+    pub recovery_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run_dir: String,
+    pub seed: u64,
+    pub nodes: u64,
+    pub concurrency: usize,
+    pub workloads: Vec<String>,
+    pub nemeses: Vec<String>,
+    pub duration_secs: f64,
+    /// f -> outcome -> count.
+    pub ops: BTreeMap<String, BTreeMap<String, usize>>,
+    pub total_ops: usize,
+    pub ok_rate: f64,
+    pub verdicts: BTreeMap<String, String>,
+    pub register: Option<RegisterResult>,
+    pub set: Option<SetResult>,
+    pub append: Option<AppendResult>,
+    pub windows: Vec<Window>,
+    pub max_recovery_ms: Option<f64>,
+    pub median_recovery_ms: Option<f64>,
+    pub availability: f64,
+    /// Server processes that exited on their own.
+    pub crashes: Vec<String>,
+    pub proxy: BTreeMap<String, u64>,
+    pub valid: bool,
+}
+
+fn name<T: Serialize>(x: &T) -> String {
+    serde_json::to_value(x)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn count_ops(ops: &[Op]) -> (BTreeMap<String, BTreeMap<String, usize>>, usize, f64) {
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let (mut total, mut ok) = (0, 0);
+    for op in ops
+        .iter()
+        .filter(|o| o.f != F::Nemesis && o.f != F::FinalRead)
+    {
+        *counts
+            .entry(name(&op.f))
+            .or_default()
+            .entry(name(&op.phase))
+            .or_default() += 1;
+        total += 1;
+        ok += usize::from(op.phase == Phase::Ok);
+    }
+    let rate = if total == 0 {
+        0.0
+    } else {
+        ok as f64 / total as f64
+    };
+    (counts, total, rate)
+}
+
+/// Unavailability windows and availability over `duration_ns`.
+pub fn windows(ops: &[Op], duration_ns: u64) -> (Vec<Window>, f64) {
+    let mut writes: Vec<(u64, u64)> = ops
+        .iter()
+        .filter(|o| o.f.is_write() && o.phase == Phase::Ok)
+        .filter_map(|o| o.end.map(|e| (o.start, e)))
+        .collect();
+    writes.sort_unstable();
+    let mut out = Vec::new();
+    let mut spans = Vec::new();
+    for fault in ops.iter().filter(|o| o.f == F::Nemesis) {
+        let at = fault.start;
+        let first = writes
+            .iter()
+            .filter(|(s, _)| *s >= at)
+            .map(|(_, e)| *e)
+            .min();
+        let end = first.unwrap_or(duration_ns);
+        spans.push((at, end));
+        let desc = match &fault.input {
+            Value::Text(t) => t.clone(),
+            _ => fault.key.clone(),
+        };
+        out.push(Window {
+            fault: desc,
+            at_secs: at as f64 / 1e9,
+            recovery_ms: first.map(|e| (e - at) as f64 / 1e6),
+        });
+    }
+    spans.sort_unstable();
+    let mut down = 0u64;
+    let mut cursor = 0u64;
+    for (s, e) in spans {
+        let s = s.max(cursor);
+        if e > s {
+            down += e - s;
+            cursor = e;
+        }
+    }
+    let availability = if duration_ns == 0 {
+        1.0
+    } else {
+        1.0 - down.min(duration_ns) as f64 / duration_ns as f64
+    };
+    (out, availability)
+}
+
+pub fn recovery_stats(windows: &[Window]) -> (Option<f64>, Option<f64>) {
+    let mut times: Vec<f64> = windows.iter().filter_map(|w| w.recovery_ms).collect();
+    times.sort_by(f64::total_cmp);
+    let max = times.last().copied();
+    let median = (!times.is_empty()).then(|| times[times.len() / 2]);
+    (max, median)
+}
+
+impl Report {
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+
+    pub fn print(&self) {
+        println!("== nines-jepsen report ==");
+        println!(
+            "nodes {}  concurrency {}  seed {}  workloads {:?}  nemeses {:?}  {:.1}s",
+            self.nodes,
+            self.concurrency,
+            self.seed,
+            self.workloads,
+            self.nemeses,
+            self.duration_secs
+        );
+        println!(
+            "ops: {} total, ok rate {:.1}%",
+            self.total_ops,
+            self.ok_rate * 100.0
+        );
+        for (f, by) in &self.ops {
+            println!("  {f:<11} {by:?}");
+        }
+        for (w, v) in &self.verdicts {
+            println!("verdict {w}: {v}");
+        }
+        if let Some(r) = &self.register {
+            for a in &r.anomalies {
+                println!(
+                    "  NOT LINEARIZABLE {}: op {} cannot follow a prefix of {} ops ending in state {:?}",
+                    a.key, a.stuck_op, a.linearized_prefix, a.state_before
+                );
+                for op in &a.ops {
+                    println!("    {}", serde_json::to_string(op).unwrap_or_default());
+                }
+            }
+            if !r.unknown_keys.is_empty() {
+                println!("  UNKNOWN (search budget exceeded): {:?}", r.unknown_keys);
+            }
+        }
+        if let Some(s) = &self.set {
+            if !s.valid() {
+                println!(
+                    "  set anomalies: {}",
+                    serde_json::to_string(s).unwrap_or_default()
+                );
+            }
+        }
+        if let Some(a) = &self.append {
+            if !a.valid() {
+                println!(
+                    "  append anomalies: {}",
+                    serde_json::to_string(a).unwrap_or_default()
+                );
+            }
+        }
+        for w in &self.windows {
+            let rec = w
+                .recovery_ms
+                .map_or("never".to_string(), |ms| format!("{ms:.0} ms"));
+            println!(
+                "  fault at {:>6.1}s  {:<40} recovered after {rec}",
+                w.at_secs, w.fault
+            );
+        }
+        let fmt = |x: Option<f64>| x.map_or("-".to_string(), |ms| format!("{ms:.0} ms"));
+        println!(
+            "recovery: max {}  median {}  availability {:.3}%",
+            fmt(self.max_recovery_ms),
+            fmt(self.median_recovery_ms),
+            self.availability * 100.0
+        );
+        if !self.crashes.is_empty() {
+            println!("server crashes: {:?}", self.crashes);
+        }
+        println!("proxy: {:?}", self.proxy);
+        println!("run dir: {}", self.run_dir);
+        println!("VALID: {}", self.valid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: u64, f: F, phase: Phase, start: u64, end: Option<u64>) -> Op {
+        Op {
+            id,
+            process: 0,
+            f,
+            key: "k".into(),
+            input: Value::None,
+            output: Value::None,
+            phase,
+            start,
+            end,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn windows_end_at_first_ok_write_invoked_after_the_fault() {
+        let ops = vec![
+            op(0, F::Nemesis, Phase::Ok, 100, Some(500)),
+            // In flight before the fault: does not count.
+            op(1, F::Write, Phase::Ok, 90, Some(110)),
+            op(2, F::Write, Phase::Info, 120, None),
+            op(3, F::Write, Phase::Ok, 200, Some(300)),
+            op(4, F::Nemesis, Phase::Ok, 800, Some(900)),
+        ];
+        let (w, availability) = windows(&ops, 1_000);
+        assert_eq!(w[0].recovery_ms, Some(200.0 / 1e6));
+        assert_eq!(w[1].recovery_ms, None);
+        // Down 100..300 and 800..1000.
+        assert!((availability - 0.6).abs() < 1e-9);
+        assert_eq!(recovery_stats(&w), (Some(200.0 / 1e6), Some(200.0 / 1e6)));
+    }
+}

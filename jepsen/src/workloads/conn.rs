@@ -1,0 +1,175 @@
+//! A connection bound to exactly one node.
+//!
+//! `nines_client::Client` learns the leader and sends linearizable reads to
+//! it directly, which would hide a node that serves stale local state. Here
+//! every request goes to the bound node, which must pass its own read
+//! barrier or forward to the leader itself. Writes still carry a
+//! `(client_id, seq)` session, so retrying one within the op's deadline is
+//! applied at most once, exactly like the real client.
+
+use std::time::{Duration, Instant};
+
+use nines_client::proto as pb;
+use pb::kv_client::KvClient;
+use rand::Rng;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// Deadline of one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Total time one op may take before its outcome is declared unknown.
+const OP_DEADLINE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub enum OpError {
+    /// The op certainly had no effect.
+    Definite(String),
+    /// It may or may not have taken effect (timeout, lost connection).
+    Indeterminate(String),
+}
+
+impl OpError {
+    pub fn message(&self) -> String {
+        match self {
+            OpError::Definite(m) | OpError::Indeterminate(m) => m.clone(),
+        }
+    }
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
+/// Statuses that say the request was rejected before being proposed.
+fn definite(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::ResourceExhausted
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::Unauthenticated
+    )
+}
+
+pub struct NodeConn {
+    kv: KvClient<Channel>,
+    client_id: u64,
+    seq: u64,
+}
+
+impl NodeConn {
+    pub fn new(addr: &str) -> anyhow::Result<NodeConn> {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(NodeConn {
+            kv: KvClient::new(channel),
+            client_id: rand::thread_rng().gen_range(1..u64::MAX),
+            seq: 0,
+        })
+    }
+
+    /// Runs `call` until it succeeds, fails definitively, or the op
+    /// deadline passes.
+    async fn retry<Req, Resp, F, Fut>(&mut self, message: Req, call: F) -> Result<Resp, OpError>
+    where
+        Req: Clone,
+        F: Fn(KvClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + OP_DEADLINE;
+        loop {
+            let mut request = tonic::Request::new(message.clone());
+            let left = deadline.saturating_duration_since(Instant::now());
+            request.set_timeout(ATTEMPT_TIMEOUT.min(left).max(Duration::from_millis(50)));
+            let status = match call(self.kv.clone(), request).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(status) => status,
+            };
+            let text = format!("{:?}: {}", status.code(), status.message());
+            if definite(status.code()) {
+                return Err(OpError::Definite(text));
+            }
+            if !retryable(status.code()) || Instant::now() + Duration::from_millis(100) >= deadline
+            {
+                return Err(OpError::Indeterminate(text));
+            }
+            let pause = Duration::from_millis(rand::thread_rng().gen_range(50..100));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn session(&mut self) -> pb::WriteSession {
+        self.seq += 1;
+        pb::WriteSession {
+            client_id: self.client_id,
+            seq: self.seq,
+        }
+    }
+
+    /// A linearizable read of one key.
+    pub async fn get(&mut self, key: &str) -> Result<Option<pb::KeyValue>, OpError> {
+        let req = pb::GetRequest {
+            key: key.as_bytes().to_vec(),
+            serializable: false,
+        };
+        let resp = self
+            .retry(req, |mut kv, r| async move { kv.get(r).await })
+            .await?;
+        Ok(resp.kv)
+    }
+
+    pub async fn put(&mut self, key: &str, value: String) -> Result<(), OpError> {
+        let req = pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.into_bytes(),
+            session: Some(self.session()),
+            ..Default::default()
+        };
+        self.retry(req, |mut kv, r| async move { kv.put(r).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn txn(&mut self, mut req: pb::TxnRequest) -> Result<pb::TxnResponse, OpError> {
+        req.session = Some(self.session());
+        self.retry(req, |mut kv, r| async move { kv.txn(r).await })
+            .await
+    }
+
+    /// A linearizable read of every key under `prefix`.
+    pub async fn range_prefix(&mut self, prefix: &str) -> Result<Vec<pb::KeyValue>, OpError> {
+        let req = pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: nines_client::prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        };
+        Ok(self
+            .retry(req, |mut kv, r| async move { kv.range(r).await })
+            .await?
+            .kvs)
+    }
+}
+
+/// Parses a decimal integer value.
+pub fn int_of(kv: &pb::KeyValue) -> Option<i64> {
+    std::str::from_utf8(&kv.value).ok()?.parse().ok()
+}
+
+/// Parses a comma-separated list of integers.
+pub fn list_of(kv: &pb::KeyValue) -> Vec<i64> {
+    std::str::from_utf8(&kv.value)
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}

@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use nines_types::{KeyValue, Limits, LogId, Response, SnapshotMeta, StoredMembership};
 use serde::de::DeserializeOwned;
@@ -228,10 +229,7 @@ pub(crate) fn open_db(
     dir: &Path,
     opts: &StateOptions,
 ) -> Result<(sled::Db, sled::Tree, u64), StateError> {
-    let db = sled::Config::new()
-        .path(dir.join("sm"))
-        .cache_capacity(opts.cache_capacity_bytes)
-        .open()?;
+    let db = open_sled(&dir.join("sm"), opts.cache_capacity_bytes)?;
     let name = match db.get(CURRENT_TREE)? {
         Some(name) => name.to_vec(),
         None => {
@@ -252,6 +250,32 @@ pub(crate) fn open_db(
     }
     let tree = db.open_tree(&name)?;
     Ok((db, tree, max_n + 1))
+}
+
+/// How long to wait for a previous in-process owner's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens sled, waiting briefly for its file lock: after the last handle is
+/// dropped, sled's pool threads can still hold the file for a moment (its
+/// own test mode blocks on the lock for the same reason), which makes an
+/// in-process reopen fail spuriously. Only that error is retried.
+fn open_sled(path: &Path, cache_capacity: u64) -> Result<sled::Db, StateError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 fn tree_number(name: &[u8]) -> Option<u64> {

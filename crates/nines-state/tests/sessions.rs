@@ -1,0 +1,132 @@
+//! Exactly-once sessions: dedup, stale sequences, snapshots, expiry.
+
+mod common;
+
+use common::*;
+use nines_state::{StateMachine, StateOptions};
+use nines_types::{CommandResult, RejectReason, Request};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+
+#[tokio::test]
+async fn retry_applies_once_and_stale_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    a.cmd(put("k", "0")).await;
+
+    let first = a
+        .apply(Request::with_session(put_prev("k", "1"), 7, 1))
+        .await;
+    assert_eq!(first.revision, 2);
+    // The retry returns the first response, even if the payload differs.
+    let again = a
+        .apply(Request::with_session(put_prev("k", "1"), 7, 1))
+        .await;
+    assert_eq!(again, first);
+    let other = a
+        .apply(Request::with_session(put("k", "other"), 7, 1))
+        .await;
+    assert_eq!(other, first);
+    let kv = a.sm.reader().get(b"k").unwrap().unwrap();
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"1"[..], 2));
+    assert_eq!(a.sm.reader().revision(), 2);
+    assert_eq!(a.sm.reader().last_applied(), Some(log_id(4)));
+
+    let second = a.apply(Request::with_session(put("k", "2"), 7, 2)).await;
+    assert_eq!(second.revision, 3);
+    let stale = a.apply(Request::with_session(put("k", "old"), 7, 1)).await;
+    assert_eq!(
+        stale.result,
+        CommandResult::Rejected(RejectReason::StaleSequence {
+            client_id: 7,
+            seq: 1,
+            last_seq: 2
+        })
+    );
+    assert_eq!(stale.revision, 3);
+    assert_eq!(a.sm.reader().get(b"k").unwrap().unwrap().value, b"2");
+
+    // Sessions are independent per client.
+    let other_client = a.apply(Request::with_session(put("k", "c8"), 8, 1)).await;
+    assert_eq!(other_client.revision, 4);
+
+    // Survives snapshot + install on a fresh state machine.
+    let snap =
+        a.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut b = Applier::new(open(dir2.path()).await);
+    let mut receive = b.sm.begin_receiving_snapshot().await.unwrap();
+    *receive = *snap.snapshot;
+    b.sm.install_snapshot(&snap.meta, receive).await.unwrap();
+    b.next_index = a.next_index;
+    assert_eq!(sessions(&b.sm), sessions(&a.sm));
+    assert_eq!(sessions(&b.sm).len(), 2);
+    let retry = b.apply(Request::with_session(put("k", "2"), 7, 2)).await;
+    assert_eq!(retry, second);
+    let stale = b.apply(Request::with_session(put("k", "x"), 7, 1)).await;
+    assert!(matches!(
+        stale.result,
+        CommandResult::Rejected(RejectReason::StaleSequence { last_seq: 2, .. })
+    ));
+    assert_eq!(b.sm.reader().get(b"k").unwrap().unwrap().value, b"c8");
+    assert_eq!(b.sm.reader().revision(), 4);
+    let next = b.apply(Request::with_session(put("k", "3"), 7, 3)).await;
+    assert_eq!(next.revision, 5);
+}
+
+#[tokio::test]
+async fn invalid_command_with_session_is_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    let bad = a.apply(Request::with_session(put("", "x"), 3, 1)).await;
+    assert!(matches!(
+        bad.result,
+        CommandResult::Rejected(RejectReason::InvalidInput(_))
+    ));
+    assert!(sessions(&a.sm).is_empty());
+    let good = a.apply(Request::with_session(put("a", "x"), 3, 2)).await;
+    assert_eq!(good.revision, 1);
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_deterministically() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StateOptions {
+        session_ttl_entries: 100,
+        ..Default::default()
+    };
+    let mut sm = StateMachine::open(dir.path(), opts).await.unwrap();
+    // Client 1 is idle since index 1; client 2 wrote at index 4000 (within ttl of 4096).
+    sm.apply([entry(1, Request::with_session(put("a", "1"), 1, 1))])
+        .await
+        .unwrap();
+    sm.apply((2..4000).map(blank)).await.unwrap();
+    sm.apply([entry(4000, Request::with_session(put("b", "1"), 2, 1))])
+        .await
+        .unwrap();
+    sm.apply((4001..4096).map(blank)).await.unwrap();
+    assert_eq!(
+        sessions(&sm).len(),
+        2,
+        "nothing expires before the sweep index"
+    );
+    sm.apply([blank(4096)]).await.unwrap();
+    let left = sessions(&sm);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0[1..], 2u64.to_be_bytes());
+
+    // Client 1's old seq is applied again (its record is gone), client 2's is deduped.
+    let out = sm
+        .apply([
+            entry(4097, Request::with_session(put("a", "2"), 1, 1)),
+            entry(4098, Request::with_session(put("b", "2"), 2, 1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0].revision, 3);
+    assert_eq!(out[1].revision, 2, "deduplicated: the stored response");
+    assert_eq!(sm.reader().get(b"b").unwrap().unwrap().version, 1);
+}

@@ -3,6 +3,7 @@
 //! so a paused one is not left behind), which also covers panics and Ctrl-C.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -149,6 +150,16 @@ impl Cluster {
             .arg(source_ip(id).to_string());
         if node.bootstrap {
             cmd.arg("--initial-cluster").arg(initial);
+        }
+        // Backstop for a harness that dies without cleaning up (panic in
+        // main, SIGKILL): the kernel kills the server when the spawning
+        // thread goes (a tokio worker, which lives as long as the runtime).
+        // SAFETY: prctl is async-signal-safe and touches no parent state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         let child = cmd
             .args(extra)

@@ -17,7 +17,7 @@ mod workloads;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -71,6 +71,9 @@ struct Args {
     check_budget_secs: u64,
 }
 
+/// The running cluster, reachable from `main` for teardown on every exit path.
+static CLUSTER: OnceLock<Arc<Mutex<Cluster>>> = OnceLock::new();
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -96,6 +99,11 @@ async fn main() {
             130
         }
     };
+    // Tasks still holding the cluster would keep its Drop guard from running
+    // (and process::exit runs no destructors), so kill the servers here.
+    if let Some(cluster) = CLUSTER.get() {
+        cluster.lock().unwrap_or_else(|e| e.into_inner()).kill_all();
+    }
     std::process::exit(code);
 }
 
@@ -131,8 +139,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     .await?;
     let proxy = Arc::new(proxy);
     let cluster = Arc::new(Mutex::new(cluster));
+    let _ = CLUSTER.set(cluster.clone());
     let lock = || cluster.lock().unwrap_or_else(|e| e.into_inner());
-    for id in lock().ids() {
+    // (Bound first: a guard in a `for` head would live through the loop.)
+    let ids = lock().ids();
+    for &id in &ids {
         lock().spawn(id)?;
     }
     let addrs = lock().client_addrs();
@@ -181,9 +192,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .into_iter()
         .map(|(id, status)| format!("node {id}: {status}"))
         .collect();
-    for id in lock().ids() {
-        if !lock().is_running(id) {
-            lock().spawn(id)?;
+    for &id in &ids {
+        let mut c = lock();
+        if !c.is_running(id) {
+            c.spawn(id)?;
         }
     }
     if wait_for_leader(&admin, &candidates, Duration::from_secs(30))

@@ -80,19 +80,19 @@ impl Nemesis {
                 return;
             }
             let fault = *self.faults.choose(&mut self.rng).expect("non-empty");
+            // Recorded before injecting, so the unavailability window starts
+            // when the fault does (removing a member takes a while).
+            let name = format!("{fault:?}").to_lowercase();
+            let op = self
+                .history
+                .invoke(-1, F::Nemesis, name.clone(), Value::Text(name));
             let (desc, heal) = self.inject(fault).await;
-            let op = self.history.invoke(
-                -1,
-                F::Nemesis,
-                format!("{fault:?}").to_lowercase(),
-                Value::Text(desc.clone()),
-            );
             tracing::info!("nemesis: {desc}");
             tokio::time::sleep(self.interval).await;
             let healed = self.heal(heal).await;
-            tracing::info!("nemesis: healed {healed}");
-            self.history
-                .complete(&op, Phase::Ok, Value::Text(healed), None);
+            tracing::info!("nemesis: {healed}");
+            let text = Value::Text(format!("{desc}; then {healed}"));
+            self.history.complete(&op, Phase::Ok, text, None);
         }
     }
 

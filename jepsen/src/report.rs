@@ -101,8 +101,9 @@ pub fn windows(ops: &[Op], duration_ns: u64) -> (Vec<Window>, f64) {
             .min();
         let end = first.unwrap_or(duration_ns);
         spans.push((at, end));
-        let desc = match &fault.input {
-            Value::Text(t) => t.clone(),
+        // The completion says what was done; the invocation only names it.
+        let desc = match (&fault.output, &fault.input) {
+            (Value::Text(t), _) | (_, Value::Text(t)) => t.clone(),
             _ => fault.key.clone(),
         };
         out.push(Window {

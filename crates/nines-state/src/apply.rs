@@ -181,6 +181,19 @@ impl<'a> Executor<'a> {
                 self.membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                 self.empty()
             }
+            EntryPayload::Normal(Request {
+                command: Command::Batch(requests),
+                ..
+            }) => {
+                let mut responses = Vec::with_capacity(requests.len());
+                for request in requests {
+                    responses.push(self.apply_request(request, index)?);
+                }
+                Response {
+                    revision: self.revision,
+                    result: CommandResult::Batch(responses),
+                }
+            }
             EntryPayload::Normal(request) => self.apply_request(request, index)?,
         };
         if index.is_multiple_of(SESSION_SWEEP_EVERY) {
@@ -340,6 +353,10 @@ impl<'a> Executor<'a> {
                     responses,
                 }
             }
+            // Batches are unpacked by apply_entry; one inside a batch is refused.
+            Command::Batch(_) => CommandResult::Rejected(RejectReason::InvalidInput(
+                nines_types::InputError::NestedBatch.to_string(),
+            )),
         };
         if changed {
             self.revision = rev;

@@ -130,3 +130,41 @@ async fn idle_sessions_expire_deterministically() {
     assert_eq!(out[1].revision, 2, "deduplicated: the stored response");
     assert_eq!(sm.reader().get(b"b").unwrap().unwrap().version, 1);
 }
+
+#[tokio::test]
+async fn batch_applies_each_request_with_its_own_revision_and_session() {
+    use nines_types::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    let batch = Command::Batch(vec![
+        Request::with_session(put("a", "1"), 9, 1),
+        Request::new(put("b", "1")),
+        Request::with_session(put("a", "2"), 10, 1),
+        // A nested batch is refused without touching anything else.
+        Request::new(Command::Batch(vec![Request::new(put("c", "1"))])),
+    ]);
+    let resp = a.cmd(batch.clone()).await;
+    let CommandResult::Batch(responses) = resp.result else {
+        panic!("expected a batch result, got {resp:?}");
+    };
+    let revisions: Vec<i64> = responses.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, vec![1, 2, 3, 3]);
+    assert!(matches!(
+        responses[3].result,
+        CommandResult::Rejected(RejectReason::InvalidInput(_))
+    ));
+    assert!(a.sm.reader().get(b"c").unwrap().is_none());
+    assert_eq!(a.sm.reader().get(b"a").unwrap().unwrap().version, 2);
+
+    // Replaying the same batch (a retried proposal) dedups the sessioned
+    // writes: they return their first responses and change nothing.
+    let again = a.cmd(batch).await;
+    let CommandResult::Batch(again) = again.result else {
+        panic!("expected a batch result");
+    };
+    assert_eq!(again[0], responses[0]);
+    assert_eq!(again[2], responses[2]);
+    assert_eq!(a.sm.reader().get(b"a").unwrap().unwrap().version, 2);
+    // The unsessioned put is applied again (revision 4).
+    assert_eq!(again[1].revision, 4);
+}

@@ -150,6 +150,10 @@ pub enum Command {
         prev_kv: bool,
     },
     Txn(Txn),
+    /// Several client requests proposed as one log entry (group commit at the
+    /// API level: one append and one fsync for many writes). Each request is
+    /// applied as if it were its own entry: own revision, own session.
+    Batch(Vec<Request>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,8 +205,13 @@ pub struct Txn {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOpResponse {
-    Put { prev_kv: Option<KeyValue> },
-    Delete { deleted: u64, prev_kvs: Vec<KeyValue> },
+    Put {
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
     Get(RangeResponse),
 }
 
@@ -223,12 +232,18 @@ pub enum CommandResult {
     },
     /// The command was not applied; state is unchanged.
     Rejected(RejectReason),
+    /// One response per request of a `Command::Batch`, in order.
+    Batch(Vec<Response>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectReason {
     /// The client already moved past this sequence number; its response is gone.
-    StaleSequence { client_id: u64, seq: u64, last_seq: u64 },
+    StaleSequence {
+        client_id: u64,
+        seq: u64,
+        last_seq: u64,
+    },
     /// The command broke an input limit (defence in depth: the API checks first).
     InvalidInput(String),
 }

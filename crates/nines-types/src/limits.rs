@@ -20,6 +20,8 @@ pub enum InputError {
     LeaseUnsupported(i64),
     #[error("txn writes key {0:?} more than once in one branch")]
     DuplicateKeyInTxn(String),
+    #[error("a batch may not contain another batch")]
+    NestedBatch,
 }
 
 /// Size limits; the defaults match etcd's spirit with a larger value bound.
@@ -119,6 +121,10 @@ impl Limits {
                 self.check_branch(&txn.success)?;
                 self.check_branch(&txn.failure)
             }
+            Command::Batch(requests) => requests.iter().try_for_each(|r| match &r.command {
+                Command::Batch(_) => Err(InputError::NestedBatch),
+                command => self.check_command(command),
+            }),
         }
     }
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 use nines_proto as pb;
 use nines_state::StateReader;
 use nines_types::{Node, NodeId, Raft, Request, Response};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tonic::transport::Channel;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::network::ChannelPool;
+use crate::proposer::{ProposeError, Proposer};
 use crate::read_barrier::{Barrier, ReadBarrier};
 
 /// Set on a request one node forwards to another, so it is never forwarded twice.
@@ -34,6 +34,7 @@ pub struct NodeCore {
     pub config: Arc<ServerConfig>,
     pub pool: ChannelPool,
     pub barrier: ReadBarrier,
+    pub proposer: Proposer,
 }
 
 impl NodeCore {
@@ -54,17 +55,13 @@ impl NodeCore {
     pub async fn write(&self, request: Request, forwarded: bool) -> Result<Routed<Response>, ApiError> {
         self.config.limits.check_command(&request.command)?;
         self.check_quorum_contact()?;
-        let written = tokio::time::timeout(self.timeout(), self.raft.client_write(request)).await;
+        let written = tokio::time::timeout(self.timeout(), self.proposer.propose(request)).await;
         match written {
             Err(_) => Err(ApiError::Timeout(self.timeout())),
-            Ok(Ok(resp)) => Ok(Routed::Local(resp.data)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                self.redirect(f.leader_id, f.leader_node, forwarded)
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(ApiError::Precondition(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(_))) => Err(ApiError::ShuttingDown),
+            Ok(Ok(resp)) => Ok(Routed::Local(resp)),
+            Ok(Err(ProposeError::ForwardToLeader(id, node))) => self.redirect(id, node, forwarded),
+            Ok(Err(ProposeError::Membership(e))) => Err(ApiError::Precondition(e)),
+            Ok(Err(ProposeError::ShuttingDown)) => Err(ApiError::ShuttingDown),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod error;
 mod join;
 pub mod network;
 mod node;
+mod proposer;
 mod read_barrier;
 
 pub use config::{ServerArgs, ServerConfig};

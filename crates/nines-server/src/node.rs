@@ -20,6 +20,7 @@ use crate::core::NodeCore;
 use crate::datadir::DataDir;
 use crate::error::ServerError;
 use crate::network::{ChannelPool, NetworkFactory, RaftService, MAX_MESSAGE_BYTES};
+use crate::proposer::Proposer;
 use crate::read_barrier::ReadBarrier;
 
 /// Client requests are bounded well above the 1 MiB value limit, below the
@@ -77,6 +78,7 @@ impl NinesNode {
             id: config.id,
             cluster_id,
             barrier: ReadBarrier::new(raft.clone(), config.request_timeout),
+            proposer: Proposer::start(raft.clone()),
             raft: raft.clone(),
             reader,
             config: config.clone(),

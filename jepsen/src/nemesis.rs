@@ -159,15 +159,7 @@ impl Nemesis {
             2 => {
                 // Ring: each node talks only to its two neighbours.
                 ids.shuffle(&mut self.rng);
-                let mut blocked = Blocked::new();
-                for (i, &a) in ids.iter().enumerate() {
-                    for (j, &b) in ids.iter().enumerate() {
-                        let d = (i + n - j) % n;
-                        if a != b && d != 1 && d != n - 1 {
-                            blocked.insert((a, b));
-                        }
-                    }
-                }
+                let blocked = ring(&ids);
                 return (format!("ring {ids:?}"), blocked);
             }
             _ => {
@@ -180,17 +172,39 @@ impl Nemesis {
                 )
             }
         };
-        let mut blocked = Blocked::new();
-        for (gi, g) in groups.iter().enumerate() {
-            for (hi, h) in groups.iter().enumerate() {
-                if gi != hi {
-                    blocked.extend(g.iter().flat_map(|&a| h.iter().map(move |&b| (a, b))));
-                }
+        (desc, between(&groups))
+    }
+}
+
+/// Blocks every pair of nodes in different groups, both ways.
+pub fn between(groups: &[Vec<u64>]) -> Blocked {
+    let mut blocked = Blocked::new();
+    for (gi, g) in groups.iter().enumerate() {
+        for (hi, h) in groups.iter().enumerate() {
+            if gi != hi {
+                blocked.extend(g.iter().flat_map(|&a| h.iter().map(move |&b| (a, b))));
             }
         }
-        (desc, blocked)
     }
+    blocked
+}
 
+/// Blocks every pair that is not adjacent on the ring `ids`.
+pub fn ring(ids: &[u64]) -> Blocked {
+    let n = ids.len();
+    let mut blocked = Blocked::new();
+    for (i, &a) in ids.iter().enumerate() {
+        for (j, &b) in ids.iter().enumerate() {
+            let d = (i + n - j) % n;
+            if a != b && d != 1 && d != n - 1 {
+                blocked.insert((a, b));
+            }
+        }
+    }
+    blocked
+}
+
+impl Nemesis {
     /// Removes a random node from the membership, kills it and wipes its data.
     async fn remove_member(&mut self) -> anyhow::Result<u64> {
         let ids = self.lock().ids();
@@ -248,5 +262,32 @@ impl Nemesis {
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_block_the_right_pairs() {
+        let halves = between(&[vec![1], vec![2, 3]]);
+        assert_eq!(halves, Blocked::from([(1, 2), (1, 3), (2, 1), (3, 1)]));
+        // 1-2-3-4-5-1: node 1 keeps 2 and 5, loses 3 and 4.
+        let r = ring(&[1, 2, 3, 4, 5]);
+        assert_eq!(r.len(), 10);
+        assert!(r.contains(&(1, 3)) && r.contains(&(4, 1)));
+        assert!(!r.contains(&(1, 2)) && !r.contains(&(5, 1)));
+    }
+
+    #[test]
+    fn parses_nemesis_lists() {
+        assert_eq!(Fault::parse_list("none").unwrap(), vec![]);
+        assert_eq!(Fault::parse_list("all").unwrap().len(), 4);
+        assert_eq!(
+            Fault::parse_list("kill,pause").unwrap(),
+            vec![Fault::Kill, Fault::Pause]
+        );
+        assert!(Fault::parse_list("flood").is_err());
     }
 }

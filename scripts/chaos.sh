@@ -15,9 +15,11 @@ mode="${1:-quick}"
 case "$mode" in
   quick) shift || true; defaults=(--time-limit 75 --nemesis-interval 4) ;;
   long) shift; defaults=(--time-limit 600 --nemesis-interval 6) ;;
-  -*) defaults=(--time-limit 75 --nemesis-interval 4) ;;
+  -*) mode=quick; defaults=(--time-limit 75 --nemesis-interval 4) ;;
   *) echo "usage: $0 [quick|long] [nines-jepsen args...]" >&2; exit 2 ;;
 esac
+
+defaults+=(--workload all --nemesis all --server-bin target/release/nines-server)
 
 cargo build --release -p nines-server -p nines-jepsen
 
@@ -32,10 +34,12 @@ for ((i = 0; i < ${#defaults[@]}; i += 2)); do
     args+=("$flag" "${defaults[i + 1]}")
   fi
 done
-target/release/nines-jepsen --workload all --nemesis all \
-  --server-bin target/release/nines-server "${args[@]}" "$@" 2>&1 | tee "$out" || status=$?
+echo "chaos ($mode): nines-jepsen ${args[*]} $*"
+target/release/nines-jepsen "${args[@]}" "$@" 2>&1 | tee "$out" || status=$?
 
 dir="$(sed -n 's/^run dir: //p' "$out" | tail -1)"
+# Without a report (setup failed) the run dir is only in the start banner.
+[[ -n "$dir" ]] || dir="$(sed -n 's/.*run dir \([^,]*\),.*/\1/p' "$out" | head -1)"
 if [[ -n "$dir" ]]; then
   echo
   echo "report:  $dir/report.json"

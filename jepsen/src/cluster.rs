@@ -251,11 +251,13 @@ impl Drop for Cluster {
     }
 }
 
-/// A client for administration and status: every node, short timeouts.
-pub fn admin_client(addrs: Vec<String>) -> anyhow::Result<Client> {
+/// A client for status and administration over every node. Status calls
+/// want a short timeout (a paused node must not stall the nemesis); a
+/// membership change may wait for a log round on a busy cluster.
+pub fn admin_client(addrs: Vec<String>, request_timeout: Duration) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(addrs);
-    config.request_timeout = Duration::from_millis(800);
-    config.retry_deadline = Duration::from_secs(5);
+    config.request_timeout = request_timeout;
+    config.retry_deadline = Duration::from_secs(10);
     config.connect_timeout = Duration::from_millis(300);
     Ok(Client::new(config)?)
 }

@@ -148,7 +148,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     let addrs = lock().client_addrs();
     let candidates: Vec<(u64, String)> = (1..=args.nodes).zip(addrs.iter().cloned()).collect();
-    let admin = cluster::admin_client(addrs.clone())?;
+    let admin = cluster::admin_client(addrs.clone(), Duration::from_millis(800))?;
     wait_for_leader(&admin, &candidates, Duration::from_secs(30))
         .await
         .context("cluster did not elect a leader")?;
@@ -175,6 +175,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         proxy: proxy.clone(),
         history: history.clone(),
         admin: admin.clone(),
+        member_admin: cluster::admin_client(addrs.clone(), Duration::from_secs(5))?,
         rng: rand::rngs::StdRng::seed_from_u64(seed),
         faults: faults.clone(),
         interval: Duration::from_secs(args.nemesis_interval),

@@ -49,7 +49,10 @@ pub struct Nemesis {
     pub cluster: Arc<Mutex<Cluster>>,
     pub proxy: Arc<Proxy>,
     pub history: Arc<History>,
+    /// Status queries (short timeouts).
     pub admin: Client,
+    /// Membership changes (longer timeouts).
+    pub member_admin: Client,
     pub rng: StdRng,
     pub faults: Vec<Fault>,
     pub interval: Duration,
@@ -209,7 +212,7 @@ impl Nemesis {
     async fn remove_member(&mut self) -> anyhow::Result<u64> {
         let ids = self.lock().ids();
         let id = *ids.choose(&mut self.rng).unwrap_or(&1);
-        self.admin.member_remove(id).await?;
+        self.member_admin.member_remove(id).await?;
         let mut c = self.lock();
         c.kill(id);
         c.wipe(id)?;
@@ -248,14 +251,18 @@ impl Nemesis {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match self.admin.member_add_learner(id, &peer_addr, "").await {
+            match self
+                .member_admin
+                .member_add_learner(id, &peer_addr, "")
+                .await
+            {
                 Ok(_) => break,
                 Err(e) if Instant::now() > deadline => return Err(e.into()),
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
         }
         loop {
-            match self.admin.member_promote(id).await {
+            match self.member_admin.member_promote(id).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() > deadline => return Err(e.into()),
                 // Promotion waits for the learner to catch up.

@@ -42,7 +42,10 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 3, args: Vec::new() }
+        Self {
+            nodes: 3,
+            args: Vec::new(),
+        }
     }
 }
 
@@ -65,7 +68,10 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `options.nodes` servers that bootstrap together.
     pub fn start(options: ClusterOptions) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("nines-cluster").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("nines-cluster")
+            .tempdir()
+            .expect("tempdir");
         let mut nodes: Vec<NodeProc> = (1..=options.nodes)
             .map(|id| NodeProc {
                 id,
@@ -83,7 +89,11 @@ impl Cluster {
         for node in &mut nodes {
             node.bootstrap = vec!["--initial-cluster".into(), initial.join(",")];
         }
-        let mut cluster = Cluster { nodes, options, dir };
+        let mut cluster = Cluster {
+            nodes,
+            options,
+            dir,
+        };
         for id in 1..=cluster.options.nodes {
             cluster.spawn(id);
         }
@@ -229,7 +239,10 @@ impl Cluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "node {id} did not apply {index} within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply {index} within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

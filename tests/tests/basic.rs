@@ -16,13 +16,23 @@ async fn write_through_each_node_read_from_each() {
         client
             .put(format!("key-{writer}"), format!("value-{writer}"))
             .await
-            .unwrap_or_else(|e| panic!("put via node {writer}: {e}\n{}", cluster.server_log(writer)));
+            .unwrap_or_else(|e| {
+                panic!("put via node {writer}: {e}\n{}", cluster.server_log(writer))
+            });
     }
     for reader in 1..=3 {
         let client = cluster.client_of(reader);
         for writer in 1..=3 {
-            let kv = client.get(format!("key-{writer}")).await.expect("get").expect("key present");
-            assert_eq!(kv.value, format!("value-{writer}").into_bytes(), "read via node {reader}");
+            let kv = client
+                .get(format!("key-{writer}"))
+                .await
+                .expect("get")
+                .expect("key present");
+            assert_eq!(
+                kv.value,
+                format!("value-{writer}").into_bytes(),
+                "read via node {reader}"
+            );
         }
         // A serializable range on each node converges to the same three keys.
         let range = pb::RangeRequest {
@@ -43,7 +53,10 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     client.put("sentinel", "v").await.expect("put");
     let before = client.get("sentinel").await.unwrap().unwrap();
     let revision_before = client
-        .range(pb::RangeRequest { key: b"sentinel".to_vec(), ..Default::default() })
+        .range(pb::RangeRequest {
+            key: b"sentinel".to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .header
@@ -54,7 +67,10 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let err = client.put(too_long_key, "v").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
-    let err = client.put("big", vec![0u8; 1024 * 1024 + 1]).await.unwrap_err();
+    let err = client
+        .put("big", vec![0u8; 1024 * 1024 + 1])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     let err = client.put("", "v").await.unwrap_err();
@@ -102,15 +118,25 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let after = client.get("sentinel").await.unwrap().unwrap();
     assert_eq!(before, after);
     let revision_after = client
-        .range(pb::RangeRequest { key: b"sentinel".to_vec(), ..Default::default() })
+        .range(pb::RangeRequest {
+            key: b"sentinel".to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .header
         .unwrap()
         .revision;
-    assert_eq!(revision_before, revision_after, "bad input must not change the store");
+    assert_eq!(
+        revision_before, revision_after,
+        "bad input must not change the store"
+    );
     let resp = client
-        .range(pb::RangeRequest { key: b"t".to_vec(), range_end: b"u".to_vec(), ..Default::default() })
+        .range(pb::RangeRequest {
+            key: b"t".to_vec(),
+            range_end: b"u".to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(resp.count, 0);

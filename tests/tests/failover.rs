@@ -72,7 +72,12 @@ async fn assert_all_present(client: &Client, acked: &[(String, Instant)], prefix
 
 /// The longest gap between consecutive successful writes after `since`.
 fn max_gap_after(acked: &[(String, Instant)], since: Instant) -> Duration {
-    let before = acked.iter().rev().find(|(_, t)| *t <= since).map(|(_, t)| *t).unwrap_or(since);
+    let before = acked
+        .iter()
+        .rev()
+        .find(|(_, t)| *t <= since)
+        .map(|(_, t)| *t)
+        .unwrap_or(since);
     let after = acked.iter().find(|(_, t)| *t > since).map(|(_, t)| *t);
     after.map(|a| a - before).unwrap_or(Duration::MAX)
 }
@@ -90,7 +95,14 @@ async fn leader_kill_elects_new_leader_and_loses_nothing() {
     let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while writer.acked.lock().unwrap().last().map(|(_, t)| *t <= killed_at).unwrap_or(true) {
+    while writer
+        .acked
+        .lock()
+        .unwrap()
+        .last()
+        .map(|(_, t)| *t <= killed_at)
+        .unwrap_or(true)
+    {
         assert!(Instant::now() < deadline, "writes did not resume");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -100,19 +112,27 @@ async fn leader_kill_elects_new_leader_and_loses_nothing() {
     let acked = writer.finish().await;
     let gap = max_gap_after(&acked, killed_at);
     println!("write gap across leader kill: {gap:?}");
-    assert!(gap < Duration::from_secs(2), "writes resumed only after {gap:?}");
+    assert!(
+        gap < Duration::from_secs(2),
+        "writes resumed only after {gap:?}"
+    );
 
     let client = cluster.client();
     assert_all_present(&client, &acked, "w").await;
 
     // The old leader rejoins and catches up to the same state.
     let applied = cluster.status(new_leader).await.unwrap().applied_index;
-    cluster.wait_applied(leader, applied, Duration::from_secs(30)).await;
+    cluster
+        .wait_applied(leader, applied, Duration::from_secs(30))
+        .await;
     let old = cluster.client_of(leader);
     let on_old = all_keys(&old, "w", true).await;
     let on_new = all_keys(&cluster.client_of(new_leader), "w", true).await;
     for (key, _) in &acked {
-        assert!(on_old.contains_key(key.as_bytes()), "old leader misses {key}");
+        assert!(
+            on_old.contains_key(key.as_bytes()),
+            "old leader misses {key}"
+        );
     }
     assert!(on_old.len() <= on_new.len());
 }
@@ -160,7 +180,10 @@ async fn lagging_follower_catches_up_by_snapshot() {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             for i in (t..5000).step_by(32) {
-                client.put(format!("s-{i:05}"), format!("v{i}")).await.expect("put");
+                client
+                    .put(format!("s-{i:05}"), format!("v{i}"))
+                    .await
+                    .expect("put");
             }
         }));
     }
@@ -168,8 +191,14 @@ async fn lagging_follower_catches_up_by_snapshot() {
         t.await.unwrap();
     }
     let status = cluster.status(leader).await.unwrap();
-    assert!(status.snapshot_index > 0, "leader built no snapshot: {status:?}");
-    assert!(status.purged_index > 100, "leader purged no log: {status:?}");
+    assert!(
+        status.snapshot_index > 0,
+        "leader built no snapshot: {status:?}"
+    );
+    assert!(
+        status.purged_index > 100,
+        "leader purged no log: {status:?}"
+    );
 
     cluster.spawn(follower);
     cluster

@@ -36,15 +36,24 @@ async fn add_promote_remove_while_serving() {
         let n = cluster.node(new_id);
         (n.peer_addr.clone(), n.client_addr.clone())
     };
-    let members = client.member_add_learner(new_id, &peer, &api).await.expect("add learner");
-    assert!(members.members.iter().any(|m| m.id == new_id && m.is_learner));
+    let members = client
+        .member_add_learner(new_id, &peer, &api)
+        .await
+        .expect("add learner");
+    assert!(members
+        .members
+        .iter()
+        .any(|m| m.id == new_id && m.is_learner));
 
     // Promoting an unknown node makes no sense.
     let err = client.member_promote(99).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
     let members = client.member_promote(new_id).await.expect("promote");
-    assert!(members.members.iter().any(|m| m.id == new_id && !m.is_learner));
+    assert!(members
+        .members
+        .iter()
+        .any(|m| m.id == new_id && !m.is_learner));
 
     let members = client.member_remove(1).await.expect("remove node 1");
     assert!(!members.members.iter().any(|m| m.id == 1));
@@ -55,11 +64,18 @@ async fn add_promote_remove_while_serving() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer never failed");
-    assert!(written.load(Ordering::Relaxed) > before, "writes stalled after the changes");
+    assert!(
+        written.load(Ordering::Relaxed) > before,
+        "writes stalled after the changes"
+    );
 
     // The new member serves the data, and node 1 is gone from the membership.
     cluster.kill(1);
-    let list = cluster.client_of(new_id).member_list().await.expect("member list");
+    let list = cluster
+        .client_of(new_id)
+        .member_list()
+        .await
+        .expect("member list");
     let ids: Vec<u64> = list.members.iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![2, 3, new_id]);
     let kv = cluster.client_of(new_id).get("m-000000").await.unwrap();

@@ -16,7 +16,8 @@ fn io_error(e: impl std::error::Error + 'static) -> StorageError {
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().map_err(io_error)?;
-        let log = LogStore::open(&dir.path().join("log"), LogOptions::default()).map_err(io_error)?;
+        let log =
+            LogStore::open(&dir.path().join("log"), LogOptions::default()).map_err(io_error)?;
         let sm = StateMachine::open(&dir.path().join("state"), StateOptions::default())
             .await
             .map_err(io_error)?;

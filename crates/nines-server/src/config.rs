@@ -12,7 +12,11 @@ use nines_types::{Limits, Node, NodeId};
 use crate::error::ServerError;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "nines-server", version, about = "A nines node: Raft-replicated key-value store")]
+#[command(
+    name = "nines-server",
+    version,
+    about = "A nines node: Raft-replicated key-value store"
+)]
 pub struct ServerArgs {
     /// This node's id: a stable non-zero integer, unique in the cluster.
     #[arg(long, env = "NINES_ID")]
@@ -86,7 +90,10 @@ pub enum Bootstrap {
     /// Restart or manual `member add`: do nothing.
     None,
     Initial(BTreeMap<NodeId, Node>),
-    Join { endpoints: Vec<String>, as_learner: bool },
+    Join {
+        endpoints: Vec<String>,
+        as_learner: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -146,8 +153,11 @@ pub fn raft_config(args: &ServerArgs) -> Result<openraft::Config, ServerError> {
 pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<NodeId, Node>, ServerError> {
     let mut members = BTreeMap::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let bad = |why: &str| ServerError::Config(format!("--initial-cluster entry {item:?}: {why}"));
-        let (id, addrs) = item.split_once('=').ok_or_else(|| bad("expected ID=PEER_ADDR[/CLIENT_ADDR]"))?;
+        let bad =
+            |why: &str| ServerError::Config(format!("--initial-cluster entry {item:?}: {why}"));
+        let (id, addrs) = item
+            .split_once('=')
+            .ok_or_else(|| bad("expected ID=PEER_ADDR[/CLIENT_ADDR]"))?;
         let id: NodeId = id.trim().parse().map_err(|_| bad("id is not a number"))?;
         if id == 0 {
             return Err(bad("id 0 is reserved"));
@@ -188,7 +198,10 @@ impl TryFrom<ServerArgs> for ServerConfig {
             return Err(ServerError::Config("--id must be non-zero".into()));
         }
         let raft = raft_config(&args)?;
-        let advertise_peer = args.advertise_peer.clone().unwrap_or_else(|| args.listen_peer.to_string());
+        let advertise_peer = args
+            .advertise_peer
+            .clone()
+            .unwrap_or_else(|| args.listen_peer.to_string());
         let advertise_client = args
             .advertise_client
             .clone()
@@ -209,7 +222,11 @@ impl TryFrom<ServerArgs> for ServerConfig {
                 Bootstrap::Initial(members)
             }
             (None, Some(join)) => Bootstrap::Join {
-                endpoints: join.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                endpoints: join
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
                 as_learner: args.join_as_learner,
             },
             (None, None) => Bootstrap::None,
@@ -220,7 +237,9 @@ impl TryFrom<ServerArgs> for ServerConfig {
             max_txn_ops: args.max_txn_ops,
         };
         if limits.max_key_bytes == 0 || limits.max_txn_ops == 0 {
-            return Err(ServerError::Config("key and txn limits must be positive".into()));
+            return Err(ServerError::Config(
+                "key and txn limits must be positive".into(),
+            ));
         }
         Ok(ServerConfig {
             id: args.id,

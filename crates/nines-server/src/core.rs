@@ -52,7 +52,11 @@ impl NodeCore {
     }
 
     /// Proposes a write and waits for it to be applied, or says where the leader is.
-    pub async fn write(&self, request: Request, forwarded: bool) -> Result<Routed<Response>, ApiError> {
+    pub async fn write(
+        &self,
+        request: Request,
+        forwarded: bool,
+    ) -> Result<Routed<Response>, ApiError> {
         self.config.limits.check_command(&request.command)?;
         self.check_quorum_contact()?;
         let written = tokio::time::timeout(self.timeout(), self.proposer.propose(request)).await;
@@ -80,7 +84,9 @@ impl NodeCore {
                     .applied_index_at_least(Some(index), "linearizable read")
                     .await
                     .map_err(|e| match e {
-                        openraft::metrics::WaitError::Timeout(..) => ApiError::Timeout(self.timeout()),
+                        openraft::metrics::WaitError::Timeout(..) => {
+                            ApiError::Timeout(self.timeout())
+                        }
                         openraft::metrics::WaitError::ShuttingDown => ApiError::ShuttingDown,
                     })?;
                 Ok(Routed::Local(()))
@@ -130,7 +136,11 @@ impl NodeCore {
 
     /// A channel to a node's client API (its peer address serves it too).
     pub fn channel_to(&self, node: &Node) -> Result<Channel, ApiError> {
-        let addr = if node.api_addr.is_empty() { &node.raft_addr } else { &node.api_addr };
+        let addr = if node.api_addr.is_empty() {
+            &node.raft_addr
+        } else {
+            &node.api_addr
+        };
         self.pool
             .get(addr)
             .map_err(|e| ApiError::Internal(format!("bad address {addr:?}: {e}")))
@@ -139,9 +149,10 @@ impl NodeCore {
     /// Wraps a message for forwarding: marked, and bounded by our own timeout.
     pub fn forward_request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        request.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
         request.set_timeout(self.timeout());
         request
     }

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nines_types::NodeId;
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,6 @@ struct Identity {
 
 /// Holds the directory lock for as long as it lives.
 pub struct DataDir {
-    pub path: PathBuf,
     _lock: File,
 }
 
@@ -41,13 +40,17 @@ impl DataDir {
             return Err(ServerError::Locked(path.to_path_buf()));
         }
         let identity_path = path.join("identity.json");
-        let want = Identity { cluster_id, node_id };
+        let want = Identity {
+            cluster_id,
+            node_id,
+        };
         match std::fs::read(&identity_path) {
             Ok(bytes) => {
-                let have: Identity = serde_json::from_slice(&bytes).map_err(|e| ServerError::Mismatch {
-                    path: path.to_path_buf(),
-                    what: format!("an unreadable identity file ({e})"),
-                })?;
+                let have: Identity =
+                    serde_json::from_slice(&bytes).map_err(|e| ServerError::Mismatch {
+                        path: path.to_path_buf(),
+                        what: format!("an unreadable identity file ({e})"),
+                    })?;
                 if have.cluster_id != want.cluster_id {
                     return Err(ServerError::Mismatch {
                         path: path.to_path_buf(),
@@ -70,10 +73,7 @@ impl DataDir {
             }
             Err(e) => return Err(io(e)),
         }
-        Ok(DataDir {
-            path: path.to_path_buf(),
-            _lock: lock,
-        })
+        Ok(DataDir { _lock: lock })
     }
 }
 
@@ -94,10 +94,19 @@ mod tests {
     fn lock_and_identity() {
         let dir = tempfile::tempdir().unwrap();
         let held = DataDir::open(dir.path(), 7, 1).unwrap();
-        assert!(matches!(DataDir::open(dir.path(), 7, 1), Err(ServerError::Locked(_))));
+        assert!(matches!(
+            DataDir::open(dir.path(), 7, 1),
+            Err(ServerError::Locked(_))
+        ));
         drop(held);
-        assert!(matches!(DataDir::open(dir.path(), 8, 1), Err(ServerError::Mismatch { .. })));
-        assert!(matches!(DataDir::open(dir.path(), 7, 2), Err(ServerError::Mismatch { .. })));
+        assert!(matches!(
+            DataDir::open(dir.path(), 8, 1),
+            Err(ServerError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            DataDir::open(dir.path(), 7, 2),
+            Err(ServerError::Mismatch { .. })
+        ));
         assert!(DataDir::open(dir.path(), 7, 1).is_ok());
     }
 }

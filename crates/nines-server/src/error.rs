@@ -72,7 +72,9 @@ impl From<ApiError> for Status {
     fn from(err: ApiError) -> Status {
         let message = err.to_string();
         match err {
-            ApiError::InvalidInput(_) | ApiError::InvalidRequest(_) => Status::invalid_argument(message),
+            ApiError::InvalidInput(_) | ApiError::InvalidRequest(_) => {
+                Status::invalid_argument(message)
+            }
             ApiError::Precondition(_) => Status::failed_precondition(message),
             ApiError::Timeout(_) => Status::deadline_exceeded(message),
             ApiError::Forward(status) => status,
@@ -92,7 +94,11 @@ impl From<ApiError> for Status {
 pub fn unavailable_with_leader(message: String, leader: Option<(NodeId, &Node)>) -> Status {
     let mut status = Status::new(Code::Unavailable, message);
     if let Some((id, node)) = leader {
-        let addr = if node.api_addr.is_empty() { &node.raft_addr } else { &node.api_addr };
+        let addr = if node.api_addr.is_empty() {
+            &node.raft_addr
+        } else {
+            &node.api_addr
+        };
         if let Ok(v) = MetadataValue::try_from(id.to_string()) {
             status.metadata_mut().insert(LEADER_ID_HEADER, v);
         }

@@ -8,7 +8,11 @@ use nines_proto::cluster_client::ClusterClient;
 use crate::core::NodeCore;
 use crate::error::{ServerError, LEADER_ADDR_HEADER};
 
-pub async fn join(core: &NodeCore, endpoints: &[String], as_learner: bool) -> Result<(), ServerError> {
+pub async fn join(
+    core: &NodeCore,
+    endpoints: &[String],
+    as_learner: bool,
+) -> Result<(), ServerError> {
     let me = &core.config.node;
     let add = pb::MemberAddLearnerRequest {
         id: core.id,
@@ -51,12 +55,18 @@ where
             match call(ClusterClient::new(channel)).await {
                 Ok(()) => return Ok(()),
                 Err(status) => {
-                    if let Some(leader) = status.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()) {
+                    if let Some(leader) = status
+                        .metadata()
+                        .get(LEADER_ADDR_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                    {
                         if !targets.iter().any(|t| t == leader) {
                             targets.insert(0, leader.to_string());
                         }
                     }
-                    if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::InvalidArgument {
+                    if status.code() == tonic::Code::FailedPrecondition
+                        || status.code() == tonic::Code::InvalidArgument
+                    {
                         return Err(ServerError::Join(status.message().to_string()));
                     }
                     last = format!("{addr}: {}", status.message());

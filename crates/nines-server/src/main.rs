@@ -7,13 +7,16 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("NINES_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+            EnvFilter::try_from_env("NINES_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = ServerArgs::parse();
     let config = ServerConfig::try_from(args).context("invalid configuration")?;
-    let node = NinesNode::start(config).await.context("cannot start node")?;
+    let node = NinesNode::start(config)
+        .await
+        .context("cannot start node")?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -57,21 +57,31 @@ impl NinesNode {
             cluster_id,
             pool: pool.clone(),
         };
-        let raft = Raft::new(config.id, Arc::new(config.raft.clone()), network, log, state)
-            .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(config.raft.clone()),
+            network,
+            log,
+            state,
+        )
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
 
         // Bind before bootstrapping: peers must reach us for the first election.
         let client_listener = bind(config.listen_client).await?;
         let peer_listener = bind(config.listen_peer).await?;
-        let client_addr = client_listener.local_addr().map_err(|source| ServerError::Listen {
-            addr: config.listen_client,
-            source,
-        })?;
-        let peer_addr = peer_listener.local_addr().map_err(|source| ServerError::Listen {
-            addr: config.listen_peer,
-            source,
-        })?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen_client,
+                source,
+            })?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen_peer,
+                source,
+            })?;
 
         let config = Arc::new(config);
         let core = Arc::new(NodeCore {
@@ -198,7 +208,9 @@ async fn bootstrap(core: &Arc<NodeCore>) -> Result<(), ServerError> {
     }
     match &core.config.bootstrap {
         Bootstrap::None => {
-            tracing::info!("no state and no bootstrap flags: waiting to be added with `nines member add`");
+            tracing::info!(
+                "no state and no bootstrap flags: waiting to be added with `nines member add`"
+            );
             Ok(())
         }
         Bootstrap::Initial(members) => {
@@ -206,11 +218,16 @@ async fn bootstrap(core: &Arc<NodeCore>) -> Result<(), ServerError> {
             // allows; no single node is needed to form the cluster.
             match core.raft.initialize(members.clone()).await {
                 Ok(()) => Ok(()),
-                Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => Ok(()),
                 Err(e) => Err(ServerError::Raft(format!("initialize: {e}"))),
             }
         }
-        Bootstrap::Join { endpoints, as_learner } => {
+        Bootstrap::Join {
+            endpoints,
+            as_learner,
+        } => {
             let core = core.clone();
             let endpoints = endpoints.clone();
             let as_learner = *as_learner;

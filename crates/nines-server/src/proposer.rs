@@ -59,17 +59,18 @@ fn approx_bytes(command: &Command) -> usize {
         Command::Put { key, value, .. } => key.len() + value.len(),
         Command::Delete { key, .. } => key.len(),
         Command::DeleteRange { range, .. } => range.start().len() * 2,
-        Command::Txn(txn) => txn
-            .success
-            .iter()
-            .chain(&txn.failure)
-            .map(|op| match op {
-                TxnOp::Put { key, value, .. } => key.len() + value.len(),
-                TxnOp::Delete { range, .. } => range.start().len() * 2,
-                TxnOp::Get(r) => r.range.start().len() * 2,
-            })
-            .sum::<usize>()
-            + txn.compares.len() * 64,
+        Command::Txn(txn) => {
+            txn.success
+                .iter()
+                .chain(&txn.failure)
+                .map(|op| match op {
+                    TxnOp::Put { key, value, .. } => key.len() + value.len(),
+                    TxnOp::Delete { range, .. } => range.start().len() * 2,
+                    TxnOp::Get(r) => r.range.start().len() * 2,
+                })
+                .sum::<usize>()
+                + txn.compares.len() * 64
+        }
         Command::Batch(requests) => requests.iter().map(|r| approx_bytes(&r.command)).sum(),
     }
 }

@@ -78,11 +78,15 @@ impl ReadBarrier {
     async fn round(&self) -> Barrier {
         match tokio::time::timeout(self.timeout, self.raft.get_read_log_id()).await {
             Err(_) => Barrier::Timeout,
-            Ok(Ok((read_log_id, _applied))) => Barrier::ReadIndex(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Ok(Ok((read_log_id, _applied))) => {
+                Barrier::ReadIndex(read_log_id.map(|l| l.index).unwrap_or(0))
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Barrier::NotLeader(f.leader_id, f.leader_node)
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Barrier::QuorumLost,
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Barrier::QuorumLost
+            }
             Ok(Err(RaftError::Fatal(_))) => Barrier::ShuttingDown,
         }
     }

@@ -63,7 +63,8 @@ impl ClusterService {
         forwarded: bool,
     ) -> Result<Routed<()>, ApiError> {
         let timeout = self.core.timeout() * 6;
-        let result = tokio::time::timeout(timeout, self.core.raft.change_membership(change, false)).await;
+        let result =
+            tokio::time::timeout(timeout, self.core.raft.change_membership(change, false)).await;
         self.membership_result(result.map_err(|_| ApiError::Timeout(timeout))?, forwarded)
     }
 
@@ -96,12 +97,21 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn status(&self, _request: tonic::Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: tonic::Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let m = self.core.raft.metrics().borrow().clone();
         let leader_api_addr = self
             .core
             .leader()
-            .map(|(_, n)| if n.api_addr.is_empty() { n.raft_addr } else { n.api_addr })
+            .map(|(_, n)| {
+                if n.api_addr.is_empty() {
+                    n.raft_addr
+                } else {
+                    n.api_addr
+                }
+            })
             .unwrap_or_default();
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.core.header(self.core.reader.revision())),
@@ -146,11 +156,16 @@ impl pb::cluster_server::Cluster for ClusterService {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         if message.id == 0 || message.raft_addr.is_empty() {
-            return Err(ApiError::InvalidRequest("a member needs a non-zero id and a peer address".into()).into());
+            return Err(ApiError::InvalidRequest(
+                "a member needs a non-zero id and a peer address".into(),
+            )
+            .into());
         }
         let (voters, nodes) = self.current_membership();
         if voters.contains(&message.id) {
-            return Err(ApiError::Precondition(format!("node {} is already a voter", message.id)).into());
+            return Err(
+                ApiError::Precondition(format!("node {} is already a voter", message.id)).into(),
+            );
         }
         let node = Node::new(message.raft_addr.clone(), message.api_addr.clone());
         if nodes.get(&message.id) == Some(&node) {
@@ -158,9 +173,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Ok(Response::new(self.members_response()));
         }
         let timeout = self.core.timeout() * 6;
-        let added = tokio::time::timeout(timeout, self.core.raft.add_learner(message.id, node, true))
-            .await
-            .map_err(|_| ApiError::Timeout(timeout))?;
+        let added =
+            tokio::time::timeout(timeout, self.core.raft.add_learner(message.id, node, true))
+                .await
+                .map_err(|_| ApiError::Timeout(timeout))?;
         match self.membership_result(added, forwarded)? {
             Routed::Local(()) => Ok(Response::new(self.members_response())),
             Routed::Forward(leader) => {
@@ -182,7 +198,11 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Ok(Response::new(self.members_response()));
         }
         if !nodes.contains_key(&message.id) {
-            return Err(ApiError::Precondition(format!("node {} is not a learner of this cluster", message.id)).into());
+            return Err(ApiError::Precondition(format!(
+                "node {} is not a learner of this cluster",
+                message.id
+            ))
+            .into());
         }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([message.id]));
         match self.change(change, forwarded).await? {
@@ -231,11 +251,18 @@ impl pb::cluster_server::Cluster for ClusterService {
         let message = request.into_inner();
         let (voters, nodes) = self.current_membership();
         if !voters.contains(&message.target_id) {
-            return Err(ApiError::Precondition(format!("node {} is not a voter", message.target_id)).into());
+            return Err(ApiError::Precondition(format!(
+                "node {} is not a voter",
+                message.target_id
+            ))
+            .into());
         }
         if message.target_id != self.core.id {
             if forwarded {
-                return Err(ApiError::Precondition("transfer was forwarded to the wrong node".into()).into());
+                return Err(ApiError::Precondition(
+                    "transfer was forwarded to the wrong node".into(),
+                )
+                .into());
             }
             let target = &nodes[&message.target_id];
             return self
@@ -273,7 +300,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _request: tonic::Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
-        let applied = self.core.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let applied = self
+            .core
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index);
         self.core
             .raft
             .trigger()

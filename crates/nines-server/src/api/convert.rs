@@ -30,7 +30,9 @@ pub fn session(s: &Option<pb::WriteSession>) -> Option<Session> {
 
 pub fn range_request(req: &pb::RangeRequest) -> Result<RangeRequest, ApiError> {
     if req.limit < 0 {
-        return Err(ApiError::InvalidRequest("limit must not be negative".into()));
+        return Err(ApiError::InvalidRequest(
+            "limit must not be negative".into(),
+        ));
     }
     Ok(RangeRequest {
         range: key_range(&req.key, &req.range_end),
@@ -88,7 +90,12 @@ pub fn txn_request(req: &pb::TxnRequest) -> Result<Request, ApiError> {
 
 fn compare(c: &pb::Compare) -> Result<Compare, ApiError> {
     use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
-    let bad = |why: &str| ApiError::InvalidRequest(format!("compare on {:?}: {why}", String::from_utf8_lossy(&c.key)));
+    let bad = |why: &str| {
+        ApiError::InvalidRequest(format!(
+            "compare on {:?}: {why}",
+            String::from_utf8_lossy(&c.key)
+        ))
+    };
     let op = match R::try_from(c.result).map_err(|_| bad("unknown result operator"))? {
         R::Equal => CompareOp::Equal,
         R::Greater => CompareOp::Greater,
@@ -117,7 +124,9 @@ fn txn_op(op: &pb::RequestOp) -> Result<TxnOp, ApiError> {
         Some(R::RequestRange(r)) => Ok(TxnOp::Get(range_request(r)?)),
         Some(R::RequestPut(p)) => {
             if p.lease != 0 {
-                return Err(ApiError::InvalidRequest("leases are not supported yet".into()));
+                return Err(ApiError::InvalidRequest(
+                    "leases are not supported yet".into(),
+                ));
             }
             Ok(TxnOp::Put {
                 key: p.key.clone(),
@@ -156,7 +165,9 @@ pub fn range_response(header: pb::ResponseHeader, r: RangeResponse) -> pb::Range
 /// The state machine's verdict, or the reason it refused to apply.
 pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
     match resp.result {
-        CommandResult::Rejected(RejectReason::InvalidInput(msg)) => Err(ApiError::InvalidRequest(msg)),
+        CommandResult::Rejected(RejectReason::InvalidInput(msg)) => {
+            Err(ApiError::InvalidRequest(msg))
+        }
         CommandResult::Rejected(RejectReason::StaleSequence {
             client_id,
             seq,
@@ -172,7 +183,10 @@ fn unexpected(result: &CommandResult) -> ApiError {
     ApiError::Internal(format!("unexpected state machine result {result:?}"))
 }
 
-pub fn put_response(header: pb::ResponseHeader, result: CommandResult) -> Result<pb::PutResponse, ApiError> {
+pub fn put_response(
+    header: pb::ResponseHeader,
+    result: CommandResult,
+) -> Result<pb::PutResponse, ApiError> {
     match result {
         CommandResult::Put { prev_kv } => Ok(pb::PutResponse {
             header: Some(header),
@@ -196,7 +210,10 @@ pub fn delete_response(
     }
 }
 
-pub fn txn_response(header: pb::ResponseHeader, result: CommandResult) -> Result<pb::TxnResponse, ApiError> {
+pub fn txn_response(
+    header: pb::ResponseHeader,
+    result: CommandResult,
+) -> Result<pb::TxnResponse, ApiError> {
     use pb::response_op::Response as R;
     let CommandResult::Txn {
         succeeded,
@@ -220,7 +237,9 @@ pub fn txn_response(header: pb::ResponseHeader, result: CommandResult) -> Result
                         prev_kvs: prev_kvs.into_iter().map(kv).collect(),
                     })
                 }
-                TxnOpResponse::Get(range) => R::ResponseRange(range_response(header.clone(), range)),
+                TxnOpResponse::Get(range) => {
+                    R::ResponseRange(range_response(header.clone(), range))
+                }
             }),
         })
         .collect();
@@ -259,11 +278,17 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(matches!(txn_request(&req), Err(ApiError::InvalidRequest(_))));
+        assert!(matches!(
+            txn_request(&req),
+            Err(ApiError::InvalidRequest(_))
+        ));
         let req = pb::TxnRequest {
             success: vec![pb::RequestOp { request: None }],
             ..Default::default()
         };
-        assert!(matches!(txn_request(&req), Err(ApiError::InvalidRequest(_))));
+        assert!(matches!(
+            txn_request(&req),
+            Err(ApiError::InvalidRequest(_))
+        ));
     }
 }

@@ -34,7 +34,10 @@ impl KvService {
         match self.core.write(domain, forwarded).await? {
             Routed::Local(resp) => {
                 let (revision, result) = convert::applied(resp)?;
-                Ok(Outcome::Done(from_domain(self.core.header(revision), result)?))
+                Ok(Outcome::Done(from_domain(
+                    self.core.header(revision),
+                    result,
+                )?))
             }
             Routed::Forward(leader) => Ok(Outcome::Forward(
                 self.client(&leader)?,
@@ -48,7 +51,11 @@ impl KvService {
     }
 
     /// Passes the read barrier unless serializable; Some(client) means forward.
-    async fn read_route(&self, serializable: bool, forwarded: bool) -> Result<Option<KvClient<Channel>>, Status> {
+    async fn read_route(
+        &self,
+        serializable: bool,
+        forwarded: bool,
+    ) -> Result<Option<KvClient<Channel>>, Status> {
         if serializable {
             return Ok(None);
         }
@@ -63,20 +70,32 @@ fn forward_failed(status: Status) -> Status {
     // Statuses from the leader pass through unchanged; transport failures
     // become UNAVAILABLE so clients retry elsewhere.
     match status.code() {
-        tonic::Code::Unknown | tonic::Code::Cancelled => ApiError::Forward(Status::unavailable(status.message().to_string())).into(),
+        tonic::Code::Unknown | tonic::Code::Cancelled => {
+            ApiError::Forward(Status::unavailable(status.message().to_string())).into()
+        }
         _ => status,
     }
 }
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
-    async fn range(&self, request: tonic::Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: tonic::Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let read = convert::range_request(&message)?;
-        self.core.config.limits.check_read(&read).map_err(ApiError::from)?;
+        self.core
+            .config
+            .limits
+            .check_read(&read)
+            .map_err(ApiError::from)?;
         if let Some(mut leader) = self.read_route(message.serializable, forwarded).await? {
-            return leader.range(self.core.forward_request(message)).await.map_err(forward_failed);
+            return leader
+                .range(self.core.forward_request(message))
+                .await
+                .map_err(forward_failed);
         }
         let revision = self.core.reader.revision();
         let result = self
@@ -84,15 +103,28 @@ impl pb::kv_server::Kv for KvService {
             .reader
             .range(&read)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Response::new(convert::range_response(self.core.header(revision), result)))
+        Ok(Response::new(convert::range_response(
+            self.core.header(revision),
+            result,
+        )))
     }
 
-    async fn get(&self, request: tonic::Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: tonic::Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        self.core.config.limits.check_key(&message.key).map_err(ApiError::from)?;
+        self.core
+            .config
+            .limits
+            .check_key(&message.key)
+            .map_err(ApiError::from)?;
         if let Some(mut leader) = self.read_route(message.serializable, forwarded).await? {
-            return leader.get(self.core.forward_request(message)).await.map_err(forward_failed);
+            return leader
+                .get(self.core.forward_request(message))
+                .await
+                .map_err(forward_failed);
         }
         let revision = self.core.reader.revision();
         let kv = self
@@ -106,9 +138,16 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    async fn put(&self, request: tonic::Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: tonic::Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         match self
-            .write(request, |m| Ok(convert::put_request(m)), convert::put_response)
+            .write(
+                request,
+                |m| Ok(convert::put_request(m)),
+                convert::put_response,
+            )
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
@@ -121,7 +160,11 @@ impl pb::kv_server::Kv for KvService {
         request: tonic::Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         match self
-            .write(request, |m| Ok(convert::delete_request(m)), convert::delete_response)
+            .write(
+                request,
+                |m| Ok(convert::delete_request(m)),
+                convert::delete_response,
+            )
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
@@ -134,16 +177,28 @@ impl pb::kv_server::Kv for KvService {
         request: tonic::Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         match self
-            .write(request, |m| Ok(convert::delete_range_request(m)), convert::delete_response)
+            .write(
+                request,
+                |m| Ok(convert::delete_range_request(m)),
+                convert::delete_response,
+            )
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req) => leader.delete_range(req).await.map_err(forward_failed),
+            Outcome::Forward(mut leader, req) => {
+                leader.delete_range(req).await.map_err(forward_failed)
+            }
         }
     }
 
-    async fn txn(&self, request: tonic::Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        match self.write(request, convert::txn_request, convert::txn_response).await? {
+    async fn txn(
+        &self,
+        request: tonic::Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        match self
+            .write(request, convert::txn_request, convert::txn_response)
+            .await?
+        {
             Outcome::Done(resp) => Ok(Response::new(resp)),
             Outcome::Forward(mut leader, req) => leader.txn(req).await.map_err(forward_failed),
         }

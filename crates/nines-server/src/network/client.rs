@@ -158,9 +158,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         let data = codec::encode(&rpc).map_err(encode_error)?;
         if data.len() > MAX_MESSAGE_BYTES && entries > 1 {
             // openraft halves the batch and retries.
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
-                entries / 2,
-            )));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            ));
         }
         self.call(Rpc::Append, data, &option).await
     }

@@ -5,5 +5,5 @@ mod client;
 mod codec;
 mod service;
 
-pub use client::{ChannelPool, NetworkFactory};
+pub use client::{ChannelPool, NetworkFactory, MAX_MESSAGE_BYTES};
 pub use service::RaftService;

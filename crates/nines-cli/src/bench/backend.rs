@@ -1,0 +1,132 @@
+//! The stores under test, behind one small interface.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use nines_client::{proto as pb, Client, ClientConfig};
+
+pub enum Backend {
+    Nines(Vec<Client>),
+    #[cfg(feature = "etcd")]
+    Etcd(Vec<etcd_client::Client>),
+}
+
+impl Backend {
+    pub async fn connect(target: &str, endpoints: &[String], connections: usize) -> Result<Backend> {
+        match target {
+            "nines" => {
+                let mut clients = Vec::new();
+                for _ in 0..connections.max(1) {
+                    let mut config = ClientConfig::new(endpoints.to_vec());
+                    config.request_timeout = Duration::from_secs(10);
+                    let client = Client::new(config)?;
+                    client.discover_leader().await;
+                    clients.push(client);
+                }
+                Ok(Backend::Nines(clients))
+            }
+            #[cfg(feature = "etcd")]
+            "etcd" => {
+                let mut clients = Vec::new();
+                for _ in 0..connections.max(1) {
+                    clients.push(etcd_client::Client::connect(endpoints, None).await?);
+                }
+                Ok(Backend::Etcd(clients))
+            }
+            #[cfg(not(feature = "etcd"))]
+            "etcd" => Err(anyhow!(
+                "this nines binary was built without the `etcd` feature (scripts/bench-vs-etcd.sh builds it)"
+            )),
+            other => Err(anyhow!("unknown target {other:?} (nines, etcd)")),
+        }
+    }
+
+    pub async fn put(&self, conn: usize, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        match self {
+            Backend::Nines(c) => {
+                c[conn % c.len()].put(key, value).await?;
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(c) => {
+                c[conn % c.len()].kv_client().put(key, value, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, conn: usize, key: Vec<u8>, serializable: bool) -> Result<()> {
+        match self {
+            Backend::Nines(c) => {
+                c[conn % c.len()]
+                    .get_request(pb::GetRequest { key, serializable })
+                    .await?;
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(c) => {
+                let options = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+                c[conn % c.len()].kv_client().get(key, options).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn range(&self, conn: usize, start: Vec<u8>, end: Vec<u8>, limit: i64) -> Result<()> {
+        match self {
+            Backend::Nines(c) => {
+                c[conn % c.len()]
+                    .range(pb::RangeRequest {
+                        key: start,
+                        range_end: end,
+                        limit,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(c) => {
+                let options = etcd_client::GetOptions::new().with_range(end).with_limit(limit);
+                c[conn % c.len()].kv_client().get(start, Some(options)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compare-and-swap on the key's mod revision (read, then txn).
+    pub async fn cas(&self, conn: usize, key: Vec<u8>, value: Vec<u8>) -> Result<bool> {
+        match self {
+            Backend::Nines(c) => {
+                let client = &c[conn % c.len()];
+                let current = client.get(key.clone()).await?;
+                let mod_revision = current.map(|kv| kv.mod_revision).unwrap_or(0);
+                let txn = pb::TxnRequest {
+                    compare: vec![pb::Compare {
+                        key: key.clone(),
+                        result: pb::compare::CompareResult::Equal as i32,
+                        target: pb::compare::CompareTarget::Mod as i32,
+                        target_union: Some(pb::compare::TargetUnion::ModRevision(mod_revision)),
+                    }],
+                    success: vec![pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key,
+                            value,
+                            ..Default::default()
+                        })),
+                    }],
+                    ..Default::default()
+                };
+                Ok(client.txn(txn).await?.succeeded)
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(c) => {
+                use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+                let mut kv = c[conn % c.len()].kv_client();
+                let current = kv.get(key.clone(), None).await?;
+                let mod_revision = current.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
+                    .and_then([TxnOp::put(key, value, None)]);
+                Ok(kv.txn(txn).await?.succeeded())
+            }
+        }
+    }
+}

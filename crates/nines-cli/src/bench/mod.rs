@@ -1,0 +1,9 @@
+//! `nines bench`: closed-loop load against nines (or etcd, with the `etcd`
+//! feature), measured by the same code so the figures compare.
+
+mod backend;
+mod fsync_probe;
+mod report;
+mod run;
+
+pub use run::{run, BenchArgs};

@@ -179,7 +179,9 @@ impl Client {
                     if inner.endpoints.leader() == Some(i) {
                         inner.endpoints.set_leader(None);
                     }
-                    let backoff = Duration::from_millis((25u64 << attempt.min(5)).min(500));
+                    // Short and capped: on loopback or a LAN an election takes a few
+                    // hundred ms, and sleeping past it only lengthens the outage.
+                    let backoff = Duration::from_millis((10u64 << attempt.min(4)).min(100));
                     let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
                     tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
                 }

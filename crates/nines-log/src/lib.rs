@@ -1,20 +1,79 @@
-//! The nines Raft log: a segmented, append-only write-ahead log.
+//! The Raft log of nines: a segmented, append-only write-ahead log
+//! implementing openraft's `RaftLogStorage` (storage-v2).
 //!
-//! - Records are framed with length + CRC32C; segments are bounded in size.
-//! - `append` writes a whole batch and issues one `fdatasync` before telling
-//!   openraft the entries are durable (group commit).
-//! - Recovery drops a torn tail of the last segment and refuses to start on
-//!   damage anywhere else, naming the file and offset.
-//! - The vote and the purge point live in small files written with
-//!   temp + fsync + rename + directory fsync.
+//! Directory layout:
+//! - `<first index, 20 digits>.wal`: segments (format in `segment.rs`);
+//! - `vote`, `purged`: small metadata files replaced atomically (`meta.rs`);
+//! - `LOCK`: held with an exclusive `flock` while the log is open.
+//!
+//! Each append batch is one write plus one fdatasync before openraft's
+//! callback fires; the vote is fsynced before `save_vote` returns.
 
 mod error;
 mod log_reader;
 mod log_store;
 mod meta;
+mod recovery;
 mod segment;
 mod wal;
 
+use std::path::Path;
+use std::sync::Arc;
+
 pub use error::LogError;
-pub use log_store::LogStore;
-pub use wal::LogOptions;
+
+/// Tuning for a [`LogStore`].
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// A segment rolls over once an append would take it past this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The Raft log store. Cheap to clone; clones share one log.
+#[derive(Clone)]
+pub struct LogStore {
+    wal: Arc<wal::Wal>,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the log in `dir`, recovering from any
+    /// crash. Blocking: call it at startup or from a blocking thread.
+    ///
+    /// Fails with [`LogError::Locked`] if another process has the directory
+    /// open, and with [`LogError::Corrupt`] on damage a crash cannot explain.
+    pub fn open(dir: &Path, opts: LogOptions) -> Result<LogStore, LogError> {
+        let wal = recovery::open(dir, opts)?;
+        Ok(LogStore { wal: Arc::new(wal) })
+    }
+
+    /// Number of segment files currently in use (for tests and metrics).
+    pub fn segment_count(&self) -> usize {
+        self.wal.read_index().map_or(0, |idx| idx.segments.len())
+    }
+
+    /// Runs a blocking log operation on tokio's blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, LogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&wal::Wal) -> Result<T, LogError> + Send + 'static,
+    {
+        let wal = Arc::clone(&self.wal);
+        tokio::task::spawn_blocking(move || f(&wal)).await?
+    }
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.wal.dir)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,13 +1,12 @@
-//! `RaftLogReader`: reads come from the in-memory cache of recent entries or
-//! positional reads of the segment files.
+//! `RaftLogReader`: positional reads of entries through the in-memory index.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 use nines_types::{Entry, StorageError, TypeConfig};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+use openraft::{OptionalSend, RaftLogReader};
 
-use crate::log_store::{storage_error, LogStore};
+use crate::LogStore;
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
@@ -20,16 +19,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&e) => e,
-            Bound::Excluded(&0) => return Ok(Vec::new()),
-            Bound::Excluded(&e) => e - 1,
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        if start > end {
-            return Ok(Vec::new());
-        }
-        self.with_wal(move |wal| wal.read(start, end))
+        self.run(move |wal| wal.read(start, end))
             .await
-            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+            .map_err(|e| e.read_logs())
     }
 }

@@ -1,101 +1,53 @@
-//! `RaftLogStorage` over the WAL. Blocking file IO runs on tokio's blocking
-//! pool; the WAL sits behind a std mutex that is never held across `.await`.
-
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+//! `RaftLogStorage`: every call runs its blocking IO on tokio's blocking pool.
 
 use nines_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
+use openraft::OptionalSend;
 
-use crate::error::LogError;
-use crate::wal::{LogOptions, Wal};
-
-#[derive(Clone)]
-pub struct LogStore {
-    pub(crate) wal: Arc<Mutex<Wal>>,
-}
-
-pub(crate) fn storage_error(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: &LogError,
-) -> StorageError {
-    StorageIOError::new(subject, verb, AnyError::new(e)).into()
-}
-
-impl LogStore {
-    pub fn open(dir: &Path, opts: LogOptions) -> Result<LogStore, LogError> {
-        Ok(LogStore {
-            wal: Arc::new(Mutex::new(Wal::open(dir, opts)?)),
-        })
-    }
-
-    /// Runs `f` on the WAL in the blocking pool.
-    pub(crate) async fn with_wal<T, F>(&self, f: F) -> Result<T, LogError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Wal) -> Result<T, LogError> + Send + 'static,
-    {
-        let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut wal = wal.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut wal)
-        })
-        .await
-        .map_err(|e| LogError::Io {
-            path: Default::default(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-    }
-
-    /// Number of segment files (for tests and metrics).
-    pub fn segment_count(&self) -> usize {
-        self.wal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .segment_count()
-    }
-}
+use crate::LogStore;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let (last_purged_log_id, last_log_id) = self
+            .run(|wal| wal.log_state())
+            .await
+            .map_err(|e| e.read_logs())?;
         Ok(LogState {
-            last_purged_log_id: wal.purged(),
-            last_log_id: wal.last_log_id(),
+            last_purged_log_id,
+            last_log_id,
         })
     }
 
-    async fn get_log_reader(&mut self) -> Self::LogReader {
+    async fn get_log_reader(&mut self) -> LogStore {
         self.clone()
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let vote = *vote;
-        self.with_wal(move |wal| wal.save_vote(&vote))
+        self.run(move |wal| wal.save_vote(&vote))
             .await
-            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &e))
+            .map_err(|e| e.write_vote())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.wal.lock().unwrap_or_else(|e| e.into_inner()).vote())
+        self.run(|wal| wal.read_vote())
+            .await
+            .map_err(|e| e.read_vote())
     }
 
+    /// See `Wal::save_committed`: written without its own fsync.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.with_wal(move |wal| wal.save_committed(committed))
+        self.run(move |wal| wal.save_committed(committed))
             .await
-            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
+            .map_err(|e| e.write_logs())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .wal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .committed())
+        self.run(|wal| wal.committed())
+            .await
+            .map_err(|e| e.read_logs())
     }
 
     async fn append<I>(
@@ -108,29 +60,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        // The callback fires only after fdatasync returned: that is the
-        // promise openraft relies on to acknowledge writes.
-        match self.with_wal(move |wal| wal.append(entries)).await {
+        match self.run(move |wal| wal.append(&entries)).await {
             Ok(()) => {
+                // Only now is the batch on disk.
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
+                // A dropped callback is fatal to openraft; report the failure instead.
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
+                Err(e.write_logs())
             }
         }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.with_wal(move |wal| wal.truncate(log_id.index))
+        self.run(move |wal| wal.truncate(log_id.index))
             .await
-            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+            .map_err(|e| e.write_logs())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.with_wal(move |wal| wal.purge(log_id))
+        self.run(move |wal| wal.purge(log_id))
             .await
-            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+            .map_err(|e| e.write_logs())
     }
 }

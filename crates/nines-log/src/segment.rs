@@ -1,179 +1,310 @@
-//! Segment file format.
+//! Segment file format: a header, then length-prefixed, checksummed records.
 //!
-//! A segment is a header (`NINESWAL` + u32 version) followed by records:
-//! `[u32 len][u32 crc32c][u8 kind][payload]`, little endian, where `len`
-//! counts kind + payload and the CRC covers them too.
+//! ```text
+//! header: [8-byte magic "NINESWAL"][u32 LE format version]
+//! record: [u32 LE payload len][u32 LE crc32c(type ++ payload)][u8 type][payload]
+//! ```
+//!
+//! Entry payloads are the bincode 2 (standard config) serde encoding of a
+//! `nines_types::Entry`; Committed payloads encode an `Option<LogId>`.
 
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use nines_types::{Entry, LogId};
 
-use crate::error::{io_err, LogError};
+use crate::error::LogError;
 
-pub const MAGIC: &[u8; 8] = b"NINESWAL";
-pub const VERSION: u32 = 1;
-pub const HEADER_LEN: u64 = 12;
-const RECORD_HEAD: usize = 8;
-/// Larger than any entry the server accepts; a bigger length is garbage.
-const MAX_RECORD: u32 = 256 * 1024 * 1024;
+pub(crate) const MAGIC: [u8; 8] = *b"NINESWAL";
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const HEADER_LEN: u64 = 12;
+pub(crate) const RECORD_HEADER_LEN: usize = 9;
 
-pub const KIND_ENTRY: u8 = 1;
-pub const KIND_COMMITTED: u8 = 2;
+const SUFFIX: &str = ".wal";
 
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LogError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| LogError::Codec(e.to_string()))
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordType {
+    Entry = 1,
+    Committed = 2,
 }
 
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, LogError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| LogError::Codec(e.to_string()))
+impl RecordType {
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(RecordType::Entry),
+            2 => Some(RecordType::Committed),
+            _ => None,
+        }
+    }
 }
 
-pub fn header() -> Vec<u8> {
-    let mut h = MAGIC.to_vec();
-    h.extend_from_slice(&VERSION.to_le_bytes());
+/// File name of the segment whose first entry has index `first_index`;
+/// zero padding makes lexical order equal numeric order.
+pub(crate) fn segment_file_name(first_index: u64) -> String {
+    format!("{first_index:020}{SUFFIX}")
+}
+
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// An open segment file. Handles stay open for the life of the segment so
+/// reads are a single positional `read_at`.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    /// Index of the first entry written to this segment (its file name).
+    pub first_index: u64,
+    pub path: PathBuf,
+    pub file: File,
+}
+
+impl Segment {
+    pub(crate) fn open(dir: &Path, first_index: u64) -> Result<Segment, LogError> {
+        let path = dir.join(segment_file_name(first_index));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, e))?;
+        Ok(Segment {
+            first_index,
+            path,
+            file,
+        })
+    }
+
+    /// Creates a segment holding the header and a Committed record, synced.
+    /// Returns it with its length. The caller must fsync the directory.
+    pub(crate) fn create(
+        dir: &Path,
+        first_index: u64,
+        committed: Option<LogId>,
+    ) -> Result<(Segment, u64), LogError> {
+        let path = dir.join(segment_file_name(first_index));
+        // create_new: a name collision means a bookkeeping bug, never overwrite data.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, e))?;
+        let mut buf = header().to_vec();
+        encode_committed(&mut buf, committed)?;
+        file.write_all_at(&buf, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| LogError::io(&path, e))?;
+        let seg = Segment {
+            first_index,
+            path,
+            file,
+        };
+        Ok((seg, buf.len() as u64))
+    }
+}
+
+pub(crate) fn header() -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..].copy_from_slice(&VERSION.to_le_bytes());
     h
 }
 
-/// Appends one framed record to `out`; returns its offset within `out`.
-pub fn frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) -> usize {
-    let at = out.len();
-    let len = (payload.len() + 1) as u32;
-    let mut crc = crc32c::crc32c(&[kind]);
-    crc = crc32c::crc32c_append(crc, payload);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(payload);
-    at
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
 }
 
-/// Bytes of a record with this payload, framing included.
-pub fn framed_len(payload_len: usize) -> u64 {
-    (RECORD_HEAD + 1 + payload_len) as u64
+/// Appends one framed record to `buf`; `body` writes the payload.
+fn encode_record(
+    buf: &mut Vec<u8>,
+    kind: RecordType,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    buf[start + 8] = kind as u8;
+    body(buf)?;
+    let payload_len = buf.len() - start - RECORD_HEADER_LEN;
+    let len = u32::try_from(payload_len)
+        .map_err(|_| LogError::Encode(format!("record of {payload_len} bytes is too large")))?;
+    let crc = crc32c::crc32c(&buf[start + 8..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
-pub fn file_name(first_index: u64) -> String {
-    format!("{first_index:020}.wal")
+pub(crate) fn encode_entry(buf: &mut Vec<u8>, entry: &Entry) -> Result<(), LogError> {
+    encode_record(buf, RecordType::Entry, |b| {
+        bincode::serde::encode_into_std_write(entry, b, bincode_config())
+            .map(|_| ())
+            .map_err(|e| LogError::Encode(e.to_string()))
+    })
 }
 
-pub fn parse_name(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_str()?;
-    name.strip_suffix(".wal")?.parse().ok()
+pub(crate) fn encode_committed(buf: &mut Vec<u8>, c: Option<LogId>) -> Result<(), LogError> {
+    encode_record(buf, RecordType::Committed, |b| {
+        bincode::serde::encode_into_std_write(c, b, bincode_config())
+            .map(|_| ())
+            .map_err(|e| LogError::Encode(e.to_string()))
+    })
 }
 
-pub struct Record {
+fn decode_exact<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    let (v, used) = bincode::serde::decode_from_slice::<T, _>(payload, bincode_config())
+        .map_err(|e| e.to_string())?;
+    if used != payload.len() {
+        return Err(format!(
+            "{} trailing bytes after payload",
+            payload.len() - used
+        ));
+    }
+    Ok(v)
+}
+
+pub(crate) fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
+    decode_exact(payload)
+}
+
+pub(crate) fn decode_committed(payload: &[u8]) -> Result<Option<LogId>, String> {
+    decode_exact(payload)
+}
+
+/// Why a record could not be parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BadRecord {
+    ShortHeader,
+    PastEnd,
+    Checksum,
+    UnknownType(u8),
+}
+
+impl std::fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadRecord::ShortHeader => write!(f, "short record header"),
+            BadRecord::PastEnd => write!(f, "record extends past end of data"),
+            BadRecord::Checksum => write!(f, "checksum mismatch"),
+            BadRecord::UnknownType(t) => write!(f, "unknown record type {t}"),
+        }
+    }
+}
+
+/// Parses the record at the start of `data`: its type and payload range
+/// (relative to `data`; the payload end is the record's total length).
+pub(crate) fn parse_record(data: &[u8]) -> Result<(RecordType, Range<usize>), BadRecord> {
+    if data.len() < RECORD_HEADER_LEN {
+        return Err(BadRecord::ShortHeader);
+    }
+    let len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+    let crc = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
+    let end = RECORD_HEADER_LEN + len;
+    if end > data.len() {
+        return Err(BadRecord::PastEnd);
+    }
+    if crc32c::crc32c(&data[8..end]) != crc {
+        return Err(BadRecord::Checksum);
+    }
+    let kind = RecordType::from_u8(data[8]).ok_or(BadRecord::UnknownType(data[8]))?;
+    Ok((kind, RECORD_HEADER_LEN..end))
+}
+
+#[derive(Debug)]
+pub(crate) struct Record {
+    /// Byte offset of the record's header in the file.
     pub offset: u64,
-    pub kind: u8,
-    pub payload: Vec<u8>,
+    /// Total bytes including the header.
+    pub len: u32,
+    pub kind: RecordType,
+    /// Payload bytes within the scanned buffer.
+    pub payload: Range<usize>,
 }
 
-pub struct Scan {
+#[derive(Debug)]
+pub(crate) struct Scan {
     pub records: Vec<Record>,
-    /// Bytes of intact data; anything after it is a torn tail to cut off.
+    /// Bytes that hold a valid header and whole records.
     pub valid_len: u64,
+    /// Set when a torn tail was found at `valid_len` (last segment only).
     pub torn: Option<String>,
 }
 
-/// Reads a whole segment. Damage at the very end of the last segment is a
-/// torn write (reported in `torn`); damage anywhere else is corruption.
-pub fn scan(path: &PathBuf, is_last: bool) -> Result<Scan, LogError> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let corrupt = |offset: u64, reason: String| LogError::Corrupt {
-        path: path.clone(),
-        offset,
-        reason,
-    };
-    if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
-        if is_last
-            && bytes.len() < HEADER_LEN as usize
-            && MAGIC.starts_with(&bytes[..bytes.len().min(8)])
-        {
-            // Crashed while creating the segment.
-            return Ok(Scan {
-                records: Vec::new(),
-                valid_len: 0,
-                torn: Some("incomplete segment header".into()),
-            });
-        }
-        return Err(corrupt(0, "bad segment header".into()));
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(corrupt(8, format!("unsupported segment version {version}")));
-    }
+/// Validates a whole segment's bytes.
+///
+/// Only the last segment may end in a torn write (a record or header cut
+/// short, or a final record whose checksum fails because it was half
+/// written, or a zero-filled tail a filesystem can expose after a crash):
+/// that is reported in `Scan::torn`. Any other damage is `LogError::Corrupt`
+/// naming the file and byte offset.
+pub(crate) fn scan(path: &Path, data: &[u8], is_last: bool) -> Result<Scan, LogError> {
     let mut records = Vec::new();
-    let mut at = HEADER_LEN as usize;
-    while at < bytes.len() {
-        let rest = bytes.len() - at;
-        let torn_or_corrupt = |reason: String, record_end: usize| {
-            if is_last && record_end >= bytes.len() {
-                Ok(Scan {
-                    records: Vec::new(),
-                    valid_len: at as u64,
-                    torn: Some(format!("{reason} at offset {at}")),
-                })
-            } else {
-                Err(corrupt(at as u64, reason))
+    let tail = |records: Vec<Record>, offset: u64, reason: &str| {
+        if is_last {
+            Ok(Scan {
+                records,
+                valid_len: offset,
+                torn: Some(reason.to_string()),
+            })
+        } else {
+            Err(LogError::corrupt(path, offset, reason))
+        }
+    };
+    let hl = HEADER_LEN as usize;
+    if data.len() < hl || all_zero(data) {
+        return tail(records, 0, "incomplete segment header");
+    }
+    if data[..8] != MAGIC {
+        return Err(LogError::corrupt(path, 0, "bad segment magic"));
+    }
+    let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+    if version != VERSION {
+        return Err(LogError::corrupt(
+            path,
+            8,
+            format!("unsupported segment format version {version}"),
+        ));
+    }
+    let mut off = hl;
+    while off < data.len() {
+        let rest = &data[off..];
+        match parse_record(rest) {
+            Ok((kind, payload)) => {
+                records.push(Record {
+                    offset: off as u64,
+                    len: payload.end as u32,
+                    kind,
+                    payload: off + payload.start..off + payload.end,
+                });
+                off += payload.end;
             }
-        };
-        if rest < RECORD_HEAD + 1 {
-            return torn_or_corrupt("short record header".into(), bytes.len())
-                .map(|s| Scan { records, ..s });
+            Err(bad) => {
+                // A write cut short by a crash damages only the end of the file.
+                let torn = match bad {
+                    BadRecord::ShortHeader | BadRecord::PastEnd => true,
+                    BadRecord::Checksum => {
+                        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                        RECORD_HEADER_LEN + len == rest.len() || all_zero(rest)
+                    }
+                    BadRecord::UnknownType(_) => false,
+                };
+                if torn {
+                    return tail(records, off as u64, &bad.to_string());
+                }
+                return Err(LogError::corrupt(path, off as u64, bad.to_string()));
+            }
         }
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        if len == 0 || len > MAX_RECORD {
-            return torn_or_corrupt(format!("bad record length {len}"), bytes.len())
-                .map(|s| Scan { records, ..s });
-        }
-        let end = at + RECORD_HEAD + len as usize;
-        if end > bytes.len() {
-            return torn_or_corrupt("record runs past end of file".into(), end)
-                .map(|s| Scan { records, ..s });
-        }
-        let body = &bytes[at + RECORD_HEAD..end];
-        if crc32c::crc32c(body) != crc {
-            return torn_or_corrupt("checksum mismatch".into(), end).map(|s| Scan { records, ..s });
-        }
-        records.push(Record {
-            offset: at as u64,
-            kind: body[0],
-            payload: body[1..].to_vec(),
-        });
-        at = end;
     }
     Ok(Scan {
         records,
-        valid_len: bytes.len() as u64,
+        valid_len: off as u64,
         torn: None,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_round_trip_and_names() {
-        let mut buf = header();
-        frame(KIND_ENTRY, b"hello", &mut buf);
-        frame(KIND_COMMITTED, b"", &mut buf);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(file_name(5));
-        std::fs::write(&path, &buf).unwrap();
-        let scan = scan(&path, true).unwrap();
-        assert!(scan.torn.is_none());
-        assert_eq!(scan.records.len(), 2);
-        assert_eq!(scan.records[0].payload, b"hello");
-        assert_eq!(scan.records[1].kind, KIND_COMMITTED);
-        assert_eq!(parse_name(&path), Some(5));
-        assert_eq!(
-            framed_len(5),
-            (buf.len() - HEADER_LEN as usize - framed_len(0) as usize) as u64
-        );
-    }
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
 }

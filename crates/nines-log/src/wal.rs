@@ -1,397 +1,460 @@
-//! The synchronous write-ahead log: segments, an in-memory index of entry
-//! positions, recovery, append with one fdatasync per batch, truncate, purge.
+//! The write-ahead log proper: segments, the in-memory index, and the
+//! synchronous append/truncate/purge/read operations (callers run them on
+//! blocking threads). Recovery lives in `recovery.rs`.
+//!
+//! Locking: `writer` serializes every mutation (openraft already serializes
+//! log IO; the mutex makes clones safe too). `index` is what readers see:
+//! an append publishes its entries there only after its fdatasync, and a
+//! reader holds the read lock while it reads file bytes, so a truncate
+//! (which takes the write lock before cutting files) never pulls bytes from
+//! under a reader. Lock order: writer, then index.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use nines_types::{Entry, LogId, Vote};
 
-use crate::error::{io_err, LogError};
+use crate::error::LogError;
 use crate::meta;
-use crate::segment::{self, KIND_COMMITTED, KIND_ENTRY};
+use crate::segment::{self, RecordType, Segment};
+use crate::LogOptions;
 
-#[derive(Debug, Clone)]
-pub struct LogOptions {
-    /// A segment is closed and a new one started once it grows past this.
-    pub segment_bytes: u64,
-    /// Recently appended entries kept decoded in memory for replication reads.
-    pub cache_bytes: usize,
+/// Where one entry's record lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Loc {
+    /// Segment key (its first index).
+    pub seg: u64,
+    /// Offset of the record header in the segment.
+    pub off: u64,
+    /// Record length including the header.
+    pub len: u32,
+    pub log_id: LogId,
 }
 
-impl Default for LogOptions {
-    fn default() -> Self {
-        Self {
-            segment_bytes: 64 * 1024 * 1024,
-            cache_bytes: 32 * 1024 * 1024,
-        }
+pub(crate) struct Index {
+    /// Index of `locs[0]`; the next index to append when `locs` is empty.
+    pub first: u64,
+    pub locs: VecDeque<Loc>,
+    pub segments: BTreeMap<u64, Arc<Segment>>,
+    pub purged: Option<LogId>,
+    pub committed: Option<LogId>,
+}
+
+impl Index {
+    fn last_entry(&self) -> Option<LogId> {
+        self.locs.back().map(|l| l.log_id)
+    }
+
+    /// The last log id: the last entry's, else the last purged one.
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        self.last_entry().or(self.purged)
     }
 }
 
-struct Segment {
-    path: PathBuf,
-    file: File,
-    len: u64,
+pub(crate) struct Writer {
+    pub active: Arc<Segment>,
+    /// Write position (length) of the active segment.
+    pub len: u64,
+    /// Whether the active segment holds any entry record.
+    pub has_entries: bool,
+    /// Index the next appended entry must have.
+    pub next_index: u64,
+    /// Bytes written since the last sync (Committed records).
+    pub dirty: bool,
 }
 
-#[derive(Clone, Copy)]
-struct Loc {
-    segment: u64,
-    offset: u64,
-    len: u32,
-    log_id: LogId,
+pub(crate) struct Wal {
+    pub(crate) dir: PathBuf,
+    pub(crate) opts: LogOptions,
+    pub(crate) writer: Mutex<Writer>,
+    pub(crate) index: RwLock<Index>,
+    /// Holds the directory's flock for the life of the log.
+    pub(crate) _lock: fs::File,
 }
-
-pub struct Wal {
-    dir: PathBuf,
-    opts: LogOptions,
-    /// Keyed by the first index the segment was opened for; the last is active.
-    segments: BTreeMap<u64, Segment>,
-    index: BTreeMap<u64, Loc>,
-    cache: BTreeMap<u64, (Entry, usize)>,
-    cache_bytes: usize,
-    committed: Option<LogId>,
-    purged: Option<LogId>,
-    vote: Option<Vote>,
-    _lock: File,
-}
-
-const VOTE_FILE: &str = "vote";
-const PURGED_FILE: &str = "purged";
 
 impl Wal {
-    pub fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(LogError::Locked(dir.to_path_buf()));
+    pub(crate) fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, LogError> {
+        self.writer.lock().map_err(|_| LogError::Poisoned)
+    }
+
+    pub(crate) fn read_index(&self) -> Result<RwLockReadGuard<'_, Index>, LogError> {
+        self.index.read().map_err(|_| LogError::Poisoned)
+    }
+
+    fn write_index(&self) -> Result<RwLockWriteGuard<'_, Index>, LogError> {
+        self.index.write().map_err(|_| LogError::Poisoned)
+    }
+
+    /// Appends a batch with one write and one fdatasync (group commit).
+    /// Returns once the batch is durable and readable.
+    pub(crate) fn append(&self, entries: &[Entry]) -> Result<(), LogError> {
+        for pair in entries.windows(2) {
+            if pair[1].log_id.index != pair[0].log_id.index + 1 {
+                return Err(LogError::NonContiguous {
+                    expected: pair[0].log_id.index + 1,
+                    got: pair[1].log_id.index,
+                });
+            }
         }
-        let mut wal = Wal {
-            dir: dir.to_path_buf(),
-            opts,
-            segments: BTreeMap::new(),
-            index: BTreeMap::new(),
-            cache: BTreeMap::new(),
-            cache_bytes: 0,
-            committed: None,
-            purged: meta::read(dir, PURGED_FILE)?,
-            vote: meta::read(dir, VOTE_FILE)?,
-            _lock: lock,
+        let mut w = self.lock_writer()?;
+        // Entries at or below the purge point are already covered by the
+        // state machine's snapshot: keeping them would only re-open a hole.
+        let purged = self.read_index()?.purged;
+        let skip = entries
+            .iter()
+            .take_while(|e| purged.is_some_and(|p| e.log_id.index <= p.index))
+            .count();
+        let entries = &entries[skip..];
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            return Ok(());
         };
-        wal.recover()?;
-        if wal.segments.is_empty() {
-            let first = wal.next_index();
-            wal.new_segment(first)?;
+        if first != w.next_index {
+            self.realign(&mut w, first)?;
         }
-        Ok(wal)
+
+        let mut buf = Vec::with_capacity(entries.len() * 128);
+        let mut spans = Vec::with_capacity(entries.len());
+        for e in entries {
+            let start = buf.len();
+            segment::encode_entry(&mut buf, e)?;
+            spans.push((start as u64, (buf.len() - start) as u32, e.log_id));
+        }
+        // Bound segment size; a single oversized batch still stays in one segment.
+        if w.has_entries && w.len + buf.len() as u64 > self.opts.segment_bytes {
+            self.roll(&mut w, first)?;
+        }
+
+        let off = w.len;
+        let file = &w.active.file;
+        if let Err(e) = file.write_all_at(&buf, off).and_then(|()| file.sync_data()) {
+            // Drop a partial write so the file never holds bytes the index
+            // does not describe; openraft stops on the error anyway.
+            let _ = file.set_len(off);
+            return Err(LogError::io(&w.active.path, e));
+        }
+        w.len = off + buf.len() as u64;
+        w.has_entries = true;
+        w.dirty = false;
+        w.next_index = first + entries.len() as u64;
+
+        let seg = w.active.first_index;
+        let mut idx = self.write_index()?;
+        if idx.locs.is_empty() {
+            idx.first = first;
+        }
+        idx.locs
+            .extend(spans.into_iter().map(|(rel, len, log_id)| Loc {
+                seg,
+                off: off + rel,
+                len,
+                log_id,
+            }));
+        Ok(())
     }
 
-    fn recover(&mut self) -> Result<(), LogError> {
-        let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)
-            .map_err(io_err(&self.dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter_map(|p| segment::parse_name(&p).map(|i| (i, p)))
-            .collect();
-        names.sort();
-        let purged_index = self.purged.map(|l| l.index);
-        let mut last: Option<u64> = None;
-        let count = names.len();
-        for (n, (first, path)) in names.into_iter().enumerate() {
-            let is_last = n + 1 == count;
-            let scan = segment::scan(&path, is_last)?;
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            if let Some(reason) = &scan.torn {
-                tracing::warn!(file = %path.display(), "dropping torn log tail: {reason}");
-                if scan.valid_len == 0 {
-                    file.set_len(0).map_err(io_err(&path))?;
-                    file.write_all_at(&segment::header(), 0)
-                        .map_err(io_err(&path))?;
-                } else {
-                    file.set_len(scan.valid_len).map_err(io_err(&path))?;
-                }
-                file.sync_all().map_err(io_err(&path))?;
+    /// Makes `first` the next index for an append that does not continue
+    /// the log. openraft truncates conflicting entries itself and never
+    /// leaves holes, but the KV-map semantics its storage Suite assumes are
+    /// kept: an overlapping append overwrites from `first`, and one past the
+    /// end restarts the log there (nothing can read across a hole anyway).
+    fn realign(&self, w: &mut Writer, first: u64) -> Result<(), LogError> {
+        let live = self.read_index()?.locs.len();
+        if first < w.next_index {
+            self.truncate_locked(w, first)?;
+        }
+        if first != w.next_index {
+            if live > 0 && first > w.next_index {
+                tracing::warn!(
+                    expected = w.next_index,
+                    got = first,
+                    "append leaves a hole in the log; discarding {live} earlier entries"
+                );
             }
-            for record in scan.records {
-                match record.kind {
-                    KIND_ENTRY => {
-                        let entry: Entry =
-                            segment::decode(&record.payload).map_err(|e| LogError::Corrupt {
-                                path: path.clone(),
-                                offset: record.offset,
-                                reason: format!("undecodable entry: {e}"),
-                            })?;
-                        let index = entry.log_id.index;
-                        if let Some(prev) = last {
-                            if index != prev + 1 {
-                                return Err(LogError::Corrupt {
-                                    path: path.clone(),
-                                    offset: record.offset,
-                                    reason: format!("entry {index} follows entry {prev}"),
-                                });
-                            }
-                        }
-                        last = Some(index);
-                        if purged_index.is_some_and(|p| index <= p) {
-                            continue;
-                        }
-                        self.index.insert(
-                            index,
-                            Loc {
-                                segment: first,
-                                offset: record.offset,
-                                len: record.payload.len() as u32,
-                                log_id: entry.log_id,
-                            },
-                        );
-                    }
-                    KIND_COMMITTED => {
-                        self.committed = segment::decode(&record.payload)?;
-                    }
-                    other => {
-                        return Err(LogError::Corrupt {
-                            path: path.clone(),
-                            offset: record.offset,
-                            reason: format!("unknown record kind {other}"),
-                        })
-                    }
-                }
-            }
-            let len = file.metadata().map_err(io_err(&path))?.len();
-            self.segments.insert(first, Segment { path, file, len });
+            self.reset(w, first)?;
         }
         Ok(())
     }
 
-    pub fn last_log_id(&self) -> Option<LogId> {
-        self.index
-            .values()
-            .next_back()
-            .map(|l| l.log_id)
-            .or(self.purged)
-    }
-
-    pub fn purged(&self) -> Option<LogId> {
-        self.purged
-    }
-
-    pub fn vote(&self) -> Option<Vote> {
-        self.vote
-    }
-
-    /// The committed id found or saved; never beyond what the log holds.
-    pub fn committed(&self) -> Option<LogId> {
-        let last = self.last_log_id();
-        match (self.committed, last) {
-            (Some(c), Some(l)) if c.index > l.index => Some(l),
-            (c, _) => c,
+    /// Starts a new active segment at `first_index` after the current one.
+    fn roll(&self, w: &mut Writer, first_index: u64) -> Result<(), LogError> {
+        // The old segment stops being the last one, where torn tails are
+        // tolerated: make its unsynced Committed records durable first.
+        if w.dirty {
+            w.active
+                .file
+                .sync_data()
+                .map_err(|e| LogError::io(&w.active.path, e))?;
         }
+        self.start_segment(w, first_index)
     }
 
-    fn next_index(&self) -> u64 {
-        self.last_log_id().map(|l| l.index + 1).unwrap_or(0)
+    /// Deletes every segment and starts a new one at `first_index`. Used when
+    /// the log holds no live entries and must continue elsewhere (purge past
+    /// the last entry; first append to an empty log). A crash in between
+    /// leaves no segment, which recovery turns into a fresh one.
+    pub(crate) fn reset(&self, w: &mut Writer, first_index: u64) -> Result<(), LogError> {
+        let old: Vec<Arc<Segment>> = {
+            let mut idx = self.write_index()?;
+            idx.locs.clear();
+            idx.first = first_index;
+            std::mem::take(&mut idx.segments).into_values().collect()
+        };
+        for s in old.iter().rev() {
+            remove_segment_file(&s.path)?;
+        }
+        self.start_segment(w, first_index)
     }
 
-    fn new_segment(&mut self, first: u64) -> Result<(), LogError> {
-        let path = self.dir.join(segment::file_name(first));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let mut buf = segment::header();
-        // Each segment restates `committed`, so purging old segments never loses it.
-        segment::frame(KIND_COMMITTED, &segment::encode(&self.committed)?, &mut buf);
-        file.write_all_at(&buf, 0).map_err(io_err(&path))?;
-        file.sync_all().map_err(io_err(&path))?;
-        meta::sync_dir(&self.dir)?;
-        self.segments.insert(
-            first,
-            Segment {
-                path,
-                file,
-                len: buf.len() as u64,
-            },
-        );
-        Ok(())
-    }
-
-    fn active(&mut self) -> (u64, &mut Segment) {
-        let (first, seg) = self
+    fn start_segment(&self, w: &mut Writer, first_index: u64) -> Result<(), LogError> {
+        let committed = self.read_index()?.committed;
+        let (seg, len) = Segment::create(&self.dir, first_index, committed)?;
+        // The new directory entry must survive a crash before anything in it is acked.
+        meta::fsync_dir(&self.dir)?;
+        let seg = Arc::new(seg);
+        self.write_index()?
             .segments
-            .iter_mut()
-            .next_back()
-            .expect("an active segment always exists");
-        (*first, seg)
+            .insert(first_index, Arc::clone(&seg));
+        *w = Writer {
+            active: seg,
+            len,
+            has_entries: false,
+            next_index: first_index,
+            dirty: false,
+        };
+        Ok(())
     }
 
-    /// Writes a batch and makes it durable with a single fdatasync.
-    pub fn append(&mut self, entries: Vec<Entry>) -> Result<(), LogError> {
-        if entries.is_empty() {
+    /// Records the committed log id without an fsync of its own.
+    ///
+    /// It rides on the next append's fdatasync (or a roll's sync). Losing the
+    /// newest value in a crash is safe: a lagging committed index only means
+    /// openraft re-applies fewer entries at startup and learns the rest from
+    /// the leader. The alternative, an fsynced file per commit, would put a
+    /// second sync on every write's commit path.
+    pub(crate) fn save_committed(&self, committed: Option<LogId>) -> Result<(), LogError> {
+        let mut w = self.lock_writer()?;
+        let mut buf = Vec::with_capacity(32);
+        segment::encode_committed(&mut buf, committed)?;
+        let off = w.len;
+        if let Err(e) = w.active.file.write_all_at(&buf, off) {
+            let _ = w.active.file.set_len(off);
+            return Err(LogError::io(&w.active.path, e));
+        }
+        w.len = off + buf.len() as u64;
+        w.dirty = true;
+        self.write_index()?.committed = committed;
+        Ok(())
+    }
+
+    /// The newest committed log id, never beyond the last log id.
+    pub(crate) fn committed(&self) -> Result<Option<LogId>, LogError> {
+        let idx = self.read_index()?;
+        let last = idx.last_log_id();
+        Ok(match (idx.committed, last) {
+            (Some(c), Some(l)) if c.index > l.index => Some(l),
+            (Some(_), None) => None,
+            (c, _) => c,
+        })
+    }
+
+    /// (last purged, last log id).
+    pub(crate) fn log_state(&self) -> Result<(Option<LogId>, Option<LogId>), LogError> {
+        let idx = self.read_index()?;
+        Ok((idx.purged, idx.last_log_id()))
+    }
+
+    /// Removes entries with index >= `index`.
+    pub(crate) fn truncate(&self, index: u64) -> Result<(), LogError> {
+        let mut w = self.lock_writer()?;
+        self.truncate_locked(&mut w, index)
+    }
+
+    fn truncate_locked(&self, w: &mut Writer, index: u64) -> Result<(), LogError> {
+        let mut idx = self.write_index()?;
+        let end = idx.first + idx.locs.len() as u64;
+        let cut = index.max(idx.first);
+        if cut >= end {
             return Ok(());
         }
-        let first = entries[0].log_id.index;
-        if self.active().1.len >= self.opts.segment_bytes && !self.segments.contains_key(&first) {
-            self.new_segment(first)?;
+        let keep = idx.locs.len() - (end - cut) as usize;
+        let loc = idx.locs[keep];
+        let Some(seg) = idx.segments.get(&loc.seg).cloned() else {
+            return Err(LogError::corrupt(
+                &self.dir,
+                loc.off,
+                "index names a missing segment",
+            ));
+        };
+        let removed: Vec<Arc<Segment>> = idx
+            .segments
+            .split_off(&(loc.seg + 1))
+            .into_values()
+            .collect();
+        idx.locs.truncate(keep);
+        let has_entries = idx.locs.back().is_some_and(|l| l.seg == loc.seg);
+        // Readers no longer see the removed entries; now cut the files.
+        drop(idx);
+
+        // Newest first, so a crash leaves an unbroken prefix of segments.
+        for s in removed.iter().rev() {
+            remove_segment_file(&s.path)?;
         }
-        let mut buf = Vec::new();
-        let mut placed = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let payload = segment::encode(entry)?;
-            let at = segment::frame(KIND_ENTRY, &payload, &mut buf);
-            placed.push((at as u64, payload.len() as u32, entry.log_id));
-        }
-        let (first, seg) = self.active();
-        let base = seg.len;
         seg.file
-            .write_all_at(&buf, base)
-            .map_err(io_err(&seg.path))?;
-        seg.file.sync_data().map_err(io_err(&seg.path))?;
-        seg.len += buf.len() as u64;
-        for ((offset, len, log_id), entry) in placed.into_iter().zip(entries) {
-            self.index.insert(
-                log_id.index,
-                Loc {
-                    segment: first,
-                    offset: base + offset,
-                    len,
-                    log_id,
-                },
-            );
-            self.cache_insert(entry, len as usize);
+            .set_len(loc.off)
+            .and_then(|()| seg.file.sync_all())
+            .map_err(|e| LogError::io(&seg.path, e))?;
+        if !removed.is_empty() {
+            meta::fsync_dir(&self.dir)?;
         }
+        *w = Writer {
+            active: seg,
+            len: loc.off,
+            has_entries,
+            next_index: cut,
+            dirty: false,
+        };
         Ok(())
     }
 
-    fn cache_insert(&mut self, entry: Entry, bytes: usize) {
-        self.cache_bytes += bytes;
-        self.cache.insert(entry.log_id.index, (entry, bytes));
-        while self.cache_bytes > self.opts.cache_bytes {
-            let Some((_, (_, b))) = self.cache.pop_first() else {
-                break;
-            };
-            self.cache_bytes -= b;
+    /// Removes entries with index <= `log_id.index`, persisting the purge
+    /// point first so a crash part-way never resurrects purged entries.
+    pub(crate) fn purge(&self, log_id: LogId) -> Result<(), LogError> {
+        let mut w = self.lock_writer()?;
+        if self
+            .read_index()?
+            .purged
+            .is_some_and(|p| p.index >= log_id.index)
+        {
+            return Ok(());
         }
-    }
+        meta::write_purged(&self.dir, &log_id)?;
+        let next = log_id.index + 1;
 
-    /// Records the committed id; durable with the next batch's fdatasync
-    /// (a lagging committed id is safe: it only limits re-apply on start).
-    pub fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), LogError> {
-        self.committed = committed;
-        let mut buf = Vec::new();
-        segment::frame(KIND_COMMITTED, &segment::encode(&committed)?, &mut buf);
-        let (_, seg) = self.active();
-        seg.file
-            .write_all_at(&buf, seg.len)
-            .map_err(io_err(&seg.path))?;
-        seg.len += buf.len() as u64;
-        Ok(())
-    }
+        if w.next_index < next {
+            // Purged past the last entry (snapshot install): nothing survives.
+            self.write_index()?.purged = Some(log_id);
+            return self.reset(&mut w, next);
+        }
 
-    pub fn save_vote(&mut self, vote: &Vote) -> Result<(), LogError> {
-        meta::write(&self.dir, VOTE_FILE, vote)?;
-        self.vote = Some(*vote);
-        Ok(())
-    }
-
-    pub fn read(&self, start: u64, end_inclusive: u64) -> Result<Vec<Entry>, LogError> {
-        let mut out = Vec::new();
-        for (&index, loc) in self.index.range(start..=end_inclusive) {
-            if let Some((entry, _)) = self.cache.get(&index) {
-                out.push(entry.clone());
-                continue;
+        let doomed: Vec<Arc<Segment>> = {
+            let mut idx = self.write_index()?;
+            idx.purged = Some(log_id);
+            while idx.locs.front().is_some_and(|l| l.log_id.index < next) {
+                idx.locs.pop_front();
             }
-            let seg = &self.segments[&loc.segment];
-            let framed = segment::framed_len(loc.len as usize) as usize;
-            let mut buf = vec![0u8; framed];
-            seg.file
-                .read_exact_at(&mut buf, loc.offset)
-                .map_err(io_err(&seg.path))?;
-            out.push(segment::decode(&buf[framed - loc.len as usize..])?);
+            idx.first = idx.first.max(next);
+            // A segment is fully purged when its successor starts at or below `next`.
+            let keys: Vec<u64> = idx.segments.keys().copied().collect();
+            let mut doomed = Vec::new();
+            for pair in keys.windows(2) {
+                if pair[1] <= next && pair[0] != w.active.first_index {
+                    if let Some(s) = idx.segments.remove(&pair[0]) {
+                        doomed.push(s);
+                    }
+                }
+            }
+            doomed
+        };
+        for s in &doomed {
+            remove_segment_file(&s.path)?;
         }
+        if !doomed.is_empty() {
+            meta::fsync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Entries with index in `[start, end)` that exist, in order.
+    pub(crate) fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, LogError> {
+        // Holding the read lock during IO keeps truncate from cutting these bytes.
+        let idx = self.read_index()?;
+        let lo = start.max(idx.first);
+        let hi = end.min(idx.first + idx.locs.len() as u64);
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let locs = idx
+            .locs
+            .range((lo - idx.first) as usize..(hi - idx.first) as usize);
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        let mut run: Vec<Loc> = Vec::new();
+        for loc in locs {
+            // Adjacent records in one segment are read with a single read_at.
+            let extends = run
+                .last()
+                .is_some_and(|p| p.seg == loc.seg && p.off + p.len as u64 == loc.off);
+            if !extends && !run.is_empty() {
+                read_run(&idx, &run, &mut out)?;
+                run.clear();
+            }
+            run.push(*loc);
+        }
+        read_run(&idx, &run, &mut out)?;
         Ok(out)
     }
 
-    /// Removes every entry at or after `index` (a conflicting suffix).
-    pub fn truncate(&mut self, index: u64) -> Result<(), LogError> {
-        let Some(loc) = self.index.get(&index).copied() else {
-            return Ok(());
+    pub(crate) fn save_vote(&self, vote: &Vote) -> Result<(), LogError> {
+        // Serialized with log writes, as openraft requires.
+        let _w = self.lock_writer()?;
+        meta::write_vote(&self.dir, vote)
+    }
+
+    pub(crate) fn read_vote(&self) -> Result<Option<Vote>, LogError> {
+        meta::read_vote(&self.dir)
+    }
+}
+
+fn read_run(idx: &Index, run: &[Loc], out: &mut Vec<Entry>) -> Result<(), LogError> {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return Ok(());
+    };
+    let Some(seg) = idx.segments.get(&first.seg) else {
+        return Err(LogError::corrupt(
+            Path::new(&segment::segment_file_name(first.seg)),
+            first.off,
+            "index names a missing segment",
+        ));
+    };
+    let span = (last.off + last.len as u64 - first.off) as usize;
+    let mut buf = vec![0u8; span];
+    seg.file
+        .read_exact_at(&mut buf, first.off)
+        .map_err(|e| LogError::io(&seg.path, e))?;
+    for loc in run {
+        let rel = (loc.off - first.off) as usize;
+        let rec = &buf[rel..rel + loc.len as usize];
+        let entry = match segment::parse_record(rec) {
+            Ok((RecordType::Entry, payload)) => segment::decode_entry(&rec[payload])
+                .map_err(|e| LogError::corrupt(&seg.path, loc.off, e))?,
+            Ok((kind, _)) => {
+                return Err(LogError::corrupt(
+                    &seg.path,
+                    loc.off,
+                    format!("expected an entry record, found {kind:?}"),
+                ))
+            }
+            Err(bad) => return Err(LogError::corrupt(&seg.path, loc.off, bad.to_string())),
         };
-        // Later segments go first: a crash part-way leaves a contiguous log.
-        let later: Vec<u64> = self
-            .segments
-            .range(loc.segment + 1..)
-            .map(|(k, _)| *k)
-            .collect();
-        for first in later.iter().rev() {
-            let seg = self.segments.remove(first).expect("listed segment");
-            std::fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+        if entry.log_id != loc.log_id {
+            return Err(LogError::corrupt(
+                &seg.path,
+                loc.off,
+                format!("entry {} where {} was indexed", entry.log_id, loc.log_id),
+            ));
         }
-        if !later.is_empty() {
-            meta::sync_dir(&self.dir)?;
-        }
-        let seg = self
-            .segments
-            .get_mut(&loc.segment)
-            .expect("segment of an indexed entry");
-        seg.file.set_len(loc.offset).map_err(io_err(&seg.path))?;
-        seg.file.sync_all().map_err(io_err(&seg.path))?;
-        seg.len = loc.offset;
-        self.index.split_off(&index);
-        self.cache.split_off(&index);
-        self.cache_bytes = self.cache.values().map(|(_, b)| b).sum();
-        Ok(())
+        out.push(entry);
     }
+    Ok(())
+}
 
-    /// Forgets entries up to and including `log_id` (they are in a snapshot).
-    pub fn purge(&mut self, log_id: LogId) -> Result<(), LogError> {
-        meta::write(&self.dir, PURGED_FILE, &Some(log_id))?;
-        self.purged = Some(log_id);
-        let keep = self.index.split_off(&(log_id.index + 1));
-        self.index = keep;
-        let keep = self.cache.split_off(&(log_id.index + 1));
-        self.cache = keep;
-        self.cache_bytes = self.cache.values().map(|(_, b)| b).sum();
-        if self.index.is_empty() {
-            // Purged past the end (snapshot install): start fresh after it.
-            // Old files go first; a crash before the new one exists reopens
-            // as an empty log after `purged`.
-            for (_, seg) in std::mem::take(&mut self.segments) {
-                std::fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
-            }
-            return self.new_segment(log_id.index + 1);
-        }
-        // A segment is dead when the next one starts at or below purged + 1.
-        let firsts: Vec<u64> = self.segments.keys().copied().collect();
-        let mut removed = false;
-        for pair in firsts.windows(2) {
-            if pair[1] <= log_id.index + 1 {
-                let seg = self.segments.remove(&pair[0]).expect("listed segment");
-                std::fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
-                removed = true;
-            }
-        }
-        if removed {
-            meta::sync_dir(&self.dir)?;
-        }
-        Ok(())
-    }
-
-    pub fn segment_count(&self) -> usize {
-        self.segments.len()
+pub(crate) fn remove_segment_file(path: &Path) -> Result<(), LogError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io(path, e)),
     }
 }

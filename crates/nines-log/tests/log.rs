@@ -1,0 +1,325 @@
+//! Functional tests: append/read, reopen, truncate, purge, segment rolls,
+//! vote and committed round-trips, the directory lock.
+
+mod common;
+
+use common::*;
+use nines_log::{LogError, LogOptions, LogStore};
+use nines_types::Vote;
+use openraft::storage::RaftLogStorage;
+use openraft::RaftLogReader;
+
+#[test]
+fn append_and_read_back() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        append(&mut s, entries(1, 0..1)).await;
+        append(&mut s, entries(1, 1..5)).await;
+        append(&mut s, entries(2, 5..10)).await;
+
+        let all = read_all(&mut s).await;
+        assert_eq!(indexes(&all), (0..10).collect::<Vec<_>>());
+        for e in &all {
+            assert_eq!(value_of(e), value_for(e.log_id.index));
+        }
+        assert_eq!(all[7].log_id, log_id(2, 7));
+
+        let part = s.try_get_log_entries(3..6).await.unwrap();
+        assert_eq!(indexes(&part), vec![3, 4, 5]);
+        let part = s.try_get_log_entries(8..=20).await.unwrap();
+        assert_eq!(indexes(&part), vec![8, 9]);
+        assert!(s.try_get_log_entries(10..).await.unwrap().is_empty());
+
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(2, 9)));
+        assert_eq!(st.last_purged_log_id, None);
+    });
+}
+
+#[test]
+fn empty_log_state() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!((st.last_purged_log_id, st.last_log_id), (None, None));
+        assert_eq!(s.read_vote().await.unwrap(), None);
+        assert_eq!(s.read_committed().await.unwrap(), None);
+        assert!(read_all(&mut s).await.is_empty());
+    });
+}
+
+#[test]
+fn reopen_keeps_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        append(&mut s, entries(1, 1..50)).await;
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        let all = read_all(&mut s).await;
+        assert_eq!(indexes(&all), (1..50).collect::<Vec<_>>());
+        assert_eq!(value_of(&all[20]), value_for(21));
+        append(&mut s, entries(2, 50..60)).await;
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(2, 59)));
+        assert_eq!(read_all(&mut s).await.len(), 59);
+    });
+}
+
+#[test]
+fn truncate_removes_suffix_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        append(&mut s, entries(1, 1..21)).await;
+        s.truncate(log_id(1, 11)).await.unwrap();
+        assert_eq!(
+            indexes(&read_all(&mut s).await),
+            (1..11).collect::<Vec<_>>()
+        );
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(1, 10)));
+        // Truncating past the end changes nothing.
+        s.truncate(log_id(1, 30)).await.unwrap();
+        assert_eq!(read_all(&mut s).await.len(), 10);
+        // A new leader's entries replace the removed ones.
+        append(&mut s, entries(2, 11..16)).await;
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        let all = read_all(&mut s).await;
+        assert_eq!(indexes(&all), (1..16).collect::<Vec<_>>());
+        assert_eq!(all[9].log_id, log_id(1, 10));
+        assert_eq!(all[10].log_id, log_id(2, 11));
+        // Truncate everything.
+        s.truncate(log_id(1, 1)).await.unwrap();
+        assert!(read_all(&mut s).await.is_empty());
+        assert_eq!(s.get_log_state().await.unwrap().last_log_id, None);
+        append(&mut s, entries(3, 1..3)).await;
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        let all = read_all(&mut s).await;
+        assert_eq!(indexes(&all), vec![1, 2]);
+        assert_eq!(all[0].log_id, log_id(3, 1));
+    });
+}
+
+#[test]
+fn purge_removes_prefix_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        append(&mut s, entries(1, 1..21)).await;
+        s.purge(log_id(1, 5)).await.unwrap();
+        assert_eq!(
+            indexes(&read_all(&mut s).await),
+            (6..21).collect::<Vec<_>>()
+        );
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 5)));
+        assert_eq!(st.last_log_id, Some(log_id(1, 20)));
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        assert_eq!(
+            indexes(&read_all(&mut s).await),
+            (6..21).collect::<Vec<_>>()
+        );
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 5)));
+    });
+}
+
+#[test]
+fn purge_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open_small(dir.path());
+        append(&mut s, entries(1, 1..40)).await;
+        // As after installing a snapshot that is ahead of the local log.
+        s.purge(log_id(3, 100)).await.unwrap();
+        assert!(read_all(&mut s).await.is_empty());
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(3, 100)));
+        assert_eq!(st.last_log_id, Some(log_id(3, 100)));
+        assert_eq!(segment_files(dir.path()).len(), 1);
+    });
+    rt().block_on(async {
+        let mut s = open_small(dir.path());
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(3, 100)));
+        assert!(read_all(&mut s).await.is_empty());
+        append(&mut s, entries(3, 101..104)).await;
+    });
+    rt().block_on(async {
+        let mut s = open_small(dir.path());
+        assert_eq!(indexes(&read_all(&mut s).await), vec![101, 102, 103]);
+        assert_eq!(
+            s.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(3, 103))
+        );
+    });
+}
+
+#[test]
+fn segments_roll_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open_small(dir.path());
+        for start in (0..400).step_by(5) {
+            append(&mut s, entries(1, start..start + 5)).await;
+        }
+        let files = segment_files(dir.path());
+        assert!(
+            files.len() > 10,
+            "expected many segments, got {}",
+            files.len()
+        );
+        assert_eq!(s.segment_count(), files.len());
+        for f in &files {
+            // One batch of 5 entries (< 2 KiB) may overflow the bound, not more.
+            assert!(
+                std::fs::metadata(f).unwrap().len() < 4096 + 2048,
+                "{f:?} too big"
+            );
+        }
+        // Names are the first index in each file.
+        assert!(files[0].ends_with(format!("{:020}.wal", 0)));
+    });
+    rt().block_on(async {
+        let mut s = open_small(dir.path());
+        let all = read_all(&mut s).await;
+        assert_eq!(indexes(&all), (0..400).collect::<Vec<_>>());
+        for e in &all {
+            assert_eq!(value_of(e), value_for(e.log_id.index));
+        }
+        // Reads spanning segments.
+        let part = s.try_get_log_entries(97..233).await.unwrap();
+        assert_eq!(indexes(&part), (97..233).collect::<Vec<_>>());
+
+        let before = segment_files(dir.path()).len();
+        s.purge(log_id(1, 200)).await.unwrap();
+        let after = segment_files(dir.path()).len();
+        assert!(
+            after < before,
+            "purge deleted no segment ({before} -> {after})"
+        );
+        s.truncate(log_id(1, 300)).await.unwrap();
+        assert!(segment_files(dir.path()).len() < after);
+    });
+    rt().block_on(async {
+        let mut s = open_small(dir.path());
+        assert_eq!(
+            indexes(&read_all(&mut s).await),
+            (201..300).collect::<Vec<_>>()
+        );
+        append(&mut s, entries(2, 300..310)).await;
+        assert_eq!(read_all(&mut s).await.len(), 109);
+    });
+}
+
+#[test]
+fn vote_and_committed_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote = Vote::new_committed(5, 2);
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        s.save_vote(&Vote::new(4, 1)).await.unwrap();
+        s.save_vote(&vote).await.unwrap();
+        assert_eq!(s.read_vote().await.unwrap(), Some(vote));
+
+        append(&mut s, entries(1, 1..10)).await;
+        s.save_committed(Some(log_id(1, 7))).await.unwrap();
+        assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, 7)));
+        // Made durable by the next batch's fdatasync.
+        append(&mut s, entries(1, 10..12)).await;
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        assert_eq!(s.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, 7)));
+        // Never reported beyond the last entry.
+        s.truncate(log_id(1, 5)).await.unwrap();
+        assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, 4)));
+    });
+}
+
+#[test]
+fn committed_survives_purge_of_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open_small(dir.path());
+        append(&mut s, entries(1, 1..6)).await;
+        s.save_committed(Some(log_id(1, 5))).await.unwrap();
+        for start in (6..300).step_by(6) {
+            append(&mut s, entries(1, start..start + 6)).await;
+        }
+        s.purge(log_id(1, 250)).await.unwrap();
+    });
+    rt().block_on(async {
+        let mut s = open_small(dir.path());
+        assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, 5)));
+    });
+}
+
+#[test]
+fn second_open_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    match LogStore::open(dir.path(), LogOptions::default()) {
+        Err(LogError::Locked { .. }) => {}
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(first);
+    LogStore::open(dir.path(), LogOptions::default()).unwrap();
+}
+
+#[test]
+fn non_contiguous_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        append(&mut s, entries(1, 1..10)).await;
+        // Overlap: overwrites from the first new index.
+        append(&mut s, entries(2, 5..7)).await;
+        let all = read_all(&mut s).await;
+        assert_eq!(indexes(&all), (1..7).collect::<Vec<_>>());
+        assert_eq!(all[4].log_id, log_id(2, 5));
+        assert_eq!(all[3].log_id, log_id(1, 4));
+        // At or below the purge point: skipped; the rest overwrites.
+        s.purge(log_id(1, 2)).await.unwrap();
+        append(&mut s, entries(3, 1..5)).await;
+        let all = read_all(&mut s).await;
+        assert_eq!(indexes(&all), (3..5).collect::<Vec<_>>());
+        assert_eq!(all[0].log_id, log_id(3, 3));
+        // Entirely below the purge point: nothing changes.
+        append(&mut s, entries(4, 0..3)).await;
+        assert_eq!(read_all(&mut s).await.len(), 2);
+        // Gaps inside one batch are refused.
+        let bad = vec![entry(3, 5, b"x"), entry(3, 7, b"y")];
+        let res = openraft::storage::RaftLogStorageExt::blocking_append(&mut s, bad).await;
+        assert!(res.is_err());
+        assert_eq!(indexes(&read_all(&mut s).await), (3..5).collect::<Vec<_>>());
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        assert_eq!(indexes(&read_all(&mut s).await), (3..5).collect::<Vec<_>>());
+        // A hole: the log restarts at the new index.
+        append(&mut s, entries(3, 20..22)).await;
+        assert_eq!(indexes(&read_all(&mut s).await), vec![20, 21]);
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        assert_eq!(indexes(&read_all(&mut s).await), vec![20, 21]);
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 2)));
+        assert_eq!(st.last_log_id, Some(log_id(3, 21)));
+    });
+}

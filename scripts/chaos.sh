@@ -8,6 +8,8 @@
 #   long   10 minutes (override with --time-limit SECS)
 #
 # Exits non-zero when the checker finds an anomaly or cannot decide.
+# NINES_CHAOS_PROFILE=debug uses debug builds (what scripts/test.sh does, to
+# reuse the test build); the default is release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,9 +21,13 @@ case "$mode" in
   *) echo "usage: $0 [quick|long] [nines-jepsen args...]" >&2; exit 2 ;;
 esac
 
-defaults+=(--workload all --nemesis all --server-bin target/release/nines-server)
-
-cargo build --release -p nines-server -p nines-jepsen
+profile="${NINES_CHAOS_PROFILE:-release}"
+case "$profile" in
+  release) cargo build --release -p nines-server -p nines-jepsen ;;
+  debug) cargo build -p nines-server -p nines-jepsen ;;
+  *) echo "NINES_CHAOS_PROFILE must be debug or release" >&2; exit 2 ;;
+esac
+defaults+=(--workload all --nemesis all --server-bin "target/$profile/nines-server")
 
 out="$(mktemp -t nines-chaos.XXXXXX.log)"
 status=0
@@ -35,7 +41,7 @@ for ((i = 0; i < ${#defaults[@]}; i += 2)); do
   fi
 done
 echo "chaos ($mode): nines-jepsen ${args[*]} $*"
-target/release/nines-jepsen "${args[@]}" "$@" 2>&1 | tee "$out" || status=$?
+"target/$profile/nines-jepsen" "${args[@]}" "$@" 2>&1 | tee "$out" || status=$?
 
 dir="$(sed -n 's/^run dir: //p' "$out" | tail -1)"
 # Without a report (setup failed) the run dir is only in the start banner.

@@ -85,6 +85,24 @@ impl ClusterService {
         }
     }
 
+    /// Membership changes are decided on the leader's view: a follower's may
+    /// lag behind a change that was just committed.
+    fn leader_to_forward(
+        &self,
+        forwarded: bool,
+    ) -> Result<Option<ClusterClient<Channel>>, ApiError> {
+        let leader_id = self.core.raft.metrics().borrow().current_leader;
+        if leader_id == Some(self.core.id) {
+            return Ok(None);
+        }
+        let leader = self.core.leader().map(|(id, node)| (Some(id), Some(node)));
+        let (id, node) = leader.unwrap_or((None, None));
+        match self.core.redirect::<()>(id, node, forwarded)? {
+            Routed::Forward(node) => Ok(Some(self.client(&node)?)),
+            Routed::Local(()) => Ok(None),
+        }
+    }
+
     fn current_membership(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, Node>) {
         let metrics = self.core.raft.metrics();
         let m = metrics.borrow();
@@ -155,6 +173,11 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
+        if let Some(mut leader) = self.leader_to_forward(forwarded)? {
+            return leader
+                .member_add_learner(self.core.forward_request(message))
+                .await;
+        }
         if message.id == 0 || message.raft_addr.is_empty() {
             return Err(ApiError::InvalidRequest(
                 "a member needs a non-zero id and a peer address".into(),
@@ -193,6 +216,11 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
+        if let Some(mut leader) = self.leader_to_forward(forwarded)? {
+            return leader
+                .member_promote(self.core.forward_request(message))
+                .await;
+        }
         let (voters, nodes) = self.current_membership();
         if voters.contains(&message.id) {
             return Ok(Response::new(self.members_response()));
@@ -221,6 +249,11 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
+        if let Some(mut leader) = self.leader_to_forward(forwarded)? {
+            return leader
+                .member_remove(self.core.forward_request(message))
+                .await;
+        }
         let (voters, nodes) = self.current_membership();
         let id = message.id;
         let change = if voters.contains(&id) {

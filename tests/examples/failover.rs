@@ -15,7 +15,10 @@ use nines_tests::{Cluster, ClusterOptions};
 
 #[tokio::main]
 async fn main() {
-    let kills: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let kills: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let mut cluster = Cluster::start(ClusterOptions::default());
     cluster.wait_leader(Duration::from_secs(20)).await;
     let client = cluster.client();
@@ -44,14 +47,27 @@ async fn main() {
         let elected = killed_at.elapsed();
         // Wait for writes to resume, then bring the old leader back.
         loop {
-            if successes.lock().unwrap().last().is_some_and(|t| *t > killed_at) {
+            if successes
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|t| *t > killed_at)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let s = successes.lock().unwrap().clone();
-        let before = s.iter().rev().find(|t| **t <= killed_at).copied().unwrap_or(killed_at);
-        let after = *s.iter().find(|t| **t > killed_at).expect("a write after the kill");
+        let before = s
+            .iter()
+            .rev()
+            .find(|t| **t <= killed_at)
+            .copied()
+            .unwrap_or(killed_at);
+        let after = *s
+            .iter()
+            .find(|t| **t > killed_at)
+            .expect("a write after the kill");
         let gap = after - before;
         println!("kill {round}: leader {leader} -> {new_leader}, leader known after {elected:?}, write gap {gap:?}");
         gaps.push(gap);

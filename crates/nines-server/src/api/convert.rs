@@ -227,19 +227,17 @@ pub fn txn_response(
         .map(|r| pb::ResponseOp {
             response: Some(match r {
                 TxnOpResponse::Put { prev_kv } => R::ResponsePut(pb::PutResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     prev_kv: prev_kv.map(kv),
                 }),
                 TxnOpResponse::Delete { deleted, prev_kvs } => {
                     R::ResponseDeleteRange(pb::DeleteRangeResponse {
-                        header: Some(header.clone()),
+                        header: Some(header),
                         deleted: deleted as i64,
                         prev_kvs: prev_kvs.into_iter().map(kv).collect(),
                     })
                 }
-                TxnOpResponse::Get(range) => {
-                    R::ResponseRange(range_response(header.clone(), range))
-                }
+                TxnOpResponse::Get(range) => R::ResponseRange(range_response(header, range)),
             }),
         })
         .collect();

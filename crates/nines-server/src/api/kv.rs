@@ -18,7 +18,7 @@ pub struct KvService {
 
 enum Outcome<Req, Resp> {
     Done(Resp),
-    Forward(KvClient<Channel>, tonic::Request<Req>),
+    Forward(KvClient<Channel>, Box<tonic::Request<Req>>),
 }
 
 impl KvService {
@@ -41,7 +41,7 @@ impl KvService {
             }
             Routed::Forward(leader) => Ok(Outcome::Forward(
                 self.client(&leader)?,
-                self.core.forward_request(message),
+                Box::new(self.core.forward_request(message)),
             )),
         }
     }
@@ -151,7 +151,7 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req) => leader.put(req).await.map_err(forward_failed),
+            Outcome::Forward(mut leader, req) => leader.put(*req).await.map_err(forward_failed),
         }
     }
 
@@ -168,7 +168,7 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req) => leader.delete(req).await.map_err(forward_failed),
+            Outcome::Forward(mut leader, req) => leader.delete(*req).await.map_err(forward_failed),
         }
     }
 
@@ -186,7 +186,7 @@ impl pb::kv_server::Kv for KvService {
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
             Outcome::Forward(mut leader, req) => {
-                leader.delete_range(req).await.map_err(forward_failed)
+                leader.delete_range(*req).await.map_err(forward_failed)
             }
         }
     }
@@ -200,7 +200,7 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req) => leader.txn(req).await.map_err(forward_failed),
+            Outcome::Forward(mut leader, req) => leader.txn(*req).await.map_err(forward_failed),
         }
     }
 }

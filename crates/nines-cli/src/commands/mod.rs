@@ -1,0 +1,9 @@
+//! One module per command group; each args type has
+//! `async fn run(self, ctx: &Context) -> anyhow::Result<()>`.
+
+pub mod endpoint;
+pub mod kv;
+pub mod leader;
+pub mod member;
+pub mod snapshot;
+pub mod txn;

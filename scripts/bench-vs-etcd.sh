@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: a 3-node etcd and a 3-node nines on loopback, data
+# on the same disk, both durable (etcd fsyncs its WAL; nines fsyncs its log),
+# driven by the same `nines bench` code (the etcd side through the etcd-client
+# crate). Installs etcd and protoc from Debian if missing. Stops only what it
+# started, by PID.
+#
+#   scripts/bench-vs-etcd.sh            # every workload, RUNS=3 runs each, median
+#   RUNS=1 DURATION=5s scripts/bench-vs-etcd.sh
+#   WORKLOADS="put-64 get-64" scripts/bench-vs-etcd.sh
+#   RSS_KEYS=1000000 scripts/bench-vs-etcd.sh rss   # memory after loading keys
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+RSS_KEYS=${RSS_KEYS:-1000000}
+DIR=${BENCH_DIR:-$PWD/target/bench-vs-etcd}
+OUT=${BENCH_OUT:-$DIR/results.jsonl}
+MODE=${1:-all}
+# name: nines bench flags
+declare -A SPEC=(
+  [put-1]="--workload put --clients 1 --connections 1"
+  [put-64]="--workload put --clients 64 --connections 8"
+  [put-256]="--workload put --clients 256 --connections 16"
+  [get-64]="--workload get --clients 64 --connections 8"
+  [get-serializable-64]="--workload get-serializable --clients 64 --connections 8"
+  [mixed-64]="--workload mixed --clients 64 --connections 8 --read-ratio 0.9"
+  [txn-cas-64]="--workload txn-cas --clients 64 --connections 8"
+  [range-16]="--workload range --clients 16 --connections 4 --range-limit 100"
+)
+WORKLOADS=${WORKLOADS:-"put-1 put-64 put-256 get-64 get-serializable-64 mixed-64 txn-cas-64 range-16"}
+
+if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
+  echo "installing etcd-server and protobuf-compiler from Debian"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server protobuf-compiler >/dev/null
+fi
+cargo build --release -p nines-server
+cargo build --release -p nines-cli --features etcd
+NINES=$PWD/target/release/nines
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+start_etcd() {
+  rm -rf "$DIR/etcd" && mkdir -p "$DIR/etcd"
+  local cluster=""
+  for n in 1 2 3; do cluster+="e$n=http://127.0.0.1:$((3280 + 100 * n)),"; done
+  for n in 1 2 3; do
+    etcd --name "e$n" --data-dir "$DIR/etcd/e$n" \
+      --listen-client-urls "http://127.0.0.1:$((3279 + 100 * n))" \
+      --advertise-client-urls "http://127.0.0.1:$((3279 + 100 * n))" \
+      --listen-peer-urls "http://127.0.0.1:$((3280 + 100 * n))" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$((3280 + 100 * n))" \
+      --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
+      --quota-backend-bytes 8589934592 --log-level error >"$DIR/etcd/e$n.log" 2>&1 &
+    PIDS+=($!)
+    ETCD_PIDS+=($!)
+  done
+  ETCD_ENDPOINTS="127.0.0.1:3379,127.0.0.1:3479,127.0.0.1:3579"
+  for _ in $(seq 1 100); do
+    ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  echo "etcd did not become healthy" >&2; exit 1
+}
+
+start_nines() {
+  rm -rf "$DIR/nines" && mkdir -p "$DIR/nines"
+  local cluster=""
+  for n in 1 2 3; do cluster+="$n=127.0.0.1:$((4280 + 100 * n))/127.0.0.1:$((4279 + 100 * n)),"; done
+  for n in 1 2 3; do
+    NINES_LOG=warn target/release/nines-server --id "$n" --data-dir "$DIR/nines/n$n" \
+      --listen-client "127.0.0.1:$((4279 + 100 * n))" --listen-peer "127.0.0.1:$((4280 + 100 * n))" \
+      --initial-cluster "${cluster%,}" >"$DIR/nines/n$n.log" 2>&1 &
+    PIDS+=($!)
+    NINES_PIDS+=($!)
+  done
+  NINES_ENDPOINTS="127.0.0.1:4379,127.0.0.1:4479,127.0.0.1:4579"
+  for _ in $(seq 1 100); do
+    "$NINES" --endpoints "$NINES_ENDPOINTS" endpoint health >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  echo "nines did not become healthy" >&2; exit 1
+}
+
+run_bench() { # target endpoints name
+  # shellcheck disable=SC2086
+  "$NINES" --endpoints "$2" bench --target "$1" ${SPEC[$3]} --duration "$DURATION" --warmup "$WARMUP" \
+    --quiet -w json | sed "s/^{/{\"name\":\"$3\",/"
+}
+
+rss_kb() { # pids...
+  local max=0
+  for pid in "$@"; do
+    local kb; kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    ((kb > max)) && max=$kb
+  done
+  echo "$max"
+}
+
+mkdir -p "$DIR"
+ETCD_PIDS=(); NINES_PIDS=()
+start_etcd
+start_nines
+"$NINES" bench --workload put --clients 1 --duration 1s --warmup 0s --quiet --endpoints "$NINES_ENDPOINTS" \
+  --fsync-dir "$DIR" -w json | python3 -c 'import json,sys; f=json.load(sys.stdin)["fsync_floor"]; print(json.dumps({"name":"fsync-floor", **f}))' >"$OUT"
+
+if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
+  for name in $WORKLOADS; do
+    for run in $(seq 1 "$RUNS"); do
+      echo "== $name run $run: etcd, nines" >&2
+      run_bench etcd "$ETCD_ENDPOINTS" "$name" >>"$OUT"
+      run_bench nines "$NINES_ENDPOINTS" "$name" >>"$OUT"
+    done
+  done
+fi
+
+if [ "$MODE" = all ] || [ "$MODE" = rss ]; then
+  echo "== loading $RSS_KEYS keys of 256 B into each" >&2
+  for target in etcd nines; do
+    if [ $target = etcd ]; then eps=$ETCD_ENDPOINTS; pids=("${ETCD_PIDS[@]}"); else eps=$NINES_ENDPOINTS; pids=("${NINES_PIDS[@]}"); fi
+    "$NINES" --endpoints "$eps" bench --target $target --workload get-serializable --keys "$RSS_KEYS" \
+      --value-size 256 --clients 64 --connections 8 --duration 1s --warmup 0s --quiet -w json >/dev/null
+    sleep 5
+    echo "{\"name\":\"rss\",\"target\":\"$target\",\"keys\":$RSS_KEYS,\"max_rss_kb\":$(rss_kb "${pids[@]}")}" >>"$OUT"
+  done
+fi
+
+python3 - "$OUT" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+floor = next((r for r in rows if r["name"] == "fsync-floor"), None)
+if floor:
+    print(f"fsync floor (4 KiB write + fdatasync): p50 {floor['p50_us']:.0f} us, p99 {floor['p99_us']:.0f} us")
+runs = {}
+for r in rows:
+    if "throughput" in r:
+        runs.setdefault((r["name"], r["target"]), []).append(r)
+def med(name, target, key):
+    vals = [(r["throughput"] if key == "ops" else r["latency"][key]) for r in runs.get((name, target), [])]
+    return statistics.median(vals) if vals else float("nan")
+print(f"{'workload':<22}{'etcd ops/s':>12}{'nines ops/s':>13}{'ratio':>7}{'etcd p50':>10}{'nines p50':>11}{'etcd p99':>10}{'nines p99':>11}  (latency in us, median of runs)")
+for name in dict.fromkeys(n for n, _ in runs):
+    e, n = med(name, "etcd", "ops"), med(name, "nines", "ops")
+    print(f"{name:<22}{e:>12.0f}{n:>13.0f}{n / e if e else float('nan'):>7.2f}"
+          f"{med(name,'etcd','p50_us'):>10.0f}{med(name,'nines','p50_us'):>11.0f}"
+          f"{med(name,'etcd','p99_us'):>10.0f}{med(name,'nines','p99_us'):>11.0f}")
+for r in rows:
+    if r["name"] == "rss":
+        print(f"RSS after {r['keys']} keys of 256 B, {r['target']}: {r['max_rss_kb'] / 1024:.0f} MiB (largest node)")
+PY
+echo "raw results: $OUT" >&2

@@ -1,5 +1,6 @@
 //! `nines`: command-line client for the nines KV store (etcdctl grammar).
 
+mod bench;
 mod commands;
 mod error;
 mod global;
@@ -64,6 +65,8 @@ commands! {
     Snapshot(snapshot::SnapshotArgs),
     /// Leadership.
     Leader(leader::LeaderArgs),
+    /// Closed-loop load against nines (or etcd, built with `--features etcd`).
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]

@@ -12,7 +12,11 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub async fn connect(target: &str, endpoints: &[String], connections: usize) -> Result<Backend> {
+    pub async fn connect(
+        target: &str,
+        endpoints: &[String],
+        connections: usize,
+    ) -> Result<Backend> {
         match target {
             "nines" => {
                 let mut clients = Vec::new();
@@ -63,7 +67,8 @@ impl Backend {
             }
             #[cfg(feature = "etcd")]
             Backend::Etcd(c) => {
-                let options = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+                let options =
+                    serializable.then(|| etcd_client::GetOptions::new().with_serializable());
                 c[conn % c.len()].kv_client().get(key, options).await?;
             }
         }
@@ -84,8 +89,13 @@ impl Backend {
             }
             #[cfg(feature = "etcd")]
             Backend::Etcd(c) => {
-                let options = etcd_client::GetOptions::new().with_range(end).with_limit(limit);
-                c[conn % c.len()].kv_client().get(start, Some(options)).await?;
+                let options = etcd_client::GetOptions::new()
+                    .with_range(end)
+                    .with_limit(limit);
+                c[conn % c.len()]
+                    .kv_client()
+                    .get(start, Some(options))
+                    .await?;
             }
         }
         Ok(())
@@ -121,9 +131,17 @@ impl Backend {
                 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
                 let mut kv = c[conn % c.len()].kv_client();
                 let current = kv.get(key.clone(), None).await?;
-                let mod_revision = current.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0);
+                let mod_revision = current
+                    .kvs()
+                    .first()
+                    .map(|kv| kv.mod_revision())
+                    .unwrap_or(0);
                 let txn = Txn::new()
-                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        mod_revision,
+                    )])
                     .and_then([TxnOp::put(key, value, None)]);
                 Ok(kv.txn(txn).await?.succeeded())
             }

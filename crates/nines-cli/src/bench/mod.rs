@@ -6,4 +6,4 @@ mod fsync_probe;
 mod report;
 mod run;
 
-pub use run::{run, BenchArgs};
+pub use run::BenchArgs;

@@ -46,7 +46,18 @@ pub struct BenchReport {
 pub fn print_table(r: &BenchReport) {
     println!(
         "{:<7} {:<18} {:>7} {:>5} {:>10} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "target", "workload", "clients", "conns", "ops", "errors", "ops/s", "p50(us)", "p90(us)", "p99(us)", "p999(us)", "max(us)"
+        "target",
+        "workload",
+        "clients",
+        "conns",
+        "ops",
+        "errors",
+        "ops/s",
+        "p50(us)",
+        "p90(us)",
+        "p99(us)",
+        "p999(us)",
+        "max(us)"
     );
     println!(
         "{:<7} {:<18} {:>7} {:>5} {:>10} {:>7} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -64,6 +75,9 @@ pub fn print_table(r: &BenchReport) {
         r.latency.max_us
     );
     if let Some(f) = &r.fsync_floor {
-        println!("fsync floor (4 KiB write + fdatasync): p50 {:.0} us, p99 {:.0} us", f.p50_us, f.p99_us);
+        println!(
+            "fsync floor (4 KiB write + fdatasync): p50 {:.0} us, p99 {:.0} us",
+            f.p50_us, f.p99_us
+        );
     }
 }

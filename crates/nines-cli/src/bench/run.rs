@@ -59,7 +59,10 @@ pub struct BenchArgs {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
     let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
@@ -87,9 +90,13 @@ enum Op {
 fn choose(args: &BenchArgs, rng: &mut impl Rng) -> Result<Op> {
     Ok(match args.workload.as_str() {
         "put" => Op::Put,
-        "get" => Op::Get { serializable: false },
+        "get" => Op::Get {
+            serializable: false,
+        },
         "get-serializable" => Op::Get { serializable: true },
-        "mixed" if rng.gen_bool(args.read_ratio.clamp(0.0, 1.0)) => Op::Get { serializable: false },
+        "mixed" if rng.gen_bool(args.read_ratio.clamp(0.0, 1.0)) => Op::Get {
+            serializable: false,
+        },
         "mixed" => Op::Put,
         "txn-cas" => Op::Cas,
         "range" => Op::Range,
@@ -97,13 +104,32 @@ fn choose(args: &BenchArgs, rng: &mut impl Rng) -> Result<Op> {
     })
 }
 
-async fn execute(backend: &Backend, args: &BenchArgs, conn: usize, op: Op, rng: &mut impl Rng, value: &[u8]) -> Result<()> {
+async fn execute(
+    backend: &Backend,
+    args: &BenchArgs,
+    conn: usize,
+    op: Op,
+    rng: &mut impl Rng,
+    value: &[u8],
+) -> Result<()> {
     let n = rng.gen_range(0..args.keys.max(1));
     match op {
         Op::Put => backend.put(conn, key(args, n), value.to_vec()).await,
         Op::Get { serializable } => backend.get(conn, key(args, n), serializable).await,
-        Op::Cas => backend.cas(conn, key(args, n), value.to_vec()).await.map(|_| ()),
-        Op::Range => backend.range(conn, key(args, n), key(args, u64::MAX / 2), args.range_limit).await,
+        Op::Cas => backend
+            .cas(conn, key(args, n), value.to_vec())
+            .await
+            .map(|_| ()),
+        Op::Range => {
+            backend
+                .range(
+                    conn,
+                    key(args, n),
+                    key(args, u64::MAX / 2),
+                    args.range_limit,
+                )
+                .await
+        }
     }
 }
 
@@ -112,7 +138,8 @@ async fn preload(backend: &Arc<Backend>, args: &BenchArgs) -> Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..args.clients.clamp(1, 64) {
-        let (backend, args, next, value) = (backend.clone(), args.clone(), next.clone(), value.clone());
+        let (backend, args, next, value) =
+            (backend.clone(), args.clone(), next.clone(), value.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +156,17 @@ async fn preload(backend: &Arc<Backend>, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+impl BenchArgs {
+    pub async fn run(self, ctx: &crate::global::Context) -> Result<()> {
+        run(
+            self,
+            ctx.endpoints.clone(),
+            ctx.format == crate::output::Format::Json,
+        )
+        .await
+    }
+}
+
 pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<()> {
     choose(&args, &mut rand::thread_rng())?;
     let backend = Arc::new(Backend::connect(&args.target, &endpoints, args.connections).await?);
@@ -140,16 +178,24 @@ pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let mut tasks = Vec::new();
     for client in 0..args.clients.max(1) {
         let (backend, args) = (backend.clone(), args.clone());
-        let (measuring, stop, ops, errors, histogram) =
-            (measuring.clone(), stop.clone(), ops.clone(), errors.clone(), histogram.clone());
+        let (measuring, stop, ops, errors, histogram) = (
+            measuring.clone(),
+            stop.clone(),
+            ops.clone(),
+            errors.clone(),
+            histogram.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(client as u64);
             let value = vec![b'x'; args.value_size];
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut local =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             while !stop.load(Ordering::Relaxed) {
                 let op = choose(&args, &mut rng).expect("workload checked");
                 let started = Instant::now();
@@ -166,7 +212,11 @@ pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<
                     }
                 }
             }
-            histogram.lock().unwrap_or_else(|e| e.into_inner()).add(&local).ok();
+            histogram
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(&local)
+                .ok();
         }));
     }
     tokio::time::sleep(args.warmup).await;

@@ -11,10 +11,26 @@ cargo test --workspace -- --test-threads="${NINES_TEST_THREADS:-2}"
 # A quick chaos run (kill, pause, partition, membership; all workloads) on
 # every commit. NINES_SKIP_CHAOS=1 skips it.
 if [ "${NINES_SKIP_CHAOS:-0}" != 1 ]; then
+  passed=0 failed=0
   if NINES_CHAOS_PROFILE=debug scripts/chaos.sh quick --time-limit "${NINES_CHAOS_SECS:-60}"; then
-    echo "chaos: 1 passed, 0 failed"
+    passed=$((passed + 1))
   else
-    echo "chaos: 0 passed, 1 failed"
-    exit 1
+    failed=$((failed + 1))
   fi
+  # The harness must be able to fail: servers that answer linearizable reads
+  # from local state (a test-only flag) must be caught.
+  set +e
+  NINES_CHAOS_PROFILE=debug scripts/chaos.sh quick --time-limit 30 --workload register \
+    --nemesis partition --server-arg=--unsafe-local-reads >/tmp/nines-chaos-negative.log 2>&1
+  status=$?
+  set -e
+  if [ "$status" = 1 ] && grep -q "NOT LINEARIZABLE" /tmp/nines-chaos-negative.log; then
+    echo "chaos negative control: broken build caught"
+    passed=$((passed + 1))
+  else
+    echo "chaos negative control: broken build NOT caught (exit $status, see /tmp/nines-chaos-negative.log)"
+    failed=$((failed + 1))
+  fi
+  echo "chaos: $passed passed, $failed failed"
+  [ "$failed" = 0 ] || exit 1
 fi

@@ -27,6 +27,9 @@ pub struct ServerArgs {
     /// Address for Raft traffic between nodes (also serves forwarded client calls).
     #[arg(long, env = "NINES_LISTEN_PEER", default_value = "127.0.0.1:2380")]
     pub listen_peer: SocketAddr,
+    /// Serve Prometheus metrics over HTTP on this address (off when absent).
+    #[arg(long, env = "NINES_LISTEN_METRICS")]
+    pub listen_metrics: Option<SocketAddr>,
     /// Client address others should use; defaults to --listen-client.
     #[arg(long, env = "NINES_ADVERTISE_CLIENT")]
     pub advertise_client: Option<String>,
@@ -101,6 +104,7 @@ pub struct ServerConfig {
     pub id: NodeId,
     pub listen_client: SocketAddr,
     pub listen_peer: SocketAddr,
+    pub listen_metrics: Option<SocketAddr>,
     pub node: Node,
     pub data_dir: PathBuf,
     pub bootstrap: Bootstrap,
@@ -245,6 +249,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             id: args.id,
             listen_client: args.listen_client,
             listen_peer: args.listen_peer,
+            listen_metrics: args.listen_metrics,
             node: Node::new(advertise_peer, advertise_client),
             data_dir: args.data_dir,
             bootstrap,

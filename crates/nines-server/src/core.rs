@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::metrics::Counters;
 use crate::network::ChannelPool;
 use crate::proposer::{ProposeError, Proposer};
 use crate::read_barrier::{Barrier, ReadBarrier};
@@ -35,6 +36,7 @@ pub struct NodeCore {
     pub pool: ChannelPool,
     pub barrier: ReadBarrier,
     pub proposer: Proposer,
+    pub counters: Arc<Counters>,
 }
 
 impl NodeCore {
@@ -60,6 +62,12 @@ impl NodeCore {
         self.config.limits.check_command(&request.command)?;
         self.check_quorum_contact()?;
         let written = tokio::time::timeout(self.timeout(), self.proposer.propose(request)).await;
+        let counters = &self.counters;
+        match &written {
+            Ok(Ok(_)) => Counters::inc(&counters.writes_ok),
+            Ok(Err(ProposeError::ForwardToLeader(..))) => Counters::inc(&counters.writes_forwarded),
+            _ => Counters::inc(&counters.writes_failed),
+        }
         match written {
             Err(_) => Err(ApiError::Timeout(self.timeout())),
             Ok(Ok(resp)) => Ok(Routed::Local(resp)),
@@ -76,6 +84,7 @@ impl NodeCore {
         }
         match self.barrier.check().await {
             Barrier::ReadIndex(index) => {
+                Counters::inc(&self.counters.reads_linearizable);
                 if self.reader.last_applied().map(|l| l.index).unwrap_or(0) >= index {
                     return Ok(Routed::Local(()));
                 }
@@ -91,7 +100,10 @@ impl NodeCore {
                     })?;
                 Ok(Routed::Local(()))
             }
-            Barrier::NotLeader(id, node) => self.redirect(id, node, forwarded),
+            Barrier::NotLeader(id, node) => {
+                Counters::inc(&self.counters.reads_forwarded);
+                self.redirect(id, node, forwarded)
+            }
             Barrier::QuorumLost => Err(ApiError::QuorumLost),
             Barrier::Timeout => Err(ApiError::Timeout(self.timeout())),
             Barrier::ShuttingDown => Err(ApiError::ShuttingDown),

@@ -8,6 +8,7 @@ pub mod core;
 mod datadir;
 pub mod error;
 mod join;
+pub mod metrics;
 pub mod network;
 mod node;
 mod proposer;

@@ -19,6 +19,7 @@ use crate::config::{Bootstrap, ServerConfig};
 use crate::core::NodeCore;
 use crate::datadir::DataDir;
 use crate::error::ServerError;
+use crate::metrics::Counters;
 use crate::network::{ChannelPool, NetworkFactory, RaftService, MAX_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::read_barrier::ReadBarrier;
@@ -83,22 +84,37 @@ impl NinesNode {
                 source,
             })?;
 
+        let metrics_listener = match config.listen_metrics {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let config = Arc::new(config);
+        let counters = Arc::new(Counters::default());
         let core = Arc::new(NodeCore {
             id: config.id,
             cluster_id,
             barrier: ReadBarrier::new(raft.clone(), config.request_timeout),
-            proposer: Proposer::start(raft.clone()),
+            proposer: Proposer::start(raft.clone(), counters.clone()),
+            counters,
             raft: raft.clone(),
             reader,
             config: config.clone(),
             pool,
         });
         let (stop, stopped) = watch::channel(false);
-        let servers = vec![
+        let mut servers = vec![
             tokio::spawn(serve_client(core.clone(), client_listener, stopped.clone())),
-            tokio::spawn(serve_peer(core.clone(), peer_listener, stopped)),
+            tokio::spawn(serve_peer(core.clone(), peer_listener, stopped.clone())),
         ];
+        if let Some(listener) = metrics_listener {
+            let core = core.clone();
+            servers.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = crate::metrics::serve(core, listener) => {}
+                    _ = wait_stop(stopped) => {}
+                }
+            }));
+        }
 
         bootstrap(&core).await?;
         tracing::info!(id = config.id, %client_addr, %peer_addr, "nines node started");

@@ -11,6 +11,8 @@ use nines_types::{Command, CommandResult, Node, NodeId, Raft, Request, Response}
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::metrics::Counters;
+
 /// Most requests in one entry, and their rough payload bound.
 const MAX_BATCH_REQUESTS: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -38,9 +40,9 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft) -> Proposer {
+    pub fn start(raft: Raft, counters: Arc<Counters>) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx, counters));
         Proposer { tx }
     }
 
@@ -75,7 +77,7 @@ fn approx_bytes(command: &Command) -> usize {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, counters: Arc<Counters>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot first is what lets a batch grow.
@@ -93,6 +95,10 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 Err(_) => break,
             }
         }
+        Counters::inc(&counters.proposals);
+        counters
+            .proposed_requests
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let raft = raft.clone();
         tokio::spawn(async move {
             propose(&raft, batch).await;

@@ -16,9 +16,11 @@ use crate::metrics::Counters;
 /// Most requests in one entry, and their rough payload bound.
 const MAX_BATCH_REQUESTS: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Proposals in flight at once; more overlap the leader's fsync with
-/// replication of the previous batch, fewer make bigger batches.
-const MAX_IN_FLIGHT: usize = 2;
+/// Proposals in flight at once. openraft 0.9's core handles one append at a
+/// time anyway, so a second proposal in flight only splits the waiting
+/// writes into smaller batches: measured with 64 clients on 3 local nodes,
+/// 1 in flight gave 8.6k puts/s, 2 in flight 6.4k.
+const MAX_IN_FLIGHT: usize = 1;
 
 #[derive(Debug, Clone)]
 pub enum ProposeError {

@@ -52,11 +52,11 @@ pub struct ServerArgs {
     /// Cluster name; nodes of different clusters refuse each other's traffic.
     #[arg(long, env = "NINES_CLUSTER_TOKEN", default_value = "nines")]
     pub cluster_token: String,
-    #[arg(long, env = "NINES_HEARTBEAT_MS", default_value_t = 100)]
+    #[arg(long, env = "NINES_HEARTBEAT_MS", default_value_t = 75)]
     pub heartbeat_ms: u64,
-    #[arg(long, env = "NINES_ELECTION_MIN_MS", default_value_t = 200)]
+    #[arg(long, env = "NINES_ELECTION_MIN_MS", default_value_t = 150)]
     pub election_min_ms: u64,
-    #[arg(long, env = "NINES_ELECTION_MAX_MS", default_value_t = 400)]
+    #[arg(long, env = "NINES_ELECTION_MAX_MS", default_value_t = 300)]
     pub election_max_ms: u64,
     /// Build a snapshot after this many applied entries since the last one.
     #[arg(long, env = "NINES_SNAPSHOT_ENTRIES", default_value_t = 20_000)]

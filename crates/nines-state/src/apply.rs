@@ -112,26 +112,37 @@ impl<'a> Overlay<'a> {
         range: &KeyRange,
         mut f: impl FnMut(&[u8], StoredValue) -> Result<bool, StateError>,
     ) -> Result<(), StateError> {
+        self.scan_range_raw(range, |key, raw| f(key, decode(raw)?))
+    }
+
+    /// Like `scan_range`, with the value still encoded: counting keys past a
+    /// range's limit need not decode them.
+    fn scan_range_raw(
+        &self,
+        range: &KeyRange,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, StateError>,
+    ) -> Result<(), StateError> {
         let (start, end) = match range {
             KeyRange::Single(key) => {
-                if let Some(v) = self.get_value(key)? {
-                    f(key, v)?;
+                if let Some(raw) = self.get(&data_key(key))? {
+                    f(key, &raw)?;
                 }
                 return Ok(());
             }
             KeyRange::Between { start, end } => (data_key(start), data_key(end)),
             KeyRange::From(start) => (data_key(start), vec![DATA_PREFIX + 1]),
         };
-        self.scan(&start, &end, |raw, v| f(&raw[1..], decode(v)?))
+        self.scan(&start, &end, |raw, v| f(&raw[1..], v))
     }
 
     /// etcd Range: `count` is every match; `limit` cuts `kvs` and sets `more`.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StateError> {
         let mut resp = RangeResponse::default();
         let limit = if req.limit == 0 { u64::MAX } else { req.limit };
-        self.scan_range(&req.range, |key, v| {
+        self.scan_range_raw(&req.range, |key, raw| {
             resp.count += 1;
             if !req.count_only && (resp.kvs.len() as u64) < limit {
+                let v: StoredValue = decode(raw)?;
                 resp.kvs.push(v.into_kv(key, req.keys_only));
             }
             Ok(true)

@@ -107,6 +107,16 @@ impl Cluster {
 
     /// Adds a node that starts empty and waits to be added (`member add`).
     pub fn add_node_process(&mut self) -> u64 {
+        self.add_node_with(Vec::new())
+    }
+
+    /// Adds a node that joins by itself through `--join` (learner, then voter).
+    pub fn join_node_process(&mut self) -> u64 {
+        let endpoints = self.endpoints().join(",");
+        self.add_node_with(vec!["--join".into(), endpoints])
+    }
+
+    fn add_node_with(&mut self, bootstrap: Vec<String>) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         self.nodes.push(NodeProc {
             id,
@@ -114,7 +124,7 @@ impl Cluster {
             peer_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: self.dir.path().join(format!("node{id}")),
             child: None,
-            bootstrap: Vec::new(),
+            bootstrap,
         });
         self.spawn(id);
         id

@@ -81,3 +81,36 @@ async fn add_promote_remove_while_serving() {
     let kv = cluster.client_of(new_id).get("m-000000").await.unwrap();
     assert!(kv.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_flag_adds_and_promotes_a_fresh_node() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let client = cluster.client();
+    client.put("before-join", "x").await.expect("put");
+    let id = cluster.join_node_process();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = client.member_list().await.expect("member list");
+        if list.members.iter().any(|m| m.id == id && !m.is_learner) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {id} did not join as a voter: {list:?}\n{}",
+            cluster.server_log(id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The joined node has the data and serves it.
+    let kv = cluster.client_of(id).get("before-join").await.expect("get");
+    assert_eq!(kv.map(|kv| kv.value), Some(b"x".to_vec()));
+    // Restarting it ignores --join: it comes back with its state.
+    cluster.restart(id);
+    let kv = cluster
+        .client_of(id)
+        .get("before-join")
+        .await
+        .expect("get after restart");
+    assert_eq!(kv.map(|kv| kv.value), Some(b"x".to_vec()));
+}

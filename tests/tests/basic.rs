@@ -45,6 +45,20 @@ async fn write_through_each_node_read_from_each() {
     }
 }
 
+/// The store revision, as a linearizable read reports it.
+async fn store_revision(client: &nines_client::Client) -> i64 {
+    client
+        .range(pb::RangeRequest {
+            key: b"sentinel".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .header
+        .expect("header")
+        .revision
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let cluster = Cluster::start(ClusterOptions::default());
@@ -52,16 +66,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let client = cluster.client();
     client.put("sentinel", "v").await.expect("put");
     let before = client.get("sentinel").await.unwrap().unwrap();
-    let revision_before = client
-        .range(pb::RangeRequest {
-            key: b"sentinel".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .header
-        .unwrap()
-        .revision;
+    let revision_before = store_revision(&client).await;
 
     let too_long_key = vec![b'k'; 4097];
     let err = client.put(too_long_key, "v").await.unwrap_err();
@@ -117,16 +122,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
 
     let after = client.get("sentinel").await.unwrap().unwrap();
     assert_eq!(before, after);
-    let revision_after = client
-        .range(pb::RangeRequest {
-            key: b"sentinel".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .header
-        .unwrap()
-        .revision;
+    let revision_after = store_revision(&client).await;
     assert_eq!(
         revision_before, revision_after,
         "bad input must not change the store"

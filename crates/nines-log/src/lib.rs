@@ -7,12 +7,15 @@
 //! - `LOCK`: held with an exclusive `flock` while the log is open.
 //!
 //! Each append batch is one write plus one fdatasync before openraft's
-//! callback fires; the vote is fsynced before `save_vote` returns.
+//! callback fires; the vote is fsynced before `save_vote` returns. With
+//! [`LogStore::enable_leader_pipelining`], a leader's own appends are synced
+//! in the background instead, behind a durable-index gate (`pipeline.rs`).
 
 mod error;
 mod log_reader;
 mod log_store;
 mod meta;
+mod pipeline;
 mod recovery;
 mod segment;
 mod wal;
@@ -21,6 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::LogError;
+use nines_types::{DurableIndex, NodeId};
 
 /// Tuning for a [`LogStore`].
 #[derive(Clone, Debug)]
@@ -52,6 +56,24 @@ impl LogStore {
     pub fn open(dir: &Path, opts: LogOptions) -> Result<LogStore, LogError> {
         let wal = recovery::open(dir, opts)?;
         Ok(LogStore { wal: Arc::new(wal) })
+    }
+
+    /// Lets this node's own leader appends return before their fdatasync
+    /// (see `pipeline.rs` for the rules that keep that safe). Call it before
+    /// the log is handed to openraft: it changes the vote reported at start.
+    ///
+    /// Whoever enables it must gate on [`LogStore::durable_index`]: apply
+    /// no entry above it, and send followers no commit index above it.
+    pub fn enable_leader_pipelining(&self, me: NodeId) -> Result<(), LogError> {
+        if self.wal.pipeline.node_id.set(me).is_ok() {
+            pipeline::start_flusher(&self.wal).map_err(|e| LogError::io(&self.wal.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// The highest index on disk, updated as syncs complete.
+    pub fn durable_index(&self) -> DurableIndex {
+        self.wal.pipeline.flush.durable.subscribe()
     }
 
     /// Number of segment files currently in use (for tests and metrics).

@@ -23,6 +23,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
+        if self.wal.is_recent(start).map_err(|e| e.read_logs())? {
+            // Replication reads what was just written: the page cache has it.
+            return self.wal.read(start, end).map_err(|e| e.read_logs());
+        }
         self.run(move |wal| wal.read(start, end))
             .await
             .map_err(|e| e.read_logs())

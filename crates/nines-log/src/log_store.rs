@@ -1,4 +1,7 @@
-//! `RaftLogStorage`: every call runs its blocking IO on tokio's blocking pool.
+//! `RaftLogStorage`. Calls that may wait on the disk (fdatasync, fsync of
+//! a metadata file, reads of old entries) run on tokio's blocking pool;
+//! in-memory answers and page-cache writes run inline, since a thread hop
+//! costs more than they do.
 
 use nines_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -10,10 +13,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let (last_purged_log_id, last_log_id) = self
-            .run(|wal| wal.log_state())
-            .await
-            .map_err(|e| e.read_logs())?;
+        let (last_purged_log_id, last_log_id) = self.wal.log_state().map_err(|e| e.read_logs())?;
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -39,15 +39,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// See `Wal::save_committed`: written without its own fsync.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.run(move |wal| wal.save_committed(committed))
-            .await
+        self.wal
+            .save_committed(committed)
             .map_err(|e| e.write_logs())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.run(|wal| wal.committed())
-            .await
-            .map_err(|e| e.read_logs())
+        self.wal.committed().map_err(|e| e.read_logs())
     }
 
     async fn append<I>(
@@ -60,9 +58,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        match self.run(move |wal| wal.append(&entries)).await {
+        let result = if self.wal.pipeline.is_own_leader_append(&entries) {
+            // A page-cache write; the flusher thread syncs it.
+            self.wal.append(&entries, false)
+        } else {
+            self.run(move |wal| wal.append(&entries, true)).await
+        };
+        match result {
             Ok(()) => {
-                // Only now is the batch on disk.
+                // Synced, or a leader's own pipelined append.
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }

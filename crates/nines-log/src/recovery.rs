@@ -11,6 +11,7 @@ use nines_types::LogId;
 
 use crate::error::LogError;
 use crate::meta;
+use crate::pipeline::Pipeline;
 use crate::segment::{self, RecordType, Segment, HEADER_LEN};
 use crate::wal::{remove_segment_file, Index, Loc, Wal, Writer};
 use crate::LogOptions;
@@ -148,7 +149,13 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
         }
     };
     let first = locs.front().map_or(next_index, |l| l.log_id.index);
+    // Everything recovered is on disk.
+    let (durable, _) = nines_types::durable_index(next_index.saturating_sub(1));
+    // A damaged vote file is reported by `read_vote`, where openraft reads
+    // it; here it only means no pipelining until the next vote is saved.
+    let pipeline = Pipeline::new(meta::read_vote(dir).ok().flatten(), durable);
     Ok(Wal {
+        pipeline,
         dir: dir.to_path_buf(),
         opts,
         writer: Mutex::new(Writer {

@@ -20,6 +20,7 @@ use nines_types::{Entry, LogId, Vote};
 
 use crate::error::LogError;
 use crate::meta;
+use crate::pipeline::Pipeline;
 use crate::segment::{self, RecordType, Segment};
 use crate::LogOptions;
 
@@ -72,8 +73,23 @@ pub(crate) struct Wal {
     pub(crate) opts: LogOptions,
     pub(crate) writer: Mutex<Writer>,
     pub(crate) index: RwLock<Index>,
+    pub(crate) pipeline: Pipeline,
     /// Holds the directory's flock for the life of the log.
     pub(crate) _lock: fs::File,
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.pipeline.flush.stop();
+        // A clean close leaves nothing unsynced behind.
+        if let Ok(w) = self.writer.get_mut() {
+            if w.dirty {
+                if let Err(e) = w.active.file.sync_data() {
+                    tracing::error!(path = %w.active.path.display(), "final log sync failed: {e}");
+                }
+            }
+        }
+    }
 }
 
 impl Wal {
@@ -89,9 +105,11 @@ impl Wal {
         self.index.write().map_err(|_| LogError::Poisoned)
     }
 
-    /// Appends a batch with one write and one fdatasync (group commit).
-    /// Returns once the batch is durable and readable.
-    pub(crate) fn append(&self, entries: &[Entry]) -> Result<(), LogError> {
+    /// Appends a batch with one write. With `sync`, one fdatasync follows
+    /// (group commit) and the batch is durable on return; without, the
+    /// background flusher syncs it (leader pipelining, see `pipeline.rs`).
+    /// Either way the batch is readable on return.
+    pub(crate) fn append(&self, entries: &[Entry], sync: bool) -> Result<(), LogError> {
         for pair in entries.windows(2) {
             if pair[1].log_id.index != pair[0].log_id.index + 1 {
                 return Err(LogError::NonContiguous {
@@ -130,7 +148,8 @@ impl Wal {
 
         let off = w.len;
         let file = &w.active.file;
-        if let Err(e) = file.write_all_at(&buf, off).and_then(|()| file.sync_data()) {
+        let written = file.write_all_at(&buf, off);
+        if let Err(e) = written.and_then(|()| if sync { file.sync_data() } else { Ok(()) }) {
             // Drop a partial write so the file never holds bytes the index
             // does not describe; openraft stops on the error anyway.
             let _ = file.set_len(off);
@@ -138,8 +157,9 @@ impl Wal {
         }
         w.len = off + buf.len() as u64;
         w.has_entries = true;
-        w.dirty = false;
+        w.dirty = !sync;
         w.next_index = first + entries.len() as u64;
+        let last = w.next_index - 1;
 
         let seg = w.active.first_index;
         let mut idx = self.write_index()?;
@@ -153,6 +173,12 @@ impl Wal {
                 len,
                 log_id,
             }));
+        drop(idx);
+        if sync {
+            self.pipeline.flush.durable.advance(last);
+        } else {
+            self.pipeline.flush.request(last);
+        }
         Ok(())
     }
 
@@ -206,6 +232,7 @@ impl Wal {
         for s in old.iter().rev() {
             remove_segment_file(&s.path)?;
         }
+        self.pipeline.flush.reset(first_index.saturating_sub(1));
         self.start_segment(w, first_index)
     }
 
@@ -310,6 +337,7 @@ impl Wal {
         if !removed.is_empty() {
             meta::fsync_dir(&self.dir)?;
         }
+        self.pipeline.flush.rewind(cut.saturating_sub(1));
         *w = Writer {
             active: seg,
             len: loc.off,
@@ -400,11 +428,23 @@ impl Wal {
     pub(crate) fn save_vote(&self, vote: &Vote) -> Result<(), LogError> {
         // Serialized with log writes, as openraft requires.
         let _w = self.lock_writer()?;
-        meta::write_vote(&self.dir, vote)
+        meta::write_vote(&self.dir, vote)?;
+        *self.pipeline.vote.lock().map_err(|_| LogError::Poisoned)? = Some(*vote);
+        Ok(())
     }
 
+    /// The vote openraft starts from: see `Pipeline::startup_vote`.
     pub(crate) fn read_vote(&self) -> Result<Option<Vote>, LogError> {
-        meta::read_vote(&self.dir)
+        Ok(self.pipeline.startup_vote(meta::read_vote(&self.dir)?))
+    }
+
+    /// Whether reading from `start` on touches only recently written bytes,
+    /// which the page cache still holds: cheap enough to read inline.
+    pub(crate) fn is_recent(&self, start: u64) -> Result<bool, LogError> {
+        const RECENT_ENTRIES: u64 = 4096;
+        let idx = self.read_index()?;
+        let end = idx.first + idx.locs.len() as u64;
+        Ok(start.saturating_add(RECENT_ENTRIES) >= end)
     }
 }
 

@@ -80,6 +80,11 @@ pub struct ServerArgs {
     /// firewall tell nodes apart on one host, e.g. 127.0.0.2).
     #[arg(long, env = "NINES_PEER_SOURCE_IP")]
     pub peer_source_ip: Option<std::net::IpAddr>,
+    /// Let the leader sync its own log in the background, overlapping its
+    /// fdatasync with replication; commits still wait for that sync before
+    /// anything is applied or acknowledged. `false` syncs before replicating.
+    #[arg(long, env = "NINES_LEADER_PIPELINING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_pipelining: bool,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build.
@@ -115,6 +120,7 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     pub peer_source_ip: Option<std::net::IpAddr>,
     pub unsafe_local_reads: bool,
+    pub leader_pipelining: bool,
 }
 
 impl ServerConfig {
@@ -260,6 +266,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             cache_bytes: args.cache_mb * 1024 * 1024,
             peer_source_ip: args.peer_source_ip,
             unsafe_local_reads: args.unsafe_local_reads,
+            leader_pipelining: args.leader_pipelining,
         })
     }
 }

@@ -42,7 +42,10 @@ impl NinesNode {
         let cluster_id = config.cluster_id();
         let data_dir = DataDir::open(&config.data_dir, cluster_id, config.id)?;
         let log = LogStore::open(&config.data_dir.join("log"), LogOptions::default())?;
-        let state = StateMachine::open(
+        if config.leader_pipelining {
+            log.enable_leader_pipelining(config.id)?;
+        }
+        let mut state = StateMachine::open(
             &config.data_dir.join("state"),
             StateOptions {
                 limits: config.limits,
@@ -51,11 +54,15 @@ impl NinesNode {
             },
         )
         .await?;
+        // Both gates are no-ops without pipelining: every append is synced
+        // before openraft hears of it.
+        state.gate_on(log.durable_index());
         let reader = state.reader();
         let pool = ChannelPool::new(config.peer_source_ip);
         let network = NetworkFactory {
             cluster_id,
             pool: pool.clone(),
+            durable: log.durable_index(),
         };
         let raft = Raft::new(
             config.id,

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::error::StateError;
+use crate::redo;
 use crate::store::{lock, read_meta, MetaState, Shared};
 
 pub(crate) struct Capture {
@@ -34,30 +35,26 @@ impl Capture {
     }
 }
 
-/// Writes `writes` to `tree` as one atomic batch, first recording undo
-/// values if a snapshot build is capturing.
+/// Writes `writes` to `tree` atomically (see `redo.rs`), first recording
+/// undo values if a snapshot build is capturing.
 pub(crate) fn write_batch(
     shared: &Shared,
     tree: &sled::Tree,
     writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
 ) -> Result<(), StateError> {
-    let mut batch = sled::Batch::default();
-    // The lock is held across apply_batch: a scan that finds a key absent
+    let writes: Vec<redo::Write> = writes.into_iter().collect();
+    // The lock is held across the writes: a scan that finds a key absent
     // from `undo` then knows no write to it has started or is in flight.
     let mut guard = lock(&shared.capture);
     let mut captured = 0u64;
-    for (key, value) in writes {
-        if let Some(capture) = guard.as_mut() {
-            if capture.remember(tree, &key)? {
+    if let Some(capture) = guard.as_mut() {
+        for (key, _) in &writes {
+            if capture.remember(tree, key)? {
                 captured += 1;
             }
         }
-        match value {
-            Some(v) => batch.insert(key, v),
-            None => batch.remove(key),
-        }
     }
-    tree.apply_batch(batch)?;
+    redo::write_atomically(tree, &writes)?;
     drop(guard);
     if captured > 0 {
         shared

@@ -32,6 +32,10 @@ pub enum StateError {
 
     #[error("background task failed: {0}")]
     Task(String),
+
+    /// The Raft log whose durable index gates apply was closed.
+    #[error("the Raft log was closed while an apply waited for it")]
+    LogClosed,
 }
 
 impl StateError {

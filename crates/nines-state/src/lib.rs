@@ -7,6 +7,7 @@ mod capture;
 mod error;
 mod install;
 mod reader;
+mod redo;
 mod snapshot_builder;
 mod snapshot_dir;
 mod snapshot_file;

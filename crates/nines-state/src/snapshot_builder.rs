@@ -10,6 +10,7 @@ use openraft::RaftSnapshotBuilder;
 
 use crate::capture::{self, CaptureGuard};
 use crate::error::StateError;
+use crate::redo;
 use crate::snapshot_file::SnapshotWriter;
 use crate::store::{lock, Shared};
 
@@ -82,6 +83,10 @@ fn write(
     let delay = shared.stats.scan_delay_nanos.load(Ordering::Relaxed);
     for item in tree.iter() {
         let (key, value) = item?;
+        // An apply in flight: its writes reach the snapshot through the undo map.
+        if key.as_ref() == redo::REDO_KEY {
+            continue;
+        }
         if guard.check(&key) {
             writer.record(&key, &value)?;
         }

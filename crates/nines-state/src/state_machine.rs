@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nines_types::{
-    Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    DurableIndex, Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::OptionalSend;
@@ -16,6 +17,7 @@ use crate::capture;
 use crate::error::StateError;
 use crate::install;
 use crate::reader::StateReader;
+use crate::redo;
 use crate::snapshot_builder::SnapshotBuilder;
 use crate::store::{self, lock, read_meta, Shared, StateOptions};
 
@@ -23,6 +25,8 @@ use crate::store::{self, lock, read_meta, Shared, StateOptions};
 /// for concurrent reads.
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// When set, no entry is applied before the local log has it on disk.
+    durable: Option<DurableIndex>,
 }
 
 /// Snapshot diagnostics since open.
@@ -41,6 +45,13 @@ impl StateMachine {
     pub async fn open(dir: &Path, opts: StateOptions) -> Result<StateMachine, StateError> {
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || open_blocking(dir, opts)).await?
+    }
+
+    /// Applies an entry only once `durable` covers it. Needed when the log
+    /// acknowledges a leader's own appends before their fdatasync: an applied
+    /// entry is visible to clients and must not vanish in a crash.
+    pub fn gate_on(&mut self, durable: DurableIndex) {
+        self.durable = Some(durable);
     }
 
     pub fn reader(&self) -> StateReader {
@@ -71,6 +82,9 @@ impl StateMachine {
 fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, StateError> {
     std::fs::create_dir_all(&dir).map_err(|e| StateError::io(&dir, e))?;
     let (db, tree, next_tree) = store::open_db(&dir, &opts)?;
+    if redo::finish_interrupted(&tree)? {
+        tracing::info!("replayed an apply a crash interrupted");
+    }
     let meta = read_meta(&tree)?;
     let shared = store::shared(dir, db, tree, next_tree, opts, &meta);
     shared.snapshots.create()?;
@@ -87,7 +101,10 @@ fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, State
             shared.snapshots.remove_others(&path);
         }
     }
-    Ok(StateMachine { shared })
+    Ok(StateMachine {
+        shared,
+        durable: None,
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -103,6 +120,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (self.durable.as_mut(), entries.last()) {
+            if !durable.wait_for(last.log_id.index).await {
+                return Err(StateError::LogClosed.write_sm());
+            }
+        }
         let shared = &self.shared;
         let tree = shared.current_tree();
         let mut exec = Executor::new(&tree, shared.revision.load(Ordering::Acquire), &shared.opts);

@@ -1,7 +1,7 @@
 //! Shared state, key layout and `StateMachine::open`.
 //!
-//! Everything the machine owns lives in ONE sled tree so a single
-//! `apply_batch` commits data, sessions and meta atomically:
+//! Everything the machine owns lives in ONE sled tree so one apply's data,
+//! sessions and meta commit atomically (through a redo record, `redo.rs`):
 //! - `d` + user key → `StoredValue`
 //! - `s` + client id (u64 BE) → `SessionRecord`
 //! - `m` + name → meta (`applied`, `membership`, `revision`)
@@ -265,6 +265,7 @@ fn open_sled(path: &Path, cache_capacity: u64) -> Result<sled::Db, StateError> {
         match sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity)
+            .temporary(std::env::var_os("EXP_SLED_TEMP").is_some())
             .open()
         {
             Err(sled::Error::Io(e))

@@ -2,12 +2,14 @@
 //! command model the state machine applies, and input limits.
 
 mod command;
+mod durable;
 mod limits;
 mod node;
 
 use std::io::Cursor;
 
 pub use command::*;
+pub use durable::{durable_index, DurableIndex, DurableIndexTx};
 pub use limits::{InputError, Limits};
 pub use node::Node;
 

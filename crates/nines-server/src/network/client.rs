@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nines_proto::raft_client::RaftClient;
 use nines_proto::{RaftReply, RaftRequest};
-use nines_types::{Node, NodeId, TypeConfig};
+use nines_types::{DurableIndex, Node, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -64,11 +64,14 @@ impl ChannelPool {
 pub struct NetworkFactory {
     pub cluster_id: u64,
     pub pool: ChannelPool,
+    /// The local log's durable index: see `Connection::append_entries`.
+    pub durable: DurableIndex,
 }
 
 pub struct Connection {
     target: NodeId,
     cluster_id: u64,
+    durable: DurableIndex,
     client: Option<RaftClient<Channel>>,
     addr: String,
 }
@@ -85,6 +88,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         Connection {
             target,
             cluster_id: self.cluster_id,
+            durable: self.durable.clone(),
             client,
             addr: node.raft_addr.clone(),
         }
@@ -151,9 +155,20 @@ fn encode_error<E: std::error::Error>(e: bincode::error::EncodeError) -> RPCErro
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        // A pipelining leader counts itself in the commit quorum before its
+        // own fdatasync is done: a follower must not learn (and apply) a
+        // commit that a crash of this node could still undo. Wait briefly
+        // for the sync, else send no commit index this time; followers only
+        // ever raise theirs, and the next message carries it.
+        if let Some(commit) = rpc.leader_commit {
+            let budget = option.soft_ttl() / 4;
+            if !self.durable.wait_for_within(commit.index, budget).await {
+                rpc.leader_commit = None;
+            }
+        }
         let entries = rpc.entries.len() as u64;
         let data = codec::encode(&rpc).map_err(encode_error)?;
         if data.len() > MAX_MESSAGE_BYTES && entries > 1 {

@@ -265,7 +265,6 @@ fn open_sled(path: &Path, cache_capacity: u64) -> Result<sled::Db, StateError> {
         match sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity)
-            .temporary(std::env::var_os("EXP_SLED_TEMP").is_some())
             .open()
         {
             Err(sled::Error::Io(e))

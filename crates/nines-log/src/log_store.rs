@@ -62,7 +62,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // A page-cache write; the flusher thread syncs it.
             self.wal.append(&entries, false)
         } else {
-            self.run(move |wal| wal.append(&entries, true)).await
+            self.run_in_place(move |wal| wal.append(&entries, true))
+                .await
         };
         match result {
             Ok(()) => {

@@ -21,7 +21,6 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use super::append_stream::AppendStream;
 use super::codec;
 
 /// Large enough for a full append batch or a 1 MiB-value entry plus a snapshot chunk.
@@ -75,11 +74,6 @@ pub struct Connection {
     durable: DurableIndex,
     client: Option<RaftClient<Channel>>,
     addr: String,
-    /// Appends sent so far. openraft also makes one-off connections (a
-    /// single heartbeat for a read barrier); only a connection that sends a
-    /// second append opens a stream.
-    appends: u64,
-    stream: Option<AppendStream>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -97,8 +91,6 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             durable: self.durable.clone(),
             client,
             addr: node.raft_addr.clone(),
-            appends: 0,
-            stream: None,
         }
     }
 }
@@ -132,62 +124,10 @@ impl Connection {
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(status_to_rpc_error)?.into_inner();
-        decode_reply(self.target, &reply)
+        let result: Result<T, RaftError<NodeId, E>> = codec::decode(&reply.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
-
-    /// An append over this connection's stream, opened on first use and
-    /// dropped on any error or timeout (a late reply must never be taken for
-    /// the next request's).
-    async fn call_streamed<T, E>(&mut self, data: Vec<u8>, option: &RPCOption) -> RpcResult<T, E>
-    where
-        T: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let Some(client) = self.client.as_mut() else {
-            return Err(unreachable(format!("bad peer address {:?}", self.addr)));
-        };
-        let request = RaftRequest {
-            target: self.target,
-            cluster_id: self.cluster_id,
-            data,
-        };
-        let stream = &mut self.stream;
-        let exchange = async {
-            if stream.is_none() {
-                *stream = Some(AppendStream::open(client).await?);
-            }
-            match stream.as_mut() {
-                Some(s) => s.call(request).await,
-                None => Err(tonic::Status::unavailable("no append stream")),
-            }
-        };
-        let reply = match tokio::time::timeout(option.hard_ttl(), exchange).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(status)) => {
-                self.stream = None;
-                return Err(status_to_rpc_error(status));
-            }
-            Err(_) => {
-                self.stream = None;
-                return Err(RPCError::Network(NetworkError::new(&AnyError::error(
-                    format!("append to node {} timed out", self.target),
-                ))));
-            }
-        };
-        decode_reply(self.target, &reply)
-    }
-}
-
-// The error type is openraft's, fixed by the RaftNetwork trait.
-#[allow(clippy::result_large_err)]
-fn decode_reply<T, E>(target: NodeId, reply: &RaftReply) -> RpcResult<T, E>
-where
-    T: DeserializeOwned,
-    E: std::error::Error + DeserializeOwned,
-{
-    let result: Result<T, RaftError<NodeId, E>> = codec::decode(&reply.data)
-        .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
-    result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
 }
 
 fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, Node, E> {
@@ -236,10 +176,6 @@ impl RaftNetwork<TypeConfig> for Connection {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(entries / 2),
             ));
-        }
-        self.appends += 1;
-        if self.appends > 1 {
-            return self.call_streamed(data, &option).await;
         }
         self.call(Rpc::Append, data, &option).await
     }

@@ -1,7 +1,6 @@
 //! Raft traffic over tonic: the client side (`RaftNetworkFactory`) and the
 //! server side (the internal `nines.v1.Raft` gRPC service).
 
-mod append_stream;
 mod client;
 mod codec;
 mod service;

@@ -19,15 +19,26 @@ fn committed_vote(term: u64, node: u64) -> Vote {
     v
 }
 
+fn open_pipelined(dir: &std::path::Path) -> nines_log::LogStore {
+    let s = open(dir);
+    s.enable_leader_pipelining(ME).unwrap();
+    s
+}
+
+/// A pipelining store whose saved vote makes this node leader of `term`.
+async fn open_leader(dir: &std::path::Path, term: u64) -> nines_log::LogStore {
+    let mut s = open_pipelined(dir);
+    s.save_vote(&committed_vote(term, ME)).await.unwrap();
+    s
+}
+
 #[test]
 fn own_leader_appends_become_durable_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let mut s = open(dir.path());
-        s.enable_leader_pipelining(ME).unwrap();
+        let mut s = open_leader(dir.path(), 1).await;
         let mut durable = s.durable_index();
         assert_eq!(durable.get(), 0);
-        s.save_vote(&committed_vote(1, ME)).await.unwrap();
         append(&mut s, entries(1, 1..101)).await;
         // Readable at once, whether or not the sync finished yet.
         assert_eq!(
@@ -48,8 +59,7 @@ fn own_leader_appends_become_durable_in_the_background() {
 fn follower_appends_are_durable_when_append_returns() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let mut s = open(dir.path());
-        s.enable_leader_pipelining(ME).unwrap();
+        let mut s = open_pipelined(dir.path());
         let durable = s.durable_index();
         // Entries made by leader 1 while our vote names leader 2 (a newer
         // term): a follower append, synced before the callback.
@@ -63,14 +73,11 @@ fn follower_appends_are_durable_when_append_returns() {
 fn a_restarted_leader_does_not_resume_its_term() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let mut s = open(dir.path());
-        s.enable_leader_pipelining(ME).unwrap();
-        s.save_vote(&committed_vote(4, ME)).await.unwrap();
+        let mut s = open_leader(dir.path(), 4).await;
         append(&mut s, entries(4, 1..6)).await;
         drop(s);
 
-        let mut s = open(dir.path());
-        s.enable_leader_pipelining(ME).unwrap();
+        let mut s = open_pipelined(dir.path());
         let vote = s.read_vote().await.unwrap().unwrap();
         assert_eq!(vote.leader_id.term, 4);
         assert_eq!(vote.leader_id.node_id, ME);
@@ -81,8 +88,7 @@ fn a_restarted_leader_does_not_resume_its_term() {
         // Another node's committed vote is reported as saved.
         s.save_vote(&committed_vote(5, 2)).await.unwrap();
         drop(s);
-        let mut s = open(dir.path());
-        s.enable_leader_pipelining(ME).unwrap();
+        let mut s = open_pipelined(dir.path());
         assert_eq!(s.read_vote().await.unwrap(), Some(committed_vote(5, 2)));
 
         // Without pipelining the vote is returned untouched.
@@ -97,9 +103,7 @@ fn a_restarted_leader_does_not_resume_its_term() {
 fn pipelined_entries_survive_a_clean_close() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let mut s = open(dir.path());
-        s.enable_leader_pipelining(ME).unwrap();
-        s.save_vote(&committed_vote(1, ME)).await.unwrap();
+        let mut s = open_leader(dir.path(), 1).await;
         append(&mut s, entries(1, 1..1001)).await;
         drop(s);
         let mut s = open(dir.path());

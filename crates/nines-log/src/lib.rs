@@ -16,6 +16,7 @@ mod log_reader;
 mod log_store;
 mod meta;
 mod pipeline;
+mod prealloc;
 mod recovery;
 mod segment;
 mod wal;
@@ -31,12 +32,27 @@ use nines_types::{DurableIndex, NodeId};
 pub struct LogOptions {
     /// A segment rolls over once an append would take it past this size.
     pub segment_bytes: u64,
+    /// Keep this many bytes past the write position zero-filled, so an
+    /// fdatasync flushes data without a metadata commit (`prealloc.rs`).
+    /// 0 turns it off.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
         LogOptions {
             segment_bytes: 64 * 1024 * 1024,
+            preallocate_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl LogOptions {
+    /// Default options with a different segment size.
+    pub fn with_segment_bytes(segment_bytes: u64) -> LogOptions {
+        LogOptions {
+            segment_bytes,
+            ..LogOptions::default()
         }
     }
 }

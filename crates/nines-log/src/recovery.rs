@@ -12,6 +12,7 @@ use nines_types::LogId;
 use crate::error::LogError;
 use crate::meta;
 use crate::pipeline::Pipeline;
+use crate::prealloc::Prealloc;
 use crate::segment::{self, RecordType, Segment, HEADER_LEN};
 use crate::wal::{remove_segment_file, Index, Loc, Wal, Writer};
 use crate::LogOptions;
@@ -20,6 +21,8 @@ use crate::LogOptions;
 struct Tail {
     seg: Arc<Segment>,
     len: u64,
+    /// The file's length: past `len` it holds zeros (preallocated).
+    file_len: u64,
     has_entries: bool,
 }
 
@@ -117,6 +120,11 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
         tail = Some(Tail {
             seg,
             len: scan.valid_len,
+            file_len: if scan.torn.is_some() {
+                scan.valid_len
+            } else {
+                data.len() as u64
+            },
             has_entries,
         });
     }
@@ -144,6 +152,7 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
             Tail {
                 seg,
                 len,
+                file_len: len,
                 has_entries: false,
             }
         }
@@ -154,8 +163,17 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
     // A damaged vote file is reported by `read_vote`, where openraft reads
     // it; here it only means no pipelining until the next vote is saved.
     let pipeline = Pipeline::new(meta::read_vote(dir).ok().flatten(), durable);
+    let prealloc = Prealloc::start(
+        &tail.seg,
+        tail.len,
+        tail.file_len,
+        opts.preallocate_bytes,
+        opts.segment_bytes,
+    )
+    .map_err(|e| LogError::io(dir, e))?;
     Ok(Wal {
         pipeline,
+        prealloc,
         dir: dir.to_path_buf(),
         opts,
         writer: Mutex::new(Writer {

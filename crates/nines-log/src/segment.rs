@@ -235,9 +235,10 @@ pub(crate) struct Scan {
 
 /// Validates a whole segment's bytes.
 ///
-/// Only the last segment may end in a torn write (a record or header cut
-/// short, or a final record whose checksum fails because it was half
-/// written, or a zero-filled tail a filesystem can expose after a crash):
+/// Zeros after the last record end any segment: that space was zeroed ahead
+/// of the writer. Only the last segment may end in a torn write (a record
+/// or header cut short, or a record whose checksum fails because it was
+/// half written: nothing but zeros after it, or a page of it still zero):
 /// that is reported in `Scan::torn`. Any other damage is `LogError::Corrupt`
 /// naming the file and byte offset.
 pub(crate) fn scan(path: &Path, data: &[u8], is_last: bool) -> Result<Scan, LogError> {
@@ -271,6 +272,10 @@ pub(crate) fn scan(path: &Path, data: &[u8], is_last: bool) -> Result<Scan, LogE
     let mut off = hl;
     while off < data.len() {
         let rest = &data[off..];
+        if all_zero(rest) {
+            // Space zeroed ahead of the writer (`prealloc.rs`): the end.
+            break;
+        }
         match parse_record(rest) {
             Ok((kind, payload)) => {
                 records.push(Record {
@@ -287,7 +292,9 @@ pub(crate) fn scan(path: &Path, data: &[u8], is_last: bool) -> Result<Scan, LogE
                     BadRecord::ShortHeader | BadRecord::PastEnd => true,
                     BadRecord::Checksum => {
                         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                        RECORD_HEADER_LEN + len == rest.len() || all_zero(rest)
+                        let end = RECORD_HEADER_LEN + len;
+                        all_zero(&rest[end.min(rest.len())..])
+                            || has_lost_page(data, off, off + end)
                     }
                     BadRecord::UnknownType(_) => false,
                 };
@@ -303,6 +310,28 @@ pub(crate) fn scan(path: &Path, data: &[u8], is_last: bool) -> Result<Scan, LogE
         valid_len: off as u64,
         torn: None,
     })
+}
+
+/// Page-cache writeback unit: after a power loss, an unsynced write into
+/// zeroed space can come back with whole pages missing (still zero).
+const PAGE: usize = 4096;
+
+/// Whether a page overlapping the record at `[start, end)` reads as zero
+/// from the record's start on: a write the crash cut short, not damage to
+/// synced data (the rule etcd's WAL applies to sectors). Everything after
+/// such a record was never covered by a completed sync, so never acked.
+fn has_lost_page(data: &[u8], start: usize, end: usize) -> bool {
+    let end = end.min(data.len());
+    let mut page = start - start % PAGE;
+    while page < end {
+        let lo = page.max(start);
+        let hi = (page + PAGE).min(data.len());
+        if all_zero(&data[lo..hi]) {
+            return true;
+        }
+        page += PAGE;
+    }
+    false
 }
 
 fn all_zero(b: &[u8]) -> bool {

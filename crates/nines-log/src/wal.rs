@@ -21,6 +21,7 @@ use nines_types::{Entry, LogId, Vote};
 use crate::error::LogError;
 use crate::meta;
 use crate::pipeline::Pipeline;
+use crate::prealloc::Prealloc;
 use crate::segment::{self, RecordType, Segment};
 use crate::LogOptions;
 
@@ -74,6 +75,7 @@ pub(crate) struct Wal {
     pub(crate) writer: Mutex<Writer>,
     pub(crate) index: RwLock<Index>,
     pub(crate) pipeline: Pipeline,
+    pub(crate) prealloc: Arc<Prealloc>,
     /// Holds the directory's flock for the life of the log.
     pub(crate) _lock: fs::File,
 }
@@ -81,6 +83,7 @@ pub(crate) struct Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         self.pipeline.flush.stop();
+        self.prealloc.stop();
         // A clean close leaves nothing unsynced behind.
         if let Ok(w) = self.writer.get_mut() {
             if w.dirty {
@@ -148,6 +151,7 @@ impl Wal {
 
         let off = w.len;
         let file = &w.active.file;
+        self.prealloc.reserve(off + buf.len() as u64);
         let written = file.write_all_at(&buf, off);
         if let Err(e) = written.and_then(|()| if sync { file.sync_data() } else { Ok(()) }) {
             // Drop a partial write so the file never holds bytes the index
@@ -242,6 +246,7 @@ impl Wal {
         // The new directory entry must survive a crash before anything in it is acked.
         meta::fsync_dir(&self.dir)?;
         let seg = Arc::new(seg);
+        self.prealloc.switch(&seg, len, || ());
         self.write_index()?
             .segments
             .insert(first_index, Arc::clone(&seg));
@@ -267,6 +272,7 @@ impl Wal {
         let mut buf = Vec::with_capacity(32);
         segment::encode_committed(&mut buf, committed)?;
         let off = w.len;
+        self.prealloc.reserve(off + buf.len() as u64);
         if let Err(e) = w.active.file.write_all_at(&buf, off) {
             let _ = w.active.file.set_len(off);
             return Err(LogError::io(&w.active.path, e));
@@ -330,9 +336,10 @@ impl Wal {
         for s in removed.iter().rev() {
             remove_segment_file(&s.path)?;
         }
-        seg.file
-            .set_len(loc.off)
-            .and_then(|()| seg.file.sync_all())
+        self.prealloc
+            .switch(&seg, loc.off, || {
+                seg.file.set_len(loc.off).and_then(|()| seg.file.sync_all())
+            })
             .map_err(|e| LogError::io(&seg.path, e))?;
         if !removed.is_empty() {
             meta::fsync_dir(&self.dir)?;

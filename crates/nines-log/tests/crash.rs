@@ -85,9 +85,7 @@ fn child_append_loop() {
         // Small segments so kills also land around segment rolls.
         let mut s = nines_log::LogStore::open(
             Path::new(&dir),
-            nines_log::LogOptions {
-                segment_bytes: 64 * 1024,
-            },
+            nines_log::LogOptions::with_segment_bytes(64 * 1024),
         )
         .unwrap();
         let mut next = 1u64;

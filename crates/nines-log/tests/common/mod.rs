@@ -63,13 +63,7 @@ pub fn open(dir: &Path) -> LogStore {
 }
 
 pub fn open_small(dir: &Path) -> LogStore {
-    LogStore::open(
-        dir,
-        LogOptions {
-            segment_bytes: 4096,
-        },
-    )
-    .unwrap()
+    LogStore::open(dir, LogOptions::with_segment_bytes(4096)).unwrap()
 }
 
 pub async fn append(store: &mut LogStore, entries: Vec<Entry>) {
@@ -96,12 +90,13 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Offsets of the records in a segment file (format: 12-byte header, then
-/// `[u32 len][u32 crc][u8 type][payload]`), with their type byte.
+/// `[u32 len][u32 crc][u8 type][payload]`), with their type byte. Stops at
+/// the zero-filled space preallocated past the last record.
 pub fn record_offsets(path: &Path) -> Vec<(u64, u8, u64)> {
     let data = std::fs::read(path).unwrap();
     let mut off = 12usize;
     let mut out = Vec::new();
-    while off + 9 <= data.len() {
+    while off + 9 <= data.len() && data[off..off + 9].iter().any(|&b| b != 0) {
         let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as usize;
         out.push((off as u64, data[off + 8], (9 + len) as u64));
         off += 9 + len;

@@ -142,21 +142,23 @@ impl Prealloc {
                 let start = st.zeroed_to;
                 (seg, start, CHUNK.min(self.limit - start))
             };
-            let written = seg
-                .file
-                .write_all_at(&zeros[..len as usize], start)
-                .and_then(|()| seg.file.sync_data());
-            let mut st = lock(&self.state);
-            st.zeroing = false;
-            match written {
-                Ok(()) => st.zeroed_to = st.zeroed_to.max(start + len),
-                Err(e) => {
-                    // Only speed is lost: appends still fdatasync their own writes.
-                    tracing::warn!(path = %seg.path.display(), "log preallocation stopped: {e}");
-                    st.stop = true;
+            let written = seg.file.write_all_at(&zeros[..len as usize], start);
+            {
+                let mut st = lock(&self.state);
+                st.zeroing = false;
+                match &written {
+                    Ok(()) => st.zeroed_to = st.zeroed_to.max(start + len),
+                    Err(_) => st.stop = true,
                 }
+                self.changed.notify_all();
             }
-            self.changed.notify_all();
+            // The sync (which commits the new size) runs with no lock held:
+            // an append that needs the chunk can already write into it.
+            if let Err(e) = written.and_then(|()| seg.file.sync_data()) {
+                // Only speed is lost: appends still fdatasync their own writes.
+                tracing::warn!(path = %seg.path.display(), "log preallocation stopped: {e}");
+                lock(&self.state).stop = true;
+            }
         }
     }
 }

@@ -95,6 +95,11 @@ run_bench() { # target endpoints name
     --quiet -w json | sed "s/^{/{\"name\":\"$3\",/"
 }
 
+settle() { # let the previous run's dirty pages reach the disk
+  sync
+  sleep "${SETTLE_SECS:-2}"
+}
+
 rss_kb() { # pids...
   local max=0
   for pid in "$@"; do
@@ -114,9 +119,15 @@ start_nines
 if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
   for name in $WORKLOADS; do
     for run in $(seq 1 "$RUNS"); do
-      echo "== $name run $run: etcd, nines" >&2
-      run_bench etcd "$ETCD_ENDPOINTS" "$name" >>"$OUT"
-      run_bench nines "$NINES_ENDPOINTS" "$name" >>"$OUT"
+      # Alternate who goes first: the second run otherwise competes with
+      # the writeback of the first one's data.
+      if ((run % 2)); then order="etcd nines"; else order="nines etcd"; fi
+      echo "== $name run $run: $order" >&2
+      for target in $order; do
+        settle
+        if [ "$target" = etcd ]; then eps=$ETCD_ENDPOINTS; else eps=$NINES_ENDPOINTS; fi
+        run_bench "$target" "$eps" "$name" >>"$OUT"
+      done
     done
   done
 fi

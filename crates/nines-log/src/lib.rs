@@ -2,7 +2,9 @@
 //! implementing openraft's `RaftLogStorage` (storage-v2).
 //!
 //! Directory layout:
-//! - `<first index, 20 digits>.wal`: segments (format in `segment.rs`);
+//! - `<first index, 20 digits>.wal`: segments (format in `segment.rs`),
+//!   zero-filled ahead of the writer so a sync commits no metadata
+//!   (`prealloc.rs`);
 //! - `vote`, `purged`: small metadata files replaced atomically (`meta.rs`);
 //! - `LOCK`: held with an exclusive `flock` while the log is open.
 //!

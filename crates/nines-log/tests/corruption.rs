@@ -111,9 +111,7 @@ fn damage_at_the_end_of_an_older_segment_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let mut s = open_small(dir.path());
-        for i in (1..200).step_by(4) {
-            append(&mut s, entries(1, i..i + 4)).await;
-        }
+        append_batches(&mut s, 1..200, 4).await;
     });
     let files = segment_files(dir.path());
     assert!(files.len() > 2);
@@ -134,9 +132,7 @@ fn missing_middle_segment_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let mut s = open_small(dir.path());
-        for i in (1..200).step_by(4) {
-            append(&mut s, entries(1, i..i + 4)).await;
-        }
+        append_batches(&mut s, 1..200, 4).await;
     });
     let files = segment_files(dir.path());
     std::fs::remove_file(&files[files.len() / 2]).unwrap();

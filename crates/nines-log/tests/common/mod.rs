@@ -70,6 +70,13 @@ pub async fn append(store: &mut LogStore, entries: Vec<Entry>) {
     store.blocking_append(entries).await.unwrap();
 }
 
+/// Appends the entries of `range` (term 1) in batches of `batch`.
+pub async fn append_batches(store: &mut LogStore, range: std::ops::Range<u64>, batch: u64) {
+    for i in range.clone().step_by(batch as usize) {
+        append(store, entries(1, i..(i + batch).min(range.end))).await;
+    }
+}
+
 pub async fn read_all(store: &mut LogStore) -> Vec<Entry> {
     store.try_get_log_entries(..).await.unwrap()
 }

@@ -35,7 +35,7 @@ pub(crate) struct Prealloc {
 }
 
 struct State {
-    seg: Option<Arc<Segment>>,
+    seg: Arc<Segment>,
     write_pos: u64,
     /// Everything below this is log data or zeros already in the file.
     zeroed_to: u64,
@@ -56,7 +56,7 @@ impl Prealloc {
     ) -> std::io::Result<Arc<Prealloc>> {
         let p = Arc::new(Prealloc {
             state: Mutex::new(State {
-                seg: Some(Arc::clone(seg)),
+                seg: Arc::clone(seg),
                 write_pos,
                 zeroed_to: file_len.max(write_pos),
                 zeroing: false,
@@ -85,7 +85,7 @@ impl Prealloc {
         }
         st.zeroed_to = st.zeroed_to.max(end);
         st.write_pos = end;
-        if !st.stop && st.zeroed_to < self.target(&st) {
+        if !st.stop && st.zeroed_to < self.low_water(&st) {
             self.changed.notify_all();
         }
     }
@@ -103,7 +103,7 @@ impl Prealloc {
             st = self.wait(st);
         }
         let out = cut();
-        st.seg = Some(Arc::clone(seg));
+        st.seg = Arc::clone(seg);
         st.write_pos = write_pos;
         st.zeroed_to = write_pos;
         self.changed.notify_all();
@@ -118,8 +118,14 @@ impl Prealloc {
         }
     }
 
+    /// Zeroing runs from below `low_water` up to `target`: woken once per
+    /// half of `ahead`, not on every append.
     fn target(&self, st: &State) -> u64 {
         st.write_pos.saturating_add(self.ahead).min(self.limit)
+    }
+
+    fn low_water(&self, st: &State) -> u64 {
+        st.write_pos.saturating_add(self.ahead / 2).min(self.limit)
     }
 
     fn wait<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
@@ -128,16 +134,23 @@ impl Prealloc {
 
     fn run(&self) {
         let zeros = vec![0u8; CHUNK as usize];
+        let mut filling = false;
         loop {
             let (seg, start, len) = {
                 let mut st = lock(&self.state);
-                while !st.stop && (st.seg.is_none() || st.zeroed_to >= self.target(&st)) {
+                loop {
+                    if st.stop {
+                        return;
+                    }
+                    if st.zeroed_to >= self.target(&st) {
+                        filling = false;
+                    } else if filling || st.zeroed_to < self.low_water(&st) {
+                        filling = true;
+                        break;
+                    }
                     st = self.wait(st);
                 }
-                if st.stop {
-                    return;
-                }
-                let Some(seg) = st.seg.clone() else { continue };
+                let seg = Arc::clone(&st.seg);
                 st.zeroing = true;
                 let start = st.zeroed_to;
                 (seg, start, CHUNK.min(self.limit - start))

@@ -176,3 +176,33 @@ async fn txn_compare_and_swap_through_a_follower() {
     }
     assert_eq!(client.get("cas").await.unwrap().unwrap().value, b"b");
 }
+
+/// A range answer past tonic's 4 MiB default still arrives, also through a
+/// follower that forwards it from the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_larger_than_four_mib_through_leader_and_follower() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let value = vec![b'v'; 900 * 1024];
+    let writer = cluster.client_of(leader);
+    for i in 0..6 {
+        writer.put(format!("big/{i}"), value.clone()).await.unwrap();
+    }
+    for node in [leader, follower] {
+        let resp = cluster
+            .client_of(node)
+            .range(pb::RangeRequest {
+                key: b"big/".to_vec(),
+                range_end: nines_client::prefix_end(b"big/"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("range via node {node}: {e}"));
+        assert_eq!(resp.kvs.len(), 6, "via node {node}");
+        assert!(
+            resp.kvs.iter().all(|kv| kv.value == value),
+            "via node {node}"
+        );
+    }
+}

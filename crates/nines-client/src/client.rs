@@ -16,6 +16,14 @@ use crate::endpoints::Endpoints;
 use crate::error::ClientError;
 use crate::session::Lanes;
 
+/// Largest response accepted: the server's own cap on what it sends. tonic's
+/// 4 MiB default made a range of a few hundred thousand keys fail.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
 /// How serializable reads pick an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadBalance {
@@ -255,7 +263,7 @@ impl Client {
         self.write(
             request,
             |r, s| r.session = Some(s),
-            |ch, req| async move { KvClient::new(ch).put(req).await },
+            |ch, req| async move { kv(ch).put(req).await },
         )
         .await
     }
@@ -279,9 +287,11 @@ impl Client {
         } else {
             Route::Leader
         };
-        self.call(route, request, |ch, req| async move {
-            KvClient::new(ch).get(req).await
-        })
+        self.call(
+            route,
+            request,
+            |ch, req| async move { kv(ch).get(req).await },
+        )
         .await
     }
 
@@ -291,9 +301,11 @@ impl Client {
         } else {
             Route::Leader
         };
-        self.call(route, request, |ch, req| async move {
-            KvClient::new(ch).range(req).await
-        })
+        self.call(
+            route,
+            request,
+            |ch, req| async move { kv(ch).range(req).await },
+        )
         .await
     }
 
@@ -315,7 +327,7 @@ impl Client {
         self.write(
             request,
             |r, s| r.session = Some(s),
-            |ch, req| async move { KvClient::new(ch).delete_range(req).await },
+            |ch, req| async move { kv(ch).delete_range(req).await },
         )
         .await
     }
@@ -324,7 +336,7 @@ impl Client {
         self.write(
             request,
             |r, s| r.session = Some(s),
-            |ch, req| async move { KvClient::new(ch).txn(req).await },
+            |ch, req| async move { kv(ch).txn(req).await },
         )
         .await
     }

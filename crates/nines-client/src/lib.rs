@@ -13,7 +13,7 @@ mod endpoints;
 mod error;
 mod session;
 
-pub use client::{Client, ClientConfig, ReadBalance};
+pub use client::{Client, ClientConfig, ReadBalance, MAX_RESPONSE_BYTES};
 pub use error::ClientError;
 pub use nines_proto as proto;
 

@@ -38,9 +38,14 @@ impl Request {
 /// A set of keys: one key, `[start, end)`, or every key `>= start`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyRange {
-    Single(Vec<u8>),
-    Between { start: Vec<u8>, end: Vec<u8> },
-    From(Vec<u8>),
+    Single(#[serde(with = "serde_bytes")] Vec<u8>),
+    Between {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+    },
+    From(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl KeyRange {
@@ -111,7 +116,9 @@ impl RangeRequest {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Revision of the write that created the key (since its last deletion).
     pub create_revision: i64,
@@ -135,13 +142,16 @@ pub struct RangeResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Reserved for leases/TTL; must be 0 today.
         lease: i64,
         prev_kv: bool,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         prev_kv: bool,
     },
@@ -168,7 +178,7 @@ pub enum CompareOp {
 /// create_revision and mod_revision 0, and fails every value compare (etcd).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Version(i64),
     CreateRevision(i64),
     ModRevision(i64),
@@ -176,6 +186,7 @@ pub enum CompareTarget {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub op: CompareOp,
     pub target: CompareTarget,
@@ -184,7 +195,9 @@ pub struct Compare {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         prev_kv: bool,
     },

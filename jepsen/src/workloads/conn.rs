@@ -72,7 +72,8 @@ impl NodeConn {
             .tcp_nodelay(true)
             .connect_lazy();
         Ok(NodeConn {
-            kv: KvClient::new(channel),
+            // Final reads return every element of a long run at once.
+            kv: KvClient::new(channel).max_decoding_message_size(nines_client::MAX_RESPONSE_BYTES),
             client_id: rand::thread_rng().gen_range(1..u64::MAX),
             seq: 0,
         })

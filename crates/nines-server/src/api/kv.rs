@@ -47,7 +47,9 @@ impl KvService {
     }
 
     fn client(&self, leader: &nines_types::Node) -> Result<KvClient<Channel>, ApiError> {
-        Ok(KvClient::new(self.core.channel_to(leader)?))
+        // The leader may answer with up to what it is allowed to send.
+        Ok(KvClient::new(self.core.channel_to(leader)?)
+            .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES))
     }
 
     /// Passes the read barrier unless serializable; Some(client) means forward.

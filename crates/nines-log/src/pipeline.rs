@@ -122,8 +122,9 @@ impl FlushShared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The state stays consistent even if a holder panicked: plain integers.
+/// Locks state that stays consistent even if a holder panicked (plain
+/// integers and flags); shared with `prealloc.rs`.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::pipeline::lock;
 use crate::segment::Segment;
 
 /// Bytes zeroed per step: big enough to amortize its own sync, small enough
@@ -174,9 +175,4 @@ impl Prealloc {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain offsets and flags: consistent even if a holder panicked.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -188,6 +188,15 @@ impl Cluster {
         self.spawn(id);
     }
 
+    /// The exit status of a node's process if it has ended by itself
+    /// (a crash or a fatal exit), without waiting.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = self.node_mut(id);
+        let status = node.child.as_mut()?.try_wait().ok()??;
+        node.child = None;
+        Some(status)
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.node(id).child.is_some()
     }

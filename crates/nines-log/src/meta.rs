@@ -114,8 +114,7 @@ pub(crate) fn read(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, LogError> 
 }
 
 fn write_value<T: Serialize>(dir: &Path, name: &str, v: &T) -> Result<(), LogError> {
-    let payload = bincode::serde::encode_to_vec(v, bincode::config::standard())
-        .map_err(|e| LogError::Encode(e.to_string()))?;
+    let payload = nines_types::codec::encode(v).map_err(|e| LogError::Encode(e.to_string()))?;
     write_atomic(dir, name, &payload)
 }
 
@@ -123,11 +122,8 @@ fn read_value<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>, 
     let Some(payload) = read(dir, name)? else {
         return Ok(None);
     };
-    let (v, used) = bincode::serde::decode_from_slice(&payload, bincode::config::standard())
+    let v = nines_types::codec::decode(&payload)
         .map_err(|e| LogError::corrupt(dir.join(name), 8, e.to_string()))?;
-    if used != payload.len() {
-        return Err(LogError::corrupt(dir.join(name), 8, "trailing bytes"));
-    }
     Ok(Some(v))
 }
 

@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use nines_types::{Entry, LogId};
+use nines_types::{codec, Entry, LogId};
 
 use crate::error::LogError;
 
@@ -115,10 +115,6 @@ pub(crate) fn header() -> [u8; HEADER_LEN as usize] {
     h
 }
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
 /// Appends one framed record to `buf`; `body` writes the payload.
 fn encode_record(
     buf: &mut Vec<u8>,
@@ -140,30 +136,18 @@ fn encode_record(
 
 pub(crate) fn encode_entry(buf: &mut Vec<u8>, entry: &Entry) -> Result<(), LogError> {
     encode_record(buf, RecordType::Entry, |b| {
-        bincode::serde::encode_into_std_write(entry, b, bincode_config())
-            .map(|_| ())
-            .map_err(|e| LogError::Encode(e.to_string()))
+        codec::encode_into(entry, b).map_err(|e| LogError::Encode(e.to_string()))
     })
 }
 
 pub(crate) fn encode_committed(buf: &mut Vec<u8>, c: Option<LogId>) -> Result<(), LogError> {
     encode_record(buf, RecordType::Committed, |b| {
-        bincode::serde::encode_into_std_write(c, b, bincode_config())
-            .map(|_| ())
-            .map_err(|e| LogError::Encode(e.to_string()))
+        codec::encode_into(&c, b).map_err(|e| LogError::Encode(e.to_string()))
     })
 }
 
 fn decode_exact<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
-    let (v, used) = bincode::serde::decode_from_slice::<T, _>(payload, bincode_config())
-        .map_err(|e| e.to_string())?;
-    if used != payload.len() {
-        return Err(format!(
-            "{} trailing bytes after payload",
-            payload.len() - used
-        ));
-    }
-    Ok(v)
+    codec::decode(payload).map_err(|e| e.to_string())
 }
 
 pub(crate) fn decode_entry(payload: &[u8]) -> Result<Entry, String> {

@@ -88,6 +88,25 @@ pub struct ServerArgs {
     /// run; the same run with it off recovered within 1.3 s every time.
     #[arg(long, env = "NINES_LEADER_PIPELINING", default_value_t = false, action = clap::ArgAction::Set)]
     pub leader_pipelining: bool,
+    /// Client connections served at once; more are accepted and closed at
+    /// once. Default: 4096, lowered to fit RLIMIT_NOFILE (keeping
+    /// descriptors for storage and peers). An explicit value is used as given.
+    #[arg(long, env = "NINES_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Peer (Raft) connections served at once; more are closed at once.
+    #[arg(long, env = "NINES_MAX_PEER_CONNECTIONS", default_value_t = 64)]
+    pub max_peer_connections: usize,
+    /// Worker threads of the runtime that runs Raft and the peer server,
+    /// apart from the client API's, so client load cannot delay heartbeats.
+    #[arg(long, env = "NINES_RAFT_THREADS", default_value_t = 2)]
+    pub raft_threads: usize,
+    /// Local range/get executions at once (on blocking threads); more wait.
+    #[arg(long, env = "NINES_MAX_CONCURRENT_READS", default_value_t = 4)]
+    pub max_concurrent_reads: usize,
+    /// Bytes of read results (keys and values) held or being sent at once;
+    /// reads past it wait, and fail RESOURCE_EXHAUSTED after the request timeout.
+    #[arg(long, env = "NINES_MAX_READ_MB_IN_FLIGHT", default_value_t = 128)]
+    pub max_read_mb_in_flight: u64,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build.
@@ -124,6 +143,53 @@ pub struct ServerConfig {
     pub peer_source_ip: Option<std::net::IpAddr>,
     pub unsafe_local_reads: bool,
     pub leader_pipelining: bool,
+    pub max_client_connections: usize,
+    pub max_peer_connections: usize,
+    pub raft_threads: usize,
+    pub max_concurrent_reads: usize,
+    pub max_read_bytes_in_flight: u64,
+}
+
+/// Client connections when --max-connections is not given.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Descriptors kept for everything but connections: log segments, sled,
+/// snapshots, outgoing peer channels, the runtime's own.
+const FD_RESERVE: u64 = 256;
+
+/// The soft RLIMIT_NOFILE, if it can be read.
+pub fn fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0).then_some(lim.rlim_cur)
+}
+
+/// The client connection limit: as given, or the default lowered so that
+/// clients alone cannot exhaust descriptors (storage would then fail with
+/// EMFILE and stop the node).
+pub fn client_connection_limit(
+    given: Option<usize>,
+    peer_limit: usize,
+    fd_limit: Option<u64>,
+) -> usize {
+    let budget = fd_limit.map(|n| n.saturating_sub(FD_RESERVE + peer_limit as u64).max(16));
+    match (given, budget) {
+        (Some(n), Some(b)) if n as u64 > b => {
+            tracing::warn!(
+                max_connections = n,
+                fd_limit = fd_limit.unwrap_or(0),
+                "--max-connections exceeds what RLIMIT_NOFILE leaves for clients; \
+                 connections past ~{b} can exhaust descriptors"
+            );
+            n
+        }
+        (Some(n), _) => n,
+        (None, Some(b)) => DEFAULT_MAX_CONNECTIONS.min(b as usize),
+        (None, None) => DEFAULT_MAX_CONNECTIONS,
+    }
 }
 
 impl ServerConfig {
@@ -270,6 +336,16 @@ impl TryFrom<ServerArgs> for ServerConfig {
             peer_source_ip: args.peer_source_ip,
             unsafe_local_reads: args.unsafe_local_reads,
             leader_pipelining: args.leader_pipelining,
+            max_client_connections: client_connection_limit(
+                args.max_connections,
+                args.max_peer_connections,
+                fd_limit(),
+            )
+            .max(1),
+            max_peer_connections: args.max_peer_connections.max(1),
+            raft_threads: args.raft_threads.clamp(1, 64),
+            max_concurrent_reads: args.max_concurrent_reads.clamp(1, 1024),
+            max_read_bytes_in_flight: args.max_read_mb_in_flight.clamp(1, 1 << 20) * 1024 * 1024,
         })
     }
 }
@@ -295,6 +371,16 @@ mod tests {
         assert!(matches!(raft_config(&args), Err(ServerError::Config(_))));
         let args = ServerArgs::parse_from(["nines-server", "--id", "1"]);
         assert!(raft_config(&args).is_ok());
+    }
+
+    #[test]
+    fn connection_limit_fits_the_fd_limit() {
+        assert_eq!(client_connection_limit(None, 64, Some(1024)), 704);
+        assert_eq!(client_connection_limit(None, 64, Some(1 << 20)), 4096);
+        assert_eq!(client_connection_limit(None, 64, None), 4096);
+        assert_eq!(client_connection_limit(None, 64, Some(100)), 16);
+        // Explicit values are the operator's call.
+        assert_eq!(client_connection_limit(Some(5000), 64, Some(1024)), 5000);
     }
 
     #[test]

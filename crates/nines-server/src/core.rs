@@ -13,12 +13,15 @@ use tonic::transport::Channel;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::Counters;
-use crate::network::ChannelPool;
+use crate::network::{ChannelPool, PeerLiveness};
 use crate::proposer::{ProposeError, Proposer};
 use crate::read_barrier::{Barrier, ReadBarrier};
 
 /// Set on a request one node forwards to another, so it is never forwarded twice.
 pub const FORWARDED_HEADER: &str = "x-nines-forwarded";
+/// The forwarding member's id and cluster id, checked on the peer port.
+pub const FROM_HEADER: &str = "x-nines-from";
+pub const CLUSTER_HEADER: &str = "x-nines-cluster";
 
 /// Where a request is served.
 pub enum Routed<T> {
@@ -37,6 +40,8 @@ pub struct NodeCore {
     pub barrier: ReadBarrier,
     pub proposer: Proposer,
     pub counters: Arc<Counters>,
+    /// Which peers answered our Raft RPCs recently (membership checks).
+    pub peers: PeerLiveness,
 }
 
 impl NodeCore {
@@ -161,12 +166,39 @@ impl NodeCore {
     /// Wraps a message for forwarding: marked, and bounded by our own timeout.
     pub fn forward_request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert(
+        let metadata = request.metadata_mut();
+        metadata.insert(
             FORWARDED_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
         );
+        metadata.insert(FROM_HEADER, self.id.into());
+        metadata.insert(CLUSTER_HEADER, self.cluster_id.into());
         request.set_timeout(self.timeout());
         request
+    }
+
+    /// The peer port serves client calls only when a member of this
+    /// cluster forwarded them.
+    pub fn check_forwarded_by_member(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(), tonic::Status> {
+        let number = |name: &str| -> Option<u64> { metadata.get(name)?.to_str().ok()?.parse().ok() };
+        let denied = |why: String| Err(tonic::Status::permission_denied(why));
+        if !metadata.contains_key(FORWARDED_HEADER) {
+            return denied("the peer port serves only members; use the client port".into());
+        }
+        if number(CLUSTER_HEADER) != Some(self.cluster_id) {
+            return denied("forwarded from another cluster".into());
+        }
+        let Some(from) = number(FROM_HEADER) else {
+            return denied("forwarded call without a sender".into());
+        };
+        let metrics = self.raft.metrics();
+        if metrics.borrow().membership_config.membership().get_node(&from).is_none() {
+            return denied(format!("node {from} is not a member of this cluster"));
+        }
+        Ok(())
     }
 
     pub fn leader(&self) -> Option<(NodeId, Node)> {

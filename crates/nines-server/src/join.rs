@@ -19,14 +19,16 @@ pub async fn join(
         raft_addr: me.raft_addr.clone(),
         api_addr: me.api_addr.clone(),
     };
-    call_any(core, endpoints, |mut c| {
+    call_any(core, endpoints, ADD_DEADLINE, false, |mut c| {
         let add = add.clone();
         async move { c.member_add_learner(add).await.map(|_| ()) }
     })
     .await?;
     tracing::info!("joined as learner");
     if !as_learner {
-        call_any(core, endpoints, |mut c| async move {
+        // The leader refuses to promote a learner that is not in sync yet:
+        // keep asking while it catches up.
+        call_any(core, endpoints, PROMOTE_DEADLINE, true, |mut c| async move {
             c.member_promote(pb::MemberPromoteRequest { id: core.id })
                 .await
                 .map(|_| ())
@@ -37,13 +39,25 @@ pub async fn join(
     Ok(())
 }
 
-/// Tries each endpoint (following leader hints) until one succeeds, for up to a minute.
-async fn call_any<F, Fut>(core: &NodeCore, endpoints: &[String], call: F) -> Result<(), ServerError>
+const ADD_DEADLINE: Duration = Duration::from_secs(60);
+/// Catching up from a snapshot of a large state can take minutes.
+const PROMOTE_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Tries each endpoint (following leader hints) until one succeeds or the
+/// deadline passes. A refusal (FAILED_PRECONDITION) ends it at once unless
+/// `retry_refused`: promotion is refused until this node is in sync.
+async fn call_any<F, Fut>(
+    core: &NodeCore,
+    endpoints: &[String],
+    deadline: Duration,
+    retry_refused: bool,
+    call: F,
+) -> Result<(), ServerError>
 where
     F: Fn(ClusterClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<(), tonic::Status>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + deadline;
     let mut last = String::from("no endpoints given");
     let mut targets: Vec<String> = endpoints.to_vec();
     while tokio::time::Instant::now() < deadline {
@@ -64,7 +78,8 @@ where
                             targets.insert(0, leader.to_string());
                         }
                     }
-                    if status.code() == tonic::Code::FailedPrecondition
+                    let refused = status.code() == tonic::Code::FailedPrecondition;
+                    if (refused && !retry_refused)
                         || status.code() == tonic::Code::InvalidArgument
                     {
                         return Err(ServerError::Join(status.message().to_string()));

@@ -7,12 +7,17 @@ pub mod config;
 pub mod core;
 mod datadir;
 pub mod error;
+pub mod fatal;
+mod incoming;
 mod join;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 mod node;
 mod proposer;
 mod read_barrier;
+pub mod read_limit;
+mod runtime;
 
 pub use config::{ServerArgs, ServerConfig};
 pub use error::ServerError;

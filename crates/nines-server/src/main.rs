@@ -1,5 +1,6 @@
 use anyhow::Context;
 use clap::Parser;
+use nines_server::fatal::{self, EXIT_RAFT_STOPPED};
 use nines_server::{NinesNode, ServerArgs, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -8,8 +9,12 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// Exit codes are listed in `nines_server::fatal` and deploy/systemd/nines.service.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // First, so a panic anywhere (a tokio task, sled's or Raft's threads)
+    // ends the process instead of leaving a half-working node.
+    fatal::install_panic_hook();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("NINES_LOG")
@@ -24,10 +29,19 @@ async fn main() -> anyhow::Result<()> {
         .context("cannot start node")?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    let reason = tokio::select! {
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+        reason = node.fatal() => Some(reason),
+    };
+    if let Some(reason) = reason {
+        // No graceful shutdown: Raft is already stopped, and anything slow
+        // here would only delay the supervisor's restart.
+        tracing::error!("fatal: {reason}");
+        eprintln!("nines-server: fatal: {reason}; exiting with code {EXIT_RAFT_STOPPED}");
+        std::process::exit(EXIT_RAFT_STOPPED);
     }
+    tracing::info!("signal received: shutting down");
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())

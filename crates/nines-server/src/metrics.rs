@@ -22,6 +22,14 @@ pub struct Counters {
     pub reads_forwarded: AtomicU64,
     pub proposals: AtomicU64,
     pub proposed_requests: AtomicU64,
+    /// Local range/get executions running now (gauge).
+    pub reads_executing: AtomicU64,
+    /// Bytes of read results held or being sent now (gauge).
+    pub read_bytes_in_flight: AtomicU64,
+    /// Reads refused RESOURCE_EXHAUSTED by the read limits.
+    pub reads_rejected: AtomicU64,
+    /// Peer messages refused before reaching openraft (see network::guard).
+    pub peer_messages_refused: AtomicU64,
 }
 
 impl Counters {
@@ -76,6 +84,16 @@ pub fn render(core: &NodeCore) -> String {
         "Store revision.",
         core.reader.revision().max(0) as u64,
     );
+    gauge(
+        "reads_executing",
+        "Local range/get executions running now.",
+        c.reads_executing.load(Ordering::Relaxed),
+    );
+    gauge(
+        "read_bytes_in_flight",
+        "Bytes of read results held or being sent now.",
+        c.read_bytes_in_flight.load(Ordering::Relaxed),
+    );
     let mut counter = |name: &str, help: &str, value: &AtomicU64| {
         let _ = writeln!(
             out,
@@ -109,6 +127,11 @@ pub fn render(core: &NodeCore) -> String {
         &c.reads_forwarded,
     );
     counter(
+        "reads_rejected_total",
+        "Reads refused RESOURCE_EXHAUSTED by the read limits.",
+        &c.reads_rejected,
+    );
+    counter(
         "proposals_total",
         "Raft entries proposed by the write batcher.",
         &c.proposals,
@@ -117,6 +140,11 @@ pub fn render(core: &NodeCore) -> String {
         "proposed_requests_total",
         "Client writes carried by those entries.",
         &c.proposed_requests,
+    );
+    counter(
+        "peer_messages_refused_total",
+        "Peer messages refused before reaching Raft (non-member, bad term, malformed).",
+        &c.peer_messages_refused,
     );
     out
 }

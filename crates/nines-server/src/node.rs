@@ -11,6 +11,7 @@ use nines_types::{NodeId, Raft};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::api::{ClusterService, KvService};
@@ -18,10 +19,15 @@ use crate::config::{Bootstrap, ServerConfig};
 use crate::core::NodeCore;
 use crate::datadir::DataDir;
 use crate::error::ServerError;
+use crate::incoming::Incoming;
 use crate::metrics::Counters;
-use crate::network::{ChannelPool, NetworkFactory, RaftService, MAX_MESSAGE_BYTES};
+use crate::network::{
+    ChannelPool, NetworkFactory, PeerLiveness, RaftService, MAX_MESSAGE_BYTES,
+};
 use crate::proposer::Proposer;
 use crate::read_barrier::ReadBarrier;
+use crate::read_limit::{HoldUntilSent, ReadLimiter};
+use crate::runtime::RaftRuntime;
 
 /// Client requests are bounded well above the 1 MiB value limit, below the
 /// size that would make a single Raft entry unreasonable.
@@ -35,6 +41,8 @@ pub struct NinesNode {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     _data_dir: DataDir,
+    /// Last: dropped after everything that may still use it.
+    _raft_runtime: RaftRuntime,
 }
 
 impl NinesNode {
@@ -54,25 +62,44 @@ impl NinesNode {
             },
         )
         .await?;
+        // openraft re-applies the log after last_applied (a rebuilt state
+        // machine starts at its snapshot): fail plainly if that gap is purged.
+        let log_state = openraft::storage::RaftLogStorage::get_log_state(&mut log.clone())
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        state.check_rebuildable(log_state.last_purged_log_id)?;
         // Both gates are no-ops without pipelining: every append is synced
         // before openraft hears of it.
         state.gate_on(log.durable_index());
         let reader = state.reader();
         let pool = ChannelPool::new(config.peer_source_ip);
+        // Raft's channels get a pool of their own: a tonic channel's worker
+        // task runs on the runtime that first creates it, and Raft's must
+        // be created on the Raft runtime (by openraft's `new_client`).
+        let raft_pool = ChannelPool::new(config.peer_source_ip);
+        let peers = PeerLiveness::default();
         let network = NetworkFactory {
             cluster_id,
-            pool: pool.clone(),
+            pool: raft_pool,
             durable: log.durable_index(),
+            peers: peers.clone(),
         };
-        let raft = Raft::new(
-            config.id,
-            Arc::new(config.raft.clone()),
-            network,
-            log,
-            state,
-        )
-        .await
-        .map_err(|e| ServerError::Raft(e.to_string()))?;
+        // Raft::new spawns RaftCore (and it its replication and state
+        // machine tasks) on the current runtime: call it on Raft's own.
+        let raft_runtime = RaftRuntime::new(config.raft_threads)
+            .map_err(|e| ServerError::Raft(format!("cannot start the Raft runtime: {e}")))?;
+        let raft = raft_runtime
+            .handle()
+            .spawn(Raft::new(
+                config.id,
+                Arc::new(config.raft.clone()),
+                network,
+                log,
+                state,
+            ))
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
 
         // Bind before bootstrapping: peers must reach us for the first election.
         let client_listener = bind(config.listen_client).await?;
@@ -106,11 +133,29 @@ impl NinesNode {
             reader,
             config: config.clone(),
             pool,
+            peers,
         });
+        let reads = Arc::new(ReadLimiter::new(
+            config.max_concurrent_reads,
+            config.max_read_bytes_in_flight,
+            config.request_timeout,
+            core.counters.clone(),
+        ));
         let (stop, stopped) = watch::channel(false);
         let mut servers = vec![
-            tokio::spawn(serve_client(core.clone(), client_listener, stopped.clone())),
-            tokio::spawn(serve_peer(core.clone(), peer_listener, stopped.clone())),
+            tokio::spawn(serve_client(
+                core.clone(),
+                reads.clone(),
+                client_listener,
+                stopped.clone(),
+            )),
+            // Raft traffic is served next to RaftCore, away from client load.
+            raft_runtime.handle().spawn(serve_peer(
+                core.clone(),
+                reads,
+                peer_listener,
+                stopped.clone(),
+            )),
         ];
         if let Some(listener) = metrics_listener {
             let core = core.clone();
@@ -131,6 +176,7 @@ impl NinesNode {
             stop,
             servers,
             _data_dir: data_dir,
+            _raft_runtime: raft_runtime,
         })
     }
 
@@ -140,6 +186,13 @@ impl NinesNode {
 
     pub fn id(&self) -> NodeId {
         self.core.id
+    }
+
+    /// Resolves, with a one-line reason, if the Raft core stops without
+    /// `shutdown` (a storage error, a panic in RaftCore): the node can then
+    /// serve nothing, and the binary exits so a supervisor restarts it.
+    pub async fn fatal(&self) -> String {
+        crate::fatal::raft_stopped(self.core.raft.clone(), self.stop.subscribe()).await
     }
 
     /// Stops serving, then stops Raft (which flushes nothing further: every
@@ -161,28 +214,40 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Listen { addr, source })
 }
 
-/// Accepted connections with TCP_NODELAY: `Server::tcp_nodelay` only applies
-/// to listeners tonic binds itself, and without it small responses wait for
-/// the peer's delayed ACK (40 ms on Linux).
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Accepted connections with TCP_NODELAY (`Server::tcp_nodelay` only
+/// applies to listeners tonic binds itself), a connection limit, and a
+/// back-off on accept errors such as EMFILE (see `incoming`).
+fn incoming(listener: TcpListener, name: &'static str, limit: usize) -> Incoming {
+    Incoming::new(listener, name, limit)
 }
 
 async fn wait_stop(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
-fn kv_server(core: &Arc<NodeCore>) -> pb::kv_server::KvServer<KvService> {
-    pb::kv_server::KvServer::new(KvService { core: core.clone() })
-        .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+fn kv_server(
+    core: &Arc<NodeCore>,
+    reads: &Arc<ReadLimiter>,
+) -> HoldUntilSent<pb::kv_server::KvServer<KvService>> {
+    let inner = pb::kv_server::KvServer::new(KvService {
+        core: core.clone(),
+        reads: reads.clone(),
+    })
+    .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    HoldUntilSent { inner }
 }
 
 fn cluster_server(core: &Arc<NodeCore>) -> pb::cluster_server::ClusterServer<ClusterService> {
     pb::cluster_server::ClusterServer::new(ClusterService { core: core.clone() })
 }
 
-async fn serve_client(core: Arc<NodeCore>, listener: TcpListener, stopped: watch::Receiver<bool>) {
+async fn serve_client(
+    core: Arc<NodeCore>,
+    reads: Arc<ReadLimiter>,
+    listener: TcpListener,
+    stopped: watch::Receiver<bool>,
+) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::kv_server::KvServer<KvService>>()
@@ -193,36 +258,60 @@ async fn serve_client(core: Arc<NodeCore>, listener: TcpListener, stopped: watch
     let mut router = Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
-        .add_service(kv_server(&core))
+        .add_service(kv_server(&core, &reads))
         .add_service(cluster_server(&core));
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
+    let limit = core.config.max_client_connections;
     let result = router
-        .serve_with_incoming_shutdown(incoming(listener), wait_stop(stopped))
+        .serve_with_incoming_shutdown(incoming(listener, "client", limit), wait_stop(stopped))
         .await;
     if let Err(e) = result {
         tracing::error!("client server stopped: {e}");
     }
 }
 
-async fn serve_peer(core: Arc<NodeCore>, listener: TcpListener, stopped: watch::Receiver<bool>) {
-    let raft = pb::raft_server::RaftServer::new(RaftService {
-        id: core.id,
-        cluster_id: core.cluster_id,
-        raft: core.raft.clone(),
-    })
+async fn serve_peer(
+    core: Arc<NodeCore>,
+    reads: Arc<ReadLimiter>,
+    listener: TcpListener,
+    stopped: watch::Receiver<bool>,
+) {
+    let raft = pb::raft_server::RaftServer::new(RaftService::new(
+        core.id,
+        core.cluster_id,
+        core.raft.clone(),
+        core.counters.clone(),
+    ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let result = Server::builder()
         .tcp_nodelay(true)
         .add_service(raft)
-        .add_service(kv_server(&core))
-        .add_service(cluster_server(&core))
-        .serve_with_incoming_shutdown(incoming(listener), wait_stop(stopped))
+        // Client calls on the peer port only as forwarded by a member: a
+        // firewalled client port must not be bypassed through this one.
+        .add_service(InterceptedService::new(kv_server(&core, &reads), member_only(&core)))
+        .add_service(InterceptedService::new(cluster_server(&core), member_only(&core)))
+        .serve_with_incoming_shutdown(
+            incoming(listener, "peer", core.config.max_peer_connections),
+            wait_stop(stopped),
+        )
         .await;
     if let Err(e) = result {
         tracing::error!("peer server stopped: {e}");
+    }
+}
+
+/// Admits a client call on the peer port only when a member of this
+/// cluster forwarded it (see `NodeCore::forward_request`).
+fn member_only(
+    core: &Arc<NodeCore>,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    let core = core.clone();
+    move |request: tonic::Request<()>| {
+        core.check_forwarded_by_member(request.metadata())?;
+        Ok(request)
     }
 }
 

@@ -16,13 +16,11 @@ use nines_types::{
 use openraft::EntryPayload;
 
 use crate::error::StateError;
+use crate::sessions::{self, Check, Sessions};
 use crate::store::{
-    data_key, decode, encode, session_key, SessionHead, SessionRecord, StateOptions, StoredValue,
-    DATA_PREFIX, META_APPLIED, META_MEMBERSHIP, META_REVISION, SESSION_PREFIX,
+    data_key, decode, encode, StateOptions, StoredValue, DATA_PREFIX, META_APPLIED,
+    META_MEMBERSHIP, META_REVISION,
 };
-
-/// Sessions are swept when the applied index is a multiple of this.
-pub(crate) const SESSION_SWEEP_EVERY: u64 = 4096;
 
 /// The tree as it will be once `writes` are applied.
 pub(crate) struct Overlay<'a> {
@@ -160,6 +158,7 @@ pub(crate) struct Executor<'a> {
     revision_changed: bool,
     applied: Option<LogId>,
     membership: Option<StoredMembership>,
+    sessions: Sessions,
 }
 
 impl<'a> Executor<'a> {
@@ -171,6 +170,7 @@ impl<'a> Executor<'a> {
             revision_changed: false,
             applied: None,
             membership: None,
+            sessions: Sessions::default(),
         }
     }
 
@@ -207,8 +207,9 @@ impl<'a> Executor<'a> {
             }
             EntryPayload::Normal(request) => self.apply_request(request, index)?,
         };
-        if index.is_multiple_of(SESSION_SWEEP_EVERY) {
-            self.expire_sessions(index)?;
+        if index.is_multiple_of(sessions::SWEEP_EVERY) {
+            self.sessions
+                .sweep(&mut self.overlay, self.opts, index)?;
         }
         Ok(response)
     }
@@ -227,6 +228,7 @@ impl<'a> Executor<'a> {
             self.overlay
                 .put(META_REVISION.to_vec(), encode(&self.revision)?);
         }
+        self.sessions.finish(&mut self.overlay)?;
         Ok(self.overlay.into_writes())
     }
 
@@ -241,55 +243,29 @@ impl<'a> Executor<'a> {
         let Some(session) = request.session else {
             return self.execute(&request.command);
         };
-        let key = session_key(session.client_id);
-        if let Some(raw) = self.overlay.get(&key)? {
-            let record: SessionRecord = decode(&raw)?;
-            match session.seq.cmp(&record.seq) {
-                // A retry of the last write: answer as the first time.
-                Ordering::Equal => return Ok(record.response),
-                Ordering::Less => {
-                    return Ok(Response {
-                        revision: self.revision,
-                        result: CommandResult::Rejected(RejectReason::StaleSequence {
-                            client_id: session.client_id,
-                            seq: session.seq,
-                            last_seq: record.seq,
-                        }),
-                    })
-                }
-                Ordering::Greater => {}
-            }
-        }
+        let hash = sessions::request_hash(&request.command)?;
+        let previous = match self
+            .sessions
+            .check(&self.overlay, session, hash, self.revision)?
+        {
+            Check::Answer(response) => return Ok(response),
+            Check::Execute { previous } => previous,
+        };
+        let before = self.revision;
         let response = self.execute(&request.command)?;
-        // A rejected command changed nothing; recording it would only make
-        // the client's next attempt look like a retry of garbage.
-        if !matches!(response.result, CommandResult::Rejected(_)) {
-            let record = SessionRecord {
-                seq: session.seq,
-                last_index: index,
-                response: response.clone(),
-            };
-            self.overlay.put(key, encode(&record)?);
-        }
+        // `execute` bumps the revision exactly when the store changed.
+        let changed = self.revision != before;
+        self.sessions.record(
+            &mut self.overlay,
+            self.opts,
+            session,
+            hash,
+            index,
+            previous,
+            &response,
+            changed,
+        )?;
         Ok(response)
-    }
-
-    /// Deterministic expiry: every replica sweeps at the same indexes.
-    fn expire_sessions(&mut self, index: u64) -> Result<(), StateError> {
-        let ttl = self.opts.session_ttl_entries;
-        let mut expired = Vec::new();
-        self.overlay
-            .scan(&[SESSION_PREFIX], &[SESSION_PREFIX + 1], |key, value| {
-                let head: SessionHead = decode(value)?;
-                if head.last_index.saturating_add(ttl) < index {
-                    expired.push(key.to_vec());
-                }
-                Ok(true)
-            })?;
-        for key in expired {
-            self.overlay.remove(key);
-        }
-        Ok(())
     }
 
     fn execute(&mut self, command: &Command) -> Result<Response, StateError> {

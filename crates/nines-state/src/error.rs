@@ -33,6 +33,18 @@ pub enum StateError {
     #[error("background task failed: {0}")]
     Task(String),
 
+    /// The state machine is behind the start of the local log and no local
+    /// snapshot covers the gap: only another member can supply it.
+    #[error(
+        "the state machine (applied index {applied:?}) cannot be rebuilt locally: the \
+         Raft log is purged up to {purged:?} and no local snapshot covers it; remove this \
+         member from the cluster, wipe its data dir and add it again"
+    )]
+    CannotRebuild {
+        applied: Option<u64>,
+        purged: Option<u64>,
+    },
+
     /// The Raft log whose durable index gates apply was closed.
     #[error("the Raft log was closed while an apply waited for it")]
     LogClosed,

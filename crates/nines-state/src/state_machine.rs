@@ -17,9 +17,10 @@ use crate::capture;
 use crate::error::StateError;
 use crate::install;
 use crate::reader::StateReader;
+use crate::rebuild::{self, OpenFailure};
 use crate::redo;
 use crate::snapshot_builder::SnapshotBuilder;
-use crate::store::{self, lock, read_meta, Shared, StateOptions};
+use crate::store::{self, lock, read_meta, Shared, StateOptions, SLED_DIR};
 
 /// The sled-backed state machine. Raft owns it; use [`StateMachine::reader`]
 /// for concurrent reads.
@@ -27,6 +28,8 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     /// When set, no entry is applied before the local log has it on disk.
     durable: Option<DurableIndex>,
+    /// Where the damaged sled dir went, if this open rebuilt it.
+    rebuilt_from: Option<PathBuf>,
 }
 
 /// Snapshot diagnostics since open.
@@ -42,6 +45,8 @@ pub struct SnapshotStats {
 impl StateMachine {
     /// Opens (or creates) the state at `dir`: sled at `dir/sm`, snapshots at
     /// `dir/snapshots`. Reloads the newest snapshot if it is ahead of sled.
+    /// A damaged sled dir is moved aside and rebuilt from the newest snapshot
+    /// (see `rebuild.rs`); call [`StateMachine::check_rebuildable`] next.
     pub async fn open(dir: &Path, opts: StateOptions) -> Result<StateMachine, StateError> {
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || open_blocking(dir, opts)).await?
@@ -52,6 +57,27 @@ impl StateMachine {
     /// entry is visible to clients and must not vanish in a crash.
     pub fn gate_on(&mut self, durable: DurableIndex) {
         self.durable = Some(durable);
+    }
+
+    /// The dir the damaged sled state was moved to, if this open rebuilt it.
+    pub fn rebuilt_from(&self) -> Option<&Path> {
+        self.rebuilt_from.as_deref()
+    }
+
+    /// Fails if the log cannot bring this state up to date: openraft
+    /// re-applies committed entries after `last_applied`, so the log must
+    /// still hold the one right after it.
+    pub fn check_rebuildable(&self, log_last_purged: Option<LogId>) -> Result<(), StateError> {
+        let applied = self.shared.cached_applied();
+        let applied_index = applied.map(|l| l.index);
+        let purged_index = log_last_purged.map(|l| l.index);
+        if purged_index > applied_index {
+            return Err(StateError::CannotRebuild {
+                applied: applied_index,
+                purged: purged_index,
+            });
+        }
+        Ok(())
     }
 
     pub fn reader(&self) -> StateReader {
@@ -81,12 +107,35 @@ impl StateMachine {
 
 fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, StateError> {
     std::fs::create_dir_all(&dir).map_err(|e| StateError::io(&dir, e))?;
-    let (db, tree, next_tree) = store::open_db(&dir, &opts)?;
+    let reason = match rebuild::classify(|| open_existing(&dir, &opts)) {
+        Ok(sm) => return Ok(sm),
+        Err(OpenFailure::Other(e)) => return Err(e),
+        Err(OpenFailure::Damaged(reason)) => reason,
+    };
+    let aside = rebuild::move_aside(&dir.join(SLED_DIR))?;
+    tracing::warn!(
+        error = %reason,
+        moved_to = %aside.display(),
+        "state machine is damaged: moved it aside; rebuilding it from the newest \
+         snapshot and the Raft log"
+    );
+    let mut sm = open_existing(&dir, &opts)?;
+    tracing::warn!(
+        applied = ?sm.shared.cached_applied(),
+        "state machine rebuilt from the snapshot; openraft re-applies the committed log after it"
+    );
+    sm.rebuilt_from = Some(aside);
+    Ok(sm)
+}
+
+fn open_existing(dir: &Path, opts: &StateOptions) -> Result<StateMachine, StateError> {
+    let (db, tree, next_tree) = store::open_db(dir, opts)?;
     if redo::finish_interrupted(&tree)? {
         tracing::info!("replayed an apply a crash interrupted");
     }
     let meta = read_meta(&tree)?;
-    let shared = store::shared(dir, db, tree, next_tree, opts, &meta);
+    rebuild::verify(&db, &tree)?;
+    let shared = store::shared(dir.to_path_buf(), db, tree, next_tree, opts.clone(), &meta);
     shared.snapshots.create()?;
     shared.snapshots.remove_tmp();
     if let Some((snap, path)) = shared.snapshots.newest_valid()? {
@@ -104,6 +153,7 @@ fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, State
     Ok(StateMachine {
         shared,
         durable: None,
+        rebuilt_from: None,
     })
 }
 

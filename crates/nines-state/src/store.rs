@@ -3,8 +3,10 @@
 //! Everything the machine owns lives in ONE sled tree so one apply's data,
 //! sessions and meta commit atomically (through a redo record, `redo.rs`):
 //! - `d` + user key → `StoredValue`
-//! - `s` + client id (u64 BE) → `SessionRecord`
-//! - `m` + name → meta (`applied`, `membership`, `revision`)
+//! - `s` + client id (u64 BE) → `SessionRecord` (see `sessions.rs`)
+//! - `t` + last index (u64 BE) + client id (u64 BE) → empty: the sessions
+//!   ordered by last use, for expiry and eviction
+//! - `m` + name → meta (`applied`, `membership`, `revision`, `sessions`)
 //!
 //! The default tree holds `current_tree`, the name of that tree, so an
 //! installed snapshot can be loaded into a fresh tree and swapped in by
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use nines_types::{KeyValue, Limits, LogId, Response, SnapshotMeta, StoredMembership};
+use nines_types::{KeyValue, Limits, LogId, SnapshotMeta, StoredMembership};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -25,10 +27,15 @@ use crate::snapshot_dir::SnapshotDir;
 
 pub(crate) const DATA_PREFIX: u8 = b'd';
 pub(crate) const SESSION_PREFIX: u8 = b's';
+pub(crate) const SESSION_LRU_PREFIX: u8 = b't';
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
 pub(crate) const META_REVISION: &[u8] = b"mrevision";
+/// Number of `s` records, so the cap is enforced without a scan.
+pub(crate) const META_SESSIONS: &[u8] = b"msessions";
 const CURRENT_TREE: &[u8] = b"current_tree";
+/// The sled dir inside the state dir.
+pub(crate) const SLED_DIR: &str = "sm";
 const TREE_PREFIX: &str = "data-";
 
 /// Tuning of the state machine.
@@ -37,8 +44,12 @@ pub struct StateOptions {
     pub limits: Limits,
     /// sled page cache size; sled's own default is 1 GiB per Db.
     pub cache_capacity_bytes: u64,
-    /// A session idle for this many log entries may be forgotten.
+    /// A session idle for this many log entries is forgotten (swept every
+    /// 4096 entries). Must be equal on every replica.
     pub session_ttl_entries: u64,
+    /// Hard cap on remembered client ids; a new one beyond it evicts the
+    /// least recently used. Must be equal on every replica.
+    pub max_sessions: u64,
 }
 
 impl Default for StateOptions {
@@ -46,7 +57,8 @@ impl Default for StateOptions {
         Self {
             limits: Limits::default(),
             cache_capacity_bytes: 128 * 1024 * 1024,
-            session_ttl_entries: 1_000_000,
+            session_ttl_entries: crate::sessions::DEFAULT_TTL_ENTRIES,
+            max_sessions: crate::sessions::DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -75,21 +87,6 @@ impl StoredValue {
     }
 }
 
-/// What an `s` key stores. `seq` and `last_index` come first so expiry can
-/// decode just `SessionHead` from the front of the record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SessionRecord {
-    pub seq: u64,
-    pub last_index: u64,
-    pub response: Response,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(crate) struct SessionHead {
-    pub seq: u64,
-    pub last_index: u64,
-}
-
 /// A raw tree key and value.
 pub type RawRecord = (Vec<u8>, Vec<u8>);
 
@@ -108,14 +105,13 @@ pub(crate) fn session_key(client_id: u64) -> Vec<u8> {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| StateError::Codec(e.to_string()))
+    nines_types::codec::encode(value).map_err(|e| StateError::Codec(e.to_string()))
 }
 
 /// Decodes a value from the front of `bytes` (trailing bytes are allowed so
 /// a record's prefix can be read on its own).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+    nines_types::codec::decode_prefix(bytes)
         .map(|(v, _)| v)
         .map_err(|e| StateError::Codec(e.to_string()))
 }
@@ -230,7 +226,7 @@ pub(crate) fn open_db(
     dir: &Path,
     opts: &StateOptions,
 ) -> Result<(sled::Db, sled::Tree, u64), StateError> {
-    let db = open_sled(&dir.join("sm"), opts.cache_capacity_bytes)?;
+    let db = open_sled(&dir.join(SLED_DIR), opts.cache_capacity_bytes)?;
     let name = match db.get(CURRENT_TREE)? {
         Some(name) => name.to_vec(),
         None => {

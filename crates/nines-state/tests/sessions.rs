@@ -17,15 +17,19 @@ async fn retry_applies_once_and_stale_is_rejected() {
         .apply(Request::with_session(put_prev("k", "1"), 7, 1))
         .await;
     assert_eq!(first.revision, 2);
-    // The retry returns the first response, even if the payload differs.
+    // The retry returns the first response.
     let again = a
         .apply(Request::with_session(put_prev("k", "1"), 7, 1))
         .await;
     assert_eq!(again, first);
+    // The same seq with a different request is refused, not acknowledged.
     let other = a
         .apply(Request::with_session(put("k", "other"), 7, 1))
         .await;
-    assert_eq!(other, first);
+    assert_eq!(
+        other.result,
+        CommandResult::Rejected(RejectReason::SessionSeqReused { client_id: 7, seq: 1 })
+    );
     let kv = a.sm.reader().get(b"k").unwrap().unwrap();
     assert_eq!((kv.value.as_slice(), kv.version), (&b"1"[..], 2));
     assert_eq!(a.sm.reader().revision(), 2);
@@ -78,7 +82,7 @@ async fn retry_applies_once_and_stale_is_rejected() {
 }
 
 #[tokio::test]
-async fn invalid_command_with_session_is_not_recorded() {
+async fn invalid_command_with_session_keeps_no_response() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Applier::new(open(dir.path()).await);
     let bad = a.apply(Request::with_session(put("", "x"), 3, 1)).await;
@@ -86,7 +90,11 @@ async fn invalid_command_with_session_is_not_recorded() {
         bad.result,
         CommandResult::Rejected(RejectReason::InvalidInput(_))
     ));
-    assert!(sessions(&a.sm).is_empty());
+    // Known to the table (so seq 2 is accepted), but nothing to replay: a
+    // retry of seq 1 is checked again.
+    assert_eq!(sessions(&a.sm).len(), 1);
+    let retry = a.apply(Request::with_session(put("", "x"), 3, 1)).await;
+    assert_eq!(retry.result, bad.result);
     let good = a.apply(Request::with_session(put("a", "x"), 3, 2)).await;
     assert_eq!(good.revision, 1);
 }
@@ -118,17 +126,28 @@ async fn idle_sessions_expire_deterministically() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0[1..], 2u64.to_be_bytes());
 
-    // Client 1's old seq is applied again (its record is gone), client 2's is deduped.
+    // Client 1 is forgotten: a later seq is refused (it cannot be told from a
+    // late retry) and nothing is written; client 2's retry is deduped.
     let out = sm
         .apply([
-            entry(4097, Request::with_session(put("a", "2"), 1, 1)),
+            entry(4097, Request::with_session(put("a", "2"), 1, 2)),
             entry(4098, Request::with_session(put("b", "2"), 2, 1)),
         ])
         .await
         .unwrap();
-    assert_eq!(out[0].revision, 3);
+    assert_eq!(
+        out[0].result,
+        CommandResult::Rejected(RejectReason::SessionUnknown { client_id: 1, seq: 2 })
+    );
+    assert_eq!(sm.reader().get(b"a").unwrap().unwrap().version, 1);
     assert_eq!(out[1].revision, 2, "deduplicated: the stored response");
     assert_eq!(sm.reader().get(b"b").unwrap().unwrap().version, 1);
+    // A new id starting at seq 1 is fine.
+    let out = sm
+        .apply([entry(4099, Request::with_session(put("a", "2"), 11, 1))])
+        .await
+        .unwrap();
+    assert_eq!(out[0].revision, 3);
 }
 
 #[tokio::test]

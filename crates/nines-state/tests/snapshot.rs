@@ -303,9 +303,16 @@ async fn corrupted_snapshot_fails_install() {
         .path();
     let good = std::fs::read(&path).unwrap();
 
+    // Flip a bit inside a stored value (not a length prefix, which would
+    // read as truncation): the CRC must catch it.
     let mut flipped = good.clone();
     let mid = flipped.len() / 2;
-    flipped[mid] ^= 0x01;
+    let at = mid
+        + flipped[mid..]
+            .windows(2)
+            .position(|w| w == b"/0")
+            .expect("a key byte after the middle");
+    flipped[at] ^= 0x01;
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 7);
 

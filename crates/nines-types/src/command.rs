@@ -259,6 +259,20 @@ pub enum RejectReason {
     },
     /// The command broke an input limit (defence in depth: the API checks first).
     InvalidInput(String),
+    /// The session's last sequence number was used for a different request
+    /// (two clients sharing an id, or a client that restarted its sequence).
+    SessionSeqReused { client_id: u64, seq: u64 },
+    /// A retry of a request applied at `revision` whose response was too
+    /// large to keep for retries; the write itself is done.
+    ResponseNotRetained {
+        client_id: u64,
+        seq: u64,
+        revision: i64,
+    },
+    /// A sequence number above 1 from a client id the session table does not
+    /// know: it expired or was evicted, so a retry could not be told apart
+    /// from a new write. The client must start a new id at sequence 1.
+    SessionUnknown { client_id: u64, seq: u64 },
 }
 
 /// The state machine's answer for one log entry.

@@ -1,6 +1,7 @@
 //! Types shared by every nines crate: the openraft type configuration, the
 //! command model the state machine applies, and input limits.
 
+pub mod codec;
 mod command;
 mod durable;
 mod limits;

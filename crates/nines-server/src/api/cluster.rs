@@ -8,12 +8,29 @@ use nines_proto as pb;
 use nines_proto::cluster_client::ClusterClient;
 use nines_types::{Node, NodeId};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, ServerState};
+use openraft::{ChangeMembers, Membership, ServerState};
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 use crate::core::{is_forwarded, NodeCore, Routed};
 use crate::error::ApiError;
+use crate::membership::{self, AddLearner, MembershipError, Removal};
+use crate::network::peers;
+
+/// Upper bound on a probe of a candidate member: a live node answers in
+/// milliseconds; this only bounds addresses that drop packets.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A membership check and the change it allowed must not interleave with
+/// another change on this node, or both could pass against the same view.
+static CHANGE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn refused(e: MembershipError) -> ApiError {
+    match e {
+        MembershipError::InvalidRequest(m) => ApiError::InvalidRequest(m),
+        other => ApiError::Precondition(other.to_string()),
+    }
+}
 
 pub struct ClusterService {
     pub core: Arc<NodeCore>,
@@ -103,6 +120,77 @@ impl ClusterService {
         }
     }
 
+    async fn change_lock(&self) -> Result<tokio::sync::MutexGuard<'static, ()>, ApiError> {
+        tokio::time::timeout(self.core.timeout(), CHANGE_LOCK.lock())
+            .await
+            .map_err(|_| {
+                ApiError::Precondition("another membership change is still running".into())
+            })
+    }
+
+    /// The effective (latest, maybe uncommitted) membership.
+    fn membership(&self) -> Membership<NodeId, Node> {
+        let metrics = self.core.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().clone()
+    }
+
+    fn live_window(&self) -> Duration {
+        membership::live_window(self.core.config.raft.election_timeout_max)
+    }
+
+    /// This node (the leader) and the peers that answered it recently.
+    fn live_nodes(&self) -> BTreeSet<NodeId> {
+        let mut live = self.core.peers.answered_within(self.live_window());
+        live.insert(self.core.id);
+        live
+    }
+
+    /// Proves that node `id` of this cluster listens at `addr`.
+    async fn probe(&self, id: NodeId, addr: &str) -> Result<(), MembershipError> {
+        let timeout = PROBE_TIMEOUT.min(self.core.timeout());
+        let cluster_id = self.core.cluster_id;
+        let source_ip = self.core.config.peer_source_ip;
+        let reply = peers::probe(addr, id, cluster_id, source_ip, timeout)
+            .await
+            .map_err(|e| MembershipError::ProbeFailed {
+                id,
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        membership::check_probe_reply(id, addr, cluster_id, reply.id, reply.cluster_id)
+    }
+
+    fn check_promote(&self, id: NodeId) -> Result<ChangeMembers<NodeId, Node>, MembershipError> {
+        let metrics = self.core.raft.metrics().borrow().clone();
+        let current = metrics.membership_config.membership();
+        let goal = membership::promote_goal(current, id)?;
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten());
+        membership::check_in_sync(
+            id,
+            matched,
+            metrics.last_log_index,
+            self.core.peers.since_answer(id),
+            self.live_window(),
+        )?;
+        membership::check_live_quorum(current, &goal, &self.live_nodes())?;
+        Ok(ChangeMembers::ReplaceAllVoters(goal))
+    }
+
+    fn check_remove(&self, id: NodeId) -> Result<ChangeMembers<NodeId, Node>, MembershipError> {
+        let current = self.membership();
+        match membership::removal(&current, id)? {
+            Removal::Voter(goal) => {
+                membership::check_live_quorum(&current, &goal, &self.live_nodes())?;
+                Ok(ChangeMembers::ReplaceAllVoters(goal))
+            }
+            Removal::Learner => Ok(ChangeMembers::RemoveNodes(BTreeSet::from([id]))),
+        }
+    }
+
     fn current_membership(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, Node>) {
         let metrics = self.core.raft.metrics();
         let m = metrics.borrow();
@@ -178,23 +266,20 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .member_add_learner(self.core.forward_request(message))
                 .await;
         }
-        if message.id == 0 || message.raft_addr.is_empty() {
-            return Err(ApiError::InvalidRequest(
-                "a member needs a non-zero id and a peer address".into(),
-            )
-            .into());
-        }
-        let (voters, nodes) = self.current_membership();
-        if voters.contains(&message.id) {
-            return Err(
-                ApiError::Precondition(format!("node {} is already a voter", message.id)).into(),
-            );
-        }
+        membership::validate_member(message.id, &message.raft_addr, &message.api_addr)
+            .map_err(refused)?;
         let node = Node::new(message.raft_addr.clone(), message.api_addr.clone());
-        if nodes.get(&message.id) == Some(&node) {
+        let _guard = self.change_lock().await?;
+        match membership::check_add_learner(&self.membership(), message.id, &node) {
             // Idempotent: a joining node may retry after a lost response.
-            return Ok(Response::new(self.members_response()));
+            Ok(AddLearner::AlreadyPresent) => return Ok(Response::new(self.members_response())),
+            Ok(AddLearner::New) => {}
+            Err(e) => return Err(refused(e).into()),
         }
+        // Never replicate to an address until it proved to be that node.
+        self.probe(message.id, &message.raft_addr)
+            .await
+            .map_err(refused)?;
         let timeout = self.core.timeout() * 6;
         let added =
             tokio::time::timeout(timeout, self.core.raft.add_learner(message.id, node, true))
@@ -221,18 +306,11 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .member_promote(self.core.forward_request(message))
                 .await;
         }
-        let (voters, nodes) = self.current_membership();
-        if voters.contains(&message.id) {
+        let _guard = self.change_lock().await?;
+        if self.membership().voter_ids().any(|v| v == message.id) {
             return Ok(Response::new(self.members_response()));
         }
-        if !nodes.contains_key(&message.id) {
-            return Err(ApiError::Precondition(format!(
-                "node {} is not a learner of this cluster",
-                message.id
-            ))
-            .into());
-        }
-        let change = ChangeMembers::AddVoterIds(BTreeSet::from([message.id]));
+        let change = self.check_promote(message.id).map_err(refused)?;
         match self.change(change, forwarded).await? {
             Routed::Local(()) => Ok(Response::new(self.members_response())),
             Routed::Forward(leader) => {
@@ -254,18 +332,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .member_remove(self.core.forward_request(message))
                 .await;
         }
-        let (voters, nodes) = self.current_membership();
-        let id = message.id;
-        let change = if voters.contains(&id) {
-            if voters.len() == 1 {
-                return Err(ApiError::Precondition("cannot remove the last voter".into()).into());
-            }
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else if nodes.contains_key(&id) {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        } else {
-            return Err(ApiError::Precondition(format!("node {id} is not a member")).into());
-        };
+        let _guard = self.change_lock().await?;
+        let change = self.check_remove(message.id).map_err(refused)?;
         match self.change(change, forwarded).await? {
             Routed::Local(()) => Ok(Response::new(self.members_response())),
             Routed::Forward(leader) => {

@@ -175,6 +175,26 @@ pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
         }) => Err(ApiError::Precondition(format!(
             "client {client_id:x} sequence {seq} is older than its last write {last_seq}"
         ))),
+        CommandResult::Rejected(RejectReason::SessionSeqReused { client_id, seq }) => {
+            Err(ApiError::Precondition(format!(
+                "session seq reused with a different request: client {client_id:x} \
+                 sequence {seq} was already used; the new request was not applied"
+            )))
+        }
+        CommandResult::Rejected(RejectReason::ResponseNotRetained {
+            client_id,
+            seq,
+            revision,
+        }) => Err(ApiError::Precondition(format!(
+            "client {client_id:x} sequence {seq} was already applied at revision {revision}; \
+             its response was too large to keep for retries"
+        ))),
+        CommandResult::Rejected(RejectReason::SessionUnknown { client_id, seq }) => {
+            Err(ApiError::Precondition(format!(
+                "session unknown or expired: client {client_id:x} sequence {seq} was not \
+                 applied; start a new client id at sequence 1"
+            )))
+        }
         result => Ok((resp.revision, result)),
     }
 }

@@ -11,9 +11,17 @@ use tonic::{Response, Status};
 use super::convert;
 use crate::core::{is_forwarded, NodeCore, Routed};
 use crate::error::ApiError;
+use crate::read_limit::{self, ReadLimiter};
 
 pub struct KvService {
     pub core: Arc<NodeCore>,
+    /// Bounds local range/get executions and their bytes in flight.
+    pub reads: Arc<ReadLimiter>,
+}
+
+/// Bytes a read result holds: what the bytes-in-flight limit counts.
+fn kv_bytes(kv: &nines_types::KeyValue) -> u64 {
+    (kv.key.len() + kv.value.len()) as u64 + 32
 }
 
 enum Outcome<Req, Resp> {
@@ -99,16 +107,25 @@ impl pb::kv_server::Kv for KvService {
                 .await
                 .map_err(forward_failed);
         }
-        let revision = self.core.reader.revision();
-        let result = self
-            .core
-            .reader
-            .range(&read)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Response::new(convert::range_response(
+        // Off the async workers, a few at a time: a scan of megabytes holds
+        // its thread for milliseconds.
+        let reader = self.core.reader.clone();
+        let ((revision, result), held) = self
+            .reads
+            .run(
+                move || {
+                    let revision = reader.revision();
+                    reader.range(&read).map(|r| (revision, r))
+                },
+                |(_, r)| r.kvs.iter().map(kv_bytes).sum(),
+            )
+            .await?;
+        let mut response = Response::new(convert::range_response(
             self.core.header(revision),
             result,
-        )))
+        ));
+        read_limit::attach(&mut response, held);
+        Ok(response)
     }
 
     async fn get(
@@ -128,16 +145,24 @@ impl pb::kv_server::Kv for KvService {
                 .await
                 .map_err(forward_failed);
         }
-        let revision = self.core.reader.revision();
-        let kv = self
-            .core
-            .reader
-            .get(&message.key)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Response::new(pb::GetResponse {
+        let reader = self.core.reader.clone();
+        let key = message.key;
+        let ((revision, kv), held) = self
+            .reads
+            .run(
+                move || {
+                    let revision = reader.revision();
+                    reader.get(&key).map(|kv| (revision, kv))
+                },
+                |(_, kv)| kv.as_ref().map(kv_bytes).unwrap_or(0),
+            )
+            .await?;
+        let mut response = Response::new(pb::GetResponse {
             header: Some(self.core.header(revision)),
             kv: kv.map(convert::kv),
-        }))
+        });
+        read_limit::attach(&mut response, held);
+        Ok(response)
     }
 
     async fn put(

@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use super::codec;
+use super::peers::PeerLiveness;
 
 /// Large enough for a full append batch or a 1 MiB-value entry plus a snapshot chunk.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -66,6 +67,8 @@ pub struct NetworkFactory {
     pub pool: ChannelPool,
     /// The local log's durable index: see `Connection::append_entries`.
     pub durable: DurableIndex,
+    /// Fed with every RPC's outcome, for membership checks.
+    pub peers: PeerLiveness,
 }
 
 pub struct Connection {
@@ -74,6 +77,7 @@ pub struct Connection {
     durable: DurableIndex,
     client: Option<RaftClient<Channel>>,
     addr: String,
+    peers: PeerLiveness,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -91,6 +95,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             durable: self.durable.clone(),
             client,
             addr: node.raft_addr.clone(),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -105,6 +110,23 @@ enum Rpc {
 
 impl Connection {
     async fn call<T, E>(&mut self, rpc: Rpc, data: Vec<u8>, option: &RPCOption) -> RpcResult<T, E>
+    where
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result = self.call_peer(rpc, data, option).await;
+        // A decoded reply, a Raft-level error included, proves the target is up.
+        let answered = matches!(result, Ok(_) | Err(RPCError::RemoteError(_)));
+        self.peers.record(self.target, answered);
+        result
+    }
+
+    async fn call_peer<T, E>(
+        &mut self,
+        rpc: Rpc,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> RpcResult<T, E>
     where
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
@@ -148,7 +170,7 @@ fn status_to_rpc_error<E: std::error::Error>(status: tonic::Status) -> RPCError<
     }
 }
 
-fn encode_error<E: std::error::Error>(e: bincode::error::EncodeError) -> RPCError<NodeId, Node, E> {
+fn encode_error<E: std::error::Error>(e: codec::CodecError) -> RPCError<NodeId, Node, E> {
     RPCError::Network(NetworkError::new(&AnyError::new(&e)))
 }
 

@@ -1,12 +1,5 @@
-//! bincode for Raft payloads: every node of a cluster runs the same types.
+//! Raft payloads use nines' one bounded bincode configuration: every node
+//! of a cluster runs the same types, and no peer can make us allocate more
+//! than a small multiple of what it sent.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-}
-
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
-}
+pub use nines_types::codec::{decode, encode, CodecError};

@@ -3,7 +3,10 @@
 
 mod client;
 mod codec;
+pub mod guard;
+pub mod peers;
 mod service;
 
 pub use client::{ChannelPool, NetworkFactory, MAX_MESSAGE_BYTES};
+pub use peers::PeerLiveness;
 pub use service::RaftService;

@@ -1,4 +1,8 @@
-//! Receiving Raft RPCs from peers.
+//! Receiving Raft RPCs from peers: each message is decoded with a bound and
+//! checked by `guard` before openraft sees it.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use nines_proto::raft_server::Raft as RaftRpc;
 use nines_proto::{RaftReply, RaftRequest};
@@ -7,14 +11,32 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::codec;
+use super::guard::{self, GuardLimits, LogOnce, Refused, SnapshotStreams, View};
+use crate::metrics::Counters;
 
 pub struct RaftService {
     pub id: NodeId,
     pub cluster_id: u64,
     pub raft: Raft,
+    pub limits: GuardLimits,
+    pub counters: Arc<Counters>,
+    snapshots: SnapshotStreams,
+    log_once: LogOnce,
 }
 
 impl RaftService {
+    pub fn new(id: NodeId, cluster_id: u64, raft: Raft, counters: Arc<Counters>) -> Self {
+        Self {
+            id,
+            cluster_id,
+            raft,
+            limits: GuardLimits::default(),
+            counters,
+            snapshots: SnapshotStreams::default(),
+            log_once: LogOnce::new(Duration::from_secs(10)),
+        }
+    }
+
     /// Refuses traffic meant for another node or cluster: a misconfigured
     /// address must never make a leader replicate to itself or mix clusters.
     fn check(&self, req: &RaftRequest) -> Result<(), Status> {
@@ -35,8 +57,40 @@ impl RaftService {
 
     fn decode<T: serde::de::DeserializeOwned>(&self, req: &RaftRequest) -> Result<T, Status> {
         self.check(req)?;
-        codec::decode(&req.data)
-            .map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
+        codec::decode(&req.data).map_err(|e| {
+            self.refused(&Refused::Malformed(format!("undecodable raft payload: {e}")))
+        })
+    }
+
+    /// Runs `check` against this node's current term and membership.
+    fn guard(&self, check: impl FnOnce(&View, &GuardLimits) -> Result<(), Refused>) -> Result<(), Status> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let view = View {
+            current_term: m.current_term,
+            membership: &m.membership_config,
+        };
+        check(&view, &self.limits).map_err(|why| self.refused(&why))
+    }
+
+    /// Counts and logs (once per kind and interval) a refused message.
+    fn refused(&self, why: &Refused) -> Status {
+        Counters::inc(&self.counters.peer_messages_refused);
+        if self.log_once.should_say(why.kind()) {
+            let m = self.raft.metrics().borrow().clone();
+            tracing::warn!(
+                node = self.id,
+                term = m.current_term,
+                leader = ?m.current_leader,
+                "refused a peer message: {why} (further refusals of this kind are not logged for 10 s)"
+            );
+        }
+        match why {
+            Refused::Malformed(_) => Status::invalid_argument(why.to_string()),
+            Refused::SnapshotTooLarge { .. } => Status::resource_exhausted(why.to_string()),
+            Refused::SnapshotGap { .. } => Status::out_of_range(why.to_string()),
+            _ => Status::permission_denied(why.to_string()),
+        }
     }
 }
 
@@ -53,11 +107,13 @@ impl RaftRpc for RaftService {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let rpc = self.decode(request.get_ref())?;
+        self.guard(|view, limits| guard::check_append(&rpc, view, limits))?;
         reply(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let rpc = self.decode(request.get_ref())?;
+        self.guard(|view, limits| guard::check_vote(&rpc, view, limits))?;
         reply(&self.raft.vote(rpc).await)
     }
 
@@ -66,6 +122,29 @@ impl RaftRpc for RaftService {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let rpc = self.decode(request.get_ref())?;
+        self.guard(|view, limits| guard::check_snapshot(&rpc, view, limits))?;
+        self.snapshots
+            .admit(&rpc, &self.limits)
+            .map_err(|why| self.refused(&why))?;
         reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    /// Answers from this node's own configuration, and refuses a leader that
+    /// expects another node or cluster here, so it never adds a wrong member.
+    async fn probe(
+        &self,
+        request: Request<nines_proto::ProbeRequest>,
+    ) -> Result<Response<nines_proto::ProbeReply>, Status> {
+        let req = request.get_ref();
+        if req.target != self.id || req.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {} of cluster {:x}, not node {} of cluster {:x}",
+                self.id, self.cluster_id, req.target, req.cluster_id
+            )));
+        }
+        Ok(Response::new(nines_proto::ProbeReply {
+            id: self.id,
+            cluster_id: self.cluster_id,
+        }))
     }
 }

@@ -1,0 +1,227 @@
+//! Our accept loop for tonic. tonic's `TcpIncoming` hands accept errors to a
+//! server loop that retries at once: with EMFILE the listener stays readable
+//! and the loop spun at 80% of a core. Here, an accept error other than a
+//! connection-level one backs off, logged once per burst, and each listener
+//! has a connection limit: past it, new connections are accepted and closed
+//! at once, so they neither use a descriptor for long nor wait in the backlog.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Pause after an accept error that is not about one connection (EMFILE,
+/// ENFILE, ENOBUFS, ENOMEM): retrying at once would only spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one "connection refused: limit reached" line per interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Connections handled in one poll before yielding to other tasks, so a
+/// flood of refused connections cannot hold a worker.
+const ACCEPTS_PER_POLL: usize = 64;
+
+/// A stream of accepted connections with TCP_NODELAY set, each holding a slot
+/// of its listener's connection limit until it closes.
+pub struct Incoming {
+    listener: TcpListener,
+    name: &'static str,
+    slots: Arc<Semaphore>,
+    limit: usize,
+    backoff: Option<Pin<Box<Sleep>>>,
+    /// Accept errors in the current burst (0: none).
+    errors: u64,
+    refused: u64,
+    last_refusal_log: Option<Instant>,
+}
+
+impl Incoming {
+    /// `name` labels log lines ("client", "peer").
+    pub fn new(listener: TcpListener, name: &'static str, max_connections: usize) -> Incoming {
+        let limit = max_connections.max(1);
+        Incoming {
+            listener,
+            name,
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            backoff: None,
+            errors: 0,
+            refused: 0,
+            last_refusal_log: None,
+        }
+    }
+
+    fn refuse(&mut self, stream: TcpStream) {
+        drop(stream);
+        self.refused += 1;
+        let now = Instant::now();
+        if self
+            .last_refusal_log
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                listener = self.name,
+                limit = self.limit,
+                refused_total = self.refused,
+                "connection limit reached; closing new connections"
+            );
+            self.last_refusal_log = Some(now);
+        }
+    }
+}
+
+/// Errors that concern only the connection being accepted: the next accept
+/// may succeed at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        for _ in 0..ACCEPTS_PER_POLL {
+            if let Some(sleep) = this.backoff.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.backoff = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((stream, _))) => {
+                    if this.errors > 0 {
+                        tracing::info!(
+                            listener = this.name,
+                            errors = this.errors,
+                            "accepting connections again"
+                        );
+                        this.errors = 0;
+                    }
+                    let Ok(permit) = this.slots.clone().try_acquire_owned() else {
+                        this.refuse(stream);
+                        continue;
+                    };
+                    // Without it small responses wait for the peer's delayed
+                    // ACK (40 ms on Linux).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!("TCP_NODELAY: {e}");
+                    }
+                    return Poll::Ready(Some(Ok(Conn {
+                        stream,
+                        _slot: permit,
+                    })));
+                }
+                Poll::Ready(Err(e)) if is_connection_error(&e) => continue,
+                Poll::Ready(Err(e)) => {
+                    if this.errors == 0 {
+                        tracing::warn!(
+                            listener = this.name,
+                            "accept failed: {e}; retrying every {ACCEPT_BACKOFF:?}"
+                        );
+                    }
+                    this.errors += 1;
+                    this.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// An accepted connection; its slot frees when it is dropped.
+pub struct Conn {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::codegen::tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn closes_connections_past_the_limit_and_frees_slots() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Incoming::new(listener, "test", 1);
+        let _c1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let first = incoming.next().await.unwrap().unwrap();
+        // The second is accepted and closed: its reader sees EOF.
+        let mut c2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _c3 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accept = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
+        assert!(accept.is_err(), "no connection past the limit is handed out");
+        let mut buf = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut c2, &mut buf).await;
+        assert!(matches!(n, Ok(0) | Err(_)), "refused connection is closed");
+        // Closing the first frees its slot for the next connection.
+        drop(first);
+        let _c4 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
+        assert!(matches!(next, Ok(Some(Ok(_)))));
+    }
+}

@@ -1,0 +1,312 @@
+//! Checks on every peer message before openraft sees it.
+//!
+//! openraft 0.9 trusts its peers: a vote with term 2^64-1 makes the next
+//! election overflow and panic (and the vote is persisted, so every restart
+//! panics again); an append or vote from a node outside the membership is
+//! obeyed; a snapshot chunk at offset 2^40 becomes a 1 TiB sparse file.
+//! Here a message must come from a member of the membership this node
+//! knows (voter or learner, joint included; a candidate must be a voter),
+//! its terms must be sane, and snapshot chunks must arrive without gaps and
+//! within a total size. Without TLS a member can still be impersonated; that
+//! is the transport's job (mutual TLS), not this module's.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nines_types::{NodeId, StoredMembership, TypeConfig};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{EntryPayload, LogId, Membership, Vote};
+
+/// How far past its own term a node lets a peer's term go in one message.
+/// A node cut off from the cluster campaigns at most ~7 times a second
+/// (150 ms minimum election timeout): 10^7 terms is over two weeks of that.
+/// Far below u64::MAX, so term + 1 can never overflow in openraft.
+pub const MAX_TERM_JUMP: u64 = 10_000_000;
+
+/// Limits of the guard.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardLimits {
+    pub max_term_jump: u64,
+    /// Largest snapshot a peer may stream to us.
+    pub max_snapshot_bytes: u64,
+    /// Most nodes a membership entry may name.
+    pub max_members: usize,
+}
+
+impl Default for GuardLimits {
+    fn default() -> Self {
+        Self {
+            max_term_jump: MAX_TERM_JUMP,
+            // etcd's largest supported backend quota.
+            max_snapshot_bytes: 8 << 30,
+            max_members: 64,
+        }
+    }
+}
+
+/// Why a peer message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("node {0} is not a member of this cluster")]
+    NotMember(NodeId),
+    #[error("node {0} is not a voter and cannot campaign")]
+    NotVoter(NodeId),
+    #[error("message carries no sender")]
+    NoSender,
+    #[error("term {term} is too far past this node's term {current}")]
+    TermTooHigh { term: u64, current: u64 },
+    #[error("{0}")]
+    Malformed(String),
+    #[error("snapshot chunk at offset {offset}, expected at most {expected}")]
+    SnapshotGap { offset: u64, expected: u64 },
+    #[error("snapshot of {size} bytes is over the {limit}-byte limit")]
+    SnapshotTooLarge { size: u64, limit: u64 },
+}
+
+impl Refused {
+    /// A short name for log rate limiting and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refused::NotMember(_) => "not_member",
+            Refused::NotVoter(_) => "not_voter",
+            Refused::NoSender => "no_sender",
+            Refused::TermTooHigh { .. } => "term_too_high",
+            Refused::Malformed(_) => "malformed",
+            Refused::SnapshotGap { .. } => "snapshot_gap",
+            Refused::SnapshotTooLarge { .. } => "snapshot_too_large",
+        }
+    }
+}
+
+/// What this node knows when a message arrives.
+pub struct View<'a> {
+    pub current_term: u64,
+    pub membership: &'a StoredMembership,
+}
+
+impl View<'_> {
+    /// A node that has never been part of a cluster has no membership yet:
+    /// it must accept the leader that adds it.
+    fn uninitialized(&self) -> bool {
+        self.membership.log_id().is_none() && self.membership.membership().voter_ids().count() == 0
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        self.membership.membership().get_node(&id).is_some()
+    }
+
+    fn is_voter(&self, id: NodeId) -> bool {
+        self.membership.membership().voter_ids().any(|v| v == id)
+    }
+}
+
+fn sender(vote: &Vote<NodeId>) -> Result<NodeId, Refused> {
+    vote.leader_id.voted_for().ok_or(Refused::NoSender)
+}
+
+fn check_term(term: u64, view: &View, limits: &GuardLimits) -> Result<(), Refused> {
+    if term > view.current_term.saturating_add(limits.max_term_jump) || term > u64::MAX / 2 {
+        return Err(Refused::TermTooHigh {
+            term,
+            current: view.current_term,
+        });
+    }
+    Ok(())
+}
+
+fn check_log_id(
+    what: &str,
+    log_id: &Option<LogId<NodeId>>,
+    vote_term: u64,
+) -> Result<(), Refused> {
+    if let Some(id) = log_id {
+        if id.leader_id.term > vote_term {
+            return Err(Refused::Malformed(format!(
+                "{what} {id} has a term above the sender's vote term {vote_term}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_membership(m: &Membership<NodeId, nines_types::Node>, limits: &GuardLimits) -> Result<(), Refused> {
+    let nodes: BTreeSet<NodeId> = m.nodes().map(|(id, _)| *id).collect();
+    if nodes.len() > limits.max_members {
+        return Err(Refused::Malformed(format!(
+            "membership names {} nodes, over {}",
+            nodes.len(),
+            limits.max_members
+        )));
+    }
+    let configs = m.get_joint_config();
+    if configs.is_empty() || configs.len() > 2 {
+        return Err(Refused::Malformed(format!(
+            "membership has {} configs",
+            configs.len()
+        )));
+    }
+    for config in configs {
+        if config.is_empty() {
+            return Err(Refused::Malformed("membership has an empty voter set".into()));
+        }
+        if let Some(id) = config.iter().find(|id| !nodes.contains(id)) {
+            return Err(Refused::Malformed(format!(
+                "membership voter {id} has no node address"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The sender of an append must be a member; its entries must follow
+/// `prev_log_id` one by one, with terms that never pass its vote's.
+pub fn check_append(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    view: &View,
+    limits: &GuardLimits,
+) -> Result<(), Refused> {
+    let from = sender(&rpc.vote)?;
+    if !view.uninitialized() && !view.is_member(from) {
+        return Err(Refused::NotMember(from));
+    }
+    let term = rpc.vote.leader_id.term;
+    check_term(term, view, limits)?;
+    check_log_id("prev_log_id", &rpc.prev_log_id, term)?;
+    check_log_id("leader_commit", &rpc.leader_commit, term)?;
+    let mut expected = rpc.prev_log_id.map(|l| l.index + 1).unwrap_or(0);
+    let mut last_term = rpc.prev_log_id.map(|l| l.leader_id.term).unwrap_or(0);
+    for entry in &rpc.entries {
+        let id = entry.log_id;
+        if id.index != expected {
+            return Err(Refused::Malformed(format!(
+                "entry index {} where {expected} was expected",
+                id.index
+            )));
+        }
+        if id.leader_id.term < last_term || id.leader_id.term > term {
+            return Err(Refused::Malformed(format!(
+                "entry {id} has a term out of order (previous {last_term}, vote {term})"
+            )));
+        }
+        if let EntryPayload::Membership(m) = &entry.payload {
+            check_membership(m, limits)?;
+        }
+        expected = expected.checked_add(1).ok_or_else(|| {
+            Refused::Malformed("entry index overflows".into())
+        })?;
+        last_term = id.leader_id.term;
+    }
+    Ok(())
+}
+
+/// A candidate must be a voter of the membership this node knows, and a
+/// vote request is never already committed.
+pub fn check_vote(
+    rpc: &VoteRequest<NodeId>,
+    view: &View,
+    limits: &GuardLimits,
+) -> Result<(), Refused> {
+    let from = sender(&rpc.vote)?;
+    if rpc.vote.committed {
+        return Err(Refused::Malformed("a vote request cannot carry a committed vote".into()));
+    }
+    if !view.uninitialized() && !view.is_voter(from) {
+        return Err(Refused::NotVoter(from));
+    }
+    let term = rpc.vote.leader_id.term;
+    check_term(term, view, limits)?;
+    check_log_id("last_log_id", &rpc.last_log_id, term)
+}
+
+/// The membership and term rules of a snapshot chunk (its offset is
+/// checked against the stream by `SnapshotStreams`).
+pub fn check_snapshot(
+    rpc: &InstallSnapshotRequest<TypeConfig>,
+    view: &View,
+    limits: &GuardLimits,
+) -> Result<(), Refused> {
+    let from = sender(&rpc.vote)?;
+    if !view.uninitialized() && !view.is_member(from) {
+        return Err(Refused::NotMember(from));
+    }
+    let term = rpc.vote.leader_id.term;
+    check_term(term, view, limits)?;
+    check_log_id("snapshot last_log_id", &rpc.meta.last_log_id, term)?;
+    check_membership(rpc.meta.last_membership.membership(), limits)
+}
+
+/// The snapshot stream being received: chunks must come without gaps (a
+/// retried chunk may repeat earlier bytes), and the whole must stay under
+/// the size limit, so no offset can grow a sparse file.
+#[derive(Default)]
+pub struct SnapshotStreams {
+    current: Mutex<Option<(String, u64)>>,
+}
+
+impl SnapshotStreams {
+    pub fn admit(
+        &self,
+        rpc: &InstallSnapshotRequest<TypeConfig>,
+        limits: &GuardLimits,
+    ) -> Result<(), Refused> {
+        let len = rpc.data.len() as u64;
+        let end = rpc.offset.checked_add(len).ok_or(Refused::SnapshotTooLarge {
+            size: u64::MAX,
+            limit: limits.max_snapshot_bytes,
+        })?;
+        if end > limits.max_snapshot_bytes {
+            return Err(Refused::SnapshotTooLarge {
+                size: end,
+                limit: limits.max_snapshot_bytes,
+            });
+        }
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let id = &rpc.meta.snapshot_id;
+        let received = match current.as_ref() {
+            Some((stream, received)) if stream == id => *received,
+            _ => 0,
+        };
+        if rpc.offset > received {
+            return Err(Refused::SnapshotGap {
+                offset: rpc.offset,
+                expected: received,
+            });
+        }
+        *current = if rpc.done {
+            None
+        } else {
+            Some((id.clone(), received.max(end)))
+        };
+        Ok(())
+    }
+}
+
+/// Says each kind of refusal once per interval, not once per message: a
+/// misbehaving peer sends hundreds a second.
+pub struct LogOnce {
+    every: Duration,
+    last: Mutex<HashMap<&'static str, Instant>>,
+}
+
+impl LogOnce {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::default(),
+        }
+    }
+
+    /// True when `kind` was not said within the interval.
+    pub fn should_say(&self, kind: &'static str) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match last.get(kind) {
+            Some(t) if now.duration_since(*t) < self.every => false,
+            _ => {
+                last.insert(kind, now);
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Bounds local reads: sled scans run on blocking threads, a few at a time,
+//! and the bytes of their results are counted until the response has been
+//! sent. Before, 500 concurrent 4 MiB reads ran on the async workers at once
+//! and took a follower to 2 GB RSS.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Bytes, Service};
+use tonic::server::NamedService;
+use tonic::Status;
+
+use crate::error::ApiError;
+use crate::metrics::Counters;
+
+/// Byte permits are KiB, so any sane limit fits the semaphore's u32 requests.
+const UNIT: u64 = 1024;
+
+pub struct ReadLimiter {
+    executions: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    capacity_units: u32,
+    timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+/// Result bytes counted against the limit until dropped.
+pub struct HeldBytes {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+    counters: Arc<Counters>,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.counters
+            .read_bytes_in_flight
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Undoes the executing gauge however the execution ends.
+struct Executing<'a>(&'a Counters);
+
+impl Drop for Executing<'_> {
+    fn drop(&mut self) {
+        self.0.reads_executing.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ReadLimiter {
+    /// `timeout` bounds the wait for both limits.
+    pub fn new(
+        max_executions: usize,
+        max_bytes: u64,
+        timeout: Duration,
+        counters: Arc<Counters>,
+    ) -> ReadLimiter {
+        let capacity_units = (max_bytes / UNIT).clamp(1, u32::MAX as u64) as u32;
+        ReadLimiter {
+            executions: Arc::new(Semaphore::new(max_executions.max(1))),
+            bytes: Arc::new(Semaphore::new(capacity_units as usize)),
+            capacity_units,
+            timeout,
+            counters,
+        }
+    }
+
+    fn exhausted(&self, what: &str) -> Status {
+        Counters::inc(&self.counters.reads_rejected);
+        Status::resource_exhausted(format!(
+            "read capacity exhausted: waited {:?} for {what}; retry later",
+            self.timeout
+        ))
+    }
+
+    /// Runs `read` on a blocking thread once an execution slot is free, then
+    /// waits until its result (`size` bytes) fits the bytes in flight. The
+    /// execution slot is held meanwhile, so waiting results stay bounded too.
+    pub async fn run<T, F, E>(
+        &self,
+        read: F,
+        size: impl FnOnce(&T) -> u64,
+    ) -> Result<(T, HeldBytes), Status>
+    where
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let slot = tokio::time::timeout_at(deadline, self.executions.clone().acquire_owned())
+            .await
+            .map_err(|_| self.exhausted("a read slot"))?
+            .map_err(|_| Status::from(ApiError::ShuttingDown))?;
+        self.counters
+            .reads_executing
+            .fetch_add(1, Ordering::Relaxed);
+        let executing = Executing(&self.counters);
+        let result = tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| Status::from(ApiError::Internal(format!("read task: {e}"))))?
+            .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
+        drop(executing);
+        let bytes = size(&result);
+        let units = bytes.div_ceil(UNIT).clamp(1, self.capacity_units as u64) as u32;
+        let permit =
+            tokio::time::timeout_at(deadline, self.bytes.clone().acquire_many_owned(units))
+                .await
+                .map_err(|_| self.exhausted("bytes in flight"))?
+                .map_err(|_| Status::from(ApiError::ShuttingDown))?;
+        drop(slot);
+        self.counters
+            .read_bytes_in_flight
+            .fetch_add(bytes, Ordering::Relaxed);
+        Ok((
+            result,
+            HeldBytes {
+                _permit: permit,
+                bytes,
+                counters: self.counters.clone(),
+            },
+        ))
+    }
+}
+
+/// Carries `HeldBytes` from a handler, through the response extensions
+/// (which must be `Clone`), to [`HoldUntilSent`].
+#[derive(Clone)]
+pub struct HeldExtension(Arc<Mutex<Option<HeldBytes>>>);
+
+/// Attaches `held` to `response`, to be released once its body is sent.
+pub fn attach<T>(response: &mut tonic::Response<T>, held: HeldBytes) {
+    response
+        .extensions_mut()
+        .insert(HeldExtension(Arc::new(Mutex::new(Some(held)))));
+}
+
+/// Wraps a gRPC service so that bytes attached with [`attach`] stay counted
+/// until the response body is sent or dropped, not only until the handler
+/// returns: a slow reader otherwise holds its result unbounded.
+#[derive(Clone)]
+pub struct HoldUntilSent<S> {
+    pub inner: S,
+}
+
+impl<S: NamedService> NamedService for HoldUntilSent<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for HoldUntilSent<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<http::Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            let held = response
+                .extensions_mut()
+                .remove::<HeldExtension>()
+                .and_then(|h| h.0.lock().unwrap_or_else(|p| p.into_inner()).take());
+            Ok(match held {
+                Some(held) => response.map(|inner| Body::new(HoldingBody { inner, _held: held })),
+                None => response,
+            })
+        })
+    }
+}
+
+struct HoldingBody {
+    inner: Body,
+    _held: HeldBytes,
+}
+
+impl http_body::Body for HoldingBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(executions: usize, bytes: u64) -> ReadLimiter {
+        ReadLimiter::new(
+            executions,
+            bytes,
+            Duration::from_millis(200),
+            Arc::new(Counters::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn bytes_stay_held_until_dropped() {
+        let l = limiter(4, 8 * UNIT);
+        let (_, held) = l
+            .run(|| Ok::<_, String>(vec![0u8; 6 * 1024]), |v| v.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(l.counters.read_bytes_in_flight.load(Ordering::Relaxed), 6 * 1024);
+        // 6 of 8 KiB are held: a second 6 KiB result must wait, then give up.
+        let second = l
+            .run(|| Ok::<_, String>(vec![0u8; 6 * 1024]), |v| v.len() as u64)
+            .await;
+        assert_eq!(second.err().unwrap().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(l.counters.reads_rejected.load(Ordering::Relaxed), 1);
+        drop(held);
+        assert_eq!(l.counters.read_bytes_in_flight.load(Ordering::Relaxed), 0);
+        assert!(l
+            .run(|| Ok::<_, String>(vec![0u8; 6 * 1024]), |v| v.len() as u64)
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn results_larger_than_the_limit_still_pass_alone() {
+        let l = limiter(1, 4 * UNIT);
+        let (v, _held) = l
+            .run(|| Ok::<_, String>(vec![1u8; 64 * 1024]), |v| v.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(v.len(), 64 * 1024);
+        assert_eq!(l.counters.reads_executing.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn read_errors_become_internal() {
+        let l = limiter(1, 4 * UNIT);
+        let e = l
+            .run(|| Err::<Vec<u8>, _>("disk on fire"), |v| v.len() as u64)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::Internal);
+        assert_eq!(l.counters.reads_executing.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,98 @@
+//! Rebuilding a damaged state machine.
+//!
+//! The sled tree is derived data: the newest snapshot plus the committed
+//! Raft log reproduce it (openraft re-applies committed entries after
+//! `last_applied` at startup). So when sled fails to open, or its contents
+//! cannot be read, the sled dir is moved aside (`sm.corrupt-<unix-ts>`,
+//! never deleted: an operator may want it) and a fresh one is filled from
+//! the newest valid snapshot. Only a damaged log is a hard stop, and a log
+//! purged past what the snapshot covers (`check_rebuildable`).
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::StateError;
+
+/// Why an open failed: damage we can rebuild from, or anything else.
+pub(crate) enum OpenFailure {
+    Damaged(String),
+    Other(StateError),
+}
+
+/// Runs `open`, sorting its failures. sled 0.34 can panic on some damaged
+/// files instead of returning an error, hence the catch.
+pub(crate) fn classify<T>(
+    open: impl FnOnce() -> Result<T, StateError>,
+) -> Result<T, OpenFailure> {
+    match catch_unwind(AssertUnwindSafe(open)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if is_damage(&e) => Err(OpenFailure::Damaged(e.to_string())),
+        Ok(Err(e)) => Err(OpenFailure::Other(e)),
+        Err(panic) => Err(OpenFailure::Damaged(format!(
+            "sled panicked: {}",
+            panic_message(&*panic)
+        ))),
+    }
+}
+
+/// Damage to the files, as opposed to an environment problem (lock held by
+/// another process, permissions, disk full) that must not trigger a rebuild.
+fn is_damage(e: &StateError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        StateError::Sled(sled::Error::Io(io)) => {
+            matches!(io.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData)
+        }
+        StateError::Sled(
+            sled::Error::Corruption { .. }
+            | sled::Error::ReportableBug(_)
+            | sled::Error::Unsupported(_),
+        ) => true,
+        StateError::Codec(_) | StateError::CorruptState(_) => true,
+        _ => false,
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Renames `sled_dir` to `<name>.corrupt-<unix-ts>` next to it.
+pub(crate) fn move_aside(sled_dir: &Path) -> Result<PathBuf, StateError> {
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = sled_dir
+        .file_name()
+        .map_or_else(|| "sm".into(), |n| n.to_string_lossy().into_owned());
+    let mut aside = sled_dir.with_file_name(format!("{name}.corrupt-{ts}"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = sled_dir.with_file_name(format!("{name}.corrupt-{ts}-{n}"));
+        n += 1;
+    }
+    if sled_dir.exists() {
+        std::fs::rename(sled_dir, &aside).map_err(|e| StateError::io(sled_dir, e))?;
+    }
+    Ok(aside)
+}
+
+/// Reads every record of `tree`: sled loads pages lazily, so damage in the
+/// middle of its files only shows when the pages are read.
+pub(crate) fn verify(db: &sled::Db, tree: &sled::Tree) -> Result<(), StateError> {
+    for item in db.iter() {
+        item?;
+    }
+    for item in tree.iter() {
+        item?;
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! The one bincode configuration of nines, for peer messages and disk
+//! records alike.
+//!
+//! bincode trusts length prefixes: with `config::standard()` a 20-byte
+//! message claiming a 2^50-byte string made the process abort on the
+//! allocation. Every decode here runs with a byte limit, and the limit is
+//! chosen from the input's own size: bincode claims a string's or byte
+//! field's length against the limit *before* allocating it, so a message
+//! can never make us allocate more than `LIMIT_FACTOR` times its own size
+//! (at least the smallest tier), and never more than `MAX_DECODE_BYTES`.
+//! Sequences (`Vec<Entry>` …) go through serde's cautious size hint, which
+//! caps their pre-allocation at 1 MiB whatever the wire says.
+//!
+//! Encoding uses the same standard configuration: a limit changes no byte
+//! of the format, so logs and snapshots written before stay readable.
+
+use bincode::config::{self, Configuration, Limit};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// No single decoded value (a peer message, a log record, a snapshot
+/// record) may claim more than this in strings and byte fields.
+pub const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Tiers of the decode limit: the smallest one at least `LIMIT_FACTOR`
+/// times the input's size is used.
+const LIMIT_FACTOR: usize = 4;
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("encode: {0}")]
+    Encode(String),
+    #[error("decode: {0}")]
+    Decode(String),
+    #[error("{used} bytes decoded of {len}: trailing bytes")]
+    Trailing { used: usize, len: usize },
+    #[error("input of {0} bytes is over the {MAX_DECODE_BYTES}-byte decode limit")]
+    TooLarge(usize),
+}
+
+fn standard() -> Configuration {
+    config::standard()
+}
+
+fn limited<const N: usize>() -> Configuration<config::LittleEndian, config::Varint, Limit<N>> {
+    config::standard().with_limit::<N>()
+}
+
+/// Encodes `value` in the nines format.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, standard()).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Appends `value`'s encoding to `buf`.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, buf, standard())
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a value from the front of `bytes`; returns it and the bytes used.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    fn run<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+        bincode::serde::decode_from_slice(bytes, limited::<N>())
+            .map_err(|e| CodecError::Decode(e.to_string()))
+    }
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    let need = bytes.len().saturating_mul(LIMIT_FACTOR);
+    match need {
+        n if n <= 16 * KIB => run::<T, { 16 * KIB }>(bytes),
+        n if n <= 256 * KIB => run::<T, { 256 * KIB }>(bytes),
+        n if n <= 4 * MIB => run::<T, { 4 * MIB }>(bytes),
+        n if n <= 16 * MIB => run::<T, { 16 * MIB }>(bytes),
+        _ if bytes.len() <= MAX_DECODE_BYTES => run::<T, MAX_DECODE_BYTES>(bytes),
+        _ => Err(CodecError::TooLarge(bytes.len())),
+    }
+}
+
+/// Decodes a value that must fill `bytes` exactly.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = decode_prefix(bytes)?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing {
+            used,
+            len: bytes.len(),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Rec {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        items: Vec<u64>,
+    }
+
+    #[test]
+    fn round_trips_and_matches_standard_bincode() {
+        let rec = Rec {
+            name: "k".repeat(100_000),
+            data: vec![7; 3 * 1024 * 1024],
+            items: (0..1000).collect(),
+        };
+        let bytes = encode(&rec).unwrap();
+        let plain = bincode::serde::encode_to_vec(&rec, config::standard()).unwrap();
+        assert_eq!(bytes, plain);
+        assert_eq!(decode::<Rec>(&bytes).unwrap(), rec);
+    }
+
+    #[test]
+    fn a_huge_claimed_length_is_refused_without_allocating() {
+        // A string whose varint length prefix claims 2^50 bytes.
+        let mut bytes = vec![0xfd];
+        bytes.extend_from_slice(&(1u64 << 50).to_le_bytes());
+        bytes.extend_from_slice(b"abc");
+        let err = decode::<String>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("LimitExceeded"), "{err}");
+        // A claim of 1 MiB inside a 12-byte input is refused too: the
+        // limit follows the input's size, not the format's maximum.
+        let mut bytes = vec![0xfc];
+        bytes.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        assert!(decode::<Vec<u8>>(&bytes).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = encode(&5u64).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<u64>(&bytes),
+            Err(CodecError::Trailing { .. })
+        ));
+        assert_eq!(decode_prefix::<u64>(&bytes).unwrap(), (5, 1));
+    }
+}

@@ -1,0 +1,231 @@
+//! Hostile messages on the peer port of real server processes: each one
+//! crashed, bricked or misled a node before the peer guard and the bounded
+//! decoder; now each is refused with a clear status and the cluster keeps
+//! serving.
+
+use std::time::Duration;
+
+use nines_client::proto as pb;
+use nines_client::proto::raft_client::RaftClient;
+use nines_tests::{Cluster, ClusterOptions};
+use nines_types::{codec, Command, Request, TypeConfig};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, SnapshotMeta, Vote};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn peer(cluster: &Cluster, id: u64) -> RaftClient<Channel> {
+    let addr = format!("http://{}", cluster.node(id).peer_addr);
+    RaftClient::new(Channel::from_shared(addr).unwrap().connect().await.unwrap())
+        .max_decoding_message_size(64 << 20)
+}
+
+async fn send(
+    cluster: &Cluster,
+    id: u64,
+    rpc: &str,
+    data: Vec<u8>,
+) -> Result<pb::RaftReply, tonic::Status> {
+    let status = cluster.status(id).await.expect("status");
+    let request = pb::RaftRequest {
+        target: id,
+        cluster_id: status.header.expect("header").cluster_id,
+        data,
+    };
+    let mut client = peer(cluster, id).await;
+    let reply = match rpc {
+        "append" => client.append_entries(request).await,
+        "vote" => client.vote(request).await,
+        "snapshot" => client.install_snapshot(request).await,
+        _ => unreachable!(),
+    };
+    reply.map(|r| r.into_inner())
+}
+
+fn append(term: u64, from: u64, entries: Vec<nines_types::Entry>) -> Vec<u8> {
+    let rpc = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(term, from),
+        prev_log_id: None,
+        entries,
+        leader_commit: None,
+    };
+    codec::encode(&rpc).unwrap()
+}
+
+fn put_entry(term: u64, index: u64, key: &[u8]) -> nines_types::Entry {
+    openraft::Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(Request::new(Command::Put {
+            key: key.to_vec(),
+            value: b"evil".to_vec(),
+            lease: 0,
+            prev_kv: false,
+        })),
+    }
+}
+
+/// Every node still runs, a leader is elected and a write goes through.
+async fn assert_serving(cluster: &mut Cluster, what: &str) -> u64 {
+    for id in 1..=3 {
+        if let Some(status) = cluster.exited(id) {
+            panic!(
+                "node {id} exited ({status}) after {what}\n{}",
+                cluster.server_log(id)
+            );
+        }
+    }
+    let leader = cluster.wait_leader(LONG).await;
+    cluster
+        .client()
+        .put(format!("after {what}"), "ok")
+        .await
+        .unwrap_or_else(|e| panic!("write after {what}: {e}"));
+    leader
+}
+
+async fn term_of(cluster: &Cluster, id: u64) -> u64 {
+    cluster.status(id).await.expect("status").header.unwrap().raft_term
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_prefix_of_two_to_the_fifty_is_refused() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    let term = term_of(&cluster, leader).await;
+    // A real append whose key's length prefix is rewritten to claim 2^50
+    // bytes: bincode would allocate that before reading the key.
+    let mut bytes = append(term, leader, vec![put_entry(term, 1, b"MARKER")]);
+    let at = bytes.windows(7).position(|w| w == b"\x06MARKER").unwrap();
+    bytes.truncate(at);
+    bytes.push(0xfd);
+    bytes.extend_from_slice(&(1u64 << 50).to_le_bytes());
+    bytes.extend_from_slice(b"MARKER");
+    assert!(bytes.len() < 64, "a small message: {} bytes", bytes.len());
+    for id in 1..=3 {
+        let err = send(&cluster, id, "append", bytes.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "node {id}: {err}");
+        assert!(err.message().contains("LimitExceeded"), "{err}");
+    }
+    assert_serving(&mut cluster, "a 2^50-byte length").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_term_of_u64_max_is_refused_and_elections_still_work() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    // From the real leader's id, so only the term check stands in the way.
+    for id in 1..=3 {
+        let err = send(&cluster, id, "append", append(u64::MAX, leader, vec![]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "node {id}: {err}");
+        assert!(err.message().contains("too far past"), "{err}");
+    }
+    let term = term_of(&cluster, leader).await;
+    assert!(term < 1000, "term stayed sane: {term}");
+    // The next election (term + 1) must not overflow: kill the leader.
+    cluster.kill(leader);
+    let next = cluster.wait_leader(LONG).await;
+    assert_ne!(next, leader);
+    cluster.spawn(leader);
+    assert_serving(&mut cluster, "a term of u64::MAX and a leader kill").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_and_votes_from_a_non_member_are_refused() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    cluster.client().put("k", "good").await.unwrap();
+    let term = term_of(&cluster, leader).await;
+    let last = cluster.status(leader).await.unwrap().last_log_index;
+
+    // "Node 99" claims leadership of the next term and commits a write.
+    let rpc = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(term + 1, 99),
+        prev_log_id: Some(LogId::new(CommittedLeaderId::new(term, 1), last)),
+        entries: vec![put_entry(term + 1, last + 1, b"k")],
+        leader_commit: Some(LogId::new(CommittedLeaderId::new(term + 1, 1), last + 1)),
+    };
+    let data = codec::encode(&rpc).unwrap();
+    // A vote for an outsider at term 2^40, sent to the leader itself.
+    let vote = codec::encode(&VoteRequest::new(Vote::new(1 << 40, 99), None)).unwrap();
+    for id in 1..=3 {
+        let err = send(&cluster, id, "append", data.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "node {id}: {err}");
+        assert!(err.message().contains("not a member"), "{err}");
+        let err = send(&cluster, id, "vote", vote.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "node {id}: {err}");
+    }
+    // Nobody stepped down or moved to the outsider's term.
+    assert_eq!(cluster.wait_leader(LONG).await, leader);
+    assert_eq!(term_of(&cluster, leader).await, term);
+    for id in 1..=3 {
+        let kv = cluster.client_of(id).get("k").await.unwrap().unwrap();
+        assert_eq!(kv.value, b"good", "node {id}");
+    }
+    assert_serving(&mut cluster, "forged appends and votes").await;
+}
+
+fn data_dir_bytes(dir: &std::path::Path) -> u64 {
+    // Blocks actually allocated: a sparse file shows here only where written.
+    let out = std::process::Command::new("du")
+        .args(["-sk", "--"])
+        .arg(dir)
+        .output()
+        .expect("du");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().next().unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_chunk_at_offset_two_to_the_forty_is_refused() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    let term = term_of(&cluster, leader).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let status = cluster.status(follower).await.unwrap();
+    let membership = {
+        // The cluster's own membership, so only the offset is wrong.
+        let nodes: std::collections::BTreeMap<u64, nines_types::Node> = status
+            .members
+            .iter()
+            .map(|m| (m.id, nines_types::Node::new(m.raft_addr.clone(), m.api_addr.clone())))
+            .collect();
+        let voters = nodes.keys().copied().collect();
+        openraft::Membership::new(vec![voters], nodes)
+    };
+    let before = data_dir_bytes(&cluster.node(follower).data_dir);
+    let rpc = InstallSnapshotRequest::<TypeConfig> {
+        vote: Vote::new_committed(term, leader),
+        meta: SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(term, leader), 1_000_000)),
+            last_membership: openraft::StoredMembership::new(None, membership),
+            snapshot_id: "forged".into(),
+        },
+        offset: 1 << 40,
+        data: vec![0xab; 4096],
+        done: true,
+    };
+    let err = send(&cluster, follower, "snapshot", codec::encode(&rpc).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    // Under the size limit, a chunk that leaves a gap is refused too.
+    let rpc = InstallSnapshotRequest {
+        offset: 1 << 30,
+        ..rpc
+    };
+    let err = send(&cluster, follower, "snapshot", codec::encode(&rpc).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = data_dir_bytes(&cluster.node(follower).data_dir);
+    assert!(
+        after < before + (64 << 20),
+        "data dir grew from {before} to {after} bytes"
+    );
+    assert_serving(&mut cluster, "a snapshot chunk at 2^40").await;
+}

@@ -1,0 +1,142 @@
+//! The exactly-once session table, across real processes: read results are
+//! not stored per session, and a reused (client_id, seq) with a different
+//! request is refused with FAILED_PRECONDITION instead of being acknowledged.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nines_client::proto as pb;
+use nines_tests::{Cluster, ClusterOptions};
+use tonic::Code;
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+fn state_sizes(cluster: &Cluster) -> Vec<u64> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| dir_bytes(&n.data_dir.join("state")))
+        .collect()
+}
+
+async fn applied_everywhere(cluster: &Cluster) {
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    let index = cluster.status(leader).await.expect("status").applied_index;
+    for id in 1..=3 {
+        cluster
+            .wait_applied(id, index, Duration::from_secs(60))
+            .await;
+    }
+    // sled writes its buffers out every 500 ms.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_txns_under_a_session_do_not_grow_the_state() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(30)).await;
+    let client = cluster.client();
+    // ~2 MiB: 20 keys of 100 KiB.
+    for i in 0..20 {
+        client
+            .put(format!("big/{i:02}"), vec![b'x'; 100 * 1024])
+            .await
+            .unwrap_or_else(|e| panic!("put: {e}\n{}", cluster.server_log(1)));
+    }
+    applied_everywhere(&cluster).await;
+    let before = state_sizes(&cluster);
+
+    // nines-client sends every txn under a (client_id, seq) session.
+    for _ in 0..3 {
+        let gets = (0..20)
+            .map(|i| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: format!("big/{i:02}").into_bytes(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let resp = client
+            .txn(pb::TxnRequest {
+                success: gets,
+                ..Default::default()
+            })
+            .await
+            .expect("txn");
+        assert_eq!(resp.responses.len(), 20);
+    }
+    applied_everywhere(&cluster).await;
+    let after = state_sizes(&cluster);
+    for (id, (b, a)) in before.iter().zip(&after).enumerate() {
+        // Each txn returned 2 MiB; storing them would add at least 6 MiB.
+        assert!(
+            *a <= b + 3 * 1024 * 1024,
+            "node {}: state dir grew from {b} to {a} bytes",
+            id + 1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_seq_with_another_request_is_failed_precondition() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    let addr = format!("http://{}", cluster.node(leader).client_addr);
+    let mut kv = pb::kv_client::KvClient::connect(addr)
+        .await
+        .expect("connect");
+    let put = |value: &str, seq: u64| pb::PutRequest {
+        key: b"shared".to_vec(),
+        value: value.as_bytes().to_vec(),
+        session: Some(pb::WriteSession {
+            client_id: 0xfeed,
+            seq,
+        }),
+        ..Default::default()
+    };
+    kv.put(put("first", 1)).await.expect("first put");
+    // The honest retry is answered.
+    kv.put(put("first", 1)).await.expect("retry");
+    // A second client sharing the id, with the same seq.
+    let err = kv
+        .put(put("second", 1))
+        .await
+        .expect_err("a reused seq must be refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("session seq reused"),
+        "{}",
+        err.message()
+    );
+    // A client that lost its place and restarted at seq 1 after seq 2.
+    kv.put(put("third", 2)).await.expect("seq 2");
+    let err = kv.put(put("restart", 1)).await.expect_err("stale seq");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let value = cluster
+        .client()
+        .get("shared")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(value.value, b"third");
+    assert_eq!(value.version, 2, "only the two real writes applied");
+}

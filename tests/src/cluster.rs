@@ -58,6 +58,10 @@ pub struct NodeProc {
     child: Option<Child>,
     /// Bootstrap flags used at first start (ignored by the server on restart).
     bootstrap: Vec<String>,
+    /// Flags for this node only, after the cluster-wide ones.
+    pub extra_args: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) set in the child before exec.
+    pub nofile_limit: Option<u64>,
 }
 
 pub struct Cluster {
@@ -69,6 +73,25 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `options.nodes` servers that bootstrap together.
     pub fn start(options: ClusterOptions) -> Cluster {
+        let mut cluster = Cluster::prepare(options);
+        cluster.spawn_all();
+        cluster
+    }
+
+    /// Starts every node not running yet: after `prepare`, each with its
+    /// own settings (`data_dir`, `extra_args`, `nofile_limit`).
+    pub fn spawn_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            if !self.is_running(id) {
+                self.spawn(id);
+            }
+        }
+    }
+
+    /// Like `start`, but spawns nothing: set per-node settings in `nodes`,
+    /// then call `spawn_all`.
+    pub fn prepare(options: ClusterOptions) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("nines-cluster")
             .tempdir()
@@ -81,6 +104,8 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node{id}")),
                 child: None,
                 bootstrap: Vec::new(),
+                extra_args: Vec::new(),
+                nofile_limit: None,
             })
             .collect();
         let initial: Vec<String> = nodes
@@ -90,15 +115,11 @@ impl Cluster {
         for node in &mut nodes {
             node.bootstrap = vec!["--initial-cluster".into(), initial.join(",")];
         }
-        let mut cluster = Cluster {
+        Cluster {
             nodes,
             options,
             dir,
-        };
-        for id in 1..=cluster.options.nodes {
-            cluster.spawn(id);
         }
-        cluster
     }
 
     pub fn dir(&self) -> &Path {
@@ -125,6 +146,8 @@ impl Cluster {
             data_dir: self.dir.path().join(format!("node{id}")),
             child: None,
             bootstrap,
+            extra_args: Vec::new(),
+            nofile_limit: None,
         });
         self.spawn(id);
         id
@@ -139,15 +162,34 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, id: u64) {
-        let extra = self.options.args.clone();
+        let mut extra = self.options.args.clone();
         let node = self.node_mut(id);
+        extra.extend(node.extra_args.iter().cloned());
+        let nofile_limit = node.nofile_limit;
         assert!(node.child.is_none(), "node {id} already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(node.data_dir.with_extension("log"))
             .expect("log file");
-        let child = Command::new(server_binary())
+        let mut command = Command::new(server_binary());
+        if let Some(limit) = nofile_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit as libc::rlim_t,
+                        rlim_max: limit as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg("--id")
             .arg(id.to_string())
             .arg("--listen-client")
@@ -195,6 +237,29 @@ impl Cluster {
         let status = node.child.as_mut()?.try_wait().ok()??;
         node.child = None;
         Some(status)
+    }
+
+    /// Waits up to `timeout` for a node's process to end by itself.
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited(id) {
+                return Some(status);
+            }
+            if Instant::now() >= deadline || !self.is_running(id) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The OS process id of a running node.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(|c| c.id())
     }
 
     pub fn is_running(&self, id: u64) -> bool {

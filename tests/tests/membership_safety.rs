@@ -177,7 +177,10 @@ async fn learner_that_is_not_a_nines_node_of_this_cluster_is_refused() {
     );
     // A real nines node, but not node 9: a wrong address must never make the
     // leader replicate to a member under another id.
-    let other = cluster.node(if leader == 1 { 2 } else { 1 }).peer_addr.clone();
+    let other = cluster
+        .node(if leader == 1 { 2 } else { 1 })
+        .peer_addr
+        .clone();
     assert_refused(
         client.member_add_learner(9, &other, &other).await,
         "did not answer a probe",
@@ -190,7 +193,9 @@ async fn learner_that_is_not_a_nines_node_of_this_cluster_is_refused() {
     foreign.wait_leader(Duration::from_secs(30)).await;
     let foreign_peer = foreign.node(1).peer_addr.clone();
     assert_refused(
-        client.member_add_learner(10, &foreign_peer, &foreign_peer).await,
+        client
+            .member_add_learner(10, &foreign_peer, &foreign_peer)
+            .await,
         "did not answer a probe",
     );
     foreign.kill(1);
@@ -296,7 +301,10 @@ async fn lagging_learner_is_promoted_only_once_in_sync() {
             Err(e) if e.code() == Code::FailedPrecondition && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("promote {id} after catching up: {e}\n{}", cluster.server_log(id)),
+            Err(e) => panic!(
+                "promote {id} after catching up: {e}\n{}",
+                cluster.server_log(id)
+            ),
         }
     }
     let status = cluster.status(id).await.expect("status of promoted node");

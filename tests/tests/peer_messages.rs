@@ -86,7 +86,13 @@ async fn assert_serving(cluster: &mut Cluster, what: &str) -> u64 {
 }
 
 async fn term_of(cluster: &Cluster, id: u64) -> u64 {
-    cluster.status(id).await.expect("status").header.unwrap().raft_term
+    cluster
+        .status(id)
+        .await
+        .expect("status")
+        .header
+        .unwrap()
+        .raft_term
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +110,9 @@ async fn a_length_prefix_of_two_to_the_fifty_is_refused() {
     bytes.extend_from_slice(b"MARKER");
     assert!(bytes.len() < 64, "a small message: {} bytes", bytes.len());
     for id in 1..=3 {
-        let err = send(&cluster, id, "append", bytes.clone()).await.unwrap_err();
+        let err = send(&cluster, id, "append", bytes.clone())
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "node {id}: {err}");
         assert!(err.message().contains("LimitExceeded"), "{err}");
     }
@@ -152,7 +160,9 @@ async fn appends_and_votes_from_a_non_member_are_refused() {
     // A vote for an outsider at term 2^40, sent to the leader itself.
     let vote = codec::encode(&VoteRequest::new(Vote::new(1 << 40, 99), None)).unwrap();
     for id in 1..=3 {
-        let err = send(&cluster, id, "append", data.clone()).await.unwrap_err();
+        let err = send(&cluster, id, "append", data.clone())
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "node {id}: {err}");
         assert!(err.message().contains("not a member"), "{err}");
         let err = send(&cluster, id, "vote", vote.clone()).await.unwrap_err();
@@ -176,7 +186,12 @@ fn data_dir_bytes(dir: &std::path::Path) -> u64 {
         .output()
         .expect("du");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().next().unwrap().parse::<u64>().unwrap() * 1024
+    text.split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +206,12 @@ async fn a_snapshot_chunk_at_offset_two_to_the_forty_is_refused() {
         let nodes: std::collections::BTreeMap<u64, nines_types::Node> = status
             .members
             .iter()
-            .map(|m| (m.id, nines_types::Node::new(m.raft_addr.clone(), m.api_addr.clone())))
+            .map(|m| {
+                (
+                    m.id,
+                    nines_types::Node::new(m.raft_addr.clone(), m.api_addr.clone()),
+                )
+            })
             .collect();
         let voters = nodes.keys().copied().collect();
         openraft::Membership::new(vec![voters], nodes)

@@ -1,7 +1,7 @@
 //! The client: routing, retries, sessions.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,11 @@ struct Inner {
     config: ClientConfig,
     endpoints: Endpoints,
     lanes: Lanes,
+}
+
+/// The server's answer to a sequence of a client id it does not know.
+fn session_unknown(e: &ClientError) -> bool {
+    e.code() == tonic::Code::FailedPrecondition && e.to_string().contains("session unknown")
 }
 
 fn retryable(status: &Status) -> bool {
@@ -222,7 +227,7 @@ impl Client {
     async fn write<Req, Resp, F, Fut>(
         &self,
         mut message: Req,
-        set_session: impl FnOnce(&mut Req, pb::WriteSession),
+        set_session: impl Fn(&mut Req, pb::WriteSession),
         call: F,
     ) -> Result<Resp, ClientError>
     where
@@ -231,15 +236,42 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let lane = self.inner.lanes.acquire();
+        let mut first = message.clone();
         set_session(
-            &mut message,
+            &mut first,
             pb::WriteSession {
                 client_id: lane.client_id,
                 seq: lane.seq,
             },
         );
-        let result = self.call(Route::Leader, message, call).await;
-        self.inner.lanes.release(lane);
+        let attempts = AtomicUsize::new(0);
+        let counted = |channel, request| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            call(channel, request)
+        };
+        let result = self.call(Route::Leader, first, &counted).await;
+        // The server forgot this lane (idle past its session window, or
+        // evicted). If this was the request's only attempt, it was refused,
+        // not applied: retry once on a new lane. After several attempts an
+        // earlier one may have been applied, so the caller must decide.
+        let forgotten = matches!(&result, Err(e) if session_unknown(e));
+        if forgotten && attempts.load(Ordering::Relaxed) == 1 {
+            drop(lane);
+            let lane = self.inner.lanes.fresh();
+            set_session(
+                &mut message,
+                pb::WriteSession {
+                    client_id: lane.client_id,
+                    seq: lane.seq,
+                },
+            );
+            let result = self.call(Route::Leader, message, &call).await;
+            self.inner.lanes.release(lane);
+            return result;
+        }
+        if !forgotten {
+            self.inner.lanes.release(lane);
+        }
         result
     }
 

@@ -30,6 +30,14 @@ impl Lanes {
         lane
     }
 
+    /// A new lane (new client id, seq 1), never a pooled one.
+    pub fn fresh(&self) -> Lane {
+        Lane {
+            client_id: rand::thread_rng().gen_range(1..u64::MAX),
+            seq: 1,
+        }
+    }
+
     pub fn release(&self, lane: Lane) {
         self.free
             .lock()

@@ -183,7 +183,8 @@ impl NodeCore {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(), tonic::Status> {
-        let number = |name: &str| -> Option<u64> { metadata.get(name)?.to_str().ok()?.parse().ok() };
+        let number =
+            |name: &str| -> Option<u64> { metadata.get(name)?.to_str().ok()?.parse().ok() };
         let denied = |why: String| Err(tonic::Status::permission_denied(why));
         if !metadata.contains_key(FORWARDED_HEADER) {
             return denied("the peer port serves only members; use the client port".into());
@@ -195,7 +196,13 @@ impl NodeCore {
             return denied("forwarded call without a sender".into());
         };
         let metrics = self.raft.metrics();
-        if metrics.borrow().membership_config.membership().get_node(&from).is_none() {
+        if metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&from)
+            .is_none()
+        {
             return denied(format!("node {from} is not a member of this cluster"));
         }
         Ok(())

@@ -214,7 +214,10 @@ mod tests {
         let mut c2 = tokio::net::TcpStream::connect(addr).await.unwrap();
         let _c3 = tokio::net::TcpStream::connect(addr).await.unwrap();
         let accept = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
-        assert!(accept.is_err(), "no connection past the limit is handed out");
+        assert!(
+            accept.is_err(),
+            "no connection past the limit is handed out"
+        );
         let mut buf = [0u8; 1];
         let n = tokio::io::AsyncReadExt::read(&mut c2, &mut buf).await;
         assert!(matches!(n, Ok(0) | Err(_)), "refused connection is closed");

@@ -28,11 +28,17 @@ pub async fn join(
     if !as_learner {
         // The leader refuses to promote a learner that is not in sync yet:
         // keep asking while it catches up.
-        call_any(core, endpoints, PROMOTE_DEADLINE, true, |mut c| async move {
-            c.member_promote(pb::MemberPromoteRequest { id: core.id })
-                .await
-                .map(|_| ())
-        })
+        call_any(
+            core,
+            endpoints,
+            PROMOTE_DEADLINE,
+            true,
+            |mut c| async move {
+                c.member_promote(pb::MemberPromoteRequest { id: core.id })
+                    .await
+                    .map(|_| ())
+            },
+        )
         .await?;
         tracing::info!("promoted to voter");
     }
@@ -79,8 +85,7 @@ where
                         }
                     }
                     let refused = status.code() == tonic::Code::FailedPrecondition;
-                    if (refused && !retry_refused)
-                        || status.code() == tonic::Code::InvalidArgument
+                    if (refused && !retry_refused) || status.code() == tonic::Code::InvalidArgument
                     {
                         return Err(ServerError::Join(status.message().to_string()));
                     }

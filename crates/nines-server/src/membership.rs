@@ -188,7 +188,10 @@ pub fn promote_goal(
     Ok(goal)
 }
 
-pub fn removal(membership: &Membership<NodeId, Node>, id: NodeId) -> Result<Removal, MembershipError> {
+pub fn removal(
+    membership: &Membership<NodeId, Node>,
+    id: NodeId,
+) -> Result<Removal, MembershipError> {
     let last = last_config(membership);
     if last.contains(&id) {
         if last.len() == 1 {
@@ -287,8 +290,10 @@ mod tests {
 
     /// Voter sets (one, or two for a joint config) plus learners.
     fn membership(configs: &[&[NodeId]], learners: &[NodeId]) -> Membership<NodeId, Node> {
-        let configs: Vec<BTreeSet<NodeId>> =
-            configs.iter().map(|c| c.iter().copied().collect()).collect();
+        let configs: Vec<BTreeSet<NodeId>> = configs
+            .iter()
+            .map(|c| c.iter().copied().collect())
+            .collect();
         let ids = configs.iter().flatten().chain(learners).copied();
         let nodes: BTreeMap<NodeId, Node> = ids.map(|id| (id, node(id))).collect();
         Membership::new(configs, nodes)
@@ -329,7 +334,10 @@ mod tests {
             (4, "a:1", "b"),
         ] {
             let err = validate_member(id, raft, api).unwrap_err();
-            assert!(matches!(err, MembershipError::InvalidRequest(_)), "{raft:?}");
+            assert!(
+                matches!(err, MembershipError::InvalidRequest(_)),
+                "{raft:?}"
+            );
         }
         let long = format!("{}:1", "a".repeat(300));
         assert!(validate_member(4, &long, "").is_err());

@@ -21,9 +21,7 @@ use crate::datadir::DataDir;
 use crate::error::ServerError;
 use crate::incoming::Incoming;
 use crate::metrics::Counters;
-use crate::network::{
-    ChannelPool, NetworkFactory, PeerLiveness, RaftService, MAX_MESSAGE_BYTES,
-};
+use crate::network::{ChannelPool, NetworkFactory, PeerLiveness, RaftService, MAX_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::read_barrier::ReadBarrier;
 use crate::read_limit::{HoldUntilSent, ReadLimiter};
@@ -291,8 +289,14 @@ async fn serve_peer(
         .add_service(raft)
         // Client calls on the peer port only as forwarded by a member: a
         // firewalled client port must not be bypassed through this one.
-        .add_service(InterceptedService::new(kv_server(&core, &reads), member_only(&core)))
-        .add_service(InterceptedService::new(cluster_server(&core), member_only(&core)))
+        .add_service(InterceptedService::new(
+            kv_server(&core, &reads),
+            member_only(&core),
+        ))
+        .add_service(InterceptedService::new(
+            cluster_server(&core),
+            member_only(&core),
+        ))
         .serve_with_incoming_shutdown(
             incoming(listener, "peer", core.config.max_peer_connections),
             wait_stop(stopped),

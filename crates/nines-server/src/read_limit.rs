@@ -229,7 +229,10 @@ mod tests {
             .run(|| Ok::<_, String>(vec![0u8; 6 * 1024]), |v| v.len() as u64)
             .await
             .unwrap();
-        assert_eq!(l.counters.read_bytes_in_flight.load(Ordering::Relaxed), 6 * 1024);
+        assert_eq!(
+            l.counters.read_bytes_in_flight.load(Ordering::Relaxed),
+            6 * 1024
+        );
         // 6 of 8 KiB are held: a second 6 KiB result must wait, then give up.
         let second = l
             .run(|| Ok::<_, String>(vec![0u8; 6 * 1024]), |v| v.len() as u64)

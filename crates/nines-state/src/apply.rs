@@ -208,8 +208,7 @@ impl<'a> Executor<'a> {
             EntryPayload::Normal(request) => self.apply_request(request, index)?,
         };
         if index.is_multiple_of(sessions::SWEEP_EVERY) {
-            self.sessions
-                .sweep(&mut self.overlay, self.opts, index)?;
+            self.sessions.sweep(&mut self.overlay, self.opts, index)?;
         }
         Ok(response)
     }

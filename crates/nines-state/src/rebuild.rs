@@ -23,9 +23,7 @@ pub(crate) enum OpenFailure {
 
 /// Runs `open`, sorting its failures. sled 0.34 can panic on some damaged
 /// files instead of returning an error, hence the catch.
-pub(crate) fn classify<T>(
-    open: impl FnOnce() -> Result<T, StateError>,
-) -> Result<T, OpenFailure> {
+pub(crate) fn classify<T>(open: impl FnOnce() -> Result<T, StateError>) -> Result<T, OpenFailure> {
     match catch_unwind(AssertUnwindSafe(open)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) if is_damage(&e) => Err(OpenFailure::Damaged(e.to_string())),

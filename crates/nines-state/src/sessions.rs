@@ -44,9 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::Overlay;
 use crate::error::StateError;
-use crate::store::{
-    decode, encode, session_key, StateOptions, META_SESSIONS, SESSION_LRU_PREFIX,
-};
+use crate::store::{decode, encode, session_key, StateOptions, META_SESSIONS, SESSION_LRU_PREFIX};
 
 pub(crate) const DEFAULT_TTL_ENTRIES: u64 = 100_000;
 pub(crate) const DEFAULT_MAX_SESSIONS: u64 = 65_536;
@@ -260,10 +258,14 @@ impl Sessions {
 
     fn evict_oldest(&mut self, overlay: &mut Overlay<'_>) -> Result<(), StateError> {
         let mut oldest = None;
-        overlay.scan(&[SESSION_LRU_PREFIX], &[SESSION_LRU_PREFIX + 1], |key, _| {
-            oldest = Some(key.to_vec());
-            Ok(false)
-        })?;
+        overlay.scan(
+            &[SESSION_LRU_PREFIX],
+            &[SESSION_LRU_PREFIX + 1],
+            |key, _| {
+                oldest = Some(key.to_vec());
+                Ok(false)
+            },
+        )?;
         match oldest {
             Some(key) => self.forget(overlay, key),
             None => Ok(()),

@@ -69,7 +69,11 @@ async fn damaged_sled_is_rebuilt_from_the_snapshot() {
 
     let sm = open(dir.path()).await;
     let aside = sm.rebuilt_from().expect("the open rebuilt the state");
-    assert!(aside.exists(), "the damaged dir is kept: {}", aside.display());
+    assert!(
+        aside.exists(),
+        "the damaged dir is kept: {}",
+        aside.display()
+    );
     assert_eq!(moved_aside(dir.path()).len(), 1);
     assert_eq!(sm.reader().last_applied(), snap_id);
     let kvs = all_kvs(&sm);

@@ -103,7 +103,9 @@ async fn reused_seq_with_another_request_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Applier::new(open(dir.path()).await);
     a.apply(Request::with_session(put("j", "x"), 9, 1)).await;
-    let first = a.apply(Request::with_session(put("k", "first"), 9, 4)).await;
+    let first = a
+        .apply(Request::with_session(put("k", "first"), 9, 4))
+        .await;
     assert_eq!(first.revision, 2);
     // Another client sharing id 9, or one that restarted its seq.
     let clash = a
@@ -111,9 +113,14 @@ async fn reused_seq_with_another_request_is_rejected() {
         .await;
     assert_eq!(
         clash.result,
-        CommandResult::Rejected(RejectReason::SessionSeqReused { client_id: 9, seq: 4 })
+        CommandResult::Rejected(RejectReason::SessionSeqReused {
+            client_id: 9,
+            seq: 4
+        })
     );
-    let restarted = a.apply(Request::with_session(put("k", "third"), 9, 1)).await;
+    let restarted = a
+        .apply(Request::with_session(put("k", "third"), 9, 1))
+        .await;
     assert!(matches!(
         restarted.result,
         CommandResult::Rejected(RejectReason::StaleSequence { last_seq: 4, .. })
@@ -121,7 +128,9 @@ async fn reused_seq_with_another_request_is_rejected() {
     let kv = a.sm.reader().get(b"k").unwrap().unwrap();
     assert_eq!((kv.value.as_slice(), kv.version), (&b"first"[..], 1));
     // The genuine retry is still answered.
-    let retry = a.apply(Request::with_session(put("k", "first"), 9, 4)).await;
+    let retry = a
+        .apply(Request::with_session(put("k", "first"), 9, 4))
+        .await;
     assert_eq!(retry, first);
 }
 
@@ -134,7 +143,8 @@ async fn session_count_is_capped_by_evicting_the_least_recently_used() {
     };
     let mut a = Applier::new(StateMachine::open(dir.path(), opts).await.unwrap());
     for client in 1..=3 {
-        a.apply(Request::with_session(put("k", "v"), client, 1)).await;
+        a.apply(Request::with_session(put("k", "v"), client, 1))
+            .await;
     }
     // Client 1 is used again, so client 2 is now the least recently used.
     a.apply(Request::with_session(put("k", "v"), 1, 2)).await;
@@ -148,12 +158,16 @@ async fn session_count_is_capped_by_evicting_the_least_recently_used() {
     let evicted = a.apply(Request::with_session(put("k", "v"), 2, 2)).await;
     assert_eq!(
         evicted.result,
-        CommandResult::Rejected(RejectReason::SessionUnknown { client_id: 2, seq: 2 })
+        CommandResult::Rejected(RejectReason::SessionUnknown {
+            client_id: 2,
+            seq: 2
+        })
     );
     assert_eq!(a.sm.reader().get(b"k").unwrap().unwrap().version, version);
     // Many new clients never grow the table past the cap.
     for client in 100..200 {
-        a.apply(Request::with_session(put("k", "v"), client, 1)).await;
+        a.apply(Request::with_session(put("k", "v"), client, 1))
+            .await;
     }
     assert_eq!(sessions(&a.sm).len(), 3);
 }

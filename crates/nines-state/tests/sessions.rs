@@ -28,7 +28,10 @@ async fn retry_applies_once_and_stale_is_rejected() {
         .await;
     assert_eq!(
         other.result,
-        CommandResult::Rejected(RejectReason::SessionSeqReused { client_id: 7, seq: 1 })
+        CommandResult::Rejected(RejectReason::SessionSeqReused {
+            client_id: 7,
+            seq: 1
+        })
     );
     let kv = a.sm.reader().get(b"k").unwrap().unwrap();
     assert_eq!((kv.value.as_slice(), kv.version), (&b"1"[..], 2));
@@ -137,7 +140,10 @@ async fn idle_sessions_expire_deterministically() {
         .unwrap();
     assert_eq!(
         out[0].result,
-        CommandResult::Rejected(RejectReason::SessionUnknown { client_id: 1, seq: 2 })
+        CommandResult::Rejected(RejectReason::SessionUnknown {
+            client_id: 1,
+            seq: 2
+        })
     );
     assert_eq!(sm.reader().get(b"a").unwrap().unwrap().version, 1);
     assert_eq!(out[1].revision, 2, "deduplicated: the stored response");

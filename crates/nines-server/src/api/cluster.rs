@@ -17,9 +17,14 @@ use crate::error::ApiError;
 use crate::membership::{self, AddLearner, MembershipError, Removal};
 use crate::network::peers;
 
-/// Upper bound on a probe of a candidate member: a live node answers in
-/// milliseconds; this only bounds addresses that drop packets.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Upper bound on a probe of a candidate member. A live node answers in
+/// milliseconds; refused connections are retried until then, because an
+/// operator may add a node right after starting it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How long a promotion waits for a learner to get in sync before it is
+/// refused: a learner added a moment ago has matched nothing yet.
+const PROMOTE_SYNC_WAIT: Duration = Duration::from_secs(3);
 
 /// A membership check and the change it allowed must not interleave with
 /// another change on this node, or both could pass against the same view.
@@ -148,7 +153,8 @@ impl ClusterService {
 
     /// Proves that node `id` of this cluster listens at `addr`.
     async fn probe(&self, id: NodeId, addr: &str) -> Result<(), MembershipError> {
-        let timeout = PROBE_TIMEOUT.min(self.core.timeout());
+        // Leave the caller's deadline room for the change itself.
+        let timeout = PROBE_TIMEOUT.min(self.core.timeout() * 3 / 4);
         let cluster_id = self.core.cluster_id;
         let source_ip = self.core.config.peer_source_ip;
         let reply = peers::probe(addr, id, cluster_id, source_ip, timeout)
@@ -178,6 +184,25 @@ impl ClusterService {
         )?;
         membership::check_live_quorum(current, &goal, &self.live_nodes())?;
         Ok(ChangeMembers::ReplaceAllVoters(goal))
+    }
+
+    /// `check_promote`, retried for a while when only the learner's progress
+    /// is missing.
+    async fn await_promotable(
+        &self,
+        id: NodeId,
+    ) -> Result<ChangeMembers<NodeId, Node>, MembershipError> {
+        let deadline = tokio::time::Instant::now() + PROMOTE_SYNC_WAIT.min(self.core.timeout() / 2);
+        loop {
+            match self.check_promote(id) {
+                Err(MembershipError::NotInSync { .. } | MembershipError::Silent { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     fn check_remove(&self, id: NodeId) -> Result<ChangeMembers<NodeId, Node>, MembershipError> {
@@ -310,7 +335,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         if self.membership().voter_ids().any(|v| v == message.id) {
             return Ok(Response::new(self.members_response()));
         }
-        let change = self.check_promote(message.id).map_err(refused)?;
+        let change = self.await_promotable(message.id).await.map_err(refused)?;
         match self.change(change, forwarded).await? {
             Routed::Local(()) => Ok(Response::new(self.members_response())),
             Routed::Forward(leader) => {

@@ -192,7 +192,8 @@ pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
         CommandResult::Rejected(RejectReason::SessionUnknown { client_id, seq }) => {
             Err(ApiError::Precondition(format!(
                 "session unknown or expired: client {client_id:x} sequence {seq} was not \
-                 applied; start a new client id at sequence 1"
+                 applied now; if it was sent before, it may have been applied then; \
+                 start a new client id at sequence 1"
             )))
         }
         result => Ok((resp.revision, result)),

@@ -120,10 +120,8 @@ impl pb::kv_server::Kv for KvService {
                 |(_, r)| r.kvs.iter().map(kv_bytes).sum(),
             )
             .await?;
-        let mut response = Response::new(convert::range_response(
-            self.core.header(revision),
-            result,
-        ));
+        let mut response =
+            Response::new(convert::range_response(self.core.header(revision), result));
         read_limit::attach(&mut response, held);
         Ok(response)
     }

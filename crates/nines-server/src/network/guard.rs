@@ -54,6 +54,8 @@ pub enum Refused {
     NotVoter(NodeId),
     #[error("message carries no sender")]
     NoSender,
+    #[error("message claims to come from this node ({0})")]
+    FromMyself(NodeId),
     #[error("term {term} is too far past this node's term {current}")]
     TermTooHigh { term: u64, current: u64 },
     #[error("{0}")]
@@ -71,6 +73,7 @@ impl Refused {
             Refused::NotMember(_) => "not_member",
             Refused::NotVoter(_) => "not_voter",
             Refused::NoSender => "no_sender",
+            Refused::FromMyself(_) => "from_myself",
             Refused::TermTooHigh { .. } => "term_too_high",
             Refused::Malformed(_) => "malformed",
             Refused::SnapshotGap { .. } => "snapshot_gap",
@@ -81,6 +84,8 @@ impl Refused {
 
 /// What this node knows when a message arrives.
 pub struct View<'a> {
+    /// This node: no message may claim to come from it.
+    pub me: NodeId,
     pub current_term: u64,
     pub membership: &'a StoredMembership,
 }
@@ -101,8 +106,26 @@ impl View<'_> {
     }
 }
 
-fn sender(vote: &Vote<NodeId>) -> Result<NodeId, Refused> {
-    vote.leader_id.voted_for().ok_or(Refused::NoSender)
+/// The node a message claims to come from: a leader's or candidate's vote
+/// names it. openraft never sends to itself, and a leader handed its own
+/// vote back trips an assertion in its engine.
+fn sender(vote: &Vote<NodeId>, view: &View) -> Result<NodeId, Refused> {
+    let from = vote.leader_id.voted_for().ok_or(Refused::NoSender)?;
+    if from == view.me {
+        return Err(Refused::FromMyself(from));
+    }
+    Ok(from)
+}
+
+/// Only an elected leader replicates: its vote is committed (openraft
+/// asserts this deep in its engine).
+fn leader_vote(vote: &Vote<NodeId>) -> Result<(), Refused> {
+    if !vote.committed {
+        return Err(Refused::Malformed(
+            "a leader's message must carry a committed vote".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_term(term: u64, view: &View, limits: &GuardLimits) -> Result<(), Refused> {
@@ -115,11 +138,7 @@ fn check_term(term: u64, view: &View, limits: &GuardLimits) -> Result<(), Refuse
     Ok(())
 }
 
-fn check_log_id(
-    what: &str,
-    log_id: &Option<LogId<NodeId>>,
-    vote_term: u64,
-) -> Result<(), Refused> {
+fn check_log_id(what: &str, log_id: &Option<LogId<NodeId>>, vote_term: u64) -> Result<(), Refused> {
     if let Some(id) = log_id {
         if id.leader_id.term > vote_term {
             return Err(Refused::Malformed(format!(
@@ -130,7 +149,10 @@ fn check_log_id(
     Ok(())
 }
 
-fn check_membership(m: &Membership<NodeId, nines_types::Node>, limits: &GuardLimits) -> Result<(), Refused> {
+fn check_membership(
+    m: &Membership<NodeId, nines_types::Node>,
+    limits: &GuardLimits,
+) -> Result<(), Refused> {
     let nodes: BTreeSet<NodeId> = m.nodes().map(|(id, _)| *id).collect();
     if nodes.len() > limits.max_members {
         return Err(Refused::Malformed(format!(
@@ -148,7 +170,9 @@ fn check_membership(m: &Membership<NodeId, nines_types::Node>, limits: &GuardLim
     }
     for config in configs {
         if config.is_empty() {
-            return Err(Refused::Malformed("membership has an empty voter set".into()));
+            return Err(Refused::Malformed(
+                "membership has an empty voter set".into(),
+            ));
         }
         if let Some(id) = config.iter().find(|id| !nodes.contains(id)) {
             return Err(Refused::Malformed(format!(
@@ -166,15 +190,22 @@ pub fn check_append(
     view: &View,
     limits: &GuardLimits,
 ) -> Result<(), Refused> {
-    let from = sender(&rpc.vote)?;
+    let from = sender(&rpc.vote, view)?;
     if !view.uninitialized() && !view.is_member(from) {
         return Err(Refused::NotMember(from));
     }
+    leader_vote(&rpc.vote)?;
     let term = rpc.vote.leader_id.term;
     check_term(term, view, limits)?;
     check_log_id("prev_log_id", &rpc.prev_log_id, term)?;
     check_log_id("leader_commit", &rpc.leader_commit, term)?;
-    let mut expected = rpc.prev_log_id.map(|l| l.index + 1).unwrap_or(0);
+    let mut expected = match rpc.prev_log_id {
+        Some(prev) => prev
+            .index
+            .checked_add(1)
+            .ok_or_else(|| Refused::Malformed("prev_log_id index overflows".into()))?,
+        None => 0,
+    };
     let mut last_term = rpc.prev_log_id.map(|l| l.leader_id.term).unwrap_or(0);
     for entry in &rpc.entries {
         let id = entry.log_id;
@@ -192,9 +223,9 @@ pub fn check_append(
         if let EntryPayload::Membership(m) = &entry.payload {
             check_membership(m, limits)?;
         }
-        expected = expected.checked_add(1).ok_or_else(|| {
-            Refused::Malformed("entry index overflows".into())
-        })?;
+        expected = expected
+            .checked_add(1)
+            .ok_or_else(|| Refused::Malformed("entry index overflows".into()))?;
         last_term = id.leader_id.term;
     }
     Ok(())
@@ -207,9 +238,11 @@ pub fn check_vote(
     view: &View,
     limits: &GuardLimits,
 ) -> Result<(), Refused> {
-    let from = sender(&rpc.vote)?;
+    let from = sender(&rpc.vote, view)?;
     if rpc.vote.committed {
-        return Err(Refused::Malformed("a vote request cannot carry a committed vote".into()));
+        return Err(Refused::Malformed(
+            "a vote request cannot carry a committed vote".into(),
+        ));
     }
     if !view.uninitialized() && !view.is_voter(from) {
         return Err(Refused::NotVoter(from));
@@ -226,10 +259,11 @@ pub fn check_snapshot(
     view: &View,
     limits: &GuardLimits,
 ) -> Result<(), Refused> {
-    let from = sender(&rpc.vote)?;
+    let from = sender(&rpc.vote, view)?;
     if !view.uninitialized() && !view.is_member(from) {
         return Err(Refused::NotMember(from));
     }
+    leader_vote(&rpc.vote)?;
     let term = rpc.vote.leader_id.term;
     check_term(term, view, limits)?;
     check_log_id("snapshot last_log_id", &rpc.meta.last_log_id, term)?;
@@ -251,10 +285,13 @@ impl SnapshotStreams {
         limits: &GuardLimits,
     ) -> Result<(), Refused> {
         let len = rpc.data.len() as u64;
-        let end = rpc.offset.checked_add(len).ok_or(Refused::SnapshotTooLarge {
-            size: u64::MAX,
-            limit: limits.max_snapshot_bytes,
-        })?;
+        let end = rpc
+            .offset
+            .checked_add(len)
+            .ok_or(Refused::SnapshotTooLarge {
+                size: u64::MAX,
+                limit: limits.max_snapshot_bytes,
+            })?;
         if end > limits.max_snapshot_bytes {
             return Err(Refused::SnapshotTooLarge {
                 size: end,

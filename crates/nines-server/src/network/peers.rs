@@ -77,9 +77,11 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
-/// Asks the node at `addr` who it is. Uses its own short-lived connection:
-/// the shared pool keeps a channel per address forever, and an address that
-/// is being vetted must not stay there if it is refused.
+/// Asks the node at `addr` who it is, within `timeout`. A refused connection
+/// is retried until then: the node may still be starting (an operator runs
+/// `member add` right after starting it). Uses its own short-lived
+/// connections: the shared pool keeps a channel per address forever, and an
+/// address that is being vetted must not stay there if it is refused.
 pub async fn probe(
     addr: &str,
     target: NodeId,
@@ -93,22 +95,41 @@ pub async fn probe(
         .timeout(timeout)
         .tcp_nodelay(true)
         .local_address(source_ip);
-    let call = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ProbeError::Connect(error_chain(&e)))?;
-        // The reply is two integers; a peer sending more is not a nines node.
-        let mut client = RaftClient::new(channel).max_decoding_message_size(4096);
-        client
-            .probe(ProbeRequest { target, cluster_id })
-            .await
-            .map(|r| r.into_inner())
-            .map_err(ProbeError::Refused)
+    let mut last_refusal = None;
+    let attempts = async {
+        loop {
+            match probe_once(&endpoint, target, cluster_id).await {
+                Err(ProbeError::Connect(reason)) => {
+                    last_refusal = Some(reason);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                result => return result,
+            }
+        }
     };
-    tokio::time::timeout(timeout, call)
+    let result = tokio::time::timeout(timeout, attempts).await;
+    // Say why the last attempt failed, not only that time ran out.
+    result.unwrap_or_else(|_| {
+        Err(last_refusal.map_or(ProbeError::Timeout(timeout), ProbeError::Connect))
+    })
+}
+
+async fn probe_once(
+    endpoint: &Endpoint,
+    target: NodeId,
+    cluster_id: u64,
+) -> Result<ProbeReply, ProbeError> {
+    let channel = endpoint
+        .connect()
         .await
-        .map_err(|_| ProbeError::Timeout(timeout))?
+        .map_err(|e| ProbeError::Connect(error_chain(&e)))?;
+    // The reply is two integers; a peer sending more is not a nines node.
+    let mut client = RaftClient::new(channel).max_decoding_message_size(4096);
+    client
+        .probe(ProbeRequest { target, cluster_id })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(ProbeError::Refused)
 }
 
 /// tonic's transport errors say only "transport error" at the top.
@@ -147,12 +168,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn probe_of_a_closed_port_fails_fast() {
+    async fn probe_of_a_closed_port_fails_within_the_timeout() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
         let started = Instant::now();
-        let err = probe(&addr, 4, 1, None, Duration::from_secs(5))
+        let err = probe(&addr, 4, 1, None, Duration::from_millis(500))
             .await
             .unwrap_err();
         assert!(matches!(err, ProbeError::Connect(_)), "{err}");

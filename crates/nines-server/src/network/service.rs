@@ -58,15 +58,21 @@ impl RaftService {
     fn decode<T: serde::de::DeserializeOwned>(&self, req: &RaftRequest) -> Result<T, Status> {
         self.check(req)?;
         codec::decode(&req.data).map_err(|e| {
-            self.refused(&Refused::Malformed(format!("undecodable raft payload: {e}")))
+            self.refused(&Refused::Malformed(format!(
+                "undecodable raft payload: {e}"
+            )))
         })
     }
 
     /// Runs `check` against this node's current term and membership.
-    fn guard(&self, check: impl FnOnce(&View, &GuardLimits) -> Result<(), Refused>) -> Result<(), Status> {
+    fn guard(
+        &self,
+        check: impl FnOnce(&View, &GuardLimits) -> Result<(), Refused>,
+    ) -> Result<(), Status> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let view = View {
+            me: self.id,
             current_term: m.current_term,
             membership: &m.membership_config,
         };

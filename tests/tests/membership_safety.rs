@@ -30,12 +30,16 @@ fn assert_refused(result: Result<pb::MemberChangeResponse, ClientError>, needle:
     }
 }
 
-async fn assert_serving(client: &Client, tag: &str) {
+async fn assert_serving(cluster: &Cluster, client: &Client, tag: &str) {
     for i in 0..20 {
-        client
-            .put(format!("{tag}-{i}"), "v")
-            .await
-            .unwrap_or_else(|e| panic!("put {tag}-{i} failed: {e}"));
+        if let Err(e) = client.put(format!("{tag}-{i}"), "v").await {
+            let logs: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|n| format!("--- node {} ---\n{}", n.id, cluster.server_log(n.id)))
+                .collect();
+            panic!("put {tag}-{i} failed: {e}\n{}", logs.join("\n"));
+        }
     }
     let kv = client.get(format!("{tag}-19")).await.expect("get");
     assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()));
@@ -89,7 +93,7 @@ async fn learner_where_nothing_listens_is_refused() {
     let (voters, learners) = member_ids(&client).await;
     assert_eq!(voters, vec![1, 2, 3]);
     assert!(learners.is_empty(), "{learners:?}");
-    assert_serving(&client, "a").await;
+    assert_serving(&cluster, &client, "a").await;
     drop(cluster);
 }
 
@@ -112,31 +116,27 @@ async fn garbage_listener() -> String {
 /// A gRPC server for the Raft service that answers every call with garbage.
 struct FakeRaft;
 
+type RaftResult = Result<tonic::Response<pb::RaftReply>, tonic::Status>;
+
+fn garbage_reply() -> RaftResult {
+    Ok(tonic::Response::new(pb::RaftReply {
+        data: vec![0xff; 64],
+    }))
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for FakeRaft {
-    async fn append_entries(
-        &self,
-        _: tonic::Request<pb::RaftRequest>,
-    ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::RaftReply {
-            data: vec![0xff; 64],
-        }))
+    async fn append_entries(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+        garbage_reply()
     }
-    async fn vote(
-        &self,
-        _: tonic::Request<pb::RaftRequest>,
-    ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::RaftReply {
-            data: vec![0xff; 64],
-        }))
+    async fn vote(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+        garbage_reply()
     }
-    async fn install_snapshot(
-        &self,
-        _: tonic::Request<pb::RaftRequest>,
-    ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::RaftReply {
-            data: vec![0xff; 64],
-        }))
+    async fn install_snapshot(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+        garbage_reply()
+    }
+    async fn pre_vote(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+        garbage_reply()
     }
     async fn probe(
         &self,
@@ -203,7 +203,7 @@ async fn learner_that_is_not_a_nines_node_of_this_cluster_is_refused() {
     let (voters, learners) = member_ids(&client).await;
     assert_eq!(voters, vec![1, 2, 3]);
     assert!(learners.is_empty(), "{learners:?}");
-    assert_serving(&client, "b").await;
+    assert_serving(&cluster, &client, "b").await;
     for id in 1..=3 {
         let status = cluster.status(id).await.expect("node answers status");
         assert_eq!(status.leader_id, leader, "node {id} lost the leader");
@@ -237,7 +237,7 @@ async fn promoting_dead_learners_is_refused_and_the_cluster_stays_changeable() {
     let (voters, left) = member_ids(&client).await;
     assert_eq!(voters, vec![1, 2, 3]);
     assert!(left.is_empty(), "{left:?}");
-    assert_serving(&client, "c").await;
+    assert_serving(&cluster, &client, "c").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +249,7 @@ async fn removing_a_live_voter_while_another_is_down_is_refused() {
     tokio::time::sleep(PAST_LIVE_WINDOW).await;
     // {leader, dead} would have one live voter of two.
     assert_refused(client.member_remove(live).await, "quorum");
-    assert_serving(&client, "e1").await;
+    assert_serving(&cluster, &client, "e1").await;
     // Removing the dead voter keeps a live quorum and is allowed.
     client
         .member_remove(dead)
@@ -260,7 +260,7 @@ async fn removing_a_live_voter_while_another_is_down_is_refused() {
     let mut expected = vec![leader, live];
     expected.sort();
     assert_eq!(voters, expected);
-    assert_serving(&client, "e2").await;
+    assert_serving(&cluster, &client, "e2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,5 +309,5 @@ async fn lagging_learner_is_promoted_only_once_in_sync() {
     }
     let status = cluster.status(id).await.expect("status of promoted node");
     assert!(status.applied_index >= leader_last, "{status:?}");
-    assert_serving(&client, "d").await;
+    assert_serving(&cluster, &client, "d").await;
 }

@@ -94,6 +94,13 @@ impl LogStore {
         self.wal.pipeline.flush.durable.subscribe()
     }
 
+    /// The id of the last entry in the log (written, maybe not yet synced
+    /// on a pipelining leader), or of the last purged one.
+    pub fn last_log_id(&self) -> Result<Option<nines_types::LogId>, LogError> {
+        let (purged, last) = self.wal.log_state()?;
+        Ok(last.or(purged))
+    }
+
     /// Number of segment files currently in use (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.wal.read_index().map_or(0, |idx| idx.segments.len())

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod core;
 mod datadir;
+pub mod election;
 pub mod error;
 pub mod fatal;
 mod incoming;

@@ -18,6 +18,7 @@ use crate::api::{ClusterService, KvService};
 use crate::config::{Bootstrap, ServerConfig};
 use crate::core::NodeCore;
 use crate::datadir::DataDir;
+use crate::election::Election;
 use crate::error::ServerError;
 use crate::incoming::Incoming;
 use crate::metrics::Counters;
@@ -78,7 +79,7 @@ impl NinesNode {
         let peers = PeerLiveness::default();
         let network = NetworkFactory {
             cluster_id,
-            pool: raft_pool,
+            pool: raft_pool.clone(),
             durable: log.durable_index(),
             peers: peers.clone(),
         };
@@ -92,12 +93,23 @@ impl NinesNode {
                 config.id,
                 Arc::new(config.raft.clone()),
                 network,
-                log,
+                log.clone(),
                 state,
             ))
             .await
             .map_err(|e| ServerError::Raft(e.to_string()))?
             .map_err(|e| ServerError::Raft(e.to_string()))?;
+        // Elections go through a pre-vote round (election.rs), which turns
+        // openraft's own election timer off.
+        let election = Arc::new(Election::new(
+            config.id,
+            cluster_id,
+            raft.clone(),
+            log,
+            raft_pool,
+            &config.raft,
+        ));
+        let elections = raft_runtime.handle().spawn(election.clone().run());
 
         // Bind before bootstrapping: peers must reach us for the first election.
         let client_listener = bind(config.listen_client).await?;
@@ -150,10 +162,12 @@ impl NinesNode {
             // Raft traffic is served next to RaftCore, away from client load.
             raft_runtime.handle().spawn(serve_peer(
                 core.clone(),
+                election,
                 reads,
                 peer_listener,
                 stopped.clone(),
             )),
+            elections,
         ];
         if let Some(listener) = metrics_listener {
             let core = core.clone();
@@ -253,8 +267,7 @@ async fn serve_client(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(nines_proto::FILE_DESCRIPTOR_SET)
         .build_v1();
-    let mut router = Server::builder()
-        .tcp_nodelay(true)
+    let mut router = h2_server()
         .add_service(health)
         .add_service(kv_server(&core, &reads))
         .add_service(cluster_server(&core));
@@ -272,20 +285,23 @@ async fn serve_client(
 
 async fn serve_peer(
     core: Arc<NodeCore>,
+    election: Arc<Election>,
     reads: Arc<ReadLimiter>,
     listener: TcpListener,
     stopped: watch::Receiver<bool>,
 ) {
-    let raft = pb::raft_server::RaftServer::new(RaftService::new(
-        core.id,
-        core.cluster_id,
-        core.raft.clone(),
-        core.counters.clone(),
-    ))
+    let raft = pb::raft_server::RaftServer::new(
+        RaftService::new(
+            core.id,
+            core.cluster_id,
+            core.raft.clone(),
+            core.counters.clone(),
+        )
+        .with_election(election),
+    )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let result = Server::builder()
-        .tcp_nodelay(true)
+    let result = h2_server()
         .add_service(raft)
         // Client calls on the peer port only as forwarded by a member: a
         // firewalled client port must not be bypassed through this one.
@@ -318,6 +334,25 @@ fn member_only(
         Ok(request)
     }
 }
+
+/// HTTP/2 settings for both ports. h2 sends GOAWAY after 20 streams that
+/// the peer reset before we accepted them (rapid-reset protection): a node
+/// resumed after SIGSTOP finds every request that timed out meanwhile in
+/// that state, and dropped its clients' and peers' connections. The bound
+/// stays (streams per connection are capped too), sized for callers that
+/// time out.
+fn h2_server() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(H2_MAX_STREAMS))
+        .http2_max_pending_accept_reset_streams(Some(H2_MAX_PENDING_RESETS))
+}
+
+/// Concurrent streams per connection (a bench runs 32 per connection).
+const H2_MAX_STREAMS: u32 = 1024;
+/// Resets before accept tolerated per connection: more than a paused
+/// node's backlog of timed-out calls (one per heartbeat and read barrier).
+const H2_MAX_PENDING_RESETS: usize = 4096;
 
 async fn bootstrap(core: &Arc<NodeCore>) -> Result<(), ServerError> {
     let initialized = core

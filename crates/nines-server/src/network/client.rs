@@ -11,7 +11,7 @@ use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -23,6 +23,9 @@ use tonic::Code;
 
 use super::codec;
 use super::peers::PeerLiveness;
+
+/// Pause between attempts to reach a peer that refused the connection.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Large enough for a full append batch or a 1 MiB-value entry plus a snapshot chunk.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -156,18 +159,26 @@ fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, Node, E> {
     RPCError::Unreachable(Unreachable::new(&AnyError::error(msg)))
 }
 
+/// A call that timed out (the peer is slow, paused or its disk stalled) is
+/// a network error that openraft retries at once; only a peer we cannot
+/// connect to is Unreachable, which makes openraft back off (`backoff`).
+/// Reporting timeouts as Unreachable put a healthy but briefly slow
+/// follower into a back-off longer than the election timeout.
 fn status_to_rpc_error<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, Node, E> {
+    let what = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        // Unreachable makes openraft back off instead of hammering a dead peer.
-        Code::Unavailable | Code::Cancelled | Code::Unknown => {
-            unreachable(format!("{:?}: {}", status.code(), status.message()))
+        Code::Cancelled | Code::DeadlineExceeded if is_timeout(&status) => {
+            RPCError::Network(NetworkError::new(&AnyError::error(what)))
         }
-        _ => RPCError::Network(NetworkError::new(&AnyError::error(format!(
-            "{:?}: {}",
-            status.code(),
-            status.message()
-        )))),
+        Code::Unavailable | Code::Cancelled | Code::Unknown => unreachable(what),
+        _ => RPCError::Network(NetworkError::new(&AnyError::error(what))),
     }
+}
+
+/// tonic reports its own request timeout as `Cancelled: Timeout expired`;
+/// a server-side deadline is DeadlineExceeded.
+fn is_timeout(status: &tonic::Status) -> bool {
+    status.code() == Code::DeadlineExceeded || status.message().contains("Timeout expired")
 }
 
 fn encode_error<E: std::error::Error>(e: codec::CodecError) -> RPCError<NodeId, Node, E> {
@@ -211,6 +222,13 @@ impl RaftNetwork<TypeConfig> for Connection {
         self.call(Rpc::Snapshot, data, &option).await
     }
 
+    /// After an unreachable peer, wait less than the election timeout
+    /// before trying again (openraft's default is 500 ms): a restarted
+    /// follower is then caught up before it would campaign.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
@@ -218,5 +236,31 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         let data = codec::encode(&rpc).map_err(encode_error)?;
         self.call(Rpc::Vote, data, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type E = openraft::error::Infallible;
+
+    #[test]
+    fn a_timeout_is_not_an_unreachable_peer() {
+        let timeout = tonic::Status::cancelled("Timeout expired");
+        assert!(matches!(
+            status_to_rpc_error::<E>(timeout),
+            RPCError::Network(_)
+        ));
+        let deadline = tonic::Status::deadline_exceeded("deadline");
+        assert!(matches!(
+            status_to_rpc_error::<E>(deadline),
+            RPCError::Network(_)
+        ));
+        let refused = tonic::Status::unavailable("connection refused");
+        assert!(matches!(
+            status_to_rpc_error::<E>(refused),
+            RPCError::Unreachable(_)
+        ));
     }
 }

@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status};
 
 use super::codec;
 use super::guard::{self, GuardLimits, LogOnce, Refused, SnapshotStreams, View};
+use crate::election::{Election, PreVoteRequest};
 use crate::metrics::Counters;
+use openraft::raft::AppendEntriesResponse;
 
 pub struct RaftService {
     pub id: NodeId,
@@ -22,6 +24,8 @@ pub struct RaftService {
     pub counters: Arc<Counters>,
     snapshots: SnapshotStreams,
     log_once: LogOnce,
+    /// Pre-vote answers and leader contact; absent in handler-only tests.
+    election: Option<Arc<Election>>,
 }
 
 impl RaftService {
@@ -34,6 +38,19 @@ impl RaftService {
             counters,
             snapshots: SnapshotStreams::default(),
             log_once: LogOnce::new(Duration::from_secs(10)),
+            election: None,
+        }
+    }
+
+    pub fn with_election(mut self, election: Arc<Election>) -> Self {
+        self.election = Some(election);
+        self
+    }
+
+    /// A leader of our term or a newer one reached us.
+    fn leader_contact(&self) {
+        if let Some(e) = &self.election {
+            e.contact.touch();
         }
     }
 
@@ -114,7 +131,11 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let rpc = self.decode(request.get_ref())?;
         self.guard(|view, limits| guard::check_append(&rpc, view, limits))?;
-        reply(&self.raft.append_entries(rpc).await)
+        let result = self.raft.append_entries(rpc).await;
+        if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.leader_contact();
+        }
+        reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
@@ -132,7 +153,23 @@ impl RaftRpc for RaftService {
         self.snapshots
             .admit(&rpc, &self.limits)
             .map_err(|why| self.refused(&why))?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        let term = rpc.vote.leader_id.term;
+        let result = self.raft.install_snapshot(rpc).await;
+        if matches!(&result, Ok(r) if r.vote.leader_id.term <= term) {
+            self.leader_contact();
+        }
+        reply(&result)
+    }
+
+    async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req: PreVoteRequest = self.decode(request.get_ref())?;
+        let Some(election) = &self.election else {
+            return Err(Status::unimplemented("this node runs no pre-vote"));
+        };
+        if req.candidate == self.id {
+            return Err(self.refused(&Refused::FromMyself(req.candidate)));
+        }
+        reply(&election.answer(&req))
     }
 
     /// Answers from this node's own configuration, and refuses a leader that

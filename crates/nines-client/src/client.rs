@@ -256,7 +256,7 @@ impl Client {
         // earlier one may have been applied, so the caller must decide.
         let forgotten = matches!(&result, Err(e) if session_unknown(e));
         if forgotten && attempts.load(Ordering::Relaxed) == 1 {
-            drop(lane);
+            // The forgotten lane is not returned to the pool.
             let lane = self.inner.lanes.fresh();
             set_session(
                 &mut message,

@@ -375,8 +375,11 @@ mod tests {
     fn quorum_needs_a_majority_of_every_config() {
         let a = BTreeSet::from([1, 2, 3]);
         let b = BTreeSet::from([3, 4, 5]);
-        assert!(has_quorum(&[a.clone()], &BTreeSet::from([1, 2])));
-        assert!(!has_quorum(&[a.clone()], &BTreeSet::from([1])));
+        assert!(has_quorum(
+            std::slice::from_ref(&a),
+            &BTreeSet::from([1, 2])
+        ));
+        assert!(!has_quorum(std::slice::from_ref(&a), &BTreeSet::from([1])));
         assert!(!has_quorum(
             &[a.clone(), b.clone()],
             &BTreeSet::from([1, 2, 3])

@@ -230,6 +230,18 @@ impl Cluster {
         self.spawn(id);
     }
 
+    /// kill -9, wipe the data dir, and start the node again empty on new
+    /// peer and client ports, waiting to be added back (`member add`).
+    pub fn rehome(&mut self, id: u64) {
+        self.kill(id);
+        let node = self.node_mut(id);
+        let _ = std::fs::remove_dir_all(&node.data_dir);
+        node.client_addr = format!("127.0.0.1:{}", free_port());
+        node.peer_addr = format!("127.0.0.1:{}", free_port());
+        node.bootstrap = Vec::new();
+        self.spawn(id);
+    }
+
     /// The exit status of a node's process if it has ended by itself
     /// (a crash or a fatal exit), without waiting.
     pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {

@@ -251,3 +251,79 @@ async fn a_snapshot_chunk_at_offset_two_to_the_forty_is_refused() {
     );
     assert_serving(&mut cluster, "a snapshot chunk at 2^40").await;
 }
+
+/// A hostile "learner": it answers the membership probe as the node the
+/// leader expects, then replies to every Raft call with a message whose
+/// error string claims 2^50 bytes. On 7b83ce3 the leader decoding such a
+/// reply aborted, and so did the next leader.
+struct HostileLearner;
+
+type RaftResult = Result<tonic::Response<pb::RaftReply>, tonic::Status>;
+
+fn hostile_reply() -> RaftResult {
+    let err: Result<(), openraft::error::RaftError<u64>> = Err(openraft::error::RaftError::Fatal(
+        openraft::error::Fatal::StorageError(openraft::StorageError::from_io_error(
+            openraft::ErrorSubject::Store,
+            openraft::ErrorVerb::Read,
+            std::io::Error::other("MARKER"),
+        )),
+    ));
+    let mut data = codec::encode(&err).unwrap();
+    let at = data.windows(7).position(|w| w == b"\x06MARKER").unwrap();
+    data.truncate(at);
+    data.push(0xfd);
+    data.extend_from_slice(&(1u64 << 50).to_le_bytes());
+    Ok(tonic::Response::new(pb::RaftReply { data }))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for HostileLearner {
+    async fn append_entries(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+        hostile_reply()
+    }
+    async fn vote(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+        hostile_reply()
+    }
+    async fn install_snapshot(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+        hostile_reply()
+    }
+    async fn pre_vote(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+        hostile_reply()
+    }
+    async fn probe(
+        &self,
+        request: tonic::Request<pb::ProbeRequest>,
+    ) -> Result<tonic::Response<pb::ProbeReply>, tonic::Status> {
+        let req = request.into_inner();
+        Ok(tonic::Response::new(pb::ProbeReply {
+            id: req.target,
+            cluster_id: req.cluster_id,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_learner_cannot_crash_the_leader() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(LONG).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::raft_server::RaftServer::new(HostileLearner))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let client = cluster.client();
+    // Accepted or timed out waiting for the learner: either way the leader
+    // now replicates to it and decodes its replies.
+    let _ = client.member_add_learner(4, &fake, &fake).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let err = client.member_promote(4).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_serving(&mut cluster, "a hostile learner's replies").await;
+    client
+        .member_remove(4)
+        .await
+        .expect("remove the hostile learner");
+    assert_serving(&mut cluster, "removing the hostile learner").await;
+}

@@ -103,6 +103,17 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
+/// The first attempt gets a second, each retry twice as long, up to the
+/// configured request timeout. A leader that is paused or cut off never
+/// answers: waiting the full timeout for it kept every writer stalled for
+/// 5 s after a SIGSTOP, although a new leader was elected in under one.
+/// Retries are safe: writes carry an exactly-once session.
+fn attempt_timeout(limit: Duration, attempt: u32) -> Duration {
+    (FIRST_ATTEMPT_TIMEOUT * (1u32 << attempt.min(6))).min(limit)
+}
+
+const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn leader_hint(status: &Status) -> Option<String> {
     status
         .metadata()
@@ -165,7 +176,7 @@ impl Client {
             };
             let endpoint = inner.endpoints.get(i);
             let mut request = tonic::Request::new(message.clone());
-            request.set_timeout(inner.config.request_timeout);
+            request.set_timeout(attempt_timeout(inner.config.request_timeout, attempt));
             endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let result = call(endpoint.channel.clone(), request).await;
@@ -462,5 +473,20 @@ impl Client {
             .await
             .map(|r| r.into_inner())
             .map_err(ClientError::Status)
+    }
+}
+
+#[cfg(test)]
+mod attempt_tests {
+    use super::*;
+
+    #[test]
+    fn attempts_start_short_and_double_up_to_the_limit() {
+        let limit = Duration::from_secs(5);
+        assert_eq!(attempt_timeout(limit, 0), Duration::from_secs(1));
+        assert_eq!(attempt_timeout(limit, 1), Duration::from_secs(2));
+        assert_eq!(attempt_timeout(limit, 2), Duration::from_secs(4));
+        assert_eq!(attempt_timeout(limit, 3), limit);
+        assert_eq!(attempt_timeout(limit, 40), limit);
     }
 }

@@ -78,6 +78,7 @@ impl NodeCore {
             Ok(Ok(resp)) => Ok(Routed::Local(resp)),
             Ok(Err(ProposeError::ForwardToLeader(id, node))) => self.redirect(id, node, forwarded),
             Ok(Err(ProposeError::Membership(e))) => Err(ApiError::Precondition(e)),
+            Ok(Err(ProposeError::Timeout)) => Err(ApiError::Timeout(self.timeout())),
             Ok(Err(ProposeError::ShuttingDown)) => Err(ApiError::ShuttingDown),
         }
     }
@@ -214,6 +215,41 @@ impl NodeCore {
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
+    }
+}
+
+impl NodeCore {
+    /// Counts a forward to the leader at `target` that failed for want of
+    /// an answer (transport error, timeout, leader unavailable) and says so
+    /// once per interval per kind: every request on a follower can fail the
+    /// same way at once.
+    pub fn note_forward_failure(&self, target: &Node, status: &tonic::Status) {
+        use tonic::Code;
+        let kind = match status.code() {
+            Code::Unavailable => "forward_unavailable",
+            Code::DeadlineExceeded => "forward_deadline",
+            Code::Cancelled => "forward_cancelled",
+            Code::Unknown => "forward_unknown",
+            Code::Internal => "forward_internal",
+            // The leader's answer to the request itself, not a failure to forward.
+            _ => return,
+        };
+        Counters::inc(&self.counters.forward_failures);
+        if let Some(suppressed) = crate::observe::say(kind) {
+            let addr = if target.api_addr.is_empty() {
+                &target.raft_addr
+            } else {
+                &target.api_addr
+            };
+            tracing::warn!(
+                view = %crate::observe::View::of_raft(&self.raft),
+                leader_addr = %addr,
+                code = ?status.code(),
+                suppressed,
+                "forwarding to the leader failed: {}",
+                status.message()
+            );
+        }
     }
 }
 

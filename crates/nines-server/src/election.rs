@@ -84,6 +84,8 @@ pub struct Voter<'a> {
     pub since_leader_contact: Duration,
     /// On a leader: time since a quorum acknowledged it.
     pub since_quorum_ack: Option<Duration>,
+    /// On a leader: time since it became leader.
+    pub leader_for: Option<Duration>,
     pub lease: Duration,
 }
 
@@ -111,6 +113,11 @@ pub fn decide(req: &PreVoteRequest, me: &Voter) -> PreVoteResponse {
     match me.state {
         ServerState::Leader if me.since_quorum_ack.is_some_and(|t| t < me.lease) => {
             return refuse("this leader has its quorum".into());
+        }
+        // A new leader has had no time for a quorum ack yet: granting here
+        // let two live nodes (the third one down) depose each other forever.
+        ServerState::Leader if me.leader_for.is_some_and(|t| t < me.lease) => {
+            return refuse("this leader was just elected".into());
         }
         ServerState::Leader => {}
         _ if me.since_leader_contact < me.lease => {
@@ -143,7 +150,11 @@ pub struct Election {
     pub raft: Raft,
     pub log: LogStore,
     pub pool: ChannelPool,
+    /// Last contact with a leader, or the last vote this node granted
+    /// (granting a vote restarts the election timer, as in Raft).
     pub contact: Contact,
+    /// When this node last became leader (the supervisor keeps it).
+    leader_since: std::sync::Mutex<Option<Instant>>,
     pub lease: Duration,
     /// Random extra wait before a campaign: `election_timeout_max - min`.
     pub spread: Duration,
@@ -166,6 +177,7 @@ impl Election {
             log,
             pool,
             contact: Contact::default(),
+            leader_since: std::sync::Mutex::new(None),
             lease: Duration::from_millis(config.election_timeout_max),
             spread: Duration::from_millis(
                 config.election_timeout_max - config.election_timeout_min,
@@ -186,9 +198,23 @@ impl Election {
             voters: &voters,
             since_leader_contact: self.contact.since(),
             since_quorum_ack: m.millis_since_quorum_ack.map(Duration::from_millis),
+            leader_for: self.leader_since().map(|t| t.elapsed()),
             lease: self.lease,
         };
         decide(req, &me)
+    }
+
+    fn leader_since(&self) -> Option<Instant> {
+        *self.leader_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note_leadership(&self, leader: bool) {
+        let mut since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (leader, since.is_some()) {
+            (true, false) => *since = Some(Instant::now()),
+            (false, true) => *since = None,
+            _ => {}
+        }
     }
 
     /// Takes over from openraft's election timer; runs until the node stops.
@@ -205,6 +231,7 @@ impl Election {
             if m.running_state.is_err() {
                 return;
             }
+            self.note_leadership(m.state == ServerState::Leader);
             let membership = m.membership_config.membership();
             if m.state == ServerState::Leader || !membership.voter_ids().any(|v| v == self.me) {
                 continue;
@@ -212,9 +239,18 @@ impl Election {
             if self.contact.since() < wait || last_attempt.is_some_and(|t| t.elapsed() < wait) {
                 continue;
             }
-            last_attempt = Some(Instant::now());
+            let round_start = Instant::now();
+            last_attempt = Some(round_start);
             let configs = membership.get_joint_config().clone();
             let (granted, refusals) = self.round(&m, &configs).await;
+            // While we asked, another candidate may have won our vote or a
+            // leader may have reached us: campaigning now would depose it.
+            let now = self.raft.metrics().borrow().clone();
+            let moved_on =
+                now.current_term != m.current_term || self.contact.since() < round_start.elapsed();
+            if moved_on {
+                continue;
+            }
             if has_quorum(&configs, &granted) {
                 tracing::info!(
                     node = self.me,
@@ -271,6 +307,11 @@ impl Election {
             match joined {
                 Ok((id, Ok(resp))) if resp.granted => {
                     granted.insert(id);
+                    // Done as soon as a quorum agrees: a paused voter's
+                    // answer (or timeout) must not delay the campaign.
+                    if has_quorum(configs, &granted) {
+                        break;
+                    }
                 }
                 Ok((id, Ok(resp))) => refusals.push(format!("node {id}: {}", resp.reason)),
                 Ok((id, Err(e))) => refusals.push(format!("node {id}: {e}")),
@@ -330,6 +371,7 @@ mod tests {
             voters,
             since_leader_contact: Duration::from_millis(since_contact_ms),
             since_quorum_ack: None,
+            leader_for: None,
             lease: Duration::from_millis(300),
         }
     }
@@ -358,6 +400,10 @@ mod tests {
         assert!(!decide(&req(2, 6, log(5, 100)), &leader).granted);
         leader.since_quorum_ack = Some(Duration::from_millis(900));
         assert!(decide(&req(2, 6, log(5, 100)), &leader).granted);
+        // Just elected, no quorum ack yet: refuse.
+        leader.since_quorum_ack = None;
+        leader.leader_for = Some(Duration::from_millis(20));
+        assert!(!decide(&req(2, 6, log(5, 100)), &leader).granted);
     }
 
     #[test]

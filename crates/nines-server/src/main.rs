@@ -2,6 +2,8 @@ use anyhow::Context;
 use clap::Parser;
 use nines_server::fatal::{self, EXIT_RAFT_STOPPED};
 use nines_server::{NinesNode, ServerArgs, ServerConfig};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 // glibc malloc showed up at ~12% of a write-heavy profile (many small,
@@ -21,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
+        .finish()
+        // openraft repeats some warnings once per RPC: once per 10 s each.
+        .with(nines_server::log_repeats::RepeatLimit)
         .init();
     let args = ServerArgs::parse();
     let config = ServerConfig::try_from(args).context("invalid configuration")?;

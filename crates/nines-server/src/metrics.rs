@@ -30,6 +30,36 @@ pub struct Counters {
     pub reads_rejected: AtomicU64,
     /// Peer messages refused before reaching openraft (see network::guard).
     pub peer_messages_refused: AtomicU64,
+    // What a stalled node says about itself (observe.rs renders these).
+    // Raft view, kept by observe::watch_raft.
+    pub leader_changes: AtomicU64,
+    pub became_leader: AtomicU64,
+    pub stepped_down: AtomicU64,
+    /// Gauge: observe::state_code.
+    pub raft_state: AtomicU64,
+    /// Gauge: 1 if a leader is known.
+    pub has_leader: AtomicU64,
+    pub leaderless_ms: AtomicU64,
+    /// Gauge: the current stretch without a leader.
+    pub leaderless_stretch: AtomicU64,
+    // Proposer.
+    /// Gauge: observe::mono_ms when the proposal in flight started, 0 = none.
+    pub proposal_started_ms: AtomicU64,
+    /// Gauge: writes carried by the proposal in flight.
+    pub proposal_requests: AtomicU64,
+    /// Gauge: writes queued for the proposer.
+    pub proposal_pending: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub proposals_timed_out: AtomicU64,
+    pub requests_abandoned: AtomicU64,
+    // Read barrier.
+    pub read_rounds: AtomicU64,
+    pub read_round_failures: AtomicU64,
+    pub read_round_timeouts: AtomicU64,
+    /// Gauge: observe::mono_ms when the round in flight started, 0 = none.
+    pub read_round_started_ms: AtomicU64,
+    // Forwarding to the leader.
+    pub forward_failures: AtomicU64,
 }
 
 impl Counters {
@@ -146,6 +176,7 @@ pub fn render(core: &NodeCore) -> String {
         "Peer messages refused before reaching Raft (non-member, bad term, malformed).",
         &c.peer_messages_refused,
     );
+    crate::observe::render(&mut out, c);
     out
 }
 

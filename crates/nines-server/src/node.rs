@@ -136,8 +136,8 @@ impl NinesNode {
         let core = Arc::new(NodeCore {
             id: config.id,
             cluster_id,
-            barrier: ReadBarrier::new(raft.clone(), config.request_timeout),
-            proposer: Proposer::start(raft.clone(), counters.clone()),
+            barrier: ReadBarrier::new(raft.clone(), config.request_timeout, counters.clone()),
+            proposer: Proposer::start(raft.clone(), counters.clone(), config.request_timeout),
             counters,
             raft: raft.clone(),
             reader,
@@ -168,6 +168,14 @@ impl NinesNode {
                 stopped.clone(),
             )),
             elections,
+            // Leader and state changes, logged with the node's view.
+            tokio::spawn(crate::observe::watch_raft(
+                raft.clone(),
+                core.counters.clone(),
+                // The limit past which `NodeCore::write` refuses writes.
+                config.raft.election_timeout_max * 2,
+                stopped.clone(),
+            )),
         ];
         if let Some(listener) = metrics_listener {
             let core = core.clone();

@@ -5,13 +5,18 @@
 //! are in flight and proposes them as one `Command::Batch` entry: one
 //! append, one fsync, one replication round for all of them.
 
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nines_types::{Command, CommandResult, Node, NodeId, Raft, Request, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 use crate::metrics::Counters;
+use crate::observe::{mono_ms, View};
 
 /// Most requests in one entry, and their rough payload bound.
 const MAX_BATCH_REQUESTS: usize = 512;
@@ -19,14 +24,45 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Proposals in flight at once. openraft 0.9's core handles one append at a
 /// time anyway, so a second proposal in flight only splits the waiting
 /// writes into smaller batches: measured with 64 clients on 3 local nodes,
-/// 1 in flight gave 8.6k puts/s, 2 in flight 6.4k.
+/// 1 in flight gave 8.6k puts/s, 2 in flight 6.4k. (The in-flight gauges
+/// in `Counters` assume one.)
 const MAX_IN_FLIGHT: usize = 1;
+/// A proposal in flight this long holds every write on the node: say so.
+const STUCK_AFTER: Duration = Duration::from_secs(1);
+/// And again this often while it lasts.
+const STUCK_REPEAT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub enum ProposeError {
     ForwardToLeader(Option<NodeId>, Option<Node>),
     Membership(String),
+    /// The proposal was given up after the request timeout; it may still
+    /// commit later (outcome unknown).
+    Timeout,
     ShuttingDown,
+}
+
+/// What the proposer proposes through: Raft, or a stand-in in tests.
+pub trait Writer: Send + Sync + 'static {
+    fn write(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Response, ProposeError>> + Send;
+    /// This node's view, for log lines.
+    fn view(&self) -> View;
+}
+
+impl Writer for Raft {
+    fn write(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Response, ProposeError>> + Send {
+        write(self, request)
+    }
+
+    fn view(&self) -> View {
+        View::of_raft(self)
+    }
 }
 
 type Reply = oneshot::Sender<Result<Response, ProposeError>>;
@@ -39,20 +75,39 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<Pending>,
+    counters: Arc<Counters>,
 }
 
 impl Proposer {
-    pub fn start(raft: Raft, counters: Arc<Counters>) -> Proposer {
+    /// `timeout` bounds each proposal: openraft 0.9's `client_write` can
+    /// hang (a leader cut off from its quorum keeps its role), and every
+    /// later write would wait behind it.
+    pub fn start(raft: Raft, counters: Arc<Counters>, timeout: Duration) -> Proposer {
+        Proposer::start_with(Arc::new(raft), counters, timeout)
+    }
+
+    pub fn start_with<W: Writer>(
+        writer: Arc<W>,
+        counters: Arc<Counters>,
+        timeout: Duration,
+    ) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, counters));
-        Proposer { tx }
+        tokio::spawn(run(writer, rx, counters.clone(), timeout));
+        Proposer { tx, counters }
     }
 
     pub async fn propose(&self, request: Request) -> Result<Response, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { request, reply })
-            .map_err(|_| ProposeError::ShuttingDown)?;
+        // Counted before it can be received, so the gauge never underflows.
+        self.counters
+            .proposal_pending
+            .fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Pending { request, reply }).is_err() {
+            self.counters
+                .proposal_pending
+                .fetch_sub(1, Ordering::Relaxed);
+            return Err(ProposeError::ShuttingDown);
+        }
         rx.await.unwrap_or(Err(ProposeError::ShuttingDown))
     }
 }
@@ -79,45 +134,80 @@ fn approx_bytes(command: &Command) -> usize {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, counters: Arc<Counters>) {
+async fn run<W: Writer>(
+    writer: Arc<W>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    counters: Arc<Counters>,
+    timeout: Duration,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot first is what lets a batch grow.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = approx_bytes(&first.request.command);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(next) => {
-                    bytes += approx_bytes(&next.request.command);
-                    batch.push(next);
-                }
-                Err(_) => break,
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(pending) = next.take() {
+            counters.proposal_pending.fetch_sub(1, Ordering::Relaxed);
+            if pending.reply.is_closed() {
+                // Its caller timed out waiting (behind a stuck proposal):
+                // it was told the outcome is unknown, and not proposing it
+                // keeps a stall from ending in a burst of stale writes.
+                Counters::inc(&counters.requests_abandoned);
+            } else {
+                bytes += approx_bytes(&pending.request.command);
+                batch.push(pending);
             }
+            if batch.len() >= MAX_BATCH_REQUESTS || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if batch.is_empty() {
+            continue;
         }
         Counters::inc(&counters.proposals);
         counters
             .proposed_requests
-            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let raft = raft.clone();
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let writer = writer.clone();
+        let counters = counters.clone();
         tokio::spawn(async move {
-            propose(&raft, batch).await;
+            propose(&*writer, batch, &counters, timeout).await;
             drop(permit);
         });
     }
 }
 
-async fn propose(raft: &Raft, mut batch: Vec<Pending>) {
-    if batch.len() == 1 {
+async fn propose<W: Writer>(
+    writer: &W,
+    mut batch: Vec<Pending>,
+    counters: &Counters,
+    timeout: Duration,
+) {
+    let requests = batch.len();
+    counters
+        .proposal_requests
+        .store(requests as u64, Ordering::Relaxed);
+    counters
+        .proposal_started_ms
+        .store(mono_ms(), Ordering::Relaxed);
+    let in_flight = Flight { counters };
+    if requests == 1 {
         let Pending { request, reply } = batch.pop().expect("one pending request");
-        let _ = reply.send(write(raft, request).await);
+        let result = bounded(writer, request, requests, counters, timeout).await;
+        drop(in_flight);
+        let _ = reply.send(result);
         return;
     }
     let (requests, replies): (Vec<Request>, Vec<Reply>) =
         batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-    match write(raft, Request::new(Command::Batch(requests))).await {
+    let request = Request::new(Command::Batch(requests));
+    let result = bounded(writer, request, replies.len(), counters, timeout).await;
+    drop(in_flight);
+    match result {
         Ok(Response {
             result: CommandResult::Batch(responses),
             ..
@@ -141,6 +231,74 @@ async fn propose(raft: &Raft, mut batch: Vec<Pending>) {
     }
 }
 
+/// Clears the in-flight gauges however the proposal ends.
+struct Flight<'a> {
+    counters: &'a Counters,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.counters
+            .proposal_started_ms
+            .store(0, Ordering::Relaxed);
+        self.counters.proposal_requests.store(0, Ordering::Relaxed);
+    }
+}
+
+/// One proposal, given up after `timeout`, with a warning while it is
+/// stuck: once after `STUCK_AFTER`, then every `STUCK_REPEAT`.
+async fn bounded<W: Writer>(
+    writer: &W,
+    request: Request,
+    requests: usize,
+    counters: &Counters,
+    timeout: Duration,
+) -> Result<Response, ProposeError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut warn_at = started + STUCK_AFTER;
+    let write = writer.write(request);
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            result = &mut write => {
+                let age = started.elapsed();
+                if age >= STUCK_AFTER {
+                    tracing::info!(
+                        view = %writer.view(),
+                        requests,
+                        ok = result.is_ok(),
+                        "proposal finished after {} ms",
+                        age.as_millis()
+                    );
+                }
+                if matches!(result, Err(ProposeError::Membership(_) | ProposeError::ShuttingDown)) {
+                    Counters::inc(&counters.proposals_failed);
+                }
+                return result;
+            }
+            _ = tokio::time::sleep_until(warn_at.min(deadline)) => {
+                let age = started.elapsed().as_millis();
+                if Instant::now() >= deadline {
+                    Counters::inc(&counters.proposals_timed_out);
+                    tracing::warn!(
+                        view = %writer.view(),
+                        requests,
+                        "proposal in flight for {age} ms: giving up on it; its writes fail with a timeout (outcome unknown)"
+                    );
+                    return Err(ProposeError::Timeout);
+                }
+                tracing::warn!(
+                    view = %writer.view(),
+                    requests,
+                    "proposal in flight for {age} ms: every write on this node waits behind it"
+                );
+                warn_at += STUCK_REPEAT;
+            }
+        }
+    }
+}
+
 async fn write(raft: &Raft, request: Request) -> Result<Response, ProposeError> {
     match raft.client_write(request).await {
         Ok(resp) => Ok(resp.data),
@@ -151,5 +309,126 @@ async fn write(raft: &Raft, request: Request) -> Result<Response, ProposeError> 
             Err(ProposeError::Membership(e.to_string()))
         }
         Err(RaftError::Fatal(_)) => Err(ProposeError::ShuttingDown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Stands in for a leader whose first `client_write` never returns (cut
+    /// off from its quorum); the writes after it are answered.
+    #[derive(Default)]
+    struct StuckFirst {
+        proposed: Mutex<Vec<Request>>,
+    }
+
+    fn put(key: &str) -> Request {
+        Request::new(Command::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            lease: 0,
+            prev_kv: false,
+        })
+    }
+
+    fn answer(request: &Request) -> Response {
+        let result = match &request.command {
+            Command::Batch(requests) => CommandResult::Batch(requests.iter().map(answer).collect()),
+            _ => CommandResult::Put { prev_kv: None },
+        };
+        Response {
+            revision: 1,
+            result,
+        }
+    }
+
+    impl Writer for StuckFirst {
+        fn write(
+            &self,
+            request: Request,
+        ) -> impl Future<Output = Result<Response, ProposeError>> + Send {
+            let first = {
+                let mut proposed = self.proposed.lock().unwrap();
+                proposed.push(request.clone());
+                proposed.len() == 1
+            };
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Ok(answer(&request))
+            }
+        }
+
+        fn view(&self) -> View {
+            View::default()
+        }
+    }
+
+    const GENEROUS: Duration = Duration::from_secs(20);
+
+    #[tokio::test]
+    async fn a_stuck_proposal_is_given_up_and_later_writes_proceed() {
+        let counters = Arc::new(Counters::default());
+        let writer = Arc::new(StuckFirst::default());
+        let proposer =
+            Proposer::start_with(writer.clone(), counters.clone(), Duration::from_millis(500));
+        let stuck = tokio::spawn({
+            let proposer = proposer.clone();
+            async move { proposer.propose(put("a")).await }
+        });
+        // Wait until "a" is in flight, then queue "b" behind it.
+        while counters.proposal_started_ms.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(counters.proposal_requests.load(Ordering::Relaxed), 1);
+        let behind = tokio::spawn({
+            let proposer = proposer.clone();
+            async move { proposer.propose(put("b")).await }
+        });
+        let stuck = tokio::time::timeout(GENEROUS, stuck)
+            .await
+            .expect("the stuck proposal must be given up")
+            .unwrap();
+        assert!(matches!(stuck, Err(ProposeError::Timeout)), "{stuck:?}");
+        let behind = tokio::time::timeout(GENEROUS, behind)
+            .await
+            .expect("a write behind a stuck proposal must not wait forever")
+            .unwrap();
+        assert!(behind.is_ok(), "{behind:?}");
+        assert_eq!(counters.proposals_timed_out.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.proposal_started_ms.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.proposal_pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn writes_whose_caller_gave_up_are_not_proposed() {
+        let counters = Arc::new(Counters::default());
+        let writer = Arc::new(StuckFirst::default());
+        let proposer =
+            Proposer::start_with(writer.clone(), counters.clone(), Duration::from_millis(500));
+        let stuck = tokio::spawn({
+            let proposer = proposer.clone();
+            async move { proposer.propose(put("a")).await }
+        });
+        while counters.proposal_started_ms.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Its caller times out while it waits behind "a".
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(20), proposer.propose(put("b"))).await;
+        assert!(gave_up.is_err());
+        assert_eq!(counters.proposal_pending.load(Ordering::Relaxed), 1);
+        let _ = tokio::time::timeout(GENEROUS, stuck).await.unwrap();
+        let later = tokio::time::timeout(GENEROUS, proposer.propose(put("c")))
+            .await
+            .expect("proposed");
+        assert!(later.is_ok(), "{later:?}");
+        let proposed = writer.proposed.lock().unwrap().clone();
+        assert_eq!(proposed, vec![put("a"), put("c")]);
+        assert_eq!(counters.requests_abandoned.load(Ordering::Relaxed), 1);
     }
 }

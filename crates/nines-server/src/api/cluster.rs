@@ -70,6 +70,13 @@ impl ClusterService {
         Ok(ClusterClient::new(self.core.channel_to(node)?))
     }
 
+    /// Counts and logs a forward to the leader that got no answer; the
+    /// status passes through unchanged.
+    fn forward_failed(&self, leader: &Node, status: Status) -> Status {
+        self.core.note_forward_failure(leader, &status);
+        status
+    }
+
     fn members_response(&self) -> pb::MemberChangeResponse {
         let metrics = self.core.raft.metrics().borrow().clone();
         pb::MemberChangeResponse {
@@ -112,7 +119,7 @@ impl ClusterService {
     fn leader_to_forward(
         &self,
         forwarded: bool,
-    ) -> Result<Option<ClusterClient<Channel>>, ApiError> {
+    ) -> Result<Option<(ClusterClient<Channel>, Node)>, ApiError> {
         let leader_id = self.core.raft.metrics().borrow().current_leader;
         if leader_id == Some(self.core.id) {
             return Ok(None);
@@ -120,7 +127,7 @@ impl ClusterService {
         let leader = self.core.leader().map(|(id, node)| (Some(id), Some(node)));
         let (id, node) = leader.unwrap_or((None, None));
         match self.core.redirect::<()>(id, node, forwarded)? {
-            Routed::Forward(node) => Ok(Some(self.client(&node)?)),
+            Routed::Forward(node) => Ok(Some((self.client(&node)?, node))),
             Routed::Local(()) => Ok(None),
         }
     }
@@ -270,7 +277,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                 return self
                     .client(&leader)?
                     .member_list(self.core.forward_request(message))
-                    .await;
+                    .await
+                    .map_err(|s| self.forward_failed(&leader, s));
             }
         }
         let resp = self.members_response();
@@ -286,10 +294,11 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        if let Some(mut leader) = self.leader_to_forward(forwarded)? {
+        if let Some((mut leader, node)) = self.leader_to_forward(forwarded)? {
             return leader
                 .member_add_learner(self.core.forward_request(message))
-                .await;
+                .await
+                .map_err(|s| self.forward_failed(&node, s));
         }
         membership::validate_member(message.id, &message.raft_addr, &message.api_addr)
             .map_err(refused)?;
@@ -312,11 +321,11 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .map_err(|_| ApiError::Timeout(timeout))?;
         match self.membership_result(added, forwarded)? {
             Routed::Local(()) => Ok(Response::new(self.members_response())),
-            Routed::Forward(leader) => {
-                self.client(&leader)?
-                    .member_add_learner(self.core.forward_request(message))
-                    .await
-            }
+            Routed::Forward(leader) => self
+                .client(&leader)?
+                .member_add_learner(self.core.forward_request(message))
+                .await
+                .map_err(|s| self.forward_failed(&leader, s)),
         }
     }
 
@@ -326,10 +335,11 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        if let Some(mut leader) = self.leader_to_forward(forwarded)? {
+        if let Some((mut leader, node)) = self.leader_to_forward(forwarded)? {
             return leader
                 .member_promote(self.core.forward_request(message))
-                .await;
+                .await
+                .map_err(|s| self.forward_failed(&node, s));
         }
         let _guard = self.change_lock().await?;
         if self.membership().voter_ids().any(|v| v == message.id) {
@@ -338,11 +348,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         let change = self.await_promotable(message.id).await.map_err(refused)?;
         match self.change(change, forwarded).await? {
             Routed::Local(()) => Ok(Response::new(self.members_response())),
-            Routed::Forward(leader) => {
-                self.client(&leader)?
-                    .member_promote(self.core.forward_request(message))
-                    .await
-            }
+            Routed::Forward(leader) => self
+                .client(&leader)?
+                .member_promote(self.core.forward_request(message))
+                .await
+                .map_err(|s| self.forward_failed(&leader, s)),
         }
     }
 
@@ -352,20 +362,21 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        if let Some(mut leader) = self.leader_to_forward(forwarded)? {
+        if let Some((mut leader, node)) = self.leader_to_forward(forwarded)? {
             return leader
                 .member_remove(self.core.forward_request(message))
-                .await;
+                .await
+                .map_err(|s| self.forward_failed(&node, s));
         }
         let _guard = self.change_lock().await?;
         let change = self.check_remove(message.id).map_err(refused)?;
         match self.change(change, forwarded).await? {
             Routed::Local(()) => Ok(Response::new(self.members_response())),
-            Routed::Forward(leader) => {
-                self.client(&leader)?
-                    .member_remove(self.core.forward_request(message))
-                    .await
-            }
+            Routed::Forward(leader) => self
+                .client(&leader)?
+                .member_remove(self.core.forward_request(message))
+                .await
+                .map_err(|s| self.forward_failed(&leader, s)),
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use nines_proto as pb;
 use nines_proto::kv_client::KvClient;
-use nines_types::{CommandResult, Request};
+use nines_types::{CommandResult, Node, Request};
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 
@@ -26,7 +26,7 @@ fn kv_bytes(kv: &nines_types::KeyValue) -> u64 {
 
 enum Outcome<Req, Resp> {
     Done(Resp),
-    Forward(KvClient<Channel>, Box<tonic::Request<Req>>),
+    Forward(KvClient<Channel>, Box<tonic::Request<Req>>, Box<Node>),
 }
 
 impl KvService {
@@ -50,6 +50,7 @@ impl KvService {
             Routed::Forward(leader) => Ok(Outcome::Forward(
                 self.client(&leader)?,
                 Box::new(self.core.forward_request(message)),
+                Box::new(leader),
             )),
         }
     }
@@ -65,18 +66,23 @@ impl KvService {
         &self,
         serializable: bool,
         forwarded: bool,
-    ) -> Result<Option<KvClient<Channel>>, Status> {
+    ) -> Result<Option<(KvClient<Channel>, Node)>, Status> {
         if serializable {
             return Ok(None);
         }
         match self.core.linearize(forwarded).await? {
             Routed::Local(()) => Ok(None),
-            Routed::Forward(leader) => Ok(Some(self.client(&leader)?)),
+            Routed::Forward(leader) => Ok(Some((self.client(&leader)?, leader))),
         }
+    }
+
+    fn forward_failed(&self, leader: &Node, status: Status) -> Status {
+        self.core.note_forward_failure(leader, &status);
+        forward_status(status)
     }
 }
 
-fn forward_failed(status: Status) -> Status {
+fn forward_status(status: Status) -> Status {
     // Statuses from the leader pass through unchanged; transport failures
     // become UNAVAILABLE so clients retry elsewhere.
     match status.code() {
@@ -101,11 +107,11 @@ impl pb::kv_server::Kv for KvService {
             .limits
             .check_read(&read)
             .map_err(ApiError::from)?;
-        if let Some(mut leader) = self.read_route(message.serializable, forwarded).await? {
+        if let Some((mut leader, node)) = self.read_route(message.serializable, forwarded).await? {
             return leader
                 .range(self.core.forward_request(message))
                 .await
-                .map_err(forward_failed);
+                .map_err(|s| self.forward_failed(&node, s));
         }
         // Off the async workers, a few at a time: a scan of megabytes holds
         // its thread for milliseconds.
@@ -137,11 +143,11 @@ impl pb::kv_server::Kv for KvService {
             .limits
             .check_key(&message.key)
             .map_err(ApiError::from)?;
-        if let Some(mut leader) = self.read_route(message.serializable, forwarded).await? {
+        if let Some((mut leader, node)) = self.read_route(message.serializable, forwarded).await? {
             return leader
                 .get(self.core.forward_request(message))
                 .await
-                .map_err(forward_failed);
+                .map_err(|s| self.forward_failed(&node, s));
         }
         let reader = self.core.reader.clone();
         let key = message.key;
@@ -176,7 +182,10 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req) => leader.put(*req).await.map_err(forward_failed),
+            Outcome::Forward(mut leader, req, node) => leader
+                .put(*req)
+                .await
+                .map_err(|s| self.forward_failed(&node, s)),
         }
     }
 
@@ -193,7 +202,10 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req) => leader.delete(*req).await.map_err(forward_failed),
+            Outcome::Forward(mut leader, req, node) => leader
+                .delete(*req)
+                .await
+                .map_err(|s| self.forward_failed(&node, s)),
         }
     }
 
@@ -210,9 +222,10 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req) => {
-                leader.delete_range(*req).await.map_err(forward_failed)
-            }
+            Outcome::Forward(mut leader, req, node) => leader
+                .delete_range(*req)
+                .await
+                .map_err(|s| self.forward_failed(&node, s)),
         }
     }
 
@@ -225,7 +238,10 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req) => leader.txn(*req).await.map_err(forward_failed),
+            Outcome::Forward(mut leader, req, node) => leader
+                .txn(*req)
+                .await
+                .map_err(|s| self.forward_failed(&node, s)),
         }
     }
 }

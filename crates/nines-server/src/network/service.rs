@@ -141,7 +141,12 @@ impl RaftRpc for RaftService {
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let rpc = self.decode(request.get_ref())?;
         self.guard(|view, limits| guard::check_vote(&rpc, view, limits))?;
-        reply(&self.raft.vote(rpc).await)
+        let result = self.raft.vote(rpc).await;
+        if matches!(&result, Ok(r) if r.vote_granted) {
+            // As in Raft: granting a vote restarts the election timer.
+            self.leader_contact();
+        }
+        reply(&result)
     }
 
     async fn install_snapshot(

@@ -232,7 +232,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         } else if !r.unknown_keys.is_empty() {
             format!("UNKNOWN ({} keys out of budget)", r.unknown_keys.len())
         } else {
-            format!("linearizable ({} keys, {} ms)", r.keys, r.check_millis)
+            format!(
+                "linearizable ({} keys, at most {} info ops per key, {} ms)",
+                r.keys, r.max_info_per_key, r.check_millis
+            )
         };
         valid &= r.anomalies.is_empty() && r.unknown_keys.is_empty();
         verdicts.insert("register".to_string(), verdict);
@@ -271,6 +274,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let (counts, total_ops, ok_rate) = report::count_ops(&ops);
     let (windows, availability) = report::windows(&ops, load_ns);
     let (max_recovery_ms, median_recovery_ms) = report::recovery_stats(&windows);
+    let recovery_by_fault = report::recovery_by_fault(&windows);
     let proxy_stats = BTreeMap::from([
         (
             "accepted".to_string(),
@@ -304,6 +308,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         set,
         append,
         windows,
+        recovery_by_fault,
         max_recovery_ms,
         median_recovery_ms,
         availability,

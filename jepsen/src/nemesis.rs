@@ -136,7 +136,7 @@ impl Nemesis {
             }
             Fault::Member => match self.remove_member().await {
                 Ok(id) => (format!("remove node {id}, wipe it"), Heal::Rejoin(id)),
-                Err(e) => (format!("member remove failed: {e}"), Heal::Nothing),
+                Err(e) => (format!("{REMOVE_FAILED}: {e}"), Heal::Nothing),
             },
         }
     }
@@ -157,26 +157,46 @@ impl Nemesis {
                     .await
                     .unwrap_or_else(|| *ids.choose(&mut self.rng).unwrap_or(&1));
                 let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
-                (format!("isolate leader {leader}"), vec![vec![leader], rest])
+                (format!("{ISOLATE} {leader}"), vec![vec![leader], rest])
             }
             2 => {
                 // Ring: each node talks only to its two neighbours.
                 ids.shuffle(&mut self.rng);
                 let blocked = ring(&ids);
-                return (format!("ring {ids:?}"), blocked);
+                return (format!("{RING} {ids:?}"), blocked);
             }
             _ => {
                 ids.shuffle(&mut self.rng);
                 let minority = ids[..n / 2].to_vec();
                 let majority = ids[n / 2..].to_vec();
                 (
-                    format!("halves {minority:?} | {majority:?}"),
+                    format!("{HALVES} {minority:?} | {majority:?}"),
                     vec![minority, majority],
                 )
             }
         };
         (desc, between(&groups))
     }
+}
+
+// How descriptions start, so the report can group faults by kind.
+const ISOLATE: &str = "isolate leader";
+const RING: &str = "ring";
+const HALVES: &str = "halves";
+const REMOVE_FAILED: &str = "member remove failed";
+
+/// The kind of a recorded fault, from its name (`kill`, `partition`...) and
+/// its description: partitions and failed removals are told apart, since
+/// each recovers in its own way.
+pub fn fault_kind(name: &str, desc: &str) -> String {
+    let kind = match name {
+        "partition" if desc.starts_with(ISOLATE) => "partition-isolated-leader",
+        "partition" if desc.starts_with(RING) => "partition-ring",
+        "partition" if desc.starts_with(HALVES) => "partition-halves",
+        "member" if desc.starts_with(REMOVE_FAILED) => "member-remove-failed",
+        other => other,
+    };
+    kind.to_string()
 }
 
 /// Blocks every pair of nodes in different groups, both ways.
@@ -285,6 +305,29 @@ mod tests {
         assert_eq!(r.len(), 10);
         assert!(r.contains(&(1, 3)) && r.contains(&(4, 1)));
         assert!(!r.contains(&(1, 2)) && !r.contains(&(5, 1)));
+    }
+
+    #[test]
+    fn fault_kinds_follow_the_descriptions() {
+        let kind = |name, desc: String| fault_kind(name, &desc);
+        assert_eq!(
+            kind("kill", "kill -9 node 2; then restarted node 2".into()),
+            "kill"
+        );
+        assert_eq!(
+            kind("pause", "SIGSTOP node 1; then SIGCONT node 1".into()),
+            "pause"
+        );
+        let isolate = format!("{ISOLATE} 2; then network healed");
+        assert_eq!(kind("partition", isolate), "partition-isolated-leader");
+        let ring = format!("{RING} [3, 1, 2]; then network healed");
+        assert_eq!(kind("partition", ring), "partition-ring");
+        let halves = format!("{HALVES} [1] | [2, 3]; then network healed");
+        assert_eq!(kind("partition", halves), "partition-halves");
+        let removed = "remove node 3, wipe it; then node 3 re-added and promoted";
+        assert_eq!(kind("member", removed.into()), "member");
+        let failed = format!("{REMOVE_FAILED}: timeout; then nothing to heal");
+        assert_eq!(kind("member", failed), "member-remove-failed");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! first ok write invoked at or after it (a write already in flight says
 //! nothing about whether the cluster recovered). Availability is
 //! uptime / (uptime + downtime) over the run, downtime being the union of
-//! the windows.
+//! the windows. Recovery times are also summarised per kind of fault, so a
+//! regression in one kind stands out from the others.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,10 +17,13 @@ use crate::checker::append::AppendResult;
 use crate::checker::set::SetResult;
 use crate::checker::RegisterResult;
 use crate::history::{Op, Phase, Value, F};
+use crate::nemesis::fault_kind;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Window {
     pub fault: String,
+    /// `kill`, `pause`, `partition-halves`, `member`... (see `fault_kind`).
+    pub kind: String,
     pub at_secs: f64,
     /// `None`: no write succeeded after the fault before the run ended.
     pub recovery_ms: Option<f64>,
@@ -43,6 +47,8 @@ pub struct Report {
     pub set: Option<SetResult>,
     pub append: Option<AppendResult>,
     pub windows: Vec<Window>,
+    /// Fault kind -> its recovery times.
+    pub recovery_by_fault: BTreeMap<String, FaultRecovery>,
     pub max_recovery_ms: Option<f64>,
     pub median_recovery_ms: Option<f64>,
     pub availability: f64,
@@ -50,6 +56,18 @@ pub struct Report {
     pub crashes: Vec<String>,
     pub proxy: BTreeMap<String, u64>,
     pub valid: bool,
+}
+
+/// Recovery times of one kind of fault.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultRecovery {
+    pub count: usize,
+    /// Faults after which no write succeeded before the run ended.
+    pub never: usize,
+    /// Over the faults that did recover; `None` when none did.
+    pub median_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub max_ms: Option<f64>,
 }
 
 fn name<T: Serialize>(x: &T) -> String {
@@ -107,6 +125,7 @@ pub fn windows(ops: &[Op], duration_ns: u64) -> (Vec<Window>, f64) {
             _ => fault.key.clone(),
         };
         out.push(Window {
+            kind: fault_kind(&fault.key, &desc),
             fault: desc,
             at_secs: at as f64 / 1e9,
             recovery_ms: first.map(|e| (e - at) as f64 / 1e6),
@@ -133,9 +152,43 @@ pub fn windows(ops: &[Op], duration_ns: u64) -> (Vec<Window>, f64) {
 pub fn recovery_stats(windows: &[Window]) -> (Option<f64>, Option<f64>) {
     let mut times: Vec<f64> = windows.iter().filter_map(|w| w.recovery_ms).collect();
     times.sort_by(f64::total_cmp);
+    recovery_stats_sorted(&times)
+}
+
+/// (max, median) of sorted recovery times.
+fn recovery_stats_sorted(times: &[f64]) -> (Option<f64>, Option<f64>) {
     let max = times.last().copied();
     let median = (!times.is_empty()).then(|| times[times.len() / 2]);
     (max, median)
+}
+
+/// The value at quantile `q` (nearest rank) of sorted `xs`.
+fn quantile(xs: &[f64], q: f64) -> Option<f64> {
+    let rank = (q * xs.len() as f64).ceil() as usize;
+    xs.get(rank.clamp(1, xs.len().max(1)) - 1).copied()
+}
+
+pub fn recovery_by_fault(windows: &[Window]) -> BTreeMap<String, FaultRecovery> {
+    let mut by_kind: BTreeMap<String, Vec<&Window>> = BTreeMap::new();
+    for w in windows {
+        by_kind.entry(w.kind.clone()).or_default().push(w);
+    }
+    by_kind
+        .into_iter()
+        .map(|(kind, ws)| {
+            let mut times: Vec<f64> = ws.iter().filter_map(|w| w.recovery_ms).collect();
+            times.sort_by(f64::total_cmp);
+            let (max, median) = recovery_stats_sorted(&times);
+            let stats = FaultRecovery {
+                count: ws.len(),
+                never: ws.len() - times.len(),
+                median_ms: median,
+                p90_ms: quantile(&times, 0.9),
+                max_ms: max,
+            };
+            (kind, stats)
+        })
+        .collect()
 }
 
 impl Report {
@@ -207,6 +260,20 @@ impl Report {
         }
         let fmt = |x: Option<f64>| x.map_or("-".to_string(), |ms| format!("{ms:.0} ms"));
         println!(
+            "recovery by fault:          {:>5} {:>5} {:>9} {:>9} {:>9}",
+            "count", "never", "median", "p90", "max"
+        );
+        for (kind, r) in &self.recovery_by_fault {
+            println!(
+                "  {kind:<25} {:>5} {:>5} {:>9} {:>9} {:>9}",
+                r.count,
+                r.never,
+                fmt(r.median_ms),
+                fmt(r.p90_ms),
+                fmt(r.max_ms)
+            );
+        }
+        println!(
             "recovery: max {}  median {}  availability {:.3}%",
             fmt(self.max_recovery_ms),
             fmt(self.median_recovery_ms),
@@ -256,5 +323,73 @@ mod tests {
         // Down 100..300 and 800..1000.
         assert!((availability - 0.6).abs() < 1e-9);
         assert_eq!(recovery_stats(&w), (Some(200.0 / 1e6), Some(200.0 / 1e6)));
+    }
+
+    fn nemesis(id: u64, name: &str, desc: &str, at: u64) -> Op {
+        let mut o = op(id, F::Nemesis, Phase::Ok, at, Some(at + 1));
+        o.key = name.into();
+        o.output = Value::Text(desc.into());
+        o
+    }
+
+    #[test]
+    fn recovery_is_summarised_per_kind_of_fault() {
+        let ms = 1_000_000;
+        let mut ops = Vec::new();
+        // Ten kills recovering after 1..=10 ms, two ring partitions (one
+        // never recovers), one isolated leader.
+        for i in 0..10 {
+            let at = i * 100 * ms;
+            ops.push(nemesis(
+                i,
+                "kill",
+                "kill -9 node 1; then restarted node 1",
+                at,
+            ));
+            ops.push(op(
+                100 + i,
+                F::Write,
+                Phase::Ok,
+                at,
+                Some(at + (i + 1) * ms),
+            ));
+        }
+        let at = 2_000 * ms;
+        ops.push(nemesis(
+            20,
+            "partition",
+            "ring [1, 2, 3]; then network healed",
+            at,
+        ));
+        ops.push(op(21, F::Write, Phase::Ok, at, Some(at + 500 * ms)));
+        ops.push(nemesis(
+            22,
+            "partition",
+            "isolate leader 1; then healed",
+            2_600 * ms,
+        ));
+        ops.push(op(23, F::Write, Phase::Ok, 2_600 * ms, Some(2_650 * ms)));
+        ops.push(nemesis(
+            24,
+            "partition",
+            "ring [2, 1, 3]; then healed",
+            3_000 * ms,
+        ));
+        let (w, _) = windows(&ops, 3_100 * ms);
+        let by = recovery_by_fault(&w);
+        let keys: Vec<&str> = by.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["kill", "partition-isolated-leader", "partition-ring"]
+        );
+        let kill = &by["kill"];
+        assert_eq!((kill.count, kill.never), (10, 0));
+        assert_eq!(kill.median_ms, Some(6.0));
+        assert_eq!(kill.p90_ms, Some(9.0));
+        assert_eq!(kill.max_ms, Some(10.0));
+        let ring = &by["partition-ring"];
+        assert_eq!((ring.count, ring.never), (2, 1));
+        assert_eq!((ring.median_ms, ring.max_ms), (Some(500.0), Some(500.0)));
+        assert_eq!(by["partition-isolated-leader"].p90_ms, Some(50.0));
     }
 }

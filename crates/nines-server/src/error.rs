@@ -94,16 +94,14 @@ impl From<ApiError> for Status {
 pub fn unavailable_with_leader(message: String, leader: Option<(NodeId, &Node)>) -> Status {
     let mut status = Status::new(Code::Unavailable, message);
     if let Some((id, node)) = leader {
-        let addr = if node.api_addr.is_empty() {
-            &node.raft_addr
-        } else {
-            &node.api_addr
-        };
         if let Ok(v) = MetadataValue::try_from(id.to_string()) {
             status.metadata_mut().insert(LEADER_ID_HEADER, v);
         }
-        if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
-            status.metadata_mut().insert(LEADER_ADDR_HEADER, v);
+        // Only a client address: the peer port serves members, not clients.
+        if let Ok(v) = MetadataValue::try_from(node.api_addr.as_str()) {
+            if !node.api_addr.is_empty() {
+                status.metadata_mut().insert(LEADER_ADDR_HEADER, v);
+            }
         }
     }
     status

@@ -35,6 +35,9 @@ pub struct RegisterResult {
     pub anomalies: Vec<RegisterAnomaly>,
     /// Keys whose search ran out of time: neither valid nor invalid.
     pub unknown_keys: Vec<String>,
+    /// The most indeterminate (`info`) ops any one key holds: what drives
+    /// the search's cost, bounded by the workload.
+    pub max_info_per_key: usize,
     pub check_millis: u128,
 }
 
@@ -83,6 +86,8 @@ pub fn check_register(ops: &[Op], budget_per_key: Duration) -> RegisterResult {
         ..RegisterResult::default()
     };
     for (key, key_ops) in by_key {
+        let info = key_ops.iter().filter(|o| o.phase == Phase::Info).count();
+        r.max_info_per_key = r.max_info_per_key.max(info);
         let entries: Vec<RegEntry> = key_ops.iter().filter_map(|o| reg_entry(o)).collect();
         match wgl::check(&entries, budget_per_key) {
             Verdict::Linearizable => r.linearizable_keys += 1,
@@ -179,6 +184,8 @@ mod tests {
         h.complete(&c, Phase::Fail, Value::None, Some(CAS_MISMATCH.into()));
         let r = h.invoke(2, F::Read, "r/0", Value::None);
         h.complete(&r, Phase::Ok, Value::Read(Some(1)), None);
+        let i = h.invoke(3, F::Write, "r/0", Value::Int(9));
+        h.complete(&i, Phase::Info, Value::None, Some("timeout".into()));
         // A stale read on another key.
         let w = h.invoke(0, F::Write, "r/1", Value::Int(2));
         h.complete(&w, Phase::Ok, Value::None, None);
@@ -186,6 +193,7 @@ mod tests {
         h.complete(&r, Phase::Ok, Value::Read(None), None);
         let result = check_register(&pair(&h.events()), Duration::from_secs(5));
         assert_eq!((result.keys, result.linearizable_keys), (2, 1));
+        assert_eq!(result.max_info_per_key, 1);
         assert_eq!(result.anomalies.len(), 1);
         assert_eq!(result.anomalies[0].key, "r/1");
         assert_eq!(result.anomalies[0].stuck_op, r.id);

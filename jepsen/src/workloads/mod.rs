@@ -47,14 +47,16 @@ impl Ctx {
         Instant::now() < self.deadline
     }
 
-    /// Records an error completion: definite errors are `fail`, the rest `info`.
-    pub fn fail(&self, op: &Pending, err: OpError) {
+    /// Records an error completion: definite errors are `fail`, the rest
+    /// `info`. Returns the phase recorded.
+    pub fn fail(&self, op: &Pending, err: OpError) -> Phase {
         let phase = match err {
             OpError::Definite(_) => Phase::Fail,
             OpError::Indeterminate(_) => Phase::Info,
         };
         self.history
             .complete(op, phase, Value::None, Some(err.message()));
+        phase
     }
 
     /// A short random pause between ops, longer after an error so a down

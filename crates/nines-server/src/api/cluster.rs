@@ -240,16 +240,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         _request: tonic::Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let m = self.core.raft.metrics().borrow().clone();
+        // Empty when the leader has no client address: its peer port would
+        // refuse a client, so the client goes through a member instead.
         let leader_api_addr = self
             .core
             .leader()
-            .map(|(_, n)| {
-                if n.api_addr.is_empty() {
-                    n.raft_addr
-                } else {
-                    n.api_addr
-                }
-            })
+            .map(|(_, n)| n.api_addr)
             .unwrap_or_default();
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.core.header(self.core.reader.revision())),

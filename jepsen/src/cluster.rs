@@ -2,7 +2,7 @@
 //! wipe, restart. Dropping the cluster SIGKILLs every child (SIGCONT first,
 //! so a paused one is not left behind), which also covers panics and Ctrl-C.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,8 +34,12 @@ pub fn find_server_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> 
         .context("nines-server not found; build it (cargo build --release -p nines-server) or pass --server-bin")
 }
 
+/// A listen address outside the ephemeral port range (see `free_port`).
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(SocketAddr::from((
+        [127, 0, 0, 1],
+        nines_tests::cluster::free_port(),
+    )))
 }
 
 pub struct Node {

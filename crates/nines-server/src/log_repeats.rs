@@ -152,11 +152,16 @@ pub fn take_suppressed() -> Vec<(String, String, u64)> {
 /// Logs, once per line kind, how many repeats were held back.
 pub fn report_suppressed() {
     for (sample, target, count) in take_suppressed() {
-        tracing::info!(
-            target: "nines_server::log_repeats",
-            node = %target,
-            "openraft repeated {count} times (suppressed): {sample}"
-        );
+        if target.is_empty() {
+            tracing::info!(
+                "openraft repeated {count} times in {SAY_EVERY:?} (suppressed): {sample}"
+            );
+        } else {
+            tracing::info!(
+                node = %target,
+                "openraft repeated {count} times in {SAY_EVERY:?} (suppressed): {sample}"
+            );
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use crate::metrics::Counters;
 pub const SAY_EVERY: Duration = Duration::from_secs(10);
 /// How often the watcher looks at time-based conditions.
 const TICK: Duration = Duration::from_secs(1);
+/// A tick this late says the process stalled.
+const LATE_TICK: Duration = Duration::from_secs(1);
 /// A leaderless stretch longer than this is worth a line.
 const LEADERLESS_WARN: Duration = Duration::from_secs(3);
 
@@ -218,6 +220,7 @@ pub async fn watch_raft(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
+    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
             changed = metrics.changed() => {
@@ -228,6 +231,9 @@ pub async fn watch_raft(
             }
             _ = tick.tick() => {
                 ticks += 1;
+                let now = Instant::now();
+                note_late_tick(now.duration_since(last_tick), &counters);
+                last_tick = now;
                 on_tick(&metrics.borrow(), &mut seen, &counters, quorum_limit_ms);
                 if ticks.is_multiple_of(SAY_EVERY.as_secs().max(1)) {
                     crate::log_repeats::report_suppressed();
@@ -239,6 +245,25 @@ pub async fn watch_raft(
                 }
             }
         }
+    }
+}
+
+/// A 1 s timer that fires seconds late means nothing on this runtime ran:
+/// CPU starvation, a blocking call on an async worker, swap, or SIGSTOP.
+/// Every request on the node stalled with it, and nothing else can say so.
+fn note_late_tick(since_last: Duration, counters: &Counters) {
+    let late = since_last.saturating_sub(TICK);
+    if late < LATE_TICK {
+        return;
+    }
+    Counters::inc(&counters.runtime_stalls);
+    if let Some(suppressed) = say("runtime_stall") {
+        tracing::warn!(
+            suppressed,
+            "this node was not scheduled for {} ms (a 1 s timer fired late): \
+             CPU starvation, a blocking call on the runtime, swap or SIGSTOP",
+            late.as_millis()
+        );
     }
 }
 
@@ -264,13 +289,23 @@ fn on_update(m: &RaftMetrics<NodeId, Node>, seen: &mut Seen, counters: &Counters
     }
     if m.current_leader != seen.leader {
         let view = View::of(m);
-        let (from, to) = (Opt(seen.leader), Opt(m.current_leader));
+        // Through a leaderless stretch, "from" is the last leader known.
+        let (from, to) = (
+            Opt(seen.leader.or(seen.last_known_leader)),
+            Opt(m.current_leader),
+        );
         let now = Instant::now();
         match m.current_leader {
             Some(leader) => {
-                if seen.last_known_leader != Some(leader) {
+                let changed = seen.last_known_leader != Some(leader);
+                if changed {
                     Counters::inc(&counters.leader_changes);
                 }
+                let what = if changed {
+                    "leader changed"
+                } else {
+                    "leader again"
+                };
                 seen.last_known_leader = Some(leader);
                 seen.count_leaderless(counters, now);
                 seen.leaderless_counted = None;
@@ -278,10 +313,10 @@ fn on_update(m: &RaftMetrics<NodeId, Node>, seen: &mut Seen, counters: &Counters
                 match seen.leaderless_start.take() {
                     Some(start) => tracing::info!(
                         view = %view,
-                        "leader changed {from} -> {to} after {} ms without one",
+                        "{what} {from} -> {to} after {} ms without one",
                         now.duration_since(start).as_millis()
                     ),
-                    None => tracing::info!(view = %view, "leader changed {from} -> {to}"),
+                    None => tracing::info!(view = %view, "{what} {from} -> {to}"),
                 }
             }
             None => {
@@ -382,7 +417,12 @@ pub fn render(out: &mut String, c: &Counters) {
             "# HELP nines_{name} {help}\n# TYPE nines_{name} gauge\nnines_{name} {value}"
         );
     }
-    let counters: [(&str, &str, &AtomicU64); 11] = [
+    let counters: [(&str, &str, &AtomicU64); 12] = [
+        (
+            "runtime_stalls_total",
+            "Times a 1 s timer fired over 1 s late: the process was not scheduled.",
+            &c.runtime_stalls,
+        ),
         ("leader_changes_total", "Leaders seen (a new leader id, counted once).", &c.leader_changes),
         ("became_leader_total", "Times this node became leader.", &c.became_leader),
         ("stepped_down_total", "Times this node stopped being leader.", &c.stepped_down),
@@ -400,6 +440,80 @@ pub fn render(out: &mut String, c: &Counters) {
             out,
             "# HELP nines_{name} {help}\n# TYPE nines_{name} counter\nnines_{name} {}",
             value.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_says_once_per_interval_and_counts_the_rest() {
+        let limiter = Limiter::new(Duration::from_millis(200));
+        assert_eq!(limiter.say("a"), Some(0));
+        assert_eq!(limiter.say("a"), None);
+        assert_eq!(limiter.say("a"), None);
+        assert_eq!(limiter.say("b"), Some(0), "kinds are limited apart");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(limiter.say("a"), Some(2));
+    }
+
+    #[test]
+    fn leader_and_state_changes_are_counted() {
+        let counters = Counters::default();
+        let mut m = RaftMetrics::<NodeId, Node>::new_initial(1);
+        let now = Instant::now();
+        let mut seen = Seen {
+            state: m.state,
+            leader: None,
+            last_known_leader: None,
+            leaderless_start: Some(now),
+            leaderless_counted: Some(now),
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut step = |m: &RaftMetrics<NodeId, Node>| on_update(m, &mut seen, &counters);
+
+        m.current_leader = Some(3);
+        step(&m);
+        assert_eq!(get(&counters.leader_changes), 1);
+        assert_eq!(get(&counters.has_leader), 1);
+        // Lost, then the same leader again: not a change.
+        m.current_leader = None;
+        step(&m);
+        assert_eq!(get(&counters.has_leader), 0);
+        m.current_leader = Some(3);
+        step(&m);
+        assert_eq!(get(&counters.leader_changes), 1);
+        // This node wins the next election, then steps down.
+        m.current_leader = None;
+        m.state = ServerState::Candidate;
+        step(&m);
+        m.current_leader = Some(1);
+        m.state = ServerState::Leader;
+        step(&m);
+        assert_eq!(get(&counters.leader_changes), 2);
+        assert_eq!(get(&counters.became_leader), 1);
+        assert_eq!(get(&counters.raft_state), state_code(ServerState::Leader));
+        m.state = ServerState::Follower;
+        m.current_leader = Some(2);
+        step(&m);
+        assert_eq!(get(&counters.stepped_down), 1);
+        assert_eq!(get(&counters.leader_changes), 3);
+        assert_eq!(get(&counters.raft_state), 0);
+    }
+
+    #[test]
+    fn view_reads_as_a_line() {
+        let mut m = RaftMetrics::<NodeId, Node>::new_initial(2);
+        m.current_term = 7;
+        m.current_leader = Some(2);
+        m.state = ServerState::Leader;
+        m.last_log_index = Some(10);
+        m.millis_since_quorum_ack = Some(12);
+        assert_eq!(
+            View::of(&m).to_string(),
+            "node 2 leader term 7 leader 2 last_log 10 applied - quorum_ack 12ms ago"
         );
     }
 }

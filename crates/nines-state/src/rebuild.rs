@@ -7,11 +7,21 @@
 //! never deleted: an operator may want it) and a fresh one is filled from
 //! the newest valid snapshot. Only a damaged log is a hard stop, and a log
 //! purged past what the snapshot covers (`check_rebuildable`).
+//!
+//! sled 0.34's recovery can also hang after a full disk. So the sled part of
+//! an open runs on a thread of its own ([`run_watched`]); one that makes no
+//! progress for `open_stall_timeout` counts as damage. That thread cannot be
+//! stopped and may wake later, and sled reaches its files by path (blobs,
+//! its snapshot file on drop): it is therefore handed a symlink to the sled
+//! dir, which is removed before the dir is moved aside, so the rebuilt db at
+//! the real path shares no path with it.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::StateError;
 
@@ -84,13 +94,71 @@ pub(crate) fn move_aside(sled_dir: &Path) -> Result<PathBuf, StateError> {
 }
 
 /// Reads every record of `tree`: sled loads pages lazily, so damage in the
-/// middle of its files only shows when the pages are read.
-pub(crate) fn verify(db: &sled::Db, tree: &sled::Tree) -> Result<(), StateError> {
-    for item in db.iter() {
+/// middle of its files only shows when the pages are read. Counts each
+/// record in `progress`.
+pub(crate) fn verify(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    progress: &AtomicU64,
+) -> Result<(), StateError> {
+    for item in db.iter().chain(tree.iter()) {
         item?;
-    }
-    for item in tree.iter() {
-        item?;
+        progress.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Runs `open` on a thread of its own, waiting as long as `progress` moves.
+/// Once it has not moved for `stall`, gives up with [`OpenFailure::Damaged`]
+/// and leaves the thread behind (see the module doc for why that is safe).
+pub(crate) fn run_watched<T: Send + 'static>(
+    stall: Duration,
+    progress: &AtomicU64,
+    open: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, OpenFailure> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("nines-state-open".into())
+        .spawn(move || {
+            // The receiver is gone if we gave up: dropping the result then
+            // closes sled.
+            let _ = tx.send(classify(open));
+        })
+        .map_err(|e| OpenFailure::Other(StateError::Task(format!("cannot start a thread: {e}"))))?;
+    let mut seen = progress.load(Ordering::Relaxed);
+    loop {
+        match rx.recv_timeout(stall) {
+            Ok(result) => return result,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = progress.load(Ordering::Relaxed);
+                if now == seen {
+                    return Err(OpenFailure::Damaged(format!(
+                        "opening sled made no progress for {stall:?} (sled's recovery \
+                         hung; it can after a full disk)"
+                    )));
+                }
+                seen = now;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(OpenFailure::Other(StateError::Task(
+                    "the state machine's open thread ended without a result".into(),
+                )))
+            }
+        }
+    }
+}
+
+/// Makes `link` a symlink to `target` (a name in the same dir), replacing
+/// whatever link an earlier process left.
+pub(crate) fn relink(link: &Path, target: &str) -> Result<(), StateError> {
+    unlink(link)?;
+    std::os::unix::fs::symlink(target, link).map_err(|e| StateError::io(link, e))
+}
+
+/// Removes the symlink `link` if it exists (never what it points to).
+pub(crate) fn unlink(link: &Path) -> Result<(), StateError> {
+    match std::fs::remove_file(link) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::io(link, e)),
+        _ => Ok(()),
+    }
 }

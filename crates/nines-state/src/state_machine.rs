@@ -1,7 +1,7 @@
 //! `RaftStateMachine` and `StateMachine::open`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,9 @@ use crate::reader::StateReader;
 use crate::rebuild::{self, OpenFailure};
 use crate::redo;
 use crate::snapshot_builder::SnapshotBuilder;
-use crate::store::{self, lock, read_meta, Shared, StateOptions, SLED_DIR};
+use crate::store::{
+    self, lock, read_meta, MetaState, Shared, StateOptions, SLED_DIR, SLED_OPEN_LINK,
+};
 
 /// The sled-backed state machine. Raft owns it; use [`StateMachine::reader`]
 /// for concurrent reads.
@@ -107,19 +109,22 @@ impl StateMachine {
 
 fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, StateError> {
     std::fs::create_dir_all(&dir).map_err(|e| StateError::io(&dir, e))?;
-    let reason = match rebuild::classify(|| open_existing(&dir, &opts)) {
+    let reason = match open_watched(&dir, &opts) {
         Ok(sm) => return Ok(sm),
         Err(OpenFailure::Other(e)) => return Err(e),
         Err(OpenFailure::Damaged(reason)) => reason,
     };
-    let aside = rebuild::move_aside(&dir.join(SLED_DIR))?;
+    let sled_dir = dir.join(SLED_DIR);
+    let aside = rebuild::move_aside(&sled_dir)?;
     tracing::warn!(
         error = %reason,
         moved_to = %aside.display(),
         "state machine is damaged: moved it aside; rebuilding it from the newest \
          snapshot and the Raft log"
     );
-    let mut sm = open_existing(&dir, &opts)?;
+    // At the real path, never the link: a hung open may still use that one.
+    let sled = open_sled_state(&sled_dir, &opts, &AtomicU64::new(0))?;
+    let mut sm = open_snapshots(&dir, sled, &opts)?;
     tracing::warn!(
         applied = ?sm.shared.cached_applied(),
         "state machine rebuilt from the snapshot; openraft re-applies the committed log after it"
@@ -128,13 +133,57 @@ fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, State
     Ok(sm)
 }
 
-fn open_existing(dir: &Path, opts: &StateOptions) -> Result<StateMachine, StateError> {
-    let (db, tree, next_tree) = store::open_db(dir, opts)?;
+/// Opens sled through [`SLED_OPEN_LINK`] on a watched thread (see
+/// `rebuild.rs`), then the snapshots here: a hung thread must not touch the
+/// snapshot dir the rebuild reads.
+fn open_watched(dir: &Path, opts: &StateOptions) -> Result<StateMachine, OpenFailure> {
+    let sled_dir = dir.join(SLED_DIR);
+    let link = dir.join(SLED_OPEN_LINK);
+    std::fs::create_dir_all(&sled_dir)
+        .map_err(|e| StateError::io(&sled_dir, e))
+        .and_then(|()| rebuild::relink(&link, SLED_DIR))
+        .map_err(OpenFailure::Other)?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let open_sled = {
+        let (link, opts, progress) = (link.clone(), opts.clone(), progress.clone());
+        move || open_sled_state(&link, &opts, &progress)
+    };
+    let result = rebuild::run_watched(opts.open_stall_timeout, &progress, open_sled)
+        .and_then(|sled| rebuild::classify(|| open_snapshots(dir, sled, opts)));
+    if result.is_err() {
+        rebuild::unlink(&link).map_err(OpenFailure::Other)?;
+    }
+    result
+}
+
+/// sled, its current tree, the next tree number and the tree's meta.
+type SledState = (sled::Db, sled::Tree, u64, MetaState);
+
+/// Opens sled at `sled_path`, finishes an interrupted apply and reads every
+/// record (counting them in `progress`).
+fn open_sled_state(
+    sled_path: &Path,
+    opts: &StateOptions,
+    progress: &AtomicU64,
+) -> Result<SledState, StateError> {
+    let (db, tree, next_tree) = store::open_db(sled_path, opts)?;
+    if let Some(hook) = opts.open_test_hook {
+        hook();
+    }
     if redo::finish_interrupted(&tree)? {
         tracing::info!("replayed an apply a crash interrupted");
     }
     let meta = read_meta(&tree)?;
-    rebuild::verify(&db, &tree)?;
+    rebuild::verify(&db, &tree, progress)?;
+    Ok((db, tree, next_tree, meta))
+}
+
+/// Loads the snapshot dir next to an opened sled.
+fn open_snapshots(
+    dir: &Path,
+    (db, tree, next_tree, meta): SledState,
+    opts: &StateOptions,
+) -> Result<StateMachine, StateError> {
     let shared = store::shared(dir.to_path_buf(), db, tree, next_tree, opts.clone(), &meta);
     shared.snapshots.create()?;
     shared.snapshots.remove_tmp();

@@ -36,6 +36,9 @@ pub(crate) const META_SESSIONS: &[u8] = b"msessions";
 const CURRENT_TREE: &[u8] = b"current_tree";
 /// The sled dir inside the state dir.
 pub(crate) const SLED_DIR: &str = "sm";
+/// A symlink to [`SLED_DIR`] that a bounded open hands to sled (see
+/// `rebuild::open_bounded`).
+pub(crate) const SLED_OPEN_LINK: &str = "sm.open";
 const TREE_PREFIX: &str = "data-";
 
 /// Tuning of the state machine.
@@ -50,6 +53,16 @@ pub struct StateOptions {
     /// Hard cap on remembered client ids; a new one beyond it evicts the
     /// least recently used. Must be equal on every replica.
     pub max_sessions: u64,
+    /// Opening sled is given up when it makes no progress for this long:
+    /// sled 0.34's recovery can hang after a full disk, and a hung open is
+    /// then handled like damage (moved aside, rebuilt; see `rebuild.rs`).
+    /// Progress is counted per record verified, so a large, healthy state
+    /// is not mistaken for a hang.
+    pub open_stall_timeout: Duration,
+    /// Test hook: runs on the open thread with sled open, before the state
+    /// is verified (a test makes it block to stand in for a sled hang).
+    #[doc(hidden)]
+    pub open_test_hook: Option<fn()>,
 }
 
 impl Default for StateOptions {
@@ -59,6 +72,8 @@ impl Default for StateOptions {
             cache_capacity_bytes: 128 * 1024 * 1024,
             session_ttl_entries: crate::sessions::DEFAULT_TTL_ENTRIES,
             max_sessions: crate::sessions::DEFAULT_MAX_SESSIONS,
+            open_stall_timeout: Duration::from_secs(30),
+            open_test_hook: None,
         }
     }
 }
@@ -221,12 +236,13 @@ impl Shared {
     }
 }
 
-/// Opens sled and the current tree, dropping trees left by a crashed install.
+/// Opens sled at `sled_path` and the current tree, dropping trees left by a
+/// crashed install.
 pub(crate) fn open_db(
-    dir: &Path,
+    sled_path: &Path,
     opts: &StateOptions,
 ) -> Result<(sled::Db, sled::Tree, u64), StateError> {
-    let db = open_sled(&dir.join(SLED_DIR), opts.cache_capacity_bytes)?;
+    let db = open_sled(sled_path, opts.cache_capacity_bytes)?;
     let name = match db.get(CURRENT_TREE)? {
         Some(name) => name.to_vec(),
         None => {

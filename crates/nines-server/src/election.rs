@@ -221,9 +221,16 @@ impl Election {
     pub async fn run(self: Arc<Self>) {
         self.raft.runtime_config().elect(false);
         let mut last_attempt: Option<Instant> = None;
+        let draw = || self.lease + self.spread.mul_f64(rand_unit());
+        let mut wait = draw();
         loop {
-            let wait = self.lease + self.spread.mul_f64(rand_unit());
             tokio::time::sleep(Duration::from_millis(20)).await;
+            // Drawn while the leader is heard from and then kept: drawing on
+            // every tick would make the wait the minimum of many draws, and
+            // the voters would all campaign at the lease and split the vote.
+            if self.contact.since() < self.lease {
+                wait = draw();
+            }
             let m = self.raft.metrics().borrow().clone();
             if m.state == ServerState::Shutdown {
                 return;
@@ -241,6 +248,7 @@ impl Election {
             }
             let round_start = Instant::now();
             last_attempt = Some(round_start);
+            wait = draw();
             let configs = membership.get_joint_config().clone();
             let (granted, refusals) = self.round(&m, &configs).await;
             // While we asked, another candidate may have won our vote or a

@@ -123,7 +123,7 @@ fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, State
          snapshot and the Raft log"
     );
     // At the real path, never the link: a hung open may still use that one.
-    let sled = open_sled_state(&sled_dir, &opts, &AtomicU64::new(0))?;
+    let sled = open_sled_state(&sled_dir, &opts, &AtomicU64::new(0), None)?;
     let mut sm = open_snapshots(&dir, sled, &opts)?;
     tracing::warn!(
         applied = ?sm.shared.cached_applied(),
@@ -146,7 +146,7 @@ fn open_watched(dir: &Path, opts: &StateOptions) -> Result<StateMachine, OpenFai
     let progress = Arc::new(AtomicU64::new(0));
     let open_sled = {
         let (link, opts, progress) = (link.clone(), opts.clone(), progress.clone());
-        move || open_sled_state(&link, &opts, &progress)
+        move || open_sled_state(&link, &opts, &progress, opts.open_test_hook)
     };
     let result = rebuild::run_watched(opts.open_stall_timeout, &progress, open_sled)
         .and_then(|sled| rebuild::classify(|| open_snapshots(dir, sled, opts)));
@@ -160,14 +160,15 @@ fn open_watched(dir: &Path, opts: &StateOptions) -> Result<StateMachine, OpenFai
 type SledState = (sled::Db, sled::Tree, u64, MetaState);
 
 /// Opens sled at `sled_path`, finishes an interrupted apply and reads every
-/// record (counting them in `progress`).
+/// record (counting them in `progress`). `hook`: see `open_test_hook`.
 fn open_sled_state(
     sled_path: &Path,
     opts: &StateOptions,
     progress: &AtomicU64,
+    hook: Option<fn()>,
 ) -> Result<SledState, StateError> {
     let (db, tree, next_tree) = store::open_db(sled_path, opts)?;
-    if let Some(hook) = opts.open_test_hook {
+    if let Some(hook) = hook {
         hook();
     }
     if redo::finish_interrupted(&tree)? {

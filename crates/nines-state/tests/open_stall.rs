@@ -62,14 +62,21 @@ async fn a_hung_sled_open_is_given_up_and_rebuilt_from_the_snapshot() {
         open_test_hook: Some(hang_while_held),
         ..Default::default()
     };
-    // Generous: the stall timeout is 1 s; without it this open never ends.
-    let sm = tokio::time::timeout(
-        Duration::from_secs(60),
-        StateMachine::open(dir.path(), opts),
-    )
-    .await
-    .expect("a hung sled open must be given up")
-    .expect("open after giving up");
+    // On a thread of its own, so that an open that never ends fails the
+    // test instead of hanging it. Generous: the stall timeout is 1 s.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = tx.send(rt.block_on(StateMachine::open(&path, opts)));
+    });
+    let sm = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a hung sled open must be given up")
+        .expect("open after giving up");
     assert_eq!(HUNG.load(Ordering::SeqCst), 1, "the hook ran once");
     let aside = sm.rebuilt_from().expect("the open rebuilt the state");
     assert!(aside.exists(), "the hung dir is kept: {}", aside.display());

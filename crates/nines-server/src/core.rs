@@ -178,6 +178,38 @@ impl NodeCore {
         request
     }
 
+    /// Runs a call forwarded to `leader`, but gives up as soon as this node
+    /// learns of a different leader: a leader that was paused or cut off
+    /// never answers, and waiting out the forward's timeout kept clients
+    /// of this node stalled about a second after a new leader took over.
+    /// The client retries at once; writes carry a session, so a retry never
+    /// applies twice.
+    pub async fn forward_to<T>(
+        &self,
+        leader: &Node,
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        let mut metrics = self.raft.metrics();
+        let moved = async {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return std::future::pending::<()>().await;
+                }
+                let now = self.leader().map(|(_, node)| node);
+                if now.as_ref().is_some_and(|n| n != leader) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            result = call => result,
+            () = moved => Err(crate::error::unavailable_with_leader(
+                "the leader changed while the request was forwarded; retry".into(),
+                self.leader().as_ref().map(|(id, node)| (*id, node)),
+            )),
+        }
+    }
+
     /// The peer port serves client calls only when a member of this
     /// cluster forwarded them.
     pub fn check_forwarded_by_member(

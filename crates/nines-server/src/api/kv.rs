@@ -108,8 +108,9 @@ impl pb::kv_server::Kv for KvService {
             .check_read(&read)
             .map_err(ApiError::from)?;
         if let Some((mut leader, node)) = self.read_route(message.serializable, forwarded).await? {
-            return leader
-                .range(self.core.forward_request(message))
+            return self
+                .core
+                .forward_to(&node, leader.range(self.core.forward_request(message)))
                 .await
                 .map_err(|s| self.forward_failed(&node, s));
         }
@@ -144,8 +145,9 @@ impl pb::kv_server::Kv for KvService {
             .check_key(&message.key)
             .map_err(ApiError::from)?;
         if let Some((mut leader, node)) = self.read_route(message.serializable, forwarded).await? {
-            return leader
-                .get(self.core.forward_request(message))
+            return self
+                .core
+                .forward_to(&node, leader.get(self.core.forward_request(message)))
                 .await
                 .map_err(|s| self.forward_failed(&node, s));
         }
@@ -182,8 +184,9 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req, node) => leader
-                .put(*req)
+            Outcome::Forward(mut leader, req, node) => self
+                .core
+                .forward_to(&node, leader.put(*req))
                 .await
                 .map_err(|s| self.forward_failed(&node, s)),
         }
@@ -202,8 +205,9 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req, node) => leader
-                .delete(*req)
+            Outcome::Forward(mut leader, req, node) => self
+                .core
+                .forward_to(&node, leader.delete(*req))
                 .await
                 .map_err(|s| self.forward_failed(&node, s)),
         }
@@ -222,8 +226,9 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req, node) => leader
-                .delete_range(*req)
+            Outcome::Forward(mut leader, req, node) => self
+                .core
+                .forward_to(&node, leader.delete_range(*req))
                 .await
                 .map_err(|s| self.forward_failed(&node, s)),
         }
@@ -238,8 +243,9 @@ impl pb::kv_server::Kv for KvService {
             .await?
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::Forward(mut leader, req, node) => leader
-                .txn(*req)
+            Outcome::Forward(mut leader, req, node) => self
+                .core
+                .forward_to(&node, leader.txn(*req))
                 .await
                 .map_err(|s| self.forward_failed(&node, s)),
         }

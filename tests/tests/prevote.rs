@@ -20,8 +20,18 @@ async fn terms(cluster: &Cluster) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_follower_does_not_depose_the_leader() {
     let cluster = Cluster::start(ClusterOptions::default());
-    let leader = cluster.wait_leader(LONG).await;
+    cluster.wait_leader(LONG).await;
     cluster.client().put("k", "v").await.expect("put");
+    // Leadership may still settle right after start (a slow first heartbeat
+    // on a loaded machine): measure from a leader that held for a second.
+    let leader = loop {
+        let leader = cluster.wait_leader(LONG).await;
+        let term = terms(&cluster).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if cluster.wait_leader(LONG).await == leader && terms(&cluster).await == term {
+            break leader;
+        }
+    };
     let before = terms(&cluster).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     for round in 0..3 {

@@ -170,6 +170,9 @@ impl Election {
         pool: ChannelPool,
         config: &openraft::Config,
     ) -> Self {
+        // At once, not when the supervisor first runs: openraft's timer
+        // must never start an election of its own, not even at startup.
+        raft.runtime_config().elect(false);
         Self {
             me,
             cluster_id,
@@ -239,6 +242,12 @@ impl Election {
                 return;
             }
             self.note_leadership(m.state == ServerState::Leader);
+            if m.state == ServerState::Leader {
+                // A leader hears from itself: nothing is leaderless here
+                // (the peer guard admits unknown leaders only on nodes
+                // that have heard from none for a while).
+                self.contact.touch();
+            }
             let membership = m.membership_config.membership();
             if m.state == ServerState::Leader || !membership.voter_ids().any(|v| v == self.me) {
                 continue;

@@ -297,10 +297,13 @@ fn three_voters() -> StoredMembership {
 fn decode_and_guard_never_panic_nor_allocate_by_the_wire() {
     let mut rng = Rng(seed());
     let membership = three_voters();
+    let vote = Vote::new_committed(5, 2);
     let view = View {
         me: 1,
         current_term: 5,
         membership: &membership,
+        vote: &vote,
+        leaderless_for: std::time::Duration::ZERO,
     };
     let limits = GuardLimits::default();
     let total = cases("NINES_FUZZ_CASES", 1_000_000);

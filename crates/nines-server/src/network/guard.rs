@@ -88,13 +88,34 @@ pub struct View<'a> {
     pub me: NodeId,
     pub current_term: u64,
     pub membership: &'a StoredMembership,
+    /// This node's vote: the leader it already follows.
+    pub vote: &'a Vote<NodeId>,
+    /// How long this node has heard from no leader.
+    pub leaderless_for: Duration,
 }
+
+/// A node catching up replays old membership entries, and the current
+/// leader need not be in them (a chaos run saw a re-added learner refuse
+/// its leader for good, stuck at a config from before the leader rejoined).
+/// So a leader outside the membership is still admitted when this node
+/// already follows it (same committed vote), or when this node has heard
+/// from no leader for this long and the message's term is not behind.
+pub const LEADERLESS_ADMIT_AFTER: Duration = Duration::from_secs(2);
 
 impl View<'_> {
     /// A node that has never been part of a cluster has no membership yet:
     /// it must accept the leader that adds it.
     fn uninitialized(&self) -> bool {
         self.membership.log_id().is_none() && self.membership.membership().voter_ids().count() == 0
+    }
+
+    /// May `vote`'s leader send us appends and snapshots?
+    fn admits_leader(&self, from: NodeId, vote: &Vote<NodeId>) -> bool {
+        self.uninitialized()
+            || self.is_member(from)
+            || vote == self.vote
+            || (self.leaderless_for >= LEADERLESS_ADMIT_AFTER
+                && vote.leader_id.term >= self.current_term)
     }
 
     fn is_member(&self, id: NodeId) -> bool {
@@ -191,10 +212,10 @@ pub fn check_append(
     limits: &GuardLimits,
 ) -> Result<(), Refused> {
     let from = sender(&rpc.vote, view)?;
-    if !view.uninitialized() && !view.is_member(from) {
+    leader_vote(&rpc.vote)?;
+    if !view.admits_leader(from, &rpc.vote) {
         return Err(Refused::NotMember(from));
     }
-    leader_vote(&rpc.vote)?;
     let term = rpc.vote.leader_id.term;
     check_term(term, view, limits)?;
     check_log_id("prev_log_id", &rpc.prev_log_id, term)?;
@@ -260,10 +281,10 @@ pub fn check_snapshot(
     limits: &GuardLimits,
 ) -> Result<(), Refused> {
     let from = sender(&rpc.vote, view)?;
-    if !view.uninitialized() && !view.is_member(from) {
+    leader_vote(&rpc.vote)?;
+    if !view.admits_leader(from, &rpc.vote) {
         return Err(Refused::NotMember(from));
     }
-    leader_vote(&rpc.vote)?;
     let term = rpc.vote.leader_id.term;
     check_term(term, view, limits)?;
     check_log_id("snapshot last_log_id", &rpc.meta.last_log_id, term)?;
@@ -345,5 +366,65 @@ impl LogOnce {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nines_types::Node;
+    use openraft::CommittedLeaderId;
+
+    /// A membership from before node 3 (re)joined: voters 1 and 2.
+    fn old_config() -> StoredMembership {
+        let nodes = [(1, Node::new("a:1", "")), (2, Node::new("b:2", ""))];
+        StoredMembership::new(
+            Some(LogId::new(CommittedLeaderId::new(1, 1), 10)),
+            Membership::new(
+                vec![BTreeSet::from([1, 2])],
+                nodes
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            ),
+        )
+    }
+
+    fn heartbeat(term: u64, from: NodeId) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(term, from),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn a_catching_up_node_admits_the_leader_it_follows_or_any_after_a_silence() {
+        let membership = old_config();
+        let following = Vote::new_committed(3, 3);
+        let limits = GuardLimits::default();
+        let view = |vote, leaderless_for| View {
+            me: 2,
+            current_term: 3,
+            membership: &membership,
+            vote,
+            leaderless_for,
+        };
+        // The leader it already follows, though its replayed config lacks it.
+        let v = view(&following, Duration::ZERO);
+        assert_eq!(check_append(&heartbeat(3, 3), &v, &limits), Ok(()));
+        // A stranger at the next term, while a leader is heard from: refused.
+        assert_eq!(
+            check_append(&heartbeat(4, 99), &v, &limits),
+            Err(Refused::NotMember(99))
+        );
+        // After a silence, a leader of a term not behind is admitted.
+        let other = Vote::new_committed(2, 1);
+        let v = view(&other, LEADERLESS_ADMIT_AFTER);
+        assert_eq!(check_append(&heartbeat(4, 3), &v, &limits), Ok(()));
+        assert_eq!(
+            check_append(&heartbeat(2, 3), &v, &limits),
+            Err(Refused::NotMember(3))
+        );
     }
 }

@@ -92,6 +92,11 @@ impl RaftService {
             me: self.id,
             current_term: m.current_term,
             membership: &m.membership_config,
+            vote: &m.vote,
+            leaderless_for: self
+                .election
+                .as_ref()
+                .map_or(Duration::ZERO, |e| e.contact.since()),
         };
         check(&view, &self.limits).map_err(|why| self.refused(&why))
     }

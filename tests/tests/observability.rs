@@ -275,9 +275,11 @@ async fn a_failed_forward_is_logged_and_counted() {
             .find(|&id| id != leader)
             .expect("a follower");
         let addr = format!("http://{}", cluster.node(follower).client_addr);
-        let mut kv = pb::kv_client::KvClient::connect(addr)
-            .await
-            .expect("connect");
+        // The follower may still be starting: try again.
+        let Ok(mut kv) = pb::kv_client::KvClient::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
         // Forwarded once, so the follower's channel to the leader is up;
         // and the leader has not changed meanwhile (elections at start).
         if kv.put(put("v")).await.is_ok() && cluster.wait_leader(GENEROUS).await == leader {

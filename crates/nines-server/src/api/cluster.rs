@@ -8,7 +8,7 @@ use nines_proto as pb;
 use nines_proto::cluster_client::ClusterClient;
 use nines_types::{Node, NodeId};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Membership, ServerState};
+use openraft::{ChangeMembers, Membership};
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 
@@ -16,6 +16,7 @@ use crate::core::{is_forwarded, NodeCore, Routed};
 use crate::error::ApiError;
 use crate::membership::{self, AddLearner, MembershipError, Removal};
 use crate::network::peers;
+use crate::observe::state_name;
 
 /// Upper bound on a probe of a candidate member. A live node answers in
 /// milliseconds; refused connections are retried until then, because an
@@ -53,16 +54,6 @@ fn members_of(m: &openraft::RaftMetrics<NodeId, Node>) -> Vec<pb::Member> {
             is_learner: !voters.contains(id),
         })
         .collect()
-}
-
-fn state_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
 }
 
 impl ClusterService {

@@ -204,6 +204,20 @@ fn check_membership(
     Ok(())
 }
 
+/// What every leader message (append, snapshot chunk) must show: a sender
+/// other than this node, a committed vote, a leader this node admits and a
+/// sane term. Returns that term.
+fn check_leader(vote: &Vote<NodeId>, view: &View, limits: &GuardLimits) -> Result<u64, Refused> {
+    let from = sender(vote, view)?;
+    leader_vote(vote)?;
+    if !view.admits_leader(from, vote) {
+        return Err(Refused::NotMember(from));
+    }
+    let term = vote.leader_id.term;
+    check_term(term, view, limits)?;
+    Ok(term)
+}
+
 /// The sender of an append must be a member; its entries must follow
 /// `prev_log_id` one by one, with terms that never pass its vote's.
 pub fn check_append(
@@ -211,13 +225,7 @@ pub fn check_append(
     view: &View,
     limits: &GuardLimits,
 ) -> Result<(), Refused> {
-    let from = sender(&rpc.vote, view)?;
-    leader_vote(&rpc.vote)?;
-    if !view.admits_leader(from, &rpc.vote) {
-        return Err(Refused::NotMember(from));
-    }
-    let term = rpc.vote.leader_id.term;
-    check_term(term, view, limits)?;
+    let term = check_leader(&rpc.vote, view, limits)?;
     check_log_id("prev_log_id", &rpc.prev_log_id, term)?;
     check_log_id("leader_commit", &rpc.leader_commit, term)?;
     let mut expected = match rpc.prev_log_id {
@@ -280,13 +288,7 @@ pub fn check_snapshot(
     view: &View,
     limits: &GuardLimits,
 ) -> Result<(), Refused> {
-    let from = sender(&rpc.vote, view)?;
-    leader_vote(&rpc.vote)?;
-    if !view.admits_leader(from, &rpc.vote) {
-        return Err(Refused::NotMember(from));
-    }
-    let term = rpc.vote.leader_id.term;
-    check_term(term, view, limits)?;
+    let term = check_leader(&rpc.vote, view, limits)?;
     check_log_id("snapshot last_log_id", &rpc.meta.last_log_id, term)?;
     check_membership(rpc.meta.last_membership.membership(), limits)
 }

@@ -170,9 +170,17 @@ async fn appends_and_votes_from_a_non_member_are_refused() {
         let err = send(&cluster, id, "vote", vote.clone()).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "node {id}: {err}");
     }
-    // Nobody stepped down or moved to the outsider's term.
-    assert_eq!(cluster.wait_leader(LONG).await, leader);
-    assert_eq!(term_of(&cluster, leader).await, term);
+    // Nobody followed the outsider or moved to its term. The term may still
+    // move by one or two: on a loaded 2-core CI machine a member can time out
+    // and win an ordinary election during the test (CI saw 2 -> 3).
+    let now = cluster.wait_leader(LONG).await;
+    assert!((1..=3).contains(&now), "leader {now} is a member");
+    for id in 1..=3 {
+        let status = cluster.status(id).await.expect("status");
+        assert_ne!(status.leader_id, 99, "node {id} follows the outsider");
+        let t = status.header.unwrap().raft_term;
+        assert!(t < term + 20, "node {id} moved from term {term} to {t}");
+    }
     for id in 1..=3 {
         let kv = cluster.client_of(id).get("k").await.unwrap().unwrap();
         assert_eq!(kv.value, b"good", "node {id}");

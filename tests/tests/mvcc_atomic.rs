@@ -192,3 +192,71 @@ async fn ranges_see_whole_transactions_at_their_header_revision() {
          returned mod_revision:\n  {examples}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_read_past_revisions_and_refuse_future_ones() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(30)).await;
+    let client = cluster.client();
+    let mut revisions = Vec::new();
+    for value in ["1", "2", "3"] {
+        let resp = client.put("past/k", value).await.expect("put");
+        revisions.push(resp.header.expect("header").revision);
+    }
+    client.delete("past/k").await.expect("delete");
+    let at = |revision: i64, serializable: bool| pb::RangeRequest {
+        key: b"past/k".to_vec(),
+        revision,
+        serializable,
+        ..Default::default()
+    };
+    // Through every node, linearizable and serializable alike.
+    for node in 1..=3 {
+        let client = client_of(&cluster, node);
+        for serializable in [false, true] {
+            for (revision, value) in revisions.iter().zip(["1", "2", "3"]) {
+                let resp = wait_for_revision(&client, at(*revision, serializable)).await;
+                assert_eq!(resp.header.expect("header").revision, *revision);
+                assert_eq!(resp.kvs.len(), 1, "node {node} at {revision}");
+                assert_eq!(resp.kvs[0].value, value.as_bytes());
+                assert_eq!(resp.kvs[0].create_revision, revisions[0]);
+            }
+            let now = client.range(at(0, serializable)).await.expect("range");
+            assert!(now.kvs.is_empty(), "deleted at the current revision");
+        }
+        let err = client
+            .range(at(i64::MAX, false))
+            .await
+            .expect_err("a future revision");
+        assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+        assert!(err.to_string().contains("future revision"), "{err}");
+    }
+    // A txn reads the state it applies to: a past revision inside one is refused.
+    let err = client
+        .txn(pb::TxnRequest {
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(at(
+                    revisions[0],
+                    false,
+                ))),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("a txn range at a past revision");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+}
+
+/// A serializable read on a follower may not have applied the revision yet.
+async fn wait_for_revision(client: &Client, request: pb::RangeRequest) -> pb::RangeResponse {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.range(request.clone()).await {
+            Ok(resp) => return resp,
+            Err(e) if e.code() == tonic::Code::OutOfRange && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("range at {}: {e}", request.revision),
+        }
+    }
+}

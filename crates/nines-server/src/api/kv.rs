@@ -118,10 +118,11 @@ impl pb::kv_server::Kv for KvService {
         // its thread for milliseconds. The header carries the revision the
         // read was served at, never one read separately.
         let reader = self.core.reader.clone();
+        let at = message.revision;
         let (served, held) = self
             .reads
             .run(
-                move || reader.range(&read).map_err(ApiError::from),
+                move || reader.range_at(&read, at).map_err(ApiError::from),
                 |r| r.data.kvs.iter().map(kv_bytes).sum(),
             )
             .await?;

@@ -202,6 +202,7 @@ fn parse_op(value: &Value, at: &str) -> Result<pb::RequestOp> {
                 keys_only: get.keys_only,
                 count_only: get.count_only,
                 serializable: false,
+                revision: 0,
             })
         }
         "del" | "delete" => {

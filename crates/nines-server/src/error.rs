@@ -60,12 +60,27 @@ pub enum ApiError {
     Timeout(std::time::Duration),
     #[error("{0}")]
     Precondition(String),
+    /// A read asked for a revision outside the store's history.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("node is shutting down")]
     ShuttingDown,
     #[error("forwarding to the leader failed: {0}")]
     Forward(Status),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<nines_state::StateError> for ApiError {
+    /// What a read's failure tells the client.
+    fn from(e: nines_state::StateError) -> ApiError {
+        use nines_state::StateError as S;
+        match e {
+            S::FutureRevision { .. } => ApiError::OutOfRange(e.to_string()),
+            S::InvalidInput(input) => ApiError::InvalidInput(input),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -76,6 +91,7 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(message)
             }
             ApiError::Precondition(_) => Status::failed_precondition(message),
+            ApiError::OutOfRange(_) => Status::out_of_range(message),
             ApiError::Timeout(_) => Status::deadline_exceeded(message),
             ApiError::Forward(status) => status,
             ApiError::Internal(_) => Status::internal(message),
@@ -127,5 +143,12 @@ mod tests {
         assert_eq!(s.code(), Code::DeadlineExceeded);
         let s: Status = ApiError::Precondition("x".into()).into();
         assert_eq!(s.code(), Code::FailedPrecondition);
+        let s: Status = ApiError::from(nines_state::StateError::FutureRevision {
+            requested: 9,
+            current: 3,
+        })
+        .into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(s.message(), "mvcc: required revision is a future revision");
     }
 }

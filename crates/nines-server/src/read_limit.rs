@@ -99,7 +99,7 @@ impl ReadLimiter {
     where
         F: FnOnce() -> Result<T, E> + Send + 'static,
         T: Send + 'static,
-        E: std::fmt::Display + Send + 'static,
+        E: Into<Status> + Send + 'static,
     {
         let deadline = Instant::now() + self.timeout;
         let slot = tokio::time::timeout_at(deadline, self.executions.clone().acquire_owned())
@@ -113,7 +113,7 @@ impl ReadLimiter {
         let result = tokio::task::spawn_blocking(read)
             .await
             .map_err(|e| Status::from(ApiError::Internal(format!("read task: {e}"))))?
-            .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
+            .map_err(Into::<Status>::into)?;
         drop(executing);
         let bytes = size(&result);
         let units = bytes.div_ceil(UNIT).clamp(1, self.capacity_units as u64) as u32;
@@ -262,7 +262,10 @@ mod tests {
     async fn bytes_stay_held_until_dropped() {
         let l = limiter(4, 8 * UNIT);
         let (_, held) = l
-            .run(|| Ok::<_, String>(vec![0u8; 6 * 1024]), |v| v.len() as u64)
+            .run(
+                || Ok::<_, ApiError>(vec![0u8; 6 * 1024]),
+                |v| v.len() as u64,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -271,14 +274,20 @@ mod tests {
         );
         // 6 of 8 KiB are held: a second 6 KiB result must wait, then give up.
         let second = l
-            .run(|| Ok::<_, String>(vec![0u8; 6 * 1024]), |v| v.len() as u64)
+            .run(
+                || Ok::<_, ApiError>(vec![0u8; 6 * 1024]),
+                |v| v.len() as u64,
+            )
             .await;
         assert_eq!(second.err().unwrap().code(), tonic::Code::ResourceExhausted);
         assert_eq!(l.counters.reads_rejected.load(Ordering::Relaxed), 1);
         drop(held);
         assert_eq!(l.counters.read_bytes_in_flight.load(Ordering::Relaxed), 0);
         assert!(l
-            .run(|| Ok::<_, String>(vec![0u8; 6 * 1024]), |v| v.len() as u64)
+            .run(
+                || Ok::<_, ApiError>(vec![0u8; 6 * 1024]),
+                |v| v.len() as u64
+            )
             .await
             .is_ok());
     }
@@ -287,7 +296,10 @@ mod tests {
     async fn results_larger_than_the_limit_still_pass_alone() {
         let l = limiter(1, 4 * UNIT);
         let (v, _held) = l
-            .run(|| Ok::<_, String>(vec![1u8; 64 * 1024]), |v| v.len() as u64)
+            .run(
+                || Ok::<_, ApiError>(vec![1u8; 64 * 1024]),
+                |v| v.len() as u64,
+            )
             .await
             .unwrap();
         assert_eq!(v.len(), 64 * 1024);
@@ -295,10 +307,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_errors_become_internal() {
+    async fn read_errors_keep_their_status() {
         let l = limiter(1, 4 * UNIT);
         let e = l
-            .run(|| Err::<Vec<u8>, _>("disk on fire"), |v| v.len() as u64)
+            .run(
+                || Err::<Vec<u8>, _>(ApiError::Internal("disk on fire".into())),
+                |v| v.len() as u64,
+            )
             .await
             .err()
             .unwrap();

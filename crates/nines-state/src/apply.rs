@@ -1,189 +1,106 @@
-//! Command execution: pure logic over an overlay of not-yet-written changes.
-//!
-//! A batch of entries is executed against `Overlay` (sled tree + pending
-//! writes); reads see earlier writes of the same batch. The caller then
-//! writes the overlay, meta included, as one atomic sled batch.
+//! Command execution: one `apply` call runs its entries against the
+//! multi-version store and an overlay of its not-yet-written records, then
+//! commits every record, session and meta change as one atomic batch and
+//! only then publishes the new revision to readers.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use nines_types::{
     Command, CommandResult, Compare, CompareOp, CompareTarget, Entry, KeyRange, KeyValue, LogId,
-    RangeRequest, RangeResponse, RejectReason, Request, Response, StoredMembership, TxnOp,
-    TxnOpResponse,
+    RangeRequest, RejectReason, Request, Response, StoredMembership, TxnOp, TxnOpResponse,
 };
 use openraft::EntryPayload;
 
+use crate::engine::{Engine, Write};
 use crate::error::StateError;
+use crate::mvcc::{encode_record, key_value, rev_key, value_of, KeyAt, Mvcc, RecordHeader, Rev};
+use crate::overlay::Overlay;
 use crate::sessions::{self, Check, Sessions};
-use crate::store::{
-    data_key, decode, encode, StateOptions, StoredValue, DATA_PREFIX, META_APPLIED,
-    META_MEMBERSHIP, META_REVISION,
-};
+use crate::store::{encode, StateOptions, META_APPLIED, META_MEMBERSHIP, META_REVISION};
 
-/// The tree as it will be once `writes` are applied.
-pub(crate) struct Overlay<'a> {
-    tree: &'a sled::Tree,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+/// What an `apply` call produced.
+pub(crate) struct Applied {
+    pub responses: Vec<Response>,
+    /// The last entry's log id; None if there were no entries.
+    pub applied: Option<LogId>,
 }
 
-impl<'a> Overlay<'a> {
-    pub fn new(tree: &'a sled::Tree) -> Self {
-        Self {
-            tree,
-            writes: BTreeMap::new(),
-        }
+/// Executes `entries`, hands all their writes to `commit` (which must write
+/// them atomically), then publishes the new revision. On any error the
+/// index forgets this call's writes and nothing is published.
+pub(crate) fn apply_entries<E: Engine>(
+    mvcc: &Mvcc<E>,
+    opts: &StateOptions,
+    entries: &[Entry],
+    commit: impl FnOnce(Vec<Write>) -> Result<(), StateError>,
+) -> Result<Applied, StateError> {
+    // Dropped unpublished on every early return, which undoes its index updates.
+    let mut exec = Executor::new(mvcc, opts);
+    let mut responses = Vec::with_capacity(entries.len());
+    for entry in entries {
+        responses.push(exec.apply_entry(entry)?);
     }
-
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        match self.writes.get(key) {
-            Some(pending) => Ok(pending.clone()),
-            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
-        }
+    let applied = exec.applied;
+    if applied.is_some() {
+        // No flush: the Raft log is durable and openraft re-applies
+        // committed entries after a crash.
+        commit(exec.finish()?)?;
+        mvcc.publish(exec.revision);
     }
-
-    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
-    }
-
-    pub fn remove(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
-    }
-
-    pub fn into_writes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        self.writes
-    }
-
-    /// Visits live keys in `[start, end)` in order until `f` returns false.
-    pub fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, StateError>,
-    ) -> Result<(), StateError> {
-        if start >= end {
-            return Ok(());
-        }
-        let mut tree_iter = self.tree.range(start..end);
-        let mut pending = self
-            .writes
-            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)));
-        let mut t = tree_iter.next().transpose()?;
-        let mut p = pending.next();
-        loop {
-            let order = match (&t, &p) {
-                (None, None) => return Ok(()),
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some((tk, _)), Some((pk, _))) => tk.as_ref().cmp(pk.as_slice()),
-            };
-            if order == Ordering::Less {
-                if let Some((k, v)) = t.take() {
-                    if !f(&k, &v)? {
-                        return Ok(());
-                    }
-                }
-                t = tree_iter.next().transpose()?;
-                continue;
-            }
-            if order == Ordering::Equal {
-                // The pending write shadows the tree's value.
-                t = tree_iter.next().transpose()?;
-            }
-            if let Some((k, Some(v))) = p.take() {
-                if !f(k, v)? {
-                    return Ok(());
-                }
-            }
-            p = pending.next();
-        }
-    }
-
-    fn get_value(&self, key: &[u8]) -> Result<Option<StoredValue>, StateError> {
-        self.get(&data_key(key))?.map(|v| decode(&v)).transpose()
-    }
-
-    /// Calls `f` for each user key in `range` with its stored value.
-    fn scan_range(
-        &self,
-        range: &KeyRange,
-        mut f: impl FnMut(&[u8], StoredValue) -> Result<bool, StateError>,
-    ) -> Result<(), StateError> {
-        self.scan_range_raw(range, |key, raw| f(key, decode(raw)?))
-    }
-
-    /// Like `scan_range`, with the value still encoded: counting keys past a
-    /// range's limit need not decode them.
-    fn scan_range_raw(
-        &self,
-        range: &KeyRange,
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, StateError>,
-    ) -> Result<(), StateError> {
-        let (start, end) = match range {
-            KeyRange::Single(key) => {
-                if let Some(raw) = self.get(&data_key(key))? {
-                    f(key, &raw)?;
-                }
-                return Ok(());
-            }
-            KeyRange::Between { start, end } => (data_key(start), data_key(end)),
-            KeyRange::From(start) => (data_key(start), vec![DATA_PREFIX + 1]),
-        };
-        self.scan(&start, &end, |raw, v| f(&raw[1..], v))
-    }
-
-    /// etcd Range: `count` is every match; `limit` cuts `kvs` and sets `more`.
-    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StateError> {
-        let mut resp = RangeResponse::default();
-        let limit = if req.limit == 0 { u64::MAX } else { req.limit };
-        self.scan_range_raw(&req.range, |key, raw| {
-            resp.count += 1;
-            if !req.count_only && (resp.kvs.len() as u64) < limit {
-                let v: StoredValue = decode(raw)?;
-                resp.kvs.push(v.into_kv(key, req.keys_only));
-            }
-            Ok(true)
-        })?;
-        resp.more = !req.count_only && resp.count > resp.kvs.len() as u64;
-        Ok(resp)
-    }
+    exec.published = true;
+    Ok(Applied { responses, applied })
 }
 
-/// Executes entries of one `apply` call against an overlay.
-pub(crate) struct Executor<'a> {
-    overlay: Overlay<'a>,
+/// Executes entries of one `apply` call.
+struct Executor<'a, E: Engine> {
+    mvcc: &'a Mvcc<E>,
+    overlay: Overlay<'a, E>,
     opts: &'a StateOptions,
+    /// The published revision when this call began.
+    base: i64,
     revision: i64,
     revision_changed: bool,
     applied: Option<LogId>,
     membership: Option<StoredMembership>,
     sessions: Sessions,
+    /// Sub index of the current command's next write.
+    sub: u32,
+    /// Keys this call wrote to the index, to undo if it fails.
+    touched: Vec<Vec<u8>>,
+    published: bool,
 }
 
-impl<'a> Executor<'a> {
-    pub fn new(tree: &'a sled::Tree, revision: i64, opts: &'a StateOptions) -> Self {
+impl<E: Engine> Drop for Executor<'_, E> {
+    fn drop(&mut self) {
+        if !self.published {
+            self.mvcc
+                .index_mut()
+                .truncate_after(&self.touched, self.base);
+        }
+    }
+}
+
+impl<'a, E: Engine> Executor<'a, E> {
+    fn new(mvcc: &'a Mvcc<E>, opts: &'a StateOptions) -> Self {
+        let base = mvcc.revision();
         Self {
-            overlay: Overlay::new(tree),
+            mvcc,
+            overlay: Overlay::new(&mvcc.engine),
             opts,
-            revision,
+            base,
+            revision: base,
             revision_changed: false,
             applied: None,
             membership: None,
             sessions: Sessions::default(),
+            sub: 0,
+            touched: Vec::new(),
+            published: false,
         }
     }
 
-    pub fn revision(&self) -> i64 {
-        self.revision
-    }
-
-    pub fn applied(&self) -> Option<LogId> {
-        self.applied
-    }
-
     /// Applies one log entry and returns its response.
-    pub fn apply_entry(&mut self, entry: &Entry) -> Result<Response, StateError> {
+    fn apply_entry(&mut self, entry: &Entry) -> Result<Response, StateError> {
         let index = entry.log_id.index;
         self.applied = Some(entry.log_id);
         let response = match &entry.payload {
@@ -213,8 +130,8 @@ impl<'a> Executor<'a> {
         Ok(response)
     }
 
-    /// All writes plus the changed meta records, ready for one sled batch.
-    pub fn finish(mut self) -> Result<BTreeMap<Vec<u8>, Option<Vec<u8>>>, StateError> {
+    /// All records plus the changed meta and sessions, for one batch.
+    fn finish(&mut self) -> Result<Vec<Write>, StateError> {
         if let Some(applied) = self.applied {
             self.overlay
                 .put(META_APPLIED.to_vec(), encode(&Some(applied))?);
@@ -228,7 +145,9 @@ impl<'a> Executor<'a> {
                 .put(META_REVISION.to_vec(), encode(&self.revision)?);
         }
         self.sessions.finish(&mut self.overlay)?;
-        Ok(self.overlay.into_writes())
+        let mvcc = self.mvcc;
+        let overlay = std::mem::replace(&mut self.overlay, Overlay::new(&mvcc.engine));
+        Ok(overlay.into_writes())
     }
 
     fn empty(&self) -> Response {
@@ -274,9 +193,10 @@ impl<'a> Executor<'a> {
                 result: CommandResult::Rejected(RejectReason::InvalidInput(e.to_string())),
             });
         }
-        // Every write of this command carries `rev`; it becomes the store
-        // revision only if something actually changed.
+        // Every write of this command is stored at `rev` (sub 0, 1, ...); it
+        // becomes the store revision only if something actually changed.
         let rev = self.revision + 1;
+        self.sub = 0;
         let mut changed = false;
         let result = match command {
             Command::Put {
@@ -291,23 +211,21 @@ impl<'a> Executor<'a> {
                 }
             }
             Command::Delete { key, prev_kv } => {
-                let (deleted, prev_kvs) = self.delete(&KeyRange::Single(key.clone()), *prev_kv)?;
+                let (deleted, prev_kvs) =
+                    self.delete(&KeyRange::Single(key.clone()), *prev_kv, rev)?;
                 changed = deleted > 0;
                 CommandResult::Delete { deleted, prev_kvs }
             }
             Command::DeleteRange { range, prev_kv } => {
-                let (deleted, prev_kvs) = self.delete(range, *prev_kv)?;
+                let (deleted, prev_kvs) = self.delete(range, *prev_kv, rev)?;
                 changed = deleted > 0;
                 CommandResult::Delete { deleted, prev_kvs }
             }
             Command::Txn(txn) => {
-                let succeeded = txn
-                    .compares
-                    .iter()
-                    .map(|c| self.compare(c))
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .all(|ok| ok);
+                let mut succeeded = true;
+                for compare in &txn.compares {
+                    succeeded &= self.compare(compare)?;
+                }
                 let ops = if succeeded {
                     &txn.success
                 } else {
@@ -327,11 +245,14 @@ impl<'a> Executor<'a> {
                             }
                         }
                         TxnOp::Delete { range, prev_kv } => {
-                            let (deleted, prev_kvs) = self.delete(range, *prev_kv)?;
+                            let (deleted, prev_kvs) = self.delete(range, *prev_kv, rev)?;
                             changed |= deleted > 0;
                             TxnOpResponse::Delete { deleted, prev_kvs }
                         }
-                        TxnOp::Get(req) => TxnOpResponse::Get(self.overlay.range(req)?),
+                        TxnOp::Get(req) => TxnOpResponse::Get(
+                            self.mvcc
+                                .range_latest(req, |r| self.overlay.get(&rev_key(r)))?,
+                        ),
                     });
                 }
                 CommandResult::Txn {
@@ -354,6 +275,12 @@ impl<'a> Executor<'a> {
         })
     }
 
+    /// The key as it is now, with its value (unwritten records included).
+    fn current_kv(&self, key: &[u8], at: KeyAt) -> Result<KeyValue, StateError> {
+        let value = value_of(key, at.rev, |r| self.overlay.get(&rev_key(r)))?;
+        Ok(key_value(key.to_vec(), value, at))
+    }
+
     fn put(
         &mut self,
         key: &[u8],
@@ -361,64 +288,91 @@ impl<'a> Executor<'a> {
         want_prev: bool,
         rev: i64,
     ) -> Result<Option<KeyValue>, StateError> {
-        let prev = self.overlay.get_value(key)?;
-        let next = match &prev {
-            Some(p) => StoredValue {
-                value: value.to_vec(),
-                create_revision: p.create_revision,
-                mod_revision: rev,
-                version: p.version + 1,
-                lease: 0,
-            },
-            None => StoredValue {
-                value: value.to_vec(),
-                create_revision: rev,
-                mod_revision: rev,
-                version: 1,
-                lease: 0,
-            },
+        let prev = self.mvcc.latest(key);
+        let prev_kv = match prev {
+            Some(at) if want_prev => Some(self.current_kv(key, at)?),
+            _ => None,
         };
-        self.overlay.put(data_key(key), encode(&next)?);
-        Ok(prev.filter(|_| want_prev).map(|p| p.into_kv(key, false)))
+        let (create_revision, version) = match prev {
+            Some(p) => (p.create_revision, p.version.saturating_add(1)),
+            None => (rev, 1),
+        };
+        let header = RecordHeader {
+            key: key.to_vec(),
+            tombstone: false,
+            create_revision,
+            version,
+            lease: 0,
+        };
+        self.write(header, value, rev)?;
+        Ok(prev_kv)
     }
 
     fn delete(
         &mut self,
         range: &KeyRange,
         want_prev: bool,
+        rev: i64,
     ) -> Result<(u64, Vec<KeyValue>), StateError> {
-        let mut found = Vec::new();
-        self.overlay.scan_range(range, |key, v| {
-            found.push((key.to_vec(), v));
-            Ok(true)
-        })?;
-        let deleted = found.len() as u64;
-        let mut prev_kvs = Vec::new();
-        for (key, v) in found {
-            self.overlay.remove(data_key(&key));
-            if want_prev {
-                prev_kvs.push(v.into_kv(&key, false));
-            }
+        let live = RangeRequest {
+            range: range.clone(),
+            limit: 0,
+            // The values are read only to be returned.
+            keys_only: !want_prev,
+            count_only: false,
+        };
+        let found = self
+            .mvcc
+            .range_latest(&live, |r| self.overlay.get(&rev_key(r)))?;
+        for kv in &found.kvs {
+            let header = RecordHeader {
+                key: kv.key.clone(),
+                tombstone: true,
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+            };
+            self.write(header, &[], rev)?;
         }
-        Ok((deleted, prev_kvs))
+        let prev_kvs = if want_prev { found.kvs } else { Vec::new() };
+        Ok((found.count, prev_kvs))
+    }
+
+    /// Stores one write at `(rev, next sub)` and adds it to the index.
+    fn write(&mut self, header: RecordHeader, value: &[u8], rev: i64) -> Result<(), StateError> {
+        let at = Rev {
+            main: rev,
+            sub: self.sub,
+        };
+        self.sub = self.sub.checked_add(1).ok_or_else(|| {
+            StateError::CorruptState("more than 2^32 writes in one command".into())
+        })?;
+        self.overlay
+            .put(rev_key(at).to_vec(), encode_record(&header, value)?);
+        self.touched.push(header.key.clone());
+        let mut index = self.mvcc.index_mut();
+        if header.tombstone {
+            index.tombstone(&header.key, at)
+        } else {
+            index.put(&header.key, at)
+        }
     }
 
     /// etcd compare: a missing key has version and revisions 0 and fails
     /// every value compare.
     fn compare(&self, compare: &Compare) -> Result<bool, StateError> {
-        let current = self.overlay.get_value(&compare.key)?;
-        let order = match (&compare.target, &current) {
+        let current = self.mvcc.latest(&compare.key);
+        let order = match (&compare.target, current) {
             (CompareTarget::Value(_), None) => return Ok(false),
-            (CompareTarget::Value(want), Some(v)) => v.value.as_slice().cmp(want.as_slice()),
-            (CompareTarget::Version(want), _) => {
-                current.as_ref().map_or(0, |v| v.version).cmp(want)
+            (CompareTarget::Value(want), Some(at)) => {
+                let value = value_of(&compare.key, at.rev, |r| self.overlay.get(&rev_key(r)))?;
+                value.as_slice().cmp(want.as_slice())
             }
+            (CompareTarget::Version(want), _) => current.map_or(0, |c| c.version).cmp(want),
             (CompareTarget::CreateRevision(want), _) => {
-                current.as_ref().map_or(0, |v| v.create_revision).cmp(want)
+                current.map_or(0, |c| c.create_revision).cmp(want)
             }
-            (CompareTarget::ModRevision(want), _) => {
-                current.as_ref().map_or(0, |v| v.mod_revision).cmp(want)
-            }
+            (CompareTarget::ModRevision(want), _) => current.map_or(0, |c| c.rev.main).cmp(want),
         };
         Ok(match compare.op {
             CompareOp::Equal => order == Ordering::Equal,

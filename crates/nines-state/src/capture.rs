@@ -5,13 +5,19 @@
 //! write, the key's value before its first change since the capture began.
 //! The build scans the live tree, skips keys found in the undo map, and
 //! finally writes the undo map's original values.
+//!
+//! Revision records are exempt: they are written once and never changed, so
+//! the build takes those at or below the captured revision straight from
+//! the scan, and applies need not record the (absent) value of every new one.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
 use std::time::Instant;
 
+use crate::engine::{Engine, Write};
 use crate::error::StateError;
-use crate::redo;
+use crate::mvcc::REV_PREFIX;
 use crate::store::{lock, read_meta, MetaState, Shared};
 
 pub(crate) struct Capture {
@@ -25,53 +31,53 @@ pub(crate) struct Capture {
 
 impl Capture {
     /// Called by apply, with the capture lock held, before writing `key`.
-    pub fn remember(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<bool, StateError> {
-        if self.cursor.as_deref().is_some_and(|c| key <= c) || self.undo.contains_key(key) {
+    pub fn remember<E: Engine>(&mut self, engine: &E, key: &[u8]) -> Result<bool, StateError> {
+        if key.first() == Some(&REV_PREFIX)
+            || self.cursor.as_deref().is_some_and(|c| key <= c)
+            || self.undo.contains_key(key)
+        {
             return Ok(false);
         }
-        let before = tree.get(key)?.map(|v| v.to_vec());
+        let before = engine.get(key)?.map(|v| v.as_ref().to_vec());
         self.undo.insert(key.to_vec(), before);
         Ok(true)
     }
 }
 
-/// Writes `writes` to `tree` atomically (see `redo.rs`), first recording
-/// undo values if a snapshot build is capturing.
-pub(crate) fn write_batch(
-    shared: &Shared,
-    tree: &sled::Tree,
-    writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<(), StateError> {
-    let writes: Vec<redo::Write> = writes.into_iter().collect();
-    // The lock is held across the writes: a scan that finds a key absent
-    // from `undo` then knows no write to it has started or is in flight.
+/// Call before an apply writes `writes` to `engine`: records undo values if
+/// a snapshot build is capturing. Hold the returned guard until the writes
+/// are done: a scan that finds a key absent from `undo` then knows no write
+/// to it has started or is in flight.
+pub(crate) fn before_write<'a, E: Engine>(
+    shared: &'a Shared,
+    engine: &E,
+    writes: &[Write],
+) -> Result<MutexGuard<'a, Option<Capture>>, StateError> {
     let mut guard = lock(&shared.capture);
     let mut captured = 0u64;
     if let Some(capture) = guard.as_mut() {
-        for (key, _) in &writes {
-            if capture.remember(tree, key)? {
+        for (key, _) in writes {
+            if capture.remember(engine, key)? {
                 captured += 1;
             }
         }
     }
-    redo::write_atomically(tree, &writes)?;
-    drop(guard);
     if captured > 0 {
         shared
             .stats
             .undo_captured
             .fetch_add(captured, Ordering::Relaxed);
     }
-    Ok(())
+    Ok(guard)
 }
 
 /// Starts a capture and returns the meta at the capture point. This is the
 /// only moment a build blocks apply: one mutex hold plus three point reads.
-pub(crate) fn begin(shared: &Shared, tree: &sled::Tree) -> Result<MetaState, StateError> {
+pub(crate) fn begin<E: Engine>(shared: &Shared, engine: &E) -> Result<MetaState, StateError> {
     let started = Instant::now();
     let meta = {
         let mut guard = lock(&shared.capture);
-        let meta = read_meta(tree)?;
+        let meta = read_meta(engine)?;
         *guard = Some(Capture {
             undo: HashMap::new(),
             cursor: None,

@@ -45,6 +45,15 @@ pub enum StateError {
         purged: Option<u64>,
     },
 
+    /// A read asked for a revision the store has not reached.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision { requested: i64, current: i64 },
+
+    /// The index names a revision record the engine does not have: damage,
+    /// or a snapshot install replaced the store during the read.
+    #[error("revision record {main}.{sub} is missing")]
+    MissingRecord { main: i64, sub: u32 },
+
     /// The Raft log whose durable index gates apply was closed.
     #[error("the Raft log was closed while an apply waited for it")]
     LogClosed,

@@ -1,15 +1,21 @@
-//! Loading a snapshot file into a fresh tree and swapping it in; used by
-//! `install_snapshot` and by `open` after a crash mid-install.
+//! Loading a snapshot file into a fresh tree, rebuilding the key index from
+//! its records and swapping both in; used by `install_snapshot` and by
+//! `open` after a crash mid-install.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 
 use nines_types::SnapshotMeta;
 
 use crate::error::StateError;
+use crate::mvcc::Mvcc;
+use crate::sled_engine::SledEngine;
 use crate::snapshot_file::SnapshotReader;
-use crate::store::{encode, lock, read_meta, MetaState, Shared, META_APPLIED, META_MEMBERSHIP};
+use crate::store::{
+    encode, lock, read_meta, MetaState, Shared, LEGACY_DATA_PREFIX, META_APPLIED, META_MEMBERSHIP,
+};
 
 /// Records per sled batch while loading: bounds memory, keeps batches cheap.
 const LOAD_CHUNK: usize = 10_000;
@@ -24,15 +30,15 @@ pub(crate) fn install(
     let tmp = shared.snapshots.tmp_path("install");
     let result = (|| {
         copy_synced(&mut src, &tmp)?;
-        let (tree, state) = fill_new_tree(shared, &tmp, meta)?;
+        let (store, state) = fill_new_tree(shared, &tmp, meta)?;
         let dest = shared.snapshots.file_for(&meta.snapshot_id);
         // Publish before flipping: if we crash in between, open() sees a
         // snapshot newer than the tree and reloads it.
         if let Err(e) = shared.snapshots.publish(&tmp, &dest) {
-            let _ = shared.db.drop_tree(tree.name());
+            let _ = shared.db.drop_tree(store.engine.tree().name());
             return Err(e);
         }
-        activate(shared, tree, state, meta.clone(), &dest)
+        activate(shared, store, state, meta.clone(), &dest)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -57,21 +63,24 @@ fn copy_synced(src: &mut File, dest: &Path) -> Result<(), StateError> {
     out.sync_all().map_err(|e| StateError::io(dest, e))
 }
 
-/// Verifies `path` while loading it into a new tree; the tree is dropped
-/// again if the file turns out corrupt, so a bad file never becomes current.
+/// Verifies `path` while loading it into a new tree, then indexes its
+/// records; the tree is dropped again if the file turns out corrupt, so a
+/// bad file never becomes current.
 pub(crate) fn fill_new_tree(
     shared: &Shared,
     path: &Path,
     meta: &SnapshotMeta,
-) -> Result<(sled::Tree, MetaState), StateError> {
+) -> Result<(Mvcc<SledEngine>, MetaState), StateError> {
     let tree = shared.new_tree()?;
-    match fill(&tree, path, meta) {
-        Ok(state) => Ok((tree, state)),
-        Err(e) => {
-            let _ = shared.db.drop_tree(tree.name());
-            Err(e)
-        }
+    let name = tree.name();
+    let filled = fill(&tree, path, meta).and_then(|state| {
+        let store = Mvcc::open(SledEngine::new(tree), state.revision, &AtomicU64::new(0))?;
+        Ok((store, state))
+    });
+    if filled.is_err() {
+        let _ = shared.db.drop_tree(name);
     }
+    filled
 }
 
 fn fill(tree: &sled::Tree, path: &Path, meta: &SnapshotMeta) -> Result<MetaState, StateError> {
@@ -88,6 +97,12 @@ fn fill(tree: &sled::Tree, path: &Path, meta: &SnapshotMeta) -> Result<MetaState
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     while let Some((key, value)) = reader.next_record()? {
+        if key.first() == Some(&LEGACY_DATA_PREFIX) {
+            return Err(StateError::corrupt(
+                path,
+                "written by a nines version before the multi-version store",
+            ));
+        }
         batch.insert(key, value);
         in_batch += 1;
         if in_batch == LOAD_CHUNK {
@@ -99,20 +114,20 @@ fn fill(tree: &sled::Tree, path: &Path, meta: &SnapshotMeta) -> Result<MetaState
     batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
     batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
     tree.apply_batch(batch)?;
-    read_meta(tree)
+    read_meta(&SledEngine::new(tree.clone()))
 }
 
-/// Makes a filled tree current and `meta` the current snapshot.
+/// Makes a filled store current and `meta` the current snapshot.
 pub(crate) fn activate(
     shared: &Shared,
-    tree: sled::Tree,
+    store: Mvcc<SledEngine>,
     state: MetaState,
     meta: SnapshotMeta,
     file: &Path,
 ) -> Result<(), StateError> {
-    shared.flip_tree(tree)?;
+    shared.flip(store)?;
     *lock(&shared.current_snapshot) = Some(meta);
     shared.snapshots.remove_others(file);
-    shared.set_cached(state.applied, state.revision);
+    shared.set_applied(state.applied);
     Ok(())
 }

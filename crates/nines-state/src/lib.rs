@@ -1,15 +1,19 @@
-//! The nines state machine: an etcd-like KV on sled, applied from the Raft
-//! log, with exactly-once sessions and point-in-time file snapshots built
-//! while writes continue.
+//! The nines state machine: an etcd-like multi-version KV, applied from the
+//! Raft log onto an ordered engine (sled), with exactly-once sessions and
+//! point-in-time file snapshots built while writes continue.
 
 mod apply;
 mod capture;
+mod engine;
 mod error;
 mod install;
+mod mvcc;
+mod overlay;
 mod reader;
 mod rebuild;
 mod redo;
 mod sessions;
+mod sled_engine;
 mod snapshot_builder;
 mod snapshot_dir;
 mod snapshot_file;
@@ -17,6 +21,7 @@ mod state_machine;
 mod store;
 
 pub use error::StateError;
+pub use mvcc::Read;
 pub use reader::StateReader;
 pub use snapshot_builder::SnapshotBuilder;
 pub use state_machine::{SnapshotStats, StateMachine};

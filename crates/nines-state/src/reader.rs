@@ -1,18 +1,18 @@
 //! Concurrent reads while Raft owns the state machine.
 //!
-//! Reads go straight to the current sled tree. They see each applied batch
-//! as sled exposes it and never a half-installed snapshot (installs build a
-//! new tree and swap the handle). Serve them on the leader after a read
-//! barrier for linearizability.
+//! Every read is served at one revision, returned with the data: it sees
+//! whole applies only (see `mvcc/mod.rs` for the publish rule) and never a
+//! half-installed snapshot (installs build a new store and swap it in).
+//! Serve them on the leader after a read barrier for linearizability.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nines_types::{KeyValue, LogId, RangeRequest, RangeResponse};
 
-use crate::apply::Overlay;
 use crate::error::StateError;
-use crate::store::{data_key, decode, RawRecord, Shared, StoredValue};
+use crate::mvcc::{Mvcc, Read};
+use crate::sled_engine::SledEngine;
+use crate::store::{RawRecord, Shared};
 
 #[derive(Clone)]
 pub struct StateReader {
@@ -20,23 +20,30 @@ pub struct StateReader {
 }
 
 impl StateReader {
-    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StateError> {
-        self.shared.opts.limits.check_read(req)?;
-        let tree = self.shared.current_tree();
-        Overlay::new(&tree).range(req)
+    /// A range at the current revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<Read<RangeResponse>, StateError> {
+        self.range_at(req, 0)
     }
 
-    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StateError> {
-        let tree = self.shared.current_tree();
-        match tree.get(data_key(key))? {
-            Some(raw) => Ok(Some(decode::<StoredValue>(&raw)?.into_kv(key, false))),
-            None => Ok(None),
-        }
+    /// A range at `revision`; 0 or less means the current one. A revision
+    /// not reached yet is [`StateError::FutureRevision`].
+    pub fn range_at(
+        &self,
+        req: &RangeRequest,
+        revision: i64,
+    ) -> Result<Read<RangeResponse>, StateError> {
+        self.shared.opts.limits.check_read(req)?;
+        self.on_current(|store| store.range(req, revision))
+    }
+
+    /// One key at the current revision.
+    pub fn get(&self, key: &[u8]) -> Result<Read<Option<KeyValue>>, StateError> {
+        self.on_current(|store| store.get(key))
     }
 
     /// The current store revision.
     pub fn revision(&self) -> i64 {
-        self.shared.revision.load(Ordering::Acquire)
+        self.shared.current().revision()
     }
 
     pub fn last_applied(&self) -> Option<LogId> {
@@ -46,12 +53,33 @@ impl StateReader {
     /// Test hook: every raw record of the current tree (data, sessions, meta).
     #[doc(hidden)]
     pub fn dump_raw(&self) -> Result<Vec<RawRecord>, StateError> {
-        let tree = self.shared.current_tree();
-        tree.iter()
+        let store = self.shared.current();
+        store
+            .engine
+            .tree()
+            .iter()
             .map(|r| {
                 r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(StateError::from)
             })
             .collect()
+    }
+
+    /// Runs `read` on the current store. A snapshot install drops the old
+    /// store's tree, so a read that was on it may find a record gone: it is
+    /// served again on the new store.
+    fn on_current<T>(
+        &self,
+        read: impl Fn(&Mvcc<SledEngine>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let store = self.shared.current();
+        match read(&store) {
+            Err(StateError::MissingRecord { .. })
+                if !Arc::ptr_eq(&store, &self.shared.current()) =>
+            {
+                read(&self.shared.current())
+            }
+            result => result,
+        }
     }
 }

@@ -24,6 +24,8 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::StateError;
+use crate::mvcc::REV_PREFIX;
+use crate::store::LEGACY_DATA_PREFIX;
 
 /// Why an open failed: damage we can rebuild from, or anything else.
 pub(crate) enum OpenFailure {
@@ -93,17 +95,30 @@ pub(crate) fn move_aside(sled_dir: &Path) -> Result<PathBuf, StateError> {
     Ok(aside)
 }
 
-/// Reads every record of `tree`: sled loads pages lazily, so damage in the
-/// middle of its files only shows when the pages are read. Counts each
-/// record in `progress`.
+/// Reads every record of `tree` but the revision records (indexing them
+/// reads those): sled loads pages lazily, so damage in the middle of its
+/// files only shows when the pages are read. Counts each record in
+/// `progress`. A tree holding user data in the layout from before the
+/// multi-version store is refused as damage, so it is rebuilt from the log.
 pub(crate) fn verify(
     db: &sled::Db,
     tree: &sled::Tree,
     progress: &AtomicU64,
 ) -> Result<(), StateError> {
-    for item in db.iter().chain(tree.iter()) {
+    for item in db.iter() {
         item?;
         progress.fetch_add(1, Ordering::Relaxed);
+    }
+    let before_revisions = tree.range(..[REV_PREFIX]);
+    let after_revisions = tree.range([REV_PREFIX + 1]..);
+    for item in before_revisions.chain(after_revisions) {
+        let (key, _) = item?;
+        progress.fetch_add(1, Ordering::Relaxed);
+        if key.first() == Some(&LEGACY_DATA_PREFIX) {
+            return Err(StateError::CorruptState(
+                "the state was written by a nines version before the multi-version store".into(),
+            ));
+        }
     }
     Ok(())
 }

@@ -16,13 +16,12 @@
 //! redo record did: [`finish_interrupted`] then replays it. Every write in it
 //! is an absolute value, so replaying is idempotent.
 
+use crate::engine::Write;
 use crate::error::StateError;
 use crate::store::{decode, encode};
 
 /// Under the meta prefix, so data and session scans never see it.
 pub(crate) const REDO_KEY: &[u8] = b"mredo";
-
-pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
 
 /// Applies `writes` so that a crash leaves all or none of them (see above).
 pub(crate) fn write_atomically(tree: &sled::Tree, writes: &[Write]) -> Result<(), StateError> {

@@ -42,8 +42,9 @@ use std::cmp::Ordering;
 use nines_types::{Command, CommandResult, RejectReason, Response, Session};
 use serde::{Deserialize, Serialize};
 
-use crate::apply::Overlay;
+use crate::engine::Engine;
 use crate::error::StateError;
+use crate::overlay::Overlay;
 use crate::store::{decode, encode, session_key, StateOptions, META_SESSIONS, SESSION_LRU_PREFIX};
 
 pub(crate) const DEFAULT_TTL_ENTRIES: u64 = 100_000;
@@ -123,9 +124,9 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    pub fn check(
+    pub fn check<E: Engine>(
         &self,
-        overlay: &Overlay<'_>,
+        overlay: &Overlay<'_, E>,
         session: Session,
         hash: u64,
         revision: i64,
@@ -180,9 +181,9 @@ impl Sessions {
 
     /// Records the outcome of an executed request.
     #[allow(clippy::too_many_arguments)]
-    pub fn record(
+    pub fn record<E: Engine>(
         &mut self,
-        overlay: &mut Overlay<'_>,
+        overlay: &mut Overlay<'_, E>,
         opts: &StateOptions,
         session: Session,
         hash: u64,
@@ -225,9 +226,9 @@ impl Sessions {
     }
 
     /// Deterministic expiry: every replica sweeps at the same indexes.
-    pub fn sweep(
+    pub fn sweep<E: Engine>(
         &mut self,
-        overlay: &mut Overlay<'_>,
+        overlay: &mut Overlay<'_, E>,
         opts: &StateOptions,
         index: u64,
     ) -> Result<(), StateError> {
@@ -249,14 +250,14 @@ impl Sessions {
     }
 
     /// Writes the changed count into the batch.
-    pub fn finish(&self, overlay: &mut Overlay<'_>) -> Result<(), StateError> {
+    pub fn finish<E: Engine>(&self, overlay: &mut Overlay<'_, E>) -> Result<(), StateError> {
         if let (true, Some(count)) = (self.count_changed, self.count) {
             overlay.put(META_SESSIONS.to_vec(), encode(&count)?);
         }
         Ok(())
     }
 
-    fn evict_oldest(&mut self, overlay: &mut Overlay<'_>) -> Result<(), StateError> {
+    fn evict_oldest<E: Engine>(&mut self, overlay: &mut Overlay<'_, E>) -> Result<(), StateError> {
         let mut oldest = None;
         overlay.scan(
             &[SESSION_LRU_PREFIX],
@@ -272,14 +273,18 @@ impl Sessions {
         }
     }
 
-    fn forget(&mut self, overlay: &mut Overlay<'_>, lru: Vec<u8>) -> Result<(), StateError> {
+    fn forget<E: Engine>(
+        &mut self,
+        overlay: &mut Overlay<'_, E>,
+        lru: Vec<u8>,
+    ) -> Result<(), StateError> {
         let client_id = client_of_lru_key(&lru)?;
         overlay.remove(lru);
         overlay.remove(session_key(client_id));
         self.add(overlay, -1)
     }
 
-    fn count(&mut self, overlay: &Overlay<'_>) -> Result<u64, StateError> {
+    fn count<E: Engine>(&mut self, overlay: &Overlay<'_, E>) -> Result<u64, StateError> {
         if let Some(count) = self.count {
             return Ok(count);
         }
@@ -291,7 +296,7 @@ impl Sessions {
         Ok(count)
     }
 
-    fn add(&mut self, overlay: &Overlay<'_>, delta: i64) -> Result<(), StateError> {
+    fn add<E: Engine>(&mut self, overlay: &Overlay<'_, E>, delta: i64) -> Result<(), StateError> {
         let count = self.count(overlay)?;
         self.count = Some(count.saturating_add_signed(delta));
         self.count_changed = true;

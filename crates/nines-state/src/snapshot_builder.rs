@@ -9,8 +9,11 @@ use nines_types::{Snapshot, SnapshotMeta, StorageError, TypeConfig};
 use openraft::RaftSnapshotBuilder;
 
 use crate::capture::{self, CaptureGuard};
+use crate::engine::Engine;
 use crate::error::StateError;
+use crate::mvcc::{parse_rev_key, REV_PREFIX};
 use crate::redo;
+use crate::sled_engine::SledEngine;
 use crate::snapshot_file::SnapshotWriter;
 use crate::store::{lock, Shared};
 
@@ -40,8 +43,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
-    let tree = shared.current_tree();
-    let state = capture::begin(shared, &tree)?;
+    let store = shared.current();
+    let state = capture::begin(shared, &store.engine)?;
     let guard = CaptureGuard { shared };
     let meta = SnapshotMeta {
         last_log_id: state.applied,
@@ -49,7 +52,7 @@ fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
         snapshot_id: shared.snapshots.new_id(state.applied),
     };
     let tmp = shared.snapshots.tmp_path("build");
-    if let Err(e) = write(shared, &tree, guard, &meta, &tmp) {
+    if let Err(e) = write(shared, &store.engine, guard, &meta, state.revision, &tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
@@ -64,7 +67,9 @@ fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
 }
 
 /// Scans the live tree, substituting capture-point values for keys changed
-/// since the capture began.
+/// since the capture began. Every revision record up to the captured
+/// `revision` is taken as found (they never change; later ones are skipped),
+/// so the snapshot carries the whole history.
 ///
 /// Why the scan is point-in-time: an apply records a key's pre-change value
 /// in the undo map BEFORE writing it, and holds the capture lock while it
@@ -74,21 +79,28 @@ fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
 /// skipped and written from the map at the end (None: did not exist then).
 fn write(
     shared: &Shared,
-    tree: &sled::Tree,
+    engine: &SledEngine,
     guard: CaptureGuard<'_>,
     meta: &SnapshotMeta,
+    revision: i64,
     tmp: &Path,
 ) -> Result<(), StateError> {
     let mut writer = SnapshotWriter::create(tmp, meta)?;
     let delay = shared.stats.scan_delay_nanos.load(Ordering::Relaxed);
-    for item in tree.iter() {
+    for item in engine.scan(&[], None) {
         let (key, value) = item?;
+        let key = key.as_ref();
         // An apply in flight: its writes reach the snapshot through the undo map.
-        if key.as_ref() == redo::REDO_KEY {
+        if key == redo::REDO_KEY {
             continue;
         }
-        if guard.check(&key) {
-            writer.record(&key, &value)?;
+        let take = if key.first() == Some(&REV_PREFIX) {
+            parse_rev_key(key)?.main <= revision
+        } else {
+            guard.check(key)
+        };
+        if take {
+            writer.record(key, &value)?;
         }
         if delay > 0 {
             std::thread::sleep(Duration::from_nanos(delay));

@@ -18,7 +18,9 @@ use crate::error::StateError;
 use crate::store::{decode, encode, RawRecord};
 
 const MAGIC: &[u8; 8] = b"NINESSNP";
-const VERSION: u32 = 1;
+/// 2: user data as revision records (the multi-version store); a version 1
+/// file holds the older layout and is refused.
+const VERSION: u32 = 2;
 const END_MARKER: u32 = u32::MAX;
 /// A meta record is a few hundred bytes; anything huge is corruption.
 const MAX_META_LEN: u32 = 16 * 1024 * 1024;

@@ -12,13 +12,16 @@ use nines_types::{
 use openraft::storage::RaftStateMachine;
 use openraft::OptionalSend;
 
-use crate::apply::Executor;
+use crate::apply::apply_entries;
 use crate::capture;
+use crate::engine::{Engine, Write};
 use crate::error::StateError;
 use crate::install;
+use crate::mvcc::Mvcc;
 use crate::reader::StateReader;
 use crate::rebuild::{self, OpenFailure};
 use crate::redo;
+use crate::sled_engine::SledEngine;
 use crate::snapshot_builder::SnapshotBuilder;
 use crate::store::{
     self, lock, read_meta, MetaState, Shared, StateOptions, SLED_DIR, SLED_OPEN_LINK,
@@ -156,11 +159,12 @@ fn open_watched(dir: &Path, opts: &StateOptions) -> Result<StateMachine, OpenFai
     result
 }
 
-/// sled, its current tree, the next tree number and the tree's meta.
-type SledState = (sled::Db, sled::Tree, u64, MetaState);
+/// sled, the store on its current tree, the next tree number and the meta.
+type SledState = (sled::Db, Mvcc<SledEngine>, u64, MetaState);
 
-/// Opens sled at `sled_path`, finishes an interrupted apply and reads every
-/// record (counting them in `progress`). `hook`: see `open_test_hook`.
+/// Opens sled at `sled_path`, finishes an interrupted apply, reads every
+/// record (counting them in `progress`) and rebuilds the key index from the
+/// revision records. `hook`: see `open_test_hook`.
 fn open_sled_state(
     sled_path: &Path,
     opts: &StateOptions,
@@ -174,18 +178,20 @@ fn open_sled_state(
     if redo::finish_interrupted(&tree)? {
         tracing::info!("replayed an apply a crash interrupted");
     }
-    let meta = read_meta(&tree)?;
     rebuild::verify(&db, &tree, progress)?;
-    Ok((db, tree, next_tree, meta))
+    let engine = SledEngine::new(tree);
+    let meta = read_meta(&engine)?;
+    let store = Mvcc::open(engine, meta.revision, progress)?;
+    Ok((db, store, next_tree, meta))
 }
 
 /// Loads the snapshot dir next to an opened sled.
 fn open_snapshots(
     dir: &Path,
-    (db, tree, next_tree, meta): SledState,
+    (db, mvcc, next_tree, meta): SledState,
     opts: &StateOptions,
 ) -> Result<StateMachine, StateError> {
-    let shared = store::shared(dir.to_path_buf(), db, tree, next_tree, opts.clone(), &meta);
+    let shared = store::shared(dir.to_path_buf(), db, mvcc, next_tree, opts.clone(), &meta);
     shared.snapshots.create()?;
     shared.snapshots.remove_tmp();
     if let Some((snap, path)) = shared.snapshots.newest_valid()? {
@@ -193,8 +199,8 @@ fn open_snapshots(
             // A crash mid-install, or sled lost its tail: the log entries
             // up to the snapshot may be purged, so the snapshot is the truth.
             tracing::info!(snapshot = ?snap.last_log_id, applied = ?meta.applied, "reloading snapshot");
-            let (tree, state) = install::fill_new_tree(&shared, &path, &snap)?;
-            install::activate(&shared, tree, state, snap, &path)?;
+            let (store, state) = install::fill_new_tree(&shared, &path, &snap)?;
+            install::activate(&shared, store, state, snap, &path)?;
         } else {
             *lock(&shared.current_snapshot) = Some(snap);
             shared.snapshots.remove_others(&path);
@@ -207,11 +213,18 @@ fn open_snapshots(
     })
 }
 
+/// Writes one apply's batch, first saving what a running snapshot build
+/// needs (see `capture.rs`).
+fn commit(shared: &Shared, engine: &SledEngine, writes: &[Write]) -> Result<(), StateError> {
+    let _capturing = capture::before_write(shared, engine, writes)?;
+    engine.write_batch(writes)
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let meta = read_meta(&self.shared.current_tree()).map_err(StateError::read_sm)?;
+        let meta = read_meta(&self.shared.current().engine).map_err(StateError::read_sm)?;
         Ok((meta.applied, meta.membership))
     }
 
@@ -227,23 +240,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let shared = &self.shared;
-        let tree = shared.current_tree();
-        let mut exec = Executor::new(&tree, shared.revision.load(Ordering::Acquire), &shared.opts);
-        let mut responses = Vec::new();
-        for entry in entries {
-            responses.push(exec.apply_entry(&entry).map_err(StateError::write_sm)?);
+        let store = shared.current();
+        let done = apply_entries(&*store, &shared.opts, &entries, |writes| {
+            commit(shared, &store.engine, &writes)
+        })
+        .map_err(StateError::write_sm)?;
+        if done.applied.is_some() {
+            shared.set_applied(done.applied);
         }
-        let (applied, revision) = (exec.applied(), exec.revision());
-        if applied.is_none() {
-            return Ok(responses);
-        }
-        // No flush: the Raft log is durable and openraft re-applies
-        // committed entries after a crash.
-        exec.finish()
-            .and_then(|writes| capture::write_batch(shared, &tree, writes))
-            .map_err(StateError::write_sm)?;
-        shared.set_cached(applied, revision);
-        Ok(responses)
+        Ok(done.responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {

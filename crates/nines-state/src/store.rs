@@ -1,8 +1,10 @@
 //! Shared state, key layout and `StateMachine::open`.
 //!
-//! Everything the machine owns lives in ONE sled tree so one apply's data,
-//! sessions and meta commit atomically (through a redo record, `redo.rs`):
-//! - `d` + user key → `StoredValue`
+//! Everything the machine owns lives in ONE engine tree so one apply's
+//! records, sessions and meta commit atomically (through a redo record,
+//! `redo.rs`):
+//! - `r` + main revision (u64 BE) + sub (u32 BE) → a revision record: one
+//!   put or delete of a user key (see `mvcc/record.rs`)
 //! - `s` + client id (u64 BE) → `SessionRecord` (see `sessions.rs`)
 //! - `t` + last index (u64 BE) + client id (u64 BE) → empty: the sessions
 //!   ordered by last use, for expiry and eviction
@@ -13,19 +15,24 @@
 //! rewriting one key.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use nines_types::{KeyValue, Limits, LogId, SnapshotMeta, StoredMembership};
+use nines_types::{Limits, LogId, SnapshotMeta, StoredMembership};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::capture::Capture;
+use crate::engine::Engine;
 use crate::error::StateError;
+use crate::mvcc::Mvcc;
+use crate::sled_engine::SledEngine;
 use crate::snapshot_dir::SnapshotDir;
 
-pub(crate) const DATA_PREFIX: u8 = b'd';
+/// Where user data lived before the multi-version store (`d` + key): a
+/// tree that still has it was written by an older version.
+pub(crate) const LEGACY_DATA_PREFIX: u8 = b'd';
 pub(crate) const SESSION_PREFIX: u8 = b's';
 pub(crate) const SESSION_LRU_PREFIX: u8 = b't';
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
@@ -78,39 +85,8 @@ impl Default for StateOptions {
     }
 }
 
-/// What a `d` key stores.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct StoredValue {
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
-    pub create_revision: i64,
-    pub mod_revision: i64,
-    pub version: i64,
-    pub lease: i64,
-}
-
-impl StoredValue {
-    pub fn into_kv(self, key: &[u8], keys_only: bool) -> KeyValue {
-        KeyValue {
-            key: key.to_vec(),
-            value: if keys_only { Vec::new() } else { self.value },
-            create_revision: self.create_revision,
-            mod_revision: self.mod_revision,
-            version: self.version,
-            lease: self.lease,
-        }
-    }
-}
-
 /// A raw tree key and value.
 pub type RawRecord = (Vec<u8>, Vec<u8>);
-
-pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(key.len() + 1);
-    raw.push(DATA_PREFIX);
-    raw.extend_from_slice(key);
-    raw
-}
 
 pub(crate) fn session_key(client_id: u64) -> Vec<u8> {
     let mut raw = Vec::with_capacity(9);
@@ -137,6 +113,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Read-locks a std RwLock, recovering from poisoning (same reason).
+pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The meta records of a tree.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MetaState {
@@ -145,17 +126,17 @@ pub(crate) struct MetaState {
     pub revision: i64,
 }
 
-pub(crate) fn read_meta(tree: &sled::Tree) -> Result<MetaState, StateError> {
-    let applied = match tree.get(META_APPLIED)? {
-        Some(v) => decode(&v)?,
+pub(crate) fn read_meta<E: Engine>(engine: &E) -> Result<MetaState, StateError> {
+    let applied = match engine.get(META_APPLIED)? {
+        Some(v) => decode(v.as_ref())?,
         None => None,
     };
-    let membership = match tree.get(META_MEMBERSHIP)? {
-        Some(v) => decode(&v)?,
+    let membership = match engine.get(META_MEMBERSHIP)? {
+        Some(v) => decode(v.as_ref())?,
         None => StoredMembership::default(),
     };
-    let revision = match tree.get(META_REVISION)? {
-        Some(v) => decode(&v)?,
+    let revision = match engine.get(META_REVISION)? {
+        Some(v) => decode(v.as_ref())?,
         None => 0,
     };
     Ok(MetaState {
@@ -168,9 +149,10 @@ pub(crate) fn read_meta(tree: &sled::Tree) -> Result<MetaState, StateError> {
 /// State shared by the state machine, its snapshot builders and readers.
 pub(crate) struct Shared {
     pub db: sled::Db,
-    /// The current data tree; replaced only by a snapshot install. Guards are
-    /// never held across `.await` (clone the handle out instead).
-    pub tree: RwLock<sled::Tree>,
+    /// The current store (its tree and key index); replaced only by a
+    /// snapshot install. Guards are never held across `.await` (clone the
+    /// handle out instead).
+    pub store: RwLock<Arc<Mvcc<SledEngine>>>,
     /// Copy-on-write undo capture of a running snapshot build.
     pub capture: Mutex<Option<Capture>>,
     /// One snapshot build or install at a time.
@@ -180,8 +162,7 @@ pub(crate) struct Shared {
     pub current_snapshot: Mutex<Option<SnapshotMeta>>,
     pub snapshots: SnapshotDir,
     pub opts: StateOptions,
-    /// Caches for readers; written after the tree.
-    pub revision: AtomicI64,
+    /// Cache for readers; written after the tree.
     pub last_applied: RwLock<Option<LogId>>,
     pub tree_counter: AtomicU64,
     pub stats: Stats,
@@ -199,13 +180,12 @@ pub(crate) struct Stats {
 }
 
 impl Shared {
-    pub fn current_tree(&self) -> sled::Tree {
-        self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn current(&self) -> Arc<Mvcc<SledEngine>> {
+        read_lock(&self.store).clone()
     }
 
-    pub fn set_cached(&self, applied: Option<LogId>, revision: i64) {
+    pub fn set_applied(&self, applied: Option<LogId>) {
         *self.last_applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
-        self.revision.store(revision, Ordering::Release);
     }
 
     pub fn cached_applied(&self) -> Option<LogId> {
@@ -221,17 +201,19 @@ impl Shared {
         Ok(tree)
     }
 
-    /// Makes `new` the current tree: persist the pointer, swap the handle
-    /// readers use, then drop the old tree.
-    pub fn flip_tree(&self, new: sled::Tree) -> Result<(), StateError> {
-        self.db.flush()?;
-        self.db.insert(CURRENT_TREE, &*new.name())?;
+    /// Makes `new` the current store: persist the pointer to its tree, swap
+    /// the handle readers use, then drop the old tree.
+    pub fn flip(&self, new: Mvcc<SledEngine>) -> Result<(), StateError> {
+        let name = new.engine.tree().name();
+        // The new store must be on disk before the pointer to it is.
+        new.engine.flush()?;
+        self.db.insert(CURRENT_TREE, &*name)?;
         self.db.flush()?;
         let old = {
-            let mut guard = self.tree.write().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *guard, new)
+            let mut guard = self.store.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *guard, Arc::new(new))
         };
-        self.db.drop_tree(old.name())?;
+        self.db.drop_tree(old.engine.tree().name())?;
         Ok(())
     }
 }
@@ -302,20 +284,19 @@ fn tree_number(name: &[u8]) -> Option<u64> {
 pub(crate) fn shared(
     dir: PathBuf,
     db: sled::Db,
-    tree: sled::Tree,
+    store: Mvcc<SledEngine>,
     next_tree: u64,
     opts: StateOptions,
     meta: &MetaState,
 ) -> Arc<Shared> {
     Arc::new(Shared {
         db,
-        tree: RwLock::new(tree),
+        store: RwLock::new(Arc::new(store)),
         capture: Mutex::new(None),
         build_lock: tokio::sync::Mutex::new(()),
         current_snapshot: Mutex::new(None),
         snapshots: SnapshotDir::new(dir.join("snapshots")),
         opts,
-        revision: AtomicI64::new(meta.revision),
         last_applied: RwLock::new(meta.applied),
         tree_counter: AtomicU64::new(next_tree),
         stats: Stats::default(),

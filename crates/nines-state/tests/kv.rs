@@ -27,7 +27,7 @@ async fn put_tracks_revisions_and_versions() {
         (&b"1"[..], 1, 1)
     );
 
-    let kv = a.sm.reader().get(b"a").unwrap().unwrap();
+    let kv = a.sm.reader().get(b"a").unwrap().data.unwrap();
     assert_eq!(kv.value, b"2");
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (1, 3, 2));
     assert_eq!(a.sm.reader().revision(), 3);
@@ -63,7 +63,7 @@ async fn delete_and_delete_range() {
     };
     assert_eq!((deleted, prev_kvs.len()), (1, 1));
     assert_eq!(prev_kvs[0].value, b"a");
-    assert_eq!(a.sm.reader().get(b"a").unwrap(), None);
+    assert_eq!(a.sm.reader().get(b"a").unwrap().data, None);
 
     let r = a
         .cmd(Command::DeleteRange {
@@ -85,7 +85,7 @@ async fn delete_and_delete_range() {
 
     // Recreated key starts a new life: version 1, new create_revision.
     a.cmd(put("b", "again")).await;
-    let kv = a.sm.reader().get(b"b").unwrap().unwrap();
+    let kv = a.sm.reader().get(b"b").unwrap().data.unwrap();
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (7, 7, 1));
 
     let r = a
@@ -114,23 +114,23 @@ async fn range_limit_count_keys_only() {
     }
     let reader = a.sm.reader();
     let mut req = RangeRequest::range(KeyRange::prefix(b"p/"));
-    let all = reader.range(&req).unwrap();
+    let all = reader.range(&req).unwrap().data;
     assert_eq!((all.kvs.len(), all.count, all.more), (4, 4, false));
     assert_eq!(all.kvs[0].key, b"p/1");
     assert_eq!(all.kvs[3].key, b"p/4");
 
     req.limit = 2;
-    let some = reader.range(&req).unwrap();
+    let some = reader.range(&req).unwrap().data;
     assert_eq!((some.kvs.len(), some.count, some.more), (2, 4, true));
     assert_eq!(some.kvs[1].key, b"p/2");
 
     req.limit = 4;
-    let exact = reader.range(&req).unwrap();
+    let exact = reader.range(&req).unwrap().data;
     assert_eq!((exact.kvs.len(), exact.more), (4, false));
 
     req.limit = 0;
     req.keys_only = true;
-    let keys = reader.range(&req).unwrap();
+    let keys = reader.range(&req).unwrap().data;
     assert!(keys
         .kvs
         .iter()
@@ -138,19 +138,20 @@ async fn range_limit_count_keys_only() {
 
     req.keys_only = false;
     req.count_only = true;
-    let count = reader.range(&req).unwrap();
+    let count = reader.range(&req).unwrap().data;
     assert_eq!((count.kvs.len(), count.count, count.more), (0, 4, false));
 
     let from = reader
         .range(&RangeRequest::range(KeyRange::From(b"p/3".to_vec())))
-        .unwrap();
+        .unwrap()
+        .data;
     assert_eq!(from.count, 3);
-    let single = reader.range(&get_req("q")).unwrap();
+    let single = reader.range(&get_req("q")).unwrap().data;
     assert_eq!(
         (single.count, single.kvs[0].value.as_slice()),
         (1, &b"value"[..])
     );
-    assert_eq!(reader.range(&get_req("nope")).unwrap().count, 0);
+    assert_eq!(reader.range(&get_req("nope")).unwrap().data.count, 0);
 
     // Invalid read input is an error for the reader.
     assert!(reader

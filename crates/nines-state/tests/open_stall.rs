@@ -29,6 +29,7 @@ fn keys(sm: &StateMachine, n: u32) -> usize {
             sm.reader()
                 .get(format!("k{i:04}").as_bytes())
                 .unwrap()
+                .data
                 .is_some()
         })
         .count()
@@ -97,6 +98,6 @@ async fn a_hung_sled_open_is_given_up_and_rebuilt_from_the_snapshot() {
     );
     assert_eq!(sm.reader().last_applied(), snap_id);
     assert_eq!(keys(&sm, 120), 100);
-    let late = sm.reader().get(b"k0099").unwrap().unwrap();
+    let late = sm.reader().get(b"k0099").unwrap().data.unwrap();
     assert_eq!(late.value, "v".repeat(300).into_bytes());
 }

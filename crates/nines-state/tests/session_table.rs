@@ -7,13 +7,13 @@ use nines_state::{StateMachine, StateOptions};
 use nines_types::{CommandResult, KeyRange, RangeRequest, RejectReason, Request, TxnOp};
 use openraft::storage::RaftStateMachine;
 
-/// Bytes of every record in the tree that is not user data.
+/// Bytes of every record in the tree that is not user data (revision records).
 fn non_data_bytes(sm: &StateMachine) -> usize {
     sm.reader()
         .dump_raw()
         .unwrap()
         .into_iter()
-        .filter(|(k, _)| k.first() != Some(&b'd'))
+        .filter(|(k, _)| k.first() != Some(&b'r'))
         .map(|(k, v)| k.len() + v.len())
         .sum()
 }
@@ -89,13 +89,13 @@ async fn large_write_response_is_not_kept_and_its_retry_says_so() {
         })
     );
     // Applied once: the retry wrote nothing.
-    assert_eq!(a.sm.reader().get(b"k").unwrap().unwrap().version, 1);
+    assert_eq!(a.sm.reader().get(b"k").unwrap().data.unwrap().version, 1);
     // A small mixed txn is kept whole: its retry gets the same reads.
     let small = txn(vec![], vec![tput("k", "w"), tget("k")], vec![]);
     let first = a.apply(Request::with_session(small.clone(), 5, 2)).await;
     let retry = a.apply(Request::with_session(small, 5, 2)).await;
     assert_eq!(retry, first);
-    assert_eq!(a.sm.reader().get(b"k").unwrap().unwrap().version, 2);
+    assert_eq!(a.sm.reader().get(b"k").unwrap().data.unwrap().version, 2);
 }
 
 #[tokio::test]
@@ -125,7 +125,7 @@ async fn reused_seq_with_another_request_is_rejected() {
         restarted.result,
         CommandResult::Rejected(RejectReason::StaleSequence { last_seq: 4, .. })
     ));
-    let kv = a.sm.reader().get(b"k").unwrap().unwrap();
+    let kv = a.sm.reader().get(b"k").unwrap().data.unwrap();
     assert_eq!((kv.value.as_slice(), kv.version), (&b"first"[..], 1));
     // The genuine retry is still answered.
     let retry = a
@@ -154,7 +154,7 @@ async fn session_count_is_capped_by_evicting_the_least_recently_used() {
         .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().unwrap()))
         .collect();
     assert_eq!(left, vec![1, 3, 4]);
-    let version = a.sm.reader().get(b"k").unwrap().unwrap().version;
+    let version = a.sm.reader().get(b"k").unwrap().data.unwrap().version;
     let evicted = a.apply(Request::with_session(put("k", "v"), 2, 2)).await;
     assert_eq!(
         evicted.result,
@@ -163,7 +163,10 @@ async fn session_count_is_capped_by_evicting_the_least_recently_used() {
             seq: 2
         })
     );
-    assert_eq!(a.sm.reader().get(b"k").unwrap().unwrap().version, version);
+    assert_eq!(
+        a.sm.reader().get(b"k").unwrap().data.unwrap().version,
+        version
+    );
     // Many new clients never grow the table past the cap.
     for client in 100..200 {
         a.apply(Request::with_session(put("k", "v"), client, 1))

@@ -33,7 +33,7 @@ async fn retry_applies_once_and_stale_is_rejected() {
             seq: 1
         })
     );
-    let kv = a.sm.reader().get(b"k").unwrap().unwrap();
+    let kv = a.sm.reader().get(b"k").unwrap().data.unwrap();
     assert_eq!((kv.value.as_slice(), kv.version), (&b"1"[..], 2));
     assert_eq!(a.sm.reader().revision(), 2);
     assert_eq!(a.sm.reader().last_applied(), Some(log_id(4)));
@@ -50,7 +50,7 @@ async fn retry_applies_once_and_stale_is_rejected() {
         })
     );
     assert_eq!(stale.revision, 3);
-    assert_eq!(a.sm.reader().get(b"k").unwrap().unwrap().value, b"2");
+    assert_eq!(a.sm.reader().get(b"k").unwrap().data.unwrap().value, b"2");
 
     // Sessions are independent per client.
     let other_client = a.apply(Request::with_session(put("k", "c8"), 8, 1)).await;
@@ -78,7 +78,7 @@ async fn retry_applies_once_and_stale_is_rejected() {
         stale.result,
         CommandResult::Rejected(RejectReason::StaleSequence { last_seq: 2, .. })
     ));
-    assert_eq!(b.sm.reader().get(b"k").unwrap().unwrap().value, b"c8");
+    assert_eq!(b.sm.reader().get(b"k").unwrap().data.unwrap().value, b"c8");
     assert_eq!(b.sm.reader().revision(), 4);
     let next = b.apply(Request::with_session(put("k", "3"), 7, 3)).await;
     assert_eq!(next.revision, 5);
@@ -145,9 +145,9 @@ async fn idle_sessions_expire_deterministically() {
             seq: 2
         })
     );
-    assert_eq!(sm.reader().get(b"a").unwrap().unwrap().version, 1);
+    assert_eq!(sm.reader().get(b"a").unwrap().data.unwrap().version, 1);
     assert_eq!(out[1].revision, 2, "deduplicated: the stored response");
-    assert_eq!(sm.reader().get(b"b").unwrap().unwrap().version, 1);
+    assert_eq!(sm.reader().get(b"b").unwrap().data.unwrap().version, 1);
     // A new id starting at seq 1 is fine.
     let out = sm
         .apply([entry(4099, Request::with_session(put("a", "2"), 11, 1))])
@@ -178,8 +178,8 @@ async fn batch_applies_each_request_with_its_own_revision_and_session() {
         responses[3].result,
         CommandResult::Rejected(RejectReason::InvalidInput(_))
     ));
-    assert!(a.sm.reader().get(b"c").unwrap().is_none());
-    assert_eq!(a.sm.reader().get(b"a").unwrap().unwrap().version, 2);
+    assert!(a.sm.reader().get(b"c").unwrap().data.is_none());
+    assert_eq!(a.sm.reader().get(b"a").unwrap().data.unwrap().version, 2);
 
     // Replaying the same batch (a retried proposal) dedups the sessioned
     // writes: they return their first responses and change nothing.
@@ -189,7 +189,7 @@ async fn batch_applies_each_request_with_its_own_revision_and_session() {
     };
     assert_eq!(again[0], responses[0]);
     assert_eq!(again[2], responses[2]);
-    assert_eq!(a.sm.reader().get(b"a").unwrap().unwrap().version, 2);
+    assert_eq!(a.sm.reader().get(b"a").unwrap().data.unwrap().version, 2);
     // The unsessioned put is applied again (revision 4).
     assert_eq!(again[1].revision, 4);
 }

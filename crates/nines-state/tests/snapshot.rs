@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use common::*;
 use nines_state::StateMachine;
-use nines_types::{Command, CompareOp, CompareTarget, Entry, Request, Snapshot, StoredMembership};
+use nines_types::{
+    Command, CompareOp, CompareTarget, Entry, KeyRange, RangeRequest, Request, Snapshot,
+    StoredMembership,
+};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -100,6 +103,13 @@ async fn assert_same_state(a: &mut StateMachine, b: &mut StateMachine) {
     }
     assert_eq!(sessions(a), sessions(b), "sessions");
     assert_eq!(a.reader().revision(), b.reader().revision(), "revision");
+    // The history came along: past revisions read the same.
+    let revision = a.reader().revision();
+    let all = RangeRequest::range(KeyRange::From(vec![0]));
+    for at in (1..=revision).step_by((revision as usize / 40).max(1)) {
+        let (ra, rb) = (a.reader().range_at(&all, at), b.reader().range_at(&all, at));
+        assert_eq!(ra.unwrap(), rb.unwrap(), "at revision {at}");
+    }
     assert_eq!(a.reader().last_applied(), b.reader().last_applied());
     assert_eq!(
         a.applied_state().await.unwrap(),
@@ -272,8 +282,8 @@ async fn install_replaces_previous_state() {
     *receive = *snap.snapshot;
     a.install_snapshot(&snap.meta, receive).await.unwrap();
     // The reader handed out before the install follows the new tree.
-    assert_eq!(reader.get(b"only-a").unwrap(), None);
-    assert_eq!(reader.get(b"b3").unwrap().unwrap().mod_revision, 3);
+    assert_eq!(reader.get(b"only-a").unwrap().data, None);
+    assert_eq!(reader.get(b"b3").unwrap().data.unwrap().mod_revision, 3);
     assert_eq!(reader.revision(), 5);
     assert_eq!(reader.last_applied(), Some(log_id(5)));
     assert_same_state(&mut a, &mut b).await;
@@ -338,7 +348,7 @@ async fn corrupted_snapshot_fails_install() {
             "{name}: {msg}"
         );
         // Nothing changed and no snapshot became current.
-        assert_eq!(sm.reader().get(b"keep").unwrap().unwrap().value, b"me");
+        assert_eq!(sm.reader().get(b"keep").unwrap().data.unwrap().value, b"me");
         assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1)));
         assert!(sm.get_current_snapshot().await.unwrap().is_none());
         let left = std::fs::read_dir(dir.path().join("snapshots"))

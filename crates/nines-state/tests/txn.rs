@@ -137,8 +137,16 @@ async fn branches_ops_and_revision() {
         responses[3],
         TxnOpResponse::Delete { deleted: 1, .. }
     ));
-    assert_eq!(a.sm.reader().get(b"new2").unwrap().unwrap().mod_revision, 4);
-    assert_eq!(a.sm.reader().get(b"other").unwrap(), None);
+    assert_eq!(
+        a.sm.reader()
+            .get(b"new2")
+            .unwrap()
+            .data
+            .unwrap()
+            .mod_revision,
+        4
+    );
+    assert_eq!(a.sm.reader().get(b"other").unwrap().data, None);
 
     // Same txn again: compare fails, failure branch is a read: no bump.
     let r = a
@@ -160,7 +168,7 @@ async fn branches_ops_and_revision() {
         panic!()
     };
     assert_eq!(got.kvs[0].value, b"1");
-    assert_eq!(a.sm.reader().get(b"new").unwrap().unwrap().version, 1);
+    assert_eq!(a.sm.reader().get(b"new").unwrap().data.unwrap().version, 1);
 
     // Failure branch that writes bumps once; delete of nothing does not.
     let r = a
@@ -175,7 +183,7 @@ async fn branches_ops_and_revision() {
         .await;
     assert_eq!(r.revision, 5);
     assert!(!succeeded(&r.result));
-    let kv = a.sm.reader().get(b"k").unwrap().unwrap();
+    let kv = a.sm.reader().get(b"k").unwrap().data.unwrap();
     assert_eq!(
         (
             kv.value.as_slice(),
@@ -205,7 +213,7 @@ async fn branches_ops_and_revision() {
         panic!()
     };
     assert_eq!(got.count, 0);
-    let kv = a.sm.reader().get(b"k").unwrap().unwrap();
+    let kv = a.sm.reader().get(b"k").unwrap().data.unwrap();
     assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, 6, 6));
     assert_eq!(a.sm.reader().revision(), 6);
 }

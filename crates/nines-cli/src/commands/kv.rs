@@ -80,6 +80,9 @@ pub struct GetArgs {
     /// Read from any member without a quorum round (may be stale).
     #[arg(long)]
     serializable: bool,
+    /// Read the store as it was at this revision (0: the current one).
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
 }
 
 impl GetArgs {
@@ -94,6 +97,7 @@ impl GetArgs {
                 keys_only: self.keys_only,
                 count_only: self.count_only,
                 serializable: self.serializable,
+                revision: self.rev,
             })
             .await?;
         let shape = RangeShape {

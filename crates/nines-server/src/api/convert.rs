@@ -121,7 +121,15 @@ fn compare(c: &pb::Compare) -> Result<Compare, ApiError> {
 fn txn_op(op: &pb::RequestOp) -> Result<TxnOp, ApiError> {
     use pb::request_op::Request as R;
     match &op.request {
-        Some(R::RequestRange(r)) => Ok(TxnOp::Get(range_request(r)?)),
+        Some(R::RequestRange(r)) => {
+            // Silently reading the current state instead would lie.
+            if r.revision > 0 {
+                return Err(ApiError::InvalidRequest(
+                    "a range inside a txn cannot ask for a past revision".into(),
+                ));
+            }
+            Ok(TxnOp::Get(range_request(r)?))
+        }
         Some(R::RequestPut(p)) => {
             if p.lease != 0 {
                 return Err(ApiError::InvalidRequest(

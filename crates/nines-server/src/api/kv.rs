@@ -115,20 +115,21 @@ impl pb::kv_server::Kv for KvService {
                 .map_err(|s| self.forward_failed(&node, s));
         }
         // Off the async workers, a few at a time: a scan of megabytes holds
-        // its thread for milliseconds.
+        // its thread for milliseconds. The header carries the revision the
+        // read was served at, never one read separately.
         let reader = self.core.reader.clone();
-        let ((revision, result), held) = self
+        let at = message.revision;
+        let (served, held) = self
             .reads
             .run(
-                move || {
-                    let revision = reader.revision();
-                    reader.range(&read).map(|r| (revision, r))
-                },
-                |(_, r)| r.kvs.iter().map(kv_bytes).sum(),
+                move || reader.range_at(&read, at).map_err(ApiError::from),
+                |r| r.data.kvs.iter().map(kv_bytes).sum(),
             )
             .await?;
-        let mut response =
-            Response::new(convert::range_response(self.core.header(revision), result));
+        let mut response = Response::new(convert::range_response(
+            self.core.header(served.revision),
+            served.data,
+        ));
         read_limit::attach(&mut response, held);
         Ok(response)
     }
@@ -153,19 +154,16 @@ impl pb::kv_server::Kv for KvService {
         }
         let reader = self.core.reader.clone();
         let key = message.key;
-        let ((revision, kv), held) = self
+        let (served, held) = self
             .reads
             .run(
-                move || {
-                    let revision = reader.revision();
-                    reader.get(&key).map(|kv| (revision, kv))
-                },
-                |(_, kv)| kv.as_ref().map(kv_bytes).unwrap_or(0),
+                move || reader.get(&key).map_err(ApiError::from),
+                |r| r.data.as_ref().map(kv_bytes).unwrap_or(0),
             )
             .await?;
         let mut response = Response::new(pb::GetResponse {
-            header: Some(self.core.header(revision)),
-            kv: kv.map(convert::kv),
+            header: Some(self.core.header(served.revision)),
+            kv: served.data.map(convert::kv),
         });
         read_limit::attach(&mut response, held);
         Ok(response)

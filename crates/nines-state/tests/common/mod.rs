@@ -135,6 +135,7 @@ pub fn all_kvs(sm: &StateMachine) -> Vec<nines_types::KeyValue> {
     sm.reader()
         .range(&RangeRequest::range(KeyRange::From(vec![0])))
         .expect("range")
+        .data
         .kvs
 }
 

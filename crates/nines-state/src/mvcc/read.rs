@@ -1,0 +1,156 @@
+//! Range and get at a revision: keys are resolved in the index, values are
+//! then fetched by revision with no lock held.
+
+use std::ops::Bound;
+use std::sync::RwLock;
+
+use nines_types::{KeyRange, KeyValue, RangeRequest, RangeResponse};
+
+use super::index::{KeyAt, KeyIndex, Rev};
+use super::record::decode_record;
+use crate::error::StateError;
+use crate::store::read_lock;
+
+/// Keys visited per hold of the index lock: a range over millions of keys
+/// must not keep an apply waiting for its whole walk. A read at a fixed
+/// revision may release the lock between chunks because what it resolves
+/// (writes at or below its revision) never changes.
+pub(super) const KEYS_PER_LOCK: usize = 256;
+
+/// Resolves `req` at revision `at` and builds its response; `fetch` returns
+/// a record by revision. Values are fetched only for keys returned with
+/// their value (not for counting, `keys_only`, or keys past `limit`).
+pub(crate) fn range<B: AsRef<[u8]>>(
+    index: &RwLock<KeyIndex>,
+    req: &RangeRequest,
+    at: i64,
+    fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
+) -> Result<RangeResponse, StateError> {
+    let limit = match (req.count_only, req.limit) {
+        (true, _) => 0,
+        (false, 0) => u64::MAX,
+        (false, n) => n,
+    };
+    let (count, found) = resolve(index, &req.range, at, limit);
+    let mut kvs = Vec::with_capacity(found.len());
+    for (key, key_at) in found {
+        let value = if req.keys_only {
+            Vec::new()
+        } else {
+            value_of(&key, key_at.rev, &fetch)?
+        };
+        kvs.push(key_value(key, value, key_at));
+    }
+    Ok(RangeResponse {
+        more: count > kvs.len() as u64 && !req.count_only,
+        count,
+        kvs,
+    })
+}
+
+/// One key at revision `at`, with its value.
+pub(crate) fn get<B: AsRef<[u8]>>(
+    index: &RwLock<KeyIndex>,
+    key: &[u8],
+    at: i64,
+    fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
+) -> Result<Option<KeyValue>, StateError> {
+    let Some(key_at) = read_lock(index).get(key, at) else {
+        return Ok(None);
+    };
+    let value = value_of(key, key_at.rev, &fetch)?;
+    Ok(Some(key_value(key.to_vec(), value, key_at)))
+}
+
+pub(crate) fn key_value(key: Vec<u8>, value: Vec<u8>, at: KeyAt) -> KeyValue {
+    KeyValue {
+        key,
+        value,
+        create_revision: at.create_revision,
+        mod_revision: at.rev.main,
+        version: at.version,
+        // Leases are refused at the API until they exist.
+        lease: 0,
+    }
+}
+
+/// The value written at `rev`, checked to belong to `key`.
+pub(crate) fn value_of<B: AsRef<[u8]>>(
+    key: &[u8],
+    rev: Rev,
+    fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
+) -> Result<Vec<u8>, StateError> {
+    let raw = fetch(rev)?.ok_or(StateError::MissingRecord {
+        main: rev.main,
+        sub: rev.sub,
+    })?;
+    let (header, value) = decode_record(raw.as_ref())?;
+    if header.key != key || header.tombstone {
+        return Err(StateError::CorruptState(format!(
+            "revision {}.{} holds {} of {:?}, the index says a put of {:?}",
+            rev.main,
+            rev.sub,
+            if header.tombstone {
+                "a delete"
+            } else {
+                "a put"
+            },
+            String::from_utf8_lossy(&header.key),
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(value.to_vec())
+}
+
+/// Counts the keys of `range` alive at `at` and returns the first `limit`.
+fn resolve(
+    index: &RwLock<KeyIndex>,
+    range: &KeyRange,
+    at: i64,
+    limit: u64,
+) -> (u64, Vec<(Vec<u8>, KeyAt)>) {
+    let mut count = 0u64;
+    let mut found = Vec::new();
+    let (start, end) = match range {
+        KeyRange::Single(key) => {
+            if let Some(key_at) = read_lock(index).get(key, at) {
+                count = 1;
+                if limit > 0 {
+                    found.push((key.clone(), key_at));
+                }
+            }
+            return (count, found);
+        }
+        KeyRange::Between { start, end } => (start, Some(end.as_slice())),
+        KeyRange::From(start) => (start, None),
+    };
+    let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut resume: Option<Vec<u8>> = None;
+    loop {
+        let guard = read_lock(index);
+        let lower = match &resume {
+            Some(last) => Bound::Excluded(last.as_slice()),
+            None => Bound::Included(start.as_slice()),
+        };
+        let mut visited = 0;
+        let mut next = None;
+        for (key, history) in guard.range(lower, upper) {
+            if let Some(key_at) = history.at(at) {
+                count += 1;
+                if (found.len() as u64) < limit {
+                    found.push((key.clone(), key_at));
+                }
+            }
+            visited += 1;
+            if visited == KEYS_PER_LOCK {
+                next = Some(key.clone());
+                break;
+            }
+        }
+        drop(guard);
+        match next {
+            Some(last) => resume = Some(last),
+            None => return (count, found),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 mod apply;
 mod capture;
+mod compactor;
 mod engine;
 mod error;
 mod install;

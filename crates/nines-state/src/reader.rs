@@ -46,6 +46,26 @@ impl StateReader {
         self.shared.current().revision()
     }
 
+    /// Reads below this revision fail with [`StateError::Compacted`]; 0 if
+    /// the store was never compacted.
+    pub fn compacted_revision(&self) -> i64 {
+        self.shared.current().compacted()
+    }
+
+    /// Waits until the records a compaction at `revision` dropped are
+    /// deleted from disk here (etcd's `physical`). Call once the compaction
+    /// is applied locally; it is not bounded otherwise.
+    pub async fn wait_swept(&self, revision: i64) {
+        let mut swept = self.shared.compactor.swept();
+        // Err only if the state machine is gone: nothing left to wait for.
+        let _ = swept.wait_for(|s| *s >= revision).await;
+    }
+
+    /// Records the compaction sweep deleted since open.
+    pub fn swept_records(&self) -> u64 {
+        self.shared.compactor.deleted()
+    }
+
     pub fn last_applied(&self) -> Option<LogId> {
         self.shared.cached_applied()
     }

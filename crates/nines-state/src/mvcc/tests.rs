@@ -41,6 +41,10 @@ impl Engine for Counting {
         self.inner.write_batch(writes)
     }
 
+    fn remove_each(&self, keys: &[Vec<u8>]) -> Result<(), StateError> {
+        self.inner.remove_each(keys)
+    }
+
     fn flush(&self) -> Result<(), StateError> {
         Ok(())
     }
@@ -55,7 +59,7 @@ struct Store {
 impl Store {
     fn new() -> Self {
         Self {
-            mvcc: Mvcc::open(Counting::default(), 0, &AtomicU64::new(0)).unwrap(),
+            mvcc: Mvcc::open(Counting::default(), 0, 0, &AtomicU64::new(0)).unwrap(),
             opts: StateOptions::default(),
             next_index: 1,
         }
@@ -82,9 +86,15 @@ impl Store {
 
     /// Drops the index and rebuilds it from the stored records.
     fn reopen(self) -> Self {
-        let revision = read_meta(&self.mvcc.engine).unwrap().revision;
-        assert_eq!(revision, self.mvcc.revision());
-        let mvcc = Mvcc::open(self.mvcc.engine, revision, &AtomicU64::new(0)).unwrap();
+        let meta = read_meta(&self.mvcc.engine).unwrap();
+        assert_eq!(meta.revision, self.mvcc.revision());
+        let mvcc = Mvcc::open(
+            self.mvcc.engine,
+            meta.revision,
+            meta.compacted,
+            &AtomicU64::new(0),
+        )
+        .unwrap();
         Self { mvcc, ..self }
     }
 

@@ -13,9 +13,13 @@
 
 mod compact;
 mod index;
+#[cfg(test)]
+pub(crate) mod model;
 mod read;
 mod record;
 mod survivors;
+#[cfg(test)]
+mod compact_tests;
 #[cfg(test)]
 mod tests;
 

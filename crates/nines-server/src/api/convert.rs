@@ -204,7 +204,43 @@ pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
                  start a new client id at sequence 1"
             )))
         }
+        CommandResult::Rejected(RejectReason::Compacted {
+            requested,
+            compacted,
+        }) => Err(ApiError::from(nines_state::StateError::Compacted {
+            requested,
+            compacted,
+        })),
+        CommandResult::Rejected(RejectReason::FutureRevision { requested, current }) => Err(
+            ApiError::from(nines_state::StateError::FutureRevision { requested, current }),
+        ),
         result => Ok((resp.revision, result)),
+    }
+}
+
+pub fn compact_request(req: &pb::CompactionRequest) -> Request {
+    Request {
+        session: session(&req.session),
+        command: Command::Compact {
+            revision: req.revision,
+            physical: req.physical,
+        },
+    }
+}
+
+/// The compacted revision, for a `physical` wait.
+pub fn compact_response(
+    header: pb::ResponseHeader,
+    result: CommandResult,
+) -> Result<(pb::CompactionResponse, i64), ApiError> {
+    match result {
+        CommandResult::Compacted { revision } => Ok((
+            pb::CompactionResponse {
+                header: Some(header),
+            },
+            revision,
+        )),
+        other => Err(unexpected(&other)),
     }
 }
 

@@ -232,6 +232,38 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
+    /// Like every write, then for `physical` a wait until this member has
+    /// deleted the dropped records (bounded by the request timeout).
+    async fn compact(
+        &self,
+        request: tonic::Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let physical = request.get_ref().physical;
+        match self
+            .write(
+                request,
+                |m| Ok(convert::compact_request(m)),
+                convert::compact_response,
+            )
+            .await?
+        {
+            Outcome::Done((resp, revision)) => {
+                if physical {
+                    let swept = self.core.reader.wait_swept(revision);
+                    tokio::time::timeout(self.core.timeout(), swept)
+                        .await
+                        .map_err(|_| ApiError::Timeout(self.core.timeout()))?;
+                }
+                Ok(Response::new(resp))
+            }
+            Outcome::Forward(mut leader, req, node) => self
+                .core
+                .forward_to(&node, leader.compact(*req))
+                .await
+                .map_err(|s| self.forward_failed(&node, s)),
+        }
+    }
+
     async fn txn(
         &self,
         request: tonic::Request<pb::TxnRequest>,

@@ -59,7 +59,10 @@ impl AutoCompaction {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("periodic retention {text:?} is not a duration like 5m or 1h");
     if let Ok(hours) = text.parse::<u64>() {
-        return hours.checked_mul(3600).map(Duration::from_secs).ok_or_else(bad);
+        return hours
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(bad);
     }
     let mut total = Duration::ZERO;
     let mut rest = text;
@@ -67,7 +70,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -191,10 +196,22 @@ mod tests {
     #[test]
     fn flags_parse_like_etcd() {
         let p = |m, r| AutoCompaction::parse(m, r);
-        assert_eq!(p("periodic", "5m"), Ok(AutoCompaction::Periodic(Duration::from_secs(300))));
-        assert_eq!(p("periodic", "1h30m"), Ok(AutoCompaction::Periodic(Duration::from_secs(5400))));
-        assert_eq!(p("periodic", "2"), Ok(AutoCompaction::Periodic(Duration::from_secs(7200))));
-        assert_eq!(p("periodic", "250ms"), Ok(AutoCompaction::Periodic(Duration::from_millis(250))));
+        assert_eq!(
+            p("periodic", "5m"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(300)))
+        );
+        assert_eq!(
+            p("periodic", "1h30m"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            p("periodic", "2"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(7200)))
+        );
+        assert_eq!(
+            p("periodic", "250ms"),
+            Ok(AutoCompaction::Periodic(Duration::from_millis(250)))
+        );
         assert_eq!(p("revision", "10000"), Ok(AutoCompaction::Revision(10_000)));
         assert_eq!(p("periodic", "0"), Ok(AutoCompaction::Off));
         assert_eq!(p("revision", "0"), Ok(AutoCompaction::Off));

@@ -55,7 +55,12 @@ async fn compaction_model_holds_across_snapshot_install_and_reopen() {
             let got = sm.apply([entry]).await.unwrap().remove(0);
             assert_eq!(got, want, "seed {seed} entry {index}");
             if index % 50 == 0 {
-                check(&sm.reader(), &model, &mut rng, &format!("seed {seed} at {index}"));
+                check(
+                    &sm.reader(),
+                    &model,
+                    &mut rng,
+                    &format!("seed {seed} at {index}"),
+                );
             }
         }
         let reader = sm.reader();
@@ -63,14 +68,23 @@ async fn compaction_model_holds_across_snapshot_install_and_reopen() {
         check(&reader, &model, &mut rng, "swept");
         let on_disk = records(&reader);
 
-        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         let other_dir = tempfile::tempdir().unwrap();
         let mut other = open(other_dir.path()).await;
         let mut receive = other.begin_receiving_snapshot().await.unwrap();
         *receive = *snap.snapshot;
         other.install_snapshot(&snap.meta, receive).await.unwrap();
         check(&other.reader(), &model, &mut rng, "installed");
-        assert_eq!(records(&other.reader()), on_disk, "only the retained history");
+        assert_eq!(
+            records(&other.reader()),
+            on_disk,
+            "only the retained history"
+        );
         drop(other);
 
         drop((sm, reader));
@@ -114,7 +128,12 @@ async fn the_sweep_runs_behind_the_apply_and_snapshots_skip_dropped_records() {
     let reader = sm.reader();
     let got = sm.apply([compact]).await.unwrap().remove(0);
     assert_eq!(got.result, CommandResult::Compacted { revision: 6_000 });
-    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     swept(&reader, 6_000).await;
     assert_eq!(records(&reader), 10);
     assert_eq!(reader.swept_records(), 5_990);
@@ -126,7 +145,9 @@ async fn the_sweep_runs_behind_the_apply_and_snapshots_skip_dropped_records() {
     assert_eq!(records(&other.reader()), 10);
     assert_eq!(other.reader().compacted_revision(), 6_000);
     assert!(matches!(
-        other.reader().range_at(&nines_types::RangeRequest::key("k1"), 5_999),
+        other
+            .reader()
+            .range_at(&nines_types::RangeRequest::key("k1"), 5_999),
         Err(crate::StateError::Compacted {
             requested: 5_999,
             compacted: 6_000

@@ -169,7 +169,10 @@ pub enum Command {
     /// in a live generation. `physical` asks the proposer to answer only once
     /// the dropped records are deleted from disk; it does not change what is
     /// applied, so every replica applies the same.
-    Compact { revision: i64, physical: bool },
+    Compact {
+        revision: i64,
+        physical: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,7 +257,9 @@ pub enum CommandResult {
     /// One response per request of a `Command::Batch`, in order.
     Batch(Vec<Response>),
     /// History at or below `revision` is dropped.
-    Compacted { revision: i64 },
+    Compacted {
+        revision: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,11 +322,17 @@ mod tests {
             physical: true,
         };
         assert_eq!(tag(&compact), 5);
-        assert_eq!(decode::<Command>(&encode(&compact).unwrap()).unwrap(), compact);
+        assert_eq!(
+            decode::<Command>(&encode(&compact).unwrap()).unwrap(),
+            compact
+        );
         let rejected = CommandResult::Rejected(RejectReason::Compacted {
             requested: 3,
             compacted: 5,
         });
-        assert_eq!(decode::<CommandResult>(&encode(&rejected).unwrap()).unwrap(), rejected);
+        assert_eq!(
+            decode::<CommandResult>(&encode(&rejected).unwrap()).unwrap(),
+            rejected
+        );
     }
 }

@@ -31,7 +31,9 @@ impl CompactionArgs {
                     "compacted_revision": self.revision,
                 }),
             )?,
-            Format::Simple | Format::Table => writeln!(out, "compacted revision {}", self.revision)?,
+            Format::Simple | Format::Table => {
+                writeln!(out, "compacted revision {}", self.revision)?
+            }
         }
         Ok(())
     }

@@ -211,9 +211,12 @@ pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
             requested,
             compacted,
         })),
-        CommandResult::Rejected(RejectReason::FutureRevision { requested, current }) => Err(
-            ApiError::from(nines_state::StateError::FutureRevision { requested, current }),
-        ),
+        CommandResult::Rejected(RejectReason::FutureRevision { requested, current }) => {
+            Err(ApiError::from(nines_state::StateError::FutureRevision {
+                requested,
+                current,
+            }))
+        }
         result => Ok((resp.revision, result)),
     }
 }

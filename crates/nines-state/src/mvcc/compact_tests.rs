@@ -110,10 +110,7 @@ fn compactions_are_refused_like_etcd_refuses_them() {
     });
     assert_eq!(s.mvcc.compacted(), 1);
     // Compacting to the current revision is allowed; reading it still is.
-    assert_eq!(
-        refused(&mut s, 2),
-        CommandResult::Compacted { revision: 2 }
-    );
+    assert_eq!(refused(&mut s, 2), CommandResult::Compacted { revision: 2 });
     assert_eq!(s.all_at(0).data.kvs, vec![kv("a", "2", 1, 2, 2)]);
 }
 
@@ -175,6 +172,11 @@ fn reads_match_a_model_across_compactions_sweeps_and_reopens() {
         check_reads(|r, at| s.mvcc.range(r, at), &model, &mut rng, "swept");
         let s = s.reopen();
         assert_eq!(s.mvcc.dropped_at_open(), 0, "seed {seed}");
-        check_reads(|r, at| s.mvcc.range(r, at), &model, &mut rng, "swept, reopened");
+        check_reads(
+            |r, at| s.mvcc.range(r, at),
+            &model,
+            &mut rng,
+            "swept, reopened",
+        );
     }
 }

@@ -12,14 +12,14 @@
 //! below it fail with [`StateError::Compacted`].
 
 mod compact;
+#[cfg(test)]
+mod compact_tests;
 mod index;
 #[cfg(test)]
 pub(crate) mod model;
 mod read;
 mod record;
 mod survivors;
-#[cfg(test)]
-mod compact_tests;
 #[cfg(test)]
 mod tests;
 

@@ -13,7 +13,6 @@ use rand::Rng;
 
 use crate::error::StateError;
 
-
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ModelKv {
     value: Vec<u8>,
@@ -293,7 +292,6 @@ pub(crate) fn command(rng: &mut StdRng) -> Command {
     }
 }
 
-
 /// The whole history and its compaction.
 pub(crate) struct Model {
     /// The state at every revision; index 0 is the empty store.
@@ -422,7 +420,9 @@ pub(crate) fn check_reads(
                     }),
                 ) => assert_eq!((requested, got), (revision, compacted), "{context}"),
                 (Expected::Future, Err(StateError::FutureRevision { .. })) => {}
-                (want, got) => panic!("{context} at {revision}, {req:?}: want {want:?}, got {got:?}"),
+                (want, got) => {
+                    panic!("{context} at {revision}, {req:?}: want {want:?}, got {got:?}")
+                }
             }
         }
     }

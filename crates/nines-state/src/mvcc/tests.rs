@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nines_types::{
-    Command, Entry, KeyRange, KeyValue, LogId, RangeRequest, RangeResponse, Request, Response,
-    Txn, TxnOp,
+    Command, Entry, KeyRange, KeyValue, LogId, RangeRequest, RangeResponse, Request, Response, Txn,
+    TxnOp,
 };
 use openraft::{CommittedLeaderId, EntryPayload};
 use rand::rngs::StdRng;

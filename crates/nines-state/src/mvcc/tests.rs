@@ -52,7 +52,7 @@ impl Engine for Counting {
 
 pub(super) struct Store {
     pub mvcc: Mvcc<Counting>,
-    opts: StateOptions,
+    pub opts: StateOptions,
     next_index: u64,
 }
 
@@ -65,7 +65,7 @@ impl Store {
         }
     }
 
-    fn entry(&mut self, command: Command) -> Entry {
+    pub fn entry(&mut self, command: Command) -> Entry {
         let index = self.next_index;
         self.next_index += 1;
         Entry {

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use nines_types::{KeyValue, LogId, RangeRequest, RangeResponse};
+use nines_types::{KeyValue, LogId, RangeOptions, RangeRequest, RangeResponse};
 
 use crate::error::StateError;
 use crate::mvcc::{Mvcc, Read};
@@ -34,6 +34,17 @@ impl StateReader {
     ) -> Result<Read<RangeResponse>, StateError> {
         self.shared.opts.limits.check_read(req)?;
         self.on_current(|store| store.range(req, revision))
+    }
+
+    /// A range at `revision` with etcd's sort and revision filters.
+    pub fn range_with(
+        &self,
+        req: &RangeRequest,
+        opts: &RangeOptions,
+        revision: i64,
+    ) -> Result<Read<RangeResponse>, StateError> {
+        self.shared.opts.limits.check_read(req)?;
+        self.on_current(|store| store.range_with(req, opts, revision))
     }
 
     /// One key at the current revision.

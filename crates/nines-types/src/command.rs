@@ -114,6 +114,56 @@ impl RangeRequest {
     }
 }
 
+/// How a range orders its result (etcd's SortOrder).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Key order; with a target other than the key, ascending (etcd).
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+/// What a range sorts by (etcd's SortTarget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// A range's options beyond its key selection (etcd's RangeRequest sort
+/// and revision filters). Apart from `RangeRequest` because that one is
+/// part of the log format (inside txns), and these are never logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeOptions {
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    /// Bounds on the returned keys' revisions, inclusive; 0 means none.
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+impl RangeOptions {
+    /// Whether the key-ordered, unfiltered fast path serves the range.
+    pub fn is_plain(&self) -> bool {
+        let sorted = match (self.sort_order, self.sort_target) {
+            (SortOrder::None | SortOrder::Ascend, SortTarget::Key) => false,
+            _ => true,
+        };
+        !sorted
+            && self.min_mod_revision == 0
+            && self.max_mod_revision == 0
+            && self.min_create_revision == 0
+            && self.max_create_revision == 0
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     #[serde(with = "serde_bytes")]

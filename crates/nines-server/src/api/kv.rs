@@ -102,6 +102,7 @@ impl pb::kv_server::Kv for KvService {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let read = convert::range_request(&message)?;
+        let opts = convert::range_options(&message)?;
         self.core
             .config
             .limits
@@ -122,7 +123,7 @@ impl pb::kv_server::Kv for KvService {
         let (served, held) = self
             .reads
             .run(
-                move || reader.range_at(&read, at).map_err(ApiError::from),
+                move || reader.range_with(&read, &opts, at).map_err(ApiError::from),
                 |r| r.data.kvs.iter().map(kv_bytes).sum(),
             )
             .await?;

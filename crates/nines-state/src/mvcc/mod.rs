@@ -19,6 +19,9 @@ mod index;
 pub(crate) mod model;
 mod read;
 mod record;
+mod sorted;
+#[cfg(test)]
+mod sorted_tests;
 mod survivors;
 #[cfg(test)]
 mod tests;
@@ -26,7 +29,7 @@ mod tests;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockWriteGuard};
 
-use nines_types::{KeyValue, RangeRequest, RangeResponse};
+use nines_types::{KeyValue, RangeOptions, RangeRequest, RangeResponse};
 
 pub(crate) use index::{KeyAt, KeyIndex, Rev};
 pub(crate) use read::{key_value, value_of};
@@ -153,10 +156,23 @@ impl<E: Engine> Mvcc<E> {
     }
 
     pub fn range(&self, req: &RangeRequest, at: i64) -> Result<Read<RangeResponse>, StateError> {
+        self.range_with(req, &RangeOptions::default(), at)
+    }
+
+    /// A range with etcd's sort and revision filters.
+    pub fn range_with(
+        &self,
+        req: &RangeRequest,
+        opts: &RangeOptions,
+        at: i64,
+    ) -> Result<Read<RangeResponse>, StateError> {
         let revision = self.read_revision(at)?;
-        let data = read::range(&self.index, req, revision, |rev| {
-            self.engine.get(&rev_key(rev))
-        });
+        let fetch = |rev| self.engine.get(&rev_key(rev));
+        let data = if opts.is_plain() {
+            read::range(&self.index, req, revision, fetch)
+        } else {
+            sorted::range(&self.index, req, opts, revision, fetch)
+        };
         let data = self.checked(revision, data)?;
         Ok(Read { revision, data })
     }

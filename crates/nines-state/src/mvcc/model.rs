@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 
 use nines_types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, RangeRequest,
-    RangeResponse, RejectReason, Response, Txn, TxnOp, TxnOpResponse,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, RangeOptions,
+    RangeRequest, RangeResponse, RejectReason, Response, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -425,5 +426,91 @@ pub(crate) fn check_reads(
                 }
             }
         }
+    }
+}
+
+/// etcd's Range with sort and revision filters, over the model's state.
+pub(crate) fn model_range_with(
+    state: &State,
+    req: &RangeRequest,
+    opts: &RangeOptions,
+) -> RangeResponse {
+    let matching: Vec<KeyValue> = state
+        .iter()
+        .filter(|(k, _)| req.range.contains(k))
+        .map(|(k, m)| model_kv(k, m))
+        .collect();
+    let count = matching.len() as u64;
+    if req.count_only {
+        return RangeResponse {
+            kvs: Vec::new(),
+            count,
+            more: false,
+        };
+    }
+    let within = |v: i64, min: i64, max: i64| (min == 0 || v >= min) && (max == 0 || v <= max);
+    let mut kvs: Vec<KeyValue> = matching
+        .into_iter()
+        .filter(|kv| {
+            within(
+                kv.mod_revision,
+                opts.min_mod_revision,
+                opts.max_mod_revision,
+            )
+        })
+        .filter(|kv| {
+            within(
+                kv.create_revision,
+                opts.min_create_revision,
+                opts.max_create_revision,
+            )
+        })
+        .collect();
+    let target = |kv: &KeyValue| -> (i64, Vec<u8>) {
+        match opts.sort_target {
+            SortTarget::Key => (0, kv.key.clone()),
+            SortTarget::Version => (kv.version, Vec::new()),
+            SortTarget::Create => (kv.create_revision, Vec::new()),
+            SortTarget::Mod => (kv.mod_revision, Vec::new()),
+            SortTarget::Value => (0, kv.value.clone()),
+        }
+    };
+    match (opts.sort_order, opts.sort_target) {
+        (SortOrder::None, SortTarget::Key) => {}
+        (SortOrder::Descend, _) => kvs.sort_by_key(|kv| std::cmp::Reverse(target(kv))),
+        _ => kvs.sort_by_key(target),
+    }
+    let more = req.limit > 0 && kvs.len() as u64 > req.limit;
+    if more {
+        kvs.truncate(req.limit as usize);
+    }
+    if req.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
+    }
+    RangeResponse { kvs, count, more }
+}
+
+/// Random sort and filters; revisions up to `max_revision`.
+pub(crate) fn range_options(rng: &mut StdRng, max_revision: i64) -> RangeOptions {
+    let mut bound = |rng: &mut StdRng| {
+        if rng.gen_bool(0.25) {
+            rng.gen_range(1..=max_revision.max(1))
+        } else {
+            0
+        }
+    };
+    RangeOptions {
+        sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][rng.gen_range(0..3)],
+        sort_target: [
+            SortTarget::Key,
+            SortTarget::Version,
+            SortTarget::Create,
+            SortTarget::Mod,
+            SortTarget::Value,
+        ][rng.gen_range(0..5)],
+        min_mod_revision: bound(rng),
+        max_mod_revision: bound(rng),
+        min_create_revision: bound(rng),
+        max_create_revision: bound(rng),
     }
 }

@@ -102,7 +102,7 @@ impl Store {
         self.mvcc.range(&all(), revision).unwrap()
     }
 
-    fn gets(&self) -> u64 {
+    pub fn gets(&self) -> u64 {
         self.mvcc.engine.gets.load(Ordering::Relaxed)
     }
 }

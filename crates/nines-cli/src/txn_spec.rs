@@ -203,6 +203,7 @@ fn parse_op(value: &Value, at: &str) -> Result<pb::RequestOp> {
                 count_only: get.count_only,
                 serializable: false,
                 revision: 0,
+                ..Default::default()
             })
         }
         "del" | "delete" => {

@@ -384,6 +384,25 @@ impl Client {
         .await
     }
 
+    /// Compacts history at or below `revision`; with `physical`, answers
+    /// once the leader has deleted the dropped records.
+    pub async fn compact(
+        &self,
+        revision: i64,
+        physical: bool,
+    ) -> Result<pb::CompactionResponse, ClientError> {
+        self.write(
+            pb::CompactionRequest {
+                revision,
+                physical,
+                session: None,
+            },
+            |r, s| r.session = Some(s),
+            |ch, req| async move { kv(ch).compact(req).await },
+        )
+        .await
+    }
+
     pub async fn member_list(&self) -> Result<pb::MemberListResponse, ClientError> {
         self.call(
             Route::Leader,

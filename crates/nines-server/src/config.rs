@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use nines_types::{Limits, Node, NodeId};
 
+use crate::auto_compact::AutoCompaction;
 use crate::error::ServerError;
 
 #[derive(Debug, Clone, Parser)]
@@ -107,6 +108,18 @@ pub struct ServerArgs {
     /// reads past it wait, and fail RESOURCE_EXHAUSTED after the request timeout.
     #[arg(long, env = "NINES_MAX_READ_MB_IN_FLIGHT", default_value_t = 128)]
     pub max_read_mb_in_flight: u64,
+    /// Auto-compaction (etcd's flag): `periodic` keeps
+    /// --auto-compaction-retention of history, a duration (`5m`, `1h`, a
+    /// bare number of hours); `revision` keeps that many revisions, checked
+    /// every 5 minutes. Default periodic 5m: disk stays bounded at any write
+    /// rate (at most about two retention periods of writes are kept) while
+    /// clients can still read, and a lagging one resume from, any revision
+    /// of the last 5 minutes (kube-apiserver compacts every 5 minutes too).
+    #[arg(long, env = "NINES_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// What auto-compaction keeps (see --auto-compaction-mode); 0 turns it off.
+    #[arg(long, env = "NINES_AUTO_COMPACTION_RETENTION", default_value = "5m")]
+    pub auto_compaction_retention: String,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build.
@@ -148,6 +161,7 @@ pub struct ServerConfig {
     pub raft_threads: usize,
     pub max_concurrent_reads: usize,
     pub max_read_bytes_in_flight: u64,
+    pub auto_compaction: AutoCompaction,
 }
 
 /// Client connections when --max-connections is not given.
@@ -320,7 +334,11 @@ impl TryFrom<ServerArgs> for ServerConfig {
                 "key and txn limits must be positive".into(),
             ));
         }
+        let auto_compaction =
+            AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
+                .map_err(ServerError::Config)?;
         Ok(ServerConfig {
+            auto_compaction,
             id: args.id,
             listen_client: args.listen_client,
             listen_peer: args.listen_peer,
@@ -371,6 +389,29 @@ mod tests {
         assert!(matches!(raft_config(&args), Err(ServerError::Config(_))));
         let args = ServerArgs::parse_from(["nines-server", "--id", "1"]);
         assert!(raft_config(&args).is_ok());
+    }
+
+    #[test]
+    fn auto_compaction_defaults_to_periodic_five_minutes() {
+        let args = ServerArgs::parse_from(["nines-server", "--id", "1"]);
+        let config = ServerConfig::try_from(args).unwrap();
+        assert_eq!(
+            config.auto_compaction,
+            AutoCompaction::Periodic(Duration::from_secs(300))
+        );
+        let args = ServerArgs::parse_from([
+            "nines-server",
+            "--id",
+            "1",
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "5m",
+        ]);
+        assert!(matches!(
+            ServerConfig::try_from(args),
+            Err(ServerError::Config(_))
+        ));
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl From<nines_state::StateError> for ApiError {
     fn from(e: nines_state::StateError) -> ApiError {
         use nines_state::StateError as S;
         match e {
-            S::FutureRevision { .. } => ApiError::OutOfRange(e.to_string()),
+            S::FutureRevision { .. } | S::Compacted { .. } => ApiError::OutOfRange(e.to_string()),
             S::InvalidInput(input) => ApiError::InvalidInput(input),
             other => ApiError::Internal(other.to_string()),
         }
@@ -150,5 +150,15 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::OutOfRange);
         assert_eq!(s.message(), "mvcc: required revision is a future revision");
+        let s: Status = ApiError::from(nines_state::StateError::Compacted {
+            requested: 3,
+            compacted: 9,
+        })
+        .into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert!(s
+            .message()
+            .starts_with("mvcc: required revision has been compacted"));
+        assert!(s.message().contains("compacted at 9"), "{}", s.message());
     }
 }

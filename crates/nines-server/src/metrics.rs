@@ -117,6 +117,16 @@ pub fn render(core: &NodeCore) -> String {
         core.reader.revision().max(0) as u64,
     );
     gauge(
+        "store_compacted_revision",
+        "Reads below this revision fail: history up to it was compacted.",
+        core.reader.compacted_revision().max(0) as u64,
+    );
+    gauge(
+        "store_compaction_swept_records",
+        "Records compactions dropped that the sweep deleted since start.",
+        core.reader.swept_records(),
+    );
+    gauge(
         "reads_executing",
         "Local range/get executions running now.",
         c.reads_executing.load(Ordering::Relaxed),

@@ -177,6 +177,11 @@ impl NinesNode {
                 stopped.clone(),
             )),
         ];
+        servers.push(tokio::spawn(crate::auto_compact::run(
+            core.clone(),
+            config.auto_compaction,
+            stopped.clone(),
+        )));
         if let Some(listener) = metrics_listener {
             let core = core.clone();
             servers.push(tokio::spawn(async move {

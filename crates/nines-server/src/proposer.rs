@@ -131,6 +131,7 @@ fn approx_bytes(command: &Command) -> usize {
                 + txn.compares.len() * 64
         }
         Command::Batch(requests) => requests.iter().map(|r| approx_bytes(&r.command)).sum(),
+        Command::Compact { .. } => 16,
     }
 }
 

@@ -16,13 +16,18 @@ use crate::error::StateError;
 use crate::mvcc::{encode_record, key_value, rev_key, value_of, KeyAt, Mvcc, RecordHeader, Rev};
 use crate::overlay::Overlay;
 use crate::sessions::{self, Check, Sessions};
-use crate::store::{encode, StateOptions, META_APPLIED, META_MEMBERSHIP, META_REVISION};
+use crate::store::{
+    encode, StateOptions, META_APPLIED, META_COMPACTED, META_MEMBERSHIP, META_REVISION,
+};
 
 /// What an `apply` call produced.
 pub(crate) struct Applied {
     pub responses: Vec<Response>,
     /// The last entry's log id; None if there were no entries.
     pub applied: Option<LogId>,
+    /// The new compacted revision, if a command compacted: its dropped
+    /// records are still in the engine, for the sweep to delete.
+    pub compacted: Option<i64>,
 }
 
 /// Executes `entries`, hands all their writes to `commit` (which must write
@@ -48,7 +53,16 @@ pub(crate) fn apply_entries<E: Engine>(
         mvcc.publish(exec.revision);
     }
     exec.published = true;
-    Ok(Applied { responses, applied })
+    // After publishing: the compacted revision may be one this call wrote.
+    let compacted = exec.compact_to;
+    if let Some(at) = compacted {
+        mvcc.compact(at);
+    }
+    Ok(Applied {
+        responses,
+        applied,
+        compacted,
+    })
 }
 
 /// Executes entries of one `apply` call.
@@ -68,6 +82,8 @@ struct Executor<'a, E: Engine> {
     /// Keys this call wrote to the index, to undo if it fails.
     touched: Vec<Vec<u8>>,
     published: bool,
+    /// A compaction this call applied, done to the index once published.
+    compact_to: Option<i64>,
 }
 
 impl<E: Engine> Drop for Executor<'_, E> {
@@ -96,6 +112,7 @@ impl<'a, E: Engine> Executor<'a, E> {
             sub: 0,
             touched: Vec::new(),
             published: false,
+            compact_to: None,
         }
     }
 
@@ -143,6 +160,9 @@ impl<'a, E: Engine> Executor<'a, E> {
         if self.revision_changed {
             self.overlay
                 .put(META_REVISION.to_vec(), encode(&self.revision)?);
+        }
+        if let Some(at) = self.compact_to {
+            self.overlay.put(META_COMPACTED.to_vec(), encode(&at)?);
         }
         self.sessions.finish(&mut self.overlay)?;
         let mvcc = self.mvcc;
@@ -260,6 +280,7 @@ impl<'a, E: Engine> Executor<'a, E> {
                     responses,
                 }
             }
+            Command::Compact { revision, .. } => self.compact(*revision),
             // Batches are unpacked by apply_entry; one inside a batch is refused.
             Command::Batch(_) => CommandResult::Rejected(RejectReason::InvalidInput(
                 nines_types::InputError::NestedBatch.to_string(),
@@ -273,6 +294,27 @@ impl<'a, E: Engine> Executor<'a, E> {
             revision: self.revision,
             result,
         })
+    }
+
+    /// etcd's checks: a compaction must move forward and stay within the
+    /// history written so far (this call's unpublished writes included;
+    /// the index is compacted only after they are published).
+    fn compact(&mut self, revision: i64) -> CommandResult {
+        let compacted = self.compact_to.unwrap_or_else(|| self.mvcc.compacted());
+        if revision <= compacted {
+            CommandResult::Rejected(RejectReason::Compacted {
+                requested: revision,
+                compacted,
+            })
+        } else if revision > self.revision {
+            CommandResult::Rejected(RejectReason::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            })
+        } else {
+            self.compact_to = Some(revision);
+            CommandResult::Compacted { revision }
+        }
     }
 
     /// The key as it is now, with its value (unwritten records included).

@@ -24,6 +24,11 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// newest snapshot plus the log.
     fn write_batch(&self, writes: &[Write]) -> Result<(), StateError>;
 
+    /// Removes `keys` one by one, in order, NOT atomically: only for records
+    /// any prefix of whose removal leaves a consistent store (what a
+    /// compaction dropped). Unlike `write_batch` it may run beside an apply.
+    fn remove_each(&self, keys: &[Vec<u8>]) -> Result<(), StateError>;
+
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StateError>;
 }
@@ -68,6 +73,13 @@ impl Engine for MemEngine {
                 Some(v) => map.insert(key.clone(), v.clone()),
                 None => map.remove(key),
             };
+        }
+        Ok(())
+    }
+
+    fn remove_each(&self, keys: &[Vec<u8>]) -> Result<(), StateError> {
+        for key in keys {
+            self.map.write().expect("mem engine lock").remove(key);
         }
         Ok(())
     }

@@ -49,6 +49,13 @@ pub enum StateError {
     #[error("mvcc: required revision is a future revision")]
     FutureRevision { requested: i64, current: i64 },
 
+    /// A read asked for a revision a compaction dropped (etcd's message,
+    /// with the revisions so a client knows where history starts).
+    #[error(
+        "mvcc: required revision has been compacted (requested {requested}, compacted at {compacted})"
+    )]
+    Compacted { requested: i64, compacted: i64 },
+
     /// The index names a revision record the engine does not have: damage,
     /// or a snapshot install replaced the store during the read.
     #[error("revision record {main}.{sub} is missing")]

@@ -28,6 +28,8 @@ pub(crate) fn install(
     mut src: File,
 ) -> Result<(), StateError> {
     let tmp = shared.snapshots.tmp_path("install");
+    // The sweep deletes from the current store: not while it is replaced.
+    let _no_sweep = lock(&shared.compactor.gate);
     let result = (|| {
         copy_synced(&mut src, &tmp)?;
         let (store, state) = fill_new_tree(shared, &tmp, meta)?;
@@ -74,7 +76,8 @@ pub(crate) fn fill_new_tree(
     let tree = shared.new_tree()?;
     let name = tree.name();
     let filled = fill(&tree, path, meta).and_then(|state| {
-        let store = Mvcc::open(SledEngine::new(tree), state.revision, &AtomicU64::new(0))?;
+        let engine = SledEngine::new(tree);
+        let store = Mvcc::open(engine, state.revision, state.compacted, &AtomicU64::new(0))?;
         Ok((store, state))
     });
     if filled.is_err() {
@@ -126,6 +129,7 @@ pub(crate) fn activate(
     file: &Path,
 ) -> Result<(), StateError> {
     shared.flip(store)?;
+    shared.compactor.opened(&shared.current());
     *lock(&shared.current_snapshot) = Some(meta);
     shared.snapshots.remove_others(file);
     shared.set_applied(state.applied);

@@ -4,6 +4,9 @@
 
 mod apply;
 mod capture;
+#[cfg(test)]
+mod compaction_sm_tests;
+mod compactor;
 mod engine;
 mod error;
 mod install;

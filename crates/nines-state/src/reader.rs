@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use nines_types::{KeyValue, LogId, RangeRequest, RangeResponse};
+use nines_types::{KeyValue, LogId, RangeOptions, RangeRequest, RangeResponse};
 
 use crate::error::StateError;
 use crate::mvcc::{Mvcc, Read};
@@ -36,6 +36,17 @@ impl StateReader {
         self.on_current(|store| store.range(req, revision))
     }
 
+    /// A range at `revision` with etcd's sort and revision filters.
+    pub fn range_with(
+        &self,
+        req: &RangeRequest,
+        opts: &RangeOptions,
+        revision: i64,
+    ) -> Result<Read<RangeResponse>, StateError> {
+        self.shared.opts.limits.check_read(req)?;
+        self.on_current(|store| store.range_with(req, opts, revision))
+    }
+
     /// One key at the current revision.
     pub fn get(&self, key: &[u8]) -> Result<Read<Option<KeyValue>>, StateError> {
         self.on_current(|store| store.get(key))
@@ -44,6 +55,26 @@ impl StateReader {
     /// The current store revision.
     pub fn revision(&self) -> i64 {
         self.shared.current().revision()
+    }
+
+    /// Reads below this revision fail with [`StateError::Compacted`]; 0 if
+    /// the store was never compacted.
+    pub fn compacted_revision(&self) -> i64 {
+        self.shared.current().compacted()
+    }
+
+    /// Waits until the records a compaction at `revision` dropped are
+    /// deleted from disk here (etcd's `physical`). Call once the compaction
+    /// is applied locally; it is not bounded otherwise.
+    pub async fn wait_swept(&self, revision: i64) {
+        let mut swept = self.shared.compactor.swept();
+        // Err only if the state machine is gone: nothing left to wait for.
+        let _ = swept.wait_for(|s| *s >= revision).await;
+    }
+
+    /// Records the compaction sweep deleted since open.
+    pub fn swept_records(&self) -> u64 {
+        self.shared.compactor.deleted()
     }
 
     pub fn last_applied(&self) -> Option<LogId> {

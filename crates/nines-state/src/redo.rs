@@ -11,8 +11,9 @@
 //! Instead, one apply's writes are recorded first as a single redo value
 //! (one key: atomic on its own), then written key by key, then the record is
 //! removed. sled recovers a prefix of its log in LSN order (everything up to
-//! the highest contiguous stable LSN), and this thread is the tree's only
-//! writer, so after a crash either no write of the apply survived, or the
+//! the highest contiguous stable LSN), and this thread is the only writer
+//! of the keys it journals (the compaction sweep beside it only removes
+//! records no apply writes), so after a crash either no write of the apply survived, or the
 //! redo record did: [`finish_interrupted`] then replays it. Every write in it
 //! is an absolute value, so replaying is idempotent.
 

@@ -41,6 +41,15 @@ impl Engine for SledEngine {
         redo::write_atomically(&self.tree, writes)
     }
 
+    fn remove_each(&self, keys: &[Vec<u8>]) -> Result<(), StateError> {
+        // Single removes, no redo record: this runs beside applies, and the
+        // redo record belongs to the apply thread alone.
+        for key in keys {
+            self.tree.remove(key.as_slice())?;
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StateError> {
         self.tree.flush()?;
         Ok(())

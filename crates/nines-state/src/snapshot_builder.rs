@@ -1,5 +1,6 @@
 //! `RaftSnapshotBuilder`: a point-in-time snapshot built while applies continue.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use openraft::RaftSnapshotBuilder;
 use crate::capture::{self, CaptureGuard};
 use crate::engine::Engine;
 use crate::error::StateError;
-use crate::mvcc::{parse_rev_key, REV_PREFIX};
+use crate::mvcc::{decode_record, parse_rev_key, rev_key, Rev, Survivors, REV_PREFIX};
 use crate::redo;
 use crate::sled_engine::SledEngine;
 use crate::snapshot_file::SnapshotWriter;
@@ -44,6 +45,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
     let store = shared.current();
+    // Before the capture, held to the end: see `Compactor::gate`.
+    let _no_sweep = lock(&shared.compactor.gate);
     let state = capture::begin(shared, &store.engine)?;
     let guard = CaptureGuard { shared };
     let meta = SnapshotMeta {
@@ -52,7 +55,11 @@ fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
         snapshot_id: shared.snapshots.new_id(state.applied),
     };
     let tmp = shared.snapshots.tmp_path("build");
-    if let Err(e) = write(shared, &store.engine, guard, &meta, state.revision, &tmp) {
+    let history = History {
+        revision: state.revision,
+        compacted: state.compacted,
+    };
+    if let Err(e) = write(shared, &store.engine, guard, &meta, history, &tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
@@ -66,10 +73,18 @@ fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
     Ok((meta, file))
 }
 
+/// The captured revisions that bound the history a snapshot carries.
+#[derive(Clone, Copy)]
+struct History {
+    revision: i64,
+    compacted: i64,
+}
+
 /// Scans the live tree, substituting capture-point values for keys changed
-/// since the capture began. Every revision record up to the captured
-/// `revision` is taken as found (they never change; later ones are skipped),
-/// so the snapshot carries the whole history.
+/// since the capture began. Revision records up to the captured `revision`
+/// are taken as found (they never change; later ones are skipped), except
+/// those the captured compaction dropped that a sweep had not deleted yet:
+/// the snapshot carries the retained history and nothing else.
 ///
 /// Why the scan is point-in-time: an apply records a key's pre-change value
 /// in the undo map BEFORE writing it, and holds the capture lock while it
@@ -82,9 +97,10 @@ fn write(
     engine: &SledEngine,
     guard: CaptureGuard<'_>,
     meta: &SnapshotMeta,
-    revision: i64,
+    history: History,
     tmp: &Path,
 ) -> Result<(), StateError> {
+    let kept = kept_below(engine, history.compacted)?;
     let mut writer = SnapshotWriter::create(tmp, meta)?;
     let delay = shared.stats.scan_delay_nanos.load(Ordering::Relaxed);
     for item in engine.scan(&[], None) {
@@ -95,7 +111,8 @@ fn write(
             continue;
         }
         let take = if key.first() == Some(&REV_PREFIX) {
-            parse_rev_key(key)?.main <= revision
+            let rev = parse_rev_key(key)?;
+            rev.main <= history.revision && (rev.main > history.compacted || kept.contains(&rev))
         } else {
             guard.check(key)
         };
@@ -113,4 +130,23 @@ fn write(
     }
     writer.finish()?;
     Ok(())
+}
+
+/// The records at or below `compacted` that the compaction keeps. Worked
+/// out from the records, not the index: the index may already be compacted
+/// further than the captured state.
+fn kept_below(engine: &SledEngine, compacted: i64) -> Result<HashSet<Rev>, StateError> {
+    let mut survivors = Survivors::default();
+    if compacted > 0 {
+        let end = rev_key(Rev {
+            main: compacted.saturating_add(1),
+            sub: 0,
+        });
+        for item in engine.scan(&[REV_PREFIX], Some(&end)) {
+            let (key, value) = item?;
+            let (header, _) = decode_record(value.as_ref())?;
+            survivors.see(header, parse_rev_key(key.as_ref())?)?;
+        }
+    }
+    Ok(survivors.kept())
 }

@@ -14,6 +14,7 @@ use openraft::OptionalSend;
 
 use crate::apply::apply_entries;
 use crate::capture;
+use crate::compactor::Compactor;
 use crate::engine::{Engine, Write};
 use crate::error::StateError;
 use crate::install;
@@ -181,7 +182,7 @@ fn open_sled_state(
     rebuild::verify(&db, &tree, progress)?;
     let engine = SledEngine::new(tree);
     let meta = read_meta(&engine)?;
-    let store = Mvcc::open(engine, meta.revision, progress)?;
+    let store = Mvcc::open(engine, meta.revision, meta.compacted, progress)?;
     Ok((db, store, next_tree, meta))
 }
 
@@ -206,6 +207,7 @@ fn open_snapshots(
             shared.snapshots.remove_others(&path);
         }
     }
+    Compactor::start(&shared)?;
     Ok(StateMachine {
         shared,
         durable: None,
@@ -247,6 +249,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(StateError::write_sm)?;
         if done.applied.is_some() {
             shared.set_applied(done.applied);
+        }
+        if let Some(at) = done.compacted {
+            shared.compactor.schedule(at);
         }
         Ok(done.responses)
     }

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::capture::Capture;
+use crate::compactor::Compactor;
 use crate::engine::Engine;
 use crate::error::StateError;
 use crate::mvcc::Mvcc;
@@ -38,6 +39,8 @@ pub(crate) const SESSION_LRU_PREFIX: u8 = b't';
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
 pub(crate) const META_REVISION: &[u8] = b"mrevision";
+/// The compacted revision: written in the batch of the apply that compacts.
+pub(crate) const META_COMPACTED: &[u8] = b"mcompacted";
 /// Number of `s` records, so the cap is enforced without a scan.
 pub(crate) const META_SESSIONS: &[u8] = b"msessions";
 const CURRENT_TREE: &[u8] = b"current_tree";
@@ -124,6 +127,7 @@ pub(crate) struct MetaState {
     pub applied: Option<LogId>,
     pub membership: StoredMembership,
     pub revision: i64,
+    pub compacted: i64,
 }
 
 pub(crate) fn read_meta<E: Engine>(engine: &E) -> Result<MetaState, StateError> {
@@ -139,10 +143,15 @@ pub(crate) fn read_meta<E: Engine>(engine: &E) -> Result<MetaState, StateError> 
         Some(v) => decode(v.as_ref())?,
         None => 0,
     };
+    let compacted = match engine.get(META_COMPACTED)? {
+        Some(v) => decode(v.as_ref())?,
+        None => 0,
+    };
     Ok(MetaState {
         applied,
         membership,
         revision,
+        compacted,
     })
 }
 
@@ -166,6 +175,15 @@ pub(crate) struct Shared {
     pub last_applied: RwLock<Option<LogId>>,
     pub tree_counter: AtomicU64,
     pub stats: Stats,
+    /// Deletes what compactions dropped, in the background.
+    pub compactor: Compactor,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The sweep thread holds only a weak handle; wake it to exit.
+        self.compactor.stop();
+    }
 }
 
 /// Counters exposed for diagnostics and tests.
@@ -300,5 +318,6 @@ pub(crate) fn shared(
         last_applied: RwLock::new(meta.applied),
         tree_counter: AtomicU64::new(next_tree),
         stats: Stats::default(),
+        compactor: Compactor::new(),
     })
 }

@@ -114,6 +114,56 @@ impl RangeRequest {
     }
 }
 
+/// How a range orders its result (etcd's SortOrder).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Key order; with a target other than the key, ascending (etcd).
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+/// What a range sorts by (etcd's SortTarget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// A range's options beyond its key selection (etcd's RangeRequest sort
+/// and revision filters). Apart from `RangeRequest` because that one is
+/// part of the log format (inside txns), and these are never logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeOptions {
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    /// Bounds on the returned keys' revisions, inclusive; 0 means none.
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+impl RangeOptions {
+    /// Whether the key-ordered, unfiltered fast path serves the range.
+    pub fn is_plain(&self) -> bool {
+        let sorted = match (self.sort_order, self.sort_target) {
+            (SortOrder::None | SortOrder::Ascend, SortTarget::Key) => false,
+            _ => true,
+        };
+        !sorted
+            && self.min_mod_revision == 0
+            && self.max_mod_revision == 0
+            && self.min_create_revision == 0
+            && self.max_create_revision == 0
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     #[serde(with = "serde_bytes")]
@@ -164,6 +214,15 @@ pub enum Command {
     /// API level: one append and one fsync for many writes). Each request is
     /// applied as if it were its own entry: own revision, own session.
     Batch(Vec<Request>),
+    /// Drops history at or below `revision` (etcd's Compact): reads below it
+    /// fail from then on. Keeps, for each key, the newest put at or below it
+    /// in a live generation. `physical` asks the proposer to answer only once
+    /// the dropped records are deleted from disk; it does not change what is
+    /// applied, so every replica applies the same.
+    Compact {
+        revision: i64,
+        physical: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +306,10 @@ pub enum CommandResult {
     Rejected(RejectReason),
     /// One response per request of a `Command::Batch`, in order.
     Batch(Vec<Response>),
+    /// History at or below `revision` is dropped.
+    Compacted {
+        revision: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +336,10 @@ pub enum RejectReason {
     /// know: it expired or was evicted, so a retry could not be told apart
     /// from a new write. The client must start a new id at sequence 1.
     SessionUnknown { client_id: u64, seq: u64 },
+    /// A compaction to a revision at or below the current compacted one.
+    Compacted { requested: i64, compacted: i64 },
+    /// A compaction to a revision the store has not reached.
+    FutureRevision { requested: i64, current: i64 },
 }
 
 /// The state machine's answer for one log entry.
@@ -281,4 +348,41 @@ pub struct Response {
     /// The store revision after applying this entry.
     pub revision: i64,
     pub result: CommandResult,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// Log entries are bincode: a variant's tag is its position, so a new
+    /// variant must come last or old entries decode as something else.
+    #[test]
+    fn compact_is_appended_and_old_tags_are_unchanged() {
+        let tag = |c: &Command| encode(c).unwrap()[0];
+        let delete = Command::Delete {
+            key: b"k".to_vec(),
+            prev_kv: false,
+        };
+        assert_eq!(tag(&delete), 1);
+        assert_eq!(tag(&Command::Txn(Txn::default())), 3);
+        assert_eq!(tag(&Command::Batch(Vec::new())), 4);
+        let compact = Command::Compact {
+            revision: 7,
+            physical: true,
+        };
+        assert_eq!(tag(&compact), 5);
+        assert_eq!(
+            decode::<Command>(&encode(&compact).unwrap()).unwrap(),
+            compact
+        );
+        let rejected = CommandResult::Rejected(RejectReason::Compacted {
+            requested: 3,
+            compacted: 5,
+        });
+        assert_eq!(
+            decode::<CommandResult>(&encode(&rejected).unwrap()).unwrap(),
+            rejected
+        );
+    }
 }

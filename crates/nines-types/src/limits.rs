@@ -22,6 +22,8 @@ pub enum InputError {
     DuplicateKeyInTxn(String),
     #[error("a batch may not contain another batch")]
     NestedBatch,
+    #[error("compaction revision {0} is not positive")]
+    CompactRevision(i64),
 }
 
 /// Size limits; the defaults match etcd's spirit with a larger value bound.
@@ -121,6 +123,10 @@ impl Limits {
                 self.check_branch(&txn.success)?;
                 self.check_branch(&txn.failure)
             }
+            Command::Compact { revision, .. } if *revision <= 0 => {
+                Err(InputError::CompactRevision(*revision))
+            }
+            Command::Compact { .. } => Ok(()),
             Command::Batch(requests) => requests.iter().try_for_each(|r| match &r.command {
                 Command::Batch(_) => Err(InputError::NestedBatch),
                 command => self.check_command(command),

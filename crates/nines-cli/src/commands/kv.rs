@@ -83,11 +83,48 @@ pub struct GetArgs {
     /// Read the store as it was at this revision (0: the current one).
     #[arg(long, default_value_t = 0)]
     rev: i64,
+    /// Order of the result (etcdctl): ASCEND or DESCEND.
+    #[arg(long, value_parser = ["ASCEND", "DESCEND"])]
+    order: Option<String>,
+    /// Sort by (etcdctl): CREATE, KEY, MODIFY, VALUE or VERSION.
+    #[arg(long, value_parser = ["CREATE", "KEY", "MODIFY", "VALUE", "VERSION"])]
+    sort_by: Option<String>,
+    /// Only keys modified at or after this revision (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    min_mod_revision: i64,
+    /// Only keys modified at or before this revision (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    max_mod_revision: i64,
+    /// Only keys created at or after this revision (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    min_create_revision: i64,
+    /// Only keys created at or before this revision (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    max_create_revision: i64,
+}
+
+/// etcdctl's --order and --sort-by, as the proto's enum values.
+fn sort_of(order: Option<&str>, sort_by: Option<&str>) -> (i32, i32) {
+    use pb::range_request::{SortOrder as O, SortTarget as T};
+    let order = match order {
+        Some("ASCEND") => O::Ascend,
+        Some("DESCEND") => O::Descend,
+        _ => O::None,
+    };
+    let target = match sort_by {
+        Some("CREATE") => T::Create,
+        Some("MODIFY") => T::Mod,
+        Some("VALUE") => T::Value,
+        Some("VERSION") => T::Version,
+        _ => T::Key,
+    };
+    (order as i32, target as i32)
 }
 
 impl GetArgs {
     pub async fn run(self, ctx: &Context) -> Result<()> {
         let (key, range_end) = self.selection.range()?;
+        let (sort_order, sort_target) = sort_of(self.order.as_deref(), self.sort_by.as_deref());
         let resp = ctx
             .client
             .range(pb::RangeRequest {
@@ -98,6 +135,12 @@ impl GetArgs {
                 count_only: self.count_only,
                 serializable: self.serializable,
                 revision: self.rev,
+                sort_order,
+                sort_target,
+                min_mod_revision: self.min_mod_revision,
+                max_mod_revision: self.max_mod_revision,
+                min_create_revision: self.min_create_revision,
+                max_create_revision: self.max_create_revision,
             })
             .await?;
         let shape = RangeShape {

@@ -1,6 +1,7 @@
 //! One module per command group; each args type has
 //! `async fn run(self, ctx: &Context) -> anyhow::Result<()>`.
 
+pub mod compaction;
 pub mod endpoint;
 pub mod kv;
 pub mod leader;

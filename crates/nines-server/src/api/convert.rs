@@ -4,8 +4,9 @@
 
 use nines_proto as pb;
 use nines_types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, RangeRequest,
-    RangeResponse, RejectReason, Request, Response, Session, Txn, TxnOp, TxnOpResponse,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, RangeOptions,
+    RangeRequest, RangeResponse, RejectReason, Request, Response, Session, SortOrder, SortTarget,
+    Txn, TxnOp, TxnOpResponse,
 };
 
 use crate::error::ApiError;
@@ -39,6 +40,44 @@ pub fn range_request(req: &pb::RangeRequest) -> Result<RangeRequest, ApiError> {
         limit: req.limit as u64,
         keys_only: req.keys_only,
         count_only: req.count_only,
+    })
+}
+
+/// The sort and revision filters of a range; unknown enum values and
+/// negative bounds are INVALID_ARGUMENT.
+pub fn range_options(req: &pb::RangeRequest) -> Result<RangeOptions, ApiError> {
+    use pb::range_request::{SortOrder as O, SortTarget as T};
+    let bad = |what: &str, v: i64| ApiError::InvalidRequest(format!("{what} {v} is not valid"));
+    let sort_order = match O::try_from(req.sort_order) {
+        Ok(O::None) => SortOrder::None,
+        Ok(O::Ascend) => SortOrder::Ascend,
+        Ok(O::Descend) => SortOrder::Descend,
+        Err(_) => return Err(bad("sort_order", req.sort_order.into())),
+    };
+    let sort_target = match T::try_from(req.sort_target) {
+        Ok(T::Key) => SortTarget::Key,
+        Ok(T::Version) => SortTarget::Version,
+        Ok(T::Create) => SortTarget::Create,
+        Ok(T::Mod) => SortTarget::Mod,
+        Ok(T::Value) => SortTarget::Value,
+        Err(_) => return Err(bad("sort_target", req.sort_target.into())),
+    };
+    let bounds = [
+        ("min_mod_revision", req.min_mod_revision),
+        ("max_mod_revision", req.max_mod_revision),
+        ("min_create_revision", req.min_create_revision),
+        ("max_create_revision", req.max_create_revision),
+    ];
+    if let Some((what, v)) = bounds.into_iter().find(|(_, v)| *v < 0) {
+        return Err(bad(what, v));
+    }
+    Ok(RangeOptions {
+        sort_order,
+        sort_target,
+        min_mod_revision: req.min_mod_revision,
+        max_mod_revision: req.max_mod_revision,
+        min_create_revision: req.min_create_revision,
+        max_create_revision: req.max_create_revision,
     })
 }
 
@@ -128,6 +167,11 @@ fn txn_op(op: &pb::RequestOp) -> Result<TxnOp, ApiError> {
                     "a range inside a txn cannot ask for a past revision".into(),
                 ));
             }
+            if !range_options(r)?.is_plain() {
+                return Err(ApiError::InvalidRequest(
+                    "a range inside a txn cannot sort or filter by revision yet".into(),
+                ));
+            }
             Ok(TxnOp::Get(range_request(r)?))
         }
         Some(R::RequestPut(p)) => {
@@ -204,7 +248,46 @@ pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
                  start a new client id at sequence 1"
             )))
         }
+        CommandResult::Rejected(RejectReason::Compacted {
+            requested,
+            compacted,
+        }) => Err(ApiError::from(nines_state::StateError::Compacted {
+            requested,
+            compacted,
+        })),
+        CommandResult::Rejected(RejectReason::FutureRevision { requested, current }) => {
+            Err(ApiError::from(nines_state::StateError::FutureRevision {
+                requested,
+                current,
+            }))
+        }
         result => Ok((resp.revision, result)),
+    }
+}
+
+pub fn compact_request(req: &pb::CompactionRequest) -> Request {
+    Request {
+        session: session(&req.session),
+        command: Command::Compact {
+            revision: req.revision,
+            physical: req.physical,
+        },
+    }
+}
+
+/// The compacted revision, for a `physical` wait.
+pub fn compact_response(
+    header: pb::ResponseHeader,
+    result: CommandResult,
+) -> Result<(pb::CompactionResponse, i64), ApiError> {
+    match result {
+        CommandResult::Compacted { revision } => Ok((
+            pb::CompactionResponse {
+                header: Some(header),
+            },
+            revision,
+        )),
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -315,6 +398,45 @@ mod tests {
         };
         assert!(matches!(
             txn_request(&req),
+            Err(ApiError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn range_options_are_checked() {
+        let mut req = pb::RangeRequest {
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            sort_target: pb::range_request::SortTarget::Mod as i32,
+            min_create_revision: 4,
+            ..Default::default()
+        };
+        let opts = range_options(&req).unwrap();
+        assert_eq!(
+            (opts.sort_order, opts.sort_target, opts.min_create_revision),
+            (SortOrder::Descend, SortTarget::Mod, 4)
+        );
+        assert!(!opts.is_plain());
+        req.sort_target = 99;
+        assert!(matches!(
+            range_options(&req),
+            Err(ApiError::InvalidRequest(_))
+        ));
+        req.sort_target = 0;
+        req.sort_order = -1;
+        assert!(range_options(&req).is_err());
+        req.sort_order = 0;
+        req.max_mod_revision = -5;
+        assert!(range_options(&req).is_err());
+        // Inside a txn only the plain form is served.
+        req.max_mod_revision = 0;
+        let txn = pb::TxnRequest {
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(req)),
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            txn_request(&txn),
             Err(ApiError::InvalidRequest(_))
         ));
     }

@@ -102,6 +102,7 @@ impl pb::kv_server::Kv for KvService {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let read = convert::range_request(&message)?;
+        let opts = convert::range_options(&message)?;
         self.core
             .config
             .limits
@@ -122,7 +123,7 @@ impl pb::kv_server::Kv for KvService {
         let (served, held) = self
             .reads
             .run(
-                move || reader.range_at(&read, at).map_err(ApiError::from),
+                move || reader.range_with(&read, &opts, at).map_err(ApiError::from),
                 |r| r.data.kvs.iter().map(kv_bytes).sum(),
             )
             .await?;
@@ -227,6 +228,38 @@ impl pb::kv_server::Kv for KvService {
             Outcome::Forward(mut leader, req, node) => self
                 .core
                 .forward_to(&node, leader.delete_range(*req))
+                .await
+                .map_err(|s| self.forward_failed(&node, s)),
+        }
+    }
+
+    /// Like every write, then for `physical` a wait until this member has
+    /// deleted the dropped records (bounded by the request timeout).
+    async fn compact(
+        &self,
+        request: tonic::Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let physical = request.get_ref().physical;
+        match self
+            .write(
+                request,
+                |m| Ok(convert::compact_request(m)),
+                convert::compact_response,
+            )
+            .await?
+        {
+            Outcome::Done((resp, revision)) => {
+                if physical {
+                    let swept = self.core.reader.wait_swept(revision);
+                    tokio::time::timeout(self.core.timeout(), swept)
+                        .await
+                        .map_err(|_| ApiError::Timeout(self.core.timeout()))?;
+                }
+                Ok(Response::new(resp))
+            }
+            Outcome::Forward(mut leader, req, node) => self
+                .core
+                .forward_to(&node, leader.compact(*req))
                 .await
                 .map_err(|s| self.forward_failed(&node, s)),
         }

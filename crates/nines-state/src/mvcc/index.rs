@@ -28,9 +28,15 @@ pub(crate) struct KeyAt {
 /// One life of a key: its puts in order, and the tombstone that ended it.
 #[derive(Debug, Clone)]
 struct Generation {
-    /// Never empty: a generation starts with the put that created the key.
+    /// Never empty. Starts with the put that created the key, unless a
+    /// compaction dropped the older puts (see `first_version`).
     puts: Vec<Rev>,
     end: Option<Rev>,
+    /// Kept apart from `puts[0]`: after a compaction the first put left is
+    /// not the creation.
+    create_revision: i64,
+    /// The version `puts[0]` gave the key.
+    first_version: i64,
 }
 
 impl Generation {
@@ -58,8 +64,8 @@ impl KeyHistory {
         let rev = *generation.puts.get(seen.checked_sub(1)?)?;
         Some(KeyAt {
             rev,
-            create_revision: generation.puts[0].main,
-            version: seen as i64,
+            create_revision: generation.create_revision,
+            version: generation.first_version.saturating_add(seen as i64 - 1),
         })
     }
 
@@ -76,9 +82,37 @@ impl KeyHistory {
             _ => self.generations.push(Generation {
                 puts: vec![rev],
                 end: None,
+                create_revision: rev.main,
+                first_version: 1,
             }),
         }
         Ok(())
+    }
+
+    /// Drops what a compaction at `at` drops (etcd's keyIndex.compact):
+    /// generations that ended at or below it, and every put at or below it
+    /// but the newest of the generation live at `at`.
+    fn compact(&mut self, at: i64) {
+        let ended = self
+            .generations
+            .partition_point(|g| g.end.is_some_and(|end| end.main <= at));
+        self.generations.drain(..ended);
+        // Only the first generation left can hold puts at or below `at`:
+        // every later one began after it ended, above `at`.
+        if let Some(first) = self.generations.first_mut() {
+            let seen = first.puts.partition_point(|p| p.main <= at);
+            if seen > 1 {
+                first.puts.drain(..seen - 1);
+                first.first_version = first.first_version.saturating_add(seen as i64 - 1);
+            }
+        }
+    }
+
+    /// Whether `rev` is one of the writes this history still holds.
+    fn holds(&self, rev: Rev) -> bool {
+        self.generations
+            .iter()
+            .any(|g| g.end == Some(rev) || g.puts.binary_search(&rev).is_ok())
     }
 
     fn tombstone(&mut self, rev: Rev) -> Result<(), IndexError> {
@@ -152,6 +186,69 @@ impl KeyIndex {
             .ok_or(IndexError::NotLive)
             .and_then(|history| history.tombstone(rev))
             .map_err(|e| index_error(e, key, rev))
+    }
+
+    /// Starts `key`'s history with a put whose older history a compaction
+    /// dropped: its create revision and version come from its record.
+    pub fn restore_compacted(&mut self, key: &[u8], at: KeyAt) -> Result<(), StateError> {
+        let sane = at.create_revision >= 1 && at.create_revision <= at.rev.main && at.version >= 1;
+        if !sane || self.keys.contains_key(key) {
+            return Err(StateError::CorruptState(format!(
+                "the record kept by compaction at {}.{} of {:?} says create {} version {}",
+                at.rev.main,
+                at.rev.sub,
+                String::from_utf8_lossy(key),
+                at.create_revision,
+                at.version
+            )));
+        }
+        let history = KeyHistory {
+            generations: vec![Generation {
+                puts: vec![at.rev],
+                end: None,
+                create_revision: at.create_revision,
+                first_version: at.version,
+            }],
+        };
+        self.keys.insert(key.to_vec(), history);
+        Ok(())
+    }
+
+    /// Compacts up to `max_keys` keys after `after` (all keys from the first
+    /// if None) at revision `at`; returns the last key visited if more are
+    /// left. Chunked so an apply or read never waits for the whole index.
+    pub fn compact_chunk(
+        &mut self,
+        after: Option<&[u8]>,
+        at: i64,
+        max_keys: usize,
+    ) -> Option<Vec<u8>> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut emptied = Vec::new();
+        let mut last = None;
+        for (visited, (key, history)) in self
+            .keys
+            .range_mut::<[u8], _>((lower, Bound::Unbounded))
+            .enumerate()
+        {
+            history.compact(at);
+            if history.is_empty() {
+                emptied.push(key.clone());
+            }
+            if visited + 1 >= max_keys {
+                last = Some(key.clone());
+                break;
+            }
+        }
+        for key in emptied {
+            self.keys.remove(&key);
+        }
+        last
+    }
+
+    /// Whether the record at `rev`, a write of `key`, is still in history.
+    pub fn holds(&self, key: &[u8], rev: Rev) -> bool {
+        self.keys.get(key).is_some_and(|h| h.holds(rev))
     }
 
     /// Undoes an apply that failed: drops the writes of `keys` above `main`.
@@ -270,6 +367,65 @@ mod tests {
         assert_eq!(index.get(b"k", i64::MAX), at(rev(1, 0), 1, 1));
         assert_eq!(index.range(Bound::Unbounded, Bound::Unbounded).count(), 1);
         index.put(b"k", rev(2, 0)).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_the_newest_put_of_the_live_generation() {
+        let mut index = KeyIndex::default();
+        index.put(b"k", rev(1, 0)).unwrap();
+        index.put(b"k", rev(2, 0)).unwrap();
+        index.tombstone(b"k", rev(3, 0)).unwrap();
+        index.put(b"k", rev(4, 0)).unwrap();
+        index.put(b"k", rev(5, 0)).unwrap();
+        index.put(b"k", rev(7, 0)).unwrap();
+        index.put(b"gone", rev(2, 1)).unwrap();
+        index.tombstone(b"gone", rev(6, 0)).unwrap();
+        assert!(index.compact_chunk(None, 6, 100).is_none());
+        // The ended generation of k and the whole history of `gone` are dropped.
+        assert!(!index.holds(b"k", rev(1, 0)) && !index.holds(b"k", rev(3, 0)));
+        assert!(!index.holds(b"k", rev(4, 0)) && index.holds(b"k", rev(5, 0)));
+        assert_eq!(index.range(Bound::Unbounded, Bound::Unbounded).count(), 1);
+        // Reads at or above the compaction answer as before.
+        assert_eq!(index.get(b"k", 6), at(rev(5, 0), 4, 2));
+        assert_eq!(index.get(b"k", 7), at(rev(7, 0), 4, 3));
+        assert_eq!(index.get(b"gone", 6), None);
+        // Compacting again at the same revision changes nothing.
+        index.compact_chunk(None, 6, 1);
+        assert_eq!(index.get(b"k", 7), at(rev(7, 0), 4, 3));
+    }
+
+    #[test]
+    fn compaction_resumes_after_the_last_key_of_a_chunk() {
+        let mut index = KeyIndex::default();
+        for (i, key) in [b"a", b"b", b"c"].iter().enumerate() {
+            index.put(*key, rev(i as i64 + 1, 0)).unwrap();
+            index.tombstone(*key, rev(i as i64 + 4, 0)).unwrap();
+        }
+        let next = index.compact_chunk(None, 10, 2);
+        assert_eq!(next.as_deref(), Some(&b"b"[..]));
+        assert_eq!(index.range(Bound::Unbounded, Bound::Unbounded).count(), 1);
+        assert!(index.compact_chunk(next.as_deref(), 10, 2).is_none());
+        assert_eq!(index.range(Bound::Unbounded, Bound::Unbounded).count(), 0);
+    }
+
+    #[test]
+    fn a_compacted_history_restores_from_its_kept_record() {
+        let mut index = KeyIndex::default();
+        let kept = KeyAt {
+            rev: rev(5, 1),
+            create_revision: 2,
+            version: 3,
+        };
+        index.restore_compacted(b"k", kept).unwrap();
+        index.put(b"k", rev(6, 0)).unwrap();
+        assert_eq!(index.get(b"k", 5), Some(kept));
+        assert_eq!(index.get(b"k", 6), at(rev(6, 0), 2, 4));
+        assert!(index.restore_compacted(b"k", kept).is_err(), "twice");
+        let bad = KeyAt {
+            create_revision: 9,
+            ..kept
+        };
+        assert!(index.restore_compacted(b"x", bad).is_err(), "created later");
     }
 
     #[test]

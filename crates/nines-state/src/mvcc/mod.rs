@@ -7,23 +7,36 @@
 //! the published revision, so they see an apply whole or not at all. The
 //! index may hold writes above the published revision while an apply runs;
 //! reads at a revision ignore them.
+//!
+//! Compaction (`compact.rs`) drops history at or below a revision: reads
+//! below it fail with [`StateError::Compacted`].
 
+mod compact;
+#[cfg(test)]
+mod compact_tests;
 mod index;
+#[cfg(test)]
+pub(crate) mod model;
 mod read;
 mod record;
+mod sorted;
+#[cfg(test)]
+mod sorted_tests;
+mod survivors;
 #[cfg(test)]
 mod tests;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockWriteGuard};
 
-use nines_types::{KeyValue, RangeRequest, RangeResponse};
+use nines_types::{KeyValue, RangeOptions, RangeRequest, RangeResponse};
 
 pub(crate) use index::{KeyAt, KeyIndex, Rev};
 pub(crate) use read::{key_value, value_of};
 pub(crate) use record::{
     decode_record, encode_record, parse_rev_key, rev_key, RecordHeader, REV_PREFIX,
 };
+pub(crate) use survivors::Survivors;
 
 use crate::engine::Engine;
 use crate::error::StateError;
@@ -41,13 +54,35 @@ pub(crate) struct Mvcc<E> {
     index: RwLock<KeyIndex>,
     /// The newest revision whose writes are all in the engine.
     published: AtomicI64,
+    /// Reads below it fail. Raised before the index drops anything, so a
+    /// read that passed the check and then saw dropped history finds it
+    /// raised when it checks again (see `checked`).
+    compacted: AtomicI64,
+    /// Records found at open that a compaction dropped but whose deletion
+    /// had not finished.
+    dropped_at_open: u64,
 }
 
 impl<E: Engine> Mvcc<E> {
-    /// Rebuilds the index from the records in `engine`; `revision` is the
-    /// stored store revision. Counts each record in `progress`.
-    pub fn open(engine: E, revision: i64, progress: &AtomicU64) -> Result<Self, StateError> {
+    /// Rebuilds the index from the records in `engine`; `revision` and
+    /// `compacted` are the stored store and compacted revisions. Counts each
+    /// record in `progress`.
+    pub fn open(
+        engine: E,
+        revision: i64,
+        compacted: i64,
+        progress: &AtomicU64,
+    ) -> Result<Self, StateError> {
+        if !(0..=revision).contains(&compacted) {
+            return Err(StateError::CorruptState(format!(
+                "compacted revision {compacted} is outside 0..={revision}"
+            )));
+        }
         let mut index = KeyIndex::default();
+        // Below the compaction a record's older history may be gone: keep
+        // what the compaction keeps, and check strictly from there on.
+        let mut below = Some(Survivors::default());
+        let mut dropped = 0;
         let end = [REV_PREFIX + 1];
         for item in engine.scan(&[REV_PREFIX], Some(&end)) {
             let (raw_key, raw) = item?;
@@ -59,13 +94,26 @@ impl<E: Engine> Mvcc<E> {
                 )));
             }
             let (header, _) = decode_record(raw.as_ref())?;
-            restore(&mut index, &header, rev)?;
             progress.fetch_add(1, Ordering::Relaxed);
+            match &mut below {
+                Some(survivors) if rev.main <= compacted => {
+                    survivors.see(header, rev)?;
+                    continue;
+                }
+                Some(_) => dropped += below.take().map_or(Ok(0), |s| s.into_index(&mut index))?,
+                None => {}
+            }
+            restore(&mut index, &header, rev)?;
+        }
+        if let Some(survivors) = below {
+            dropped += survivors.into_index(&mut index)?;
         }
         Ok(Self {
             engine,
             index: RwLock::new(index),
             published: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+            dropped_at_open: dropped,
         })
     }
 
@@ -80,7 +128,8 @@ impl<E: Engine> Mvcc<E> {
     }
 
     /// The revision a read asking for `requested` is served at: the current
-    /// one for 0 or less (etcd's rule), else `requested` if it exists.
+    /// one for 0 or less (etcd's rule), else `requested` if it is in the
+    /// retained history.
     pub fn read_revision(&self, requested: i64) -> Result<i64, StateError> {
         let current = self.revision();
         match requested {
@@ -89,15 +138,42 @@ impl<E: Engine> Mvcc<E> {
                 requested: r,
                 current,
             }),
-            r => Ok(r),
+            r => self.checked(r, Ok(r)),
         }
     }
 
+    /// `result` of a read at `revision`, unless a compaction above it began
+    /// meanwhile (it may have seen history half dropped).
+    fn checked<T>(&self, revision: i64, result: Result<T, StateError>) -> Result<T, StateError> {
+        let compacted = self.compacted();
+        if revision < compacted {
+            return Err(StateError::Compacted {
+                requested: revision,
+                compacted,
+            });
+        }
+        result
+    }
+
     pub fn range(&self, req: &RangeRequest, at: i64) -> Result<Read<RangeResponse>, StateError> {
+        self.range_with(req, &RangeOptions::default(), at)
+    }
+
+    /// A range with etcd's sort and revision filters.
+    pub fn range_with(
+        &self,
+        req: &RangeRequest,
+        opts: &RangeOptions,
+        at: i64,
+    ) -> Result<Read<RangeResponse>, StateError> {
         let revision = self.read_revision(at)?;
-        let data = read::range(&self.index, req, revision, |rev| {
-            self.engine.get(&rev_key(rev))
-        })?;
+        let fetch = |rev| self.engine.get(&rev_key(rev));
+        let data = if opts.is_plain() {
+            read::range(&self.index, req, revision, fetch)
+        } else {
+            sorted::range(&self.index, req, opts, revision, fetch)
+        };
+        let data = self.checked(revision, data)?;
         Ok(Read { revision, data })
     }
 

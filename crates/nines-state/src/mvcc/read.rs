@@ -105,7 +105,7 @@ pub(crate) fn value_of<B: AsRef<[u8]>>(
 }
 
 /// Counts the keys of `range` alive at `at` and returns the first `limit`.
-fn resolve(
+pub(super) fn resolve(
     index: &RwLock<KeyIndex>,
     range: &KeyRange,
     at: i64,

@@ -2,17 +2,17 @@
 //! the publish rule, and a randomized model check of reads at every
 //! revision.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nines_types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, Entry, KeyRange, KeyValue, LogId,
-    RangeRequest, RangeResponse, Request, Response, Txn, TxnOp, TxnOpResponse,
+    Command, Entry, KeyRange, KeyValue, LogId, RangeRequest, RangeResponse, Request, Response, Txn,
+    TxnOp,
 };
 use openraft::{CommittedLeaderId, EntryPayload};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
+use super::model::*;
 use super::*;
 use crate::apply::apply_entries;
 use crate::engine::{Engine, MemEngine, ScanIter, Write};
@@ -20,7 +20,7 @@ use crate::store::{read_meta, StateOptions};
 
 /// An engine that counts point reads, to show what a read fetches.
 #[derive(Default)]
-struct Counting {
+pub(super) struct Counting {
     inner: MemEngine,
     gets: AtomicU64,
 }
@@ -41,27 +41,31 @@ impl Engine for Counting {
         self.inner.write_batch(writes)
     }
 
+    fn remove_each(&self, keys: &[Vec<u8>]) -> Result<(), StateError> {
+        self.inner.remove_each(keys)
+    }
+
     fn flush(&self) -> Result<(), StateError> {
         Ok(())
     }
 }
 
-struct Store {
-    mvcc: Mvcc<Counting>,
-    opts: StateOptions,
+pub(super) struct Store {
+    pub mvcc: Mvcc<Counting>,
+    pub opts: StateOptions,
     next_index: u64,
 }
 
 impl Store {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
-            mvcc: Mvcc::open(Counting::default(), 0, &AtomicU64::new(0)).unwrap(),
+            mvcc: Mvcc::open(Counting::default(), 0, 0, &AtomicU64::new(0)).unwrap(),
             opts: StateOptions::default(),
             next_index: 1,
         }
     }
 
-    fn entry(&mut self, command: Command) -> Entry {
+    pub fn entry(&mut self, command: Command) -> Entry {
         let index = self.next_index;
         self.next_index += 1;
         Entry {
@@ -70,7 +74,7 @@ impl Store {
         }
     }
 
-    fn apply(&mut self, command: Command) -> Response {
+    pub fn apply(&mut self, command: Command) -> Response {
         let entry = self.entry(command);
         let mvcc = &self.mvcc;
         let mut done = apply_entries(mvcc, &self.opts, &[entry], |writes| {
@@ -81,27 +85,33 @@ impl Store {
     }
 
     /// Drops the index and rebuilds it from the stored records.
-    fn reopen(self) -> Self {
-        let revision = read_meta(&self.mvcc.engine).unwrap().revision;
-        assert_eq!(revision, self.mvcc.revision());
-        let mvcc = Mvcc::open(self.mvcc.engine, revision, &AtomicU64::new(0)).unwrap();
+    pub fn reopen(self) -> Self {
+        let meta = read_meta(&self.mvcc.engine).unwrap();
+        assert_eq!(meta.revision, self.mvcc.revision());
+        let mvcc = Mvcc::open(
+            self.mvcc.engine,
+            meta.revision,
+            meta.compacted,
+            &AtomicU64::new(0),
+        )
+        .unwrap();
         Self { mvcc, ..self }
     }
 
-    fn all_at(&self, revision: i64) -> Read<RangeResponse> {
+    pub fn all_at(&self, revision: i64) -> Read<RangeResponse> {
         self.mvcc.range(&all(), revision).unwrap()
     }
 
-    fn gets(&self) -> u64 {
+    pub fn gets(&self) -> u64 {
         self.mvcc.engine.gets.load(Ordering::Relaxed)
     }
 }
 
-fn all() -> RangeRequest {
+pub(super) fn all() -> RangeRequest {
     RangeRequest::range(KeyRange::From(vec![0]))
 }
 
-fn put(key: &str, value: &str) -> Command {
+pub(super) fn put(key: &str, value: &str) -> Command {
     Command::Put {
         key: key.into(),
         value: value.into(),
@@ -110,7 +120,7 @@ fn put(key: &str, value: &str) -> Command {
     }
 }
 
-fn kv(key: &str, value: &str, create: i64, modified: i64, version: i64) -> KeyValue {
+pub(super) fn kv(key: &str, value: &str, create: i64, modified: i64, version: i64) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: value.into(),
@@ -245,274 +255,6 @@ fn counts_limits_and_keys_only_fetch_no_value_they_do_not_return() {
     let some = s.mvcc.range(&req, 0).unwrap().data;
     assert_eq!((some.count, some.kvs.len(), some.more), (50, 3, true));
     assert_eq!(s.gets(), before + 3, "only the returned values");
-}
-
-// ---- randomized model check ----
-
-#[derive(Debug, Clone, PartialEq)]
-struct ModelKv {
-    value: Vec<u8>,
-    create: i64,
-    modified: i64,
-    version: i64,
-}
-
-type State = BTreeMap<Vec<u8>, ModelKv>;
-
-fn model_kv(key: &[u8], m: &ModelKv) -> KeyValue {
-    KeyValue {
-        key: key.to_vec(),
-        value: m.value.clone(),
-        create_revision: m.create,
-        mod_revision: m.modified,
-        version: m.version,
-        lease: 0,
-    }
-}
-
-fn model_range(state: &State, req: &RangeRequest) -> RangeResponse {
-    let matching: Vec<KeyValue> = state
-        .iter()
-        .filter(|(k, _)| req.range.contains(k))
-        .map(|(k, m)| model_kv(k, m))
-        .collect();
-    let limit = if req.limit == 0 {
-        usize::MAX
-    } else {
-        req.limit as usize
-    };
-    let mut kvs: Vec<KeyValue> = if req.count_only {
-        Vec::new()
-    } else {
-        matching.iter().take(limit).cloned().collect()
-    };
-    if req.keys_only {
-        kvs.iter_mut().for_each(|kv| kv.value.clear());
-    }
-    RangeResponse {
-        count: matching.len() as u64,
-        more: !req.count_only && matching.len() > kvs.len(),
-        kvs,
-    }
-}
-
-fn model_put(state: &mut State, key: &[u8], value: &[u8], rev: i64) -> Option<KeyValue> {
-    let prev = state.get(key).cloned();
-    let next = match &prev {
-        Some(p) => ModelKv {
-            value: value.to_vec(),
-            create: p.create,
-            modified: rev,
-            version: p.version + 1,
-        },
-        None => ModelKv {
-            value: value.to_vec(),
-            create: rev,
-            modified: rev,
-            version: 1,
-        },
-    };
-    state.insert(key.to_vec(), next);
-    prev.map(|p| model_kv(key, &p))
-}
-
-fn model_delete(state: &mut State, range: &KeyRange) -> Vec<KeyValue> {
-    let gone: Vec<Vec<u8>> = state
-        .keys()
-        .filter(|k| range.contains(k))
-        .cloned()
-        .collect();
-    gone.iter()
-        .map(|k| model_kv(k, &state.remove(k).expect("listed")))
-        .collect()
-}
-
-fn model_compare(state: &State, c: &Compare) -> bool {
-    let current = state.get(&c.key);
-    let order = match (&c.target, current) {
-        (CompareTarget::Value(_), None) => return false,
-        (CompareTarget::Value(v), Some(m)) => m.value.cmp(v),
-        (CompareTarget::Version(v), _) => current.map_or(0, |m| m.version).cmp(v),
-        (CompareTarget::CreateRevision(v), _) => current.map_or(0, |m| m.create).cmp(v),
-        (CompareTarget::ModRevision(v), _) => current.map_or(0, |m| m.modified).cmp(v),
-    };
-    match c.op {
-        CompareOp::Equal => order.is_eq(),
-        CompareOp::NotEqual => order.is_ne(),
-        CompareOp::Greater => order.is_gt(),
-        CompareOp::Less => order.is_lt(),
-    }
-}
-
-/// The expected response; pushes the new state if the command changed it.
-fn model_apply(states: &mut Vec<State>, command: &Command) -> Response {
-    let rev = (states.len()) as i64;
-    let mut state = states.last().expect("initial state").clone();
-    let mut changed = false;
-    let deleted = |prev_kvs: Vec<KeyValue>, want: bool| {
-        let n = prev_kvs.len() as u64;
-        (n, if want { prev_kvs } else { Vec::new() })
-    };
-    let result = match command {
-        Command::Put {
-            key,
-            value,
-            prev_kv,
-            ..
-        } => {
-            changed = true;
-            let prev = model_put(&mut state, key, value, rev);
-            CommandResult::Put {
-                prev_kv: prev.filter(|_| *prev_kv),
-            }
-        }
-        Command::DeleteRange { range, prev_kv } => {
-            let (n, prev_kvs) = deleted(model_delete(&mut state, range), *prev_kv);
-            changed = n > 0;
-            CommandResult::Delete {
-                deleted: n,
-                prev_kvs,
-            }
-        }
-        Command::Txn(txn) => {
-            let succeeded = txn.compares.iter().all(|c| model_compare(&state, c));
-            let ops = if succeeded {
-                &txn.success
-            } else {
-                &txn.failure
-            };
-            let mut responses = Vec::new();
-            for op in ops {
-                responses.push(match op {
-                    TxnOp::Put {
-                        key,
-                        value,
-                        prev_kv,
-                    } => {
-                        changed = true;
-                        let prev = model_put(&mut state, key, value, rev);
-                        TxnOpResponse::Put {
-                            prev_kv: prev.filter(|_| *prev_kv),
-                        }
-                    }
-                    TxnOp::Delete { range, prev_kv } => {
-                        let (n, prev_kvs) = deleted(model_delete(&mut state, range), *prev_kv);
-                        changed |= n > 0;
-                        TxnOpResponse::Delete {
-                            deleted: n,
-                            prev_kvs,
-                        }
-                    }
-                    TxnOp::Get(req) => TxnOpResponse::Get(model_range(&state, req)),
-                });
-            }
-            CommandResult::Txn {
-                succeeded,
-                responses,
-            }
-        }
-        other => panic!("the generator does not make {other:?}"),
-    };
-    if changed {
-        states.push(state);
-    }
-    Response {
-        revision: states.len() as i64 - 1,
-        result,
-    }
-}
-
-const MODEL_KEYS: u8 = 6;
-
-fn key(rng: &mut StdRng) -> Vec<u8> {
-    format!("k{}", rng.gen_range(0..MODEL_KEYS)).into_bytes()
-}
-
-fn key_range(rng: &mut StdRng) -> KeyRange {
-    let (a, b) = (rng.gen_range(0..MODEL_KEYS), rng.gen_range(0..MODEL_KEYS));
-    match rng.gen_range(0..3) {
-        0 => KeyRange::Single(key(rng)),
-        1 => KeyRange::From(format!("k{a}").into_bytes()),
-        _ => KeyRange::Between {
-            start: format!("k{}", a.min(b)).into_bytes(),
-            end: format!("k{}", a.max(b) + 1).into_bytes(),
-        },
-    }
-}
-
-fn read_request(rng: &mut StdRng) -> RangeRequest {
-    RangeRequest {
-        range: key_range(rng),
-        limit: rng.gen_range(0..4),
-        keys_only: rng.gen_bool(0.2),
-        count_only: rng.gen_bool(0.2),
-    }
-}
-
-fn txn_ops(rng: &mut StdRng) -> Vec<TxnOp> {
-    let mut ops = Vec::new();
-    let mut put_keys = Vec::new();
-    for _ in 0..rng.gen_range(0..5) {
-        let op = match rng.gen_range(0..4) {
-            0 | 1 => {
-                let key = key(rng);
-                // Two puts of one key in a branch are refused (tested elsewhere).
-                if put_keys.contains(&key) {
-                    continue;
-                }
-                put_keys.push(key.clone());
-                TxnOp::Put {
-                    key,
-                    value: rng.gen::<u16>().to_string().into_bytes(),
-                    prev_kv: rng.gen(),
-                }
-            }
-            2 => TxnOp::Delete {
-                range: key_range(rng),
-                prev_kv: rng.gen(),
-            },
-            _ => TxnOp::Get(read_request(rng)),
-        };
-        ops.push(op);
-    }
-    ops
-}
-
-fn command(rng: &mut StdRng) -> Command {
-    match rng.gen_range(0..10) {
-        0..=3 => Command::Put {
-            key: key(rng),
-            value: rng.gen::<u16>().to_string().into_bytes(),
-            lease: 0,
-            prev_kv: rng.gen(),
-        },
-        4 | 5 => Command::DeleteRange {
-            range: key_range(rng),
-            prev_kv: rng.gen(),
-        },
-        _ => {
-            let op = [
-                CompareOp::Equal,
-                CompareOp::NotEqual,
-                CompareOp::Greater,
-                CompareOp::Less,
-            ][rng.gen_range(0..4)];
-            let target = match rng.gen_range(0..3) {
-                0 => CompareTarget::Version(rng.gen_range(0..3)),
-                1 => CompareTarget::ModRevision(rng.gen_range(0..40)),
-                _ => CompareTarget::Value(rng.gen::<u16>().to_string().into_bytes()),
-            };
-            Command::Txn(Txn {
-                compares: vec![Compare {
-                    key: key(rng),
-                    op,
-                    target,
-                }],
-                success: txn_ops(rng),
-                failure: txn_ops(rng),
-            })
-        }
-    }
 }
 
 fn check_every_revision(s: &Store, states: &[State], rng: &mut StdRng, seed: u64) {

@@ -113,12 +113,16 @@ impl epb::kv_server::Kv for EtcdKv {
         let (served, held) = self
             .reads
             .run(
-                move || reader.range_at(&read, at).map_err(ApiError::from),
+                move || {
+                    reader
+                        .range_with(&read, &options, at)
+                        .map_err(ApiError::from)
+                },
                 |r| r.data.kvs.iter().map(kv_bytes).sum(),
             )
             .await?;
         let header = convert::header(self.core.header(served.revision));
-        let mut response = Response::new(convert::range_response(header, &options, served.data));
+        let mut response = Response::new(convert::range_response(header, served.data));
         read_limit::attach(&mut response, held);
         Ok(response)
     }
@@ -162,6 +166,40 @@ impl epb::kv_server::Kv for EtcdKv {
                     session,
                 } = *to;
                 let call = client.delete_range(self.forwarded(request.into_inner(), session));
+                let forwarded = self.core.forward_to(&leader, call).await;
+                forwarded.map_err(|s| self.forward_failed(&leader, s))
+            }
+        }
+    }
+
+    /// Like every write, then for `physical` a wait until this member has
+    /// deleted the dropped records (bounded by the request timeout).
+    async fn compact(
+        &self,
+        request: tonic::Request<epb::CompactionRequest>,
+    ) -> Result<Response<epb::CompactionResponse>, Status> {
+        let physical = request.get_ref().physical;
+        let to_domain = |m: &epb::CompactionRequest, s| Ok(convert::compact_request(m, s));
+        match self
+            .write(&request, to_domain, convert::compact_response)
+            .await?
+        {
+            Written::Here((resp, revision)) => {
+                if physical {
+                    let swept = self.core.reader.wait_swept(revision);
+                    tokio::time::timeout(self.core.timeout(), swept)
+                        .await
+                        .map_err(|_| ApiError::Timeout(self.core.timeout()))?;
+                }
+                Ok(Response::new(resp))
+            }
+            Written::AtLeader(to) => {
+                let Forward {
+                    mut client,
+                    leader,
+                    session,
+                } = *to;
+                let call = client.compact(self.forwarded(request.into_inner(), session));
                 let forwarded = self.core.forward_to(&leader, call).await;
                 forwarded.map_err(|s| self.forward_failed(&leader, s))
             }

@@ -1,0 +1,156 @@
+//! The compaction model check on the sled-backed state machine, with its
+//! background sweep: reads at every revision equal the model's, on the
+//! machine itself, on a fresh machine installed from its snapshot, and
+//! after a close and reopen.
+
+use std::time::Duration;
+
+use nines_types::{CommandResult, Entry, LogId, Request};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::mvcc::model::{check_reads, command_or_compact, Model};
+use crate::{StateMachine, StateOptions, StateReader};
+
+async fn open(dir: &std::path::Path) -> StateMachine {
+    StateMachine::open(dir, StateOptions::default())
+        .await
+        .expect("open")
+}
+
+fn check(reader: &StateReader, model: &Model, rng: &mut StdRng, context: &str) {
+    assert_eq!(reader.compacted_revision(), model.compacted, "{context}");
+    check_reads(|req, at| reader.range_at(req, at), model, rng, context);
+}
+
+/// Waits for the sweep to finish `revision` (bounded, so a hang fails).
+async fn swept(reader: &StateReader, revision: i64) {
+    tokio::time::timeout(Duration::from_secs(10), reader.wait_swept(revision))
+        .await
+        .expect("the sweep finishes");
+}
+
+/// Revision records on disk.
+fn records(reader: &StateReader) -> usize {
+    let raw = reader.dump_raw().unwrap();
+    raw.iter().filter(|(k, _)| k.first() == Some(&b'r')).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_model_holds_across_snapshot_install_and_reopen() {
+    for seed in [3u64, 1009, 65537] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path()).await;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut model = Model::new();
+        for index in 1..=250u64 {
+            let command = command_or_compact(&mut rng, &model);
+            let want = model.apply(&command);
+            let entry = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Request::new(command)),
+            };
+            let got = sm.apply([entry]).await.unwrap().remove(0);
+            assert_eq!(got, want, "seed {seed} entry {index}");
+            if index % 50 == 0 {
+                check(
+                    &sm.reader(),
+                    &model,
+                    &mut rng,
+                    &format!("seed {seed} at {index}"),
+                );
+            }
+        }
+        let reader = sm.reader();
+        swept(&reader, model.compacted).await;
+        check(&reader, &model, &mut rng, "swept");
+        let on_disk = records(&reader);
+
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut other = open(other_dir.path()).await;
+        let mut receive = other.begin_receiving_snapshot().await.unwrap();
+        *receive = *snap.snapshot;
+        other.install_snapshot(&snap.meta, receive).await.unwrap();
+        check(&other.reader(), &model, &mut rng, "installed");
+        assert_eq!(
+            records(&other.reader()),
+            on_disk,
+            "only the retained history"
+        );
+        drop(other);
+
+        drop((sm, reader));
+        let sm = open(dir.path()).await;
+        check(&sm.reader(), &model, &mut rng, "reopened");
+    }
+}
+
+/// A compaction of many records answers before its sweep is done, and the
+/// sweep deletes exactly the dropped records; a snapshot built meanwhile
+/// carries none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_runs_behind_the_apply_and_snapshots_skip_dropped_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path()).await;
+    let mut index = 0;
+    let mut next = |command| {
+        index += 1;
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request::new(command)),
+        }
+    };
+    let entries: Vec<Entry> = (0..6_000)
+        .map(|i| {
+            next(nines_types::Command::Put {
+                key: format!("k{}", i % 10).into_bytes(),
+                value: vec![b'v'; 64],
+                lease: 0,
+                prev_kv: false,
+            })
+        })
+        .collect();
+    for chunk in entries.chunks(500) {
+        sm.apply(chunk.to_vec()).await.unwrap();
+    }
+    let compact = next(nines_types::Command::Compact {
+        revision: 6_000,
+        physical: true,
+    });
+    let reader = sm.reader();
+    let got = sm.apply([compact]).await.unwrap().remove(0);
+    assert_eq!(got.result, CommandResult::Compacted { revision: 6_000 });
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    swept(&reader, 6_000).await;
+    assert_eq!(records(&reader), 10);
+    assert_eq!(reader.swept_records(), 5_990);
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = open(other_dir.path()).await;
+    let mut receive = other.begin_receiving_snapshot().await.unwrap();
+    *receive = *snap.snapshot;
+    other.install_snapshot(&snap.meta, receive).await.unwrap();
+    assert_eq!(records(&other.reader()), 10);
+    assert_eq!(other.reader().compacted_revision(), 6_000);
+    assert!(matches!(
+        other
+            .reader()
+            .range_at(&nines_types::RangeRequest::key("k1"), 5_999),
+        Err(crate::StateError::Compacted {
+            requested: 5_999,
+            compacted: 6_000
+        })
+    ));
+}

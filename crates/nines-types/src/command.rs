@@ -152,11 +152,11 @@ pub struct RangeOptions {
 impl RangeOptions {
     /// Whether the key-ordered, unfiltered fast path serves the range.
     pub fn is_plain(&self) -> bool {
-        let sorted = match (self.sort_order, self.sort_target) {
-            (SortOrder::None | SortOrder::Ascend, SortTarget::Key) => false,
-            _ => true,
-        };
-        !sorted
+        let key_order = matches!(
+            (self.sort_order, self.sort_target),
+            (SortOrder::None | SortOrder::Ascend, SortTarget::Key)
+        );
+        key_order
             && self.min_mod_revision == 0
             && self.max_mod_revision == 0
             && self.min_create_revision == 0

@@ -492,7 +492,7 @@ pub(crate) fn model_range_with(
 
 /// Random sort and filters; revisions up to `max_revision`.
 pub(crate) fn range_options(rng: &mut StdRng, max_revision: i64) -> RangeOptions {
-    let mut bound = |rng: &mut StdRng| {
+    let bound = |rng: &mut StdRng| {
         if rng.gen_bool(0.25) {
             rng.gen_range(1..=max_revision.max(1))
         } else {

@@ -21,13 +21,11 @@ use nines_server::network::guard::{self, GuardLimits, View};
 use nines_server::network::RaftService;
 use nines_state::{StateMachine, StateOptions};
 use nines_types::{codec, Command, Entry, Node, NodeId, Request, StoredMembership, TypeConfig};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{AnyError, CommittedLeaderId, EntryPayload, LogId, Membership, SnapshotMeta, Vote};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership, SnapshotMeta, Vote};
+
+mod common;
+use common::NoNetwork;
 
 // ---- allocation tracking: the largest single allocation while decoding ----
 
@@ -357,46 +355,6 @@ fn decode_and_guard_never_panic_nor_allocate_by_the_wire() {
 }
 
 // ---- the handlers, in front of a live Raft node ----
-
-struct NoNetwork;
-
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = NoNetwork;
-    async fn new_client(&mut self, _target: NodeId, _node: &Node) -> NoNetwork {
-        NoNetwork
-    }
-}
-
-fn down<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
-    RPCError::Unreachable(Unreachable::new(&AnyError::error("fuzz: no peers")))
-}
-
-impl RaftNetwork<TypeConfig> for NoNetwork {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(down())
-    }
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(down())
-    }
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(down())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_handlers_survive_hostile_messages() {

@@ -27,58 +27,16 @@ use nines_server::metrics::Counters;
 use nines_server::network::RaftService;
 use nines_state::{StateMachine, StateOptions};
 use nines_types::{codec, Command, Node, NodeId, Request, TypeConfig};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{AnyError, Vote};
+use openraft::raft::AppendEntriesRequest;
+use openraft::Vote;
+
+mod common;
+use common::NoNetwork;
 
 /// How long the refusals run alongside the writes.
 const RUN: Duration = Duration::from_secs(8);
 /// Far longer than any pause on a loaded 2-core machine.
 const STUCK: Duration = Duration::from_secs(30);
-
-struct NoNetwork;
-
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = NoNetwork;
-    async fn new_client(&mut self, _target: NodeId, _node: &Node) -> NoNetwork {
-        NoNetwork
-    }
-}
-
-fn down<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
-    RPCError::Unreachable(Unreachable::new(&AnyError::error("test: no peers")))
-}
-
-impl RaftNetwork<TypeConfig> for NoNetwork {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(down())
-    }
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(down())
-    }
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(down())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_a_peer_message_during_metrics_updates_does_not_deadlock() {

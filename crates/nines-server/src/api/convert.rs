@@ -46,38 +46,59 @@ pub fn range_request(req: &pb::RangeRequest) -> Result<RangeRequest, ApiError> {
 /// The sort and revision filters of a range; unknown enum values and
 /// negative bounds are INVALID_ARGUMENT.
 pub fn range_options(req: &pb::RangeRequest) -> Result<RangeOptions, ApiError> {
+    range_options_of(
+        req.sort_order,
+        req.sort_target,
+        [
+            req.min_mod_revision,
+            req.max_mod_revision,
+            req.min_create_revision,
+            req.max_create_revision,
+        ],
+    )
+}
+
+/// Sort and filter options from their wire values, shared by both APIs
+/// (nines.v1 numbers its sort enums as etcd does). `bounds` are min/max
+/// mod revision, then min/max create revision.
+pub fn range_options_of(
+    sort_order: i32,
+    sort_target: i32,
+    bounds: [i64; 4],
+) -> Result<RangeOptions, ApiError> {
     use pb::range_request::{SortOrder as O, SortTarget as T};
     let bad = |what: &str, v: i64| ApiError::InvalidRequest(format!("{what} {v} is not valid"));
-    let sort_order = match O::try_from(req.sort_order) {
+    let sort_order = match O::try_from(sort_order) {
         Ok(O::None) => SortOrder::None,
         Ok(O::Ascend) => SortOrder::Ascend,
         Ok(O::Descend) => SortOrder::Descend,
-        Err(_) => return Err(bad("sort_order", req.sort_order.into())),
+        Err(_) => return Err(bad("sort_order", sort_order.into())),
     };
-    let sort_target = match T::try_from(req.sort_target) {
+    let sort_target = match T::try_from(sort_target) {
         Ok(T::Key) => SortTarget::Key,
         Ok(T::Version) => SortTarget::Version,
         Ok(T::Create) => SortTarget::Create,
         Ok(T::Mod) => SortTarget::Mod,
         Ok(T::Value) => SortTarget::Value,
-        Err(_) => return Err(bad("sort_target", req.sort_target.into())),
+        Err(_) => return Err(bad("sort_target", sort_target.into())),
     };
-    let bounds = [
-        ("min_mod_revision", req.min_mod_revision),
-        ("max_mod_revision", req.max_mod_revision),
-        ("min_create_revision", req.min_create_revision),
-        ("max_create_revision", req.max_create_revision),
+    let names = [
+        "min_mod_revision",
+        "max_mod_revision",
+        "min_create_revision",
+        "max_create_revision",
     ];
-    if let Some((what, v)) = bounds.into_iter().find(|(_, v)| *v < 0) {
+    if let Some((what, v)) = names.into_iter().zip(bounds).find(|(_, v)| *v < 0) {
         return Err(bad(what, v));
     }
+    let [min_mod_revision, max_mod_revision, min_create_revision, max_create_revision] = bounds;
     Ok(RangeOptions {
         sort_order,
         sort_target,
-        min_mod_revision: req.min_mod_revision,
-        max_mod_revision: req.max_mod_revision,
-        min_create_revision: req.min_create_revision,
-        max_create_revision: req.max_create_revision,
+        min_mod_revision,
+        max_mod_revision,
+        min_create_revision,
+        max_create_revision,
     })
 }
 

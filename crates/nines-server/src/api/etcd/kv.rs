@@ -75,9 +75,27 @@ impl EtcdKv {
         request
     }
 
-    fn forward_failed(&self, leader: &Node, status: Status) -> Status {
-        self.core.note_forward_failure(leader, &status);
-        crate::api::kv::forward_status(status)
+    /// Sends `message` to the leader through `call` (one KV method).
+    async fn at_leader<Req, Resp, Fut>(
+        &self,
+        to: Box<Forward>,
+        message: Req,
+        call: impl FnOnce(KvClient<Channel>, tonic::Request<Req>) -> Fut,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let Forward {
+            client,
+            leader,
+            session,
+        } = *to;
+        let call = call(client, self.forwarded(message, session));
+        let answer = self.core.forward_to(&leader, call).await;
+        answer.map_err(|s| {
+            self.core.note_forward_failure(&leader, &s);
+            crate::api::kv::forward_status(s)
+        })
     }
 }
 
@@ -97,13 +115,14 @@ impl epb::kv_server::Kv for EtcdKv {
             .map_err(ApiError::from)?;
         if !message.serializable {
             if let Routed::Forward(leader) = self.core.linearize(forwarded).await? {
-                let mut client = self.client(&leader)?;
-                let call = client.range(self.forwarded(message, None));
+                let to = Box::new(Forward {
+                    client: self.client(&leader)?,
+                    leader,
+                    session: None,
+                });
                 return self
-                    .core
-                    .forward_to(&leader, call)
-                    .await
-                    .map_err(|s| self.forward_failed(&leader, s));
+                    .at_leader(to, message, |mut c, r| async move { c.range(r).await })
+                    .await;
             }
         }
         // Off the async workers, a few at a time; the header carries the
@@ -137,14 +156,9 @@ impl epb::kv_server::Kv for EtcdKv {
         {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(to) => {
-                let Forward {
-                    mut client,
-                    leader,
-                    session,
-                } = *to;
-                let call = client.put(self.forwarded(request.into_inner(), session));
-                let forwarded = self.core.forward_to(&leader, call).await;
-                forwarded.map_err(|s| self.forward_failed(&leader, s))
+                let message = request.into_inner();
+                self.at_leader(to, message, |mut c, r| async move { c.put(r).await })
+                    .await
             }
         }
     }
@@ -160,14 +174,13 @@ impl epb::kv_server::Kv for EtcdKv {
         {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(to) => {
-                let Forward {
-                    mut client,
-                    leader,
-                    session,
-                } = *to;
-                let call = client.delete_range(self.forwarded(request.into_inner(), session));
-                let forwarded = self.core.forward_to(&leader, call).await;
-                forwarded.map_err(|s| self.forward_failed(&leader, s))
+                let message = request.into_inner();
+                self.at_leader(
+                    to,
+                    message,
+                    |mut c, r| async move { c.delete_range(r).await },
+                )
+                .await
             }
         }
     }
@@ -194,14 +207,9 @@ impl epb::kv_server::Kv for EtcdKv {
                 Ok(Response::new(resp))
             }
             Written::AtLeader(to) => {
-                let Forward {
-                    mut client,
-                    leader,
-                    session,
-                } = *to;
-                let call = client.compact(self.forwarded(request.into_inner(), session));
-                let forwarded = self.core.forward_to(&leader, call).await;
-                forwarded.map_err(|s| self.forward_failed(&leader, s))
+                let message = request.into_inner();
+                self.at_leader(to, message, |mut c, r| async move { c.compact(r).await })
+                    .await
             }
         }
     }
@@ -216,14 +224,9 @@ impl epb::kv_server::Kv for EtcdKv {
         {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(to) => {
-                let Forward {
-                    mut client,
-                    leader,
-                    session,
-                } = *to;
-                let call = client.txn(self.forwarded(request.into_inner(), session));
-                let forwarded = self.core.forward_to(&leader, call).await;
-                forwarded.map_err(|s| self.forward_failed(&leader, s))
+                let message = request.into_inner();
+                self.at_leader(to, message, |mut c, r| async move { c.txn(r).await })
+                    .await
             }
         }
     }

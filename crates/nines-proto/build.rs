@@ -1,4 +1,6 @@
-//! Compiles proto/nines/v1/*.proto with protox (pure Rust), so building needs no protoc.
+//! Compiles the protos with protox (pure Rust), so building needs no protoc:
+//! proto/nines/v1/*.proto (nines' own services) and proto/etcd (etcd's v3
+//! API: etcdserverpb, mvccpb, authpb).
 
 use std::path::PathBuf;
 
@@ -6,14 +8,26 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["kv.proto", "cluster.proto", "raft.proto"].map(|f| root.join("nines/v1").join(f));
     println!("cargo:rerun-if-changed={}", root.display());
-    let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let files = ["kv.proto", "cluster.proto", "raft.proto"].map(|f| root.join("nines/v1").join(f));
+    let fds = protox::compile(&files, [&root])?;
     std::fs::write(out.join("nines_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .compile_fds(fds)?;
+
+    // etcd's services: methods nines does not implement yet answer
+    // UNIMPLEMENTED through the generated default stubs.
+    let etcd = root.join("etcd");
+    let fds = protox::compile([etcd.join("etcdserverpb/rpc.proto")], [&etcd])?;
+    std::fs::write(out.join("etcd_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

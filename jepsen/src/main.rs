@@ -271,6 +271,19 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
         a
     });
+    let pairs = workload_list.contains(&Workload::Pairs).then(|| {
+        let p = checker::check_pairs(&ops);
+        valid &= p.valid();
+        let verdict = if p.valid() { "valid" } else { "INVALID" };
+        verdicts.insert(
+            "pairs".to_string(),
+            format!(
+                "{verdict} ({} reads, {} ok txn writes, {} torn, {} header behind)",
+                p.reads_checked, p.writes_ok, p.torn_count, p.header_behind_count
+            ),
+        );
+        p
+    });
     let (counts, total_ops, ok_rate) = report::count_ops(&ops);
     let (windows, availability) = report::windows(&ops, load_ns);
     let (max_recovery_ms, median_recovery_ms) = report::recovery_stats(&windows);
@@ -307,6 +320,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         register,
         set,
         append,
+        pairs,
         windows,
         recovery_by_fault,
         max_recovery_ms,

@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::checker::append::AppendResult;
+use crate::checker::pairs::PairsResult;
 use crate::checker::set::SetResult;
 use crate::checker::RegisterResult;
 use crate::history::{Op, Phase, Value, F};
@@ -46,6 +47,7 @@ pub struct Report {
     pub register: Option<RegisterResult>,
     pub set: Option<SetResult>,
     pub append: Option<AppendResult>,
+    pub pairs: Option<PairsResult>,
     pub windows: Vec<Window>,
     /// Fault kind -> its recovery times.
     pub recovery_by_fault: BTreeMap<String, FaultRecovery>,

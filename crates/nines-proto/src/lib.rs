@@ -1,12 +1,32 @@
-//! Generated gRPC types and services for nines (package `nines.v1`).
+//! Generated gRPC types and services: nines' own (package `nines.v1`,
+//! re-exported at the crate root) and etcd's v3 API (`etcd::*`).
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("nines.v1");
 }
 
+/// etcd's v3 API, wire-compatible: the packages keep etcd's names so that
+/// generated code refers to its siblings as etcd's does (`super::mvccpb`).
+#[allow(clippy::all, missing_docs)]
+pub mod etcd {
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}
+
 /// Encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/nines_descriptor.bin"));
+
+/// The same for etcd's API.
+pub const ETCD_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/etcd_descriptor.bin"));
 
 pub use v1::*;

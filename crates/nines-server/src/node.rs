@@ -279,11 +279,19 @@ async fn serve_client(
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(nines_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(nines_proto::ETCD_FILE_DESCRIPTOR_SET)
         .build_v1();
+    let etcd = crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES);
     let mut router = h2_server()
         .add_service(health)
         .add_service(kv_server(&core, &reads))
-        .add_service(cluster_server(&core));
+        .add_service(cluster_server(&core))
+        .add_service(etcd.kv)
+        .add_service(etcd.cluster)
+        .add_service(etcd.maintenance)
+        .add_service(etcd.auth)
+        .add_service(etcd.watch)
+        .add_service(etcd.lease);
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
@@ -324,6 +332,10 @@ async fn serve_peer(
         ))
         .add_service(InterceptedService::new(
             cluster_server(&core),
+            member_only(&core),
+        ))
+        .add_service(InterceptedService::new(
+            crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES).kv,
             member_only(&core),
         ))
         .serve_with_incoming_shutdown(

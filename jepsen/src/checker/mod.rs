@@ -1,6 +1,7 @@
 //! Turns the paired history into each workload's checker input and runs it.
 
 pub mod append;
+pub mod pairs;
 pub mod set;
 pub mod wgl;
 
@@ -17,6 +18,7 @@ use wgl::{RegEntry, RegOp, Verdict};
 pub const REGISTER_PREFIX: &str = "r/";
 pub const SET_PREFIX: &str = "s/";
 pub const APPEND_PREFIX: &str = "a/";
+pub const PAIRS_PREFIX: &str = "p/";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RegisterAnomaly {
@@ -168,6 +170,37 @@ pub fn check_append(ops: &[Op]) -> append::AppendResult {
         }
     }
     append::check(&appends, &reads, finals.as_ref())
+}
+
+pub fn check_pairs(ops: &[Op]) -> pairs::PairsResult {
+    use crate::workloads::pairs::HEADER_KEY;
+    let mut reads = Vec::new();
+    let mut writes_ok = 0;
+    for op in ops.iter().filter(|o| o.key.starts_with(PAIRS_PREFIX)) {
+        match (op.f, &op.output, op.phase) {
+            (F::Write, _, Phase::Ok) => writes_ok += 1,
+            (F::ReadMulti, Value::Lists(seen), Phase::Ok) => {
+                let header = seen
+                    .get(HEADER_KEY)
+                    .and_then(|v| v.as_ref()?.first().copied())
+                    .unwrap_or(0);
+                let keys = seen
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != HEADER_KEY)
+                    .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
+                    .filter(|(_, v)| v.len() == 2)
+                    .collect();
+                reads.push(pairs::PairRead {
+                    op: op.id,
+                    pair: op.key.clone(),
+                    keys,
+                    header_revision: header,
+                });
+            }
+            _ => {}
+        }
+    }
+    pairs::check(&reads, writes_ok)
 }
 
 #[cfg(test)]

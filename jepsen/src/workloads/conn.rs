@@ -149,15 +149,24 @@ impl NodeConn {
 
     /// A linearizable read of every key under `prefix`.
     pub async fn range_prefix(&mut self, prefix: &str) -> Result<Vec<pb::KeyValue>, OpError> {
+        Ok(self.range_prefix_at(prefix, false).await?.kvs)
+    }
+
+    /// One Range over `prefix` (not a txn: served outside the log), with
+    /// its header.
+    pub async fn range_prefix_at(
+        &mut self,
+        prefix: &str,
+        serializable: bool,
+    ) -> Result<pb::RangeResponse, OpError> {
         let req = pb::RangeRequest {
             key: prefix.as_bytes().to_vec(),
             range_end: nines_client::prefix_end(prefix.as_bytes()),
+            serializable,
             ..Default::default()
         };
-        Ok(self
-            .retry(req, |mut kv, r| async move { kv.range(r).await })
-            .await?
-            .kvs)
+        self.retry(req, |mut kv, r| async move { kv.range(r).await })
+            .await
     }
 }
 

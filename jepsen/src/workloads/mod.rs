@@ -4,6 +4,7 @@
 
 pub mod append;
 pub mod conn;
+pub mod pairs;
 pub mod register;
 pub mod set;
 
@@ -22,6 +23,7 @@ pub enum Workload {
     Register,
     Set,
     Append,
+    Pairs,
 }
 
 impl Workload {
@@ -30,8 +32,16 @@ impl Workload {
             "register" => vec![Workload::Register],
             "set" => vec![Workload::Set],
             "append" => vec![Workload::Append],
-            "all" => vec![Workload::Register, Workload::Set, Workload::Append],
-            other => anyhow::bail!("unknown workload {other:?} (register, set, append, all)"),
+            "pairs" => vec![Workload::Pairs],
+            "all" => vec![
+                Workload::Register,
+                Workload::Set,
+                Workload::Append,
+                Workload::Pairs,
+            ],
+            other => {
+                anyhow::bail!("unknown workload {other:?} (register, set, append, pairs, all)")
+            }
         })
     }
 }
@@ -79,6 +89,7 @@ pub fn spawn(
     let shared_register = Arc::new(register::Shared::default());
     let shared_set = Arc::new(set::Shared::default());
     let shared_append = Arc::new(append::Shared::default());
+    let shared_pairs = Arc::new(pairs::Shared::default());
     let mut tasks = Vec::new();
     for i in 0..concurrency {
         let process = first + i;
@@ -91,6 +102,7 @@ pub fn spawn(
             }
             Workload::Set => tokio::spawn(set::run(ctx, p, conn, shared_set.clone())),
             Workload::Append => tokio::spawn(append::run(ctx, p, conn, shared_append.clone())),
+            Workload::Pairs => tokio::spawn(pairs::run(ctx, p, conn, shared_pairs.clone())),
         });
     }
     Ok(tasks)
@@ -107,7 +119,7 @@ pub async fn final_read(workload: Workload, history: &History, addrs: &[String],
             Err(_) => return,
         };
         let done = match workload {
-            Workload::Register => true,
+            Workload::Register | Workload::Pairs => true,
             Workload::Set => set::final_read(history, process, &mut conn).await,
             Workload::Append => append::final_read(history, process, &mut conn).await,
         };

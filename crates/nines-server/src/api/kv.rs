@@ -82,7 +82,7 @@ impl KvService {
     }
 }
 
-fn forward_status(status: Status) -> Status {
+pub(crate) fn forward_status(status: Status) -> Status {
     // Statuses from the leader pass through unchanged; transport failures
     // become UNAVAILABLE so clients retry elsewhere.
     match status.code() {

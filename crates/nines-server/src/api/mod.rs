@@ -3,6 +3,7 @@
 
 mod cluster;
 pub mod convert;
+pub mod etcd;
 mod kv;
 
 pub use cluster::ClusterService;

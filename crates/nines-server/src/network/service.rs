@@ -86,19 +86,26 @@ impl RaftService {
         &self,
         check: impl FnOnce(&View, &GuardLimits) -> Result<(), Refused>,
     ) -> Result<(), Status> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let view = View {
-            me: self.id,
-            current_term: m.current_term,
-            membership: &m.membership_config,
-            vote: &m.vote,
-            leaderless_for: self
-                .election
-                .as_ref()
-                .map_or(Duration::ZERO, |e| e.contact.since()),
+        let verdict = {
+            // A borrow is a read lock on the metrics channel. It must end
+            // before `refused` reads the channel again: a RaftCore update
+            // queued between two reads on one thread (the lock prefers
+            // writers) blocks both for good, and with them the Raft runtime.
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let view = View {
+                me: self.id,
+                current_term: m.current_term,
+                membership: &m.membership_config,
+                vote: &m.vote,
+                leaderless_for: self
+                    .election
+                    .as_ref()
+                    .map_or(Duration::ZERO, |e| e.contact.since()),
+            };
+            check(&view, &self.limits)
         };
-        check(&view, &self.limits).map_err(|why| self.refused(&why))
+        verdict.map_err(|why| self.refused(&why))
     }
 
     /// Counts and logs (once per kind and interval) a refused message.

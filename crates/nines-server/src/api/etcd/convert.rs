@@ -1,0 +1,364 @@
+//! etcd proto <-> domain conversions. What the domain cannot express yet
+//! (nested txns, lease compares, range compares, ignore_value) is refused
+//! with INVALID_ARGUMENT and a message naming it, never silently dropped.
+
+use nines_proto::etcd::etcdserverpb as epb;
+use nines_proto::etcd::mvccpb;
+use nines_types::{
+    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyValue, RangeRequest,
+    RangeResponse, Request, Session, Txn, TxnOp, TxnOpResponse,
+};
+
+use super::range::RangeOptions;
+use crate::api::convert::key_range;
+use crate::error::ApiError;
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest(msg.into())
+}
+
+pub fn header(h: nines_proto::ResponseHeader) -> epb::ResponseHeader {
+    epb::ResponseHeader {
+        cluster_id: h.cluster_id,
+        member_id: h.member_id,
+        revision: h.revision,
+        raft_term: h.raft_term,
+    }
+}
+
+pub fn kv(kv: KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: kv.key,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    }
+}
+
+/// The domain read for `req` and what must be done to its result after
+/// (sorting and filters, which the store does not do).
+pub fn range_request(req: &epb::RangeRequest) -> Result<(RangeRequest, RangeOptions), ApiError> {
+    if req.limit < 0 {
+        return Err(invalid("limit must not be negative"));
+    }
+    let options = RangeOptions::of(req)?;
+    let read = RangeRequest {
+        range: key_range(&req.key, &req.range_end),
+        limit: options.store_limit(req.limit as u64),
+        keys_only: req.keys_only,
+        count_only: req.count_only,
+    };
+    Ok((read, options))
+}
+
+pub fn range_response(
+    header: epb::ResponseHeader,
+    options: &RangeOptions,
+    r: RangeResponse,
+) -> epb::RangeResponse {
+    let (kvs, more) = options.apply(r.kvs, r.more);
+    epb::RangeResponse {
+        header: Some(header),
+        kvs: kvs.into_iter().map(kv).collect(),
+        more,
+        count: r.count as i64,
+    }
+}
+
+pub fn put_request(req: &epb::PutRequest, session: Option<Session>) -> Result<Request, ApiError> {
+    if req.ignore_value || req.ignore_lease {
+        return Err(invalid(
+            "put with ignore_value or ignore_lease is not supported yet",
+        ));
+    }
+    Ok(Request {
+        session,
+        command: Command::Put {
+            key: req.key.clone(),
+            value: req.value.clone(),
+            lease: req.lease,
+            prev_kv: req.prev_kv,
+        },
+    })
+}
+
+pub fn delete_request(req: &epb::DeleteRangeRequest, session: Option<Session>) -> Request {
+    Request {
+        session,
+        command: Command::DeleteRange {
+            range: key_range(&req.key, &req.range_end),
+            prev_kv: req.prev_kv,
+        },
+    }
+}
+
+pub fn txn_request(req: &epb::TxnRequest, session: Option<Session>) -> Result<Request, ApiError> {
+    let compares = req.compare.iter().map(compare).collect::<Result<_, _>>()?;
+    let success = req.success.iter().map(txn_op).collect::<Result<_, _>>()?;
+    let failure = req.failure.iter().map(txn_op).collect::<Result<_, _>>()?;
+    Ok(Request {
+        session,
+        command: Command::Txn(Txn {
+            compares,
+            success,
+            failure,
+        }),
+    })
+}
+
+fn compare(c: &epb::Compare) -> Result<Compare, ApiError> {
+    use epb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let bad = |why: &str| {
+        invalid(format!(
+            "compare on {:?}: {why}",
+            String::from_utf8_lossy(&c.key)
+        ))
+    };
+    if !c.range_end.is_empty() {
+        return Err(bad("compares over a key range are not supported yet"));
+    }
+    let op = match R::try_from(c.result).map_err(|_| bad("unknown result operator"))? {
+        R::Equal => CompareOp::Equal,
+        R::Greater => CompareOp::Greater,
+        R::Less => CompareOp::Less,
+        R::NotEqual => CompareOp::NotEqual,
+    };
+    let target = T::try_from(c.target).map_err(|_| bad("unknown target"))?;
+    let target = match (target, &c.target_union) {
+        (T::Lease, _) => return Err(bad("lease compares are not supported yet")),
+        (T::Version, Some(U::Version(v))) => CompareTarget::Version(*v),
+        (T::Create, Some(U::CreateRevision(v))) => CompareTarget::CreateRevision(*v),
+        (T::Mod, Some(U::ModRevision(v))) => CompareTarget::ModRevision(*v),
+        (T::Value, Some(U::Value(v))) => CompareTarget::Value(v.clone()),
+        // proto3 drops a zero operand on the wire: etcd reads it as 0.
+        (T::Version, None) => CompareTarget::Version(0),
+        (T::Create, None) => CompareTarget::CreateRevision(0),
+        (T::Mod, None) => CompareTarget::ModRevision(0),
+        (T::Value, None) => CompareTarget::Value(Vec::new()),
+        _ => return Err(bad("operand does not match target")),
+    };
+    Ok(Compare {
+        key: c.key.clone(),
+        op,
+        target,
+    })
+}
+
+fn txn_op(op: &epb::RequestOp) -> Result<TxnOp, ApiError> {
+    use epb::request_op::Request as R;
+    match &op.request {
+        Some(R::RequestRange(r)) => {
+            // Silently reading the current state instead would lie.
+            if r.revision > 0 {
+                return Err(invalid(
+                    "a range inside a txn cannot ask for a past revision",
+                ));
+            }
+            let (read, options) = range_request(r)?;
+            if !options.is_plain() {
+                return Err(invalid(
+                    "sorting and revision filters inside a txn are not supported yet",
+                ));
+            }
+            Ok(TxnOp::Get(read))
+        }
+        Some(R::RequestPut(p)) => {
+            if p.ignore_value || p.ignore_lease {
+                return Err(invalid(
+                    "put with ignore_value or ignore_lease is not supported yet",
+                ));
+            }
+            if p.lease != 0 {
+                return Err(invalid("leases are not supported yet"));
+            }
+            Ok(TxnOp::Put {
+                key: p.key.clone(),
+                value: p.value.clone(),
+                prev_kv: p.prev_kv,
+            })
+        }
+        Some(R::RequestDeleteRange(d)) => Ok(TxnOp::Delete {
+            range: key_range(&d.key, &d.range_end),
+            prev_kv: d.prev_kv,
+        }),
+        Some(R::RequestTxn(_)) => Err(invalid("nested txns are not supported yet")),
+        None => Err(invalid("txn op has no request")),
+    }
+}
+
+fn unexpected(result: &CommandResult) -> ApiError {
+    ApiError::Internal(format!("unexpected state machine result {result:?}"))
+}
+
+pub fn compact_request(req: &epb::CompactionRequest, session: Option<Session>) -> Request {
+    Request {
+        session,
+        command: Command::Compact {
+            revision: req.revision,
+            physical: req.physical,
+        },
+    }
+}
+
+/// The response and the compacted revision (for a `physical` wait).
+pub fn compact_response(
+    header: epb::ResponseHeader,
+    result: CommandResult,
+) -> Result<(epb::CompactionResponse, i64), ApiError> {
+    match result {
+        CommandResult::Compacted { revision } => Ok((
+            epb::CompactionResponse {
+                header: Some(header),
+            },
+            revision,
+        )),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn put_response(
+    header: epb::ResponseHeader,
+    result: CommandResult,
+) -> Result<epb::PutResponse, ApiError> {
+    match result {
+        CommandResult::Put { prev_kv } => Ok(epb::PutResponse {
+            header: Some(header),
+            prev_kv: prev_kv.map(kv),
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn delete_response(
+    header: epb::ResponseHeader,
+    result: CommandResult,
+) -> Result<epb::DeleteRangeResponse, ApiError> {
+    match result {
+        CommandResult::Delete { deleted, prev_kvs } => Ok(epb::DeleteRangeResponse {
+            header: Some(header),
+            deleted: deleted as i64,
+            prev_kvs: prev_kvs.into_iter().map(kv).collect(),
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn txn_response(
+    header: epb::ResponseHeader,
+    result: CommandResult,
+) -> Result<epb::TxnResponse, ApiError> {
+    use epb::response_op::Response as R;
+    let CommandResult::Txn {
+        succeeded,
+        responses,
+    } = result
+    else {
+        return Err(unexpected(&result));
+    };
+    let plain = RangeOptions::default();
+    let responses = responses
+        .into_iter()
+        .map(|r| epb::ResponseOp {
+            response: Some(match r {
+                TxnOpResponse::Put { prev_kv } => R::ResponsePut(epb::PutResponse {
+                    header: Some(header),
+                    prev_kv: prev_kv.map(kv),
+                }),
+                TxnOpResponse::Delete { deleted, prev_kvs } => {
+                    R::ResponseDeleteRange(epb::DeleteRangeResponse {
+                        header: Some(header),
+                        deleted: deleted as i64,
+                        prev_kvs: prev_kvs.into_iter().map(kv).collect(),
+                    })
+                }
+                TxnOpResponse::Get(range) => {
+                    R::ResponseRange(range_response(header, &plain, range))
+                }
+            }),
+        })
+        .collect();
+    Ok(epb::TxnResponse {
+        header: Some(header),
+        succeeded,
+        responses,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use epb::compare::{CompareResult, CompareTarget as T, TargetUnion};
+    use epb::request_op::Request as R;
+
+    fn txn(compare: Vec<epb::Compare>, success: Vec<epb::RequestOp>) -> epb::TxnRequest {
+        epb::TxnRequest {
+            compare,
+            success,
+            failure: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_absent_operand_compares_with_zero_as_in_etcd() {
+        // proto3 sends no field for a oneof left unset; etcd reads it as 0.
+        let c = epb::Compare {
+            result: CompareResult::Equal as i32,
+            target: T::Version as i32,
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        let Command::Txn(t) = txn_request(&txn(vec![c], vec![]), None).unwrap().command else {
+            panic!("not a txn");
+        };
+        assert_eq!(t.compares[0].target, CompareTarget::Version(0));
+    }
+
+    #[test]
+    fn what_the_domain_cannot_do_is_refused_by_name() {
+        let lease = epb::Compare {
+            target: T::Lease as i32,
+            key: b"k".to_vec(),
+            target_union: Some(TargetUnion::Lease(1)),
+            ..Default::default()
+        };
+        let over_range = epb::Compare {
+            target: T::Value as i32,
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            ..Default::default()
+        };
+        let nested = epb::RequestOp {
+            request: Some(R::RequestTxn(Default::default())),
+        };
+        let sorted = epb::RequestOp {
+            request: Some(R::RequestRange(epb::RangeRequest {
+                key: b"a".to_vec(),
+                sort_order: 2,
+                ..Default::default()
+            })),
+        };
+        let cases = [
+            (txn(vec![lease], vec![]), "lease"),
+            (txn(vec![over_range], vec![]), "range"),
+            (txn(vec![], vec![nested]), "nested"),
+            (txn(vec![], vec![sorted]), "sorting"),
+        ];
+        for (req, word) in cases {
+            match txn_request(&req, None) {
+                Err(ApiError::InvalidRequest(msg)) => assert!(msg.contains(word), "{msg}"),
+                other => panic!("{word}: {other:?}"),
+            }
+        }
+        let put = epb::PutRequest {
+            key: b"k".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            put_request(&put, None),
+            Err(ApiError::InvalidRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,226 @@
+//! etcd's `KV` service: each handler converts, calls `NodeCore` and maps
+//! errors in one place (`ApiError`), as etcd's v3rpc handlers do.
+
+use std::sync::Arc;
+
+use nines_proto::etcd::etcdserverpb as epb;
+use nines_types::{CommandResult, Node, Request, Session};
+use tonic::transport::Channel;
+use tonic::{Response, Status};
+
+use epb::kv_client::KvClient;
+
+use super::{convert, session};
+use crate::core::{is_forwarded, NodeCore, Routed};
+use crate::error::ApiError;
+use crate::read_limit::{self, ReadLimiter};
+
+pub struct EtcdKv {
+    pub core: Arc<NodeCore>,
+    /// Bounds local range executions and their bytes in flight.
+    pub reads: Arc<ReadLimiter>,
+}
+
+/// Bytes a read result holds: what the bytes-in-flight limit counts.
+fn kv_bytes(kv: &nines_types::KeyValue) -> u64 {
+    (kv.key.len() + kv.value.len()) as u64 + 32
+}
+
+/// A write applied here, or the leader to send it to (boxed: a client is
+/// large and this is the rare path).
+enum Written<Resp> {
+    Here(Resp),
+    AtLeader(Box<Forward>),
+}
+
+struct Forward {
+    client: KvClient<Channel>,
+    leader: Node,
+    session: Option<Session>,
+}
+
+impl EtcdKv {
+    async fn write<Req, Resp>(
+        &self,
+        request: &tonic::Request<Req>,
+        to_domain: impl FnOnce(&Req, Option<Session>) -> Result<Request, ApiError>,
+        from_domain: impl FnOnce(epb::ResponseHeader, CommandResult) -> Result<Resp, ApiError>,
+    ) -> Result<Written<Resp>, Status> {
+        let session = session::from_metadata(request.metadata())?;
+        let domain = to_domain(request.get_ref(), session)?;
+        match self.core.write(domain, is_forwarded(request)).await? {
+            Routed::Local(resp) => {
+                let (revision, result) = crate::api::convert::applied(resp)?;
+                let header = convert::header(self.core.header(revision));
+                Ok(Written::Here(from_domain(header, result)?))
+            }
+            Routed::Forward(leader) => Ok(Written::AtLeader(Box::new(Forward {
+                client: self.client(&leader)?,
+                leader,
+                session,
+            }))),
+        }
+    }
+
+    fn client(&self, leader: &Node) -> Result<KvClient<Channel>, ApiError> {
+        // The leader may answer with up to what it is allowed to send.
+        Ok(KvClient::new(self.core.channel_to(leader)?)
+            .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES))
+    }
+
+    /// The message, marked as forwarded and carrying the session.
+    fn forwarded<T>(&self, message: T, session: Option<Session>) -> tonic::Request<T> {
+        let mut request = self.core.forward_request(message);
+        session::forward(session, request.metadata_mut());
+        request
+    }
+
+    fn forward_failed(&self, leader: &Node, status: Status) -> Status {
+        self.core.note_forward_failure(leader, &status);
+        crate::api::kv::forward_status(status)
+    }
+}
+
+#[tonic::async_trait]
+impl epb::kv_server::Kv for EtcdKv {
+    async fn range(
+        &self,
+        request: tonic::Request<epb::RangeRequest>,
+    ) -> Result<Response<epb::RangeResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let (read, options) = convert::range_request(&message)?;
+        self.core
+            .config
+            .limits
+            .check_read(&read)
+            .map_err(ApiError::from)?;
+        if !message.serializable {
+            if let Routed::Forward(leader) = self.core.linearize(forwarded).await? {
+                let mut client = self.client(&leader)?;
+                let call = client.range(self.forwarded(message, None));
+                return self
+                    .core
+                    .forward_to(&leader, call)
+                    .await
+                    .map_err(|s| self.forward_failed(&leader, s));
+            }
+        }
+        // Off the async workers, a few at a time; the header carries the
+        // revision the read was served at.
+        let reader = self.core.reader.clone();
+        let at = message.revision;
+        let (served, held) = self
+            .reads
+            .run(
+                move || reader.range_at(&read, at).map_err(ApiError::from),
+                |r| r.data.kvs.iter().map(kv_bytes).sum(),
+            )
+            .await?;
+        let header = convert::header(self.core.header(served.revision));
+        let mut response = Response::new(convert::range_response(header, &options, served.data));
+        read_limit::attach(&mut response, held);
+        Ok(response)
+    }
+
+    async fn put(
+        &self,
+        request: tonic::Request<epb::PutRequest>,
+    ) -> Result<Response<epb::PutResponse>, Status> {
+        match self
+            .write(&request, convert::put_request, convert::put_response)
+            .await?
+        {
+            Written::Here(resp) => Ok(Response::new(resp)),
+            Written::AtLeader(to) => {
+                let Forward {
+                    mut client,
+                    leader,
+                    session,
+                } = *to;
+                let call = client.put(self.forwarded(request.into_inner(), session));
+                let forwarded = self.core.forward_to(&leader, call).await;
+                forwarded.map_err(|s| self.forward_failed(&leader, s))
+            }
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: tonic::Request<epb::DeleteRangeRequest>,
+    ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
+        let to_domain = |m: &epb::DeleteRangeRequest, s| Ok(convert::delete_request(m, s));
+        match self
+            .write(&request, to_domain, convert::delete_response)
+            .await?
+        {
+            Written::Here(resp) => Ok(Response::new(resp)),
+            Written::AtLeader(to) => {
+                let Forward {
+                    mut client,
+                    leader,
+                    session,
+                } = *to;
+                let call = client.delete_range(self.forwarded(request.into_inner(), session));
+                let forwarded = self.core.forward_to(&leader, call).await;
+                forwarded.map_err(|s| self.forward_failed(&leader, s))
+            }
+        }
+    }
+
+    /// etcd's Compact; `physical` waits until this member deleted the
+    /// dropped records (bounded by the request timeout).
+    async fn compact(
+        &self,
+        request: tonic::Request<epb::CompactionRequest>,
+    ) -> Result<Response<epb::CompactionResponse>, Status> {
+        let physical = request.get_ref().physical;
+        let to_domain = |m: &epb::CompactionRequest, s| Ok(convert::compact_request(m, s));
+        match self
+            .write(&request, to_domain, convert::compact_response)
+            .await?
+        {
+            Written::Here((resp, revision)) => {
+                if physical {
+                    let swept = self.core.reader.wait_swept(revision);
+                    tokio::time::timeout(self.core.timeout(), swept)
+                        .await
+                        .map_err(|_| ApiError::Timeout(self.core.timeout()))?;
+                }
+                Ok(Response::new(resp))
+            }
+            Written::AtLeader(to) => {
+                let Forward {
+                    mut client,
+                    leader,
+                    session,
+                } = *to;
+                let call = client.compact(self.forwarded(request.into_inner(), session));
+                let forwarded = self.core.forward_to(&leader, call).await;
+                forwarded.map_err(|s| self.forward_failed(&leader, s))
+            }
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: tonic::Request<epb::TxnRequest>,
+    ) -> Result<Response<epb::TxnResponse>, Status> {
+        match self
+            .write(&request, convert::txn_request, convert::txn_response)
+            .await?
+        {
+            Written::Here(resp) => Ok(Response::new(resp)),
+            Written::AtLeader(to) => {
+                let Forward {
+                    mut client,
+                    leader,
+                    session,
+                } = *to;
+                let call = client.txn(self.forwarded(request.into_inner(), session));
+                let forwarded = self.core.forward_to(&leader, call).await;
+                forwarded.map_err(|s| self.forward_failed(&leader, s))
+            }
+        }
+    }
+}

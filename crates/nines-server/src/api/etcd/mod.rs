@@ -1,0 +1,62 @@
+//! etcd's v3 gRPC API (`etcdserverpb`) on the client port, so etcdctl and
+//! etcd's client libraries work against nines. Services and methods that
+//! land with later issues (Watch, Lease, membership changes, Auth beyond
+//! its status) answer UNIMPLEMENTED through the generated default stubs.
+
+mod auth;
+mod cluster;
+pub mod convert;
+mod kv;
+mod maintenance;
+mod range;
+pub mod session;
+
+use std::sync::Arc;
+
+use nines_proto::etcd::etcdserverpb as epb;
+
+pub use auth::EtcdAuth;
+pub use cluster::EtcdCluster;
+pub use kv::EtcdKv;
+pub use maintenance::{EtcdMaintenance, ETCD_API_VERSION};
+
+use crate::core::NodeCore;
+use crate::network::MAX_MESSAGE_BYTES;
+use crate::read_limit::{HoldUntilSent, ReadLimiter};
+
+/// etcd's services: KV, Cluster, Maintenance, Auth, and Watch and Lease
+/// (UNIMPLEMENTED until their issue).
+pub struct Services {
+    pub kv: HoldUntilSent<epb::kv_server::KvServer<EtcdKv>>,
+    pub cluster: epb::cluster_server::ClusterServer<EtcdCluster>,
+    pub maintenance: epb::maintenance_server::MaintenanceServer<EtcdMaintenance>,
+    pub auth: epb::auth_server::AuthServer<EtcdAuth>,
+    pub watch: epb::watch_server::WatchServer<Unimplemented>,
+    pub lease: epb::lease_server::LeaseServer<Unimplemented>,
+}
+
+/// Answers every method with UNIMPLEMENTED (the generated default stubs).
+pub struct Unimplemented;
+
+impl epb::watch_server::Watch for Unimplemented {}
+impl epb::lease_server::Lease for Unimplemented {}
+
+pub fn services(core: &Arc<NodeCore>, reads: &Arc<ReadLimiter>, max_decode: usize) -> Services {
+    Services {
+        kv: HoldUntilSent {
+            inner: epb::kv_server::KvServer::new(EtcdKv {
+                core: core.clone(),
+                reads: reads.clone(),
+            })
+            .max_decoding_message_size(max_decode)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        },
+        cluster: epb::cluster_server::ClusterServer::new(EtcdCluster { core: core.clone() }),
+        maintenance: epb::maintenance_server::MaintenanceServer::new(EtcdMaintenance {
+            core: core.clone(),
+        }),
+        auth: epb::auth_server::AuthServer::new(EtcdAuth { core: core.clone() }),
+        watch: epb::watch_server::WatchServer::new(Unimplemented),
+        lease: epb::lease_server::LeaseServer::new(Unimplemented),
+    }
+}

@@ -1,0 +1,236 @@
+//! etcd's v3 API on real server processes: Debian's etcdctl (3.4) and a
+//! plain etcdserverpb client work against a nines cluster, through every
+//! member (followers forward writes and linearizable reads to the leader).
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use nines_client::proto::etcd::etcdserverpb as epb;
+use nines_tests::{Cluster, ClusterOptions};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// etcdctl on PATH, installed from Debian when missing (as the bench does).
+fn etcdctl() -> &'static str {
+    let found = |bin| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+    };
+    if !found("etcdctl").is_ok_and(|o| o.status.success()) {
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+                 apt-get install -y -qq etcd-client >/dev/null",
+            ])
+            .status();
+        assert!(
+            found("etcdctl").is_ok_and(|o| o.status.success()),
+            "etcdctl is needed: apt-get install etcd-client"
+        );
+    }
+    "etcdctl"
+}
+
+/// Runs etcdctl against one endpoint, with `stdin` as its input.
+fn ctl(endpoint: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(etcdctl())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=20s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etcdctl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("etcdctl output")
+}
+
+/// etcdctl's stdout; fails the test with its stderr if it failed.
+fn ok(endpoint: &str, args: &[&str]) -> String {
+    let out = ctl(endpoint, args, "");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} on {endpoint}: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_reads_and_writes_through_every_member() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    for id in 1..=3 {
+        let ep = cluster.node(id).client_addr.clone();
+        assert_eq!(
+            ok(&ep, &["put", &format!("k{id}"), &format!("v{id}")]),
+            "OK\n"
+        );
+        assert_eq!(
+            ok(&ep, &["get", &format!("k{id}")]),
+            format!("k{id}\nv{id}\n")
+        );
+    }
+    let follower = cluster.node(leader % 3 + 1).client_addr.clone();
+    assert_eq!(
+        ok(&follower, &["get", "k", "--prefix", "--keys-only"]),
+        "k1\n\nk2\n\nk3\n\n"
+    );
+    // Sorting happens on the server: newest write first.
+    assert_eq!(
+        ok(
+            &follower,
+            &[
+                "get",
+                "k",
+                "--prefix",
+                "--sort-by=MODIFY",
+                "--order=DESCEND",
+                "--limit=2"
+            ]
+        ),
+        "k3\nv3\nk2\nv2\n"
+    );
+    assert_eq!(ok(&follower, &["get", "k1", "--consistency=s"]), "k1\nv1\n");
+    // A past revision: k1 before it was overwritten.
+    let json = ok(&follower, &["get", "k1", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let first = v["kvs"][0]["mod_revision"].as_i64().unwrap();
+    ok(&follower, &["put", "k1", "changed"]);
+    assert_eq!(
+        ok(&follower, &["get", "k1", &format!("--rev={first}")]),
+        "k1\nv1\n"
+    );
+    // A transaction, from stdin as etcdctl's non-interactive mode reads it.
+    let txn = ctl(
+        &follower,
+        &["txn"],
+        "value(\"k1\") = \"changed\"\n\nput k2 from-txn\n\nput k2 wrong\n\n",
+    );
+    let out = String::from_utf8_lossy(&txn.stdout);
+    assert!(
+        txn.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&txn.stderr)
+    );
+    assert!(out.starts_with("SUCCESS"), "{out}");
+    assert_eq!(
+        ok(&follower, &["get", "k2", "--print-value-only"]),
+        "from-txn\n"
+    );
+    assert_eq!(ok(&follower, &["del", "k", "--prefix"]), "3\n");
+    assert_eq!(ok(&follower, &["get", "k", "--prefix"]), "");
+
+    // Status and members, as operators read them.
+    let json = ok(&follower, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let status = &v[0]["Status"];
+    assert_eq!(status["leader"].as_u64(), Some(leader), "{json}");
+    assert_eq!(status["version"].as_str(), Some("3.5.0"), "{json}");
+    assert!(status["dbSize"].as_i64().unwrap() > 0, "{json}");
+    let members = ok(&follower, &["member", "list"]);
+    assert_eq!(members.lines().count(), 3, "{members}");
+    for id in 1..=3 {
+        assert!(members.contains(&cluster.node(id).client_addr), "{members}");
+    }
+}
+
+async fn kv_client(cluster: &Cluster, id: u64) -> epb::kv_client::KvClient<Channel> {
+    let addr = format!("http://{}", cluster.node(id).client_addr);
+    epb::kv_client::KvClient::new(Channel::from_shared(addr).unwrap().connect().await.unwrap())
+}
+
+fn with_session<T>(message: T, session: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-nines-session", session.parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_clients_get_etcd_errors_and_nines_sessions_apply_once() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    let follower = leader % 3 + 1;
+    let mut kv = kv_client(&cluster, follower).await;
+    let put = epb::PutRequest {
+        key: b"once".to_vec(),
+        value: b"1".to_vec(),
+        ..Default::default()
+    };
+    // The same session twice (a retry through a follower): applied once.
+    let first = kv
+        .put(with_session(put.clone(), "abc/1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = kv
+        .put(with_session(put.clone(), "abc/1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.header.unwrap().revision,
+        again.header.unwrap().revision,
+        "a retried write keeps its revision"
+    );
+    let got = kv
+        .range(epb::RangeRequest {
+            key: b"once".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.kvs[0].version, 1, "applied once");
+    // A malformed session is refused, not ignored.
+    let err = kv
+        .put(with_session(put, "not-a-session"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    // etcd's answer to a revision not reached yet.
+    let err = kv
+        .range(epb::RangeRequest {
+            key: b"once".to_vec(),
+            revision: 1 << 40,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert!(err.message().contains("future revision"), "{err}");
+    // What nines cannot do yet says so.
+    let err = kv
+        .txn(epb::TxnRequest {
+            success: vec![epb::RequestOp {
+                request: Some(epb::request_op::Request::RequestTxn(Default::default())),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let addr = format!("http://{}", cluster.node(follower).client_addr);
+    let channel = Channel::from_shared(addr).unwrap().connect().await.unwrap();
+    let err = epb::lease_client::LeaseClient::new(channel)
+        .lease_grant(epb::LeaseGrantRequest { ttl: 5, id: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err}");
+}

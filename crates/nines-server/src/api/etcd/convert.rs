@@ -5,11 +5,10 @@
 use nines_proto::etcd::etcdserverpb as epb;
 use nines_proto::etcd::mvccpb;
 use nines_types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyValue, RangeRequest,
-    RangeResponse, Request, Session, Txn, TxnOp, TxnOpResponse,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyValue, RangeOptions,
+    RangeRequest, RangeResponse, Request, Session, Txn, TxnOp, TxnOpResponse,
 };
 
-use super::range::RangeOptions;
 use crate::api::convert::key_range;
 use crate::error::ApiError;
 
@@ -37,32 +36,27 @@ pub fn kv(kv: KeyValue) -> mvccpb::KeyValue {
     }
 }
 
-/// The domain read for `req` and what must be done to its result after
-/// (sorting and filters, which the store does not do).
+/// The domain read for `req` and its sort and revision filters (the
+/// store applies them).
 pub fn range_request(req: &epb::RangeRequest) -> Result<(RangeRequest, RangeOptions), ApiError> {
     if req.limit < 0 {
         return Err(invalid("limit must not be negative"));
     }
-    let options = RangeOptions::of(req)?;
+    let options = super::range::options(req)?;
     let read = RangeRequest {
         range: key_range(&req.key, &req.range_end),
-        limit: options.store_limit(req.limit as u64),
+        limit: req.limit as u64,
         keys_only: req.keys_only,
         count_only: req.count_only,
     };
     Ok((read, options))
 }
 
-pub fn range_response(
-    header: epb::ResponseHeader,
-    options: &RangeOptions,
-    r: RangeResponse,
-) -> epb::RangeResponse {
-    let (kvs, more) = options.apply(r.kvs, r.more);
+pub fn range_response(header: epb::ResponseHeader, r: RangeResponse) -> epb::RangeResponse {
     epb::RangeResponse {
         header: Some(header),
-        kvs: kvs.into_iter().map(kv).collect(),
-        more,
+        kvs: r.kvs.into_iter().map(kv).collect(),
+        more: r.more,
         count: r.count as i64,
     }
 }
@@ -257,7 +251,6 @@ pub fn txn_response(
     else {
         return Err(unexpected(&result));
     };
-    let plain = RangeOptions::default();
     let responses = responses
         .into_iter()
         .map(|r| epb::ResponseOp {
@@ -273,9 +266,7 @@ pub fn txn_response(
                         prev_kvs: prev_kvs.into_iter().map(kv).collect(),
                     })
                 }
-                TxnOpResponse::Get(range) => {
-                    R::ResponseRange(range_response(header, &plain, range))
-                }
+                TxnOpResponse::Get(range) => R::ResponseRange(range_response(header, range)),
             }),
         })
         .collect();

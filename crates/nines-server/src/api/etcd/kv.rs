@@ -113,12 +113,16 @@ impl epb::kv_server::Kv for EtcdKv {
         let (served, held) = self
             .reads
             .run(
-                move || reader.range_at(&read, at).map_err(ApiError::from),
+                move || {
+                    reader
+                        .range_with(&read, &options, at)
+                        .map_err(ApiError::from)
+                },
                 |r| r.data.kvs.iter().map(kv_bytes).sum(),
             )
             .await?;
         let header = convert::header(self.core.header(served.revision));
-        let mut response = Response::new(convert::range_response(header, &options, served.data));
+        let mut response = Response::new(convert::range_response(header, served.data));
         read_limit::attach(&mut response, held);
         Ok(response)
     }

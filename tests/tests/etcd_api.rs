@@ -114,6 +114,19 @@ async fn etcdctl_reads_and_writes_through_every_member() {
         ok(&follower, &["get", "k1", &format!("--rev={first}")]),
         "k1\nv1\n"
     );
+    // Compaction drops that history: etcd's error, through etcdctl.
+    let json = ok(&follower, &["get", "k1", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let now = v["header"]["revision"].as_i64().unwrap();
+    let out = ok(&follower, &["compaction", &now.to_string(), "--physical"]);
+    assert!(out.contains(&format!("compacted revision {now}")), "{out}");
+    let gone = ctl(&follower, &["get", "k1", &format!("--rev={first}")], "");
+    let err = String::from_utf8_lossy(&gone.stderr);
+    assert!(!gone.status.success(), "a compacted revision was served");
+    assert!(
+        err.contains("required revision has been compacted"),
+        "{err}"
+    );
     // A transaction, from stdin as etcdctl's non-interactive mode reads it.
     let txn = ctl(
         &follower,

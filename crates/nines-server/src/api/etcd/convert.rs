@@ -36,20 +36,18 @@ pub fn kv(kv: KeyValue) -> mvccpb::KeyValue {
     }
 }
 
-/// The domain read for `req` and its sort and revision filters (the
-/// store applies them).
+/// The domain read for `req` and its sort and filter options.
 pub fn range_request(req: &epb::RangeRequest) -> Result<(RangeRequest, RangeOptions), ApiError> {
     if req.limit < 0 {
         return Err(invalid("limit must not be negative"));
     }
-    let options = super::range::options(req)?;
     let read = RangeRequest {
         range: key_range(&req.key, &req.range_end),
         limit: req.limit as u64,
         keys_only: req.keys_only,
         count_only: req.count_only,
     };
-    Ok((read, options))
+    Ok((read, super::range::options(req)?))
 }
 
 pub fn range_response(header: epb::ResponseHeader, r: RangeResponse) -> epb::RangeResponse {
@@ -182,10 +180,6 @@ fn txn_op(op: &epb::RequestOp) -> Result<TxnOp, ApiError> {
     }
 }
 
-fn unexpected(result: &CommandResult) -> ApiError {
-    ApiError::Internal(format!("unexpected state machine result {result:?}"))
-}
-
 pub fn compact_request(req: &epb::CompactionRequest, session: Option<Session>) -> Request {
     Request {
         session,
@@ -196,7 +190,7 @@ pub fn compact_request(req: &epb::CompactionRequest, session: Option<Session>) -
     }
 }
 
-/// The response and the compacted revision (for a `physical` wait).
+/// The response and the compacted revision, for a `physical` wait.
 pub fn compact_response(
     header: epb::ResponseHeader,
     result: CommandResult,
@@ -210,6 +204,10 @@ pub fn compact_response(
         )),
         other => Err(unexpected(&other)),
     }
+}
+
+fn unexpected(result: &CommandResult) -> ApiError {
+    ApiError::Internal(format!("unexpected state machine result {result:?}"))
 }
 
 pub fn put_response(

@@ -172,8 +172,8 @@ impl epb::kv_server::Kv for EtcdKv {
         }
     }
 
-    /// etcd's Compact; `physical` waits until this member deleted the
-    /// dropped records (bounded by the request timeout).
+    /// Like every write, then for `physical` a wait until this member has
+    /// deleted the dropped records (bounded by the request timeout).
     async fn compact(
         &self,
         request: tonic::Request<epb::CompactionRequest>,

@@ -1,44 +1,37 @@
-//! etcd's Range options (sort order and target, min/max mod and create
-//! revision) as the store's `RangeOptions`: the store applies them from its
-//! key index, so filters and sorts by anything but the value visit no value
-//! they do not return (`nines-state`, `mvcc/sorted.rs`). As etcd: `count`
-//! counts the range's keys before the filters, and the limit applies after
-//! sorting and filtering.
+//! etcd's Range options (sort order and target, min/max revision filters)
+//! as the store's `RangeOptions`: the store sorts and filters on its key
+//! index before it fetches a value (see nines-state's `mvcc/sorted.rs`).
 
 use nines_proto::etcd::etcdserverpb as epb;
 use nines_types::{RangeOptions, SortOrder, SortTarget};
 
 use crate::error::ApiError;
 
-use epb::range_request::{SortOrder as O, SortTarget as T};
-
-/// The options of `req`; unknown enum values and negative bounds are
-/// INVALID_ARGUMENT.
 pub fn options(req: &epb::RangeRequest) -> Result<RangeOptions, ApiError> {
-    let bad = |what: &str| ApiError::InvalidRequest(format!("unknown {what} in range"));
-    let sort_order = match O::try_from(req.sort_order).map_err(|_| bad("sort_order"))? {
-        O::None => SortOrder::None,
-        O::Ascend => SortOrder::Ascend,
-        O::Descend => SortOrder::Descend,
+    use epb::range_request::{SortOrder as O, SortTarget as T};
+    let bad = |what: &str, v: i64| ApiError::InvalidRequest(format!("{what} {v} is not valid"));
+    let sort_order = match O::try_from(req.sort_order) {
+        Ok(O::None) => SortOrder::None,
+        Ok(O::Ascend) => SortOrder::Ascend,
+        Ok(O::Descend) => SortOrder::Descend,
+        Err(_) => return Err(bad("sort_order", req.sort_order.into())),
     };
-    let sort_target = match T::try_from(req.sort_target).map_err(|_| bad("sort_target"))? {
-        T::Key => SortTarget::Key,
-        T::Version => SortTarget::Version,
-        T::Create => SortTarget::Create,
-        T::Mod => SortTarget::Mod,
-        T::Value => SortTarget::Value,
+    let sort_target = match T::try_from(req.sort_target) {
+        Ok(T::Key) => SortTarget::Key,
+        Ok(T::Version) => SortTarget::Version,
+        Ok(T::Create) => SortTarget::Create,
+        Ok(T::Mod) => SortTarget::Mod,
+        Ok(T::Value) => SortTarget::Value,
+        Err(_) => return Err(bad("sort_target", req.sort_target.into())),
     };
-    for (name, v) in [
+    let bounds = [
         ("min_mod_revision", req.min_mod_revision),
         ("max_mod_revision", req.max_mod_revision),
         ("min_create_revision", req.min_create_revision),
         ("max_create_revision", req.max_create_revision),
-    ] {
-        if v < 0 {
-            return Err(ApiError::InvalidRequest(format!(
-                "{name} must not be negative"
-            )));
-        }
+    ];
+    if let Some((what, v)) = bounds.into_iter().find(|(_, v)| *v < 0) {
+        return Err(bad(what, v));
     }
     Ok(RangeOptions {
         sort_order,
@@ -55,28 +48,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ascending_by_key_is_the_store_order() {
+    fn etcd_fields_map_to_the_store_options() {
         let req = epb::RangeRequest {
-            sort_order: O::Ascend as i32,
-            sort_target: T::Key as i32,
-            limit: 2,
-            ..Default::default()
-        };
-        assert!(options(&req).unwrap().is_plain());
-        let req = epb::RangeRequest {
-            sort_target: T::Create as i32,
-            ..Default::default()
-        };
-        assert!(!options(&req).unwrap().is_plain(), "a target alone sorts");
-    }
-
-    #[test]
-    fn sorts_and_filters_reach_the_store() {
-        let req = epb::RangeRequest {
-            sort_order: O::Descend as i32,
-            sort_target: T::Mod as i32,
-            min_mod_revision: 6,
-            max_create_revision: 4,
+            sort_order: 2,
+            sort_target: 3,
+            min_mod_revision: 4,
+            max_create_revision: 9,
             ..Default::default()
         };
         let o = options(&req).unwrap();
@@ -84,8 +61,13 @@ mod tests {
             (o.sort_order, o.sort_target),
             (SortOrder::Descend, SortTarget::Mod)
         );
-        assert_eq!((o.min_mod_revision, o.max_create_revision), (6, 4));
-        assert_eq!((o.max_mod_revision, o.min_create_revision), (0, 0));
+        assert_eq!((o.min_mod_revision, o.max_create_revision), (4, 9));
+        // Ascending by key is the store's own order.
+        let req = epb::RangeRequest {
+            sort_order: 1,
+            ..Default::default()
+        };
+        assert!(options(&req).unwrap().is_plain());
     }
 
     #[test]

@@ -178,3 +178,62 @@ async fn auto_compaction_moves_the_compacted_revision_forward() {
         assert!(refused_at(&cluster, id, "auto", 1).await > 1, "node {id}");
     }
 }
+
+/// etcd's API: Compact through a follower (forwarded to the leader), then
+/// every member refuses the compacted revision with etcd's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_api_compaction_reaches_every_member() {
+    use nines_client::proto::etcd::etcdserverpb as epb;
+    let cluster = Cluster::start(ClusterOptions {
+        args: vec!["--auto-compaction-retention".into(), "0".into()],
+        ..Default::default()
+    });
+    let leader = cluster.wait_leader(WAIT).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let etcd = |id: u64| {
+        let addr = format!("http://{}", cluster.node(id).client_addr);
+        async move {
+            let channel = tonic::transport::Channel::from_shared(addr)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            epb::kv_client::KvClient::new(channel)
+        }
+    };
+    let client = cluster.client();
+    let r1 = put(&client, "e", "1").await;
+    let r2 = put(&client, "e", "2").await;
+    let mut kv = etcd(follower).await;
+    kv.compact(epb::CompactionRequest {
+        revision: r2,
+        physical: true,
+    })
+    .await
+    .expect("compact through a follower");
+    for id in 1..=3 {
+        assert_eq!(refused_at(&cluster, id, "e", r1).await, r2, "node {id}");
+        let err = etcd(id)
+            .await
+            .range(epb::RangeRequest {
+                key: b"e".to_vec(),
+                revision: r1,
+                serializable: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange, "node {id}: {err}");
+        assert!(err
+            .message()
+            .contains("required revision has been compacted"));
+    }
+    let err = kv
+        .compact(epb::CompactionRequest {
+            revision: r2,
+            physical: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+}

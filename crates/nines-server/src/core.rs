@@ -58,6 +58,15 @@ impl NodeCore {
         self.config.request_timeout
     }
 
+    /// etcd's `physical` compaction: waits, within the request timeout,
+    /// until this member has deleted the records a compaction at
+    /// `revision` dropped.
+    pub async fn wait_swept(&self, revision: i64) -> Result<(), ApiError> {
+        tokio::time::timeout(self.timeout(), self.reader.wait_swept(revision))
+            .await
+            .map_err(|_| ApiError::Timeout(self.timeout()))
+    }
+
     /// Proposes a write and waits for it to be applied, or says where the leader is.
     pub async fn write(
         &self,

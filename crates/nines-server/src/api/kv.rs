@@ -250,10 +250,7 @@ impl pb::kv_server::Kv for KvService {
         {
             Outcome::Done((resp, revision)) => {
                 if physical {
-                    let swept = self.core.reader.wait_swept(revision);
-                    tokio::time::timeout(self.core.timeout(), swept)
-                        .await
-                        .map_err(|_| ApiError::Timeout(self.core.timeout()))?;
+                    self.core.wait_swept(revision).await?;
                 }
                 Ok(Response::new(resp))
             }

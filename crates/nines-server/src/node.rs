@@ -335,7 +335,7 @@ async fn serve_peer(
             member_only(&core),
         ))
         .add_service(InterceptedService::new(
-            crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES).kv,
+            crate::api::etcd::kv_server(&core, &reads, MAX_CLIENT_MESSAGE_BYTES),
             member_only(&core),
         ))
         .serve_with_incoming_shutdown(

@@ -41,16 +41,25 @@ pub struct Unimplemented;
 impl epb::watch_server::Watch for Unimplemented {}
 impl epb::lease_server::Lease for Unimplemented {}
 
+/// etcd's KV alone: what the peer port serves for forwarded calls.
+pub fn kv_server(
+    core: &Arc<NodeCore>,
+    reads: &Arc<ReadLimiter>,
+    max_decode: usize,
+) -> HoldUntilSent<epb::kv_server::KvServer<EtcdKv>> {
+    HoldUntilSent {
+        inner: epb::kv_server::KvServer::new(EtcdKv {
+            core: core.clone(),
+            reads: reads.clone(),
+        })
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    }
+}
+
 pub fn services(core: &Arc<NodeCore>, reads: &Arc<ReadLimiter>, max_decode: usize) -> Services {
     Services {
-        kv: HoldUntilSent {
-            inner: epb::kv_server::KvServer::new(EtcdKv {
-                core: core.clone(),
-                reads: reads.clone(),
-            })
-            .max_decoding_message_size(max_decode)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        },
+        kv: kv_server(core, reads, max_decode),
         cluster: epb::cluster_server::ClusterServer::new(EtcdCluster { core: core.clone() }),
         maintenance: epb::maintenance_server::MaintenanceServer::new(EtcdMaintenance {
             core: core.clone(),

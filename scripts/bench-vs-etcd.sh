@@ -8,7 +8,7 @@
 #   scripts/bench-vs-etcd.sh            # every workload, RUNS=3 runs each, median
 #   RUNS=1 DURATION=5s scripts/bench-vs-etcd.sh
 #   WORKLOADS="put-64 get-64" scripts/bench-vs-etcd.sh
-#   RSS_KEYS=1000000 scripts/bench-vs-etcd.sh rss   # memory after loading keys
+#   RSS_KEYS=1000000 scripts/bench-vs-etcd.sh large # put/get, memory, disk at 1M keys
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -132,14 +132,28 @@ if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
   done
 fi
 
-if [ "$MODE" = all ] || [ "$MODE" = rss ]; then
-  echo "== loading $RSS_KEYS keys of 256 B into each" >&2
+if [ "$MODE" = all ] || [ "$MODE" = large ]; then
+  # Cost as data grows: load RSS_KEYS keys of 256 B, then the same put and
+  # get workloads as above over all of them; memory and disk per node after.
   for target in etcd nines; do
-    if [ $target = etcd ]; then eps=$ETCD_ENDPOINTS; pids=("${ETCD_PIDS[@]}"); else eps=$NINES_ENDPOINTS; pids=("${NINES_PIDS[@]}"); fi
+    if [ $target = etcd ]; then eps=$ETCD_ENDPOINTS; pids=("${ETCD_PIDS[@]}"); dir=$DIR/etcd
+    else eps=$NINES_ENDPOINTS; pids=("${NINES_PIDS[@]}"); dir=$DIR/nines; fi
+    echo "== loading $RSS_KEYS keys of 256 B into $target" >&2
     "$NINES" --endpoints "$eps" bench --target $target --workload get-serializable --keys "$RSS_KEYS" \
       --value-size 256 --clients 64 --connections 8 --duration 1s --warmup 0s --quiet -w json >/dev/null
+    for name in put-64 get-64; do
+      settle
+      # shellcheck disable=SC2086
+      "$NINES" --endpoints "$eps" bench --target $target ${SPEC[$name]} --keys "$RSS_KEYS" --no-preload \
+        --duration "$DURATION" --warmup "$WARMUP" --quiet -w json | sed "s/^{/{\"name\":\"$name-$RSS_KEYS\",/" >>"$OUT"
+    done
+    settle
     sleep 5
-    echo "{\"name\":\"rss\",\"target\":\"$target\",\"keys\":$RSS_KEYS,\"max_rss_kb\":$(rss_kb "${pids[@]}")}" >>"$OUT"
+    disk=0
+    for n in 1 2 3; do
+      d=$(du -sb "$dir"/?"$n" | awk '{print $1}'); ((d > disk)) && disk=$d
+    done
+    echo "{\"name\":\"large\",\"target\":\"$target\",\"keys\":$RSS_KEYS,\"max_rss_kb\":$(rss_kb "${pids[@]}"),\"max_disk_bytes\":$disk}" >>"$OUT"
   done
 fi
 
@@ -163,7 +177,8 @@ for name in dict.fromkeys(n for n, _ in runs):
           f"{med(name,'etcd','p50_us'):>10.0f}{med(name,'nines','p50_us'):>11.0f}"
           f"{med(name,'etcd','p99_us'):>10.0f}{med(name,'nines','p99_us'):>11.0f}")
 for r in rows:
-    if r["name"] == "rss":
-        print(f"RSS after {r['keys']} keys of 256 B, {r['target']}: {r['max_rss_kb'] / 1024:.0f} MiB (largest node)")
+    if r["name"] == "large":
+        print(f"after {r['keys']} keys of 256 B, {r['target']}: RSS {r['max_rss_kb'] / 1024:.0f} MiB, "
+              f"disk {r['max_disk_bytes'] / 2**20:.0f} MiB (largest node)")
 PY
 echo "raw results: $OUT" >&2

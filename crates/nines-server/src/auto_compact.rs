@@ -2,9 +2,11 @@
 //! `--auto-compaction-retention`: the leader proposes a `Compact` so that
 //! history, and the disk it takes, stays bounded without anyone's attention.
 //!
-//! - periodic, retention R: keep R of history. Compacts every R, or every
-//!   hour if R is longer (etcd 3.4+), to the revision the store had R ago,
-//!   sampled every tenth of that interval.
+//! - periodic, retention R: keep R of history. As etcd 3.3+: once the first
+//!   window (R, at most an hour) has passed, compacts every tenth of it to
+//!   the revision the store had R ago, so the history kept stays between R
+//!   and 1.1 R and the disk levels off instead of growing for R between
+//!   compactions.
 //! - revision, retention N: every 5 minutes, compact to the current
 //!   revision minus N.
 
@@ -95,7 +97,8 @@ pub struct Planner {
     policy: AutoCompaction,
     /// (when, store revision then), oldest first.
     samples: VecDeque<(Instant, i64)>,
-    last_run: Instant,
+    /// When this node's first window began (it began leading).
+    window_start: Instant,
 }
 
 impl Planner {
@@ -103,7 +106,7 @@ impl Planner {
         Self {
             policy,
             samples: VecDeque::new(),
-            last_run: now,
+            window_start: now,
         }
     }
 
@@ -120,7 +123,7 @@ impl Planner {
     /// starts its own window (as etcd's compactor resumes on a leader).
     pub fn reset(&mut self, now: Instant) {
         self.samples.clear();
-        self.last_run = now;
+        self.window_start = now;
     }
 
     /// The revision to compact to now, if any.
@@ -133,10 +136,9 @@ impl Planner {
             }
             AutoCompaction::Periodic(retention) => {
                 self.samples.push_back((now, revision));
-                if now.duration_since(self.last_run) < retention.min(MAX_PERIOD) {
+                if now.duration_since(self.window_start) < retention.min(MAX_PERIOD) {
                     return None;
                 }
-                self.last_run = now;
                 // The newest sample at least `retention` old; older ones
                 // are no longer needed.
                 let cutoff = now.checked_sub(retention)?;
@@ -243,9 +245,10 @@ mod tests {
                 got.push((s, target));
             }
         }
-        // Every 10 s, to the revision of 10 s before.
-        // At 10 s there is no sample 10 s old yet.
-        assert_eq!(got, vec![(20, 1000)]);
+        // After the first 10 s, every tick (a tenth of it), to the revision
+        // of 10 s before. At 10 s there is no sample 10 s old yet.
+        let want: Vec<(u64, i64)> = (11..=25).map(|s| (s, (s as i64 - 10) * 100)).collect();
+        assert_eq!(got, want);
         // Nothing at or below the compacted revision is proposed.
         let mut planner = Planner::new(AutoCompaction::Periodic(retention), start);
         for s in 1..=20u64 {

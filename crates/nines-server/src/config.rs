@@ -120,6 +120,13 @@ pub struct ServerArgs {
     /// What auto-compaction keeps (see --auto-compaction-mode); 0 turns it off.
     #[arg(long, env = "NINES_AUTO_COMPACTION_RETENTION", default_value = "5m")]
     pub auto_compaction_retention: String,
+    /// Storage quota (etcd's flag): once the data the store holds (every
+    /// retained revision, see `data_bytes` in metrics) exceeds it, puts and
+    /// txns with a put answer RESOURCE_EXHAUSTED; reads, deletes and
+    /// compactions go on, and writes resume by themselves once compaction
+    /// brings the data back under it. 0 means the default, 2 GiB (etcd's).
+    #[arg(long, env = "NINES_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build.
@@ -162,7 +169,11 @@ pub struct ServerConfig {
     pub max_concurrent_reads: usize,
     pub max_read_bytes_in_flight: u64,
     pub auto_compaction: AutoCompaction,
+    pub quota_backend_bytes: u64,
 }
+
+/// etcd's default storage quota.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
 
 /// Client connections when --max-connections is not given.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -339,6 +350,10 @@ impl TryFrom<ServerArgs> for ServerConfig {
                 .map_err(ServerError::Config)?;
         Ok(ServerConfig {
             auto_compaction,
+            quota_backend_bytes: match args.quota_backend_bytes {
+                0 => DEFAULT_QUOTA_BACKEND_BYTES,
+                q => q,
+            },
             id: args.id,
             listen_client: args.listen_client,
             listen_peer: args.listen_peer,

@@ -74,6 +74,7 @@ impl NodeCore {
         forwarded: bool,
     ) -> Result<Routed<Response>, ApiError> {
         self.config.limits.check_command(&request.command)?;
+        self.check_quota(&request.command)?;
         self.check_quorum_contact()?;
         let written = tokio::time::timeout(self.timeout(), self.proposer.propose(request)).await;
         let counters = &self.counters;
@@ -90,6 +91,20 @@ impl NodeCore {
             Ok(Err(ProposeError::Timeout)) => Err(ApiError::Timeout(self.timeout())),
             Ok(Err(ProposeError::ShuttingDown)) => Err(ApiError::ShuttingDown),
         }
+    }
+
+    /// Refuses a write that adds data while the store holds more than the
+    /// quota. Checked where the write enters (each member's store holds the
+    /// same data), so a full store costs no proposal; it may overshoot by
+    /// the writes already in flight, as etcd's check does.
+    fn check_quota(&self, command: &nines_types::Command) -> Result<(), ApiError> {
+        let used = self.reader.data_bytes();
+        let quota = self.config.quota_backend_bytes;
+        if used > quota && command.adds_data() {
+            Counters::inc(&self.counters.writes_no_space);
+            return Err(ApiError::NoSpace { used, quota });
+        }
+        Ok(())
     }
 
     /// Makes a following local read linearizable, or says where the leader is.

@@ -65,6 +65,14 @@ pub enum ApiError {
     OutOfRange(String),
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The store holds more than --quota-backend-bytes: writes that add
+    /// data wait for compaction or deletes to free some.
+    #[error(
+        "mvcc: database space exceeded: the store holds {used} bytes, over the quota of {quota} \
+         (--quota-backend-bytes); reads, deletes and compactions still work, and writes \
+         resume by themselves once compaction or deletes bring it under"
+    )]
+    NoSpace { used: u64, quota: u64 },
     #[error("forwarding to the leader failed: {0}")]
     Forward(Status),
     #[error("internal error: {0}")]
@@ -92,6 +100,7 @@ impl From<ApiError> for Status {
             }
             ApiError::Precondition(_) => Status::failed_precondition(message),
             ApiError::OutOfRange(_) => Status::out_of_range(message),
+            ApiError::NoSpace { .. } => Status::resource_exhausted(message),
             ApiError::Timeout(_) => Status::deadline_exceeded(message),
             ApiError::Forward(status) => status,
             ApiError::Internal(_) => Status::internal(message),
@@ -160,5 +169,12 @@ mod tests {
             .message()
             .starts_with("mvcc: required revision has been compacted"));
         assert!(s.message().contains("compacted at 9"), "{}", s.message());
+        let s: Status = ApiError::NoSpace {
+            used: 11,
+            quota: 10,
+        }
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().starts_with("mvcc: database space exceeded"));
     }
 }

@@ -7,6 +7,7 @@ pub mod auto_compact;
 pub mod config;
 pub mod core;
 mod datadir;
+pub mod disk;
 pub mod election;
 pub mod error;
 pub mod fatal;

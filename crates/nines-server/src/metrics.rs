@@ -18,6 +18,8 @@ pub struct Counters {
     pub writes_ok: AtomicU64,
     pub writes_failed: AtomicU64,
     pub writes_forwarded: AtomicU64,
+    /// Writes refused over --quota-backend-bytes.
+    pub writes_no_space: AtomicU64,
     pub reads_linearizable: AtomicU64,
     pub reads_forwarded: AtomicU64,
     pub proposals: AtomicU64,
@@ -127,6 +129,26 @@ pub fn render(core: &NodeCore) -> String {
         core.reader.swept_records(),
     );
     gauge(
+        "store_data_bytes",
+        "Bytes of the records the store holds, every retained revision (what the quota limits).",
+        core.reader.data_bytes(),
+    );
+    gauge(
+        "store_quota_bytes",
+        "--quota-backend-bytes: over it, writes that add data are refused.",
+        core.config.quota_backend_bytes,
+    );
+    gauge(
+        "store_disk_bytes",
+        "Bytes on disk of the state dir (engine and snapshots).",
+        crate::disk::usage(&crate::disk::state_dir(&core.config.data_dir)),
+    );
+    gauge(
+        "log_disk_bytes",
+        "Bytes on disk of the Raft log.",
+        crate::disk::usage(&crate::disk::log_dir(&core.config.data_dir)),
+    );
+    gauge(
         "reads_executing",
         "Local range/get executions running now.",
         c.reads_executing.load(Ordering::Relaxed),
@@ -157,6 +179,11 @@ pub fn render(core: &NodeCore) -> String {
         "writes_forwarded_total",
         "Writes forwarded to the leader.",
         &c.writes_forwarded,
+    );
+    counter(
+        "writes_no_space_total",
+        "Writes refused because the store holds more than the quota.",
+        &c.writes_no_space,
     );
     counter(
         "reads_linearizable_total",

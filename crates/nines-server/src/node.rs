@@ -48,12 +48,12 @@ impl NinesNode {
     pub async fn start(config: ServerConfig) -> Result<NinesNode, ServerError> {
         let cluster_id = config.cluster_id();
         let data_dir = DataDir::open(&config.data_dir, cluster_id, config.id)?;
-        let log = LogStore::open(&config.data_dir.join("log"), LogOptions::default())?;
+        let log = LogStore::open(&crate::disk::log_dir(&config.data_dir), LogOptions::default())?;
         if config.leader_pipelining {
             log.enable_leader_pipelining(config.id)?;
         }
         let mut state = StateMachine::open(
-            &config.data_dir.join("state"),
+            &crate::disk::state_dir(&config.data_dir),
             StateOptions {
                 limits: config.limits,
                 cache_capacity_bytes: config.cache_bytes,

@@ -49,7 +49,10 @@ pub(crate) fn apply_entries<E: Engine>(
     if applied.is_some() {
         // No flush: the Raft log is durable and openraft re-applies
         // committed entries after a crash.
-        commit(exec.finish()?)?;
+        let writes = exec.finish()?;
+        let added = Mvcc::<E>::record_bytes_of(&writes);
+        commit(writes)?;
+        mvcc.add_record_bytes(added);
         mvcc.publish(exec.revision);
     }
     exec.published = true;

@@ -72,6 +72,13 @@ impl StateReader {
         let _ = swept.wait_for(|s| *s >= revision).await;
     }
 
+    /// Bytes of the revision records the store holds: every retained
+    /// revision of every key (etcd's "db size in use"). Compaction and
+    /// deletes followed by compaction lower it.
+    pub fn data_bytes(&self) -> u64 {
+        self.shared.current().record_bytes()
+    }
+
     /// Records the compaction sweep deleted since open.
     pub fn swept_records(&self) -> u64 {
         self.shared.compactor.deleted()

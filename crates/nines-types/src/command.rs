@@ -225,6 +225,24 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether applying it can add data to the store: what a full store
+    /// refuses (etcd's quota: puts, and txns holding a put in either branch).
+    /// Deletes and compactions free space, so they always pass.
+    pub fn adds_data(&self) -> bool {
+        match self {
+            Command::Put { .. } => true,
+            Command::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .any(|op| matches!(op, TxnOp::Put { .. })),
+            Command::Batch(requests) => requests.iter().any(|r| r.command.adds_data()),
+            Command::Delete { .. } | Command::DeleteRange { .. } | Command::Compact { .. } => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareOp {
     Equal,
@@ -384,5 +402,49 @@ mod tests {
             decode::<CommandResult>(&encode(&rejected).unwrap()).unwrap(),
             rejected
         );
+    }
+
+    #[test]
+    fn only_writes_that_can_add_data_count_against_the_quota() {
+        let put = TxnOp::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            prev_kv: false,
+        };
+        let del = TxnOp::Delete {
+            range: KeyRange::Single(b"k".to_vec()),
+            prev_kv: false,
+        };
+        let txn = |success: Vec<TxnOp>, failure: Vec<TxnOp>| {
+            Command::Txn(Txn {
+                compares: Vec::new(),
+                success,
+                failure,
+            })
+        };
+        assert!(txn(vec![del.clone()], vec![put.clone()]).adds_data());
+        assert!(!txn(vec![del.clone()], vec![del.clone()]).adds_data());
+        let delete = Command::Delete {
+            key: b"k".to_vec(),
+            prev_kv: false,
+        };
+        assert!(!delete.adds_data());
+        assert!(!Command::Compact {
+            revision: 1,
+            physical: false
+        }
+        .adds_data());
+        let put = Command::Put {
+            key: b"k".to_vec(),
+            value: Vec::new(),
+            lease: 0,
+            prev_kv: false,
+        };
+        assert!(put.adds_data());
+        let batch = |c: Command| {
+            Command::Batch(vec![Request::new(c)])
+        };
+        assert!(batch(put).adds_data());
+        assert!(!batch(delete).adds_data());
     }
 }

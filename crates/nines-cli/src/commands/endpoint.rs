@@ -84,8 +84,27 @@ fn status_row(s: &pb::StatusResponse) -> Vec<String> {
         s.applied_index.to_string(),
         s.snapshot_index.to_string(),
         header.revision.to_string(),
+        human_bytes(s.db_size),
+        human_bytes(s.db_size_in_use),
         s.version.clone(),
     ]
+}
+
+/// etcdctl's size format: "25 kB", "1.2 MB" (SI units).
+fn human_bytes(n: i64) -> String {
+    let n = n.max(0) as f64;
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut i = 0;
+    let mut v = n;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
 }
 
 fn status_json(s: &pb::StatusResponse) -> Value {
@@ -98,6 +117,8 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "snapshot_index": s.snapshot_index,
         "purged_index": s.purged_index,
         "version": s.version,
+        "db_size": s.db_size,
+        "db_size_in_use": s.db_size_in_use,
         "millis_since_quorum_ack": s.millis_since_quorum_ack,
         "leader_api_addr": s.leader_api_addr,
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
@@ -127,6 +148,8 @@ fn print_status(out: &mut dyn Write, format: Format, probes: &[Probe]) -> io::Re
                 "APPLIED INDEX",
                 "SNAPSHOT INDEX",
                 "REVISION",
+                "DB SIZE",
+                "DB SIZE IN USE",
                 "VERSION",
                 "ERRORS",
             ]);
@@ -138,7 +161,7 @@ fn print_status(out: &mut dyn Write, format: Format, probes: &[Probe]) -> io::Re
                         row.push(String::new());
                     }
                     Err(e) => {
-                        row.extend(std::iter::repeat_n(String::new(), 9));
+                        row.extend(std::iter::repeat_n(String::new(), 11));
                         row.push(e.clone());
                     }
                 }
@@ -261,5 +284,13 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "e:1 is unhealthy: took = 1.500ms, error: Unavailable: down\n"
         );
+    }
+
+    #[test]
+    fn sizes_read_like_etcdctl() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(25_000), "25.0 kB");
+        assert_eq!(human_bytes(1_234_567), "1.2 MB");
+        assert_eq!(human_bytes(-1), "0 B");
     }
 }

@@ -238,6 +238,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             .leader()
             .map(|(_, n)| n.api_addr)
             .unwrap_or_default();
+        let dir = crate::disk::state_dir(&self.core.config.data_dir);
+        let db_size = tokio::task::spawn_blocking(move || crate::disk::usage(&dir))
+            .await
+            .map_err(|e| ApiError::Internal(format!("sizing the data dir: {e}")))?;
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.core.header(self.core.reader.revision())),
             leader_id: m.current_leader.unwrap_or(0),
@@ -250,6 +254,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             millis_since_quorum_ack: m.millis_since_quorum_ack.unwrap_or(0),
             leader_api_addr,
             members: members_of(&m),
+            db_size: db_size as i64,
+            db_size_in_use: self.core.reader.data_bytes() as i64,
         }))
     }
 

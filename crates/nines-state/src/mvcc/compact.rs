@@ -65,16 +65,25 @@ impl<E: Engine> Mvcc<E> {
                 break;
             }
             let (header, _) = decode_record(raw.as_ref())?;
-            seen.push((header.key, rev, raw_key.as_ref().to_vec()));
+            let size = raw_key.as_ref().len() + raw.as_ref().len();
+            seen.push((header.key, rev, raw_key.as_ref().to_vec(), size));
         }
+        let mut freed = 0;
         let doomed: Vec<Vec<u8>> = {
             let index = read_lock(&self.index);
             seen.into_iter()
-                .filter(|(key, rev, _)| !index.holds(key, *rev))
-                .map(|(_, _, raw_key)| raw_key)
+                .filter(|(key, rev, _, _)| !index.holds(key, *rev))
+                .map(|(_, _, raw_key, size)| {
+                    freed += size as u64;
+                    raw_key
+                })
                 .collect()
         };
-        self.engine.remove_each(&doomed)?;
+        let removed = self.engine.remove_each(&doomed);
+        // Counted as freed even if the removal failed part way: the error
+        // ends the sweep, and the next open recounts from the engine.
+        self.sub_record_bytes(freed);
+        removed?;
         Ok((next, doomed.len() as u64))
     }
 

@@ -38,7 +38,7 @@ pub(crate) use record::{
 };
 pub(crate) use survivors::Survivors;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Write};
 use crate::error::StateError;
 use crate::store::read_lock;
 
@@ -61,6 +61,10 @@ pub(crate) struct Mvcc<E> {
     /// Records found at open that a compaction dropped but whose deletion
     /// had not finished.
     dropped_at_open: u64,
+    /// Bytes of the revision records in the engine (keys and encoded
+    /// values): the data the store holds, what the quota limits and what
+    /// compaction and deletes free. Engine overhead comes on top.
+    record_bytes: AtomicU64,
 }
 
 impl<E: Engine> Mvcc<E> {
@@ -83,9 +87,11 @@ impl<E: Engine> Mvcc<E> {
         // what the compaction keeps, and check strictly from there on.
         let mut below = Some(Survivors::default());
         let mut dropped = 0;
+        let mut record_bytes = 0;
         let end = [REV_PREFIX + 1];
         for item in engine.scan(&[REV_PREFIX], Some(&end)) {
             let (raw_key, raw) = item?;
+            record_bytes += (raw_key.as_ref().len() + raw.as_ref().len()) as u64;
             let rev = parse_rev_key(raw_key.as_ref())?;
             if rev.main > revision {
                 return Err(StateError::CorruptState(format!(
@@ -114,7 +120,39 @@ impl<E: Engine> Mvcc<E> {
             published: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
             dropped_at_open: dropped,
+            record_bytes: AtomicU64::new(record_bytes),
         })
+    }
+
+    /// Bytes of the revision records held (see `record_bytes`).
+    pub fn record_bytes(&self) -> u64 {
+        self.record_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the revision records among `writes`. Each record key is
+    /// written once (revisions only grow), so adding it after a commit is
+    /// exact.
+    pub fn record_bytes_of(writes: &[Write]) -> u64 {
+        let bytes: usize = writes
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&REV_PREFIX))
+            .filter_map(|(k, v)| v.as_ref().map(|v| k.len() + v.len()))
+            .sum();
+        bytes as u64
+    }
+
+    /// Counts `bytes` of records just committed.
+    pub fn add_record_bytes(&self, bytes: u64) {
+        self.record_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` of records just removed.
+    fn sub_record_bytes(&self, bytes: u64) {
+        let _ = self
+            .record_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(bytes))
+            });
     }
 
     /// The revision reads are served at.

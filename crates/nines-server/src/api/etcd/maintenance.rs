@@ -1,8 +1,8 @@
 //! etcd's `Maintenance` service: `Status` (what `etcdctl endpoint status`
-//! shows) and `Alarm` (nines raises none: a full disk is answered per
-//! request, see the MVCC issue's quota). The rest answers UNIMPLEMENTED.
+//! shows) and `Alarm` (nines raises none: over the quota, writes that add
+//! data answer RESOURCE_EXHAUSTED until compaction frees space, with no
+//! alarm to disarm; see `NodeCore::check_quota`). The rest answers UNIMPLEMENTED.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
@@ -10,32 +10,14 @@ use tonic::{Response, Status};
 
 use super::convert;
 use crate::core::NodeCore;
+use crate::disk;
 use crate::error::ApiError;
 
 /// The etcd API version nines speaks: clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
-/// Directory levels walked when sizing the data dir (it has two).
-const MAX_DEPTH: usize = 4;
-
 pub struct EtcdMaintenance {
     pub core: Arc<NodeCore>,
-}
-
-/// Bytes of the files under `dir`; unreadable entries count as 0 (a status
-/// call must not fail because a snapshot was replaced mid-walk).
-fn disk_usage(dir: &Path, depth: usize) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() && depth > 0 => disk_usage(&e.path(), depth - 1),
-            Ok(m) if m.is_file() => m.len(),
-            _ => 0,
-        })
-        .sum()
 }
 
 #[tonic::async_trait]
@@ -45,8 +27,10 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
         _request: tonic::Request<epb::StatusRequest>,
     ) -> Result<Response<epb::StatusResponse>, Status> {
         let m = self.core.raft.metrics().borrow().clone();
-        let dir = self.core.config.data_dir.clone();
-        let db_size = tokio::task::spawn_blocking(move || disk_usage(&dir, MAX_DEPTH))
+        // etcd's db size is its backend file, WAL excluded: here the
+        // state dir. In use: the data the store holds (what the quota limits).
+        let dir = disk::state_dir(&self.core.config.data_dir);
+        let db_size = tokio::task::spawn_blocking(move || disk::usage(&dir))
             .await
             .map_err(|e| ApiError::Internal(format!("sizing the data dir: {e}")))?;
         let is_learner = !m
@@ -59,7 +43,7 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
             header: Some(header),
             version: ETCD_API_VERSION.to_string(),
             db_size: db_size as i64,
-            db_size_in_use: db_size as i64,
+            db_size_in_use: self.core.reader.data_bytes() as i64,
             leader: m.current_leader.unwrap_or(0),
             // openraft's metrics carry no commit index; the applied one is
             // at most a batch behind it.

@@ -9,6 +9,8 @@
 #   RUNS=1 DURATION=5s scripts/bench-vs-etcd.sh
 #   WORKLOADS="put-64 get-64" scripts/bench-vs-etcd.sh
 #   RSS_KEYS=1000000 scripts/bench-vs-etcd.sh large # put/get, memory, disk at 1M keys
+#   NINES_BEFORE=/path/to/old/nines-server scripts/bench-vs-etcd.sh throughput
+#                                   # also an older nines build, same run (before/after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,29 +72,34 @@ start_etcd() {
   echo "etcd did not become healthy" >&2; exit 1
 }
 
-start_nines() {
-  rm -rf "$DIR/nines" && mkdir -p "$DIR/nines"
-  local cluster=""
-  for n in 1 2 3; do cluster+="$n=127.0.0.1:$((4280 + 100 * n))/127.0.0.1:$((4279 + 100 * n)),"; done
+start_nines() { # [binary] [name] [port base]
+  local bin=${1:-target/release/nines-server} name=${2:-nines} base=${3:-4279}
+  rm -rf "${DIR:?}/$name" && mkdir -p "$DIR/$name"
+  local cluster="" eps=""
+  for n in 1 2 3; do cluster+="$n=127.0.0.1:$((base + 1 + 100 * n))/127.0.0.1:$((base + 100 * n)),"; done
   for n in 1 2 3; do
-    NINES_LOG=warn target/release/nines-server --id "$n" --data-dir "$DIR/nines/n$n" \
-      --listen-client "127.0.0.1:$((4279 + 100 * n))" --listen-peer "127.0.0.1:$((4280 + 100 * n))" \
-      --initial-cluster "${cluster%,}" >"$DIR/nines/n$n.log" 2>&1 &
+    NINES_LOG=warn "$bin" --id "$n" --data-dir "$DIR/$name/n$n" \
+      --listen-client "127.0.0.1:$((base + 100 * n))" --listen-peer "127.0.0.1:$((base + 1 + 100 * n))" \
+      --initial-cluster "${cluster%,}" >"$DIR/$name/n$n.log" 2>&1 &
     PIDS+=($!)
-    NINES_PIDS+=($!)
+    [ "$name" = nines ] && NINES_PIDS+=($!)
+    eps+="127.0.0.1:$((base + 100 * n)),"
   done
-  NINES_ENDPOINTS="127.0.0.1:4379,127.0.0.1:4479,127.0.0.1:4579"
+  eps=${eps%,}
+  if [ "$name" = nines ]; then NINES_ENDPOINTS=$eps; else BEFORE_ENDPOINTS=$eps; fi
   for _ in $(seq 1 100); do
-    "$NINES" --endpoints "$NINES_ENDPOINTS" endpoint health >/dev/null 2>&1 && return
+    "$NINES" --endpoints "$eps" endpoint health >/dev/null 2>&1 && return
     sleep 0.2
   done
-  echo "nines did not become healthy" >&2; exit 1
+  echo "$name did not become healthy" >&2; exit 1
 }
 
 run_bench() { # target endpoints name
+  local target=$1
+  [ "$target" = nines-before ] && target=nines
   # shellcheck disable=SC2086
-  "$NINES" --endpoints "$2" bench --target "$1" ${SPEC[$3]} --duration "$DURATION" --warmup "$WARMUP" \
-    --quiet -w json | sed "s/^{/{\"name\":\"$3\",/"
+  "$NINES" --endpoints "$2" bench --target "$target" ${SPEC[$3]} --duration "$DURATION" --warmup "$WARMUP" \
+    --quiet -w json | sed "s/^{/{\"name\":\"$3\",/; s/\"target\":\"nines\"/\"target\":\"$1\"/"
 }
 
 settle() { # let the previous run's dirty pages reach the disk
@@ -113,19 +120,30 @@ mkdir -p "$DIR"
 ETCD_PIDS=(); NINES_PIDS=()
 start_etcd
 start_nines
+TARGETS="etcd nines"
+if [ -n "${NINES_BEFORE:-}" ]; then
+  start_nines "$NINES_BEFORE" nines-before 7279
+  TARGETS="etcd nines nines-before"
+fi
 "$NINES" bench --workload put --clients 1 --duration 1s --warmup 0s --quiet --endpoints "$NINES_ENDPOINTS" \
   --fsync-dir "$DIR" -w json | python3 -c 'import json,sys; f=json.load(sys.stdin)["fsync_floor"]; print(json.dumps({"name":"fsync-floor", **f}))' >"$OUT"
 
 if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
   for name in $WORKLOADS; do
     for run in $(seq 1 "$RUNS"); do
-      # Alternate who goes first: the second run otherwise competes with
-      # the writeback of the first one's data.
-      if ((run % 2)); then order="etcd nines"; else order="nines etcd"; fi
+      # Rotate who goes first: a later run otherwise competes with the
+      # writeback of the earlier ones' data.
+      read -ra t <<<"$TARGETS"
+      k=$(((run - 1) % ${#t[@]}))
+      order="${t[*]:k} ${t[*]:0:k}"
       echo "== $name run $run: $order" >&2
       for target in $order; do
         settle
-        if [ "$target" = etcd ]; then eps=$ETCD_ENDPOINTS; else eps=$NINES_ENDPOINTS; fi
+        case $target in
+          etcd) eps=$ETCD_ENDPOINTS ;;
+          nines) eps=$NINES_ENDPOINTS ;;
+          nines-before) eps=$BEFORE_ENDPOINTS ;;
+        esac
         run_bench "$target" "$eps" "$name" >>"$OUT"
       done
     done
@@ -170,12 +188,22 @@ for r in rows:
 def med(name, target, key):
     vals = [(r["throughput"] if key == "ops" else r["latency"][key]) for r in runs.get((name, target), [])]
     return statistics.median(vals) if vals else float("nan")
-print(f"{'workload':<22}{'etcd ops/s':>12}{'nines ops/s':>13}{'ratio':>7}{'etcd p50':>10}{'nines p50':>11}{'etcd p99':>10}{'nines p99':>11}  (latency in us, median of runs)")
+before = any(t == "nines-before" for _, t in runs)
+print(f"{'workload':<22}{'etcd ops/s':>12}{'nines ops/s':>13}{'ratio':>7}{'etcd p50':>10}{'nines p50':>11}{'etcd p99':>10}{'nines p99':>11}"
+      + (f"{'before ops/s':>14}{'after/before':>14}" if before else "") + "  (latency in us, median of runs)")
 for name in dict.fromkeys(n for n, _ in runs):
     e, n = med(name, "etcd", "ops"), med(name, "nines", "ops")
-    print(f"{name:<22}{e:>12.0f}{n:>13.0f}{n / e if e else float('nan'):>7.2f}"
-          f"{med(name,'etcd','p50_us'):>10.0f}{med(name,'nines','p50_us'):>11.0f}"
-          f"{med(name,'etcd','p99_us'):>10.0f}{med(name,'nines','p99_us'):>11.0f}")
+    line = (f"{name:<22}{e:>12.0f}{n:>13.0f}{n / e if e else float('nan'):>7.2f}"
+            f"{med(name,'etcd','p50_us'):>10.0f}{med(name,'nines','p50_us'):>11.0f}"
+            f"{med(name,'etcd','p99_us'):>10.0f}{med(name,'nines','p99_us'):>11.0f}")
+    if before:
+        b = med(name, "nines-before", "ops")
+        line += f"{b:>14.0f}{n / b if b else float('nan'):>14.2f}"
+    print(line)
+    if len(runs.get((name, "nines"), [])) > 1:
+        vals = [r["throughput"] for r in runs[(name, "nines")]]
+        spread = (max(vals) - min(vals)) / statistics.median(vals)
+        print(f"{'':<22}nines run-to-run spread (max-min)/median: {spread:.0%}")
 for r in rows:
     if r["name"] == "large":
         print(f"after {r['keys']} keys of 256 B, {r['target']}: RSS {r['max_rss_kb'] / 1024:.0f} MiB, "

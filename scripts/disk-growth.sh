@@ -59,4 +59,8 @@ for m in $(seq 1 "$MINUTES"); do
     "$(mib "$(du -sb "$DIR/n1/log" | cut -f1)")" "$(mib "${in_use:-0}")" "${compacted:--}"
 done
 wait "$BENCH" || true
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"puts: {r[\"throughput\"]:.0f} ops/s over the run, {r.get(\"errors\", 0)} errors")' "$DIR/bench.json" || true
+python3 - "$DIR/bench.json" <<'PY' || true
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"puts: {r['throughput']:.0f} ops/s over the run, {r.get('errors', 0)} errors")
+PY

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use nines_proto as pb;
 use nines_proto::kv_client::KvClient;
-use nines_types::{CommandResult, Node, Request};
+use nines_state::Read;
+use nines_types::{CommandResult, Node, RangeResponse, Request};
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 
@@ -120,13 +121,14 @@ impl pb::kv_server::Kv for KvService {
         // read was served at, never one read separately.
         let reader = self.core.reader.clone();
         let at = message.revision;
-        let (served, held) = self
-            .reads
-            .run(
-                move || reader.range_with(&read, &opts, at).map_err(ApiError::from),
-                |r| r.data.kvs.iter().map(kv_bytes).sum(),
-            )
-            .await?;
+        let size = |r: &Read<RangeResponse>| r.data.kvs.iter().map(kv_bytes).sum();
+        let (served, held) = if message.range_end.is_empty() {
+            let serve = || reader.range_with(&read, &opts, at).map_err(ApiError::from);
+            self.reads.run_point(serve, size).await?
+        } else {
+            let serve = move || reader.range_with(&read, &opts, at).map_err(ApiError::from);
+            self.reads.run(serve, size).await?
+        };
         let mut response = Response::new(convert::range_response(
             self.core.header(served.revision),
             served.data,
@@ -153,12 +155,12 @@ impl pb::kv_server::Kv for KvService {
                 .await
                 .map_err(|s| self.forward_failed(&node, s));
         }
-        let reader = self.core.reader.clone();
+        let reader = &self.core.reader;
         let key = message.key;
         let (served, held) = self
             .reads
-            .run(
-                move || reader.get(&key).map_err(ApiError::from),
+            .run_point(
+                || reader.get(&key).map_err(ApiError::from),
                 |r| r.data.as_ref().map(kv_bytes).unwrap_or(0),
             )
             .await?;

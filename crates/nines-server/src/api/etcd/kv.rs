@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
-use nines_types::{CommandResult, Node, Request, Session};
+use nines_state::Read;
+use nines_types::{CommandResult, Node, RangeResponse, Request, Session};
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 
@@ -125,21 +126,26 @@ impl epb::kv_server::Kv for EtcdKv {
                     .await;
             }
         }
-        // Off the async workers, a few at a time; the header carries the
-        // revision the read was served at.
+        // Scans off the async workers, a few at a time; one key inline. The
+        // header carries the revision the read was served at.
         let reader = self.core.reader.clone();
         let at = message.revision;
-        let (served, held) = self
-            .reads
-            .run(
-                move || {
-                    reader
-                        .range_with(&read, &options, at)
-                        .map_err(ApiError::from)
-                },
-                |r| r.data.kvs.iter().map(kv_bytes).sum(),
-            )
-            .await?;
+        let size = |r: &Read<RangeResponse>| r.data.kvs.iter().map(kv_bytes).sum();
+        let (served, held) = if message.range_end.is_empty() {
+            let serve = || {
+                reader
+                    .range_with(&read, &options, at)
+                    .map_err(ApiError::from)
+            };
+            self.reads.run_point(serve, size).await?
+        } else {
+            let serve = move || {
+                reader
+                    .range_with(&read, &options, at)
+                    .map_err(ApiError::from)
+            };
+            self.reads.run(serve, size).await?
+        };
         let header = convert::header(self.core.header(served.revision));
         let mut response = Response::new(convert::range_response(header, served.data));
         read_limit::attach(&mut response, held);

@@ -1,5 +1,5 @@
-//! Bounds local reads: sled scans run on blocking threads, a few at a time,
-//! and the bytes of their results are counted until the response has been
+//! Bounds local reads: scans run on blocking threads, a few at a time
+//! (one-key reads inline), and the bytes of their results are counted until the response has been
 //! sent. Before, 500 concurrent 4 MiB reads ran on the async workers at once
 //! and took a follower to 2 GB RSS.
 

@@ -49,7 +49,15 @@ impl NodeCore {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.id,
-            raft_term: self.raft.metrics().borrow().current_term,
+            // The server metrics: their lock is written on vote and role
+            // changes only, not on every applied entry.
+            raft_term: self
+                .raft
+                .server_metrics()
+                .borrow()
+                .vote
+                .leader_id()
+                .get_term(),
             revision,
         }
     }
@@ -213,10 +221,13 @@ impl NodeCore {
         leader: &Node,
         call: impl std::future::Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T, tonic::Status> {
-        let mut metrics = self.raft.metrics();
+        // The server metrics change only with the vote, role, leader or
+        // membership; the full metrics change with every applied entry and
+        // would wake every forwarded request on each.
+        let mut server = self.raft.server_metrics();
         let moved = async {
             loop {
-                if metrics.changed().await.is_err() {
+                if server.changed().await.is_err() {
                     return std::future::pending::<()>().await;
                 }
                 let now = self.leader().map(|(_, node)| node);
@@ -252,7 +263,7 @@ impl NodeCore {
         let Some(from) = number(FROM_HEADER) else {
             return denied("forwarded call without a sender".into());
         };
-        let metrics = self.raft.metrics();
+        let metrics = self.raft.server_metrics();
         if metrics
             .borrow()
             .membership_config
@@ -266,7 +277,7 @@ impl NodeCore {
     }
 
     pub fn leader(&self) -> Option<(NodeId, Node)> {
-        let metrics = self.raft.metrics();
+        let metrics = self.raft.server_metrics();
         let m = metrics.borrow();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();

@@ -341,4 +341,32 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::Internal);
         assert_eq!(l.counters.reads_executing.load(Ordering::Relaxed), 0);
     }
+
+    /// One-key reads skip the execution slots but not the byte count: they
+    /// run while every slot is taken, and wait for bytes like scans do.
+    #[tokio::test]
+    async fn point_reads_share_the_byte_limit_but_not_the_slots() {
+        let l = limiter(1, 8 * UNIT);
+        let _slot = l.executions.clone().acquire_owned().await.unwrap();
+        let (_, held) = l
+            .run_point(
+                || Ok::<_, ApiError>(vec![0u8; 6 * 1024]),
+                |v| v.len() as u64,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            l.counters.read_bytes_in_flight.load(Ordering::Relaxed),
+            6 * 1024
+        );
+        let second = l
+            .run_point(
+                || Ok::<_, ApiError>(vec![0u8; 6 * 1024]),
+                |v| v.len() as u64,
+            )
+            .await;
+        assert_eq!(second.err().unwrap().code(), tonic::Code::ResourceExhausted);
+        drop(held);
+        assert_eq!(l.counters.read_bytes_in_flight.load(Ordering::Relaxed), 0);
+    }
 }

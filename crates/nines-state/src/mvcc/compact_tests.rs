@@ -251,7 +251,11 @@ fn record_bytes_follow_writes_compaction_and_reopen() {
     assert!(full > 10_000, "{full}");
     assert_eq!(full, engine_record_bytes(&s));
     s.apply(compact(11));
-    assert_eq!(s.mvcc.record_bytes(), full, "the sweep frees, not the apply");
+    assert_eq!(
+        s.mvcc.record_bytes(),
+        full,
+        "the sweep frees, not the apply"
+    );
     s.mvcc.sweep_all(11).unwrap();
     let freed = s.mvcc.record_bytes();
     assert_eq!(freed, engine_record_bytes(&s));

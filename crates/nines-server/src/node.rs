@@ -48,7 +48,10 @@ impl NinesNode {
     pub async fn start(config: ServerConfig) -> Result<NinesNode, ServerError> {
         let cluster_id = config.cluster_id();
         let data_dir = DataDir::open(&config.data_dir, cluster_id, config.id)?;
-        let log = LogStore::open(&crate::disk::log_dir(&config.data_dir), LogOptions::default())?;
+        let log = LogStore::open(
+            &crate::disk::log_dir(&config.data_dir),
+            LogOptions::default(),
+        )?;
         if config.leader_pipelining {
             log.enable_leader_pipelining(config.id)?;
         }

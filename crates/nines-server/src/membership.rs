@@ -150,8 +150,14 @@ pub fn check_add_learner(
     node: &Node,
 ) -> Result<AddLearner, MembershipError> {
     match membership.get_node(&id) {
-        Some(existing) if existing == node => Ok(AddLearner::AlreadyPresent),
-        Some(existing) if existing.raft_addr == node.raft_addr => Ok(AddLearner::SetClientAddr),
+        // No client address given: keep the one known.
+        Some(existing) if existing.raft_addr == node.raft_addr => {
+            if node.api_addr.is_empty() || existing.api_addr == node.api_addr {
+                Ok(AddLearner::AlreadyPresent)
+            } else {
+                Ok(AddLearner::SetClientAddr)
+            }
+        }
         // openraft would keep the old address and report success.
         Some(existing) => Err(MembershipError::OtherAddress {
             id,

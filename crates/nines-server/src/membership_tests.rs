@@ -88,6 +88,18 @@ fn add_learner_is_idempotent_only_for_the_same_address() {
         check_add_learner(&m, 4, &reporting),
         Ok(AddLearner::SetClientAddr)
     );
+    // An add without a client address keeps the known one.
+    let mut nodes: BTreeMap<NodeId, Node> = m.nodes().map(|(i, n)| (*i, n.clone())).collect();
+    nodes.insert(4, reporting.clone());
+    let known = Membership::new(vec![ids(&[1, 2, 3])], nodes);
+    assert_eq!(
+        check_add_learner(&known, 4, &node(4)),
+        Ok(AddLearner::AlreadyPresent)
+    );
+    assert_eq!(
+        check_add_learner(&known, 4, &reporting),
+        Ok(AddLearner::AlreadyPresent)
+    );
     // A new id on a member's peer address.
     assert_eq!(
         check_add_learner(&m, 5, &node(2)),

@@ -441,9 +441,7 @@ mod tests {
             prev_kv: false,
         };
         assert!(put.adds_data());
-        let batch = |c: Command| {
-            Command::Batch(vec![Request::new(c)])
-        };
+        let batch = |c: Command| Command::Batch(vec![Request::new(c)]);
         assert!(batch(put).adds_data());
         assert!(!batch(delete).adds_data());
     }

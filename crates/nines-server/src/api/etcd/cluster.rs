@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
 use nines_types::{Node, NodeId};
+use openraft::Membership;
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 
@@ -45,15 +46,18 @@ fn member(id: NodeId, node: &Node, voters: &BTreeSet<NodeId>) -> epb::Member {
     }
 }
 
+fn members_of(membership: &Membership<NodeId, Node>) -> Vec<epb::Member> {
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| member(*id, node, &voters))
+        .collect()
+}
+
 impl EtcdCluster {
     /// This member's header and its view of the members.
     fn members(&self) -> (epb::ResponseHeader, Vec<epb::Member>) {
-        let membership = self.core.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| member(*id, node, &voters))
-            .collect();
+        let members = members_of(&self.core.membership());
         let header = convert::header(self.core.header(self.core.reader.revision()));
         (header, members)
     }
@@ -90,19 +94,11 @@ impl EtcdCluster {
         }
         Ok(answer)
     }
-}
 
-impl EtcdCluster {
     /// Whether this member's view reached `want` within the request timeout.
     async fn wait_seen(&self, want: &[(NodeId, bool, Vec<String>)]) -> bool {
         let seen = |m: &openraft::RaftMetrics<NodeId, Node>| {
-            let membership = m.membership_config.membership();
-            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-            let members: Vec<epb::Member> = membership
-                .nodes()
-                .map(|(id, node)| member(*id, node, &voters))
-                .collect();
-            ids_of(&members) == want
+            ids_of(&members_of(m.membership_config.membership())) == want
         };
         let wait = self.core.raft.wait(Some(self.core.timeout()));
         wait.metrics(seen, "member change seen here").await.is_ok()

@@ -95,8 +95,15 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
         &self,
         request: tonic::Request<epb::HashKvRequest>,
     ) -> Result<Response<epb::HashKvResponse>, Status> {
-        let hashed = self.core.hash_kv(request.get_ref().revision).await?;
-        let header = convert::header(self.core.header(self.core.reader.revision()));
+        let asked = request.get_ref().revision;
+        let hashed = self.core.hash_kv(asked).await?;
+        // The current revision when hashed: the one hashed if 0 was asked.
+        let current = if asked <= 0 {
+            hashed.revision
+        } else {
+            self.core.reader.revision()
+        };
+        let header = convert::header(self.core.header(current));
         Ok(Response::new(epb::HashKvResponse {
             header: Some(header),
             hash: hashed.hash,

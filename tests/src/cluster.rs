@@ -163,10 +163,18 @@ impl Cluster {
 
     fn add_node_with(&mut self, bootstrap: Vec<String>) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let peer_addr = format!("127.0.0.1:{}", free_port());
+        self.add_node_as(id, peer_addr, bootstrap);
+        id
+    }
+
+    /// Starts a node with a given id and peer address (one an operator
+    /// already added by its peer URL, e.g. `etcdctl member add`).
+    pub fn add_node_as(&mut self, id: u64, peer_addr: String, bootstrap: Vec<String>) {
         self.nodes.push(NodeProc {
             id,
             client_addr: format!("127.0.0.1:{}", free_port()),
-            peer_addr: format!("127.0.0.1:{}", free_port()),
+            peer_addr,
             data_dir: self.dir.path().join(format!("node{id}")),
             child: None,
             bootstrap,
@@ -174,7 +182,6 @@ impl Cluster {
             nofile_limit: None,
         });
         self.spawn(id);
-        id
     }
 
     pub fn node(&self, id: u64) -> &NodeProc {

@@ -3,5 +3,6 @@
 //! restart. The integration tests themselves live in `tests/`.
 
 pub mod cluster;
+pub mod etcdctl;
 
 pub use cluster::{Cluster, ClusterOptions};

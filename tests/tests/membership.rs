@@ -45,9 +45,9 @@ async fn add_promote_remove_while_serving() {
         .iter()
         .any(|m| m.id == new_id && m.is_learner));
 
-    // Promoting an unknown node makes no sense.
+    // Promoting an unknown node makes no sense (etcd's "member not found").
     let err = client.member_promote(99).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
 
     let members = client.member_promote(new_id).await.expect("promote");
     assert!(members
@@ -58,7 +58,7 @@ async fn add_promote_remove_while_serving() {
     let members = client.member_remove(1).await.expect("remove node 1");
     assert!(!members.members.iter().any(|m| m.id == 1));
     let err = client.member_remove(1).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
 
     let before = written.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -75,6 +75,17 @@ impl NodeCore {
             .map_err(|_| ApiError::Timeout(self.timeout()))
     }
 
+    /// etcd's HashKV on this member's store (no read barrier, as in etcd:
+    /// members are compared at a revision), off the async workers since it
+    /// reads every retained record.
+    pub async fn hash_kv(&self, revision: i64) -> Result<nines_state::HashKv, ApiError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || reader.hash_kv(revision))
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing the store: {e}")))?
+            .map_err(ApiError::from)
+    }
+
     /// Proposes a write and waits for it to be applied, or says where the leader is.
     pub async fn write(
         &self,

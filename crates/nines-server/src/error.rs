@@ -73,6 +73,9 @@ pub enum ApiError {
          resume by themselves once compaction or deletes bring it under"
     )]
     NoSpace { used: u64, quota: u64 },
+    /// A membership change the rules refuse.
+    #[error("{0}")]
+    Membership(#[from] crate::membership::MembershipError),
     #[error("forwarding to the leader failed: {0}")]
     Forward(Status),
     #[error("internal error: {0}")]
@@ -99,6 +102,15 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(message)
             }
             ApiError::Precondition(_) => Status::failed_precondition(message),
+            ApiError::Membership(e) => {
+                use crate::membership::MembershipError as M;
+                match e {
+                    M::InvalidRequest(_) => Status::invalid_argument(message),
+                    // etcd's ErrGRPCMemberNotFound.
+                    M::NotMember(_) => Status::not_found(message),
+                    _ => Status::failed_precondition(message),
+                }
+            }
             ApiError::OutOfRange(_) => Status::out_of_range(message),
             ApiError::NoSpace { .. } => Status::resource_exhausted(message),
             ApiError::Timeout(_) => Status::deadline_exceeded(message),
@@ -169,6 +181,22 @@ mod tests {
             .message()
             .starts_with("mvcc: required revision has been compacted"));
         assert!(s.message().contains("compacted at 9"), "{}", s.message());
+        use crate::membership::MembershipError as M;
+        let s: Status = ApiError::from(M::NotMember(7)).into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().starts_with("etcdserver: member not found"));
+        let s: Status = ApiError::from(M::InvalidRequest("bad".into())).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let s: Status = ApiError::from(M::NotInSync {
+            id: 4,
+            matched: "nothing".into(),
+            leader: 9,
+        })
+        .into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().starts_with(
+            "etcdserver: can only promote a learner member which is in sync with leader"
+        ));
         let s: Status = ApiError::NoSpace {
             used: 11,
             quota: 10,

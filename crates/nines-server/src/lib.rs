@@ -14,6 +14,7 @@ pub mod fatal;
 mod incoming;
 mod join;
 pub mod log_repeats;
+pub mod members;
 pub mod membership;
 pub mod metrics;
 pub mod network;

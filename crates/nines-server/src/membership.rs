@@ -41,6 +41,9 @@ pub fn live_window(election_timeout_max_ms: u64) -> Duration {
 /// Addresses arrive from admin calls: bound them before they reach a URI.
 const MAX_ADDR_BYTES: usize = 255;
 
+/// Why a membership change is refused. Where etcd has the same refusal,
+/// the message starts with etcd's text (clients match on it), then says
+/// what nines saw.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MembershipError {
     #[error("{0}")]
@@ -51,29 +54,29 @@ pub enum MembershipError {
         addr: String,
         reason: String,
     },
-    #[error("node {0} is already a voter")]
-    AlreadyVoter(NodeId),
     #[error("node {id} is already a member at {addr}; remove it before adding it elsewhere")]
     OtherAddress { id: NodeId, addr: String },
-    #[error("node {0} is not a learner of this cluster")]
+    #[error("etcdserver: Peer URLs already exists: {addr} is member {id}'s")]
+    PeerAddrInUse { addr: String, id: NodeId },
+    #[error("etcdserver: can only promote a learner member: node {0} is a voter")]
     NotLearner(NodeId),
-    #[error("node {0} is not a member")]
+    #[error("etcdserver: member not found: node {0} is not a member")]
     NotMember(NodeId),
     #[error("cannot remove the last voter")]
     LastVoter,
-    #[error("learner {id} is not in sync with the leader (matched {matched}, leader {leader}; at most {MAX_LEARNER_LAG} entries behind)")]
+    #[error("etcdserver: can only promote a learner member which is in sync with leader: learner {id} is not in sync with the leader (matched {matched}, leader {leader}; at most {MAX_LEARNER_LAG} entries behind)")]
     NotInSync {
         id: NodeId,
         matched: String,
         leader: u64,
     },
-    #[error("learner {id} is not in sync with the leader: it has not answered for {since} (window {window:?})")]
+    #[error("etcdserver: can only promote a learner member which is in sync with leader: learner {id} has not answered for {since} (window {window:?})")]
     Silent {
         id: NodeId,
         since: String,
         window: Duration,
     },
-    #[error("the change would lose the quorum: voters {config:?} would have {live} live ({live_ids:?}), need {quorum}")]
+    #[error("etcdserver: re-configuration failed due to not enough started members: the change would lose the quorum: voters {config:?} would have {live} live ({live_ids:?}), need {quorum}")]
     QuorumAtRisk {
         config: Vec<NodeId>,
         live: usize,
@@ -85,9 +88,13 @@ pub enum MembershipError {
 /// What an add-learner call should do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AddLearner {
-    /// Already a learner at that address: answer success (a joining node
+    /// Already a member at that address: answer success (a joining node
     /// retries after a lost response).
     AlreadyPresent,
+    /// A member at that peer address with another client address: the
+    /// member itself reports the address it serves clients on (etcd's
+    /// MemberAdd knows only peer URLs; see `NodeCore::add_member`).
+    SetClientAddr,
     New,
 }
 
@@ -142,17 +149,98 @@ pub fn check_add_learner(
     id: NodeId,
     node: &Node,
 ) -> Result<AddLearner, MembershipError> {
-    if membership.voter_ids().any(|v| v == id) {
-        return Err(MembershipError::AlreadyVoter(id));
-    }
     match membership.get_node(&id) {
-        Some(existing) if existing == node => Ok(AddLearner::AlreadyPresent),
+        // No client address given: keep the one known.
+        Some(existing) if existing.raft_addr == node.raft_addr => {
+            if node.api_addr.is_empty() || existing.api_addr == node.api_addr {
+                Ok(AddLearner::AlreadyPresent)
+            } else {
+                Ok(AddLearner::SetClientAddr)
+            }
+        }
         // openraft would keep the old address and report success.
         Some(existing) => Err(MembershipError::OtherAddress {
             id,
             addr: existing.raft_addr.clone(),
         }),
-        None => Ok(AddLearner::New),
+        None => check_peer_addr_free(membership, &node.raft_addr, id).map(|()| AddLearner::New),
+    }
+}
+
+/// Two members on one peer address would each get the other's traffic
+/// (refused by the receiver's id check, so neither would work).
+pub fn check_peer_addr_free(
+    membership: &Membership<NodeId, Node>,
+    raft_addr: &str,
+    except: NodeId,
+) -> Result<(), MembershipError> {
+    match membership
+        .nodes()
+        .find(|(id, n)| **id != except && n.raft_addr == raft_addr)
+    {
+        Some((id, _)) => Err(MembershipError::PeerAddrInUse {
+            addr: raft_addr.to_string(),
+            id: *id,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The node after an etcd MemberUpdate: new peer address, same client one.
+pub fn updated_node(
+    membership: &Membership<NodeId, Node>,
+    id: NodeId,
+    raft_addr: &str,
+) -> Result<Node, MembershipError> {
+    let existing = membership
+        .get_node(&id)
+        .ok_or(MembershipError::NotMember(id))?;
+    validate_member(id, raft_addr, "")?;
+    check_peer_addr_free(membership, raft_addr, id)?;
+    Ok(Node::new(raft_addr, existing.api_addr.clone()))
+}
+
+/// etcd's peer URL, `http://HOST:PORT` (a trailing `/` allowed), as the
+/// `HOST:PORT` nines keeps. nines has one peer address per member and no
+/// TLS on the peer port yet, so exactly one `http` URL.
+pub fn peer_addr_of(urls: &[String]) -> Result<String, MembershipError> {
+    let invalid = |why: String| {
+        MembershipError::InvalidRequest(format!("etcdserver: given member URLs are invalid: {why}"))
+    };
+    let [url] = urls else {
+        return Err(invalid(format!(
+            "nines takes exactly one peer URL per member, got {}",
+            urls.len()
+        )));
+    };
+    let shown: String = url.chars().take(64).collect();
+    let addr = url
+        .strip_prefix("http://")
+        .ok_or_else(|| invalid(format!("{shown:?} is not http://HOST:PORT")))?;
+    let addr = addr.strip_suffix('/').unwrap_or(addr);
+    check_addr("peer", addr).map_err(|e| invalid(e.to_string()))?;
+    Ok(addr.to_string())
+}
+
+/// A fresh member id, as etcd assigns one: a hash of the peer address, the
+/// cluster and the time (`seed`), so a removed member's id is not handed
+/// out again; never 0 and never an id in `membership`.
+pub fn new_member_id(
+    membership: &Membership<NodeId, Node>,
+    raft_addr: &str,
+    cluster_id: u64,
+    seed: u128,
+) -> NodeId {
+    use std::hash::{Hash, Hasher};
+    let mut salt = 0u64;
+    loop {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (raft_addr, cluster_id, seed, salt).hash(&mut h);
+        let id = h.finish();
+        if id != 0 && membership.get_node(&id).is_none() {
+            return id;
+        }
+        salt += 1;
     }
 }
 
@@ -180,7 +268,10 @@ pub fn promote_goal(
     membership: &Membership<NodeId, Node>,
     id: NodeId,
 ) -> Result<BTreeSet<NodeId>, MembershipError> {
-    if membership.get_node(&id).is_none() || membership.voter_ids().any(|v| v == id) {
+    if membership.get_node(&id).is_none() {
+        return Err(MembershipError::NotMember(id));
+    }
+    if membership.voter_ids().any(|v| v == id) {
         return Err(MembershipError::NotLearner(id));
     }
     let mut goal = last_config(membership);
@@ -213,7 +304,7 @@ pub fn removal(
 }
 
 /// The set a next change starts from (the new half of a joint config).
-fn last_config(membership: &Membership<NodeId, Node>) -> BTreeSet<NodeId> {
+pub fn last_config(membership: &Membership<NodeId, Node>) -> BTreeSet<NodeId> {
     membership
         .get_joint_config()
         .last()
@@ -277,204 +368,5 @@ pub fn check_live_quorum(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use openraft::CommittedLeaderId;
-
-    use super::*;
-
-    fn node(id: NodeId) -> Node {
-        Node::new(format!("127.0.0.1:{}", 7000 + id), "")
-    }
-
-    /// Voter sets (one, or two for a joint config) plus learners.
-    fn membership(configs: &[&[NodeId]], learners: &[NodeId]) -> Membership<NodeId, Node> {
-        let configs: Vec<BTreeSet<NodeId>> = configs
-            .iter()
-            .map(|c| c.iter().copied().collect())
-            .collect();
-        let ids = configs.iter().flatten().chain(learners).copied();
-        let nodes: BTreeMap<NodeId, Node> = ids.map(|id| (id, node(id))).collect();
-        Membership::new(configs, nodes)
-    }
-
-    fn ids(v: &[NodeId]) -> BTreeSet<NodeId> {
-        v.iter().copied().collect()
-    }
-
-    fn log_id(index: u64) -> LogId<NodeId> {
-        LogId::new(CommittedLeaderId::new(1, 1), index)
-    }
-
-    const WINDOW: Duration = Duration::from_millis(1_500);
-
-    #[test]
-    fn live_window_is_five_elections_at_least_a_second() {
-        assert_eq!(live_window(300), Duration::from_millis(1_500));
-        assert_eq!(live_window(50), Duration::from_secs(1));
-        assert_eq!(live_window(u64::MAX), Duration::from_millis(u64::MAX));
-    }
-
-    #[test]
-    fn member_addresses_are_host_and_port() {
-        assert!(validate_member(4, "127.0.0.1:1", "").is_ok());
-        assert!(validate_member(4, "node-4.example:2380", "[::1]:2379").is_ok());
-        for (id, raft, api) in [
-            (0, "127.0.0.1:1", ""),
-            (4, "", ""),
-            (4, "127.0.0.1", ""),
-            (4, "127.0.0.1:0", ""),
-            (4, "127.0.0.1:99999", ""),
-            (4, ":80", ""),
-            (4, "http://a:1", ""),
-            (4, "a:1/path", ""),
-            (4, "user@a:1", ""),
-            (4, "a :1", ""),
-            (4, "a:1", "b"),
-        ] {
-            let err = validate_member(id, raft, api).unwrap_err();
-            assert!(
-                matches!(err, MembershipError::InvalidRequest(_)),
-                "{raft:?}"
-            );
-        }
-        let long = format!("{}:1", "a".repeat(300));
-        assert!(validate_member(4, &long, "").is_err());
-    }
-
-    #[test]
-    fn add_learner_is_idempotent_only_for_the_same_address() {
-        let m = membership(&[&[1, 2, 3]], &[4]);
-        assert_eq!(check_add_learner(&m, 5, &node(5)), Ok(AddLearner::New));
-        assert_eq!(
-            check_add_learner(&m, 4, &node(4)),
-            Ok(AddLearner::AlreadyPresent)
-        );
-        let moved = Node::new("127.0.0.1:1", "");
-        assert!(matches!(
-            check_add_learner(&m, 4, &moved),
-            Err(MembershipError::OtherAddress { id: 4, .. })
-        ));
-        assert_eq!(
-            check_add_learner(&m, 2, &node(2)),
-            Err(MembershipError::AlreadyVoter(2))
-        );
-    }
-
-    #[test]
-    fn probe_reply_must_name_the_expected_node_and_cluster() {
-        assert!(check_probe_reply(4, "a:1", 9, 4, 9).is_ok());
-        let err = check_probe_reply(4, "a:1", 9, 5, 9).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "node 4 at a:1 did not answer a probe: it says it is node 5 of cluster 9"
-        );
-        assert!(check_probe_reply(4, "a:1", 9, 4, 8).is_err());
-    }
-
-    #[test]
-    fn in_sync_needs_a_close_match_and_a_recent_answer() {
-        let recent = Some(Duration::from_millis(100));
-        assert!(check_in_sync(4, Some(log_id(9_000)), Some(10_000), recent, WINDOW).is_ok());
-        assert!(check_in_sync(4, Some(log_id(10_000)), Some(10_000), recent, WINDOW).is_ok());
-        // Matched ahead of a stale leader view: still fine.
-        assert!(check_in_sync(4, Some(log_id(12)), Some(10), recent, WINDOW).is_ok());
-        let err = check_in_sync(4, Some(log_id(8_999)), Some(10_000), recent, WINDOW).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "learner 4 is not in sync with the leader (matched 8999, leader 10000; \
-             at most 1000 entries behind)"
-        );
-        assert!(matches!(
-            check_in_sync(4, None, Some(5), recent, WINDOW),
-            Err(MembershipError::NotInSync { .. })
-        ));
-        // An unreachable learner has matched nothing, even on an empty log.
-        assert!(check_in_sync(4, None, None, recent, WINDOW).is_err());
-        let silent = Some(Duration::from_secs(2));
-        assert!(matches!(
-            check_in_sync(4, Some(log_id(10)), Some(10), silent, WINDOW),
-            Err(MembershipError::Silent { .. })
-        ));
-        assert!(check_in_sync(4, Some(log_id(10)), Some(10), None, WINDOW).is_err());
-    }
-
-    #[test]
-    fn promotions_of_dead_learners_stop_before_the_quorum_is_lost() {
-        // The measured wedge: voters {1,2,3} alive, learners 4,5,6 dead.
-        let live = ids(&[1, 2, 3]);
-        let m = membership(&[&[1, 2, 3]], &[4, 5, 6]);
-        let goal = promote_goal(&m, 4).unwrap();
-        assert_eq!(goal, ids(&[1, 2, 3, 4]));
-        // 3 of 4 is still a quorum (the in-sync rule refuses this one)...
-        assert!(check_live_quorum(&m, &goal, &live).is_ok());
-        let m = membership(&[&[1, 2, 3, 4]], &[5, 6]);
-        let goal = promote_goal(&m, 5).unwrap();
-        assert!(check_live_quorum(&m, &goal, &live).is_ok());
-        // ...but {1..6} with 3 alive would need 4, and is refused.
-        let m = membership(&[&[1, 2, 3, 4, 5]], &[6]);
-        let goal = promote_goal(&m, 6).unwrap();
-        let err = check_live_quorum(&m, &goal, &live).unwrap_err();
-        assert_eq!(
-            err,
-            MembershipError::QuorumAtRisk {
-                config: vec![1, 2, 3, 4, 5, 6],
-                live: 3,
-                live_ids: vec![1, 2, 3],
-                quorum: 4,
-            }
-        );
-        // A live learner counts toward the new set.
-        let live = ids(&[1, 2, 3, 6]);
-        assert!(check_live_quorum(&m, &goal, &live).is_ok());
-    }
-
-    #[test]
-    fn promote_needs_a_learner() {
-        let m = membership(&[&[1, 2, 3]], &[4]);
-        assert_eq!(promote_goal(&m, 2), Err(MembershipError::NotLearner(2)));
-        assert_eq!(promote_goal(&m, 9), Err(MembershipError::NotLearner(9)));
-    }
-
-    #[test]
-    fn removing_a_live_voter_while_another_is_down_is_refused() {
-        let m = membership(&[&[1, 2, 3]], &[]);
-        let live = ids(&[1, 2]);
-        let Removal::Voter(goal) = removal(&m, 2).unwrap() else {
-            panic!("2 is a voter")
-        };
-        assert_eq!(goal, ids(&[1, 3]));
-        assert!(check_live_quorum(&m, &goal, &live).is_err());
-        let Removal::Voter(goal) = removal(&m, 3).unwrap() else {
-            panic!("3 is a voter")
-        };
-        assert!(check_live_quorum(&m, &goal, &live).is_ok());
-        // The old set must keep a quorum too: with 2 of 3 dead nothing commits.
-        let live = ids(&[1]);
-        assert!(check_live_quorum(&m, &goal, &live).is_err());
-    }
-
-    #[test]
-    fn removal_of_learners_voters_and_strangers() {
-        let m = membership(&[&[1]], &[4]);
-        assert_eq!(removal(&m, 1), Err(MembershipError::LastVoter));
-        assert_eq!(removal(&m, 4), Ok(Removal::Learner));
-        assert_eq!(removal(&m, 9), Err(MembershipError::NotMember(9)));
-    }
-
-    #[test]
-    fn a_committed_joint_config_moves_on_from_its_last_set() {
-        // Left joint by a leader that died between the two steps.
-        let m = membership(&[&[1, 2, 3], &[1, 2, 3, 4]], &[]);
-        assert_eq!(removal(&m, 4), Ok(Removal::Voter(ids(&[1, 2, 3]))));
-        // A voter of only the old half: finishing the change drops it.
-        let m = membership(&[&[1, 2, 3], &[1, 2]], &[]);
-        assert_eq!(removal(&m, 3), Ok(Removal::Voter(ids(&[1, 2]))));
-        // The quorum check uses the new half as the old set.
-        let m = membership(&[&[1, 2, 3], &[1, 2, 3, 4, 5]], &[6]);
-        let goal = promote_goal(&m, 6).unwrap();
-        let live = ids(&[1, 2, 3]);
-        assert!(check_live_quorum(&m, &goal, &live).is_err());
-    }
-}
+#[path = "membership_tests.rs"]
+mod tests;

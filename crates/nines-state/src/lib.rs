@@ -24,7 +24,7 @@ mod state_machine;
 mod store;
 
 pub use error::StateError;
-pub use mvcc::Read;
+pub use mvcc::{HashKv, Read};
 pub use reader::StateReader;
 pub use snapshot_builder::SnapshotBuilder;
 pub use state_machine::{SnapshotStats, StateMachine};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use nines_types::{KeyValue, LogId, RangeOptions, RangeRequest, RangeResponse};
 
 use crate::error::StateError;
-use crate::mvcc::{Mvcc, Read};
+use crate::mvcc::{HashKv, Mvcc, Read};
 use crate::sled_engine::SledEngine;
 use crate::store::{RawRecord, Shared};
 
@@ -50,6 +50,13 @@ impl StateReader {
     /// One key at the current revision.
     pub fn get(&self, key: &[u8]) -> Result<Read<Option<KeyValue>>, StateError> {
         self.on_current(|store| store.get(key))
+    }
+
+    /// etcd's HashKV: a checksum of the history at `revision` (0 or less:
+    /// the current one), equal on every member at the same revision.
+    /// Compacted and future revisions fail as a range does.
+    pub fn hash_kv(&self, revision: i64) -> Result<HashKv, StateError> {
+        self.on_current(|store| store.hash_kv(revision))
     }
 
     /// The current store revision.

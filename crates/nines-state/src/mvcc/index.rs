@@ -73,6 +73,20 @@ impl KeyHistory {
         self.generations.last().map(Generation::newest)
     }
 
+    /// The writes a compaction at `compacted` keeps, at or below `at`, oldest
+    /// first (puts and tombstones). Computed on a copy, so it is the same
+    /// whether or not the index already dropped that history: a hash taken
+    /// while a compaction is dropping it sees one answer.
+    pub fn kept_revs(&self, compacted: i64, at: i64) -> Vec<Rev> {
+        let mut kept = self.clone();
+        kept.compact(compacted);
+        kept.generations
+            .iter()
+            .flat_map(|g| g.puts.iter().copied().chain(g.end))
+            .filter(|rev| rev.main <= at)
+            .collect()
+    }
+
     fn put(&mut self, rev: Rev) -> Result<(), IndexError> {
         if self.newest().is_some_and(|newest| rev <= newest) {
             return Err(IndexError::OutOfOrder);

@@ -14,6 +14,7 @@
 mod compact;
 #[cfg(test)]
 mod compact_tests;
+mod hash;
 mod index;
 #[cfg(test)]
 pub(crate) mod model;
@@ -31,6 +32,7 @@ use std::sync::{RwLock, RwLockWriteGuard};
 
 use nines_types::{KeyValue, RangeOptions, RangeRequest, RangeResponse};
 
+pub use hash::HashKv;
 pub(crate) use index::{KeyAt, KeyIndex, Rev};
 pub(crate) use read::{key_value, value_of};
 pub(crate) use record::{

@@ -1,16 +1,20 @@
-//! etcd's `Cluster` service: `MemberList` (etcdctl member list, and client
-//! endpoint discovery). Membership changes stay on `nines.v1.Cluster`
-//! until the etcd API issue moves them here; they answer UNIMPLEMENTED.
+//! etcd's `Cluster` service: member list, add, remove, update and promote,
+//! on `NodeCore`'s membership operations (shared with `nines.v1.Cluster`).
+//! Changes run on the leader; a follower forwards them there.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
 use nines_types::{Node, NodeId};
+use openraft::Membership;
+use tonic::transport::Channel;
 use tonic::{Response, Status};
 
+use epb::cluster_client::ClusterClient;
+
 use super::convert;
-use crate::core::NodeCore;
+use crate::core::{is_forwarded, NodeCore, Routed};
 
 pub struct EtcdCluster {
     pub core: Arc<NodeCore>,
@@ -24,14 +28,91 @@ fn url(addr: &str) -> Vec<String> {
     }
 }
 
+/// A member as etcd shows it. One added by peer URL that has not started
+/// yet has no client address, and, as in etcd, no name: etcdctl lists it
+/// as "unstarted".
 fn member(id: NodeId, node: &Node, voters: &BTreeSet<NodeId>) -> epb::Member {
+    let name = if node.api_addr.is_empty() {
+        String::new()
+    } else {
+        format!("nines-{id}")
+    };
     epb::Member {
         id,
-        name: format!("nines-{id}"),
+        name,
         peer_ur_ls: url(&node.raft_addr),
         client_ur_ls: url(&node.api_addr),
         is_learner: !voters.contains(&id),
     }
+}
+
+fn members_of(membership: &Membership<NodeId, Node>) -> Vec<epb::Member> {
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| member(*id, node, &voters))
+        .collect()
+}
+
+impl EtcdCluster {
+    /// This member's header and its view of the members.
+    fn members(&self) -> (epb::ResponseHeader, Vec<epb::Member>) {
+        let members = members_of(&self.core.membership());
+        let header = convert::header(self.core.header(self.core.reader.revision()));
+        (header, members)
+    }
+
+    /// Sends `message` to the leader through `call`, then waits (briefly)
+    /// until this member sees the change too, and answers with its own
+    /// header and list: etcdctl's `member add` checks that the member list
+    /// it asks for next comes from the member that made the change.
+    async fn at_leader<Req, Resp>(
+        &self,
+        leader: Node,
+        message: Req,
+        call: impl AsyncFnOnce(
+            ClusterClient<Channel>,
+            tonic::Request<Req>,
+        ) -> Result<Response<Resp>, Status>,
+        parts: impl Fn(&mut Resp) -> (&mut Option<epb::ResponseHeader>, &mut Vec<epb::Member>),
+    ) -> Result<Response<Resp>, Status> {
+        let client = ClusterClient::new(self.core.channel_to(&leader)?);
+        let answer = self
+            .core
+            .forward_to(&leader, call(client, self.core.forward_request(message)))
+            .await;
+        let mut answer = answer.map_err(|s| {
+            self.core.note_forward_failure(&leader, &s);
+            crate::api::kv::forward_status(s)
+        })?;
+        let (header, members) = parts(answer.get_mut());
+        if self.wait_seen(&ids_of(members)).await {
+            (*header, *members) = {
+                let (h, m) = self.members();
+                (Some(h), m)
+            };
+        }
+        Ok(answer)
+    }
+
+    /// Whether this member's view reached `want` within the request timeout.
+    async fn wait_seen(&self, want: &[(NodeId, bool, Vec<String>)]) -> bool {
+        let seen = |m: &openraft::RaftMetrics<NodeId, Node>| {
+            ids_of(&members_of(m.membership_config.membership())) == want
+        };
+        let wait = self.core.raft.wait(Some(self.core.timeout()));
+        wait.metrics(seen, "member change seen here").await.is_ok()
+    }
+}
+
+/// Member ids with their peer URLs and learner flags: what a change alters.
+fn ids_of(members: &[epb::Member]) -> Vec<(NodeId, bool, Vec<String>)> {
+    let mut ids: Vec<_> = members
+        .iter()
+        .map(|m| (m.id, m.is_learner, m.peer_ur_ls.clone()))
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[tonic::async_trait]
@@ -40,17 +121,99 @@ impl epb::cluster_server::Cluster for EtcdCluster {
         &self,
         _request: tonic::Request<epb::MemberListRequest>,
     ) -> Result<Response<epb::MemberListResponse>, Status> {
-        let m = self.core.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| member(*id, node, &voters))
-            .collect();
-        let header = convert::header(self.core.header(self.core.reader.revision()));
+        let (header, members) = self.members();
         Ok(Response::new(epb::MemberListResponse {
             header: Some(header),
             members,
         }))
+    }
+
+    async fn member_add(
+        &self,
+        request: tonic::Request<epb::MemberAddRequest>,
+    ) -> Result<Response<epb::MemberAddResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let m = request.into_inner();
+        let routed = self.core.add_member(&m.peer_ur_ls, m.is_learner, forwarded);
+        match routed.await? {
+            Routed::Local(id) => {
+                let (header, members) = self.members();
+                let member = members.iter().find(|m| m.id == id).cloned();
+                Ok(Response::new(epb::MemberAddResponse {
+                    header: Some(header),
+                    member,
+                    members,
+                }))
+            }
+            Routed::Forward(leader) => {
+                let call = async |mut c: ClusterClient<Channel>, r| c.member_add(r).await;
+                self.at_leader(leader, m, call, |r| (&mut r.header, &mut r.members))
+                    .await
+            }
+        }
+    }
+
+    async fn member_remove(
+        &self,
+        request: tonic::Request<epb::MemberRemoveRequest>,
+    ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let m = request.into_inner();
+        match self.core.remove_member(m.id, forwarded).await? {
+            Routed::Local(()) => {
+                let (header, members) = self.members();
+                let header = Some(header);
+                Ok(Response::new(epb::MemberRemoveResponse { header, members }))
+            }
+            Routed::Forward(leader) => {
+                let call = async |mut c: ClusterClient<Channel>, r| c.member_remove(r).await;
+                self.at_leader(leader, m, call, |r| (&mut r.header, &mut r.members))
+                    .await
+            }
+        }
+    }
+
+    async fn member_update(
+        &self,
+        request: tonic::Request<epb::MemberUpdateRequest>,
+    ) -> Result<Response<epb::MemberUpdateResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let m = request.into_inner();
+        let routed = self.core.update_peer_addr(m.id, &m.peer_ur_ls, forwarded);
+        match routed.await? {
+            Routed::Local(()) => {
+                let (header, members) = self.members();
+                let header = Some(header);
+                Ok(Response::new(epb::MemberUpdateResponse { header, members }))
+            }
+            Routed::Forward(leader) => {
+                let call = async |mut c: ClusterClient<Channel>, r| c.member_update(r).await;
+                self.at_leader(leader, m, call, |r| (&mut r.header, &mut r.members))
+                    .await
+            }
+        }
+    }
+
+    async fn member_promote(
+        &self,
+        request: tonic::Request<epb::MemberPromoteRequest>,
+    ) -> Result<Response<epb::MemberPromoteResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let m = request.into_inner();
+        match self.core.promote(m.id, forwarded).await? {
+            Routed::Local(()) => {
+                let (header, members) = self.members();
+                let header = Some(header);
+                Ok(Response::new(epb::MemberPromoteResponse {
+                    header,
+                    members,
+                }))
+            }
+            Routed::Forward(leader) => {
+                let call = async |mut c: ClusterClient<Channel>, r| c.member_promote(r).await;
+                self.at_leader(leader, m, call, |r| (&mut r.header, &mut r.members))
+                    .await
+            }
+        }
     }
 }

@@ -1,15 +1,19 @@
 //! etcd's `Maintenance` service: `Status` (what `etcdctl endpoint status`
-//! shows) and `Alarm` (nines raises none: over the quota, writes that add
+//! shows), `Alarm` (nines raises none: over the quota, writes that add
 //! data answer RESOURCE_EXHAUSTED until compaction frees space, with no
-//! alarm to disarm; see `NodeCore::check_quota`). The rest answers UNIMPLEMENTED.
+//! alarm to disarm; see `NodeCore::check_quota`), `HashKV`, `MoveLeader`
+//! and `Defragment`. The rest (Hash, Snapshot, Downgrade) answers
+//! UNIMPLEMENTED.
 
 use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
 use tonic::{Response, Status};
 
+use epb::maintenance_client::MaintenanceClient;
+
 use super::convert;
-use crate::core::NodeCore;
+use crate::core::{is_forwarded, NodeCore, Routed};
 use crate::disk;
 use crate::error::ApiError;
 
@@ -56,22 +60,81 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
         }))
     }
 
+    /// nines raises no alarms, so there is none to list, and activating or
+    /// disarming one changes nothing: answered OK, as etcd answers a
+    /// disarm of an alarm that is not raised.
     async fn alarm(
         &self,
         request: tonic::Request<epb::AlarmRequest>,
     ) -> Result<Response<epb::AlarmResponse>, Status> {
         use epb::alarm_request::AlarmAction;
-        let action = AlarmAction::try_from(request.get_ref().action)
+        AlarmAction::try_from(request.get_ref().action)
             .map_err(|_| ApiError::InvalidRequest("unknown alarm action".into()))?;
-        if action != AlarmAction::Get {
-            return Err(Status::unimplemented(
-                "nines raises no alarms: there is none to activate or disarm",
-            ));
-        }
         let header = convert::header(self.core.header(self.core.reader.revision()));
         Ok(Response::new(epb::AlarmResponse {
             header: Some(header),
             alarms: Vec::new(),
         }))
+    }
+
+    /// etcd's defragment rewrites its bolt file to return freed pages to
+    /// the filesystem. nines needs none: sled reuses and frees space itself
+    /// and the compaction sweep deletes dropped records. Answered OK so
+    /// tools that defragment after compacting keep working.
+    async fn defragment(
+        &self,
+        _request: tonic::Request<epb::DefragmentRequest>,
+    ) -> Result<Response<epb::DefragmentResponse>, Status> {
+        let header = convert::header(self.core.header(self.core.reader.revision()));
+        Ok(Response::new(epb::DefragmentResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: tonic::Request<epb::HashKvRequest>,
+    ) -> Result<Response<epb::HashKvResponse>, Status> {
+        let asked = request.get_ref().revision;
+        let hashed = self.core.hash_kv(asked).await?;
+        // The current revision when hashed: the one hashed if 0 was asked.
+        let current = if asked <= 0 {
+            hashed.revision
+        } else {
+            self.core.reader.revision()
+        };
+        let header = convert::header(self.core.header(current));
+        Ok(Response::new(epb::HashKvResponse {
+            header: Some(header),
+            hash: hashed.hash,
+            compact_revision: hashed.compact_revision,
+            hash_revision: hashed.revision,
+        }))
+    }
+
+    /// etcd requires the call to reach the leader; nines runs it on the
+    /// target (which campaigns), so any member forwards it there.
+    async fn move_leader(
+        &self,
+        request: tonic::Request<epb::MoveLeaderRequest>,
+    ) -> Result<Response<epb::MoveLeaderResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let m = request.into_inner();
+        match self.core.transfer_leader(m.target_id, forwarded).await? {
+            Routed::Local(()) => {
+                let header = convert::header(self.core.header(self.core.reader.revision()));
+                Ok(Response::new(epb::MoveLeaderResponse {
+                    header: Some(header),
+                }))
+            }
+            Routed::Forward(target) => {
+                let mut client = MaintenanceClient::new(self.core.channel_to(&target)?);
+                let answer = client.move_leader(self.core.forward_request(m)).await;
+                answer.map_err(|s| {
+                    self.core.note_forward_failure(&target, &s);
+                    crate::api::kv::forward_status(s)
+                })
+            }
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! etcd's v3 gRPC API (`etcdserverpb`) on the client port, so etcdctl and
 //! etcd's client libraries work against nines. Services and methods that
-//! land with later issues (Watch, Lease, membership changes, Auth beyond
-//! its status) answer UNIMPLEMENTED through the generated default stubs.
+//! land with later issues (Watch, Lease, Auth beyond its status, and
+//! Maintenance's Hash, Snapshot and Downgrade) answer UNIMPLEMENTED through
+//! the generated default stubs.
 
 mod auth;
 mod cluster;

@@ -112,6 +112,15 @@ impl NodeCore {
         }
     }
 
+    /// Bytes on disk of the state dir (sled and snapshots): etcd's db size.
+    /// Walked off the async workers; a snapshot swap mid-walk is not fatal.
+    pub async fn db_size(&self) -> Result<u64, ApiError> {
+        let dir = crate::disk::state_dir(&self.config.data_dir);
+        tokio::task::spawn_blocking(move || crate::disk::usage(&dir))
+            .await
+            .map_err(|e| ApiError::Internal(format!("sizing the data dir: {e}")))
+    }
+
     /// Refuses a write that adds data while the store holds more than the
     /// quota. Checked where the write enters (each member's store holds the
     /// same data), so a full store costs no proposal; it may overshoot by

@@ -88,10 +88,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .leader()
             .map(|(_, n)| n.api_addr)
             .unwrap_or_default();
-        let dir = crate::disk::state_dir(&self.core.config.data_dir);
-        let db_size = tokio::task::spawn_blocking(move || crate::disk::usage(&dir))
-            .await
-            .map_err(|e| ApiError::Internal(format!("sizing the data dir: {e}")))?;
+        let db_size = self.core.db_size().await?;
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.core.header(self.core.reader.revision())),
             leader_id: m.current_leader.unwrap_or(0),

@@ -14,7 +14,6 @@ use epb::maintenance_client::MaintenanceClient;
 
 use super::convert;
 use crate::core::{is_forwarded, NodeCore, Routed};
-use crate::disk;
 use crate::error::ApiError;
 
 /// The etcd API version nines speaks: clients gate features on it.
@@ -33,10 +32,7 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
         let m = self.core.raft.metrics().borrow().clone();
         // etcd's db size is its backend file, WAL excluded: here the
         // state dir. In use: the data the store holds (what the quota limits).
-        let dir = disk::state_dir(&self.core.config.data_dir);
-        let db_size = tokio::task::spawn_blocking(move || disk::usage(&dir))
-            .await
-            .map_err(|e| ApiError::Internal(format!("sizing the data dir: {e}")))?;
+        let db_size = self.core.db_size().await?;
         let is_learner = !m
             .membership_config
             .membership()

@@ -59,7 +59,8 @@ pub struct ServerArgs {
     pub election_min_ms: u64,
     #[arg(long, env = "NINES_ELECTION_MAX_MS", default_value_t = 300)]
     pub election_max_ms: u64,
-    /// Build a snapshot after this many applied entries since the last one.
+    /// Build a snapshot after this many applied entries since the last one,
+    /// and once the bytes written since reach half the data held.
     #[arg(long, env = "NINES_SNAPSHOT_ENTRIES", default_value_t = 20_000)]
     pub snapshot_entries: u64,
     /// Log entries kept behind a snapshot so slow followers catch up from the log.
@@ -99,6 +100,7 @@ pub struct ServerArgs {
     pub max_peer_connections: usize,
     /// Worker threads of the runtime that runs Raft and the peer server,
     /// apart from the client API's, so client load cannot delay heartbeats.
+    /// 0 shares the client runtime (no such isolation).
     #[arg(long, env = "NINES_RAFT_THREADS", default_value_t = 2)]
     pub raft_threads: usize,
     /// Local range/get executions at once (on blocking threads); more wait.
@@ -170,6 +172,8 @@ pub struct ServerConfig {
     pub max_read_bytes_in_flight: u64,
     pub auto_compaction: AutoCompaction,
     pub quota_backend_bytes: u64,
+    /// Entries between snapshots, at least (see `snapshot_policy.rs`).
+    pub snapshot_entries: u64,
 }
 
 /// etcd's default storage quota.
@@ -241,7 +245,8 @@ pub fn raft_config(args: &ServerArgs) -> Result<openraft::Config, ServerError> {
         install_snapshot_timeout: 10_000,
         snapshot_max_chunk_size: 1024 * 1024,
         max_payload_entries: 256,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_entries.max(1)),
+        // Decided by `snapshot_policy.rs`, which also weighs bytes.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: args.snapshot_keep_entries,
         // Above the snapshot interval, so a lagging learner is not reported caught up early.
         replication_lag_threshold: args.snapshot_entries.max(1) * 2,
@@ -376,7 +381,8 @@ impl TryFrom<ServerArgs> for ServerConfig {
             )
             .max(1),
             max_peer_connections: args.max_peer_connections.max(1),
-            raft_threads: args.raft_threads.clamp(1, 64),
+            raft_threads: args.raft_threads.min(64),
+            snapshot_entries: args.snapshot_entries.max(1),
             max_concurrent_reads: args.max_concurrent_reads.clamp(1, 1024),
             max_read_bytes_in_flight: args.max_read_mb_in_flight.clamp(1, 1 << 20) * 1024 * 1024,
         })

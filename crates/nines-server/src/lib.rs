@@ -24,6 +24,7 @@ mod proposer;
 mod read_barrier;
 pub mod read_limit;
 mod runtime;
+mod snapshot_policy;
 
 pub use config::{ServerArgs, ServerConfig};
 pub use error::ServerError;

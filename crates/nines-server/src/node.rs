@@ -180,6 +180,12 @@ impl NinesNode {
                 stopped.clone(),
             )),
         ];
+        servers.push(raft_runtime.handle().spawn(crate::snapshot_policy::run(
+            raft.clone(),
+            core.reader.clone(),
+            config.snapshot_entries,
+            stopped.clone(),
+        )));
         servers.push(tokio::spawn(crate::auto_compact::run(
             core.clone(),
             config.auto_compaction,

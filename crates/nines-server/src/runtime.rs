@@ -16,8 +16,16 @@ pub struct RaftRuntime {
 
 impl RaftRuntime {
     pub fn new(workers: usize) -> std::io::Result<RaftRuntime> {
+        if workers == 0 {
+            // Shared with the caller's runtime: fewer thread handoffs per
+            // request, no isolation from client load.
+            return Ok(RaftRuntime {
+                runtime: None,
+                handle: Handle::current(),
+            });
+        }
         let runtime = Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
+            .worker_threads(workers)
             .thread_name("raft")
             .enable_all()
             .build()?;

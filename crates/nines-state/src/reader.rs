@@ -5,6 +5,7 @@
 //! half-installed snapshot (installs build a new store and swap it in).
 //! Serve them on the leader after a read barrier for linearizability.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nines_types::{KeyValue, LogId, RangeOptions, RangeRequest, RangeResponse};
@@ -84,6 +85,12 @@ impl StateReader {
     /// deletes followed by compaction lower it.
     pub fn data_bytes(&self) -> u64 {
         self.shared.current().record_bytes()
+    }
+
+    /// Bytes the applies wrote to the store since open, history and
+    /// bookkeeping included: how much has changed since a snapshot.
+    pub fn written_bytes(&self) -> u64 {
+        self.shared.stats.written_bytes.load(Ordering::Relaxed)
     }
 
     /// Records the compaction sweep deleted since open.

@@ -219,7 +219,16 @@ fn open_snapshots(
 /// needs (see `capture.rs`).
 fn commit(shared: &Shared, engine: &SledEngine, writes: &[Write]) -> Result<(), StateError> {
     let _capturing = capture::before_write(shared, engine, writes)?;
-    engine.write_batch(writes)
+    engine.write_batch(writes)?;
+    let bytes: usize = writes
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    shared
+        .stats
+        .written_bytes
+        .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

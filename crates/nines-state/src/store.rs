@@ -192,6 +192,9 @@ pub(crate) struct Stats {
     pub builds: AtomicU64,
     pub undo_captured: AtomicU64,
     pub last_capture_nanos: AtomicU64,
+    /// Bytes of every batch committed since open (keys and values): what
+    /// the server's snapshot policy weighs against the data held.
+    pub written_bytes: AtomicU64,
     /// Test hook: sleep this long per scanned record to widen the window in
     /// which applies race a build.
     pub scan_delay_nanos: AtomicU64,

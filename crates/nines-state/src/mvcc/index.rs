@@ -46,12 +46,41 @@ impl Generation {
 }
 
 /// Every write of one key, oldest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct KeyHistory {
     generations: Vec<Generation>,
+    /// The key exists at every revision from this one on (the first put of
+    /// its open generation), or i64::MAX if it is deleted now. Kept inline
+    /// so that counting a range (`alive_at`) reads only the index's B-tree
+    /// nodes: a range with a limit counts every key past the limit too.
+    alive_since: i64,
+}
+
+impl Default for KeyHistory {
+    fn default() -> Self {
+        KeyHistory {
+            generations: Vec::new(),
+            alive_since: i64::MAX,
+        }
+    }
 }
 
 impl KeyHistory {
+    /// Whether the key exists at main revision `at`: `at(at).is_some()`,
+    /// without leaving the index node for keys alive since before `at`.
+    pub fn alive_at(&self, at: i64) -> bool {
+        // i64::MAX marks a deleted key, and apply reads at i64::MAX.
+        (self.alive_since != i64::MAX && self.alive_since <= at) || self.at(at).is_some()
+    }
+
+    /// Recomputes `alive_since` after a change to `generations`.
+    fn refresh(&mut self) {
+        self.alive_since = match self.generations.last() {
+            Some(open) if open.end.is_none() => open.puts[0].main,
+            _ => i64::MAX,
+        };
+    }
+
     /// The key as a read at main revision `at` sees it; None if it did not
     /// exist then.
     pub fn at(&self, at: i64) -> Option<KeyAt> {
@@ -100,6 +129,7 @@ impl KeyHistory {
                 first_version: 1,
             }),
         }
+        self.refresh();
         Ok(())
     }
 
@@ -120,6 +150,7 @@ impl KeyHistory {
                 first.first_version = first.first_version.saturating_add(seen as i64 - 1);
             }
         }
+        self.refresh();
     }
 
     /// Whether `rev` is one of the writes this history still holds.
@@ -136,6 +167,7 @@ impl KeyHistory {
                     return Err(IndexError::OutOfOrder);
                 }
                 open.end = Some(rev);
+                self.refresh();
                 Ok(())
             }
             _ => Err(IndexError::NotLive),
@@ -152,10 +184,11 @@ impl KeyHistory {
                 last.puts.pop();
             }
             if !last.puts.is_empty() {
-                return;
+                break;
             }
             self.generations.pop();
         }
+        self.refresh();
     }
 
     fn is_empty(&self) -> bool {
@@ -216,14 +249,16 @@ impl KeyIndex {
                 at.version
             )));
         }
-        let history = KeyHistory {
+        let mut history = KeyHistory {
             generations: vec![Generation {
                 puts: vec![at.rev],
                 end: None,
                 create_revision: at.create_revision,
                 first_version: at.version,
             }],
+            alive_since: i64::MAX,
         };
+        history.refresh();
         self.keys.insert(key.to_vec(), history);
         Ok(())
     }
@@ -451,5 +486,31 @@ mod tests {
         assert_eq!(r(Bound::Excluded(&b"c"[..]), Bound::Excluded(&b"a"[..])), 0);
         assert_eq!(r(Bound::Excluded(&b"b"[..]), Bound::Excluded(&b"b"[..])), 0);
         assert_eq!(r(Bound::Included(&b"a"[..]), Bound::Unbounded), 1);
+    }
+
+    #[test]
+    fn alive_at_agrees_with_at_through_every_change() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let mut h = KeyHistory::default();
+            let mut main = 0;
+            for _ in 0..rng.gen_range(1..30) {
+                main += rng.gen_range(1..3);
+                match rng.gen_range(0..10) {
+                    0..=5 => {
+                        let _ = h.put(rev(main, 0));
+                    }
+                    6 | 7 => {
+                        let _ = h.tombstone(rev(main, 0));
+                    }
+                    8 => h.compact(rng.gen_range(0..=main)),
+                    _ => h.truncate_after(rng.gen_range(0..=main)),
+                }
+                for at in (0..=main + 2).chain([i64::MAX]) {
+                    assert_eq!(h.alive_at(at), h.at(at).is_some(), "at {at}: {h:?}");
+                }
+            }
+        }
     }
 }

@@ -137,11 +137,13 @@ pub(super) fn resolve(
         let mut visited = 0;
         let mut next = None;
         for (key, history) in guard.range(lower, upper) {
-            if let Some(key_at) = history.at(at) {
-                count += 1;
-                if (found.len() as u64) < limit {
+            if (found.len() as u64) < limit {
+                if let Some(key_at) = history.at(at) {
+                    count += 1;
                     found.push((key.clone(), key_at));
                 }
+            } else if history.alive_at(at) {
+                count += 1;
             }
             visited += 1;
             if visited == KEYS_PER_LOCK {

@@ -24,7 +24,8 @@ esac
 profile="${NINES_CHAOS_PROFILE:-release}"
 case "$profile" in
   release) cargo build --release -p nines-server -p nines-jepsen ;;
-  debug) cargo build -p nines-server -p nines-jepsen ;;
+  # test-hooks: the negative control in scripts/test.sh passes a test-only switch.
+  debug) cargo build -p nines-server --features test-hooks -p nines-jepsen ;;
   *) echo "NINES_CHAOS_PROFILE must be debug or release" >&2; exit 2 ;;
 esac
 defaults+=(--workload all --nemesis all --server-bin "target/$profile/nines-server")

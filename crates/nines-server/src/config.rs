@@ -131,9 +131,20 @@ pub struct ServerArgs {
     pub quota_backend_bytes: u64,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
-    /// it catches a broken build.
+    /// it catches a broken build. Only in builds with `test-hooks`.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, env = "NINES_UNSAFE_LOCAL_READS", hide = true)]
     pub unsafe_local_reads: bool,
+}
+
+#[cfg(feature = "test-hooks")]
+fn unsafe_local_reads(args: &ServerArgs) -> bool {
+    args.unsafe_local_reads
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn unsafe_local_reads(_: &ServerArgs) -> bool {
+    false
 }
 
 /// How a node joins the cluster on first start.
@@ -353,6 +364,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
         let auto_compaction =
             AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
                 .map_err(ServerError::Config)?;
+        let unsafe_local_reads = unsafe_local_reads(&args);
         Ok(ServerConfig {
             auto_compaction,
             quota_backend_bytes: match args.quota_backend_bytes {
@@ -372,7 +384,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             limits,
             cache_bytes: args.cache_mb * 1024 * 1024,
             peer_source_ip: args.peer_source_ip,
-            unsafe_local_reads: args.unsafe_local_reads,
+            unsafe_local_reads,
             leader_pipelining: args.leader_pipelining,
             max_client_connections: client_connection_limit(
                 args.max_connections,
@@ -449,5 +461,12 @@ mod tests {
     fn cluster_id_is_stable() {
         assert_eq!(cluster_id_of("nines"), cluster_id_of("nines"));
         assert_ne!(cluster_id_of("nines"), cluster_id_of("other"));
+    }
+
+    #[test]
+    fn test_switches_exist_only_with_test_hooks() {
+        let parsed =
+            ServerArgs::try_parse_from(["nines-server", "--id", "1", "--unsafe-local-reads"]);
+        assert_eq!(parsed.is_ok(), cfg!(feature = "test-hooks"));
     }
 }

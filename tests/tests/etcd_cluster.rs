@@ -370,7 +370,7 @@ async fn etcd_cluster_and_maintenance_codes() {
     assert_eq!(err.code(), Code::OutOfRange, "{err}");
     assert_eq!(
         err.message(),
-        "mvcc: required revision is a future revision"
+        "etcdserver: mvcc: required revision is a future revision"
     );
     let compact = epb::CompactionRequest {
         revision,
@@ -392,9 +392,10 @@ async fn etcd_cluster_and_maintenance_codes() {
         }
     };
     assert_eq!(err.code(), Code::OutOfRange, "{err}");
-    assert!(err
-        .message()
-        .starts_with("mvcc: required revision has been compacted"));
+    assert_eq!(
+        err.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
     let at = maintenance
         .hash_kv(epb::HashKvRequest { revision })
         .await

@@ -310,8 +310,10 @@ pub(crate) enum Expected {
 
 impl Model {
     pub fn new() -> Self {
+        // One empty state per revision up to the empty store's.
+        let empty = 0..=crate::store::EMPTY_STORE_REVISION;
         Self {
-            states: vec![State::new()],
+            states: empty.map(|_| State::new()).collect(),
             compacted: 0,
         }
     }

@@ -44,7 +44,7 @@ async fn compaction_model_holds_across_snapshot_install_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path()).await;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut model = Model::new();
+        let mut model = Model::starting_at(crate::EMPTY_STORE_REVISION);
         for index in 1..=250u64 {
             let command = command_or_compact(&mut rng, &model);
             let want = model.apply(&command);

@@ -59,14 +59,7 @@ pub(super) struct Store {
 impl Store {
     pub fn new() -> Self {
         Self {
-            // At the empty store's revision, as a real store opens.
-            mvcc: Mvcc::open(
-                Counting::default(),
-                crate::store::EMPTY_STORE_REVISION,
-                0,
-                &AtomicU64::new(0),
-            )
-            .unwrap(),
+            mvcc: Mvcc::open(Counting::default(), 0, 0, &AtomicU64::new(0)).unwrap(),
             opts: StateOptions::default(),
             next_index: 1,
         }

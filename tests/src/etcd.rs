@@ -59,7 +59,10 @@ impl EtcdCluster {
             let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).expect("log");
             let child = Command::new(bin)
                 .arg(format!("--name=e{i}"))
-                .arg(format!("--data-dir={}", dir.path().join(format!("e{i}")).display()))
+                .arg(format!(
+                    "--data-dir={}",
+                    dir.path().join(format!("e{i}")).display()
+                ))
                 .arg(format!("--listen-client-urls={}", client_urls[i]))
                 .arg(format!("--advertise-client-urls={}", client_urls[i]))
                 .arg(format!("--listen-peer-urls={}", peers[i]))

@@ -191,5 +191,11 @@ async fn etcdctl_check_perf_passes() {
         "{verdict:?}\n{}",
         stderr(&out)
     );
-    assert_eq!(ok(&every, &["get", "/etcdctl-check-perf/", "--prefix", "--keys-only"]), "");
+    assert_eq!(
+        ok(
+            &every,
+            &["get", "/etcdctl-check-perf/", "--prefix", "--keys-only"]
+        ),
+        ""
+    );
 }

@@ -43,12 +43,8 @@ pub const ETCD_COMPACTED: &str = "etcdserver: mvcc: required revision has been c
 fn etcd_input_message(e: &InputError) -> String {
     match e {
         InputError::EmptyKey => "etcdserver: key is not provided".into(),
-        InputError::TooManyTxnOps { .. } => {
-            "etcdserver: too many operations in txn request".into()
-        }
-        InputError::DuplicateKeyInTxn(_) => {
-            "etcdserver: duplicate key given in txn request".into()
-        }
+        InputError::TooManyTxnOps { .. } => "etcdserver: too many operations in txn request".into(),
+        InputError::DuplicateKeyInTxn(_) => "etcdserver: duplicate key given in txn request".into(),
         other => other.to_string(),
     }
 }

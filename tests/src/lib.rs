@@ -3,6 +3,7 @@
 //! restart. The integration tests themselves live in `tests/`.
 
 pub mod cluster;
+pub mod etcd;
 pub mod etcdctl;
 
 pub use cluster::{Cluster, ClusterOptions};

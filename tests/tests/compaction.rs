@@ -46,8 +46,7 @@ async fn value_at(cluster: &Cluster, id: u64, key: &str, revision: i64) -> Strin
     }
 }
 
-/// The compacted revision node `id` names when asked for `revision`, once
-/// it refuses it.
+/// The compacted revision of node `id`, once it refuses `revision`.
 async fn refused_at(cluster: &Cluster, id: u64, key: &str, revision: i64) -> i64 {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -55,7 +54,7 @@ async fn refused_at(cluster: &Cluster, id: u64, key: &str, revision: i64) -> i64
             Err(e)
                 if e.code() == Code::OutOfRange && e.to_string().contains("has been compacted") =>
             {
-                return compacted_in(&e);
+                return compacted_on(cluster, id).await;
             }
             other => {
                 assert!(
@@ -68,16 +67,22 @@ async fn refused_at(cluster: &Cluster, id: u64, key: &str, revision: i64) -> i64
     }
 }
 
-/// The N of "... compacted at N)".
-fn compacted_in(e: &ClientError) -> i64 {
-    let text = e.to_string();
-    let tail = text
-        .split("compacted at ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("{text}"));
-    tail.trim_end_matches(')')
-        .parse()
-        .unwrap_or_else(|_| panic!("{text}"))
+/// The compacted revision node `id` reports (etcd's HashKV, served by the
+/// member asked). The refusal itself carries etcd's exact message only.
+async fn compacted_on(cluster: &Cluster, id: u64) -> i64 {
+    use nines_client::proto::etcd::etcdserverpb as epb;
+    let addr = format!("http://{}", cluster.node(id).client_addr);
+    let channel = tonic::transport::Channel::from_shared(addr)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    epb::maintenance_client::MaintenanceClient::new(channel)
+        .hash_kv(epb::HashKvRequest { revision: 0 })
+        .await
+        .expect("hashkv")
+        .into_inner()
+        .compact_revision
 }
 
 async fn put(client: &Client, key: &str, value: &str) -> i64 {
@@ -161,7 +166,7 @@ async fn auto_compaction_moves_the_compacted_revision_forward() {
         let probe = read_at(&cluster, 1, "auto", 1).await;
         if let Err(e) = &probe {
             if e.code() == Code::OutOfRange && e.to_string().contains("has been compacted") {
-                let compacted = compacted_in(e);
+                let compacted = compacted_on(&cluster, 1).await;
                 match first {
                     None => first = Some(compacted),
                     Some(f) if compacted > f => break,

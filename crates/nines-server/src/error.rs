@@ -35,12 +35,26 @@ pub enum ServerError {
     Join(String),
 }
 
+pub const ETCD_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+pub const ETCD_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+
+/// etcd's message for the input errors it has too (its clients match them
+/// exactly, as for the revision errors); nines' own wording otherwise.
+fn etcd_input_message(e: &InputError) -> String {
+    match e {
+        InputError::EmptyKey => "etcdserver: key is not provided".into(),
+        InputError::TooManyTxnOps { .. } => "etcdserver: too many operations in txn request".into(),
+        InputError::DuplicateKeyInTxn(_) => "etcdserver: duplicate key given in txn request".into(),
+        other => other.to_string(),
+    }
+}
+
 pub const LEADER_ID_HEADER: &str = "x-nines-leader-id";
 pub const LEADER_ADDR_HEADER: &str = "x-nines-leader-addr";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{0}")]
+    #[error("{}", etcd_input_message(.0))]
     InvalidInput(#[from] InputError),
     #[error("{0}")]
     InvalidRequest(String),
@@ -87,7 +101,11 @@ impl From<nines_state::StateError> for ApiError {
     fn from(e: nines_state::StateError) -> ApiError {
         use nines_state::StateError as S;
         match e {
-            S::FutureRevision { .. } | S::Compacted { .. } => ApiError::OutOfRange(e.to_string()),
+            // etcd's exact messages: its Go client turns a status into
+            // ErrFutureRev or ErrCompacted only on an exact match, and
+            // callers (Kubernetes' storage layer) test for those.
+            S::FutureRevision { .. } => ApiError::OutOfRange(ETCD_FUTURE_REV.into()),
+            S::Compacted { .. } => ApiError::OutOfRange(ETCD_COMPACTED.into()),
             S::InvalidInput(input) => ApiError::InvalidInput(input),
             other => ApiError::Internal(other.to_string()),
         }
@@ -170,17 +188,22 @@ mod tests {
         })
         .into();
         assert_eq!(s.code(), Code::OutOfRange);
-        assert_eq!(s.message(), "mvcc: required revision is a future revision");
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision is a future revision"
+        );
         let s: Status = ApiError::from(nines_state::StateError::Compacted {
             requested: 3,
             compacted: 9,
         })
         .into();
         assert_eq!(s.code(), Code::OutOfRange);
-        assert!(s
-            .message()
-            .starts_with("mvcc: required revision has been compacted"));
-        assert!(s.message().contains("compacted at 9"), "{}", s.message());
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s: Status = ApiError::InvalidInput(InputError::EmptyKey).into();
+        assert_eq!(s.message(), "etcdserver: key is not provided");
         use crate::membership::MembershipError as M;
         let s: Status = ApiError::from(M::NotMember(7)).into();
         assert_eq!(s.code(), Code::NotFound);

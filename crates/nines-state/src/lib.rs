@@ -31,3 +31,4 @@ pub use state_machine::{SnapshotStats, StateMachine};
 #[doc(hidden)]
 pub use store::RawRecord;
 pub use store::StateOptions;
+pub use store::EMPTY_STORE_REVISION;

@@ -39,6 +39,9 @@ pub(crate) const SESSION_LRU_PREFIX: u8 = b't';
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
 pub(crate) const META_REVISION: &[u8] = b"mrevision";
+/// The revision of a store nothing was written to: 1, as etcd's, so the
+/// first write is revision 2 and clients see the revisions etcd would give.
+pub const EMPTY_STORE_REVISION: i64 = 1;
 /// The compacted revision: written in the batch of the apply that compacts.
 pub(crate) const META_COMPACTED: &[u8] = b"mcompacted";
 /// Number of `s` records, so the cap is enforced without a scan.
@@ -141,7 +144,7 @@ pub(crate) fn read_meta<E: Engine>(engine: &E) -> Result<MetaState, StateError> 
     };
     let revision = match engine.get(META_REVISION)? {
         Some(v) => decode(v.as_ref())?,
-        None => 0,
+        None => EMPTY_STORE_REVISION,
     };
     let compacted = match engine.get(META_COMPACTED)? {
         Some(v) => decode(v.as_ref())?,

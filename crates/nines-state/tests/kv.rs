@@ -10,12 +10,13 @@ use openraft::storage::RaftStateMachine;
 async fn put_tracks_revisions_and_versions() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Applier::new(open(dir.path()).await);
+    // An empty store is at revision 1 (etcd's): the first write is 2.
     let r = a.cmd(put("a", "1")).await;
-    assert_eq!(r.revision, 1);
+    assert_eq!(r.revision, 2);
     assert_eq!(r.result, CommandResult::Put { prev_kv: None });
     a.cmd(put("b", "x")).await;
     let r = a.cmd(put_prev("a", "2")).await;
-    assert_eq!(r.revision, 3);
+    assert_eq!(r.revision, 4);
     let CommandResult::Put {
         prev_kv: Some(prev),
     } = r.result
@@ -24,19 +25,19 @@ async fn put_tracks_revisions_and_versions() {
     };
     assert_eq!(
         (prev.value.as_slice(), prev.version, prev.mod_revision),
-        (&b"1"[..], 1, 1)
+        (&b"1"[..], 1, 2)
     );
 
     let kv = a.sm.reader().get(b"a").unwrap().data.unwrap();
     assert_eq!(kv.value, b"2");
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (1, 3, 2));
-    assert_eq!(a.sm.reader().revision(), 3);
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 4, 2));
+    assert_eq!(a.sm.reader().revision(), 4);
     assert_eq!(a.sm.reader().last_applied(), Some(log_id(3)));
 
     // Without prev_kv requested, none is returned even though the key exists.
     let r = a.cmd(put("a", "3")).await;
     assert_eq!(r.result, CommandResult::Put { prev_kv: None });
-    assert_eq!(r.revision, 4);
+    assert_eq!(r.revision, 5);
 }
 
 #[tokio::test]
@@ -48,7 +49,7 @@ async fn delete_and_delete_range() {
     }
     // Deleting nothing does not bump the revision.
     let r = a.cmd(delete("zz", true)).await;
-    assert_eq!(r.revision, 4);
+    assert_eq!(r.revision, 5);
     assert_eq!(
         r.result,
         CommandResult::Delete {
@@ -57,7 +58,7 @@ async fn delete_and_delete_range() {
         }
     );
     let r = a.cmd(delete("a", true)).await;
-    assert_eq!(r.revision, 5);
+    assert_eq!(r.revision, 6);
     let CommandResult::Delete { deleted, prev_kvs } = r.result else {
         panic!("{:?}", r.result)
     };
@@ -71,7 +72,7 @@ async fn delete_and_delete_range() {
             prev_kv: false,
         })
         .await;
-    assert_eq!(r.revision, 6, "one revision for the whole range");
+    assert_eq!(r.revision, 7, "one revision for the whole range");
     assert_eq!(
         r.result,
         CommandResult::Delete {
@@ -86,7 +87,7 @@ async fn delete_and_delete_range() {
     // Recreated key starts a new life: version 1, new create_revision.
     a.cmd(put("b", "again")).await;
     let kv = a.sm.reader().get(b"b").unwrap().data.unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (7, 7, 1));
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (8, 8, 1));
 
     let r = a
         .cmd(Command::DeleteRange {
@@ -154,9 +155,7 @@ async fn range_limit_count_keys_only() {
     assert_eq!(reader.range(&get_req("nope")).unwrap().data.count, 0);
 
     // Invalid read input is an error for the reader.
-    assert!(reader
-        .range(&RangeRequest::range(between("b", "a")))
-        .is_err());
+    assert!(reader.range(&get_req("")).is_err());
 }
 
 #[tokio::test]
@@ -179,15 +178,11 @@ async fn invalid_input_is_rejected_without_state_change() {
             lease: 5,
             prev_kv: false,
         },
-        Command::DeleteRange {
-            range: between("z", "a"),
-            prev_kv: false,
-        },
         txn(vec![], vec![tput("a", "1"), tput("a", "2")], vec![]),
     ];
     for command in bad {
         let r = a.cmd(command).await;
-        assert_eq!(r.revision, 1);
+        assert_eq!(r.revision, 2);
         assert!(
             matches!(
                 r.result,
@@ -203,7 +198,7 @@ async fn invalid_input_is_rejected_without_state_change() {
         v.into_iter().filter(|(k, _)| k != b"mapplied").collect()
     };
     assert_eq!(strip(before), strip(after));
-    assert_eq!(a.sm.reader().last_applied(), Some(log_id(6)));
+    assert_eq!(a.sm.reader().last_applied(), Some(log_id(5)));
 }
 
 #[tokio::test]
@@ -227,12 +222,12 @@ async fn blank_and_membership_entries_get_responses() {
     assert_eq!(out.len(), 3);
     assert_eq!(
         (out[0].revision, &out[0].result),
-        (0, &CommandResult::Empty)
+        (1, &CommandResult::Empty)
     );
-    assert_eq!(out[1].revision, 1);
+    assert_eq!(out[1].revision, 2);
     assert_eq!(
         (out[2].revision, &out[2].result),
-        (1, &CommandResult::Empty)
+        (2, &CommandResult::Empty)
     );
     let (applied, membership) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(3)));
@@ -280,6 +275,43 @@ async fn reads_within_a_batch_see_earlier_writes() {
     );
     assert_eq!(
         out.iter().map(|r| r.revision).collect::<Vec<_>>(),
-        vec![1, 2, 3, 3]
+        vec![2, 3, 4, 4]
     );
+}
+
+/// etcd reads a range end at or below its start as an empty interval: a
+/// range of it finds nothing and a delete of it deletes nothing.
+#[tokio::test]
+async fn an_empty_interval_matches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    for k in ["a", "b", "c"] {
+        a.cmd(put(k, k)).await;
+    }
+    let revision = a.sm.reader().revision();
+    for (start, end) in [("c", "a"), ("b", "b"), ("b", "a")] {
+        let range = KeyRange::Between {
+            start: start.into(),
+            end: end.into(),
+        };
+        let read = RangeRequest::range(range.clone());
+        let got = a.sm.reader().range(&read).unwrap().data;
+        assert_eq!((got.count, got.kvs.len()), (0, 0), "{start}..{end}");
+        let r = a
+            .cmd(Command::DeleteRange {
+                range,
+                prev_kv: true,
+            })
+            .await;
+        assert_eq!(r.revision, revision, "{start}..{end}: nothing changed");
+        assert_eq!(
+            r.result,
+            CommandResult::Delete {
+                deleted: 0,
+                prev_kvs: vec![]
+            }
+        );
+    }
+    let all = RangeRequest::range(KeyRange::From(b"\0".to_vec()));
+    assert_eq!(a.sm.reader().range(&all).unwrap().data.count, 3);
 }

@@ -106,7 +106,7 @@ async fn reused_seq_with_another_request_is_rejected() {
     let first = a
         .apply(Request::with_session(put("k", "first"), 9, 4))
         .await;
-    assert_eq!(first.revision, 2);
+    assert_eq!(first.revision, 3);
     // Another client sharing id 9, or one that restarted its seq.
     let clash = a
         .apply(Request::with_session(put("k", "second"), 9, 4))

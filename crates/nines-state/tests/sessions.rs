@@ -16,7 +16,7 @@ async fn retry_applies_once_and_stale_is_rejected() {
     let first = a
         .apply(Request::with_session(put_prev("k", "1"), 7, 1))
         .await;
-    assert_eq!(first.revision, 2);
+    assert_eq!(first.revision, 3);
     // The retry returns the first response.
     let again = a
         .apply(Request::with_session(put_prev("k", "1"), 7, 1))
@@ -35,11 +35,11 @@ async fn retry_applies_once_and_stale_is_rejected() {
     );
     let kv = a.sm.reader().get(b"k").unwrap().data.unwrap();
     assert_eq!((kv.value.as_slice(), kv.version), (&b"1"[..], 2));
-    assert_eq!(a.sm.reader().revision(), 2);
+    assert_eq!(a.sm.reader().revision(), 3);
     assert_eq!(a.sm.reader().last_applied(), Some(log_id(4)));
 
     let second = a.apply(Request::with_session(put("k", "2"), 7, 2)).await;
-    assert_eq!(second.revision, 3);
+    assert_eq!(second.revision, 4);
     let stale = a.apply(Request::with_session(put("k", "old"), 7, 1)).await;
     assert_eq!(
         stale.result,
@@ -49,12 +49,12 @@ async fn retry_applies_once_and_stale_is_rejected() {
             last_seq: 2
         })
     );
-    assert_eq!(stale.revision, 3);
+    assert_eq!(stale.revision, 4);
     assert_eq!(a.sm.reader().get(b"k").unwrap().data.unwrap().value, b"2");
 
     // Sessions are independent per client.
     let other_client = a.apply(Request::with_session(put("k", "c8"), 8, 1)).await;
-    assert_eq!(other_client.revision, 4);
+    assert_eq!(other_client.revision, 5);
 
     // Survives snapshot + install on a fresh state machine.
     let snap =
@@ -79,9 +79,9 @@ async fn retry_applies_once_and_stale_is_rejected() {
         CommandResult::Rejected(RejectReason::StaleSequence { last_seq: 2, .. })
     ));
     assert_eq!(b.sm.reader().get(b"k").unwrap().data.unwrap().value, b"c8");
-    assert_eq!(b.sm.reader().revision(), 4);
+    assert_eq!(b.sm.reader().revision(), 5);
     let next = b.apply(Request::with_session(put("k", "3"), 7, 3)).await;
-    assert_eq!(next.revision, 5);
+    assert_eq!(next.revision, 6);
 }
 
 #[tokio::test]
@@ -99,7 +99,7 @@ async fn invalid_command_with_session_keeps_no_response() {
     let retry = a.apply(Request::with_session(put("", "x"), 3, 1)).await;
     assert_eq!(retry.result, bad.result);
     let good = a.apply(Request::with_session(put("a", "x"), 3, 2)).await;
-    assert_eq!(good.revision, 1);
+    assert_eq!(good.revision, 2);
 }
 
 #[tokio::test]
@@ -146,14 +146,14 @@ async fn idle_sessions_expire_deterministically() {
         })
     );
     assert_eq!(sm.reader().get(b"a").unwrap().data.unwrap().version, 1);
-    assert_eq!(out[1].revision, 2, "deduplicated: the stored response");
+    assert_eq!(out[1].revision, 3, "deduplicated: the stored response");
     assert_eq!(sm.reader().get(b"b").unwrap().data.unwrap().version, 1);
     // A new id starting at seq 1 is fine.
     let out = sm
         .apply([entry(4099, Request::with_session(put("a", "2"), 11, 1))])
         .await
         .unwrap();
-    assert_eq!(out[0].revision, 3);
+    assert_eq!(out[0].revision, 4);
 }
 
 #[tokio::test]
@@ -173,7 +173,7 @@ async fn batch_applies_each_request_with_its_own_revision_and_session() {
         panic!("expected a batch result, got {resp:?}");
     };
     let revisions: Vec<i64> = responses.iter().map(|r| r.revision).collect();
-    assert_eq!(revisions, vec![1, 2, 3, 3]);
+    assert_eq!(revisions, vec![2, 3, 4, 4]);
     assert!(matches!(
         responses[3].result,
         CommandResult::Rejected(RejectReason::InvalidInput(_))
@@ -191,5 +191,5 @@ async fn batch_applies_each_request_with_its_own_revision_and_session() {
     assert_eq!(again[2], responses[2]);
     assert_eq!(a.sm.reader().get(b"a").unwrap().data.unwrap().version, 2);
     // The unsessioned put is applied again (revision 4).
-    assert_eq!(again[1].revision, 4);
+    assert_eq!(again[1].revision, 5);
 }

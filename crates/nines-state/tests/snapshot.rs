@@ -283,8 +283,8 @@ async fn install_replaces_previous_state() {
     a.install_snapshot(&snap.meta, receive).await.unwrap();
     // The reader handed out before the install follows the new tree.
     assert_eq!(reader.get(b"only-a").unwrap().data, None);
-    assert_eq!(reader.get(b"b3").unwrap().data.unwrap().mod_revision, 3);
-    assert_eq!(reader.revision(), 5);
+    assert_eq!(reader.get(b"b3").unwrap().data.unwrap().mod_revision, 4);
+    assert_eq!(reader.revision(), 6);
     assert_eq!(reader.last_applied(), Some(log_id(5)));
     assert_same_state(&mut a, &mut b).await;
     // Exactly one snapshot file remains.

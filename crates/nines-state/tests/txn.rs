@@ -12,7 +12,8 @@ fn succeeded(result: &CommandResult) -> bool {
     }
 }
 
-/// Sets up k (rev 1, then rev 3: version 2, create 1, mod 3), other (rev 2).
+/// Sets up k (rev 2, then rev 4: version 2, create 2, mod 4), other (rev 3);
+/// an empty store is at revision 1.
 async fn setup() -> (tempfile::TempDir, Applier) {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Applier::new(open(dir.path()).await);
@@ -41,15 +42,15 @@ async fn every_compare_target_and_op() {
         (Version(1), Greater, true),
         (Version(3), Less, true),
         (Version(2), NotEqual, false),
-        (CreateRevision(1), Equal, true),
-        (CreateRevision(3), Equal, false),
+        (CreateRevision(2), Equal, true),
+        (CreateRevision(4), Equal, false),
         (CreateRevision(0), Greater, true),
-        (CreateRevision(2), Less, true),
-        (ModRevision(3), Equal, true),
-        (ModRevision(1), Equal, false),
-        (ModRevision(2), Greater, true),
-        (ModRevision(3), Less, false),
-        (ModRevision(4), NotEqual, true),
+        (CreateRevision(3), Less, true),
+        (ModRevision(4), Equal, true),
+        (ModRevision(2), Equal, false),
+        (ModRevision(3), Greater, true),
+        (ModRevision(4), Less, false),
+        (ModRevision(5), NotEqual, true),
     ];
     for (target, op, expect) in cases {
         let before = a.sm.reader().revision();
@@ -109,7 +110,7 @@ async fn branches_ops_and_revision() {
             vec![tget("new")],
         ))
         .await;
-    assert_eq!(r.revision, 4, "one revision for the whole txn");
+    assert_eq!(r.revision, 5, "one revision for the whole txn");
     let CommandResult::Txn {
         succeeded: true,
         responses,
@@ -126,8 +127,8 @@ async fn branches_ops_and_revision() {
         vec![KeyValue {
             key: b"new".to_vec(),
             value: b"1".to_vec(),
-            create_revision: 4,
-            mod_revision: 4,
+            create_revision: 5,
+            mod_revision: 5,
             version: 1,
             lease: 0
         }],
@@ -144,7 +145,7 @@ async fn branches_ops_and_revision() {
             .data
             .unwrap()
             .mod_revision,
-        4
+        5
     );
     assert_eq!(a.sm.reader().get(b"other").unwrap().data, None);
 
@@ -156,7 +157,7 @@ async fn branches_ops_and_revision() {
             vec![tget("new")],
         ))
         .await;
-    assert_eq!(r.revision, 4);
+    assert_eq!(r.revision, 5);
     let CommandResult::Txn {
         succeeded: false,
         responses,
@@ -181,7 +182,7 @@ async fn branches_ops_and_revision() {
             vec![tput("k", "f"), tdel("nothing-here")],
         ))
         .await;
-    assert_eq!(r.revision, 5);
+    assert_eq!(r.revision, 6);
     assert!(!succeeded(&r.result));
     let kv = a.sm.reader().get(b"k").unwrap().data.unwrap();
     assert_eq!(
@@ -191,11 +192,11 @@ async fn branches_ops_and_revision() {
             kv.mod_revision,
             kv.create_revision
         ),
-        (&b"f"[..], 3, 5, 1)
+        (&b"f"[..], 3, 6, 2)
     );
 
     let r = a.cmd(txn(vec![], vec![tdel("nothing-here")], vec![])).await;
-    assert_eq!(r.revision, 5, "a txn that deletes nothing does not bump");
+    assert_eq!(r.revision, 6, "a txn that deletes nothing does not bump");
 
     // Delete then get inside a txn sees the deletion; put after delete recreates.
     let r = a
@@ -205,7 +206,7 @@ async fn branches_ops_and_revision() {
             vec![],
         ))
         .await;
-    assert_eq!(r.revision, 6);
+    assert_eq!(r.revision, 7);
     let CommandResult::Txn { responses, .. } = r.result else {
         panic!()
     };
@@ -214,8 +215,8 @@ async fn branches_ops_and_revision() {
     };
     assert_eq!(got.count, 0);
     let kv = a.sm.reader().get(b"k").unwrap().data.unwrap();
-    assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, 6, 6));
-    assert_eq!(a.sm.reader().revision(), 6);
+    assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, 7, 7));
+    assert_eq!(a.sm.reader().revision(), 7);
 }
 
 #[tokio::test]
@@ -241,5 +242,5 @@ async fn txn_put_returns_prev_kv() {
     else {
         panic!("{:?}", responses[0])
     };
-    assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"m"[..], 3));
+    assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"m"[..], 4));
 }

@@ -309,9 +309,16 @@ pub(crate) enum Expected {
 }
 
 impl Model {
+    /// A model of a store opened at revision 0 (the index's own tests).
     pub fn new() -> Self {
+        Self::starting_at(0)
+    }
+
+    /// A model of a store that is empty at `revision` (a state machine's
+    /// is at `EMPTY_STORE_REVISION`): one empty state per revision up to it.
+    pub fn starting_at(revision: i64) -> Self {
         Self {
-            states: vec![State::new()],
+            states: (0..=revision).map(|_| State::new()).collect(),
             compacted: 0,
         }
     }

@@ -123,6 +123,9 @@ pub(super) fn resolve(
             }
             return (count, found);
         }
+        // etcd reads an end at or below the start as an empty interval (and
+        // a BTreeMap range would panic on it).
+        KeyRange::Between { start, end } if end <= start => return (0, found),
         KeyRange::Between { start, end } => (start, Some(end.as_slice())),
         KeyRange::From(start) => (start, None),
     };

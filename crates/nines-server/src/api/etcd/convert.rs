@@ -237,6 +237,10 @@ pub fn delete_response(
     }
 }
 
+/// A txn's response. Each op's own header carries only a revision, as
+/// etcd's: a read sees the revision the txn began at, or the txn's new one
+/// once an earlier op of it changed something; a put is at the new one; a
+/// delete too, unless it and every op before it changed nothing.
 pub fn txn_response(
     header: epb::ResponseHeader,
     result: CommandResult,
@@ -249,23 +253,41 @@ pub fn txn_response(
     else {
         return Err(unexpected(&result));
     };
+    let changes = |r: &TxnOpResponse| match r {
+        TxnOpResponse::Put { .. } => true,
+        TxnOpResponse::Delete { deleted, .. } => *deleted > 0,
+        TxnOpResponse::Get(_) => false,
+    };
+    // The header has the revision after the txn: one above where it
+    // began if it changed anything.
+    let changed = responses.iter().any(changes);
+    let begin = header.revision - i64::from(changed);
+    let mut changed_yet = false;
+    let op_header = |changed_yet: bool| epb::ResponseHeader {
+        revision: begin + i64::from(changed_yet),
+        ..Default::default()
+    };
     let responses = responses
         .into_iter()
-        .map(|r| epb::ResponseOp {
-            response: Some(match r {
-                TxnOpResponse::Put { prev_kv } => R::ResponsePut(epb::PutResponse {
-                    header: Some(header),
-                    prev_kv: prev_kv.map(kv),
+        .map(|r| {
+            changed_yet |= changes(&r);
+            let at = op_header(changed_yet);
+            epb::ResponseOp {
+                response: Some(match r {
+                    TxnOpResponse::Put { prev_kv } => R::ResponsePut(epb::PutResponse {
+                        header: Some(at),
+                        prev_kv: prev_kv.map(kv),
+                    }),
+                    TxnOpResponse::Delete { deleted, prev_kvs } => {
+                        R::ResponseDeleteRange(epb::DeleteRangeResponse {
+                            header: Some(at),
+                            deleted: deleted as i64,
+                            prev_kvs: prev_kvs.into_iter().map(kv).collect(),
+                        })
+                    }
+                    TxnOpResponse::Get(range) => R::ResponseRange(range_response(at, range)),
                 }),
-                TxnOpResponse::Delete { deleted, prev_kvs } => {
-                    R::ResponseDeleteRange(epb::DeleteRangeResponse {
-                        header: Some(header),
-                        deleted: deleted as i64,
-                        prev_kvs: prev_kvs.into_iter().map(kv).collect(),
-                    })
-                }
-                TxnOpResponse::Get(range) => R::ResponseRange(range_response(header, range)),
-            }),
+            }
         })
         .collect();
     Ok(epb::TxnResponse {
@@ -287,6 +309,57 @@ mod tests {
             success,
             failure: Vec::new(),
         }
+    }
+
+    #[test]
+    fn txn_op_headers_carry_the_revision_each_op_saw() {
+        use epb::response_op::Response as R;
+        let header = epb::ResponseHeader {
+            cluster_id: 7,
+            member_id: 3,
+            revision: 11,
+            raft_term: 2,
+        };
+        let get = || TxnOpResponse::Get(RangeResponse::default());
+        let result = CommandResult::Txn {
+            succeeded: true,
+            responses: vec![
+                get(),
+                TxnOpResponse::Delete {
+                    deleted: 0,
+                    prev_kvs: Vec::new(),
+                },
+                TxnOpResponse::Put { prev_kv: None },
+                get(),
+            ],
+        };
+        let resp = txn_response(header, result).unwrap();
+        let revisions: Vec<epb::ResponseHeader> = resp
+            .responses
+            .iter()
+            .map(|r| match r.response.as_ref().unwrap() {
+                R::ResponseRange(r) => r.header.unwrap(),
+                R::ResponsePut(r) => r.header.unwrap(),
+                R::ResponseDeleteRange(r) => r.header.unwrap(),
+                R::ResponseTxn(r) => r.header.unwrap(),
+            })
+            .collect();
+        let only = |revision| epb::ResponseHeader {
+            revision,
+            ..Default::default()
+        };
+        assert_eq!(revisions, vec![only(10), only(10), only(11), only(11)]);
+        assert_eq!(resp.header, Some(header));
+        // A txn that changed nothing: every op at the current revision.
+        let result = CommandResult::Txn {
+            succeeded: false,
+            responses: vec![get()],
+        };
+        let resp = txn_response(header, result).unwrap();
+        let Some(R::ResponseRange(r)) = &resp.responses[0].response else {
+            panic!("a range");
+        };
+        assert_eq!(r.header, Some(only(11)));
     }
 
     #[test]

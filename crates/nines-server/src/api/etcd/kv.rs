@@ -146,7 +146,14 @@ impl epb::kv_server::Kv for EtcdKv {
             };
             self.reads.run(serve, size).await?
         };
-        let header = convert::header(self.core.header(served.revision));
+        // etcd's header names the store's current revision, also for a
+        // read of a past one (the data are as of `at`).
+        let revision = if at > 0 {
+            served.revision.max(self.core.reader.revision())
+        } else {
+            served.revision
+        };
+        let header = convert::header(self.core.header(revision));
         let mut response = Response::new(convert::range_response(header, served.data));
         read_limit::attach(&mut response, held);
         Ok(response)

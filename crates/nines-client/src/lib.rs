@@ -12,9 +12,11 @@ mod client;
 mod endpoints;
 mod error;
 mod session;
+pub mod snapshot;
 
 pub use client::{Client, ClientConfig, ReadBalance, MAX_RESPONSE_BYTES};
 pub use error::ClientError;
+pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
 pub use nines_proto as proto;
 
 /// The smallest key after every key that starts with `prefix` (etcd's

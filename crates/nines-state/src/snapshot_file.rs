@@ -89,9 +89,10 @@ fn len_u32(len: usize, path: &Path) -> Result<u32, StateError> {
         .map_err(|_| StateError::Codec(format!("record of {len} bytes in {}", path.display())))
 }
 
-/// Streams records out of a snapshot file, verifying count and CRC at the end.
-pub(crate) struct SnapshotReader {
-    input: BufReader<File>,
+/// Streams records out of a snapshot file, verifying count and CRC at the
+/// end. `R` is the file, or the part of a backup before its checksum.
+pub(crate) struct SnapshotReader<R: Read = File> {
+    input: BufReader<R>,
     path: PathBuf,
     crc: u32,
     count: u64,
@@ -101,15 +102,18 @@ pub(crate) struct SnapshotReader {
 impl SnapshotReader {
     pub fn open(path: &Path) -> Result<(SnapshotMeta, SnapshotReader), StateError> {
         let file = File::open(path).map_err(|e| StateError::io(path, e))?;
-        Self::from_file(file, path)
+        SnapshotReader::from_reader(file, path)
     }
+}
 
-    pub fn from_file(
-        file: File,
+impl<R: Read> SnapshotReader<R> {
+    /// Reads the header from `input`; `path` names it in errors.
+    pub fn from_reader(
+        input: R,
         path: &Path,
-    ) -> Result<(SnapshotMeta, SnapshotReader), StateError> {
+    ) -> Result<(SnapshotMeta, SnapshotReader<R>), StateError> {
         let mut r = SnapshotReader {
-            input: BufReader::with_capacity(256 * 1024, file),
+            input: BufReader::with_capacity(256 * 1024, input),
             path: path.to_path_buf(),
             crc: 0,
             count: 0,

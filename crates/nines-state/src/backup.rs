@@ -1,8 +1,10 @@
 //! Backups: what etcd's `Maintenance.Snapshot` streams, and what `nines
 //! snapshot status` and `restore` read. A backup is a snapshot file in
-//! nines' own format (`snapshot_file.rs`; not etcd's bbolt db) followed by
-//! the SHA-256 of those bytes, as etcd appends one to its db, so the file
-//! `etcdctl snapshot save` writes is one nines can check and restore.
+//! nines' own format (`snapshot_file.rs`; not etcd's bbolt db), zero bytes
+//! up to a multiple of [`BACKUP_ALIGN`], then the SHA-256 of all that, as
+//! etcd appends one to its db. etcdctl accepts a download only if its size
+//! is 32 more than a multiple of 512 (its test for "has a checksum"; bbolt
+//! pages are multiples of 512), hence the padding.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Take};
@@ -24,6 +26,8 @@ use crate::store::{Shared, StateOptions, SNAPSHOT_DIR};
 
 /// Bytes of the SHA-256 that ends a backup.
 pub const CHECKSUM_LEN: u64 = 32;
+/// The data before the checksum is zero-padded to a multiple of this.
+pub const BACKUP_ALIGN: u64 = 512;
 
 /// A point-in-time snapshot written for a backup stream.
 #[derive(Debug)]
@@ -66,7 +70,8 @@ pub fn verify_backup(path: &Path) -> Result<SnapshotMeta, StateError> {
 fn open_backup(path: &Path) -> Result<(SnapshotMeta, SnapshotReader<Take<File>>), StateError> {
     let data_len = check_sha256(path)?;
     let file = File::open(path).map_err(|e| StateError::io(path, e))?;
-    SnapshotReader::from_reader(file.take(data_len), path)
+    let (meta, reader) = SnapshotReader::from_reader(file.take(data_len), path)?;
+    Ok((meta, reader.allow_padding(BACKUP_ALIGN as usize - 1)))
 }
 
 /// Hashes all but the last [`CHECKSUM_LEN`] bytes and compares them with
@@ -241,9 +246,11 @@ mod tests {
 
     use super::*;
 
-    /// A backup as a member streams it: snapshot bytes, then their sha256.
+    /// A backup as a member streams it: snapshot bytes, zero padding,
+    /// then their sha256.
     fn backup_of(snapshot: &Path, out: &Path) {
-        let data = std::fs::read(snapshot).unwrap();
+        let mut data = std::fs::read(snapshot).unwrap();
+        data.resize(data.len().next_multiple_of(BACKUP_ALIGN as usize), 0);
         let mut f = File::create(out).unwrap();
         f.write_all(&data).unwrap();
         f.write_all(&Sha256::digest(&data)).unwrap();
@@ -290,5 +297,19 @@ mod tests {
         backup_of(&raw, &bad);
         let err = verify_backup(&bad).unwrap_err().to_string();
         assert!(err.contains("crc32c mismatch"), "{err}");
+
+        // Padding must be zeros, and less than the alignment.
+        let mut inner = std::fs::read(snapshot_file(dir.path())).unwrap();
+        inner.push(1);
+        std::fs::write(&raw, &inner).unwrap();
+        backup_of(&raw, &bad);
+        let err = verify_backup(&bad).unwrap_err().to_string();
+        assert!(err.contains("trailing bytes"), "{err}");
+        let mut inner = std::fs::read(snapshot_file(dir.path())).unwrap();
+        inner.resize(inner.len() + BACKUP_ALIGN as usize, 0);
+        std::fs::write(&raw, &inner).unwrap();
+        backup_of(&raw, &bad);
+        let err = verify_backup(&bad).unwrap_err().to_string();
+        assert!(err.contains("trailing bytes"), "{err}");
     }
 }

@@ -26,7 +26,7 @@ mod state_machine;
 mod store;
 
 pub use backup::{
-    backup_status, restore_state, verify_backup, BackupStatus, Export, CHECKSUM_LEN,
+    backup_status, restore_state, verify_backup, BackupStatus, Export, BACKUP_ALIGN, CHECKSUM_LEN,
 };
 pub use error::StateError;
 pub use mvcc::{HashKv, Read};

@@ -97,6 +97,8 @@ pub(crate) struct SnapshotReader<R: Read = File> {
     crc: u32,
     count: u64,
     done: bool,
+    /// Zero bytes allowed after the trailer (a backup's alignment padding).
+    max_padding: usize,
 }
 
 impl SnapshotReader {
@@ -118,6 +120,7 @@ impl<R: Read> SnapshotReader<R> {
             crc: 0,
             count: 0,
             done: false,
+            max_padding: 0,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic, "magic")?;
@@ -135,6 +138,12 @@ impl<R: Read> SnapshotReader<R> {
         let meta_bytes = r.bytes(meta_len, "meta")?;
         let meta = decode(&meta_bytes).map_err(|e| r.corrupt(format!("meta: {e}")))?;
         Ok((meta, r))
+    }
+
+    /// Accepts up to `max` zero bytes after the trailer.
+    pub fn allow_padding(mut self, max: usize) -> Self {
+        self.max_padding = max;
+        self
     }
 
     /// The next record, or None after a valid trailer.
@@ -170,11 +179,19 @@ impl<R: Read> SnapshotReader<R> {
                 "crc32c mismatch: stored {stored_crc:#010x}, computed {crc:#010x}"
             )));
         }
-        let mut extra = [0u8; 1];
-        match self.input.read(&mut extra) {
-            Ok(0) => {}
-            Ok(_) => return Err(self.corrupt("trailing bytes after trailer")),
-            Err(e) => return Err(StateError::io(&self.path, e)),
+        let mut extra = [0u8; 512];
+        let mut padding = 0;
+        loop {
+            match self.input.read(&mut extra) {
+                Ok(0) => break,
+                Ok(n) => {
+                    padding += n;
+                    if padding > self.max_padding || extra[..n].iter().any(|&b| b != 0) {
+                        return Err(self.corrupt("trailing bytes after trailer"));
+                    }
+                }
+                Err(e) => return Err(StateError::io(&self.path, e)),
+            }
         }
         self.done = true;
         Ok(())

@@ -10,12 +10,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use nines_state::{backup_status, restore_state, verify_backup};
+use nines_state::{backup_status, restore_state, verify_backup, BACKUP_ALIGN};
 use nines_types::{Command, KeyRange, LogId, Node, RangeRequest, StoredMembership};
 use openraft::{CommittedLeaderId, Membership};
 use sha2::{Digest, Sha256};
 
-/// Streams an export into a backup file as a member does: data, then sha256.
+/// Streams an export into a backup file as a member does: data, zero
+/// padding, then the sha256.
 fn write_backup(mut export: nines_state::Export, out: &Path) {
     let mut file = std::fs::File::create(out).unwrap();
     let mut hasher = Sha256::new();
@@ -31,6 +32,9 @@ fn write_backup(mut export: nines_state::Export, out: &Path) {
         total += n as u64;
     }
     assert_eq!(total, export.len);
+    let padding = vec![0u8; (total.next_multiple_of(BACKUP_ALIGN) - total) as usize];
+    hasher.update(&padding);
+    file.write_all(&padding).unwrap();
     file.write_all(&hasher.finalize()).unwrap();
 }
 

@@ -2,13 +2,15 @@
 //! member's applied state (nines' own format, see `nines_state::backup`),
 //! streamed as etcd streams its db: chunks that say how many bytes follow
 //! them, then the SHA-256 of all of them as one last message with 0
-//! remaining. `etcdctl snapshot save` writes the whole stream to its file,
+//! remaining. The data is zero-padded to a multiple of 512 bytes first:
+//! etcdctl refuses a download whose size is not 32 more than one. `etcdctl snapshot save` writes the whole stream to its file,
 //! checksum included, and `nines snapshot status/restore` check it.
 
 use std::io::Read;
 use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
+use nines_state::BACKUP_ALIGN;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -24,9 +26,13 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Messages read ahead of a slow receiver: bounds memory per stream.
 const READ_AHEAD: usize = 4;
 
-/// Splits `len` bytes of `input` into etcd's snapshot messages.
+/// Splits `len` bytes of `input`, zero-padded to a multiple of
+/// [`BACKUP_ALIGN`], into etcd's snapshot messages.
 pub struct Chunks<R> {
     input: R,
+    /// Bytes of `input` not sent yet.
+    unread: u64,
+    /// Bytes still to send, padding included.
     remaining: u64,
     /// None once the checksum has been handed out.
     hasher: Option<Sha256>,
@@ -36,7 +42,8 @@ impl<R: Read> Chunks<R> {
     pub fn new(input: R, len: u64) -> Self {
         Chunks {
             input,
-            remaining: len,
+            unread: len,
+            remaining: len.next_multiple_of(BACKUP_ALIGN),
             hasher: Some(Sha256::new()),
         }
     }
@@ -56,8 +63,10 @@ impl<R: Read> Chunks<R> {
         };
         let n = self.remaining.min(CHUNK_BYTES as u64) as usize;
         let mut blob = vec![0u8; n];
-        self.input.read_exact(&mut blob)?;
+        let data = self.unread.min(n as u64) as usize;
+        self.input.read_exact(&mut blob[..data])?;
         hasher.update(&blob);
+        self.unread -= data as u64;
         self.remaining -= n as u64;
         Ok(Some((self.remaining, blob)))
     }
@@ -117,17 +126,22 @@ mod tests {
     }
 
     #[test]
-    fn chunks_count_down_and_end_with_the_sha256_of_the_data() {
+    fn chunks_count_down_and_end_with_the_sha256_of_the_padded_data() {
         let data: Vec<u8> = (0..CHUNK_BYTES * 2 + 10).map(|i| i as u8).collect();
         let out = all(&data);
         assert_eq!(out.len(), 4);
-        assert_eq!(out[0].0, (CHUNK_BYTES + 10) as u64);
-        assert_eq!(out[1].0, 10);
-        assert_eq!((out[2].0, out[2].1.len()), (0, 10));
-        assert_eq!(out[3], (0, Sha256::digest(&data).to_vec()));
+        assert_eq!(out[0].0, (CHUNK_BYTES + 512) as u64);
+        assert_eq!(out[1].0, 512);
+        assert_eq!((out[2].0, out[2].1.len()), (0, 512));
         let joined: Vec<u8> = out[..3].iter().flat_map(|c| c.1.clone()).collect();
-        assert_eq!(joined, data);
-        // An exact multiple of the chunk size still ends with the checksum.
+        let mut padded = data.clone();
+        padded.resize(CHUNK_BYTES * 2 + 512, 0);
+        assert_eq!(joined, padded);
+        assert_eq!(out[3], (0, Sha256::digest(&padded).to_vec()));
+        // etcdctl's test that a download ends with a checksum.
+        let streamed: usize = out.iter().map(|c| c.1.len()).sum();
+        assert_eq!(streamed % 512, 32);
+        // An exact multiple needs no padding and still ends with the checksum.
         let data = vec![7u8; CHUNK_BYTES];
         let out = all(&data);
         assert_eq!(out.len(), 2);

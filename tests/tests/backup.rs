@@ -176,7 +176,10 @@ async fn backup_under_load_restores_into_a_new_cluster_with_the_same_hash() {
         assert_eq!(hash_kv(e, at).await.hash, source_hash.hash, "member {e}");
     }
     let current = hash_kv(&endpoints[0], 0).await;
-    assert!(current.hash_revision > at, "writes landed after the snapshot");
+    assert!(
+        current.hash_revision > at,
+        "writes landed after the snapshot"
+    );
     let status = status_json(&file);
     assert_eq!(status["revision"], at);
     assert_eq!(status["hash"], source_hash.hash);
@@ -220,7 +223,7 @@ async fn backup_under_load_restores_into_a_new_cluster_with_the_same_hash() {
         );
         assert_ne!(
             h.header.unwrap().cluster_id,
-            source_hash.header.clone().unwrap().cluster_id,
+            source_hash.header.unwrap().cluster_id,
             "a new cluster id"
         );
     }

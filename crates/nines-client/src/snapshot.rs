@@ -115,12 +115,10 @@ pub async fn save_snapshot<W: AsyncWrite + Unpin>(
         next = stream.message().await.map_err(SnapshotError::Status)?;
     }
     out.flush().await?;
-    let sha256 = check
-        .verify()
-        .ok_or(SnapshotError::Checksum {
-            received: check.data_len(),
-            announced,
-        })?;
+    let sha256 = check.verify().ok_or(SnapshotError::Checksum {
+        received: check.data_len(),
+        announced,
+    })?;
     Ok(SavedSnapshot {
         bytes: check.received,
         revision,

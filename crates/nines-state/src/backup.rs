@@ -91,7 +91,10 @@ fn check_sha256(path: &Path) -> Result<u64, StateError> {
         .map_err(|e| StateError::io(path, e))?;
     let mut stored = [0u8; CHECKSUM_LEN as usize];
     if copied != data_len || input.read_exact(&mut stored).is_err() {
-        return Err(StateError::corrupt(path, "the file changed while it was read"));
+        return Err(StateError::corrupt(
+            path,
+            "the file changed while it was read",
+        ));
     }
     let computed = hasher.finalize();
     if computed.as_slice() != stored {

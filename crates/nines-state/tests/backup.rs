@@ -55,7 +55,8 @@ async fn export_under_writes_then_status_and_restore_match_hashkv() {
         a.cmd(put(&format!("k{:04}", i % 700), &format!("v{i}")))
             .await;
         if i % 10 == 0 {
-            a.cmd(delete(&format!("k{:04}", (i * 7) % 700), false)).await;
+            a.cmd(delete(&format!("k{:04}", (i * 7) % 700), false))
+                .await;
         }
     }
     a.cmd(Command::Compact {
@@ -103,10 +104,9 @@ async fn export_under_writes_then_status_and_restore_match_hashkv() {
     assert_eq!(r.hash_kv(at).unwrap(), source);
     assert_eq!(r.last_applied(), Some(applied));
     let mut restored = restored;
-    let (last, membership) =
-        openraft::storage::RaftStateMachine::applied_state(&mut restored)
-            .await
-            .unwrap();
+    let (last, membership) = openraft::storage::RaftStateMachine::applied_state(&mut restored)
+        .await
+        .unwrap();
     assert_eq!(last, Some(applied));
     assert_eq!(membership, new_membership(applied));
     // A restore never writes over existing state.

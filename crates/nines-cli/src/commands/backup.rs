@@ -79,12 +79,9 @@ async fn save(
         .with_context(|| format!("creating {}", part.display()))?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut bar = ProgressLine::new();
-    let saved = save_snapshot(
-        endpoint,
-        timeout.max(MIN_FIRST_BYTE_WAIT),
-        &mut out,
-        |p| bar.show(p),
-    )
+    let saved = save_snapshot(endpoint, timeout.max(MIN_FIRST_BYTE_WAIT), &mut out, |p| {
+        bar.show(p)
+    })
     .await;
     bar.finish();
     let saved = saved?;
@@ -116,7 +113,10 @@ impl ProgressLine {
 
     fn show(&mut self, p: Progress) {
         let total = p.received + p.remaining;
-        let percent = (p.received * 100).checked_div(total).unwrap_or(100).min(100);
+        let percent = (p.received * 100)
+            .checked_div(total)
+            .unwrap_or(100)
+            .min(100);
         let done = p.remaining == 0;
         let err = &mut io::stderr().lock();
         if self.tty {

@@ -10,8 +10,8 @@ pub mod convert;
 mod kv;
 mod maintenance;
 mod range;
-mod snapshot;
 pub mod session;
+mod snapshot;
 
 use std::sync::Arc;
 

@@ -89,7 +89,7 @@ pub async fn stream(core: &Arc<NodeCore>) -> Result<BoxStream<epb::SnapshotRespo
         loop {
             let message = match chunks.next_chunk() {
                 Ok(Some((remaining_bytes, blob))) => Ok(epb::SnapshotResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     remaining_bytes,
                     blob,
                     // etcd 3.5 names its storage version in the first message.

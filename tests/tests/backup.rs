@@ -2,7 +2,7 @@
 //! client while 64 clients write, restored with `nines snapshot restore`
 //! into a fresh 3-node cluster, hashes as the source did at its revision;
 //! and a file `etcdctl snapshot save` writes is one `nines snapshot
-//! status` accepts.
+//! status` accepts, as is one `nines snapshot save` writes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -254,6 +254,21 @@ async fn etcdctl_snapshot_save_writes_a_file_nines_reads() {
     assert_eq!(status["revision"], hash.hash_revision);
     assert_eq!(status["hash"], hash.hash);
     assert_eq!(status["totalKey"], 20);
+
+    // `nines snapshot save` of the same state: same revision and hash.
+    let ours = dir.path().join("nines.db");
+    let said = nines(&[
+        "--endpoints",
+        &endpoint,
+        "snapshot",
+        "save",
+        ours.to_str().unwrap(),
+    ]);
+    assert!(said.contains("Snapshot saved at"), "{said}");
+    assert!(!dir.path().join("nines.db.part").exists());
+    let our_status = status_json(&ours);
+    assert_eq!(our_status["revision"], status["revision"]);
+    assert_eq!(our_status["hash"], status["hash"]);
 
     // A cut file is refused with a clear error.
     let bytes = std::fs::read(&file).unwrap();

@@ -12,10 +12,12 @@ mod client;
 mod endpoints;
 mod error;
 mod session;
+pub mod snapshot;
 
 pub use client::{Client, ClientConfig, ReadBalance, MAX_RESPONSE_BYTES};
 pub use error::ClientError;
 pub use nines_proto as proto;
+pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
 
 /// The smallest key after every key that starts with `prefix` (etcd's
 /// range_end for `--prefix`); `"\0"` (all keys) when there is none.

@@ -34,6 +34,10 @@ pub enum LogError {
     NonContiguous { expected: u64, got: u64 },
 
     /// An earlier operation panicked while holding the log's lock.
+    /// A restored member's log must start empty.
+    #[error("the log in {0} is not empty: a restore needs a new data dir")]
+    NotEmpty(PathBuf),
+
     #[error("log state poisoned by an earlier panic")]
     Poisoned,
 

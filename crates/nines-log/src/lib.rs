@@ -76,6 +76,18 @@ impl LogStore {
         Ok(LogStore { wal: Arc::new(wal) })
     }
 
+    /// Creates the log of a member restored from a backup in `dir`: empty,
+    /// purged up to `last` (the restored state machine's last applied
+    /// entry), so openraft continues after it and serves the entries
+    /// before it from the snapshot. Refuses a dir that holds a log.
+    pub fn create_restored(dir: &Path, last: nines_types::LogId) -> Result<(), LogError> {
+        let log = LogStore::open(dir, LogOptions::default())?;
+        if log.wal.log_state()? != (None, None) {
+            return Err(LogError::NotEmpty(dir.to_path_buf()));
+        }
+        log.wal.purge(last)
+    }
+
     /// Lets this node's own leader appends return before their fdatasync
     /// (see `pipeline.rs` for the rules that keep that safe). Call it before
     /// the log is handed to openraft: it changes the vote reported at start.

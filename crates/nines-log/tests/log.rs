@@ -323,3 +323,24 @@ fn non_contiguous_appends() {
         assert_eq!(st.last_log_id, Some(log_id(3, 21)));
     });
 }
+
+#[test]
+fn a_restored_log_starts_empty_after_the_restored_entry() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        LogStore::create_restored(dir.path(), log_id(0, 41)).unwrap();
+        let mut s = open(dir.path());
+        let st = s.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(0, 41)));
+        assert_eq!(st.last_log_id, Some(log_id(0, 41)));
+        assert_eq!(s.read_vote().await.unwrap(), None);
+        // The next entry follows the purged one.
+        append(&mut s, entries(1, 42..44)).await;
+        assert_eq!(indexes(&read_all(&mut s).await), vec![42, 43]);
+        drop(s);
+        assert!(matches!(
+            LogStore::create_restored(dir.path(), log_id(0, 41)),
+            Err(LogError::NotEmpty(_))
+        ));
+    });
+}

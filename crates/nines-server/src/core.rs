@@ -86,6 +86,12 @@ impl NodeCore {
             .map_err(ApiError::from)
     }
 
+    /// A point-in-time snapshot of this member's applied state, for a
+    /// backup (etcd's `Maintenance.Snapshot`): any member serves it.
+    pub async fn export_snapshot(&self) -> Result<nines_state::Export, ApiError> {
+        self.reader.export().await.map_err(ApiError::from)
+    }
+
     /// Proposes a write and waits for it to be applied, or says where the leader is.
     pub async fn write(
         &self,

@@ -23,6 +23,7 @@ pub mod observe;
 mod proposer;
 mod read_barrier;
 pub mod read_limit;
+pub mod restore;
 mod runtime;
 mod snapshot_policy;
 

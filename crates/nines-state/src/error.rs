@@ -61,6 +61,10 @@ pub enum StateError {
     #[error("revision record {main}.{sub} is missing")]
     MissingRecord { main: i64, sub: u32 },
 
+    /// A backup cannot be restored where it was asked to be.
+    #[error("restore: {0}")]
+    Restore(String),
+
     /// The Raft log whose durable index gates apply was closed.
     #[error("the Raft log was closed while an apply waited for it")]
     LogClosed,

@@ -3,7 +3,7 @@
 //! `open` after a crash mid-install.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
@@ -87,7 +87,7 @@ pub(crate) fn fill_new_tree(
 }
 
 fn fill(tree: &sled::Tree, path: &Path, meta: &SnapshotMeta) -> Result<MetaState, StateError> {
-    let (file_meta, mut reader) = SnapshotReader::open(path)?;
+    let (file_meta, reader) = SnapshotReader::open(path)?;
     if file_meta.last_log_id != meta.last_log_id {
         return Err(StateError::corrupt(
             path,
@@ -97,6 +97,17 @@ fn fill(tree: &sled::Tree, path: &Path, meta: &SnapshotMeta) -> Result<MetaState
             ),
         ));
     }
+    load(tree, reader, path, meta)
+}
+
+/// Writes every record `reader` yields into `tree` (failing on a bad
+/// trailer), then `meta`'s applied id and membership; returns the meta.
+pub(crate) fn load<R: Read>(
+    tree: &sled::Tree,
+    mut reader: SnapshotReader<R>,
+    path: &Path,
+    meta: &SnapshotMeta,
+) -> Result<MetaState, StateError> {
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     while let Some((key, value)) = reader.next_record()? {

@@ -1,8 +1,10 @@
 //! The nines state machine: an etcd-like multi-version KV, applied from the
 //! Raft log onto an ordered engine (sled), with exactly-once sessions and
-//! point-in-time file snapshots built while writes continue.
+//! point-in-time file snapshots built while writes continue, and the
+//! backups (etcd's snapshot stream) made from them.
 
 mod apply;
+mod backup;
 mod capture;
 #[cfg(test)]
 mod compaction_sm_tests;
@@ -23,6 +25,9 @@ mod snapshot_file;
 mod state_machine;
 mod store;
 
+pub use backup::{
+    backup_status, restore_state, verify_backup, BackupStatus, Export, BACKUP_ALIGN, CHECKSUM_LEN,
+};
 pub use error::StateError;
 pub use mvcc::{HashKv, Read};
 pub use reader::StateReader;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use nines_types::{KeyValue, LogId, RangeOptions, RangeRequest, RangeResponse};
 
+use crate::backup::Export;
 use crate::error::StateError;
 use crate::mvcc::{HashKv, Mvcc, Read};
 use crate::sled_engine::SledEngine;
@@ -58,6 +59,15 @@ impl StateReader {
     /// Compacted and future revisions fail as a range does.
     pub fn hash_kv(&self, revision: i64) -> Result<HashKv, StateError> {
         self.on_current(|store| store.hash_kv(revision))
+    }
+
+    /// A point-in-time snapshot of the applied state in a temp file, for a
+    /// backup stream (etcd's `Maintenance.Snapshot`). Waits for a running
+    /// snapshot build or install; applies go on while it is written.
+    pub async fn export(&self) -> Result<Export, StateError> {
+        let _one_at_a_time = self.shared.build_lock.lock().await;
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || crate::backup::export(&shared)).await?
     }
 
     /// The current store revision.

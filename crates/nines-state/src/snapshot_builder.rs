@@ -44,6 +44,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
+    let tmp = shared.snapshots.tmp_path("build");
+    let (meta, _) = capture_to(shared, &tmp)?;
+    let dest = shared.snapshots.file_for(&meta.snapshot_id);
+    shared.snapshots.publish(&tmp, &dest)?;
+    // Opened before anyone can delete it: we hold the build lock.
+    let file = std::fs::File::open(&dest).map_err(|e| StateError::io(&dest, e))?;
+    *lock(&shared.current_snapshot) = Some(meta.clone());
+    shared.snapshots.remove_others(&dest);
+    shared.stats.builds.fetch_add(1, Ordering::Relaxed);
+    Ok((meta, file))
+}
+
+/// Writes a point-in-time snapshot of the current state to `tmp` (removed
+/// again on failure). Call with the build lock held: one capture at a time.
+pub(crate) fn capture_to(shared: &Shared, tmp: &Path) -> Result<(SnapshotMeta, i64), StateError> {
     let store = shared.current();
     // Before the capture, held to the end: see `Compactor::gate`.
     let _no_sweep = lock(&shared.compactor.gate);
@@ -54,23 +69,15 @@ fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
         last_membership: state.membership,
         snapshot_id: shared.snapshots.new_id(state.applied),
     };
-    let tmp = shared.snapshots.tmp_path("build");
     let history = History {
         revision: state.revision,
         compacted: state.compacted,
     };
-    if let Err(e) = write(shared, &store.engine, guard, &meta, history, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = write(shared, &store.engine, guard, &meta, history, tmp) {
+        let _ = std::fs::remove_file(tmp);
         return Err(e);
     }
-    let dest = shared.snapshots.file_for(&meta.snapshot_id);
-    shared.snapshots.publish(&tmp, &dest)?;
-    // Opened before anyone can delete it: we hold the build lock.
-    let file = std::fs::File::open(&dest).map_err(|e| StateError::io(&dest, e))?;
-    *lock(&shared.current_snapshot) = Some(meta.clone());
-    shared.snapshots.remove_others(&dest);
-    shared.stats.builds.fetch_add(1, Ordering::Relaxed);
-    Ok((meta, file))
+    Ok((meta, state.revision))
 }
 
 /// The captured revisions that bound the history a snapshot carries.

@@ -89,31 +89,38 @@ fn len_u32(len: usize, path: &Path) -> Result<u32, StateError> {
         .map_err(|_| StateError::Codec(format!("record of {len} bytes in {}", path.display())))
 }
 
-/// Streams records out of a snapshot file, verifying count and CRC at the end.
-pub(crate) struct SnapshotReader {
-    input: BufReader<File>,
+/// Streams records out of a snapshot file, verifying count and CRC at the
+/// end. `R` is the file, or the part of a backup before its checksum.
+pub(crate) struct SnapshotReader<R: Read = File> {
+    input: BufReader<R>,
     path: PathBuf,
     crc: u32,
     count: u64,
     done: bool,
+    /// Zero bytes allowed after the trailer (a backup's alignment padding).
+    max_padding: usize,
 }
 
 impl SnapshotReader {
     pub fn open(path: &Path) -> Result<(SnapshotMeta, SnapshotReader), StateError> {
         let file = File::open(path).map_err(|e| StateError::io(path, e))?;
-        Self::from_file(file, path)
+        SnapshotReader::from_reader(file, path)
     }
+}
 
-    pub fn from_file(
-        file: File,
+impl<R: Read> SnapshotReader<R> {
+    /// Reads the header from `input`; `path` names it in errors.
+    pub fn from_reader(
+        input: R,
         path: &Path,
-    ) -> Result<(SnapshotMeta, SnapshotReader), StateError> {
+    ) -> Result<(SnapshotMeta, SnapshotReader<R>), StateError> {
         let mut r = SnapshotReader {
-            input: BufReader::with_capacity(256 * 1024, file),
+            input: BufReader::with_capacity(256 * 1024, input),
             path: path.to_path_buf(),
             crc: 0,
             count: 0,
             done: false,
+            max_padding: 0,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic, "magic")?;
@@ -131,6 +138,12 @@ impl SnapshotReader {
         let meta_bytes = r.bytes(meta_len, "meta")?;
         let meta = decode(&meta_bytes).map_err(|e| r.corrupt(format!("meta: {e}")))?;
         Ok((meta, r))
+    }
+
+    /// Accepts up to `max` zero bytes after the trailer.
+    pub fn allow_padding(mut self, max: usize) -> Self {
+        self.max_padding = max;
+        self
     }
 
     /// The next record, or None after a valid trailer.
@@ -166,11 +179,19 @@ impl SnapshotReader {
                 "crc32c mismatch: stored {stored_crc:#010x}, computed {crc:#010x}"
             )));
         }
-        let mut extra = [0u8; 1];
-        match self.input.read(&mut extra) {
-            Ok(0) => {}
-            Ok(_) => return Err(self.corrupt("trailing bytes after trailer")),
-            Err(e) => return Err(StateError::io(&self.path, e)),
+        let mut extra = [0u8; 512];
+        let mut padding = 0;
+        loop {
+            match self.input.read(&mut extra) {
+                Ok(0) => break,
+                Ok(n) => {
+                    padding += n;
+                    if padding > self.max_padding || extra[..n].iter().any(|&b| b != 0) {
+                        return Err(self.corrupt("trailing bytes after trailer"));
+                    }
+                }
+                Err(e) => return Err(StateError::io(&self.path, e)),
+            }
         }
         self.done = true;
         Ok(())

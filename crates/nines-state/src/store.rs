@@ -53,6 +53,8 @@ pub(crate) const SLED_DIR: &str = "sm";
 /// `rebuild::open_bounded`).
 pub(crate) const SLED_OPEN_LINK: &str = "sm.open";
 const TREE_PREFIX: &str = "data-";
+/// The snapshot dir inside the state dir.
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
 /// Tuning of the state machine.
 #[derive(Debug, Clone)]
@@ -319,7 +321,7 @@ pub(crate) fn shared(
         capture: Mutex::new(None),
         build_lock: tokio::sync::Mutex::new(()),
         current_snapshot: Mutex::new(None),
-        snapshots: SnapshotDir::new(dir.join("snapshots")),
+        snapshots: SnapshotDir::new(dir.join(SNAPSHOT_DIR)),
         opts,
         last_applied: RwLock::new(meta.applied),
         tree_counter: AtomicU64::new(next_tree),

@@ -1,6 +1,7 @@
 //! One module per command group; each args type has
 //! `async fn run(self, ctx: &Context) -> anyhow::Result<()>`.
 
+pub mod backup;
 pub mod compaction;
 pub mod endpoint;
 pub mod kv;

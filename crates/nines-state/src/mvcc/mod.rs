@@ -157,6 +157,16 @@ impl<E: Engine> Mvcc<E> {
             });
     }
 
+    /// Keys that exist at revision `at` (deleted ones excluded).
+    pub fn live_keys(&self, at: i64) -> u64 {
+        let index = read_lock(&self.index);
+        let live = index
+            .range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+            .filter(|(_, history)| history.at(at).is_some())
+            .count();
+        live as u64
+    }
+
     /// The revision reads are served at.
     pub fn revision(&self) -> i64 {
         self.published.load(Ordering::Acquire)

@@ -2,8 +2,8 @@
 //! shows), `Alarm` (nines raises none: over the quota, writes that add
 //! data answer RESOURCE_EXHAUSTED until compaction frees space, with no
 //! alarm to disarm; see `NodeCore::check_quota`), `HashKV`, `MoveLeader`
-//! and `Defragment`. The rest (Hash, Snapshot, Downgrade) answers
-//! UNIMPLEMENTED.
+//! `Defragment` and `Snapshot` (see `snapshot.rs`). The rest (Hash,
+//! Downgrade) answers UNIMPLEMENTED.
 
 use std::sync::Arc;
 
@@ -106,6 +106,14 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
             compact_revision: hashed.compact_revision,
             hash_revision: hashed.revision,
         }))
+    }
+
+    /// Any member serves it, from its own applied state.
+    async fn snapshot(
+        &self,
+        _request: tonic::Request<epb::SnapshotRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<epb::SnapshotResponse>>, Status> {
+        super::snapshot::stream(&self.core).await.map(Response::new)
     }
 
     /// etcd requires the call to reach the leader; nines runs it on the

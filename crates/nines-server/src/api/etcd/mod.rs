@@ -1,7 +1,7 @@
 //! etcd's v3 gRPC API (`etcdserverpb`) on the client port, so etcdctl and
 //! etcd's client libraries work against nines. Services and methods that
 //! land with later issues (Watch, Lease, Auth beyond its status, and
-//! Maintenance's Hash, Snapshot and Downgrade) answer UNIMPLEMENTED through
+//! Maintenance's Hash and Downgrade) answer UNIMPLEMENTED through
 //! the generated default stubs.
 
 mod auth;
@@ -11,6 +11,7 @@ mod kv;
 mod maintenance;
 mod range;
 pub mod session;
+mod snapshot;
 
 use std::sync::Arc;
 

@@ -151,6 +151,7 @@ async fn txn_compare_and_swap_through_a_follower() {
             result: pb::compare::CompareResult::Equal as i32,
             target: pb::compare::CompareTarget::Value as i32,
             target_union: Some(pb::compare::TargetUnion::Value(expect.as_bytes().to_vec())),
+            ..Default::default()
         }],
         success: vec![pb::RequestOp {
             request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nines_client::proto as pb;
 use nines_tests::{Cluster, ClusterOptions};
 
 /// A small ext4 filesystem on a loop device, unmounted on drop.

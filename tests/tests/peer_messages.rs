@@ -210,16 +210,15 @@ async fn a_snapshot_chunk_at_offset_two_to_the_forty_is_refused() {
     let leader = cluster.wait_leader(LONG).await;
     let term = term_of(&cluster, leader).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let status = cluster.status(follower).await.unwrap();
     let membership = {
         // The cluster's own membership, so only the offset is wrong.
-        let nodes: std::collections::BTreeMap<u64, nines_types::Node> = status
-            .members
+        let nodes: std::collections::BTreeMap<u64, nines_types::Node> = cluster
+            .nodes
             .iter()
-            .map(|m| {
+            .map(|n| {
                 (
-                    m.id,
-                    nines_types::Node::new(m.raft_addr.clone(), m.api_addr.clone()),
+                    n.id,
+                    nines_types::Node::new(n.peer_addr.clone(), n.client_addr.clone()),
                 )
             })
             .collect();

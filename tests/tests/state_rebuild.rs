@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nines_client::proto as pb;
 use nines_tests::{Cluster, ClusterOptions};
 
 /// XORs 4 KiB in the middle of every file under sled's dir.

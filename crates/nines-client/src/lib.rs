@@ -25,6 +25,8 @@ pub use session::{with_session, SESSION_HEADER};
 /// The messages and clients the API uses: etcd's `etcdserverpb` with
 /// `mvccpb`'s KeyValue, and nines' own calls in `v1`.
 pub mod proto {
+    /// The same types under etcd's package names.
+    pub use nines_proto::etcd;
     pub use nines_proto::etcd::etcdserverpb::*;
     pub use nines_proto::etcd::mvccpb::{self, KeyValue};
     pub use nines_proto::v1;

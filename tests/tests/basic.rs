@@ -166,7 +166,6 @@ async fn txn_compare_and_swap_through_a_follower() {
                 ..Default::default()
             })),
         }],
-        ..Default::default()
     };
     assert!(client.txn(cas("a", "b")).await.unwrap().succeeded);
     let failed = client.txn(cas("a", "c")).await.unwrap();

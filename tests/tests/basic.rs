@@ -84,12 +84,13 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let err = client.get("").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
-    // A compare without an operand is malformed.
+    // A compare whose operand does not match its target is malformed (a
+    // missing operand is etcd's zero value, as proto3 leaves it off the wire).
     let malformed = pb::TxnRequest {
         compare: vec![pb::Compare {
             key: b"sentinel".to_vec(),
             target: pb::compare::CompareTarget::Value as i32,
-            target_union: None,
+            target_union: Some(pb::compare::TargetUnion::Version(1)),
             ..Default::default()
         }],
         success: vec![pb::RequestOp {

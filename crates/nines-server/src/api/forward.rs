@@ -48,7 +48,10 @@ where
     let answer = tokio::select! {
         answer = call => answer,
         () = leader_moved(core, leader) => {
-            return Err(ApiError::LeaderChanged { leader: core.leader() }.into());
+            // Counted as a forward that got no answer, like a transport failure.
+            let status: Status = ApiError::LeaderChanged { leader: core.leader() }.into();
+            note_failure(core, leader, &status);
+            return Err(status);
         }
     };
     answer.map_err(|status| failed(core, leader, status))
@@ -120,6 +123,11 @@ fn client_addr(node: &Node) -> &str {
 /// fail the same way at once) when it is a failure to get an answer rather
 /// than the other member's answer to the request itself.
 fn failed(core: &NodeCore, target: &Node, status: Status) -> Status {
+    note_failure(core, target, &status);
+    ApiError::Forward(status).into()
+}
+
+fn note_failure(core: &NodeCore, target: &Node, status: &Status) {
     let kind = match status.code() {
         Code::Unavailable => Some("forward_unavailable"),
         Code::DeadlineExceeded => Some("forward_deadline"),
@@ -141,7 +149,6 @@ fn failed(core: &NodeCore, target: &Node, status: Status) -> Status {
             );
         }
     }
-    ApiError::Forward(status).into()
 }
 
 /// The peer port serves client calls only when a member of this cluster

@@ -25,10 +25,13 @@ profile="${NINES_CHAOS_PROFILE:-release}"
 case "$profile" in
   release) cargo build --release -p nines-server -p nines-jepsen ;;
   # test-hooks: the negative control in scripts/test.sh passes a test-only switch.
-  debug) cargo build -p nines-server --features test-hooks -p nines-jepsen ;;
+  debug) cargo build -p nines-server -p nines-jepsen --features nines-server/test-hooks ;;
   *) echo "NINES_CHAOS_PROFILE must be debug or release" >&2; exit 2 ;;
 esac
-defaults+=(--workload all --nemesis all --server-bin "target/$profile/nines-server")
+# Where cargo put them: CARGO_TARGET_DIR when set (a worktree building
+# into its own dir), else target/.
+bin_dir="${CARGO_TARGET_DIR:-target}/$profile"
+defaults+=(--workload all --nemesis all --server-bin "$bin_dir/nines-server")
 
 out="$(mktemp -t nines-chaos.XXXXXX.log)"
 status=0
@@ -42,7 +45,7 @@ for ((i = 0; i < ${#defaults[@]}; i += 2)); do
   fi
 done
 echo "chaos ($mode): nines-jepsen ${args[*]} $*"
-"target/$profile/nines-jepsen" "${args[@]}" "$@" 2>&1 | tee "$out" || status=$?
+"$bin_dir/nines-jepsen" "${args[@]}" "$@" 2>&1 | tee "$out" || status=$?
 
 dir="$(sed -n 's/^run dir: //p' "$out" | tail -1)"
 # Without a report (setup failed) the run dir is only in the start banner.

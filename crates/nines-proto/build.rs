@@ -1,5 +1,5 @@
 //! Compiles the protos with protox (pure Rust), so building needs no protoc:
-//! proto/nines/v1/*.proto (nines' own services) and proto/etcd (etcd's v3
+//! proto/nines/v1/*.proto (Raft traffic and the few calls etcd lacks) and proto/etcd (etcd's v3
 //! API: etcdserverpb, mvccpb, authpb).
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", root.display());
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
-    let files = ["kv.proto", "cluster.proto", "raft.proto"].map(|f| root.join("nines/v1").join(f));
+    let files = ["admin.proto", "raft.proto"].map(|f| root.join("nines/v1").join(f));
     let fds = protox::compile(&files, [&root])?;
     std::fs::write(out.join("nines_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()

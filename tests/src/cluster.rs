@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nines_client::{proto as pb, Client, ClientConfig};
+use nines_client::{Client, ClientConfig, NodeStatus};
 
 /// Finds the `nines-server` binary built next to the test executable.
 pub fn server_binary() -> PathBuf {
@@ -331,7 +331,7 @@ impl Cluster {
         Client::new(config).expect("client")
     }
 
-    pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
+    pub async fn status(&self, id: u64) -> Option<NodeStatus> {
         let client = Client::connect([self.node(id).client_addr.clone()]).ok()?;
         client.status_of(&self.node(id).client_addr).await.ok()
     }

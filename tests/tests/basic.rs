@@ -84,12 +84,13 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     let err = client.get("").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
-    // A compare without an operand is malformed.
+    // A compare whose operand does not match its target is malformed (a
+    // missing operand is etcd's zero value, as proto3 leaves it off the wire).
     let malformed = pb::TxnRequest {
         compare: vec![pb::Compare {
             key: b"sentinel".to_vec(),
             target: pb::compare::CompareTarget::Value as i32,
-            target_union: None,
+            target_union: Some(pb::compare::TargetUnion::Version(1)),
             ..Default::default()
         }],
         success: vec![pb::RequestOp {
@@ -151,6 +152,7 @@ async fn txn_compare_and_swap_through_a_follower() {
             result: pb::compare::CompareResult::Equal as i32,
             target: pb::compare::CompareTarget::Value as i32,
             target_union: Some(pb::compare::TargetUnion::Value(expect.as_bytes().to_vec())),
+            ..Default::default()
         }],
         success: vec![pb::RequestOp {
             request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
@@ -165,7 +167,6 @@ async fn txn_compare_and_swap_through_a_follower() {
                 ..Default::default()
             })),
         }],
-        ..Default::default()
     };
     assert!(client.txn(cas("a", "b")).await.unwrap().succeeded);
     let failed = client.txn(cas("a", "c")).await.unwrap();

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nines_client::proto as pb;
 use nines_tests::{Cluster, ClusterOptions};
 
 /// A small ext4 filesystem on a loop device, unmounted on drop.
@@ -205,7 +204,7 @@ async fn full_disk_exits_nonzero_then_catches_up_with_space() {
     for &i in &acked {
         let len = if i >= 10_000 { 1024 } else { VALUE };
         let got = local
-            .get_request(pb::GetRequest {
+            .get_request(nines_client::GetRequest {
                 key: format!("k{i:05}").into_bytes(),
                 serializable: true,
             })
@@ -344,7 +343,7 @@ async fn descriptor_exhaustion_does_not_spin_or_stop_the_node() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let got = local
-            .get_request(pb::GetRequest {
+            .get_request(nines_client::GetRequest {
                 key: b"before".to_vec(),
                 serializable: true,
             })

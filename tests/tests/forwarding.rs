@@ -39,3 +39,77 @@ async fn a_forward_to_a_paused_leader_ends_when_a_new_leader_is_known() {
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
     }
 }
+
+/// The peer port serves etcd's KV, Cluster and Maintenance and nines'
+/// Admin only for calls a member of this cluster forwarded: a client that
+/// reaches it (a firewalled client port) is refused, as is a forward that
+/// claims a sender outside the membership or another cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_serves_only_calls_forwarded_by_members() {
+    use nines_client::proto::cluster_client::ClusterClient;
+    use nines_client::proto::maintenance_client::MaintenanceClient;
+    use nines_client::proto::v1::admin_client::AdminClient;
+
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    let put = cluster.client().put("k", "v").await.expect("put");
+    let cluster_id = put.header.expect("header").cluster_id;
+    let addr = format!("http://{}", cluster.node(leader).peer_addr);
+    let channel = tonic::transport::Channel::from_shared(addr)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the peer port");
+    let denied = |result: Result<(), tonic::Status>, what: &str, why: &str| {
+        let status = result.expect_err(what);
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{what}: {status}"
+        );
+        assert!(status.message().contains(why), "{what}: {status}");
+    };
+    let mut kv = KvClient::new(channel.clone());
+    let put = pb::PutRequest {
+        key: b"k".to_vec(),
+        value: b"through the peer port".to_vec(),
+        ..Default::default()
+    };
+    let only_members = "serves only members";
+    denied(kv.put(put.clone()).await.map(drop), "put", only_members);
+    let range = pb::RangeRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    };
+    denied(kv.range(range).await.map(drop), "range", only_members);
+    let list = pb::MemberListRequest { linearizable: true };
+    let mut members = ClusterClient::new(channel.clone());
+    denied(
+        members.member_list(list).await.map(drop),
+        "member list",
+        only_members,
+    );
+    let mut maintenance = MaintenanceClient::new(channel.clone());
+    let status = maintenance.status(pb::StatusRequest {}).await.map(drop);
+    denied(status, "status", only_members);
+    let mut admin = AdminClient::new(channel.clone());
+    let snapshot = admin.snapshot(pb::v1::SnapshotRequest {}).await.map(drop);
+    denied(snapshot, "snapshot", only_members);
+
+    // Marked as forwarded, but by a node that is not a member, or from
+    // another cluster.
+    let forged = |from: u64, cluster: u64| {
+        let mut request = tonic::Request::new(put.clone());
+        let metadata = request.metadata_mut();
+        metadata.insert("x-nines-forwarded", "1".parse().unwrap());
+        metadata.insert("x-nines-from", from.to_string().parse().unwrap());
+        metadata.insert("x-nines-cluster", cluster.to_string().parse().unwrap());
+        request
+    };
+    let outsider = kv.put(forged(99, cluster_id)).await.map(drop);
+    denied(outsider, "a forward from node 99", "not a member");
+    let foreign = kv.put(forged(leader, cluster_id ^ 1)).await.map(drop);
+    denied(foreign, "a forward from another cluster", "another cluster");
+    let kv = cluster.client().get("k").await.expect("get").expect("k");
+    assert_eq!(kv.value, b"v", "nothing written through the peer port");
+}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use nines_client::proto as pb;
-use nines_client::proto::raft_client::RaftClient;
+use nines_client::proto::v1::raft_client::RaftClient;
 use nines_tests::{Cluster, ClusterOptions};
 use nines_types::{codec, Command, Request, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -27,9 +27,9 @@ async fn send(
     id: u64,
     rpc: &str,
     data: Vec<u8>,
-) -> Result<pb::RaftReply, tonic::Status> {
+) -> Result<pb::v1::RaftReply, tonic::Status> {
     let status = cluster.status(id).await.expect("status");
-    let request = pb::RaftRequest {
+    let request = pb::v1::RaftRequest {
         target: id,
         cluster_id: status.header.expect("header").cluster_id,
         data,
@@ -210,16 +210,15 @@ async fn a_snapshot_chunk_at_offset_two_to_the_forty_is_refused() {
     let leader = cluster.wait_leader(LONG).await;
     let term = term_of(&cluster, leader).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let status = cluster.status(follower).await.unwrap();
     let membership = {
         // The cluster's own membership, so only the offset is wrong.
-        let nodes: std::collections::BTreeMap<u64, nines_types::Node> = status
-            .members
+        let nodes: std::collections::BTreeMap<u64, nines_types::Node> = cluster
+            .nodes
             .iter()
-            .map(|m| {
+            .map(|n| {
                 (
-                    m.id,
-                    nines_types::Node::new(m.raft_addr.clone(), m.api_addr.clone()),
+                    n.id,
+                    nines_types::Node::new(n.peer_addr.clone(), n.client_addr.clone()),
                 )
             })
             .collect();
@@ -266,7 +265,7 @@ async fn a_snapshot_chunk_at_offset_two_to_the_forty_is_refused() {
 /// reply aborted, and so did the next leader.
 struct HostileLearner;
 
-type RaftResult = Result<tonic::Response<pb::RaftReply>, tonic::Status>;
+type RaftResult = Result<tonic::Response<pb::v1::RaftReply>, tonic::Status>;
 
 fn hostile_reply() -> RaftResult {
     let err: Result<(), openraft::error::RaftError<u64>> = Err(openraft::error::RaftError::Fatal(
@@ -281,29 +280,29 @@ fn hostile_reply() -> RaftResult {
     data.truncate(at);
     data.push(0xfd);
     data.extend_from_slice(&(1u64 << 50).to_le_bytes());
-    Ok(tonic::Response::new(pb::RaftReply { data }))
+    Ok(tonic::Response::new(pb::v1::RaftReply { data }))
 }
 
 #[tonic::async_trait]
-impl pb::raft_server::Raft for HostileLearner {
-    async fn append_entries(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+impl pb::v1::raft_server::Raft for HostileLearner {
+    async fn append_entries(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
         hostile_reply()
     }
-    async fn vote(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+    async fn vote(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
         hostile_reply()
     }
-    async fn install_snapshot(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+    async fn install_snapshot(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
         hostile_reply()
     }
-    async fn pre_vote(&self, _: tonic::Request<pb::RaftRequest>) -> RaftResult {
+    async fn pre_vote(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
         hostile_reply()
     }
     async fn probe(
         &self,
-        request: tonic::Request<pb::ProbeRequest>,
-    ) -> Result<tonic::Response<pb::ProbeReply>, tonic::Status> {
+        request: tonic::Request<pb::v1::ProbeRequest>,
+    ) -> Result<tonic::Response<pb::v1::ProbeReply>, tonic::Status> {
         let req = request.into_inner();
-        Ok(tonic::Response::new(pb::ProbeReply {
+        Ok(tonic::Response::new(pb::v1::ProbeReply {
             id: req.target,
             cluster_id: req.cluster_id,
         }))
@@ -318,7 +317,7 @@ async fn a_hostile_learner_cannot_crash_the_leader() {
     let fake = listener.local_addr().unwrap().to_string();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(pb::raft_server::RaftServer::new(HostileLearner))
+            .add_service(pb::v1::raft_server::RaftServer::new(HostileLearner))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     let client = cluster.client();

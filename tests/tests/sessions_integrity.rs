@@ -104,14 +104,13 @@ async fn reused_seq_with_another_request_is_failed_precondition() {
     let mut kv = pb::kv_client::KvClient::connect(addr)
         .await
         .expect("connect");
-    let put = |value: &str, seq: u64| pb::PutRequest {
-        key: b"shared".to_vec(),
-        value: value.as_bytes().to_vec(),
-        session: Some(pb::WriteSession {
-            client_id: 0xfeed,
-            seq,
-        }),
-        ..Default::default()
+    let put = |value: &str, seq: u64| {
+        let message = pb::PutRequest {
+            key: b"shared".to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        nines_client::with_session(message, 0xfeed, seq)
     };
     // Retried while the new leader settles: retries are what sessions are for.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nines_client::proto as pb;
 use nines_tests::{Cluster, ClusterOptions};
 
 /// XORs 4 KiB in the middle of every file under sled's dir.
@@ -104,7 +103,7 @@ async fn damaged_follower_state_is_rebuilt_on_restart() {
     let client = cluster.client_of(follower);
     for i in 0..340u32 {
         let resp = client
-            .get_request(pb::GetRequest {
+            .get_request(nines_client::GetRequest {
                 key: format!("key/{i:04}").into_bytes(),
                 serializable: true,
             })

@@ -51,11 +51,30 @@ pub fn kv_json(kv: &pb::KeyValue) -> Value {
     })
 }
 
+/// The address in the first of etcd's URLs (nines serves one of each).
+fn addr_of(urls: &[String]) -> &str {
+    urls.first().map_or("", |u| {
+        u.strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"))
+            .unwrap_or(u)
+    })
+}
+
+/// Where a member serves Raft traffic.
+pub fn peer_addr(m: &pb::Member) -> &str {
+    addr_of(&m.peer_ur_ls)
+}
+
+/// Where a member serves clients; empty until it started.
+pub fn client_addr(m: &pb::Member) -> &str {
+    addr_of(&m.client_ur_ls)
+}
+
 pub fn member_json(m: &pb::Member) -> Value {
     json!({
         "id": m.id,
-        "raft_addr": m.raft_addr,
-        "api_addr": m.api_addr,
+        "raft_addr": peer_addr(m),
+        "api_addr": client_addr(m),
         "is_learner": m.is_learner,
     })
 }
@@ -104,8 +123,8 @@ pub fn member_table(members: &[pb::Member]) -> Table {
         table.row(vec![
             m.id.to_string(),
             member_status(m).into(),
-            m.raft_addr.clone(),
-            m.api_addr.clone(),
+            peer_addr(m).to_string(),
+            client_addr(m).to_string(),
         ]);
     }
     table

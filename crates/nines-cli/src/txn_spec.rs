@@ -98,7 +98,6 @@ pub fn parse(text: &str) -> Result<pb::TxnRequest> {
         compare,
         success: parse_ops(&spec.success, "success")?,
         failure: parse_ops(&spec.failure, "failure")?,
-        session: None,
     })
 }
 
@@ -143,6 +142,7 @@ fn parse_compare(value: &Value) -> Result<pb::Compare> {
         target: target as i32,
         key: spec.key.into_bytes(),
         target_union: Some(union),
+        ..Default::default()
     })
 }
 
@@ -177,9 +177,8 @@ fn parse_op(value: &Value, at: &str) -> Result<pb::RequestOp> {
             Request::RequestPut(pb::PutRequest {
                 key: put.key.into_bytes(),
                 value: put.value.into_bytes(),
-                lease: 0,
                 prev_kv: put.prev_kv,
-                session: None,
+                ..Default::default()
             })
         }
         "get" => {
@@ -220,7 +219,6 @@ fn parse_op(value: &Value, at: &str) -> Result<pb::RequestOp> {
                 key,
                 range_end,
                 prev_kv: del.prev_kv,
-                session: None,
             })
         }
         other => bail!("{at}: unknown operation {other:?} (put, get, del)"),

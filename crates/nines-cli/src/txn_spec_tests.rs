@@ -31,24 +31,28 @@ fn full_spec() {
                 target: CompareTarget::Value as i32,
                 key: b"k".to_vec(),
                 target_union: Some(TargetUnion::Value(b"v".to_vec())),
+                ..Default::default()
             },
             pb::Compare {
                 result: CompareResult::Greater as i32,
                 target: CompareTarget::Version as i32,
                 key: b"k".to_vec(),
                 target_union: Some(TargetUnion::Version(2)),
+                ..Default::default()
             },
             pb::Compare {
                 result: CompareResult::Less as i32,
                 target: CompareTarget::Create as i32,
                 key: b"c".to_vec(),
                 target_union: Some(TargetUnion::CreateRevision(10)),
+                ..Default::default()
             },
             pb::Compare {
                 result: CompareResult::NotEqual as i32,
                 target: CompareTarget::Mod as i32,
                 key: b"m".to_vec(),
                 target_union: Some(TargetUnion::ModRevision(0)),
+                ..Default::default()
             },
         ],
         success: vec![
@@ -72,7 +76,6 @@ fn full_spec() {
             key: b"k".to_vec(),
             ..Default::default()
         }))],
-        session: None,
     };
     assert_eq!(req, expected);
 }
@@ -132,7 +135,6 @@ fn ranges_limits_and_aliases() {
             key: b"a".to_vec(),
             range_end: b"b".to_vec(),
             prev_kv: true,
-            session: None,
         }))
     );
     assert_eq!(

@@ -5,16 +5,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nines_proto as pb;
-use nines_proto::cluster_client::ClusterClient;
-use nines_proto::kv_client::KvClient;
+use nines_proto::admin_client::AdminClient;
 use rand::Rng;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::endpoints::Endpoints;
 use crate::error::ClientError;
-use crate::session::Lanes;
+use crate::proto::maintenance_client::MaintenanceClient;
+use crate::proto::{self as pb, cluster_client::ClusterClient, kv_client::KvClient, v1};
+use crate::session::{self, Lanes};
 
 /// Largest response accepted: the server's own cap on what it sends. tonic's
 /// 4 MiB default made a range of a few hundred thousand keys fail.
@@ -163,6 +163,23 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        self.call_in(route, message, None, call).await
+    }
+
+    /// `call`, with every attempt carrying `session` (a write's retries
+    /// must all carry the same one).
+    async fn call_in<Req, Resp, F, Fut>(
+        &self,
+        route: Route,
+        message: Req,
+        session: Option<(u64, u64)>,
+        call: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.config.retry_deadline;
         if matches!(route, Route::Leader) && inner.endpoints.leader().is_none() {
@@ -176,6 +193,9 @@ impl Client {
             };
             let endpoint = inner.endpoints.get(i);
             let mut request = tonic::Request::new(message.clone());
+            if let Some((client_id, seq)) = session {
+                session::attach(request.metadata_mut(), client_id, seq);
+            }
             request.set_timeout(attempt_timeout(inner.config.request_timeout, attempt));
             endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
@@ -213,54 +233,56 @@ impl Client {
         }
     }
 
-    /// Asks the endpoints who leads; cheap, and saves a forwarding hop per write.
+    /// Asks the endpoints who leads; cheap, and saves a forwarding hop per
+    /// write. etcd's Status names the leader, its member list the leader's
+    /// client address.
     pub async fn discover_leader(&self) -> Option<String> {
+        let quick = Duration::from_millis(500);
         for endpoint in self.inner.endpoints.all() {
-            let mut request = tonic::Request::new(pb::StatusRequest {});
-            request.set_timeout(Duration::from_millis(500));
-            if let Ok(status) = ClusterClient::new(endpoint.channel.clone())
-                .status(request)
-                .await
-            {
-                let status = status.into_inner();
-                if !status.leader_api_addr.is_empty() {
-                    self.inner
-                        .endpoints
-                        .set_leader_addr(&status.leader_api_addr);
-                    return Some(status.leader_api_addr);
-                }
+            let mut maintenance = MaintenanceClient::new(endpoint.channel.clone());
+            let Ok(status) = maintenance.status(timed(pb::StatusRequest {}, quick)).await else {
+                continue;
+            };
+            let leader = status.into_inner().leader;
+            let list = pb::MemberListRequest {
+                linearizable: false,
+            };
+            let mut cluster = ClusterClient::new(endpoint.channel.clone());
+            let Ok(list) = cluster.member_list(timed(list, quick)).await else {
+                continue;
+            };
+            let addr = list
+                .into_inner()
+                .members
+                .into_iter()
+                .find(|m| m.id == leader && leader != 0)
+                .and_then(|m| m.client_ur_ls.into_iter().next());
+            if let Some(addr) = addr {
+                self.inner.endpoints.set_leader_addr(&addr);
+                return Some(addr);
             }
         }
         None
     }
 
-    /// Runs a write under a fresh (client_id, seq), reused by every retry.
-    async fn write<Req, Resp, F, Fut>(
-        &self,
-        mut message: Req,
-        set_session: impl Fn(&mut Req, pb::WriteSession),
-        call: F,
-    ) -> Result<Resp, ClientError>
+    /// Runs a write under a fresh (client_id, seq), reused by every retry
+    /// and sent as `x-nines-session` metadata.
+    async fn write<Req, Resp, F, Fut>(&self, message: Req, call: F) -> Result<Resp, ClientError>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let lane = self.inner.lanes.acquire();
-        let mut first = message.clone();
-        set_session(
-            &mut first,
-            pb::WriteSession {
-                client_id: lane.client_id,
-                seq: lane.seq,
-            },
-        );
         let attempts = AtomicUsize::new(0);
         let counted = |channel, request| {
             attempts.fetch_add(1, Ordering::Relaxed);
             call(channel, request)
         };
-        let result = self.call(Route::Leader, first, &counted).await;
+        let session = Some((lane.client_id, lane.seq));
+        let result = self
+            .call_in(Route::Leader, message.clone(), session, &counted)
+            .await;
         // The server forgot this lane (idle past its session window, or
         // evicted). If this was the request's only attempt, it was refused,
         // not applied: retry once on a new lane. After several attempts an
@@ -269,14 +291,8 @@ impl Client {
         if forgotten && attempts.load(Ordering::Relaxed) == 1 {
             // The forgotten lane is not returned to the pool.
             let lane = self.inner.lanes.fresh();
-            set_session(
-                &mut message,
-                pb::WriteSession {
-                    client_id: lane.client_id,
-                    seq: lane.seq,
-                },
-            );
-            let result = self.call(Route::Leader, message, &call).await;
+            let session = Some((lane.client_id, lane.seq));
+            let result = self.call_in(Route::Leader, message, session, &call).await;
             self.inner.lanes.release(lane);
             return result;
         }
@@ -303,17 +319,13 @@ impl Client {
         &self,
         request: pb::PutRequest,
     ) -> Result<pb::PutResponse, ClientError> {
-        self.write(
-            request,
-            |r, s| r.session = Some(s),
-            |ch, req| async move { kv(ch).put(req).await },
-        )
-        .await
+        self.write(request, |ch, req| async move { kv(ch).put(req).await })
+            .await
     }
 
     /// A linearizable read of one key.
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<pb::KeyValue>, ClientError> {
-        self.get_request(pb::GetRequest {
+        self.get_request(GetRequest {
             key: key.into(),
             serializable: false,
         })
@@ -321,21 +333,18 @@ impl Client {
         .map(|r| r.kv)
     }
 
-    pub async fn get_request(
-        &self,
-        request: pb::GetRequest,
-    ) -> Result<pb::GetResponse, ClientError> {
-        let route = if request.serializable {
-            Route::AnyReplica
-        } else {
-            Route::Leader
+    /// One key, as etcd's Range of that key alone.
+    pub async fn get_request(&self, request: GetRequest) -> Result<GetResponse, ClientError> {
+        let range = pb::RangeRequest {
+            key: request.key,
+            serializable: request.serializable,
+            ..Default::default()
         };
-        self.call(
-            route,
-            request,
-            |ch, req| async move { kv(ch).get(req).await },
-        )
-        .await
+        let resp = self.range(range).await?;
+        Ok(GetResponse {
+            header: resp.header,
+            kv: resp.kvs.into_iter().next(),
+        })
     }
 
     pub async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, ClientError> {
@@ -369,19 +378,14 @@ impl Client {
     ) -> Result<pb::DeleteRangeResponse, ClientError> {
         self.write(
             request,
-            |r, s| r.session = Some(s),
             |ch, req| async move { kv(ch).delete_range(req).await },
         )
         .await
     }
 
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, ClientError> {
-        self.write(
-            request,
-            |r, s| r.session = Some(s),
-            |ch, req| async move { kv(ch).txn(req).await },
-        )
-        .await
+        self.write(request, |ch, req| async move { kv(ch).txn(req).await })
+            .await
     }
 
     /// Compacts history at or below `revision`; with `physical`, answers
@@ -391,56 +395,72 @@ impl Client {
         revision: i64,
         physical: bool,
     ) -> Result<pb::CompactionResponse, ClientError> {
-        self.write(
-            pb::CompactionRequest {
-                revision,
-                physical,
-                session: None,
-            },
-            |r, s| r.session = Some(s),
-            |ch, req| async move { kv(ch).compact(req).await },
-        )
-        .await
+        let request = pb::CompactionRequest { revision, physical };
+        self.write(request, |ch, req| async move { kv(ch).compact(req).await })
+            .await
     }
 
+    /// The members, as the leader sees them.
     pub async fn member_list(&self) -> Result<pb::MemberListResponse, ClientError> {
-        self.call(
-            Route::Leader,
-            pb::MemberListRequest {
-                serializable: false,
-            },
-            |ch, req| async move { ClusterClient::new(ch).member_list(req).await },
-        )
+        let request = pb::MemberListRequest { linearizable: true };
+        self.call(Route::Leader, request, |ch, req| async move {
+            ClusterClient::new(ch).member_list(req).await
+        })
         .await
     }
 
+    /// Adds a node as a learner under its own id, once the leader probed
+    /// its peer address (etcd's MemberAdd assigns the id itself); answers
+    /// with the members after the change.
     pub async fn member_add_learner(
         &self,
         id: u64,
         raft_addr: &str,
         api_addr: &str,
-    ) -> Result<pb::MemberChangeResponse, ClientError> {
-        let request = pb::MemberAddLearnerRequest {
+    ) -> Result<pb::MemberListResponse, ClientError> {
+        let request = v1::AddLearnerRequest {
             id,
             raft_addr: raft_addr.to_string(),
             api_addr: api_addr.to_string(),
         };
         self.call(Route::Leader, request, |ch, req| async move {
-            ClusterClient::new(ch).member_add_learner(req).await
+            AdminClient::new(ch).add_learner(req).await
         })
-        .await
+        .await?;
+        self.member_list().await
     }
 
-    pub async fn member_promote(&self, id: u64) -> Result<pb::MemberChangeResponse, ClientError> {
-        self.call(
-            Route::Leader,
-            pb::MemberPromoteRequest { id },
-            |ch, req| async move { ClusterClient::new(ch).member_promote(req).await },
-        )
-        .await
+    /// Promotes a learner; answers with the members after the change.
+    /// Promoting a voter is done already: a retry after a lost answer (etcd
+    /// refuses it, "can only promote a learner member") reads the list.
+    pub async fn member_promote(&self, id: u64) -> Result<pb::MemberListResponse, ClientError> {
+        let refused = match self
+            .call(
+                Route::Leader,
+                pb::MemberPromoteRequest { id },
+                |ch, req| async move { ClusterClient::new(ch).member_promote(req).await },
+            )
+            .await
+        {
+            Ok(resp) => {
+                return Ok(pb::MemberListResponse {
+                    header: resp.header,
+                    members: resp.members,
+                })
+            }
+            Err(e) if e.code() == Code::FailedPrecondition => e,
+            Err(e) => return Err(e),
+        };
+        let list = self.member_list().await?;
+        if list.members.iter().any(|m| m.id == id && !m.is_learner) {
+            Ok(list)
+        } else {
+            Err(refused)
+        }
     }
 
-    pub async fn member_remove(&self, id: u64) -> Result<pb::MemberChangeResponse, ClientError> {
+    /// Removes a member; answers with the members after the change.
+    pub async fn member_remove(&self, id: u64) -> Result<pb::MemberListResponse, ClientError> {
         let result = self
             .call(
                 Route::Leader,
@@ -450,48 +470,145 @@ impl Client {
             .await;
         // The removed node may have been the leader we cached.
         self.inner.endpoints.set_leader(None);
-        result
+        let resp = result?;
+        Ok(pb::MemberListResponse {
+            header: resp.header,
+            members: resp.members,
+        })
     }
 
+    /// Moves the leadership to `target_id` (etcd's MoveLeader).
     pub async fn transfer_leader(
         &self,
         target_id: u64,
-    ) -> Result<pb::TransferLeaderResponse, ClientError> {
+    ) -> Result<pb::MoveLeaderResponse, ClientError> {
         let result = self
             .call(
                 Route::Leader,
-                pb::TransferLeaderRequest { target_id },
-                |ch, req| async move { ClusterClient::new(ch).transfer_leader(req).await },
+                pb::MoveLeaderRequest { target_id },
+                |ch, req| async move { MaintenanceClient::new(ch).move_leader(req).await },
             )
             .await;
         self.inner.endpoints.set_leader(None);
         result
     }
 
-    /// Status of one endpoint, without retries (that is the point of asking).
-    pub async fn status_of(&self, endpoint: &str) -> Result<pb::StatusResponse, ClientError> {
+    /// A channel to `endpoint`, added to the set if it is new.
+    fn channel_of(&self, endpoint: &str) -> Result<Channel, ClientError> {
         let i = self.inner.endpoints.add(endpoint)?;
-        let channel = self.inner.endpoints.get(i).channel.clone();
-        let mut request = tonic::Request::new(pb::StatusRequest {});
-        request.set_timeout(self.inner.config.request_timeout);
-        ClusterClient::new(channel)
-            .status(request)
-            .await
-            .map(|r| r.into_inner())
-            .map_err(ClientError::Status)
+        Ok(self.inner.endpoints.get(i).channel.clone())
+    }
+
+    /// Status of one endpoint, without retries (that is the point of
+    /// asking): etcd's Status and nines' Raft log positions, asked at once.
+    pub async fn status_of(&self, endpoint: &str) -> Result<NodeStatus, ClientError> {
+        let channel = self.channel_of(endpoint)?;
+        let limit = self.inner.config.request_timeout;
+        let mut maintenance = MaintenanceClient::new(channel.clone());
+        let mut admin = AdminClient::new(channel);
+        let (etcd, raft) = tokio::join!(
+            maintenance.status(timed(pb::StatusRequest {}, limit)),
+            admin.raft_status(timed(v1::RaftStatusRequest {}, limit)),
+        );
+        let etcd = etcd.map_err(ClientError::Status)?.into_inner();
+        let raft = raft.map_err(ClientError::Status)?.into_inner();
+        Ok(NodeStatus::of(etcd, raft))
     }
 
     /// Builds a snapshot on one endpoint.
-    pub async fn snapshot_of(&self, endpoint: &str) -> Result<pb::SnapshotResponse, ClientError> {
-        let i = self.inner.endpoints.add(endpoint)?;
-        let channel = self.inner.endpoints.get(i).channel.clone();
-        let mut request = tonic::Request::new(pb::SnapshotRequest {});
-        request.set_timeout(Duration::from_secs(90));
-        ClusterClient::new(channel)
+    pub async fn snapshot_of(&self, endpoint: &str) -> Result<SnapshotBuilt, ClientError> {
+        let channel = self.channel_of(endpoint)?;
+        let request = timed(v1::SnapshotRequest {}, Duration::from_secs(90));
+        let resp = AdminClient::new(channel)
             .snapshot(request)
             .await
-            .map(|r| r.into_inner())
-            .map_err(ClientError::Status)
+            .map_err(ClientError::Status)?
+            .into_inner();
+        Ok(SnapshotBuilt {
+            header: resp.header.map(|h| pb::ResponseHeader {
+                cluster_id: h.cluster_id,
+                member_id: h.member_id,
+                revision: h.revision,
+                raft_term: h.raft_term,
+            }),
+            snapshot_index: resp.snapshot_index,
+        })
+    }
+}
+
+fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// One key and whether to read it from any replica: a Range of that key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GetRequest {
+    pub key: Vec<u8>,
+    pub serializable: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GetResponse {
+    pub header: Option<pb::ResponseHeader>,
+    /// Absent when the key does not exist.
+    pub kv: Option<pb::KeyValue>,
+}
+
+/// A snapshot one member built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotBuilt {
+    pub header: Option<pb::ResponseHeader>,
+    /// The last log index the snapshot covers.
+    pub snapshot_index: u64,
+}
+
+/// What one member says of itself: etcd's Status with the Raft log
+/// positions etcd does not report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub header: Option<pb::ResponseHeader>,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    /// "leader", "follower", "candidate", "learner", "shutdown".
+    pub state: String,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    /// The etcd API version the member speaks.
+    pub version: String,
+    /// Milliseconds since a quorum last acknowledged this leader; 0 on followers.
+    pub millis_since_quorum_ack: u64,
+    pub is_learner: bool,
+    /// Bytes on disk of the state dir (etcd's DB SIZE).
+    pub db_size: i64,
+    /// Bytes of the records the store holds (etcd's DB SIZE IN USE).
+    pub db_size_in_use: i64,
+}
+
+impl NodeStatus {
+    fn of(etcd: pb::StatusResponse, raft: v1::RaftStatusResponse) -> NodeStatus {
+        NodeStatus {
+            header: etcd.header,
+            leader_id: etcd.leader,
+            state: raft.state,
+            last_log_index: raft.last_log_index,
+            applied_index: etcd.raft_applied_index,
+            snapshot_index: raft.snapshot_index,
+            purged_index: raft.purged_index,
+            version: etcd.version,
+            millis_since_quorum_ack: raft.millis_since_quorum_ack,
+            is_learner: etcd.is_learner,
+            db_size: etcd.db_size,
+            db_size_in_use: etcd.db_size_in_use,
+        }
+    }
+
+    /// This member's id.
+    pub fn member_id(&self) -> u64 {
+        self.header.as_ref().map_or(0, |h| h.member_id)
     }
 }
 

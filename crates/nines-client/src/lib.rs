@@ -1,10 +1,12 @@
-//! The nines Rust client.
+//! The nines Rust client, over etcd's v3 API (plus `nines.v1.Admin` for the
+//! few calls etcd lacks).
 //!
 //! - Any endpoint accepts any request (followers forward), but the client
 //!   learns the leader from status calls and `UNAVAILABLE` hints and sends
 //!   writes and linearizable reads there directly.
 //! - Retries with backoff on unavailability and leader changes. Writes carry a
-//!   `(client_id, seq)` session so a retried write is applied exactly once.
+//!   `(client_id, seq)` session (metadata `x-nines-session`) so a retried
+//!   write is applied exactly once.
 //! - Serializable reads are balanced across endpoints (round robin, least
 //!   outstanding requests, or lowest observed latency).
 
@@ -14,10 +16,23 @@ mod error;
 mod session;
 pub mod snapshot;
 
-pub use client::{Client, ClientConfig, ReadBalance, MAX_RESPONSE_BYTES};
+pub use client::{
+    Client, ClientConfig, GetRequest, GetResponse, NodeStatus, ReadBalance, SnapshotBuilt,
+    MAX_RESPONSE_BYTES,
+};
 pub use error::ClientError;
-pub use nines_proto as proto;
 pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
+pub use session::{with_session, SESSION_HEADER};
+
+/// The messages and clients the API uses: etcd's `etcdserverpb` with
+/// `mvccpb`'s KeyValue, and nines' own calls in `v1`.
+pub mod proto {
+    /// The same types under etcd's package names.
+    pub use nines_proto::etcd;
+    pub use nines_proto::etcd::etcdserverpb::*;
+    pub use nines_proto::etcd::mvccpb::{self, KeyValue};
+    pub use nines_proto::v1;
+}
 
 /// The smallest key after every key that starts with `prefix` (etcd's
 /// range_end for `--prefix`); `"\0"` (all keys) when there is none.

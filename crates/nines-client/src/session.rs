@@ -7,6 +7,29 @@
 use std::sync::Mutex;
 
 use rand::Rng;
+use tonic::metadata::{MetadataMap, MetadataValue};
+
+/// The request metadata that carries a write's session through etcd's API
+/// (its messages have no field for it): `<hex client id>/<seq>`. Clients
+/// that leave it out get etcd's at-least-once retries.
+pub const SESSION_HEADER: &str = "x-nines-session";
+
+/// Sets the session of a write: `client_id` fixed per writer (non-zero),
+/// `seq` one higher for each new write, the same for every retry of one.
+pub fn attach(metadata: &mut MetadataMap, client_id: u64, seq: u64) {
+    let text = format!("{client_id:x}/{seq}");
+    // Hex digits, a slash and decimal digits are always valid metadata.
+    if let Ok(value) = MetadataValue::try_from(text) {
+        metadata.insert(SESSION_HEADER, value);
+    }
+}
+
+/// `message` as a request carrying the session `(client_id, seq)`.
+pub fn with_session<T>(message: T, client_id: u64, seq: u64) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    attach(request.metadata_mut(), client_id, seq);
+    request
+}
 
 pub struct Lane {
     pub client_id: u64,
@@ -49,6 +72,15 @@ impl Lanes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_are_hex_client_and_decimal_seq() {
+        let request = with_session((), 0xdead_beef, 42);
+        assert_eq!(
+            request.metadata().get(SESSION_HEADER).unwrap(),
+            "deadbeef/42"
+        );
+    }
 
     #[test]
     fn lanes_advance_and_are_distinct_while_held() {

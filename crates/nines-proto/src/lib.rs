@@ -1,5 +1,6 @@
-//! Generated gRPC types and services: nines' own (package `nines.v1`,
-//! re-exported at the crate root) and etcd's v3 API (`etcd::*`).
+//! Generated gRPC types and services: etcd's v3 API (`etcd::*`), the public
+//! API, and nines' own package `nines.v1` (re-exported at the crate root):
+//! Raft traffic between members and the few calls etcd has no equivalent for.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

@@ -1,14 +1,14 @@
-//! The domain operations behind the gRPC handlers: propose a write, pass a
-//! read barrier, decide when to forward to the leader.
+//! The domain operations behind the API handlers: propose a write, pass a
+//! read barrier, say where a request must go (here, or the leader). No
+//! protocol types: handlers in `api/` convert, and forward through
+//! `api::forward`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use nines_proto as pb;
 use nines_state::StateReader;
-use nines_types::{Node, NodeId, Raft, Request, Response};
+use nines_types::{Header, Node, NodeId, Raft, Request, Response};
 use openraft::ServerState;
-use tonic::transport::Channel;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
@@ -16,12 +16,6 @@ use crate::metrics::Counters;
 use crate::network::{ChannelPool, PeerLiveness};
 use crate::proposer::{ProposeError, Proposer};
 use crate::read_barrier::{Barrier, ReadBarrier};
-
-/// Set on a request one node forwards to another, so it is never forwarded twice.
-pub const FORWARDED_HEADER: &str = "x-nines-forwarded";
-/// The forwarding member's id and cluster id, checked on the peer port.
-pub const FROM_HEADER: &str = "x-nines-from";
-pub const CLUSTER_HEADER: &str = "x-nines-cluster";
 
 /// Where a request is served.
 pub enum Routed<T> {
@@ -45,8 +39,8 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
-    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
-        pb::ResponseHeader {
+    pub fn header(&self, revision: i64) -> Header {
+        Header {
             cluster_id: self.cluster_id,
             member_id: self.id,
             // The server metrics: their lock is written on vote and role
@@ -116,6 +110,26 @@ impl NodeCore {
             Ok(Err(ProposeError::Timeout)) => Err(ApiError::Timeout(self.timeout())),
             Ok(Err(ProposeError::ShuttingDown)) => Err(ApiError::ShuttingDown),
         }
+    }
+
+    /// Builds a snapshot on this member covering at least what it has
+    /// applied, and returns the snapshot's last log index.
+    pub async fn snapshot(&self) -> Result<u64, ApiError> {
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        // Building one of a large state takes a while; longer than a request.
+        let wait = Duration::from_secs(60);
+        let metrics = self
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.snapshot.map(|l| l.index) >= applied, "snapshot built")
+            .await
+            .map_err(|_| ApiError::Timeout(wait))?;
+        Ok(metrics.snapshot.map(|l| l.index).unwrap_or(0))
     }
 
     /// Bytes on disk of the state dir (sled and snapshots): etcd's db size.
@@ -210,96 +224,11 @@ impl NodeCore {
         }
     }
 
-    /// A channel to a node's client API (its peer address serves it too).
-    pub fn channel_to(&self, node: &Node) -> Result<Channel, ApiError> {
-        let addr = if node.api_addr.is_empty() {
-            &node.raft_addr
-        } else {
-            &node.api_addr
-        };
-        self.pool
-            .get(addr)
-            .map_err(|e| ApiError::Internal(format!("bad address {addr:?}: {e}")))
-    }
-
-    /// Wraps a message for forwarding: marked, and bounded by our own timeout.
-    pub fn forward_request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        let metadata = request.metadata_mut();
-        metadata.insert(
-            FORWARDED_HEADER,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-        metadata.insert(FROM_HEADER, self.id.into());
-        metadata.insert(CLUSTER_HEADER, self.cluster_id.into());
-        request.set_timeout(self.timeout());
-        request
-    }
-
-    /// Runs a call forwarded to `leader`, but gives up as soon as this node
-    /// learns of a different leader: a leader that was paused or cut off
-    /// never answers, and waiting out the forward's timeout kept clients
-    /// of this node stalled about a second after a new leader took over.
-    /// The client retries at once; writes carry a session, so a retry never
-    /// applies twice.
-    pub async fn forward_to<T>(
-        &self,
-        leader: &Node,
-        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
-    ) -> Result<T, tonic::Status> {
-        // The server metrics change only with the vote, role, leader or
-        // membership; the full metrics change with every applied entry and
-        // would wake every forwarded request on each.
-        let mut server = self.raft.server_metrics();
-        let moved = async {
-            loop {
-                if server.changed().await.is_err() {
-                    return std::future::pending::<()>().await;
-                }
-                let now = self.leader().map(|(_, node)| node);
-                if now.as_ref().is_some_and(|n| n != leader) {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            result = call => result,
-            () = moved => Err(crate::error::unavailable_with_leader(
-                "the leader changed while the request was forwarded; retry".into(),
-                self.leader().as_ref().map(|(id, node)| (*id, node)),
-            )),
-        }
-    }
-
-    /// The peer port serves client calls only when a member of this
-    /// cluster forwarded them.
-    pub fn check_forwarded_by_member(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<(), tonic::Status> {
-        let number =
-            |name: &str| -> Option<u64> { metadata.get(name)?.to_str().ok()?.parse().ok() };
-        let denied = |why: String| Err(tonic::Status::permission_denied(why));
-        if !metadata.contains_key(FORWARDED_HEADER) {
-            return denied("the peer port serves only members; use the client port".into());
-        }
-        if number(CLUSTER_HEADER) != Some(self.cluster_id) {
-            return denied("forwarded from another cluster".into());
-        }
-        let Some(from) = number(FROM_HEADER) else {
-            return denied("forwarded call without a sender".into());
-        };
+    /// Whether `id` is in this member's view of the membership.
+    pub fn is_member(&self, id: NodeId) -> bool {
         let metrics = self.raft.server_metrics();
-        if metrics
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&from)
-            .is_none()
-        {
-            return denied(format!("node {from} is not a member of this cluster"));
-        }
-        Ok(())
+        let m = metrics.borrow();
+        m.membership_config.membership().get_node(&id).is_some()
     }
 
     pub fn leader(&self) -> Option<(NodeId, Node)> {
@@ -309,43 +238,4 @@ impl NodeCore {
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
     }
-}
-
-impl NodeCore {
-    /// Counts a forward to the leader at `target` that failed for want of
-    /// an answer (transport error, timeout, leader unavailable) and says so
-    /// once per interval per kind: every request on a follower can fail the
-    /// same way at once.
-    pub fn note_forward_failure(&self, target: &Node, status: &tonic::Status) {
-        use tonic::Code;
-        let kind = match status.code() {
-            Code::Unavailable => "forward_unavailable",
-            Code::DeadlineExceeded => "forward_deadline",
-            Code::Cancelled => "forward_cancelled",
-            Code::Unknown => "forward_unknown",
-            Code::Internal => "forward_internal",
-            // The leader's answer to the request itself, not a failure to forward.
-            _ => return,
-        };
-        Counters::inc(&self.counters.forward_failures);
-        if let Some(suppressed) = crate::observe::say(kind) {
-            let addr = if target.api_addr.is_empty() {
-                &target.raft_addr
-            } else {
-                &target.api_addr
-            };
-            tracing::warn!(
-                view = %crate::observe::View::of_raft(&self.raft),
-                leader_addr = %addr,
-                code = ?status.code(),
-                suppressed,
-                "forwarding to the leader failed: {}",
-                status.message()
-            );
-        }
-    }
-}
-
-pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED_HEADER)
 }

@@ -90,8 +90,15 @@ pub enum ApiError {
     /// A membership change the rules refuse.
     #[error("{0}")]
     Membership(#[from] crate::membership::MembershipError),
+    /// The leader's answer to a forwarded call, or the transport's failure.
     #[error("forwarding to the leader failed: {0}")]
     Forward(Status),
+    /// A forwarded call abandoned because another member became leader.
+    #[error("the leader changed while the request was forwarded; retry")]
+    LeaderChanged { leader: Option<(NodeId, Node)> },
+    /// A client call on the peer port that no member forwarded.
+    #[error("{0}")]
+    NotForwarded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -132,7 +139,18 @@ impl From<ApiError> for Status {
             ApiError::OutOfRange(_) => Status::out_of_range(message),
             ApiError::NoSpace { .. } => Status::resource_exhausted(message),
             ApiError::Timeout(_) => Status::deadline_exceeded(message),
-            ApiError::Forward(status) => status,
+            // Statuses from the leader pass through unchanged; transport
+            // failures become UNAVAILABLE so clients retry elsewhere.
+            ApiError::Forward(status) => match status.code() {
+                Code::Unknown | Code::Cancelled => {
+                    Status::unavailable(status.message().to_string())
+                }
+                _ => status,
+            },
+            ApiError::LeaderChanged { leader } => {
+                unavailable_with_leader(message, leader.as_ref().map(|(id, n)| (*id, n)))
+            }
+            ApiError::NotForwarded(_) => Status::permission_denied(message),
             ApiError::Internal(_) => Status::internal(message),
             ApiError::NotLeader {
                 leader_id, leader, ..
@@ -227,5 +245,27 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(s.message().starts_with("mvcc: database space exceeded"));
+    }
+
+    #[test]
+    fn forwarding_failures_map_in_one_place() {
+        // A transport failure on the way to the leader: retry elsewhere.
+        let s: Status = ApiError::Forward(Status::unknown("h2 reset")).into();
+        assert_eq!(s.code(), Code::Unavailable);
+        let s: Status = ApiError::Forward(Status::cancelled("gone")).into();
+        assert_eq!(s.code(), Code::Unavailable);
+        // The leader's own answer passes through.
+        let s: Status = ApiError::Forward(Status::out_of_range("compacted")).into();
+        assert_eq!((s.code(), s.message()), (Code::OutOfRange, "compacted"));
+        let s: Status = ApiError::LeaderChanged {
+            leader: Some((3, Node::new("p:3", "c:3"))),
+        }
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.metadata().get(LEADER_ADDR_HEADER).unwrap(), "c:3");
+        let s: Status = ApiError::LeaderChanged { leader: None }.into();
+        assert!(s.metadata().get(LEADER_ADDR_HEADER).is_none());
+        let s: Status = ApiError::NotForwarded("members only".into()).into();
+        assert_eq!(s.code(), Code::PermissionDenied);
     }
 }

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use epb::cluster_client::ClusterClient;
 use nines_proto as pb;
-use nines_proto::cluster_client::ClusterClient;
+use nines_proto::admin_client::AdminClient;
+use nines_proto::etcd::etcdserverpb as epb;
+use tonic::transport::Channel;
 
 use crate::core::NodeCore;
 use crate::error::{ServerError, LEADER_ADDR_HEADER};
@@ -14,35 +17,51 @@ pub async fn join(
     as_learner: bool,
 ) -> Result<(), ServerError> {
     let me = &core.config.node;
-    let add = pb::MemberAddLearnerRequest {
+    let add = pb::AddLearnerRequest {
         id: core.id,
         raft_addr: me.raft_addr.clone(),
         api_addr: me.api_addr.clone(),
     };
-    call_any(core, endpoints, ADD_DEADLINE, false, |mut c| {
+    call_any(core, endpoints, ADD_DEADLINE, false, |ch| {
         let add = add.clone();
-        async move { c.member_add_learner(add).await.map(|_| ()) }
+        async move { AdminClient::new(ch).add_learner(add).await.map(|_| ()) }
     })
     .await?;
     tracing::info!("joined as learner");
     if !as_learner {
         // The leader refuses to promote a learner that is not in sync yet:
         // keep asking while it catches up.
-        call_any(
-            core,
-            endpoints,
-            PROMOTE_DEADLINE,
-            true,
-            |mut c| async move {
-                c.member_promote(pb::MemberPromoteRequest { id: core.id })
-                    .await
-                    .map(|_| ())
-            },
-        )
+        call_any(core, endpoints, PROMOTE_DEADLINE, true, |ch| {
+            promote(ch, core.id)
+        })
         .await?;
         tracing::info!("promoted to voter");
     }
     Ok(())
+}
+
+/// etcd's MemberPromote, done when this node is a voter already: a
+/// promotion whose answer was lost is refused on retry ("can only promote
+/// a learner member"), as etcd refuses it.
+async fn promote(channel: Channel, id: u64) -> Result<(), tonic::Status> {
+    let mut cluster = ClusterClient::new(channel);
+    let refused = match cluster
+        .member_promote(epb::MemberPromoteRequest { id })
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => status,
+        Err(status) => return Err(status),
+    };
+    let list = cluster
+        .member_list(epb::MemberListRequest { linearizable: true })
+        .await?;
+    let voter = |m: &epb::Member| m.id == id && !m.is_learner;
+    if list.get_ref().members.iter().any(voter) {
+        Ok(())
+    } else {
+        Err(refused)
+    }
 }
 
 const ADD_DEADLINE: Duration = Duration::from_secs(60);
@@ -60,7 +79,7 @@ async fn call_any<F, Fut>(
     call: F,
 ) -> Result<(), ServerError>
 where
-    F: Fn(ClusterClient<tonic::transport::Channel>) -> Fut,
+    F: Fn(Channel) -> Fut,
     Fut: std::future::Future<Output = Result<(), tonic::Status>>,
 {
     let deadline = tokio::time::Instant::now() + deadline;
@@ -72,7 +91,7 @@ where
                 last = format!("bad endpoint {addr:?}");
                 continue;
             };
-            match call(ClusterClient::new(channel)).await {
+            match call(channel).await {
                 Ok(()) => return Ok(()),
                 Err(status) => {
                     if let Some(leader) = status

@@ -1,4 +1,4 @@
-//! NodeCore's membership operations, shared by `nines.v1.Cluster` and
+//! NodeCore's membership operations, shared by `nines.v1.Admin` and
 //! etcd's Cluster and Maintenance services: each runs on the leader (or
 //! says where the leader is, for the handler to forward), checks the rules
 //! in `membership`, then asks openraft for the change.

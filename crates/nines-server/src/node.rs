@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nines_log::{LogOptions, LogStore};
 use nines_proto as pb;
+use nines_proto::etcd::etcdserverpb as epb;
 use nines_state::{StateMachine, StateOptions};
 use nines_types::{NodeId, Raft};
 use tokio::net::TcpListener;
@@ -14,7 +15,7 @@ use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::api::{ClusterService, KvService};
+use crate::api::AdminService;
 use crate::config::{Bootstrap, ServerConfig};
 use crate::core::NodeCore;
 use crate::datadir::DataDir;
@@ -25,7 +26,7 @@ use crate::metrics::Counters;
 use crate::network::{ChannelPool, NetworkFactory, PeerLiveness, RaftService, MAX_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::read_barrier::ReadBarrier;
-use crate::read_limit::{HoldUntilSent, ReadLimiter};
+use crate::read_limit::ReadLimiter;
 use crate::runtime::RaftRuntime;
 
 /// Client requests are bounded well above the 1 MiB value limit, below the
@@ -259,21 +260,8 @@ async fn wait_stop(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
-fn kv_server(
-    core: &Arc<NodeCore>,
-    reads: &Arc<ReadLimiter>,
-) -> HoldUntilSent<pb::kv_server::KvServer<KvService>> {
-    let inner = pb::kv_server::KvServer::new(KvService {
-        core: core.clone(),
-        reads: reads.clone(),
-    })
-    .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    HoldUntilSent { inner }
-}
-
-fn cluster_server(core: &Arc<NodeCore>) -> pb::cluster_server::ClusterServer<ClusterService> {
-    pb::cluster_server::ClusterServer::new(ClusterService { core: core.clone() })
+fn admin_server(core: &Arc<NodeCore>) -> pb::admin_server::AdminServer<AdminService> {
+    pb::admin_server::AdminServer::new(AdminService { core: core.clone() })
 }
 
 async fn serve_client(
@@ -284,7 +272,7 @@ async fn serve_client(
 ) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<pb::kv_server::KvServer<KvService>>()
+        .set_serving::<epb::kv_server::KvServer<crate::api::etcd::EtcdKv>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(nines_proto::FILE_DESCRIPTOR_SET)
@@ -293,8 +281,7 @@ async fn serve_client(
     let etcd = crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES);
     let mut router = h2_server()
         .add_service(health)
-        .add_service(kv_server(&core, &reads))
-        .add_service(cluster_server(&core))
+        .add_service(admin_server(&core))
         .add_service(etcd.kv)
         .add_service(etcd.cluster)
         .add_service(etcd.maintenance)
@@ -331,20 +318,20 @@ async fn serve_peer(
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // What a member forwards here for a leader with no client address.
+    let etcd = crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES);
     let result = h2_server()
         .add_service(raft)
         // Client calls on the peer port only as forwarded by a member: a
         // firewalled client port must not be bypassed through this one.
+        .add_service(InterceptedService::new(etcd.kv, member_only(&core)))
+        .add_service(InterceptedService::new(etcd.cluster, member_only(&core)))
         .add_service(InterceptedService::new(
-            kv_server(&core, &reads),
+            etcd.maintenance,
             member_only(&core),
         ))
         .add_service(InterceptedService::new(
-            cluster_server(&core),
-            member_only(&core),
-        ))
-        .add_service(InterceptedService::new(
-            crate::api::etcd::kv_server(&core, &reads, MAX_CLIENT_MESSAGE_BYTES),
+            admin_server(&core),
             member_only(&core),
         ))
         .serve_with_incoming_shutdown(
@@ -358,13 +345,13 @@ async fn serve_peer(
 }
 
 /// Admits a client call on the peer port only when a member of this
-/// cluster forwarded it (see `NodeCore::forward_request`).
+/// cluster forwarded it (see `api::forward`).
 fn member_only(
     core: &Arc<NodeCore>,
 ) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     let core = core.clone();
     move |request: tonic::Request<()>| {
-        core.check_forwarded_by_member(request.metadata())?;
+        crate::api::forward::check_forwarded_by_member(&core, request.metadata())?;
         Ok(request)
     }
 }

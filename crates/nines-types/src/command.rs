@@ -368,6 +368,17 @@ pub struct Response {
     pub result: CommandResult,
 }
 
+/// Who answered a request and at which point in history: what every API
+/// response carries (etcd's ResponseHeader).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Header {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub raft_term: u64,
+    /// Store revision after the request (writes) or the one a read was served at.
+    pub revision: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,7 @@ async fn append(ctx: &Ctx, process: i64, conn: &mut NodeConn, key: &str, x: i64)
                 target: CompareTarget::Mod as i32,
                 key: key.as_bytes().to_vec(),
                 target_union: Some(TargetUnion::ModRevision(mod_revision)),
+                ..Default::default()
             }],
             success: vec![pb::RequestOp {
                 request: Some(Request::RequestPut(pb::PutRequest {

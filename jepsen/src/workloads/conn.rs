@@ -4,8 +4,9 @@
 //! it directly, which would hide a node that serves stale local state. Here
 //! every request goes to the bound node, which must pass its own read
 //! barrier or forward to the leader itself. Writes still carry a
-//! `(client_id, seq)` session, so retrying one within the op's deadline is
-//! applied at most once, exactly like the real client.
+//! `(client_id, seq)` session (etcd's API with nines' `x-nines-session`
+//! metadata), so retrying one within the op's deadline is applied at most
+//! once, exactly like the real client.
 
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,12 @@ impl NodeConn {
 
     /// Runs `call` until it succeeds, fails definitively, or the op
     /// deadline passes.
-    async fn retry<Req, Resp, F, Fut>(&mut self, message: Req, call: F) -> Result<Resp, OpError>
+    async fn retry<Req, Resp, F, Fut>(
+        &mut self,
+        message: Req,
+        session: Option<(u64, u64)>,
+        call: F,
+    ) -> Result<Resp, OpError>
     where
         Req: Clone,
         F: Fn(KvClient<Channel>, tonic::Request<Req>) -> Fut,
@@ -89,7 +95,12 @@ impl NodeConn {
     {
         let deadline = Instant::now() + OP_DEADLINE;
         loop {
-            let mut request = tonic::Request::new(message.clone());
+            let mut request = match session {
+                Some((client_id, seq)) => {
+                    nines_client::with_session(message.clone(), client_id, seq)
+                }
+                None => tonic::Request::new(message.clone()),
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             request.set_timeout(ATTEMPT_TIMEOUT.min(left).max(Duration::from_millis(50)));
             let status = match call(self.kv.clone(), request).await {
@@ -109,41 +120,39 @@ impl NodeConn {
         }
     }
 
-    fn session(&mut self) -> pb::WriteSession {
+    /// The session of a new write: this connection's id, the next seq.
+    fn session(&mut self) -> Option<(u64, u64)> {
         self.seq += 1;
-        pb::WriteSession {
-            client_id: self.client_id,
-            seq: self.seq,
-        }
+        Some((self.client_id, self.seq))
     }
 
     /// A linearizable read of one key.
     pub async fn get(&mut self, key: &str) -> Result<Option<pb::KeyValue>, OpError> {
-        let req = pb::GetRequest {
+        let req = pb::RangeRequest {
             key: key.as_bytes().to_vec(),
-            serializable: false,
+            ..Default::default()
         };
         let resp = self
-            .retry(req, |mut kv, r| async move { kv.get(r).await })
+            .retry(req, None, |mut kv, r| async move { kv.range(r).await })
             .await?;
-        Ok(resp.kv)
+        Ok(resp.kvs.into_iter().next())
     }
 
     pub async fn put(&mut self, key: &str, value: String) -> Result<(), OpError> {
         let req = pb::PutRequest {
             key: key.as_bytes().to_vec(),
             value: value.into_bytes(),
-            session: Some(self.session()),
             ..Default::default()
         };
-        self.retry(req, |mut kv, r| async move { kv.put(r).await })
+        let session = self.session();
+        self.retry(req, session, |mut kv, r| async move { kv.put(r).await })
             .await
             .map(|_| ())
     }
 
-    pub async fn txn(&mut self, mut req: pb::TxnRequest) -> Result<pb::TxnResponse, OpError> {
-        req.session = Some(self.session());
-        self.retry(req, |mut kv, r| async move { kv.txn(r).await })
+    pub async fn txn(&mut self, req: pb::TxnRequest) -> Result<pb::TxnResponse, OpError> {
+        let session = self.session();
+        self.retry(req, session, |mut kv, r| async move { kv.txn(r).await })
             .await
     }
 
@@ -165,7 +174,7 @@ impl NodeConn {
             serializable,
             ..Default::default()
         };
-        self.retry(req, |mut kv, r| async move { kv.range(r).await })
+        self.retry(req, None, |mut kv, r| async move { kv.range(r).await })
             .await
     }
 }

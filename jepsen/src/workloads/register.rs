@@ -160,6 +160,7 @@ async fn cas(
             target: CompareTarget::Value as i32,
             key: key.as_bytes().to_vec(),
             target_union: Some(TargetUnion::Value(old.to_string().into_bytes())),
+            ..Default::default()
         }],
         success: vec![pb::RequestOp {
             request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {

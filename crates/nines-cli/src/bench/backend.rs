@@ -62,7 +62,7 @@ impl Backend {
         match self {
             Backend::Nines(c) => {
                 c[conn % c.len()]
-                    .get_request(pb::GetRequest { key, serializable })
+                    .get_request(nines_client::GetRequest { key, serializable })
                     .await?;
             }
             #[cfg(feature = "etcd")]
@@ -114,6 +114,7 @@ impl Backend {
                         result: pb::compare::CompareResult::Equal as i32,
                         target: pb::compare::CompareTarget::Mod as i32,
                         target_union: Some(pb::compare::TargetUnion::ModRevision(mod_revision)),
+                        ..Default::default()
                     }],
                     success: vec![pb::RequestOp {
                         request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use futures::future::join_all;
-use nines_client::proto as pb;
+use nines_client::NodeStatus;
 use serde_json::{json, Value};
 
 use crate::error::describe_client;
 use crate::global::Context;
-use crate::output::{header_json, member_json, write_json, Format, Table};
+use crate::output::{header_json, write_json, Format, Table};
 
 #[derive(Debug, Args)]
 pub struct EndpointArgs {
@@ -31,7 +31,7 @@ enum EndpointCommand {
 struct Probe {
     endpoint: String,
     took: Duration,
-    result: Result<pb::StatusResponse, String>,
+    result: Result<NodeStatus, String>,
 }
 
 /// Queries every endpoint concurrently; results keep the endpoints' order.
@@ -73,7 +73,7 @@ impl EndpointArgs {
     }
 }
 
-fn status_row(s: &pb::StatusResponse) -> Vec<String> {
+fn status_row(s: &NodeStatus) -> Vec<String> {
     let header = s.header.unwrap_or_default();
     vec![
         header.member_id.to_string(),
@@ -107,7 +107,7 @@ fn human_bytes(n: i64) -> String {
     }
 }
 
-fn status_json(s: &pb::StatusResponse) -> Value {
+fn status_json(s: &NodeStatus) -> Value {
     json!({
         "header": header_json(s.header.as_ref()),
         "leader_id": s.leader_id,
@@ -120,8 +120,7 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "db_size": s.db_size,
         "db_size_in_use": s.db_size_in_use,
         "millis_since_quorum_ack": s.millis_since_quorum_ack,
-        "leader_api_addr": s.leader_api_addr,
-        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+        "is_learner": s.is_learner,
     })
 }
 
@@ -245,7 +244,7 @@ fn print_health(out: &mut dyn Write, format: Format, probes: &[Probe]) -> io::Re
 mod tests {
     use super::*;
 
-    fn probe(result: Result<pb::StatusResponse, String>) -> Probe {
+    fn probe(result: Result<NodeStatus, String>) -> Probe {
         Probe {
             endpoint: "e:1".into(),
             took: Duration::from_micros(1500),
@@ -255,12 +254,12 @@ mod tests {
 
     #[test]
     fn health_needs_an_answer_and_a_leader() {
-        let led = pb::StatusResponse {
+        let led = NodeStatus {
             leader_id: 2,
             ..Default::default()
         };
         assert!(health(&probe(Ok(led))).is_ok());
-        let leaderless = pb::StatusResponse {
+        let leaderless = NodeStatus {
             state: "candidate".into(),
             ..Default::default()
         };

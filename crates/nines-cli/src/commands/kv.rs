@@ -170,7 +170,6 @@ impl DelArgs {
                 key,
                 range_end,
                 prev_kv: self.prev_kv,
-                session: None,
             })
             .await?;
         print_delete(&mut io::stdout().lock(), ctx.format, &resp)?;

@@ -29,18 +29,20 @@ impl LeaderArgs {
             .transfer_leader(id)
             .await
             .with_context(|| format!("transferring leadership to {id}"))?;
+        // The move runs on its target, which answers once it leads.
+        let leader_id = resp.header.map_or(0, |h| h.member_id);
         let out = &mut io::stdout().lock();
         match ctx.format {
             Format::Json => write_json(
                 out,
-                &json!({"header": header_json(resp.header.as_ref()), "leader_id": resp.leader_id}),
+                &json!({"header": header_json(resp.header.as_ref()), "leader_id": leader_id}),
             )?,
-            _ if resp.leader_id == id => writeln!(out, "Leadership transferred to {id}")?,
+            _ if leader_id == id => writeln!(out, "Leadership transferred to {id}")?,
             // The server reports who leads now; a lagging target may lose the vote.
             _ => writeln!(
                 out,
                 "Leadership transfer to {id} requested; leader is now {}",
-                resp.leader_id
+                leader_id
             )?,
         }
         Ok(())

@@ -8,7 +8,8 @@ use nines_client::proto as pb;
 
 use crate::global::Context;
 use crate::output::{
-    member_status, member_table, members_json, sorted_members, write_json, Format,
+    client_addr, member_status, member_table, members_json, peer_addr, sorted_members, write_json,
+    Format,
 };
 
 #[derive(Debug, Args)]
@@ -102,7 +103,7 @@ fn say(ctx: &Context, message: &str) -> io::Result<()> {
 }
 
 /// After a change, simple output stays a one-line confirmation.
-fn print_change(format: Format, resp: &pb::MemberChangeResponse) -> io::Result<()> {
+fn print_change(format: Format, resp: &pb::MemberListResponse) -> io::Result<()> {
     match format {
         Format::Simple => Ok(()),
         _ => print_members(format, resp.header.as_ref(), &resp.members),
@@ -125,8 +126,8 @@ fn print_members(
                     "{}, {}, {}, {}",
                     m.id,
                     member_status(m),
-                    m.raft_addr,
-                    m.api_addr
+                    peer_addr(m),
+                    client_addr(m)
                 )?;
             }
             Ok(())

@@ -57,6 +57,8 @@ fn txn_json(resp: &pb::TxnResponse) -> Value {
             Some(Response::ResponsePut(r)) => json!({ "put": put_json(r) }),
             Some(Response::ResponseRange(r)) => json!({ "range": range_json(r) }),
             Some(Response::ResponseDeleteRange(r)) => json!({ "delete_range": delete_json(r) }),
+            // A nested txn (etcd 3.5; nines refuses to run one).
+            Some(Response::ResponseTxn(r)) => json!({ "txn": txn_json(r) }),
             None => Value::Null,
         })
         .collect();
@@ -83,6 +85,7 @@ fn print_txn(out: &mut dyn Write, format: Format, resp: &pb::TxnResponse) -> io:
             Some(Response::ResponsePut(r)) => print_put(out, format, r)?,
             Some(Response::ResponseRange(r)) => print_range(out, format, r, Default::default())?,
             Some(Response::ResponseDeleteRange(r)) => print_delete(out, format, r)?,
+            Some(Response::ResponseTxn(r)) => print_txn(out, format, r)?,
             None => writeln!(out, "(empty response)")?,
         }
     }

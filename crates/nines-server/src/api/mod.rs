@@ -1,10 +1,11 @@
-//! Client-facing gRPC services: thin handlers that convert, call a domain
-//! operation on `NodeCore`, and map errors to statuses.
+//! Client-facing gRPC services: etcd's v3 API (`etcd`) and the few calls
+//! it lacks (`admin`). Handlers convert, call a domain operation on
+//! `NodeCore`, forward through `forward` when it says the leader must
+//! serve, and map errors through `ApiError`.
 
-mod cluster;
+mod admin;
 pub mod convert;
 pub mod etcd;
-mod kv;
+pub mod forward;
 
-pub use cluster::ClusterService;
-pub use kv::KvService;
+pub use admin::AdminService;

@@ -1,5 +1,5 @@
 //! etcd's `Cluster` service: member list, add, remove, update and promote,
-//! on `NodeCore`'s membership operations (shared with `nines.v1.Cluster`).
+//! on `NodeCore`'s membership operations (shared with `nines.v1.Admin`).
 //! Changes run on the leader; a follower forwards them there.
 
 use std::collections::BTreeSet;
@@ -14,7 +14,8 @@ use tonic::{Response, Status};
 use epb::cluster_client::ClusterClient;
 
 use super::convert;
-use crate::core::{is_forwarded, NodeCore, Routed};
+use crate::api::forward::{self, is_forwarded};
+use crate::core::{NodeCore, Routed};
 
 pub struct EtcdCluster {
     pub core: Arc<NodeCore>,
@@ -76,15 +77,8 @@ impl EtcdCluster {
         ) -> Result<Response<Resp>, Status>,
         parts: impl Fn(&mut Resp) -> (&mut Option<epb::ResponseHeader>, &mut Vec<epb::Member>),
     ) -> Result<Response<Resp>, Status> {
-        let client = ClusterClient::new(self.core.channel_to(&leader)?);
-        let answer = self
-            .core
-            .forward_to(&leader, call(client, self.core.forward_request(message)))
-            .await;
-        let mut answer = answer.map_err(|s| {
-            self.core.note_forward_failure(&leader, &s);
-            crate::api::kv::forward_status(s)
-        })?;
+        let call = |ch, r| call(ClusterClient::new(ch), r);
+        let mut answer = forward::to_leader(&self.core, &leader, message, None, call).await?;
         let (header, members) = parts(answer.get_mut());
         if self.wait_seen(&ids_of(members)).await {
             (*header, *members) = {

@@ -16,7 +16,7 @@ fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest(msg.into())
 }
 
-pub fn header(h: nines_proto::ResponseHeader) -> epb::ResponseHeader {
+pub fn header(h: nines_types::Header) -> epb::ResponseHeader {
     epb::ResponseHeader {
         cluster_id: h.cluster_id,
         member_id: h.member_id,

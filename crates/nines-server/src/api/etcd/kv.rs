@@ -12,7 +12,8 @@ use tonic::{Response, Status};
 use epb::kv_client::KvClient;
 
 use super::{convert, session};
-use crate::core::{is_forwarded, NodeCore, Routed};
+use crate::api::forward::{self, is_forwarded};
+use crate::core::{NodeCore, Routed};
 use crate::error::ApiError;
 use crate::read_limit::{self, ReadLimiter};
 
@@ -27,17 +28,16 @@ fn kv_bytes(kv: &nines_types::KeyValue) -> u64 {
     (kv.key.len() + kv.value.len()) as u64 + 32
 }
 
-/// A write applied here, or the leader to send it to (boxed: a client is
-/// large and this is the rare path).
+/// A write applied here, or the leader to send it to with its session.
 enum Written<Resp> {
     Here(Resp),
-    AtLeader(Box<Forward>),
+    AtLeader(Node, Option<Session>),
 }
 
-struct Forward {
-    client: KvClient<Channel>,
-    leader: Node,
-    session: Option<Session>,
+/// etcd's KV client to the leader, which may answer with up to what it is
+/// allowed to send.
+fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES)
 }
 
 impl EtcdKv {
@@ -55,48 +55,8 @@ impl EtcdKv {
                 let header = convert::header(self.core.header(revision));
                 Ok(Written::Here(from_domain(header, result)?))
             }
-            Routed::Forward(leader) => Ok(Written::AtLeader(Box::new(Forward {
-                client: self.client(&leader)?,
-                leader,
-                session,
-            }))),
+            Routed::Forward(leader) => Ok(Written::AtLeader(leader, session)),
         }
-    }
-
-    fn client(&self, leader: &Node) -> Result<KvClient<Channel>, ApiError> {
-        // The leader may answer with up to what it is allowed to send.
-        Ok(KvClient::new(self.core.channel_to(leader)?)
-            .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES))
-    }
-
-    /// The message, marked as forwarded and carrying the session.
-    fn forwarded<T>(&self, message: T, session: Option<Session>) -> tonic::Request<T> {
-        let mut request = self.core.forward_request(message);
-        session::forward(session, request.metadata_mut());
-        request
-    }
-
-    /// Sends `message` to the leader through `call` (one KV method).
-    async fn at_leader<Req, Resp, Fut>(
-        &self,
-        to: Box<Forward>,
-        message: Req,
-        call: impl FnOnce(KvClient<Channel>, tonic::Request<Req>) -> Fut,
-    ) -> Result<Response<Resp>, Status>
-    where
-        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
-    {
-        let Forward {
-            client,
-            leader,
-            session,
-        } = *to;
-        let call = call(client, self.forwarded(message, session));
-        let answer = self.core.forward_to(&leader, call).await;
-        answer.map_err(|s| {
-            self.core.note_forward_failure(&leader, &s);
-            crate::api::kv::forward_status(s)
-        })
     }
 }
 
@@ -116,14 +76,8 @@ impl epb::kv_server::Kv for EtcdKv {
             .map_err(ApiError::from)?;
         if !message.serializable {
             if let Routed::Forward(leader) = self.core.linearize(forwarded).await? {
-                let to = Box::new(Forward {
-                    client: self.client(&leader)?,
-                    leader,
-                    session: None,
-                });
-                return self
-                    .at_leader(to, message, |mut c, r| async move { c.range(r).await })
-                    .await;
+                let call = |ch, r| async move { kv(ch).range(r).await };
+                return forward::to_leader(&self.core, &leader, message, None, call).await;
             }
         }
         // Scans off the async workers, a few at a time; one key inline. The
@@ -168,10 +122,9 @@ impl epb::kv_server::Kv for EtcdKv {
             .await?
         {
             Written::Here(resp) => Ok(Response::new(resp)),
-            Written::AtLeader(to) => {
-                let message = request.into_inner();
-                self.at_leader(to, message, |mut c, r| async move { c.put(r).await })
-                    .await
+            Written::AtLeader(leader, session) => {
+                let call = |ch, r| async move { kv(ch).put(r).await };
+                forward::to_leader(&self.core, &leader, request.into_inner(), session, call).await
             }
         }
     }
@@ -186,14 +139,9 @@ impl epb::kv_server::Kv for EtcdKv {
             .await?
         {
             Written::Here(resp) => Ok(Response::new(resp)),
-            Written::AtLeader(to) => {
-                let message = request.into_inner();
-                self.at_leader(
-                    to,
-                    message,
-                    |mut c, r| async move { c.delete_range(r).await },
-                )
-                .await
+            Written::AtLeader(leader, session) => {
+                let call = |ch, r| async move { kv(ch).delete_range(r).await };
+                forward::to_leader(&self.core, &leader, request.into_inner(), session, call).await
             }
         }
     }
@@ -216,10 +164,9 @@ impl epb::kv_server::Kv for EtcdKv {
                 }
                 Ok(Response::new(resp))
             }
-            Written::AtLeader(to) => {
-                let message = request.into_inner();
-                self.at_leader(to, message, |mut c, r| async move { c.compact(r).await })
-                    .await
+            Written::AtLeader(leader, session) => {
+                let call = |ch, r| async move { kv(ch).compact(r).await };
+                forward::to_leader(&self.core, &leader, request.into_inner(), session, call).await
             }
         }
     }
@@ -233,10 +180,9 @@ impl epb::kv_server::Kv for EtcdKv {
             .await?
         {
             Written::Here(resp) => Ok(Response::new(resp)),
-            Written::AtLeader(to) => {
-                let message = request.into_inner();
-                self.at_leader(to, message, |mut c, r| async move { c.txn(r).await })
-                    .await
+            Written::AtLeader(leader, session) => {
+                let call = |ch, r| async move { kv(ch).txn(r).await };
+                forward::to_leader(&self.core, &leader, request.into_inner(), session, call).await
             }
         }
     }

@@ -13,7 +13,8 @@ use tonic::{Response, Status};
 use epb::maintenance_client::MaintenanceClient;
 
 use super::convert;
-use crate::core::{is_forwarded, NodeCore, Routed};
+use crate::api::forward::{self, is_forwarded};
+use crate::core::{NodeCore, Routed};
 use crate::error::ApiError;
 
 /// The etcd API version nines speaks: clients gate features on it.
@@ -132,12 +133,8 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
                 }))
             }
             Routed::Forward(target) => {
-                let mut client = MaintenanceClient::new(self.core.channel_to(&target)?);
-                let answer = client.move_leader(self.core.forward_request(m)).await;
-                answer.map_err(|s| {
-                    self.core.note_forward_failure(&target, &s);
-                    crate::api::kv::forward_status(s)
-                })
+                let call = |ch, r| async move { MaintenanceClient::new(ch).move_leader(r).await };
+                forward::to_member(&self.core, &target, m, call).await
             }
         }
     }

@@ -1,0 +1,81 @@
+//! `nines.v1.Admin`: the calls etcd's API has no equivalent for. Adding a
+//! learner under its own id after a probe (`--join`, `nines member add`),
+//! building a snapshot on one member, and that member's Raft log positions.
+
+use std::sync::Arc;
+
+use nines_proto::admin_client::AdminClient;
+use nines_proto::admin_server::Admin;
+use nines_proto::{self as pb};
+use nines_types::{Header, Node};
+use tonic::{Response, Status};
+
+use super::forward::{self, is_forwarded};
+use crate::core::{NodeCore, Routed};
+use crate::observe::state_name;
+
+pub struct AdminService {
+    pub core: Arc<NodeCore>,
+}
+
+fn header(h: Header) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader {
+        cluster_id: h.cluster_id,
+        member_id: h.member_id,
+        raft_term: h.raft_term,
+        revision: h.revision,
+    })
+}
+
+impl AdminService {
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        header(self.core.header(self.core.reader.revision()))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn add_learner(
+        &self,
+        request: tonic::Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let m = request.into_inner();
+        let node = Node::new(m.raft_addr.clone(), m.api_addr.clone());
+        match self.core.add_learner(m.id, node, forwarded).await? {
+            Routed::Local(()) => Ok(Response::new(pb::AddLearnerResponse {
+                header: self.header(),
+            })),
+            Routed::Forward(leader) => {
+                let call = |ch, r| async move { AdminClient::new(ch).add_learner(r).await };
+                forward::to_leader(&self.core, &leader, m, None, call).await
+            }
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        _request: tonic::Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let snapshot_index = self.core.snapshot().await?;
+        Ok(Response::new(pb::SnapshotResponse {
+            header: self.header(),
+            snapshot_index,
+        }))
+    }
+
+    async fn raft_status(
+        &self,
+        _request: tonic::Request<pb::RaftStatusRequest>,
+    ) -> Result<Response<pb::RaftStatusResponse>, Status> {
+        let m = self.core.raft.metrics().borrow().clone();
+        Ok(Response::new(pb::RaftStatusResponse {
+            header: self.header(),
+            state: state_name(m.state).to_string(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            millis_since_quorum_ack: m.millis_since_quorum_ack.unwrap_or(0),
+        }))
+    }
+}

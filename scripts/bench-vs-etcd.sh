@@ -10,7 +10,12 @@
 #   WORKLOADS="put-64 get-64" scripts/bench-vs-etcd.sh
 #   RSS_KEYS=1000000 scripts/bench-vs-etcd.sh large # put/get, memory, disk at 1M keys
 #   NINES_BEFORE=/path/to/old/nines-server scripts/bench-vs-etcd.sh throughput
-#                                   # also an older nines build, same run (before/after)
+#                                   # also an older nines build, same run (before/after);
+#                                   # NINES_BEFORE_CLI=/path/to/old/nines drives it with
+#                                   # its own CLI (builds before the etcd API need theirs)
+#   ETCD_CLIENT_ON_NINES=1 scripts/bench-vs-etcd.sh throughput
+#                                   # also the unmodified etcd-client crate against
+#                                   # nines (target nines-etcd-client), same run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,18 +93,23 @@ start_nines() { # [binary] [name] [port base]
   eps=${eps%,}
   if [ "$name" = nines ]; then NINES_ENDPOINTS=$eps; else BEFORE_ENDPOINTS=$eps; fi
   for _ in $(seq 1 100); do
-    "$NINES" --endpoints "$eps" endpoint health >/dev/null 2>&1 && return
+    local cli=$NINES
+    [ "$name" = nines-before ] && cli=${NINES_BEFORE_CLI:-$NINES}
+    "$cli" --endpoints "$eps" endpoint health >/dev/null 2>&1 && return
     sleep 0.2
   done
   echo "$name did not become healthy" >&2; exit 1
 }
 
 run_bench() { # target endpoints name
-  local target=$1
-  [ "$target" = nines-before ] && target=nines
+  local target=$1 cli=$NINES
+  case $target in
+    nines-before) target=nines; cli=${NINES_BEFORE_CLI:-$NINES} ;;
+    nines-etcd-client) target=etcd ;;
+  esac
   # shellcheck disable=SC2086
-  "$NINES" --endpoints "$2" bench --target "$target" ${SPEC[$3]} --duration "$DURATION" --warmup "$WARMUP" \
-    --quiet -w json | sed "s/^{/{\"name\":\"$3\",/; s/\"target\":\"nines\"/\"target\":\"$1\"/"
+  "$cli" --endpoints "$2" bench --target "$target" ${SPEC[$3]} --duration "$DURATION" --warmup "$WARMUP" \
+    --quiet -w json | sed "s/^{/{\"name\":\"$3\",/; s/\"target\":\"[a-z]*\"/\"target\":\"$1\"/"
 }
 
 settle() { # let the previous run's dirty pages reach the disk
@@ -123,8 +133,9 @@ start_nines
 TARGETS="etcd nines"
 if [ -n "${NINES_BEFORE:-}" ]; then
   start_nines "$NINES_BEFORE" nines-before 7279
-  TARGETS="etcd nines nines-before"
+  TARGETS="$TARGETS nines-before"
 fi
+[ "${ETCD_CLIENT_ON_NINES:-0}" = 1 ] && TARGETS="$TARGETS nines-etcd-client"
 "$NINES" bench --workload put --clients 1 --duration 1s --warmup 0s --quiet --endpoints "$NINES_ENDPOINTS" \
   --fsync-dir "$DIR" -w json | python3 -c 'import json,sys; f=json.load(sys.stdin)["fsync_floor"]; print(json.dumps({"name":"fsync-floor", **f}))' >"$OUT"
 
@@ -141,7 +152,7 @@ if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
         settle
         case $target in
           etcd) eps=$ETCD_ENDPOINTS ;;
-          nines) eps=$NINES_ENDPOINTS ;;
+          nines | nines-etcd-client) eps=$NINES_ENDPOINTS ;;
           nines-before) eps=$BEFORE_ENDPOINTS ;;
         esac
         run_bench "$target" "$eps" "$name" >>"$OUT"
@@ -189,8 +200,11 @@ def med(name, target, key):
     vals = [(r["throughput"] if key == "ops" else r["latency"][key]) for r in runs.get((name, target), [])]
     return statistics.median(vals) if vals else float("nan")
 before = any(t == "nines-before" for _, t in runs)
+via_etcd = any(t == "nines-etcd-client" for _, t in runs)
 print(f"{'workload':<22}{'etcd ops/s':>12}{'nines ops/s':>13}{'ratio':>7}{'etcd p50':>10}{'nines p50':>11}{'etcd p99':>10}{'nines p99':>11}"
-      + (f"{'before ops/s':>14}{'after/before':>14}" if before else "") + "  (latency in us, median of runs)")
+      + (f"{'before ops/s':>14}{'after/before':>14}" if before else "")
+      + (f"{'etcd-client on nines':>22}{'/nines':>8}" if via_etcd else "")
+      + "  (latency in us, median of runs)")
 for name in dict.fromkeys(n for n, _ in runs):
     e, n = med(name, "etcd", "ops"), med(name, "nines", "ops")
     line = (f"{name:<22}{e:>12.0f}{n:>13.0f}{n / e if e else float('nan'):>7.2f}"
@@ -199,11 +213,17 @@ for name in dict.fromkeys(n for n, _ in runs):
     if before:
         b = med(name, "nines-before", "ops")
         line += f"{b:>14.0f}{n / b if b else float('nan'):>14.2f}"
+    if via_etcd:
+        v = med(name, "nines-etcd-client", "ops")
+        line += f"{v:>22.0f}{v / n if n else float('nan'):>8.2f}"
     print(line)
     if len(runs.get((name, "nines"), [])) > 1:
         vals = [r["throughput"] for r in runs[(name, "nines")]]
         spread = (max(vals) - min(vals)) / statistics.median(vals)
         print(f"{'':<22}nines run-to-run spread (max-min)/median: {spread:.0%}")
+for r in rows:
+    if r.get("errors"):
+        print(f"{r['name']} {r['target']}: {r['errors']} errors in {r['ops']} ops")
 for r in rows:
     if r["name"] == "large":
         print(f"after {r['keys']} keys of 256 B, {r['target']}: RSS {r['max_rss_kb'] / 1024:.0f} MiB, "

@@ -146,6 +146,15 @@ const SESSION: &[Step] = &[
     Step(&["del", ""], NO_INPUT),
     Step(&["txn"], "value(\"a\") = \"12\"\n\nput \"\" v\n\n\n"),
     Step(&["get", "", "--from-key", "--keys-only", "-w", "json"], NO_INPUT),
+    // Puts that keep the value or the lease of the current version.
+    Step(&["put", "iv", "1"], NO_INPUT),
+    Step(&["put", "iv", "--ignore-value", "-w", "json"], NO_INPUT),
+    Step(&["put", "iv", "2", "--ignore-lease", "--prev-kv"], NO_INPUT),
+    Step(&["get", "iv", "-w", "json"], NO_INPUT),
+    Step(&["put", "nothere", "--ignore-value"], NO_INPUT),
+    Step(&["put", "nothere", "x", "--ignore-lease"], NO_INPUT),
+    Step(&["put", "iv", "--ignore-value", "--ignore-lease"], NO_INPUT),
+    Step(&["get", "iv", "-w", "json"], NO_INPUT),
 ];
 
 /// Masks what legitimately differs between two clusters: ids, raft terms,

@@ -11,18 +11,17 @@
 //!   outstanding requests, or lowest observed latency).
 
 mod client;
+mod cluster;
 mod endpoints;
 mod error;
 mod session;
 pub mod snapshot;
 
-pub use client::{
-    Client, ClientConfig, GetRequest, GetResponse, NodeStatus, ReadBalance, SnapshotBuilt,
-    MAX_RESPONSE_BYTES,
-};
+pub use client::{Client, ClientConfig, GetRequest, GetResponse, ReadBalance, MAX_RESPONSE_BYTES};
+pub use cluster::{NodeStatus, SnapshotBuilt};
 pub use error::ClientError;
-pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
 pub use session::{with_session, SESSION_HEADER};
+pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
 
 /// The messages and clients the API uses: etcd's `etcdserverpb` with
 /// `mvccpb`'s KeyValue, and nines' own calls in `v1`.

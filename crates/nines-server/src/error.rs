@@ -45,9 +45,14 @@ fn etcd_input_message(e: &InputError) -> String {
         InputError::EmptyKey => "etcdserver: key is not provided".into(),
         InputError::TooManyTxnOps { .. } => "etcdserver: too many operations in txn request".into(),
         InputError::DuplicateKeyInTxn(_) => "etcdserver: duplicate key given in txn request".into(),
+        InputError::ValueProvided => "etcdserver: value is provided".into(),
+        InputError::LeaseProvided => "etcdserver: lease is provided".into(),
         other => other.to_string(),
     }
 }
+
+/// etcd's ErrGRPCKeyNotFound: a put keeping the value or lease of a missing key.
+pub const ETCD_KEY_NOT_FOUND: &str = "etcdserver: key not found";
 
 pub const LEADER_ID_HEADER: &str = "x-nines-leader-id";
 pub const LEADER_ADDR_HEADER: &str = "x-nines-leader-addr";

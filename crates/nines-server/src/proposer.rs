@@ -115,7 +115,9 @@ impl Proposer {
 fn approx_bytes(command: &Command) -> usize {
     use nines_types::TxnOp;
     match command {
-        Command::Put { key, value, .. } => key.len() + value.len(),
+        Command::Put { key, value, .. } | Command::PutKeeping { key, value, .. } => {
+            key.len() + value.len()
+        }
         Command::Delete { key, .. } => key.len(),
         Command::DeleteRange { range, .. } => range.start().len() * 2,
         Command::Txn(txn) => {
@@ -123,7 +125,9 @@ fn approx_bytes(command: &Command) -> usize {
                 .iter()
                 .chain(&txn.failure)
                 .map(|op| match op {
-                    TxnOp::Put { key, value, .. } => key.len() + value.len(),
+                    TxnOp::Put { key, value, .. } | TxnOp::PutKeeping { key, value, .. } => {
+                        key.len() + value.len()
+                    }
                     TxnOp::Delete { range, .. } => range.start().len() * 2,
                     TxnOp::Get(r) => r.range.start().len() * 2,
                 })

@@ -3,11 +3,12 @@
 //! commits every record, session and meta change as one atomic batch and
 //! only then publishes the new revision to readers.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use nines_types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, Entry, KeyRange, KeyValue, LogId,
-    RangeRequest, RejectReason, Request, Response, StoredMembership, TxnOp, TxnOpResponse,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, Entry, Keep, KeyRange, KeyValue,
+    LogId, RangeRequest, RejectReason, Request, Response, StoredMembership, TxnOp, TxnOpResponse,
 };
 use openraft::EntryPayload;
 
@@ -244,6 +245,21 @@ impl<'a, E: Engine> Executor<'a, E> {
                 changed = deleted > 0;
                 CommandResult::Delete { deleted, prev_kvs }
             }
+            Command::PutKeeping {
+                key,
+                value,
+                prev_kv,
+                keep,
+                ..
+            } => match self.kept_value(key, value, *keep)? {
+                None => CommandResult::Rejected(RejectReason::KeyNotFound(key.clone())),
+                Some(value) => {
+                    changed = true;
+                    CommandResult::Put {
+                        prev_kv: self.put(key, &value, *prev_kv, rev)?,
+                    }
+                }
+            },
             Command::Txn(txn) => {
                 let mut succeeded = true;
                 for compare in &txn.compares {
@@ -254,6 +270,13 @@ impl<'a, E: Engine> Executor<'a, E> {
                 } else {
                     &txn.failure
                 };
+                if let Some(key) = self.missing_kept_key(ops) {
+                    // Refused before any op runs: nothing to undo.
+                    return Ok(Response {
+                        revision: self.revision,
+                        result: CommandResult::Rejected(RejectReason::KeyNotFound(key)),
+                    });
+                }
                 let mut responses = Vec::with_capacity(ops.len());
                 for op in ops {
                     responses.push(match op {
@@ -265,6 +288,23 @@ impl<'a, E: Engine> Executor<'a, E> {
                             changed = true;
                             TxnOpResponse::Put {
                                 prev_kv: self.put(key, value, *prev_kv, rev)?,
+                            }
+                        }
+                        TxnOp::PutKeeping {
+                            key,
+                            value,
+                            prev_kv,
+                            keep,
+                            ..
+                        } => {
+                            let value = self.kept_value(key, value, *keep)?.ok_or_else(|| {
+                                StateError::CorruptState(
+                                    "a kept put's key vanished after its check".into(),
+                                )
+                            })?;
+                            changed = true;
+                            TxnOpResponse::Put {
+                                prev_kv: self.put(key, &value, *prev_kv, rev)?,
                             }
                         }
                         TxnOp::Delete { range, prev_kv } => {
@@ -318,6 +358,46 @@ impl<'a, E: Engine> Executor<'a, E> {
             self.compact_to = Some(revision);
             CommandResult::Compacted { revision }
         }
+    }
+
+    /// The value a put with `keep` writes, or None if the key is missing
+    /// (etcd: "key not found"). Leases are all 0 until they land, so keeping
+    /// the lease only needs the key to exist.
+    fn kept_value<'v>(
+        &self,
+        key: &[u8],
+        value: &'v [u8],
+        keep: Keep,
+    ) -> Result<Option<Cow<'v, [u8]>>, StateError> {
+        let Some(at) = self.mvcc.latest(key) else {
+            return Ok(None);
+        };
+        if !keep.value {
+            return Ok(Some(Cow::Borrowed(value)));
+        }
+        let current = value_of(key, at.rev, |r| self.overlay.get(&rev_key(r)))?;
+        Ok(Some(Cow::Owned(current)))
+    }
+
+    /// The key of the first kept put in `ops` whose key will be missing when
+    /// it runs, given the ops before it. etcd checks against the state before
+    /// the txn and panics if an earlier op deleted the key; we refuse the txn.
+    fn missing_kept_key(&self, ops: &[TxnOp]) -> Option<Vec<u8>> {
+        ops.iter().enumerate().find_map(|(i, op)| {
+            let TxnOp::PutKeeping { key, .. } = op else {
+                return None;
+            };
+            let exists = ops[..i]
+                .iter()
+                .rev()
+                .find_map(|earlier| match earlier {
+                    TxnOp::Delete { range, .. } if range.contains(key) => Some(false),
+                    op if op.put_key() == Some(key.as_slice()) => Some(true),
+                    _ => None,
+                })
+                .unwrap_or_else(|| self.mvcc.latest(key).is_some());
+            (!exists).then(|| key.clone())
+        })
     }
 
     /// The key as it is now, with its value (unwritten records included).

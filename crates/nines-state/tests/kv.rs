@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use nines_types::{Command, CommandResult, KeyRange, RangeRequest, RejectReason};
+use nines_types::{Command, CommandResult, Keep, KeyRange, RangeRequest, RejectReason, TxnOp};
 use openraft::storage::RaftStateMachine;
 
 #[tokio::test]
@@ -314,4 +314,124 @@ async fn an_empty_interval_matches_nothing() {
     }
     let all = RangeRequest::range(KeyRange::From(b"\0".to_vec()));
     assert_eq!(a.sm.reader().range(&all).unwrap().data.count, 3);
+}
+
+fn keeping(key: &str, value: &str, keep_value: bool) -> Command {
+    Command::PutKeeping {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        lease: 0,
+        prev_kv: true,
+        keep: Keep {
+            value: keep_value,
+            lease: !keep_value,
+        },
+    }
+}
+
+fn tkeeping(key: &str) -> TxnOp {
+    TxnOp::PutKeeping {
+        key: key.as_bytes().to_vec(),
+        value: Vec::new(),
+        lease: 0,
+        prev_kv: false,
+        keep: Keep {
+            value: true,
+            lease: false,
+        },
+    }
+}
+
+/// etcd's ignore_value / ignore_lease: the kept part comes from the current
+/// version, a missing key refuses the write ("key not found") and a txn is
+/// refused whole, even when an earlier op of its own deleted the key.
+#[tokio::test]
+async fn put_keeping_the_value_needs_the_key_and_refuses_whole_txns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    a.cmd(put("a", "1")).await;
+    let missing = a.cmd(keeping("nope", "", true)).await;
+    assert_eq!(missing.revision, 2);
+    assert_eq!(
+        missing.result,
+        CommandResult::Rejected(RejectReason::KeyNotFound(b"nope".to_vec()))
+    );
+
+    // Keeping the value bumps version and mod_revision, as etcd does.
+    let r = a.cmd(keeping("a", "", true)).await;
+    assert_eq!(r.revision, 3);
+    let kv = a.sm.reader().get(b"a").unwrap().data.unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.version, kv.mod_revision),
+        (&b"1"[..], 2, 3)
+    );
+    // Keeping only the lease writes the new value.
+    a.cmd(keeping("a", "2", false)).await;
+    let kv = a.sm.reader().get(b"a").unwrap().data.unwrap();
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"2"[..], 3));
+
+    let before = all_kvs(&a.sm);
+    for (ops, missing) in [
+        (vec![tput("b", "x"), tkeeping("nope")], "nope"),
+        (vec![tdel("a"), tkeeping("a")], "a"),
+        (
+            vec![
+                TxnOp::Delete {
+                    range: KeyRange::From(b"a".to_vec()),
+                    prev_kv: false,
+                },
+                tkeeping("a"),
+            ],
+            "a",
+        ),
+    ] {
+        let r = a.cmd(txn(vec![], ops, vec![])).await;
+        assert_eq!(r.revision, 4, "a refused txn leaves the revision");
+        assert_eq!(
+            r.result,
+            CommandResult::Rejected(RejectReason::KeyNotFound(missing.as_bytes().to_vec()))
+        );
+    }
+    assert_eq!(
+        all_kvs(&a.sm),
+        before,
+        "nothing of a refused txn is applied"
+    );
+
+    // Put again after the delete: the kept put sees the txn's own put.
+    let r = a
+        .cmd(txn(
+            vec![],
+            vec![tdel("a"), tput("c", "3"), tkeeping("c")],
+            vec![],
+        ))
+        .await;
+    assert!(
+        matches!(
+            r.result,
+            CommandResult::Rejected(RejectReason::InvalidInput(_))
+        ),
+        "two puts of one key in a txn are refused first: {:?}",
+        r.result
+    );
+    let r = a
+        .cmd(txn(vec![], vec![tput("d", "4"), tkeeping("a")], vec![]))
+        .await;
+    assert!(
+        matches!(
+            r.result,
+            CommandResult::Txn {
+                succeeded: true,
+                ..
+            }
+        ),
+        "{:?}",
+        r.result
+    );
+    assert_eq!(r.revision, 5);
+    let kv = a.sm.reader().get(b"a").unwrap().data.unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.version, kv.mod_revision),
+        (&b"2"[..], 4, 5)
+    );
 }

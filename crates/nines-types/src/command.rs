@@ -223,6 +223,25 @@ pub enum Command {
         revision: i64,
         physical: bool,
     },
+    /// etcd's Put with `ignore_value` or `ignore_lease`: the kept parts come
+    /// from the key's current version, and a missing key refuses the write.
+    PutKeeping {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        lease: i64,
+        prev_kv: bool,
+        keep: Keep,
+    },
+}
+
+/// What an etcd Put takes from the key's current version instead of the
+/// request (`ignore_value`, `ignore_lease`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keep {
+    pub value: bool,
+    pub lease: bool,
 }
 
 impl Command {
@@ -231,12 +250,12 @@ impl Command {
     /// Deletes and compactions free space, so they always pass.
     pub fn adds_data(&self) -> bool {
         match self {
-            Command::Put { .. } => true,
+            Command::Put { .. } | Command::PutKeeping { .. } => true,
             Command::Txn(txn) => txn
                 .success
                 .iter()
                 .chain(&txn.failure)
-                .any(|op| matches!(op, TxnOp::Put { .. })),
+                .any(|op| op.put_key().is_some()),
             Command::Batch(requests) => requests.iter().any(|r| r.command.adds_data()),
             Command::Delete { .. } | Command::DeleteRange { .. } | Command::Compact { .. } => false,
         }
@@ -283,6 +302,27 @@ pub enum TxnOp {
         prev_kv: bool,
     },
     Get(RangeRequest),
+    /// A put with etcd's `ignore_value`/`ignore_lease` (see `Command::PutKeeping`):
+    /// the whole txn is refused if the key is missing when the op would run.
+    PutKeeping {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        lease: i64,
+        prev_kv: bool,
+        keep: Keep,
+    },
+}
+
+impl TxnOp {
+    /// The key this op writes, if it is a put.
+    pub fn put_key(&self) -> Option<&[u8]> {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::PutKeeping { key, .. } => Some(key),
+            TxnOp::Delete { .. } | TxnOp::Get(_) => None,
+        }
+    }
 }
 
 /// If every compare holds, run `success`, else `failure`; atomically.
@@ -358,6 +398,8 @@ pub enum RejectReason {
     Compacted { requested: i64, compacted: i64 },
     /// A compaction to a revision the store has not reached.
     FutureRevision { requested: i64, current: i64 },
+    /// A put that keeps the value or lease of a key that does not exist.
+    KeyNotFound(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// The state machine's answer for one log entry.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Command, KeyRange, RangeRequest, TxnOp};
+use crate::{Command, Keep, KeyRange, RangeRequest, TxnOp};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
@@ -22,6 +22,10 @@ pub enum InputError {
     NestedBatch,
     #[error("compaction revision {0} is not positive")]
     CompactRevision(i64),
+    #[error("value is provided with ignore_value")]
+    ValueProvided,
+    #[error("lease is provided with ignore_lease")]
+    LeaseProvided,
 }
 
 /// Size limits; the defaults match etcd's spirit with a larger value bound.
@@ -101,6 +105,13 @@ impl Limits {
                 }
                 Ok(())
             }
+            Command::PutKeeping {
+                key,
+                value,
+                lease,
+                keep,
+                ..
+            } => self.check_put_keeping(key, value, *lease, *keep),
             Command::Delete { key, .. } => self.check_key(key),
             Command::DeleteRange { range, .. } => self.check_range(range),
             Command::Txn(txn) => {
@@ -131,6 +142,29 @@ impl Limits {
         }
     }
 
+    /// etcd's order: the value and lease checks, then "provided" when a
+    /// kept part is also given.
+    fn check_put_keeping(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        keep: Keep,
+    ) -> Result<(), InputError> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        if keep.value && !value.is_empty() {
+            return Err(InputError::ValueProvided);
+        }
+        if keep.lease && lease != 0 {
+            return Err(InputError::LeaseProvided);
+        }
+        if lease != 0 {
+            return Err(InputError::LeaseUnsupported(lease));
+        }
+        Ok(())
+    }
+
     fn check_branch(&self, ops: &[TxnOp]) -> Result<(), InputError> {
         let mut put_keys: Vec<&[u8]> = Vec::new();
         for op in ops {
@@ -138,17 +172,26 @@ impl Limits {
                 TxnOp::Put { key, value, .. } => {
                     self.check_key(key)?;
                     self.check_value(value)?;
-                    // etcd rejects a txn that writes the same key twice: the result would
-                    // depend on op order in a way clients rarely mean.
-                    if put_keys.contains(&key.as_slice()) {
-                        return Err(InputError::DuplicateKeyInTxn(
-                            String::from_utf8_lossy(key).into_owned(),
-                        ));
-                    }
-                    put_keys.push(key);
                 }
+                TxnOp::PutKeeping {
+                    key,
+                    value,
+                    lease,
+                    keep,
+                    ..
+                } => self.check_put_keeping(key, value, *lease, *keep)?,
                 TxnOp::Delete { range, .. } => self.check_range(range)?,
                 TxnOp::Get(read) => self.check_read(read)?,
+            }
+            if let Some(key) = op.put_key() {
+                // etcd rejects a txn that writes the same key twice: the result would
+                // depend on op order in a way clients rarely mean.
+                if put_keys.contains(&key) {
+                    return Err(InputError::DuplicateKeyInTxn(
+                        String::from_utf8_lossy(key).into_owned(),
+                    ));
+                }
+                put_keys.push(key);
             }
         }
         Ok(())

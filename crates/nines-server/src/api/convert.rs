@@ -110,6 +110,9 @@ pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
                 current,
             }))
         }
+        CommandResult::Rejected(RejectReason::KeyNotFound(_)) => Err(ApiError::InvalidRequest(
+            crate::error::ETCD_KEY_NOT_FOUND.into(),
+        )),
         result => Ok((resp.revision, result)),
     }
 }

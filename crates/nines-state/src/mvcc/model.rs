@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use nines_types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, RangeOptions,
-    RangeRequest, RangeResponse, RejectReason, Response, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, Keep, KeyRange, KeyValue,
+    RangeOptions, RangeRequest, RangeResponse, RejectReason, Response, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -148,6 +148,23 @@ pub(crate) fn model_apply(states: &mut Vec<State>, command: &Command) -> Respons
                 prev_kvs,
             }
         }
+        Command::PutKeeping {
+            key,
+            value,
+            prev_kv,
+            keep,
+            ..
+        } => match state.get(key).map(|m| m.value.clone()) {
+            None => CommandResult::Rejected(RejectReason::KeyNotFound(key.clone())),
+            Some(current) => {
+                changed = true;
+                let value = if keep.value { &current } else { value };
+                let prev = model_put(&mut state, key, value, rev);
+                CommandResult::Put {
+                    prev_kv: prev.filter(|_| *prev_kv),
+                }
+            }
+        },
         Command::Txn(txn) => {
             let succeeded = txn.compares.iter().all(|c| model_compare(&state, c));
             let ops = if succeeded {
@@ -155,9 +172,30 @@ pub(crate) fn model_apply(states: &mut Vec<State>, command: &Command) -> Respons
             } else {
                 &txn.failure
             };
+            // Runs on a copy: a kept put of a missing key drops it all.
+            let before = state.clone();
+            let mut missing = None;
             let mut responses = Vec::new();
             for op in ops {
                 responses.push(match op {
+                    TxnOp::PutKeeping {
+                        key,
+                        value,
+                        prev_kv,
+                        keep,
+                        ..
+                    } => {
+                        let Some(current) = state.get(key).map(|m| m.value.clone()) else {
+                            missing = Some(key.clone());
+                            break;
+                        };
+                        changed = true;
+                        let value = if keep.value { &current } else { value };
+                        let prev = model_put(&mut state, key, value, rev);
+                        TxnOpResponse::Put {
+                            prev_kv: prev.filter(|_| *prev_kv),
+                        }
+                    }
                     TxnOp::Put {
                         key,
                         value,
@@ -180,9 +218,16 @@ pub(crate) fn model_apply(states: &mut Vec<State>, command: &Command) -> Respons
                     TxnOp::Get(req) => TxnOpResponse::Get(model_range(&state, req)),
                 });
             }
-            CommandResult::Txn {
-                succeeded,
-                responses,
+            match missing {
+                Some(key) => {
+                    state = before;
+                    changed = false;
+                    CommandResult::Rejected(RejectReason::KeyNotFound(key))
+                }
+                None => CommandResult::Txn {
+                    succeeded,
+                    responses,
+                },
             }
         }
         other => panic!("the generator does not make {other:?}"),
@@ -223,6 +268,41 @@ pub(crate) fn read_request(rng: &mut StdRng) -> RangeRequest {
     }
 }
 
+fn keep(rng: &mut StdRng) -> Keep {
+    Keep {
+        value: rng.gen(),
+        lease: rng.gen(),
+    }
+}
+
+fn value_unless_kept(rng: &mut StdRng, keep: Keep) -> Vec<u8> {
+    if keep.value {
+        Vec::new()
+    } else {
+        rng.gen::<u16>().to_string().into_bytes()
+    }
+}
+
+/// A plain put, or one in four keeping the value or lease (etcd's ignore_*).
+fn put_op(rng: &mut StdRng, key: Vec<u8>) -> TxnOp {
+    if rng.gen_range(0..4) == 0 {
+        let keep = keep(rng);
+        TxnOp::PutKeeping {
+            key,
+            value: value_unless_kept(rng, keep),
+            lease: 0,
+            prev_kv: rng.gen(),
+            keep,
+        }
+    } else {
+        TxnOp::Put {
+            key,
+            value: rng.gen::<u16>().to_string().into_bytes(),
+            prev_kv: rng.gen(),
+        }
+    }
+}
+
 pub(crate) fn txn_ops(rng: &mut StdRng) -> Vec<TxnOp> {
     let mut ops = Vec::new();
     let mut put_keys = Vec::new();
@@ -235,11 +315,7 @@ pub(crate) fn txn_ops(rng: &mut StdRng) -> Vec<TxnOp> {
                     continue;
                 }
                 put_keys.push(key.clone());
-                TxnOp::Put {
-                    key,
-                    value: rng.gen::<u16>().to_string().into_bytes(),
-                    prev_kv: rng.gen(),
-                }
+                put_op(rng, key)
             }
             2 => TxnOp::Delete {
                 range: key_range(rng),
@@ -258,12 +334,22 @@ pub(crate) fn command(rng: &mut StdRng) -> Command {
             key: key(rng),
             prev_kv: rng.gen(),
         },
-        0..=3 => Command::Put {
+        0..=2 => Command::Put {
             key: key(rng),
             value: rng.gen::<u16>().to_string().into_bytes(),
             lease: 0,
             prev_kv: rng.gen(),
         },
+        3 => {
+            let keep = keep(rng);
+            Command::PutKeeping {
+                key: key(rng),
+                value: value_unless_kept(rng, keep),
+                lease: 0,
+                prev_kv: rng.gen(),
+                keep,
+            }
+        }
         4 | 5 => Command::DeleteRange {
             range: key_range(rng),
             prev_kv: rng.gen(),

@@ -58,8 +58,15 @@ pub(super) struct Store {
 
 impl Store {
     pub fn new() -> Self {
+        // The model starts at revision 0; so does this store, on disk too,
+        // so that a reopen before the first change agrees with it.
+        let engine = Counting::default();
+        let zero = crate::store::encode(&0i64).unwrap();
+        engine
+            .write_batch(&[(crate::store::META_REVISION.to_vec(), Some(zero))])
+            .unwrap();
         Self {
-            mvcc: Mvcc::open(Counting::default(), 0, 0, &AtomicU64::new(0)).unwrap(),
+            mvcc: Mvcc::open(engine, 0, 0, &AtomicU64::new(0)).unwrap(),
             opts: StateOptions::default(),
             next_index: 1,
         }

@@ -1,11 +1,11 @@
 //! etcd proto <-> domain conversions. What the domain cannot express yet
-//! (nested txns, lease compares, range compares, ignore_value) is refused
+//! (nested txns, lease compares, range compares) is refused
 //! with INVALID_ARGUMENT and a message naming it, never silently dropped.
 
 use nines_proto::etcd::etcdserverpb as epb;
 use nines_proto::etcd::mvccpb;
 use nines_types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyValue, RangeOptions,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, Keep, KeyValue, RangeOptions,
     RangeRequest, RangeResponse, Request, Session, Txn, TxnOp, TxnOpResponse,
 };
 
@@ -60,19 +60,29 @@ pub fn range_response(header: epb::ResponseHeader, r: RangeResponse) -> epb::Ran
 }
 
 pub fn put_request(req: &epb::PutRequest, session: Option<Session>) -> Result<Request, ApiError> {
-    if req.ignore_value || req.ignore_lease {
-        return Err(invalid(
-            "put with ignore_value or ignore_lease is not supported yet",
-        ));
-    }
-    Ok(Request {
-        session,
-        command: Command::Put {
+    let command = match keep(req) {
+        // The plain variant keeps the common entry as small as before.
+        None => Command::Put {
             key: req.key.clone(),
             value: req.value.clone(),
             lease: req.lease,
             prev_kv: req.prev_kv,
         },
+        Some(keep) => Command::PutKeeping {
+            key: req.key.clone(),
+            value: req.value.clone(),
+            lease: req.lease,
+            prev_kv: req.prev_kv,
+            keep,
+        },
+    };
+    Ok(Request { session, command })
+}
+
+fn keep(req: &epb::PutRequest) -> Option<Keep> {
+    (req.ignore_value || req.ignore_lease).then_some(Keep {
+        value: req.ignore_value,
+        lease: req.ignore_lease,
     })
 }
 
@@ -156,26 +166,29 @@ fn txn_op(op: &epb::RequestOp) -> Result<TxnOp, ApiError> {
             }
             Ok(TxnOp::Get(read))
         }
-        Some(R::RequestPut(p)) => {
-            if p.ignore_value || p.ignore_lease {
-                return Err(invalid(
-                    "put with ignore_value or ignore_lease is not supported yet",
-                ));
-            }
-            if p.lease != 0 {
-                return Err(invalid("leases are not supported yet"));
-            }
-            Ok(TxnOp::Put {
+        Some(R::RequestPut(p)) => match keep(p) {
+            Some(keep) => Ok(TxnOp::PutKeeping {
+                key: p.key.clone(),
+                value: p.value.clone(),
+                lease: p.lease,
+                prev_kv: p.prev_kv,
+                keep,
+            }),
+            None if p.lease != 0 => Err(invalid("leases are not supported yet")),
+            None => Ok(TxnOp::Put {
                 key: p.key.clone(),
                 value: p.value.clone(),
                 prev_kv: p.prev_kv,
-            })
-        }
+            }),
+        },
         Some(R::RequestDeleteRange(d)) => Ok(TxnOp::Delete {
             range: key_range(&d.key, &d.range_end),
             prev_kv: d.prev_kv,
         }),
-        Some(R::RequestTxn(_)) => Err(invalid("nested txns are not supported yet")),
+        // etcd 3.5's nested txns; 3.4 clients cannot send them.
+        Some(R::RequestTxn(_)) => Err(invalid(
+            "nested txns (etcd 3.5) are not supported: flatten the txn into one level",
+        )),
         None => Err(invalid("txn op has no request")),
     }
 }
@@ -420,7 +433,16 @@ mod tests {
         };
         assert!(matches!(
             put_request(&put, None),
-            Err(ApiError::InvalidRequest(_))
+            Ok(Request {
+                command: Command::PutKeeping {
+                    keep: Keep {
+                        value: true,
+                        lease: false
+                    },
+                    ..
+                },
+                ..
+            })
         ));
     }
 }

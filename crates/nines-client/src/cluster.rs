@@ -73,7 +73,11 @@ impl Client {
     }
 
     /// Removes a member; answers with the members after the change.
+    /// Retries are safe: when the attempt that removed a listed member lost
+    /// its answer, the retry hears "member not found" (etcd's answer to a
+    /// second removal); the member being gone is then the success it is.
     pub async fn member_remove(&self, id: u64) -> Result<pb::MemberListResponse, ClientError> {
+        let was_listed = listed(&self.member_list().await?, id);
         let result = self
             .call(
                 Route::Leader,
@@ -83,11 +87,21 @@ impl Client {
             .await;
         // The removed node may have been the leader we cached.
         self.inner.endpoints.set_leader(None);
-        let resp = result?;
-        Ok(pb::MemberListResponse {
-            header: resp.header,
-            members: resp.members,
-        })
+        match result {
+            Ok(resp) => Ok(pb::MemberListResponse {
+                header: resp.header,
+                members: resp.members,
+            }),
+            Err(e) if was_listed && e.code() == Code::NotFound => {
+                let list = self.member_list().await?;
+                if listed(&list, id) {
+                    Err(e)
+                } else {
+                    Ok(list)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Moves the leadership to `target_id` (etcd's MoveLeader).
@@ -203,4 +217,8 @@ impl NodeStatus {
     pub fn member_id(&self) -> u64 {
         self.header.as_ref().map_or(0, |h| h.member_id)
     }
+}
+
+fn listed(list: &pb::MemberListResponse, id: u64) -> bool {
+    list.members.iter().any(|m| m.id == id)
 }

@@ -1,26 +1,33 @@
 //! Disaster recovery with `--force-new-cluster`: two of three members are
 //! lost for good (kill -9, data dirs deleted) while writes are in flight.
 //! The survivor alone has no quorum (checked: a write fails); restarted
-//! with the flag it serves every acknowledged write, takes new ones, and
+//! with the flag it serves every acknowledged write (and an entry past the
+//! commit index it knew of, as etcd commits its whole log), takes new ones, and
 //! two fresh members added through etcd's Cluster API end up with the same
 //! history (HashKV). Leaving the flag on after that is refused, and a
 //! fresh data dir with the flag is refused.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nines_client::proto as pb;
 use nines_client::{Client, ClientConfig};
+use nines_log::{LogOptions, LogStore};
 use nines_tests::cluster::free_port;
 use nines_tests::{Cluster, ClusterOptions};
+use nines_types::{Command, Entry, LogId, Request};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::EntryPayload;
 use tonic::transport::Channel;
 
 const LONG: Duration = Duration::from_secs(60);
 const ACKED_BEFORE_KILL: usize = 500;
 const WRITERS: usize = 16;
 const FLAG: &str = "--force-new-cluster";
+const UNKNOWN_COMMIT: (&str, &str) = ("past-commit", "replicated");
 
 fn channel(endpoint: &str) -> Channel {
     Channel::from_shared(format!("http://{endpoint}"))
@@ -109,6 +116,23 @@ async fn hash_kv(endpoint: &str, revision: i64) -> u32 {
     }
 }
 
+/// Appends a put after the last entry of a stopped member's log, under
+/// the last entry's leader, as that leader's next append would have.
+async fn append_uncommitted_put(data_dir: &Path, (key, value): (&str, &str)) {
+    let mut log = LogStore::open(&data_dir.join("log"), LogOptions::default()).unwrap();
+    let last = log.get_log_state().await.unwrap().last_log_id.unwrap();
+    let entry = Entry {
+        log_id: LogId::new(last.leader_id, last.index + 1),
+        payload: EntryPayload::Normal(Request::new(Command::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+            prev_kv: false,
+        })),
+    };
+    log.blocking_append([entry]).await.unwrap();
+}
+
 fn set_flag(cluster: &mut Cluster, id: u64, on: bool) {
     let node = cluster.nodes.iter_mut().find(|n| n.id == id).unwrap();
     node.extra_args = if on { vec![FLAG.into()] } else { Vec::new() };
@@ -182,13 +206,29 @@ async fn force_new_cluster_recovers_from_losing_two_of_three() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= ACKED_BEFORE_KILL, "{}", acked.len());
 
+    // An entry the dead majority had (acknowledged) whose commit the
+    // survivor never heard of: a leader's last append reaches followers
+    // before the commit index that covers it. Appended here because the
+    // kill cannot be timed between the two.
+    cluster.kill(survivor);
+    append_uncommitted_put(&cluster.node(survivor).data_dir, UNKNOWN_COMMIT).await;
+
     // Control: restarted as it was, the survivor has no quorum.
-    cluster.restart(survivor);
+    cluster.spawn(survivor);
     let alone = client_with_deadline(&cluster, survivor, Duration::from_secs(3));
     assert!(
         alone.put("control", "no quorum").await.is_err(),
         "a lone member of three wrote without its quorum"
     );
+
+    let before = cluster.status(survivor).await.expect("status");
+    eprintln!(
+        "survivor {survivor} before the forced start: last log {}, applied {}, {} acked",
+        before.last_log_index,
+        before.applied_index,
+        acked.len()
+    );
+    assert!(before.applied_index < before.last_log_index, "{before:?}");
 
     // Forced: a cluster of one, holding everything acknowledged.
     cluster.kill(survivor);
@@ -205,12 +245,22 @@ async fn force_new_cluster_recovers_from_losing_two_of_three() {
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged writes lost or wrong after the forced start, e.g. {missing:?}\n{}",
-        acked.iter().filter(|(k, v)| held.get(*k) != Some(*v)).count(),
+        acked
+            .iter()
+            .filter(|(k, v)| held.get(*k) != Some(*v))
+            .count(),
         acked.len(),
         cluster.server_log(survivor)
     );
     let log = cluster.server_log(survivor);
     assert!(log.contains("this node is now the only member"), "{log}");
+    let (key, value) = UNKNOWN_COMMIT;
+    let kv = client.get(key).await.expect("get").map(|kv| kv.value);
+    assert_eq!(
+        kv.as_deref(),
+        Some(value.as_bytes()),
+        "an entry past the commit index"
+    );
     for i in 0..100 {
         client.put(format!("after/{i:03}"), "x").await.expect("put");
     }
@@ -255,7 +305,11 @@ async fn force_new_cluster_recovers_from_losing_two_of_three() {
 
     // A fresh data dir has nothing to recover.
     let fresh = 99;
-    cluster.add_node_as(fresh, format!("127.0.0.1:{}", free_port()), vec![FLAG.into()]);
+    cluster.add_node_as(
+        fresh,
+        format!("127.0.0.1:{}", free_port()),
+        vec![FLAG.into()],
+    );
     let status = cluster.wait_exit(fresh, Duration::from_secs(20)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(1), "fresh dir");
     let log = cluster.server_log(fresh);

@@ -65,10 +65,12 @@ pub fn plan(
     marker: Option<Marker>,
 ) -> Result<Plan, String> {
     let Some(last) = last_log_id else {
-        return Err("this data dir holds no Raft log: a fresh member has nothing to \
+        return Err(
+            "this data dir holds no Raft log: a fresh member has nothing to \
                     recover. Start the member that survived with the flag, or restore \
                     a backup with `nines snapshot restore`"
-            .into());
+                .into(),
+        );
     };
     let nodes: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
     if !nodes.contains(&me) {
@@ -77,8 +79,8 @@ pub fn plan(
              (or never added), so its data is not the cluster's; force a member that was in it"
         ));
     }
-    let alone = membership.get_joint_config().as_slice() == [BTreeSet::from([me])]
-        && nodes.len() == 1;
+    let alone =
+        membership.get_joint_config().as_slice() == [BTreeSet::from([me])] && nodes.len() == 1;
     if alone {
         return Ok(Plan::AlreadyAlone);
     }
@@ -91,7 +93,10 @@ pub fn plan(
             marker.log_id.index
         ));
     }
-    let term = vote.map_or(0, |v| v.leader_id.term).max(last.leader_id.term) + 1;
+    let term = vote
+        .map_or(0, |v| v.leader_id.term)
+        .max(last.leader_id.term)
+        + 1;
     let log_id = LogId::new(CommittedLeaderId::new(term, me), last.index + 1);
     let alone = Membership::new(
         vec![BTreeSet::from([me])],
@@ -186,7 +191,8 @@ fn read_marker(path: &Path) -> Result<Option<Marker>, ServerError> {
 }
 
 fn write_marker(dir: &Path, path: &Path, marker: &Marker) -> Result<(), ServerError> {
-    let bytes = serde_json::to_vec(marker).map_err(|e| dir_error(path, std::io::Error::other(e)))?;
+    let bytes =
+        serde_json::to_vec(marker).map_err(|e| dir_error(path, std::io::Error::other(e)))?;
     crate::datadir::write_durably(dir, path, &bytes).map_err(|e| dir_error(path, e))
 }
 
@@ -275,7 +281,10 @@ mod tests {
         assert!(err.contains("holds no Raft log"), "{err}");
 
         let err = plan(4, &node(4), None, Some(log_id(1, 1, 9)), &three, None).unwrap_err();
-        assert!(err.contains("node 4 is not in the last membership"), "{err}");
+        assert!(
+            err.contains("node 4 is not in the last membership"),
+            "{err}"
+        );
 
         // Alone already: nothing to write, with or without the marker.
         let alone = members(&[1], &[]);

@@ -50,6 +50,13 @@ pub struct ServerArgs {
     /// With --join: stay a learner instead of becoming a voter.
     #[arg(long, env = "NINES_JOIN_AS_LEARNER")]
     pub join_as_learner: bool,
+    /// Disaster recovery (etcd's flag): on a member with existing data,
+    /// rewrite the membership to this node alone and serve, committing
+    /// every entry in its log; add members back afterwards. Refused on a
+    /// fresh data dir, and once members were added back while it stays on:
+    /// remove it after the first start (README, "Disaster recovery").
+    #[arg(long, env = "NINES_FORCE_NEW_CLUSTER", conflicts_with = "join")]
+    pub force_new_cluster: bool,
     /// Cluster name; nodes of different clusters refuse each other's traffic.
     #[arg(long, env = "NINES_CLUSTER_TOKEN", default_value = "nines")]
     pub cluster_token: String,
@@ -168,6 +175,8 @@ pub struct ServerConfig {
     pub node: Node,
     pub data_dir: PathBuf,
     pub bootstrap: Bootstrap,
+    /// `--force-new-cluster` (see `force.rs`).
+    pub force_new_cluster: bool,
     pub cluster_token: String,
     pub raft: openraft::Config,
     pub request_timeout: Duration,
@@ -378,6 +387,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             node: Node::new(advertise_peer, advertise_client),
             data_dir: args.data_dir,
             bootstrap,
+            force_new_cluster: args.force_new_cluster,
             cluster_token: args.cluster_token,
             raft,
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(100)),

@@ -77,7 +77,7 @@ impl DataDir {
     }
 }
 
-fn write_durably(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durably(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = target.with_extension("tmp");
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod election;
 pub mod error;
 pub mod fatal;
+pub mod force;
 mod incoming;
 mod join;
 pub mod log_repeats;

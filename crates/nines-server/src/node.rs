@@ -53,9 +53,6 @@ impl NinesNode {
             &crate::disk::log_dir(&config.data_dir),
             LogOptions::default(),
         )?;
-        if config.leader_pipelining {
-            log.enable_leader_pipelining(config.id)?;
-        }
         let mut state = StateMachine::open(
             &crate::disk::state_dir(&config.data_dir),
             StateOptions {
@@ -71,6 +68,11 @@ impl NinesNode {
             .await
             .map_err(|e| ServerError::Raft(e.to_string()))?;
         state.check_rebuildable(log_state.last_purged_log_id)?;
+        // Before pipelining: the forced entry is synced like a follower's.
+        crate::force::prepare(&config, &log, &mut state).await?;
+        if config.leader_pipelining {
+            log.enable_leader_pipelining(config.id)?;
+        }
         // Both gates are no-ops without pipelining: every append is synced
         // before openraft hears of it.
         state.gate_on(log.durable_index());

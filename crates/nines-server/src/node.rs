@@ -325,7 +325,8 @@ async fn follow_readiness(
     reporter: tonic_health::server::HealthReporter,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let kv = <epb::kv_server::KvServer<crate::api::etcd::EtcdKv> as tonic::server::NamedService>::NAME;
+    let kv =
+        <epb::kv_server::KvServer<crate::api::etcd::EtcdKv> as tonic::server::NamedService>::NAME;
     let mut last = None;
     loop {
         let ready = crate::metrics::health::readyz(&core, &election).await;

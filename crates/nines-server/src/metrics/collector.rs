@@ -13,7 +13,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-
 use super::Counters;
 use crate::core::NodeCore;
 use crate::observe::age_ms;

@@ -110,6 +110,12 @@ pub async fn readyz(core: &NodeCore, election: &Election) -> Result<(), String> 
         })?;
         (last.max(committed), "the leader's last log index")
     };
+    caught_up(applied, target, of)
+}
+
+/// Ready when `applied` trails `target` (`of` names it) by at most
+/// `READY_MAX_LAG` entries.
+fn caught_up(applied: u64, target: u64, of: &str) -> Result<(), String> {
     let lag = target.saturating_sub(applied);
     if lag > READY_MAX_LAG {
         return Err(format!(
@@ -133,5 +139,23 @@ async fn leader_last_log(core: &NodeCore) -> Result<u64, String> {
         Err(_) => Err(format!("no answer within {} ms", CORE_ANSWER.as_millis())),
         Ok(Err(status)) => Err(status.message().to_string()),
         Ok(Ok(answer)) => Ok(answer.into_inner().last_log_index),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_within_the_lag() {
+        assert!(caught_up(5000, 5000, "x").is_ok());
+        assert!(caught_up(4000, 5000, "x").is_ok());
+        // A target behind what is applied (a stale answer) is no lag.
+        assert!(caught_up(5000, 10, "x").is_ok());
+        let err = caught_up(3999, 5000, "the commit index").unwrap_err();
+        assert_eq!(
+            err,
+            "applied index 3999 is 1001 entries behind the commit index 5000 (ready within 1000)"
+        );
     }
 }

@@ -94,7 +94,6 @@ impl Counters {
     }
 }
 
-
 /// Duration histograms, in seconds. Cheap to clone (the clones share).
 #[derive(Clone)]
 pub struct Timings {

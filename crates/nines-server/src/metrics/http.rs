@@ -25,7 +25,7 @@ struct Node {
     registry: Arc<Registry>,
 }
 
-/// The router alone (tests drive it without a socket).
+/// The routes; any other path is 404, another method on these 405.
 fn router(core: Arc<NodeCore>, election: Arc<Election>) -> Router {
     let registry = Arc::new(super::registry(&core));
     Router::new()

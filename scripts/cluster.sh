@@ -17,7 +17,7 @@ BIN=${NINES_BIN_DIR:-$PWD/target/release}
 NODES=(1 2 3)
 client_addr() { echo "127.0.0.1:$((2279 + 100 * $1))"; }   # 2379, 2479, 2579
 peer_addr() { echo "127.0.0.1:$((2280 + 100 * $1))"; }     # 2380, 2480, 2580
-metrics_addr() { echo "127.0.0.1:$((2281 + 100 * $1))"; }  # 2381, 2481, 2581 (Prometheus text)
+metrics_addr() { echo "127.0.0.1:$((2281 + 100 * $1))"; }  # 2381, 2481, 2581 (metrics, health)
 ENDPOINTS=$(for n in "${NODES[@]}"; do printf '%s,' "$(client_addr "$n")"; done)
 ENDPOINTS=${ENDPOINTS%,}
 INITIAL=$(for n in "${NODES[@]}"; do printf '%s=%s/%s,' "$n" "$(peer_addr "$n")" "$(client_addr "$n")"; done)
@@ -39,7 +39,7 @@ start_node() {
     --initial-cluster "$INITIAL" \
     >>"$DIR/node$n.log" 2>&1 &
   echo $! >"$DIR/node$n.pid"
-  echo "node $n: pid $!, client $(client_addr "$n"), peer $(peer_addr "$n"), metrics http://$(metrics_addr "$n")/metrics, data $DIR/node$n"
+  echo "node $n: pid $!, client $(client_addr "$n"), peer $(peer_addr "$n"), metrics http://$(metrics_addr "$n")/metrics (also /livez, /readyz, /health), data $DIR/node$n"
 }
 
 kill_node() {

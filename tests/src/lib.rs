@@ -5,5 +5,6 @@
 pub mod cluster;
 pub mod etcd;
 pub mod etcdctl;
+pub mod http;
 
 pub use cluster::{Cluster, ClusterOptions};

@@ -5,59 +5,18 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nines_client::proto as pb;
-use nines_tests::{Cluster, ClusterOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nines_tests::http::{metrics_cluster, scrape};
+use nines_tests::Cluster;
 
 const GENEROUS: Duration = Duration::from_secs(60);
 
 /// A cluster whose nodes serve metrics; returns it and each node's metrics address.
 fn start(args: &[&str]) -> (Cluster, HashMap<u64, String>) {
-    let mut cluster = Cluster::prepare(ClusterOptions {
-        nodes: 3,
-        args: args.iter().map(|a| a.to_string()).collect(),
-    });
-    let mut metrics = HashMap::new();
-    for node in &mut cluster.nodes {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        node.extra_args = vec!["--listen-metrics".into(), addr.clone()];
-        metrics.insert(node.id, addr);
-    }
-    cluster.spawn_all();
-    (cluster, metrics)
-}
-
-/// The metrics page as name -> value (HELP/TYPE lines skipped).
-async fn scrape(addr: &str) -> Option<HashMap<String, u64>> {
-    let fetch = async {
-        let mut socket = tokio::net::TcpStream::connect(addr).await.ok()?;
-        socket
-            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = String::new();
-        socket.read_to_string(&mut body).await.ok()?;
-        Some(body)
-    };
-    let body = tokio::time::timeout(Duration::from_secs(10), fetch)
-        .await
-        .ok()??;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("nines_"))
-            .filter_map(|l| {
-                let (name, value) = l.split_once(' ')?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect(),
-    )
+    metrics_cluster(args)
 }
 
 /// Polls until `check` holds for a node's metrics; panics with them otherwise.
-async fn wait_metrics(addr: &str, what: &str, check: impl Fn(&HashMap<String, u64>) -> bool) {
+async fn wait_metrics(addr: &str, what: &str, check: impl Fn(&HashMap<String, f64>) -> bool) {
     let deadline = Instant::now() + GENEROUS;
     let mut last = None;
     while Instant::now() < deadline {
@@ -101,8 +60,8 @@ async fn stable_leader(cluster: &Cluster) -> u64 {
     }
 }
 
-fn get(m: &HashMap<String, u64>, name: &str) -> u64 {
-    m.get(name).copied().unwrap_or(0)
+fn get(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.get(name).copied().unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,16 +69,16 @@ async fn a_leader_change_is_logged_and_counted() {
     let (mut cluster, metrics) = start(&[]);
     let old = stable_leader(&cluster).await;
     wait_metrics(&metrics[&old], "the first leader", |m| {
-        get(m, "nines_leader_changes_total") >= 1
-            && get(m, "nines_became_leader_total") >= 1
-            && get(m, "nines_raft_state") == 2
-            && get(m, "nines_raft_has_leader") == 1
+        get(m, "nines_leader_changes_total") >= 1.0
+            && get(m, "nines_became_leader_total") >= 1.0
+            && get(m, "nines_raft_state") == 2.0
+            && get(m, "nines_raft_has_leader") == 1.0
     })
     .await;
     cluster.client().put("k", "v").await.expect("put");
     cluster.client_of(old).get("k").await.expect("get");
     wait_metrics(&metrics[&old], "a read barrier round", |m| {
-        get(m, "nines_read_rounds_total") >= 1
+        get(m, "nines_read_rounds_total") >= 1.0
     })
     .await;
 
@@ -137,11 +96,11 @@ async fn a_leader_change_is_logged_and_counted() {
     )
     .await;
     wait_metrics(&metrics[&new], "the second leader", |m| {
-        get(m, "nines_leader_changes_total") >= 2
-            && get(m, "nines_became_leader_total") >= 1
-            && get(m, "nines_raft_state") == 2
-            && get(m, "nines_raft_has_leader") == 1
-            && get(m, "nines_leaderless_stretch_ms") == 0
+        get(m, "nines_leader_changes_total") >= 2.0
+            && get(m, "nines_became_leader_total") >= 1.0
+            && get(m, "nines_raft_state") == 2.0
+            && get(m, "nines_raft_has_leader") == 1.0
+            && get(m, "nines_leaderless_stretch_seconds") == 0.0
     })
     .await;
     // The surviving follower saw the same change.
@@ -177,7 +136,7 @@ async fn a_stuck_proposal_is_reported_and_given_up() {
     let client = cluster.client_of(leader);
     let write = tokio::spawn(async move { client.put("stuck", "v").await });
     wait_metrics(&metrics[&leader], "a proposal given up", |m| {
-        get(m, "nines_proposals_timed_out_total") >= 1
+        get(m, "nines_proposals_timed_out_total") >= 1.0
     })
     .await;
     wait_log(
@@ -195,7 +154,7 @@ async fn a_stuck_proposal_is_reported_and_given_up() {
     // A paused process says so once it runs again.
     wait_log(&cluster, followers[0], &["was not scheduled for"]).await;
     wait_metrics(&metrics[&followers[0]], "a runtime stall", |m| {
-        get(m, "nines_runtime_stalls_total") >= 1
+        get(m, "nines_runtime_stalls_total") >= 1.0
     })
     .await;
     // Whatever became of it (unknown outcome), the node serves writes again.
@@ -209,7 +168,7 @@ async fn a_stuck_proposal_is_reported_and_given_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_metrics(&metrics[&leader], "nothing in flight", |m| {
-        get(m, "nines_proposal_in_flight_ms") == 0 && get(m, "nines_pending_requests") == 0
+        get(m, "nines_proposal_in_flight_seconds") == 0.0 && get(m, "nines_pending_requests") == 0.0
     })
     .await;
 }
@@ -239,7 +198,7 @@ async fn a_down_follower_does_not_flood_the_log_on_reads() {
     }
     let took = started.elapsed();
     wait_metrics(&metrics[&leader], "the read rounds", |m| {
-        get(m, "nines_read_rounds_total") >= READS
+        get(m, "nines_read_rounds_total") >= READS as f64
     })
     .await;
     let log = cluster.server_log(leader);
@@ -292,7 +251,7 @@ async fn a_failed_forward_is_logged_and_counted() {
         .expect("a forward to a paused leader is bounded");
     assert!(failed.is_err(), "{failed:?}");
     wait_metrics(&metrics[&follower], "a failed forward", |m| {
-        get(m, "nines_forward_failures_total") >= 1
+        get(m, "nines_forward_failures_total") >= 1.0
     })
     .await;
     wait_log(&cluster, follower, &["forwarding to the leader failed"]).await;

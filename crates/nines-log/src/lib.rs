@@ -29,6 +29,11 @@ use std::sync::Arc;
 pub use error::LogError;
 use nines_types::{DurableIndex, NodeId};
 
+/// Called with the duration of each fdatasync of appended entries (in an
+/// append, or the pipelining flusher), on the thread that synced: keep it
+/// cheap. Lets a server time syncs without this crate knowing its metrics.
+pub type SyncHook = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// Tuning for a [`LogStore`].
 #[derive(Clone, Debug)]
 pub struct LogOptions {
@@ -99,6 +104,12 @@ impl LogStore {
             pipeline::start_flusher(&self.wal).map_err(|e| LogError::io(&self.wal.dir, e))?;
         }
         Ok(())
+    }
+
+    /// Reports the duration of every later fdatasync of appended entries to
+    /// `hook`. Only the first hook set is kept.
+    pub fn observe_syncs(&self, hook: SyncHook) {
+        let _ = self.wal.pipeline.flush.sync_hook.set(hook);
     }
 
     /// The highest index on disk, updated as syncs complete.

@@ -37,6 +37,8 @@ pub(crate) struct FlushShared {
     state: Mutex<FlushState>,
     wake: Condvar,
     pub durable: DurableIndexTx,
+    /// Told how long each fdatasync of an append took (metrics).
+    pub sync_hook: OnceLock<crate::SyncHook>,
 }
 
 #[derive(Default)]
@@ -58,6 +60,7 @@ impl Pipeline {
                 state: Mutex::new(FlushState::default()),
                 wake: Condvar::new(),
                 durable,
+                sync_hook: OnceLock::new(),
             }),
         }
     }
@@ -91,6 +94,13 @@ impl Pipeline {
 }
 
 impl FlushShared {
+    /// Reports an fdatasync that started at `started` to the hook, if any.
+    pub(crate) fn observe_sync(&self, started: std::time::Instant) {
+        if let Some(hook) = self.sync_hook.get() {
+            hook(started.elapsed());
+        }
+    }
+
     /// Entries up to `index` are written and need a sync.
     pub(crate) fn request(&self, index: u64) {
         let mut st = lock(&self.state);
@@ -162,7 +172,10 @@ fn run_flusher(wal: Weak<Wal>, shared: Arc<FlushShared>) {
             }
         };
         drop(wal);
-        if let Err(e) = segment.file.sync_data() {
+        let started = std::time::Instant::now();
+        let synced = segment.file.sync_data();
+        shared.observe_sync(started);
+        if let Err(e) = synced {
             tracing::error!(path = %segment.path.display(), "fdatasync of the Raft log failed: {e}; aborting");
             std::process::abort();
         }

@@ -152,8 +152,16 @@ impl Wal {
         let off = w.len;
         let file = &w.active.file;
         self.prealloc.reserve(off + buf.len() as u64);
-        let written = file.write_all_at(&buf, off);
-        if let Err(e) = written.and_then(|()| if sync { file.sync_data() } else { Ok(()) }) {
+        let written = file.write_all_at(&buf, off).and_then(|()| {
+            if !sync {
+                return Ok(());
+            }
+            let started = std::time::Instant::now();
+            let synced = file.sync_data();
+            self.pipeline.flush.observe_sync(started);
+            synced
+        });
+        if let Err(e) = written {
             // Drop a partial write so the file never holds bytes the index
             // does not describe; openraft stops on the error anyway.
             let _ = file.set_len(off);

@@ -22,7 +22,8 @@ use crate::datadir::DataDir;
 use crate::election::Election;
 use crate::error::ServerError;
 use crate::incoming::Incoming;
-use crate::metrics::Counters;
+use crate::metrics::grpc::RequestMetricsLayer;
+use crate::metrics::{Counters, StateTimings};
 use crate::network::{ChannelPool, NetworkFactory, PeerLiveness, RaftService, MAX_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::read_barrier::ReadBarrier;
@@ -49,15 +50,19 @@ impl NinesNode {
     pub async fn start(config: ServerConfig) -> Result<NinesNode, ServerError> {
         let cluster_id = config.cluster_id();
         let data_dir = DataDir::open(&config.data_dir, cluster_id, config.id)?;
+        // First: the log and state machine report their timings here.
+        let counters = Arc::new(Counters::default());
         let log = LogStore::open(
             &crate::disk::log_dir(&config.data_dir),
             LogOptions::default(),
         )?;
+        log.observe_syncs(counters.timings.wal_sync_hook());
         let mut state = StateMachine::open(
             &crate::disk::state_dir(&config.data_dir),
             StateOptions {
                 limits: config.limits,
                 cache_capacity_bytes: config.cache_bytes,
+                observer: Some(Arc::new(StateTimings(counters.timings.clone()))),
                 ..Default::default()
             },
         )
@@ -138,7 +143,6 @@ impl NinesNode {
             None => None,
         };
         let config = Arc::new(config);
-        let counters = Arc::new(Counters::default());
         let core = Arc::new(NodeCore {
             id: config.id,
             cluster_id,
@@ -161,6 +165,7 @@ impl NinesNode {
         let mut servers = vec![
             tokio::spawn(serve_client(
                 core.clone(),
+                election.clone(),
                 reads.clone(),
                 client_listener,
                 stopped.clone(),
@@ -168,7 +173,7 @@ impl NinesNode {
             // Raft traffic is served next to RaftCore, away from client load.
             raft_runtime.handle().spawn(serve_peer(
                 core.clone(),
-                election,
+                election.clone(),
                 reads,
                 peer_listener,
                 stopped.clone(),
@@ -195,13 +200,12 @@ impl NinesNode {
             stopped.clone(),
         )));
         if let Some(listener) = metrics_listener {
-            let core = core.clone();
-            servers.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = crate::metrics::serve(core, listener) => {}
-                    _ = wait_stop(stopped) => {}
-                }
-            }));
+            servers.push(tokio::spawn(crate::metrics::serve(
+                core.clone(),
+                election.clone(),
+                listener,
+                stopped.clone(),
+            )));
         }
 
         bootstrap(&core).await?;
@@ -268,20 +272,27 @@ fn admin_server(core: &Arc<NodeCore>) -> pb::admin_server::AdminServer<AdminServ
 
 async fn serve_client(
     core: Arc<NodeCore>,
+    election: Arc<Election>,
     reads: Arc<ReadLimiter>,
     listener: TcpListener,
     stopped: watch::Receiver<bool>,
 ) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<epb::kv_server::KvServer<crate::api::etcd::EtcdKv>>()
-        .await;
+    tokio::spawn(follow_readiness(
+        core.clone(),
+        election,
+        health_reporter,
+        stopped.clone(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(nines_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(nines_proto::ETCD_FILE_DESCRIPTOR_SET)
         .build_v1();
     let etcd = crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES);
     let mut router = h2_server()
+        .layer(RequestMetricsLayer::new(
+            core.counters.timings.requests.clone(),
+        ))
         .add_service(health)
         .add_service(admin_server(&core))
         .add_service(etcd.kv)
@@ -299,6 +310,43 @@ async fn serve_client(
         .await;
     if let Err(e) = result {
         tracing::error!("client server stopped: {e}");
+    }
+}
+
+/// How often the gRPC health service re-checks readiness.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the gRPC health service (the server as a whole, "", and the KV
+/// service) SERVING while this member is ready (`metrics::health::readyz`)
+/// and NOT_SERVING otherwise.
+async fn follow_readiness(
+    core: Arc<NodeCore>,
+    election: Arc<Election>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let kv =
+        <epb::kv_server::KvServer<crate::api::etcd::EtcdKv> as tonic::server::NamedService>::NAME;
+    let mut last = None;
+    loop {
+        let ready = crate::metrics::health::readyz(&core, &election).await;
+        let status = if ready.is_ok() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            if let Err(reason) = &ready {
+                tracing::info!("gRPC health NOT_SERVING: {reason}");
+            }
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(kv, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -368,79 +367,6 @@ fn on_tick(
                 );
             }
         }
-    }
-}
-
-/// Appends this module's metrics (and the proposer's, read barrier's and
-/// forwarding's, which share `Counters`) to the Prometheus page.
-pub fn render(out: &mut String, c: &Counters) {
-    let gauges: [(&str, &str, u64); 7] = [
-        (
-            "raft_state",
-            "Raft state: 0 follower, 1 candidate, 2 leader, 3 learner, 4 shutdown.",
-            c.raft_state.load(Ordering::Relaxed),
-        ),
-        (
-            "raft_has_leader",
-            "1 if this node knows a leader.",
-            c.has_leader.load(Ordering::Relaxed),
-        ),
-        (
-            "proposal_in_flight_ms",
-            "Age of the Raft proposal in flight, 0 if none.",
-            age_ms(&c.proposal_started_ms),
-        ),
-        (
-            "proposal_in_flight_requests",
-            "Client writes carried by the proposal in flight.",
-            c.proposal_requests.load(Ordering::Relaxed),
-        ),
-        (
-            "pending_requests",
-            "Client writes queued for the next proposal.",
-            c.proposal_pending.load(Ordering::Relaxed),
-        ),
-        (
-            "read_round_in_flight_ms",
-            "Age of the read barrier round in flight, 0 if none.",
-            age_ms(&c.read_round_started_ms),
-        ),
-        (
-            "leaderless_stretch_ms",
-            "How long this node has known no leader, 0 if it knows one.",
-            c.leaderless_stretch.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP nines_{name} {help}\n# TYPE nines_{name} gauge\nnines_{name} {value}"
-        );
-    }
-    let counters: [(&str, &str, &AtomicU64); 12] = [
-        (
-            "runtime_stalls_total",
-            "Times a 1 s timer fired over 1 s late: the process was not scheduled.",
-            &c.runtime_stalls,
-        ),
-        ("leader_changes_total", "Leaders seen (a new leader id, counted once).", &c.leader_changes),
-        ("became_leader_total", "Times this node became leader.", &c.became_leader),
-        ("stepped_down_total", "Times this node stopped being leader.", &c.stepped_down),
-        ("leaderless_ms_total", "Milliseconds without a known leader since start.", &c.leaderless_ms),
-        ("proposals_failed_total", "Proposals that failed (not redirects or timeouts).", &c.proposals_failed),
-        ("proposals_timed_out_total", "Proposals given up after the request timeout.", &c.proposals_timed_out),
-        ("requests_abandoned_total", "Queued writes dropped unproposed: their caller had timed out.", &c.requests_abandoned),
-        ("read_rounds_total", "Read barrier rounds (leadership checks).", &c.read_rounds),
-        ("read_round_failures_total", "Read barrier rounds that lost quorum or failed.", &c.read_round_failures),
-        ("read_round_timeouts_total", "Read barrier rounds that timed out.", &c.read_round_timeouts),
-        ("forward_failures_total", "Requests forwarded to the leader that failed in transport or were refused unavailable.", &c.forward_failures),
-    ];
-    for (name, help, value) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP nines_{name} {help}\n# TYPE nines_{name} counter\nnines_{name} {}",
-            value.load(Ordering::Relaxed)
-        );
     }
 }
 

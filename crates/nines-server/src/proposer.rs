@@ -280,6 +280,10 @@ async fn bounded<W: Writer>(
                 if matches!(result, Err(ProposeError::Membership(_) | ProposeError::ShuttingDown)) {
                     Counters::inc(&counters.proposals_failed);
                 }
+                if result.is_ok() {
+                    Counters::inc(&counters.proposals_committed);
+                    counters.timings.proposal_commit.observe(age.as_secs_f64());
+                }
                 return result;
             }
             _ = tokio::time::sleep_until(warn_at.min(deadline)) => {

@@ -35,5 +35,5 @@ pub use snapshot_builder::SnapshotBuilder;
 pub use state_machine::{SnapshotStats, StateMachine};
 #[doc(hidden)]
 pub use store::RawRecord;
-pub use store::StateOptions;
 pub use store::EMPTY_STORE_REVISION;
+pub use store::{StateObserver, StateOptions};

@@ -31,11 +31,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let _one_at_a_time = self.shared.build_lock.lock().await;
         let shared = self.shared.clone();
+        let started = std::time::Instant::now();
         let (meta, file) = tokio::task::spawn_blocking(move || build(&shared))
             .await
             .map_err(StateError::from)
             .and_then(|r| r)
             .map_err(StateError::write_snapshot)?;
+        if let Some(observer) = &self.shared.opts.observer {
+            observer.snapshot_built(started.elapsed());
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),

@@ -250,6 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Err(StateError::LogClosed.write_sm());
             }
         }
+        let started = std::time::Instant::now();
         let shared = &self.shared;
         let store = shared.current();
         let done = apply_entries(&*store, &shared.opts, &entries, |writes| {
@@ -261,6 +262,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if let Some(at) = done.compacted {
             shared.compactor.schedule(at);
+        }
+        if let Some(observer) = &shared.opts.observer {
+            observer.applied(started.elapsed());
         }
         Ok(done.responses)
     }
@@ -294,11 +298,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let file = (*snapshot).into_std().await;
         let shared = self.shared.clone();
         let meta = meta.clone();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || install::install(&shared, &meta, file))
             .await
             .map_err(StateError::from)
             .and_then(|r| r)
-            .map_err(StateError::write_snapshot)
+            .map_err(StateError::write_snapshot)?;
+        if let Some(observer) = &self.shared.opts.observer {
+            observer.snapshot_installed(started.elapsed());
+        }
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

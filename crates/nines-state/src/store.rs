@@ -78,6 +78,19 @@ pub struct StateOptions {
     /// is verified (a test makes it block to stand in for a sled hang).
     #[doc(hidden)]
     pub open_test_hook: Option<fn()>,
+    /// Told how long applies and snapshot builds and installs take.
+    pub observer: Option<Arc<dyn StateObserver>>,
+}
+
+/// Durations the state machine reports (a server's metrics), so this
+/// crate needs no metrics library. Called on the thread that did the
+/// work: keep it cheap.
+pub trait StateObserver: Send + Sync + std::fmt::Debug {
+    /// One `apply` call (a batch of entries), after they were durable.
+    fn applied(&self, _took: Duration) {}
+    fn snapshot_built(&self, _took: Duration) {}
+    /// Installing a snapshot received from the leader.
+    fn snapshot_installed(&self, _took: Duration) {}
 }
 
 impl Default for StateOptions {
@@ -89,6 +102,7 @@ impl Default for StateOptions {
             max_sessions: crate::sessions::DEFAULT_MAX_SESSIONS,
             open_stall_timeout: Duration::from_secs(30),
             open_test_hook: None,
+            observer: None,
         }
     }
 }

@@ -103,7 +103,7 @@ async fn leader_moved(core: &NodeCore, leader: &Node) {
 
 /// A channel to a member's client API (its peer address serves the
 /// forwarded calls too, for a member with no client address).
-fn channel_to(core: &NodeCore, node: &Node) -> Result<Channel, ApiError> {
+pub(crate) fn channel_to(core: &NodeCore, node: &Node) -> Result<Channel, ApiError> {
     let addr = client_addr(node);
     core.pool
         .get(addr)

@@ -173,7 +173,16 @@ async fn lagging_follower_catches_up_by_snapshot() {
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let client = cluster.client_of(leader);
     client.put("before", "x").await.unwrap();
-    let follower_last = cluster.status(follower).await.unwrap().last_log_index;
+    // One status call has no retry; on a loaded machine it can time out.
+    let mut follower_last = None;
+    for _ in 0..50 {
+        if let Some(s) = cluster.status(follower).await {
+            follower_last = Some(s.last_log_index);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let follower_last = follower_last.expect("the follower answers a status call");
     cluster.kill(follower);
 
     // 5,000 writes, 32 at a time.

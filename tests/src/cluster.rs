@@ -336,6 +336,20 @@ impl Cluster {
         client.status_of(&self.node(id).client_addr).await.ok()
     }
 
+    /// A leader that served a write and kept its role for a second:
+    /// elections right after start may move leadership once more. Each
+    /// wait for a leader gets `timeout`.
+    pub async fn stable_leader(&self, timeout: Duration) -> u64 {
+        loop {
+            let leader = self.wait_leader(timeout).await;
+            let wrote = self.client_of(leader).put("stable", "v").await.is_ok();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if wrote && self.wait_leader(timeout).await == leader {
+                return leader;
+            }
+        }
+    }
+
     /// Waits until a running node reports a leader that the others agree on.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;

@@ -21,18 +21,6 @@ async fn must_scrape(addr: &str) -> HashMap<String, f64> {
     scrape(addr).await.expect("a metrics page")
 }
 
-/// A leader that served a write and kept its role for a second.
-async fn stable_leader(cluster: &Cluster) -> u64 {
-    loop {
-        let leader = cluster.wait_leader(GENEROUS).await;
-        let wrote = cluster.client_of(leader).put("stable", "v").await.is_ok();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if wrote && cluster.wait_leader(GENEROUS).await == leader {
-            return leader;
-        }
-    }
-}
-
 /// Polls `path` until it answers `status`; returns the body. Panics with
 /// the last answer otherwise.
 async fn wait_status(addr: &str, path: &str, status: u16, within: Duration) -> String {
@@ -63,7 +51,7 @@ fn others(cluster: &Cluster, id: u64) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histograms_count_writes_and_leader_changes_are_counted() {
     let (mut cluster, metrics) = metrics_cluster(&[]);
-    let leader = stable_leader(&cluster).await;
+    let leader = cluster.stable_leader(GENEROUS).await;
     let follower = others(&cluster, leader)[0];
     let put =
         r#"nines_grpc_request_duration_seconds_count{method="/etcdserverpb.KV/Put",code="OK"}"#;
@@ -155,7 +143,7 @@ async fn histograms_count_writes_and_leader_changes_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_needs_leader_contact_and_a_caught_up_member() {
     let (mut cluster, metrics) = metrics_cluster(&[]);
-    let leader = stable_leader(&cluster).await;
+    let leader = cluster.stable_leader(GENEROUS).await;
     for node in &cluster.nodes {
         wait_status(&metrics[&node.id], "/readyz", 200, GENEROUS).await;
         let body = wait_status(&metrics[&node.id], "/health", 200, GENEROUS).await;
@@ -181,7 +169,7 @@ async fn readyz_needs_leader_contact_and_a_caught_up_member() {
     wait_status(&metrics[&follower], "/readyz", 200, GENEROUS).await;
 
     // Far behind: down while the others commit more than the lag allowed.
-    let leader = stable_leader(&cluster).await;
+    let leader = cluster.stable_leader(GENEROUS).await;
     let behind = others(&cluster, leader)[0];
     cluster.kill(behind);
     let client = cluster.client_of(leader);
@@ -222,7 +210,7 @@ async fn readyz_needs_leader_contact_and_a_caught_up_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livez_goes_silent_with_a_stalled_process() {
     let (cluster, metrics) = metrics_cluster(&[]);
-    let leader = stable_leader(&cluster).await;
+    let leader = cluster.stable_leader(GENEROUS).await;
     let node = others(&cluster, leader)[0];
     let addr = &metrics[&node];
     assert_eq!(

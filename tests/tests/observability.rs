@@ -47,19 +47,6 @@ async fn wait_log(cluster: &Cluster, id: u64, lines: &[&str]) {
     }
 }
 
-/// A leader that served a write and kept its role for a second: elections
-/// right after start may move leadership once more.
-async fn stable_leader(cluster: &Cluster) -> u64 {
-    loop {
-        let leader = cluster.wait_leader(GENEROUS).await;
-        let wrote = cluster.client_of(leader).put("stable", "v").await.is_ok();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if wrote && cluster.wait_leader(GENEROUS).await == leader {
-            return leader;
-        }
-    }
-}
-
 fn get(m: &HashMap<String, f64>, name: &str) -> f64 {
     m.get(name).copied().unwrap_or(0.0)
 }
@@ -67,7 +54,7 @@ fn get(m: &HashMap<String, f64>, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_change_is_logged_and_counted() {
     let (mut cluster, metrics) = start(&[]);
-    let old = stable_leader(&cluster).await;
+    let old = cluster.stable_leader(GENEROUS).await;
     wait_metrics(&metrics[&old], "the first leader", |m| {
         get(m, "nines_leader_changes_total") >= 1.0
             && get(m, "nines_became_leader_total") >= 1.0
@@ -121,7 +108,7 @@ async fn a_leader_change_is_logged_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_proposal_is_reported_and_given_up() {
     let (cluster, metrics) = start(&["--request-timeout-ms", "3000"]);
-    let leader = stable_leader(&cluster).await;
+    let leader = cluster.stable_leader(GENEROUS).await;
     let followers: Vec<u64> = cluster
         .nodes
         .iter()
@@ -180,7 +167,7 @@ async fn a_stuck_proposal_is_reported_and_given_up() {
 async fn a_down_follower_does_not_flood_the_log_on_reads() {
     const READS: u64 = 300;
     let (mut cluster, metrics) = start(&[]);
-    let leader = stable_leader(&cluster).await;
+    let leader = cluster.stable_leader(GENEROUS).await;
     let follower = cluster
         .nodes
         .iter()

@@ -147,6 +147,16 @@ impl pb::v1::raft_server::Raft for FakeRaft {
             cluster_id: 17,
         }))
     }
+    async fn read_index(
+        &self,
+        _: tonic::Request<pb::v1::ReadIndexRequest>,
+    ) -> Result<tonic::Response<pb::v1::ReadIndexReply>, tonic::Status> {
+        Ok(tonic::Response::new(pb::v1::ReadIndexReply {
+            outcome: 99,
+            index: u64::MAX,
+            leader_id: 4242,
+        }))
+    }
 }
 
 async fn fake_raft_server() -> String {

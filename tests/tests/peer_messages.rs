@@ -307,6 +307,56 @@ impl pb::v1::raft_server::Raft for HostileLearner {
             cluster_id: req.cluster_id,
         }))
     }
+    async fn read_index(
+        &self,
+        _: tonic::Request<pb::v1::ReadIndexRequest>,
+    ) -> Result<tonic::Response<pb::v1::ReadIndexReply>, tonic::Status> {
+        Err(tonic::Status::internal("hostile"))
+    }
+}
+
+/// The leader's commit index is for members: a read index request from
+/// outside the membership, from the leader itself, or for another node or
+/// cluster is refused; a member's is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_index_requests_are_answered_only_for_members() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let status = cluster.status(leader).await.expect("status");
+    let cluster_id = status.header.expect("header").cluster_id;
+    let mut client = peer(&cluster, leader).await;
+    let ask = |target, cluster_id, from| pb::v1::ReadIndexRequest {
+        target,
+        cluster_id,
+        from,
+    };
+    let refused = [
+        (ask(leader, cluster_id, 77), Code::PermissionDenied),
+        (ask(leader, cluster_id, leader), Code::PermissionDenied),
+        (
+            ask(follower, cluster_id, follower),
+            Code::FailedPrecondition,
+        ),
+        (
+            ask(leader, cluster_id ^ 1, follower),
+            Code::FailedPrecondition,
+        ),
+    ];
+    for (request, code) in refused {
+        let err = client.read_index(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{request:?}: {err}");
+    }
+    let reply = client
+        .read_index(ask(leader, cluster_id, follower))
+        .await
+        .expect("a member's request")
+        .into_inner();
+    assert_eq!(reply.outcome, pb::v1::ReadIndexOutcome::ReadIndexOk as i32);
+    assert!(
+        reply.index >= status.applied_index,
+        "{reply:?} vs {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ mod node;
 pub mod observe;
 mod proposer;
 mod read_barrier;
+mod read_index;
 pub mod read_limit;
 pub mod restore;
 mod runtime;

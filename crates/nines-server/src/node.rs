@@ -26,7 +26,7 @@ use crate::metrics::grpc::RequestMetricsLayer;
 use crate::metrics::{Counters, StateTimings};
 use crate::network::{ChannelPool, NetworkFactory, PeerLiveness, RaftService, MAX_MESSAGE_BYTES};
 use crate::proposer::Proposer;
-use crate::read_barrier::ReadBarrier;
+use crate::read_barrier::{Asker, ReadBarrier};
 use crate::read_limit::ReadLimiter;
 use crate::runtime::RaftRuntime;
 
@@ -146,7 +146,16 @@ impl NinesNode {
         let core = Arc::new(NodeCore {
             id: config.id,
             cluster_id,
-            barrier: ReadBarrier::new(raft.clone(), config.request_timeout, counters.clone()),
+            barrier: ReadBarrier::new(
+                raft.clone(),
+                config.request_timeout,
+                counters.clone(),
+                Some(Asker {
+                    id: config.id,
+                    cluster_id,
+                    pool: pool.clone(),
+                }),
+            ),
             proposer: Proposer::start(raft.clone(), counters.clone(), config.request_timeout),
             counters,
             raft: raft.clone(),
@@ -364,7 +373,8 @@ async fn serve_peer(
             core.raft.clone(),
             core.counters.clone(),
         )
-        .with_election(election),
+        .with_election(election)
+        .with_reads(core.barrier.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

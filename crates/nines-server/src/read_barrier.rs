@@ -1,6 +1,12 @@
 //! Linearizable reads: one leadership check (a heartbeat round to a quorum)
 //! serves every read that arrived before it started, so concurrent reads
 //! share the round trip instead of each paying for one.
+//!
+//! A follower does not forward the read: it asks the leader for a read
+//! index (`read_index.rs`), one request per batch of its own reads, waits
+//! until it has applied that far and serves the read from its own state
+//! (Raft thesis 6.4, as etcd does). The leader answers those requests from
+//! its local batch, next to its own clients' reads.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -12,7 +18,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::metrics::Counters;
+use crate::network::ChannelPool;
 use crate::observe::{mono_ms, say, View};
+use crate::read_index;
 
 /// A round this slow holds every linearizable read on the node: say so.
 const SLOW_ROUND: Duration = Duration::from_secs(1);
@@ -34,53 +42,165 @@ struct Pending {
     waiters: Vec<oneshot::Sender<Barrier>>,
 }
 
+/// Who answers a batch: this node's own leadership check, or the leader's.
+#[derive(Clone, Copy)]
+enum Source {
+    Local,
+    Leader,
+}
+
+/// How a follower reaches the leader for a read index.
+#[derive(Clone)]
+pub struct Asker {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    /// Channels on the runtime the asking reads run on.
+    pub pool: ChannelPool,
+}
+
 #[derive(Clone)]
 pub struct ReadBarrier {
     raft: Raft,
     timeout: Duration,
-    pending: Arc<Mutex<Pending>>,
+    local: Arc<Mutex<Pending>>,
+    remote: Arc<Mutex<Pending>>,
     counters: Arc<Counters>,
+    /// None: a follower's reads are forwarded whole to the leader.
+    asker: Option<Asker>,
 }
 
 impl ReadBarrier {
-    pub fn new(raft: Raft, timeout: Duration, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        raft: Raft,
+        timeout: Duration,
+        counters: Arc<Counters>,
+        asker: Option<Asker>,
+    ) -> Self {
         Self {
             raft,
             timeout,
-            pending: Arc::default(),
+            local: Arc::default(),
+            remote: Arc::default(),
             counters,
+            asker,
         }
     }
 
+    /// The barrier for a client's read on this node: this node's own check
+    /// when it leads, else a read index from the leader.
     pub async fn check(&self) -> Barrier {
+        let source = match &self.asker {
+            Some(asker) if self.known_leader() != Some(asker.id) => Source::Leader,
+            _ => Source::Local,
+        };
+        self.join(source).await
+    }
+
+    /// This node's own leadership check only: what a follower's read index
+    /// request is answered from (never passed on: no chains of asks).
+    pub async fn check_local(&self) -> Barrier {
+        self.join(Source::Local).await
+    }
+
+    fn known_leader(&self) -> Option<NodeId> {
+        self.raft.server_metrics().borrow().current_leader
+    }
+
+    fn batch(&self, source: Source) -> &Mutex<Pending> {
+        match source {
+            Source::Local => &self.local,
+            Source::Leader => &self.remote,
+        }
+    }
+
+    async fn join(&self, source: Source) -> Barrier {
         let (tx, rx) = oneshot::channel();
         let start = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.batch(source).lock().unwrap_or_else(|e| e.into_inner());
             pending.waiters.push(tx);
             !std::mem::replace(&mut pending.running, true)
         };
         if start {
             let this = self.clone();
-            tokio::spawn(async move { this.run().await });
+            tokio::spawn(async move { this.run(source).await });
         }
         rx.await.unwrap_or(Barrier::ShuttingDown)
     }
 
-    async fn run(&self) {
+    async fn run(&self, source: Source) {
         loop {
-            // Every waiter taken here arrived before this round starts: the
-            // property that makes sharing the round safe.
+            // Every waiter taken here arrived before this round starts (and
+            // so before the leader hears of it): the property that makes
+            // sharing the round safe.
             let batch = {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pending = self.batch(source).lock().unwrap_or_else(|e| e.into_inner());
                 if pending.waiters.is_empty() {
                     pending.running = false;
                     return;
                 }
                 std::mem::take(&mut pending.waiters)
             };
-            let outcome = self.round().await;
+            let outcome = match source {
+                Source::Local => self.round().await,
+                Source::Leader => self.ask_leader().await,
+            };
             for waiter in batch {
                 let _ = waiter.send(outcome.clone());
+            }
+        }
+    }
+
+    /// A follower's round: the leader's read index, or (leader unknown to
+    /// be elsewhere, or unreachable) what sends the reads there whole.
+    async fn ask_leader(&self) -> Barrier {
+        let Some(asker) = &self.asker else {
+            return self.round().await;
+        };
+        let leader = {
+            let metrics = self.raft.server_metrics();
+            let m = metrics.borrow();
+            m.current_leader.map(|id| {
+                let node = m.membership_config.membership().get_node(&id).cloned();
+                (id, node)
+            })
+        };
+        match leader {
+            None => Barrier::NotLeader(None, None),
+            Some((id, _)) if id == asker.id => self.round().await,
+            Some((id, None)) => Barrier::NotLeader(Some(id), None),
+            Some((id, Some(node))) => {
+                Counters::inc(&self.counters.read_index_asks);
+                // A paused or cut-off leader never answers: give up once a
+                // new leader is known and send the reads there.
+                let outcome = tokio::select! {
+                    outcome = read_index::ask(asker, id, &node, self.timeout) => outcome,
+                    moved = self.leader_moved(id) => match moved {
+                        // This node took over: its own check serves the batch.
+                        Barrier::NotLeader(Some(new), _) if new == asker.id => self.round().await,
+                        moved => moved,
+                    },
+                };
+                if matches!(outcome, Barrier::NotLeader(..)) {
+                    Counters::inc(&self.counters.read_index_ask_failures);
+                }
+                outcome
+            }
+        }
+    }
+
+    /// Resolves with the new leader once this node knows one other than `from`.
+    async fn leader_moved(&self, from: NodeId) -> Barrier {
+        let mut server = self.raft.server_metrics();
+        loop {
+            {
+                let m = server.borrow_and_update();
+                if let Some(id) = m.current_leader.filter(|&id| id != from) {
+                    let node = m.membership_config.membership().get_node(&id).cloned();
+                    return Barrier::NotLeader(Some(id), node);
+                }
+            }
+            if server.changed().await.is_err() {
+                return Barrier::ShuttingDown;
             }
         }
     }

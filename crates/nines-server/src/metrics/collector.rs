@@ -258,7 +258,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 24] = [
+    let counters: [(&str, &str, &AtomicU64); 27] = [
         ("writes_ok", "Writes applied for clients of this node.", &c.writes_ok),
         ("writes_failed", "Writes that returned an error.", &c.writes_failed),
         ("writes_forwarded", "Writes forwarded to the leader.", &c.writes_forwarded),
@@ -269,6 +269,21 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
         ),
         ("reads_linearizable", "Read barriers passed locally.", &c.reads_linearizable),
         ("reads_forwarded", "Linearizable reads forwarded to the leader.", &c.reads_forwarded),
+        (
+            "read_index_asks",
+            "Read index requests sent to the leader (one per batch of reads).",
+            &c.read_index_asks,
+        ),
+        (
+            "read_index_ask_failures",
+            "Read index requests that got no index (their reads were forwarded).",
+            &c.read_index_ask_failures,
+        ),
+        (
+            "read_index_answered",
+            "Read index requests answered for followers.",
+            &c.read_index_answered,
+        ),
         (
             "reads_rejected",
             "Reads refused RESOURCE_EXHAUSTED by the read limits.",

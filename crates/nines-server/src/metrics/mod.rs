@@ -33,6 +33,12 @@ pub struct Counters {
     pub writes_no_space: AtomicU64,
     pub reads_linearizable: AtomicU64,
     pub reads_forwarded: AtomicU64,
+    /// Read index requests this follower sent the leader (one per batch).
+    pub read_index_asks: AtomicU64,
+    /// Of those, the ones that got no index: the batch was forwarded whole.
+    pub read_index_ask_failures: AtomicU64,
+    /// Read index requests this node answered for followers.
+    pub read_index_answered: AtomicU64,
     pub proposals: AtomicU64,
     pub proposed_requests: AtomicU64,
     /// Local range/get executions running now (gauge).

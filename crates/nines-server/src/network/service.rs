@@ -14,6 +14,7 @@ use super::codec;
 use super::guard::{self, GuardLimits, LogOnce, Refused, SnapshotStreams, View};
 use crate::election::{Election, PreVoteRequest};
 use crate::metrics::Counters;
+use crate::read_barrier::ReadBarrier;
 use openraft::raft::AppendEntriesResponse;
 
 pub struct RaftService {
@@ -26,6 +27,8 @@ pub struct RaftService {
     log_once: LogOnce,
     /// Pre-vote answers and leader contact; absent in handler-only tests.
     election: Option<Arc<Election>>,
+    /// Answers followers' read index requests; absent in handler-only tests.
+    reads: Option<ReadBarrier>,
 }
 
 impl RaftService {
@@ -39,7 +42,13 @@ impl RaftService {
             snapshots: SnapshotStreams::default(),
             log_once: LogOnce::new(Duration::from_secs(10)),
             election: None,
+            reads: None,
         }
+    }
+
+    pub fn with_reads(mut self, reads: ReadBarrier) -> Self {
+        self.reads = Some(reads);
+        self
     }
 
     pub fn with_election(mut self, election: Arc<Election>) -> Self {
@@ -206,5 +215,43 @@ impl RaftRpc for RaftService {
             id: self.id,
             cluster_id: self.cluster_id,
         }))
+    }
+
+    /// A follower's read index request, answered from this node's own
+    /// leadership check (shared with its clients' reads). Only members of
+    /// this cluster may ask: the answer is the leader's commit index.
+    async fn read_index(
+        &self,
+        request: Request<nines_proto::ReadIndexRequest>,
+    ) -> Result<Response<nines_proto::ReadIndexReply>, Status> {
+        let req = request.get_ref();
+        if req.target != self.id || req.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {} of cluster {:x}, not node {} of cluster {:x}",
+                self.id, self.cluster_id, req.target, req.cluster_id
+            )));
+        }
+        let member = {
+            let metrics = self.raft.server_metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&req.from)
+                .is_some()
+        };
+        if req.from == self.id {
+            return Err(self.refused(&Refused::FromMyself(req.from)));
+        }
+        if !member {
+            return Err(self.refused(&Refused::NotMember(req.from)));
+        }
+        let Some(reads) = &self.reads else {
+            return Err(Status::unimplemented(
+                "this node answers no read index requests",
+            ));
+        };
+        let barrier = reads.check_local().await;
+        Counters::inc(&self.counters.read_index_answered);
+        Ok(Response::new(crate::read_index::reply_of(&barrier)))
     }
 }

@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI: build everything, then run every test.
-# Needs only cargo (protobuf compiles with protox; no protoc).
+# Needs cargo (protobuf compiles with protox; no protoc) and promtool (installed
+# from Debian when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The alerting rules (deploy/prometheus): valid, and firing when they should on
+# recorded series. promtool comes with Debian's prometheus package (installed
+# here if missing; its service is not started).
+if ! command -v promtool >/dev/null; then
+  echo "installing prometheus (for promtool) from Debian"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool check rules deploy/prometheus/*.yml
+promtool test rules deploy/prometheus/tests/*.yml
 
 # The cluster tests start real nines-server processes: build the binaries first.
 cargo build --workspace --bins

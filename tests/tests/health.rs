@@ -225,3 +225,52 @@ async fn livez_goes_silent_with_a_stalled_process() {
     cluster.signal(node, libc::SIGCONT);
     wait_status(addr, "/livez", 200, Duration::from_secs(10)).await;
 }
+
+/// The gRPC health service (what a gRPC-aware load balancer or Kubernetes'
+/// grpc probe asks) follows readiness: NOT_SERVING on a member cut off
+/// from its leader, SERVING again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_follows_readiness() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let (cluster, _) = metrics_cluster(&[]);
+    let leader = cluster.stable_leader(GENEROUS).await;
+    let follower = others(&cluster, leader)[0];
+    let endpoint = format!("http://{}", cluster.node(follower).client_addr);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .expect("endpoint")
+        .timeout(PROBE_TIMEOUT)
+        .connect_lazy();
+    let mut health = HealthClient::new(channel);
+    // Polls every service the server reports until all read `want`.
+    let mut wait = async |want: ServingStatus, within: Duration| {
+        let deadline = Instant::now() + within;
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            last.clear();
+            for service in ["", "etcdserverpb.KV"] {
+                let request = HealthCheckRequest {
+                    service: service.into(),
+                };
+                last.push(health.check(request).await.map(|r| r.into_inner().status));
+            }
+            if last.iter().all(|s| s.as_ref().ok() == Some(&(want as i32))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("gRPC health never {want:?} within {within:?}; last {last:?}");
+    };
+    wait(ServingStatus::Serving, GENEROUS).await;
+    let paused = others(&cluster, follower);
+    for &id in &paused {
+        cluster.signal(id, libc::SIGSTOP);
+    }
+    wait(ServingStatus::NotServing, Duration::from_secs(10)).await;
+    for &id in &paused {
+        cluster.signal(id, libc::SIGCONT);
+    }
+    wait(ServingStatus::Serving, GENEROUS).await;
+}

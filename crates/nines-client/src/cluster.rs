@@ -193,6 +193,12 @@ pub struct NodeStatus {
     pub db_size: i64,
     /// Bytes of the records the store holds (etcd's DB SIZE IN USE).
     pub db_size_in_use: i64,
+    /// Since the member's process started.
+    pub uptime: Duration,
+    /// Leaders the member has seen since start (each new leader id once).
+    pub leader_changes: u64,
+    /// Time since start without a leader in contact.
+    pub leaderless: Duration,
 }
 
 impl NodeStatus {
@@ -207,6 +213,9 @@ impl NodeStatus {
             purged_index: raft.purged_index,
             version: etcd.version,
             millis_since_quorum_ack: raft.millis_since_quorum_ack,
+            uptime: Duration::from_millis(raft.uptime_ms),
+            leader_changes: raft.leader_changes,
+            leaderless: Duration::from_millis(raft.leaderless_ms),
             is_learner: etcd.is_learner,
             db_size: etcd.db_size,
             db_size_in_use: etcd.db_size_in_use,

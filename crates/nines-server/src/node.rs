@@ -192,6 +192,7 @@ impl NinesNode {
             tokio::spawn(crate::observe::watch_raft(
                 raft.clone(),
                 core.counters.clone(),
+                election.clone(),
                 // The limit past which `NodeCore::write` refuses writes.
                 config.raft.election_timeout_max * 2,
                 stopped.clone(),

@@ -14,6 +14,7 @@ use nines_types::{Node, NodeId, Raft};
 use openraft::{RaftMetrics, ServerState};
 use tokio::sync::watch;
 
+use crate::election::Election;
 use crate::metrics::Counters;
 
 /// How often one kind of repeated warning is said.
@@ -24,6 +25,9 @@ const TICK: Duration = Duration::from_secs(1);
 const LATE_TICK: Duration = Duration::from_secs(1);
 /// A leaderless stretch longer than this is worth a line.
 const LEADERLESS_WARN: Duration = Duration::from_secs(3);
+/// How often time without a leader in contact is accounted: losing
+/// contact is a timeout, not an event openraft reports.
+const CONTACT_POLL: Duration = Duration::from_millis(100);
 
 /// This node's view of the cluster, for log lines.
 #[derive(Debug, Clone, Default)]
@@ -172,29 +176,101 @@ struct Seen {
     leader: Option<NodeId>,
     /// The last leader known, across leaderless stretches.
     last_known_leader: Option<NodeId>,
-    /// Start of the current stretch without a leader.
+    /// Start of the current stretch without a leader as openraft reports
+    /// it (for the log line when one is known again).
     leaderless_start: Option<Instant>,
-    /// How far that stretch is already in `leaderless_ms`.
-    leaderless_counted: Option<Instant>,
+    /// The current stretch without a leader in contact (`leader_contact`).
+    outage: Option<Outage>,
+    /// When the last such stretch ended: the next one never starts before
+    /// it, so no time is counted twice.
+    outage_end: Instant,
+}
+
+/// A stretch without a leader in contact.
+struct Outage {
+    start: Instant,
+    /// How far the stretch is already in `leaderless_ms`.
+    counted: Instant,
 }
 
 impl Seen {
-    /// Moves the uncounted part of a leaderless stretch into the total.
-    fn count_leaderless(&mut self, counters: &Counters, now: Instant) {
-        if let Some(counted) = self.leaderless_counted.as_mut() {
-            let ms = now.duration_since(*counted).as_millis() as u64;
-            counters.leaderless_ms.fetch_add(ms, Ordering::Relaxed);
-            *counted = now;
+    fn new(state: ServerState, now: Instant) -> Seen {
+        Seen {
+            state,
+            leader: None,
+            last_known_leader: None,
+            leaderless_start: Some(now),
+            outage: None,
+            outage_end: now,
         }
     }
 }
 
+/// Ok if this node has a leader it is in contact with (as `/readyz` and
+/// `NodeCore::write` judge contact: within `limit`); otherwise how long it
+/// has been without one, as far as it can tell.
+///
+/// A leader id known to openraft is not enough. With the pre-vote, a
+/// follower whose leader died keeps that leader's id until another one
+/// wins, which a member left without a quorum never sees; and a leader
+/// keeps its role without a quorum (openraft 0.9 has no CheckQuorum).
+/// Either way nothing can be written, so it counts as no leader.
+fn leader_contact(
+    m: &RaftMetrics<NodeId, Node>,
+    since_contact: Duration,
+    limit: Duration,
+) -> Result<(), Duration> {
+    match m.current_leader {
+        // Without a leader since the last contact with one (an election
+        // starts a while after the leader went silent).
+        None => Err(since_contact),
+        Some(leader) if leader == m.id => match m.millis_since_quorum_ack {
+            Some(ms) if Duration::from_millis(ms) <= limit => Ok(()),
+            Some(ms) => Err(Duration::from_millis(ms)),
+            // Just elected: nothing commits before the first quorum ack.
+            None => Err(Duration::ZERO),
+        },
+        Some(_) if since_contact <= limit => Ok(()),
+        Some(_) => Err(since_contact),
+    }
+}
+
+/// Accounts time without a leader in contact: `has_leader`,
+/// `leaderless_ms` and `leaderless_stretch`, as of `now`.
+fn on_poll(contact: Result<(), Duration>, seen: &mut Seen, counters: &Counters, now: Instant) {
+    if let (Err(without), None) = (contact, &seen.outage) {
+        let start = now.checked_sub(without).unwrap_or(now).max(seen.outage_end);
+        seen.outage = Some(Outage {
+            start,
+            counted: start,
+        });
+    }
+    if let Some(outage) = seen.outage.as_mut() {
+        let ms = now.saturating_duration_since(outage.counted).as_millis() as u64;
+        counters.leaderless_ms.fetch_add(ms, Ordering::Relaxed);
+        outage.counted = now;
+        let stretch = now.saturating_duration_since(outage.start).as_millis() as u64;
+        counters
+            .leaderless_stretch
+            .store(stretch, Ordering::Relaxed);
+    }
+    if contact.is_ok() && seen.outage.take().is_some() {
+        seen.outage_end = now;
+        counters.leaderless_stretch.store(0, Ordering::Relaxed);
+    }
+    counters
+        .has_leader
+        .store(contact.is_ok() as u64, Ordering::Relaxed);
+}
+
 /// Follows openraft's metrics for the node's lifetime: logs and counts
-/// every leader and state change, accumulates time without a leader, and
-/// warns while a leader has not heard from a quorum for `quorum_limit_ms`.
+/// every leader and state change, accumulates time without a leader in
+/// contact (`contact`: when this follower last heard from one), and warns
+/// while a leader has not heard from a quorum for `quorum_limit_ms`.
 pub async fn watch_raft(
     raft: Raft,
     counters: Arc<Counters>,
+    contact: Arc<Election>,
     quorum_limit_ms: u64,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -206,14 +282,11 @@ pub async fn watch_raft(
         counters
             .raft_state
             .store(state_code(m.state), Ordering::Relaxed);
-        Seen {
-            state: m.state,
-            leader: None,
-            last_known_leader: None,
-            leaderless_start: Some(now),
-            leaderless_counted: Some(now),
-        }
+        Seen::new(m.state, now)
     };
+    let limit = Duration::from_millis(quorum_limit_ms);
+    let mut poll = tokio::time::interval(CONTACT_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first update compares against "no leader yet".
     on_update(&metrics.borrow(), &mut seen, &counters);
     let mut tick = tokio::time::interval(TICK);
@@ -228,12 +301,16 @@ pub async fn watch_raft(
                 }
                 on_update(&metrics.borrow_and_update(), &mut seen, &counters);
             }
+            _ = poll.tick() => {
+                let in_contact = leader_contact(&metrics.borrow(), contact.contact.since(), limit);
+                on_poll(in_contact, &mut seen, &counters, Instant::now());
+            }
             _ = tick.tick() => {
                 ticks += 1;
                 let now = Instant::now();
                 note_late_tick(now.duration_since(last_tick), &counters);
                 last_tick = now;
-                on_tick(&metrics.borrow(), &mut seen, &counters, quorum_limit_ms);
+                on_tick(&metrics.borrow(), &seen, quorum_limit_ms);
                 if ticks.is_multiple_of(SAY_EVERY.as_secs().max(1)) {
                     crate::log_repeats::report_suppressed();
                 }
@@ -306,9 +383,6 @@ fn on_update(m: &RaftMetrics<NodeId, Node>, seen: &mut Seen, counters: &Counters
                     "leader again"
                 };
                 seen.last_known_leader = Some(leader);
-                seen.count_leaderless(counters, now);
-                seen.leaderless_counted = None;
-                counters.leaderless_stretch.store(0, Ordering::Relaxed);
                 match seen.leaderless_start.take() {
                     Some(start) => tracing::info!(
                         view = %view,
@@ -320,38 +394,22 @@ fn on_update(m: &RaftMetrics<NodeId, Node>, seen: &mut Seen, counters: &Counters
             }
             None => {
                 seen.leaderless_start = Some(now);
-                seen.leaderless_counted = Some(now);
                 tracing::info!(view = %view, "leader lost: {from} -> none");
             }
         }
         seen.leader = m.current_leader;
-        counters
-            .has_leader
-            .store(m.current_leader.is_some() as u64, Ordering::Relaxed);
     }
 }
 
-fn on_tick(
-    m: &RaftMetrics<NodeId, Node>,
-    seen: &mut Seen,
-    counters: &Counters,
-    quorum_limit_ms: u64,
-) {
-    // Keep the total current while a stretch lasts: a scrape during an
-    // outage must show it.
-    let now = Instant::now();
-    seen.count_leaderless(counters, now);
-    if let Some(start) = seen.leaderless_start {
-        let stretch = now.duration_since(start);
-        counters
-            .leaderless_stretch
-            .store(stretch.as_millis() as u64, Ordering::Relaxed);
+fn on_tick(m: &RaftMetrics<NodeId, Node>, seen: &Seen, quorum_limit_ms: u64) {
+    if let Some(outage) = &seen.outage {
+        let stretch = Instant::now().saturating_duration_since(outage.start);
         if stretch >= LEADERLESS_WARN {
             if let Some(suppressed) = say("no_leader") {
                 tracing::warn!(
                     view = %View::of(m),
                     suppressed,
-                    "no leader known for {} ms",
+                    "no leader in contact for {} ms",
                     stretch.as_millis()
                 );
             }
@@ -389,25 +447,16 @@ mod tests {
     fn leader_and_state_changes_are_counted() {
         let counters = Counters::default();
         let mut m = RaftMetrics::<NodeId, Node>::new_initial(1);
-        let now = Instant::now();
-        let mut seen = Seen {
-            state: m.state,
-            leader: None,
-            last_known_leader: None,
-            leaderless_start: Some(now),
-            leaderless_counted: Some(now),
-        };
+        let mut seen = Seen::new(m.state, Instant::now());
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut step = |m: &RaftMetrics<NodeId, Node>| on_update(m, &mut seen, &counters);
 
         m.current_leader = Some(3);
         step(&m);
         assert_eq!(get(&counters.leader_changes), 1);
-        assert_eq!(get(&counters.has_leader), 1);
         // Lost, then the same leader again: not a change.
         m.current_leader = None;
         step(&m);
-        assert_eq!(get(&counters.has_leader), 0);
         m.current_leader = Some(3);
         step(&m);
         assert_eq!(get(&counters.leader_changes), 1);
@@ -427,6 +476,56 @@ mod tests {
         assert_eq!(get(&counters.stepped_down), 1);
         assert_eq!(get(&counters.leader_changes), 3);
         assert_eq!(get(&counters.raft_state), 0);
+    }
+
+    #[test]
+    fn a_leader_counts_only_in_contact() {
+        let limit = Duration::from_millis(600);
+        let ms = Duration::from_millis;
+        let mut m = RaftMetrics::<NodeId, Node>::new_initial(1);
+        assert_eq!(leader_contact(&m, ms(50), limit), Err(ms(50)));
+        // A follower: its leader must have been heard from within the limit.
+        m.current_leader = Some(2);
+        assert_eq!(leader_contact(&m, ms(100), limit), Ok(()));
+        assert_eq!(leader_contact(&m, ms(700), limit), Err(ms(700)));
+        // A leader: its quorum must have acknowledged it within the limit.
+        m.current_leader = Some(1);
+        m.state = ServerState::Leader;
+        assert_eq!(leader_contact(&m, ms(9000), limit), Err(Duration::ZERO));
+        m.millis_since_quorum_ack = Some(20);
+        assert_eq!(leader_contact(&m, ms(9000), limit), Ok(()));
+        m.millis_since_quorum_ack = Some(2000);
+        assert_eq!(leader_contact(&m, ms(0), limit), Err(ms(2000)));
+    }
+
+    #[test]
+    fn time_without_a_leader_in_contact_is_counted_once() {
+        let counters = Counters::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut seen = Seen::new(ServerState::Follower, t0);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let ms = Duration::from_millis;
+        on_poll(Ok(()), &mut seen, &counters, at(1000));
+        assert_eq!(get(&counters.has_leader), 1);
+        assert_eq!(get(&counters.leaderless_ms), 0);
+        // Contact lost at 1400 ms, noticed at 2100 ms: counted from 1400.
+        on_poll(Err(ms(700)), &mut seen, &counters, at(2100));
+        assert_eq!(get(&counters.has_leader), 0);
+        assert_eq!(get(&counters.leaderless_ms), 700);
+        on_poll(Err(ms(800)), &mut seen, &counters, at(2200));
+        assert_eq!(get(&counters.leaderless_ms), 800);
+        assert_eq!(get(&counters.leaderless_stretch), 800);
+        on_poll(Ok(()), &mut seen, &counters, at(2300));
+        assert_eq!(get(&counters.has_leader), 1);
+        assert_eq!(get(&counters.leaderless_ms), 900);
+        assert_eq!(get(&counters.leaderless_stretch), 0);
+        on_poll(Ok(()), &mut seen, &counters, at(5000));
+        assert_eq!(get(&counters.leaderless_ms), 900, "stopped rising");
+        // A new stretch that claims to reach back before the last one
+        // ended starts where that one ended.
+        on_poll(Err(ms(10_000)), &mut seen, &counters, at(5100));
+        assert_eq!(get(&counters.leaderless_ms), 900 + 2800);
     }
 
     #[test]

@@ -87,7 +87,25 @@ fn status_row(s: &NodeStatus) -> Vec<String> {
         human_bytes(s.db_size),
         human_bytes(s.db_size_in_use),
         s.version.clone(),
+        human_duration(s.uptime),
+        s.leader_changes.to_string(),
+        human_duration(s.leaderless),
     ]
+}
+
+/// "3d4h", "2h5m", "4m7s", "12.3s": the two largest units.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{mins}m")
+    } else if mins > 0 {
+        format!("{mins}m{secs}s")
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 /// etcdctl's size format: "25 kB", "1.2 MB" (SI units).
@@ -121,6 +139,9 @@ fn status_json(s: &NodeStatus) -> Value {
         "db_size_in_use": s.db_size_in_use,
         "millis_since_quorum_ack": s.millis_since_quorum_ack,
         "is_learner": s.is_learner,
+        "uptime_ms": s.uptime.as_millis() as u64,
+        "leader_changes": s.leader_changes,
+        "leaderless_ms": s.leaderless.as_millis() as u64,
     })
 }
 
@@ -150,6 +171,9 @@ fn print_status(out: &mut dyn Write, format: Format, probes: &[Probe]) -> io::Re
                 "DB SIZE",
                 "DB SIZE IN USE",
                 "VERSION",
+                "UPTIME",
+                "LEADER CHANGES",
+                "NO LEADER",
                 "ERRORS",
             ]);
             for p in probes {
@@ -160,7 +184,7 @@ fn print_status(out: &mut dyn Write, format: Format, probes: &[Probe]) -> io::Re
                         row.push(String::new());
                     }
                     Err(e) => {
-                        row.extend(std::iter::repeat_n(String::new(), 11));
+                        row.extend(std::iter::repeat_n(String::new(), 14));
                         row.push(e.clone());
                     }
                 }
@@ -268,6 +292,27 @@ mod tests {
             "no leader known (state candidate)"
         );
         assert!(health(&probe(Err("Unavailable: down".into()))).is_err());
+    }
+
+    #[test]
+    fn availability_figures_are_shown() {
+        let s = NodeStatus {
+            uptime: Duration::from_secs(2 * 3600 + 5 * 60 + 9),
+            leader_changes: 3,
+            leaderless: Duration::from_millis(1234),
+            ..Default::default()
+        };
+        let row = status_row(&s);
+        assert_eq!(row[row.len() - 3..], ["2h5m", "3", "1.2s"]);
+        let json = status_json(&s);
+        assert_eq!(json["uptime_ms"], 7_509_000);
+        assert_eq!(json["leader_changes"], 3);
+        assert_eq!(json["leaderless_ms"], 1234);
+        assert_eq!(
+            human_duration(Duration::from_secs(86_400 * 3 + 7200)),
+            "3d2h"
+        );
+        assert_eq!(human_duration(Duration::from_secs(61)), "1m1s");
     }
 
     #[test]

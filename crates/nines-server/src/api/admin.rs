@@ -2,6 +2,7 @@
 //! learner under its own id after a probe (`--join`, `nines member add`),
 //! building a snapshot on one member, and that member's Raft log positions.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nines_proto::admin_client::AdminClient;
@@ -69,6 +70,7 @@ impl Admin for AdminService {
         _request: tonic::Request<pb::RaftStatusRequest>,
     ) -> Result<Response<pb::RaftStatusResponse>, Status> {
         let m = self.core.raft.metrics().borrow().clone();
+        let c = &self.core.counters;
         Ok(Response::new(pb::RaftStatusResponse {
             header: self.header(),
             state: state_name(m.state).to_string(),
@@ -76,6 +78,9 @@ impl Admin for AdminService {
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             millis_since_quorum_ack: m.millis_since_quorum_ack.unwrap_or(0),
+            uptime_ms: c.started.at.elapsed().as_millis() as u64,
+            leader_changes: c.leader_changes.load(Ordering::Relaxed),
+            leaderless_ms: c.leaderless_ms.load(Ordering::Relaxed),
         }))
     }
 }

@@ -160,7 +160,7 @@ impl Collector for Scraped {
         gauge(
             e,
             "raft_has_leader",
-            "1 if this node knows a leader.",
+            "1 if this node has a leader in contact (see leaderless_seconds), 0 otherwise.",
             load(&c.has_leader),
         )?;
         gauge(
@@ -244,14 +244,27 @@ impl Collector for Scraped {
         gauge(
             e,
             "leaderless_stretch_seconds",
-            "How long this node has known no leader, 0 if it knows one.",
+            "How long this node has had no leader in contact, 0 if it has one.",
             seconds(load(&c.leaderless_stretch)),
         )?;
         counter(
             e,
             "leaderless_seconds",
-            "Time without a known leader since start.",
+            "Time since start without a leader in contact (a follower heard from it, a leader \
+             from a quorum, within 2 x the election timeout).",
             seconds(load(&c.leaderless_ms)),
+        )?;
+        gauge(
+            e,
+            "process_start_time_seconds",
+            "When this process started, in seconds since the Unix epoch.",
+            c.started.unix_seconds,
+        )?;
+        counter(
+            e,
+            "uptime_seconds",
+            "Time since this process started.",
+            c.started.at.elapsed().as_secs_f64(),
         )?;
         encode_counters(e, c)
     }

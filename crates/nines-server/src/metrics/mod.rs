@@ -92,6 +92,26 @@ pub struct Counters {
     /// Liveness probes that RaftCore did not answer within a second.
     pub livez_failures: AtomicU64,
     pub timings: Timings,
+    pub started: Started,
+}
+
+/// When this node started: its uptime, and with `leaderless_ms` its
+/// availability (see the README's "Metrics and health").
+pub struct Started {
+    pub at: std::time::Instant,
+    /// Seconds since the Unix epoch, for `process_start_time_seconds`.
+    pub unix_seconds: f64,
+}
+
+impl Default for Started {
+    fn default() -> Self {
+        Started {
+            at: std::time::Instant::now(),
+            unix_seconds: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
 }
 
 impl Counters {

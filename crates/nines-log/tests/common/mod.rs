@@ -59,11 +59,26 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 pub fn open(dir: &Path) -> LogStore {
-    LogStore::open(dir, LogOptions::default()).unwrap()
+    open_with(dir, LogOptions::default())
 }
 
 pub fn open_small(dir: &Path) -> LogStore {
-    LogStore::open(dir, LogOptions::with_segment_bytes(4096)).unwrap()
+    open_with(dir, LogOptions::with_segment_bytes(4096))
+}
+
+/// Opens, waiting out the directory lock of a store the test just dropped:
+/// the background flusher may hold the last reference (and with it the
+/// lock) until its sync in progress ends.
+fn open_with(dir: &Path, options: LogOptions) -> LogStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match LogStore::open(dir, options.clone()) {
+            Err(nines_log::LogError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result.unwrap(),
+        }
+    }
 }
 
 pub async fn append(store: &mut LogStore, entries: Vec<Entry>) {

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{compaction, endpoint, kv, leader, member, snapshot, txn};
+use commands::{compaction, endpoint, kv, leader, member, snapshot, txn, watch};
 use global::{Context, GlobalArgs};
 
 // `nines bench` shares the machine with the servers it measures: glibc
@@ -62,6 +62,8 @@ commands! {
     Del(kv::DelArgs),
     /// Run a transaction described by a JSON spec (file or stdin).
     Txn(txn::TxnArgs),
+    /// Watch a key or range for changes (every member serves watches).
+    Watch(watch::WatchArgs),
     /// Drop history at or below a revision.
     Compaction(compaction::CompactionArgs),
     /// Cluster membership.

@@ -16,12 +16,14 @@ mod endpoints;
 mod error;
 mod session;
 pub mod snapshot;
+mod watch;
 
 pub use client::{Client, ClientConfig, GetRequest, GetResponse, ReadBalance, MAX_RESPONSE_BYTES};
 pub use cluster::{NodeStatus, SnapshotBuilt};
 pub use error::ClientError;
 pub use session::{with_session, SESSION_HEADER};
 pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
+pub use watch::{Watch, WatchError, WatchOptions, WatchUpdate};
 
 /// The messages and clients the API uses: etcd's `etcdserverpb` with
 /// `mvccpb`'s KeyValue, and nines' own calls in `v1`.

@@ -58,8 +58,8 @@ impl AutoCompaction {
 }
 
 /// `1h30m`, `5m`, `90s`, `500ms`, or a bare number of hours (etcd).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("periodic retention {text:?} is not a duration like 5m or 1h");
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 5m or 1h");
     if let Ok(hours) = text.parse::<u64>() {
         return hours
             .checked_mul(3600)

@@ -136,6 +136,15 @@ pub struct ServerArgs {
     /// brings the data back under it. 0 means the default, 2 GiB (etcd's).
     #[arg(long, env = "NINES_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// How often a watcher that asked for progress notifications and got no
+    /// event meanwhile is told the revision it is current to (etcd's flag
+    /// and default, 10m).
+    #[arg(
+        long,
+        env = "NINES_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m"
+    )]
+    pub experimental_watch_progress_notify_interval: String,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build. Only in builds with `test-hooks`.
@@ -192,6 +201,8 @@ pub struct ServerConfig {
     pub max_read_bytes_in_flight: u64,
     pub auto_compaction: AutoCompaction,
     pub quota_backend_bytes: u64,
+    /// Progress notifications to idle watchers that asked for them.
+    pub watch_progress_interval: Duration,
     /// Entries between snapshots, at least (see `snapshot_policy.rs`).
     pub snapshot_entries: u64,
 }
@@ -374,7 +385,12 @@ impl TryFrom<ServerArgs> for ServerConfig {
             AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
                 .map_err(ServerError::Config)?;
         let unsafe_local_reads = unsafe_local_reads(&args);
+        let watch_progress_interval =
+            crate::auto_compact::parse_duration(&args.experimental_watch_progress_notify_interval)
+                .map_err(|e| ServerError::Config(format!("watch progress notify interval: {e}")))?
+                .max(Duration::from_millis(10));
         Ok(ServerConfig {
+            watch_progress_interval,
             auto_compaction,
             quota_backend_bytes: match args.quota_backend_bytes {
                 0 => DEFAULT_QUOTA_BACKEND_BYTES,

@@ -36,6 +36,8 @@ pub struct NodeCore {
     pub counters: Arc<Counters>,
     /// Which peers answered our Raft RPCs recently (membership checks).
     pub peers: PeerLiveness,
+    /// Watchers of this member's history.
+    pub watch: Arc<crate::watch::Hub>,
 }
 
 impl NodeCore {

@@ -28,6 +28,7 @@ pub mod read_limit;
 pub mod restore;
 mod runtime;
 mod snapshot_policy;
+pub mod watch;
 
 pub use config::{ServerArgs, ServerConfig};
 pub use error::ServerError;

@@ -157,6 +157,7 @@ impl NinesNode {
                 }),
             ),
             proposer: Proposer::start(raft.clone(), counters.clone(), config.request_timeout),
+            watch: crate::watch::Hub::start(reader.clone(), counters.clone()),
             counters,
             raft: raft.clone(),
             reader,

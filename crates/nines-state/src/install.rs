@@ -144,5 +144,6 @@ pub(crate) fn activate(
     *lock(&shared.current_snapshot) = Some(meta);
     shared.snapshots.remove_others(file);
     shared.set_applied(state.applied);
+    shared.announce_revision();
     Ok(())
 }

@@ -29,7 +29,7 @@ pub use backup::{
     backup_status, restore_state, verify_backup, BackupStatus, Export, BACKUP_ALIGN, CHECKSUM_LEN,
 };
 pub use error::StateError;
-pub use mvcc::{HashKv, Read};
+pub use mvcc::{Change, Changes, HashKv, Read};
 pub use reader::StateReader;
 pub use snapshot_builder::SnapshotBuilder;
 pub use state_machine::{SnapshotStats, StateMachine};

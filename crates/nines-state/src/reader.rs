@@ -12,7 +12,7 @@ use nines_types::{KeyValue, LogId, RangeOptions, RangeRequest, RangeResponse};
 
 use crate::backup::Export;
 use crate::error::StateError;
-use crate::mvcc::{HashKv, Mvcc, Read};
+use crate::mvcc::{Changes, HashKv, Mvcc, Read};
 use crate::sled_engine::SledEngine;
 use crate::store::{RawRecord, Shared};
 
@@ -68,6 +68,35 @@ impl StateReader {
         let _one_at_a_time = self.shared.build_lock.lock().await;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || crate::backup::export(&shared)).await?
+    }
+
+    /// The changes with main revisions in `from..=to`, stopping after the
+    /// revision that takes them past `max_bytes` (see
+    /// [`Changes::through`]); a window starting at or below the compacted
+    /// revision is [`StateError::Compacted`]. Reads the engine: call off
+    /// the async workers for large windows.
+    pub fn changes(&self, from: i64, to: i64, max_bytes: usize) -> Result<Changes, StateError> {
+        loop {
+            let store = self.shared.current();
+            let read = store.changes(from, to, max_bytes);
+            // A snapshot install drops the old tree mid-scan: a scan that
+            // raced one may have missed records, so it is done again on the
+            // new store (whose own compacted revision then applies).
+            if Arc::ptr_eq(&store, &self.shared.current()) {
+                return read;
+            }
+        }
+    }
+
+    /// `key` just before main revision `before` (a watch's `prev_kv`).
+    pub fn before(&self, key: &[u8], before: i64) -> Result<Option<KeyValue>, StateError> {
+        self.on_current(|store| store.before(key, before))
+    }
+
+    /// The published revision, as it moves (after each apply that moved
+    /// it, and after a snapshot install).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.shared.revisions.subscribe()
     }
 
     /// The current store revision.

@@ -259,6 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(StateError::write_sm)?;
         if done.applied.is_some() {
             shared.set_applied(done.applied);
+            shared.announce_revision();
         }
         if let Some(at) = done.compacted {
             shared.compactor.schedule(at);

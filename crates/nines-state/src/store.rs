@@ -196,6 +196,9 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Deletes what compactions dropped, in the background.
     pub compactor: Compactor,
+    /// The published revision, for watchers: sent after every apply that
+    /// moved it and after a snapshot install.
+    pub revisions: tokio::sync::watch::Sender<i64>,
 }
 
 impl Drop for Shared {
@@ -222,6 +225,16 @@ pub(crate) struct Stats {
 impl Shared {
     pub fn current(&self) -> Arc<Mvcc<SledEngine>> {
         read_lock(&self.store).clone()
+    }
+
+    /// Tells watchers the current store's published revision.
+    pub fn announce_revision(&self) {
+        let revision = self.current().revision();
+        self.revisions.send_if_modified(|r| {
+            let moved = *r != revision;
+            *r = revision;
+            moved
+        });
     }
 
     pub fn set_applied(&self, applied: Option<LogId>) {
@@ -341,5 +354,6 @@ pub(crate) fn shared(
         tree_counter: AtomicU64::new(next_tree),
         stats: Stats::default(),
         compactor: Compactor::new(),
+        revisions: tokio::sync::watch::Sender::new(meta.revision),
     })
 }

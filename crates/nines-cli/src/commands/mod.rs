@@ -9,3 +9,4 @@ pub mod leader;
 pub mod member;
 pub mod snapshot;
 pub mod txn;
+pub mod watch;

@@ -254,6 +254,13 @@ impl Collector for Scraped {
              from a quorum, within 2 x the election timeout).",
             seconds(load(&c.leaderless_ms)),
         )?;
+        gauge(e, "watchers", "Watchers on this member.", load(&c.watchers))?;
+        gauge(
+            e,
+            "watch_streams",
+            "Open watch streams.",
+            load(&c.watch_streams),
+        )?;
         gauge(
             e,
             "process_start_time_seconds",
@@ -271,7 +278,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 27] = [
+    let counters: [(&str, &str, &AtomicU64); 29] = [
         ("writes_ok", "Writes applied for clients of this node.", &c.writes_ok),
         ("writes_failed", "Writes that returned an error.", &c.writes_failed),
         ("writes_forwarded", "Writes forwarded to the leader.", &c.writes_forwarded),
@@ -296,6 +303,12 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
             "read_index_answered",
             "Read index requests answered for followers.",
             &c.read_index_answered,
+        ),
+        ("watch_events_sent", "Watch events sent to clients.", &c.watch_events_sent),
+        (
+            "watch_history_reads",
+            "Reads of the store's history for watchers.",
+            &c.watch_history_reads,
         ),
         (
             "reads_rejected",

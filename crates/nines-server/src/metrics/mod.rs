@@ -39,6 +39,14 @@ pub struct Counters {
     pub read_index_ask_failures: AtomicU64,
     /// Read index requests this node answered for followers.
     pub read_index_answered: AtomicU64,
+    /// Gauge: watchers on this member.
+    pub watchers: AtomicU64,
+    /// Gauge: open watch streams.
+    pub watch_streams: AtomicU64,
+    pub watch_events_sent: AtomicU64,
+    /// Reads of history for watchers (the shared feed's, and those of
+    /// watchers that fell behind it).
+    pub watch_history_reads: AtomicU64,
     pub proposals: AtomicU64,
     pub proposed_requests: AtomicU64,
     /// Local range/get executions running now (gauge).

@@ -15,6 +15,7 @@ mod compact;
 #[cfg(test)]
 mod compact_tests;
 mod hash;
+mod history;
 mod index;
 #[cfg(test)]
 pub(crate) mod model;
@@ -33,6 +34,7 @@ use std::sync::{RwLock, RwLockWriteGuard};
 use nines_types::{KeyValue, RangeOptions, RangeRequest, RangeResponse};
 
 pub use hash::HashKv;
+pub use history::{Change, Changes};
 pub(crate) use index::{KeyAt, KeyIndex, Rev};
 pub(crate) use read::{key_value, value_of};
 pub(crate) use record::{
@@ -194,7 +196,11 @@ impl<E: Engine> Mvcc<E> {
 
     /// `result` of a read at `revision`, unless a compaction above it began
     /// meanwhile (it may have seen history half dropped).
-    fn checked<T>(&self, revision: i64, result: Result<T, StateError>) -> Result<T, StateError> {
+    pub(crate) fn checked<T>(
+        &self,
+        revision: i64,
+        result: Result<T, StateError>,
+    ) -> Result<T, StateError> {
         let compacted = self.compacted();
         if revision < compacted {
             return Err(StateError::Compacted {

@@ -1,0 +1,573 @@
+//! etcd's `Watch` service: one bidirectional stream carries any number of
+//! watchers (create, cancel, progress requests in; created, events,
+//! progress and cancel responses out). Each stream is one task that owns
+//! its watchers and polls them from the member's own history
+//! (`crate::watch`), so watch load spreads over every member.
+//!
+//! Backpressure: responses go through a small bounded queue; a client that
+//! reads slowly stalls only its own stream's task (its watchers fall behind
+//! the shared feed and later read from the store), never the apply loop or
+//! other streams.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nines_proto::etcd::etcdserverpb as epb;
+use nines_proto::etcd::mvccpb;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use crate::api::convert::key_range;
+use crate::core::NodeCore;
+use crate::metrics::Counters;
+use crate::watch::{Event, Hub, Polled, WatchSpec, Watcher};
+
+/// Responses queued per stream before its task waits for the client.
+const OUT_QUEUE: usize = 16;
+/// Event bytes a watcher is handed per poll, and per response.
+const POLL_BYTES: usize = 1 << 20;
+/// Watchers one stream may hold: each costs its key range in memory.
+pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
+/// etcd's `clientv3.InvalidWatchID`: a progress response for the stream.
+const STREAM_WATCH_ID: i64 = -1;
+/// etcd's metadata key for `WithRequireLeader`.
+const REQUIRE_LEADER: &str = "hasleader";
+/// How often a stream that requires a leader checks for one.
+const LEADER_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub struct EtcdWatch {
+    pub core: Arc<NodeCore>,
+}
+
+type Out = mpsc::Sender<Result<epb::WatchResponse, Status>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<epb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl epb::watch_server::Watch for EtcdWatch {
+    async fn watch(
+        &self,
+        request: Request<Streaming<epb::WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let require_leader = request
+            .metadata()
+            .get(REQUIRE_LEADER)
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let stream = StreamTask {
+            require_leader,
+            core: self.core.clone(),
+            hub: self.core.watch.clone(),
+            out: tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Entry {
+    watcher: Watcher,
+    progress_notify: bool,
+    fragment: bool,
+    /// Whether it was sent anything since the last progress tick.
+    sent: bool,
+}
+
+struct StreamTask {
+    /// End the stream while this member has no leader (etcd's
+    /// `WithRequireLeader`), so the client moves to another member.
+    require_leader: bool,
+    core: Arc<NodeCore>,
+    hub: Arc<Hub>,
+    out: Out,
+    watchers: BTreeMap<i64, Entry>,
+    next_id: i64,
+}
+
+/// The client is gone: end the stream's task.
+struct Gone;
+
+impl StreamTask {
+    async fn run(mut self, mut inbound: Streaming<epb::WatchRequest>) {
+        Counters::inc(&self.hub.counters.watch_streams);
+        let mut fed = self.hub.fed();
+        let every = self.core.config.watch_progress_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leader_check = tokio::time::interval(LEADER_CHECK);
+        // Some watcher may have events to read: poll before waiting.
+        let mut behind = false;
+        loop {
+            let step = tokio::select! {
+                // Requests first, so a cancel is not stuck behind events.
+                biased;
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        behind = true;
+                        self.handle(request).await
+                    }
+                    Ok(None) | Err(_) => Err(Gone),
+                },
+                changed = fed.changed(), if !behind => match changed {
+                    Ok(()) => {
+                        behind = true;
+                        Ok(())
+                    }
+                    Err(_) => Err(Gone),
+                },
+                _ = tick.tick() => self.progress_tick().await,
+                _ = leader_check.tick(), if self.require_leader => self.check_leader().await,
+                _ = std::future::ready(()), if behind => match self.poll_all().await {
+                    Ok(still) => {
+                        behind = still;
+                        Ok(())
+                    }
+                    Err(gone) => Err(gone),
+                },
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+        for (_, entry) in std::mem::take(&mut self.watchers) {
+            self.hub.drop_watcher(entry.watcher);
+        }
+        self.hub
+            .counters
+            .watch_streams
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn check_leader(&self) -> Result<(), Gone> {
+        if self.core.counters.has_leader.load(Ordering::Relaxed) == 1 {
+            return Ok(());
+        }
+        let _ = self
+            .out
+            .send(Err(Status::unavailable("etcdserver: no leader")))
+            .await;
+        Err(Gone)
+    }
+
+    async fn send(&self, response: epb::WatchResponse) -> Result<(), Gone> {
+        self.out.send(Ok(response)).await.map_err(|_| Gone)
+    }
+
+    fn header(&self, revision: i64) -> Option<epb::ResponseHeader> {
+        Some(convert::header(self.core.header(revision)))
+    }
+
+    async fn handle(&mut self, request: epb::WatchRequest) -> Result<(), Gone> {
+        use epb::watch_request::RequestUnion;
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                let Some(entry) = self.watchers.remove(&cancel.watch_id) else {
+                    // etcd answers nothing for an unknown id.
+                    return Ok(());
+                };
+                self.hub.drop_watcher(entry.watcher);
+                let response = epb::WatchResponse {
+                    header: self.header(self.hub.revision()),
+                    watch_id: cancel.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                };
+                self.send(response).await
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Every event at or below this revision has been sent on
+                // this stream: the slowest watcher's position.
+                let fed = self.hub.feed.fed();
+                let current = self
+                    .watchers
+                    .values()
+                    .map(|e| e.watcher.next - 1)
+                    .fold(fed, i64::min);
+                let response = epb::WatchResponse {
+                    header: self.header(current),
+                    watch_id: STREAM_WATCH_ID,
+                    ..Default::default()
+                };
+                self.send(response).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, create: epb::WatchCreateRequest) -> Result<(), Gone> {
+        let revision = self.hub.revision();
+        let id = match self.pick_id(create.watch_id) {
+            Ok(id) => id,
+            Err(reason) => return self.refuse(create.watch_id, revision, reason).await,
+        };
+        let spec = match self.spec(&create, revision) {
+            Ok(spec) => spec,
+            Err(reason) => return self.refuse(id, revision, reason).await,
+        };
+        let created = epb::WatchResponse {
+            header: self.header(revision),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        self.send(created).await?;
+        let entry = Entry {
+            watcher: self.hub.watcher(spec),
+            progress_notify: create.progress_notify,
+            fragment: create.fragment,
+            sent: false,
+        };
+        self.watchers.insert(id, entry);
+        Ok(())
+    }
+
+    /// etcd's answer to a create it cannot serve: created and canceled at once.
+    async fn refuse(&self, id: i64, revision: i64, reason: String) -> Result<(), Gone> {
+        let response = epb::WatchResponse {
+            header: self.header(revision),
+            watch_id: id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        self.send(response).await
+    }
+
+    fn pick_id(&mut self, asked: i64) -> Result<i64, String> {
+        if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
+            return Err(format!(
+                "too many watchers on one stream (at most {MAX_WATCHERS_PER_STREAM})"
+            ));
+        }
+        match asked {
+            0 => {
+                while self.watchers.contains_key(&self.next_id) {
+                    self.next_id += 1;
+                }
+                Ok(self.next_id)
+            }
+            id if id < 0 => Err(format!("watch id {id} must not be negative")),
+            id if self.watchers.contains_key(&id) => {
+                Err("mvcc: duplicate watch ID provided on the WatchStream".into())
+            }
+            id => Ok(id),
+        }
+    }
+
+    /// The watcher `create` asks for; "from now" is the revision after
+    /// `revision`, the one the created response names.
+    fn spec(&self, create: &epb::WatchCreateRequest, revision: i64) -> Result<WatchSpec, String> {
+        if create.start_revision < 0 {
+            return Err("start revision must not be negative".into());
+        }
+        // etcd: no key means from the smallest key, "\0".
+        let key: &[u8] = if create.key.is_empty() {
+            &[0]
+        } else {
+            &create.key
+        };
+        let range = key_range(key, &create.range_end);
+        self.core
+            .config
+            .limits
+            .check_range(&range)
+            .map_err(|e| e.to_string())?;
+        if let nines_types::KeyRange::Between { start, end } = &range {
+            if end <= start {
+                return Err("mvcc: watcher range is empty".into());
+            }
+        }
+        let filter = |f| create.filters.contains(&(f as i32));
+        use epb::watch_create_request::FilterType;
+        Ok(WatchSpec {
+            range,
+            start_revision: match create.start_revision {
+                0 => revision + 1,
+                r => r,
+            },
+            prev_kv: create.prev_kv,
+            no_put: filter(FilterType::Noput),
+            no_delete: filter(FilterType::Nodelete),
+        })
+    }
+
+    /// Polls every watcher once; says whether any still has events to read.
+    async fn poll_all(&mut self) -> Result<bool, Gone> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        let mut behind = false;
+        for id in ids {
+            let Some(entry) = self.watchers.get_mut(&id) else {
+                continue;
+            };
+            let polled = self.hub.poll(&mut entry.watcher, POLL_BYTES).await;
+            let fragment = entry.fragment;
+            match polled {
+                Ok(Polled::Idle) => {}
+                Ok(Polled::Events { events, through }) => {
+                    behind |= entry.watcher.next <= self.hub.feed.fed();
+                    if !events.is_empty() {
+                        entry.sent = true;
+                        self.send_events(id, events, through, fragment).await?;
+                    }
+                }
+                Ok(Polled::Compacted { compact_revision }) => {
+                    let response = epb::WatchResponse {
+                        header: self.header(self.hub.revision()),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision,
+                        cancel_reason: "mvcc: required revision has been compacted".into(),
+                        ..Default::default()
+                    };
+                    self.cancel(id);
+                    self.send(response).await?;
+                }
+                Err(e) => {
+                    tracing::warn!(watch_id = id, error = %e, "watch canceled: reading history failed");
+                    let response = epb::WatchResponse {
+                        header: self.header(self.hub.revision()),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: e.to_string(),
+                        ..Default::default()
+                    };
+                    self.cancel(id);
+                    self.send(response).await?;
+                }
+            }
+        }
+        Ok(behind)
+    }
+
+    fn cancel(&mut self, id: i64) {
+        if let Some(entry) = self.watchers.remove(&id) {
+            self.hub.drop_watcher(entry.watcher);
+        }
+    }
+
+    /// Sends `events` (revisions up to `through`) in responses of whole
+    /// revisions of about [`POLL_BYTES`]; a revision larger than that is
+    /// split into fragments if the watcher allowed it, else sent whole.
+    async fn send_events(
+        &self,
+        id: i64,
+        events: Vec<Event>,
+        through: i64,
+        fragment: bool,
+    ) -> Result<(), Gone> {
+        let sent = events.len() as u64;
+        for (last, chunk) in chunks(events, fragment) {
+            let revision = if last { through } else { chunk.last_revision };
+            let response = epb::WatchResponse {
+                header: self.header(revision),
+                watch_id: id,
+                fragment: chunk.fragment,
+                events: chunk.events,
+                ..Default::default()
+            };
+            self.send(response).await?;
+        }
+        self.hub
+            .counters
+            .watch_events_sent
+            .fetch_add(sent, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// etcd's progress notification: a watcher that asked for them, is
+    /// current and was sent nothing since the last tick learns the revision
+    /// it is current to.
+    async fn progress_tick(&mut self) -> Result<(), Gone> {
+        let fed = self.hub.feed.fed();
+        let mut due = Vec::new();
+        for (id, entry) in self.watchers.iter_mut() {
+            let current = entry.watcher.next > fed;
+            if entry.progress_notify && current && !entry.sent {
+                due.push((*id, entry.watcher.next - 1));
+            }
+            entry.sent = false;
+        }
+        for (id, revision) in due {
+            let response = epb::WatchResponse {
+                header: self.header(revision),
+                watch_id: id,
+                ..Default::default()
+            };
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+}
+
+struct Chunk {
+    events: Vec<mvccpb::Event>,
+    last_revision: i64,
+    fragment: bool,
+}
+
+fn event(e: Event) -> mvccpb::Event {
+    mvccpb::Event {
+        r#type: if e.deleted {
+            mvccpb::event::EventType::Delete as i32
+        } else {
+            mvccpb::event::EventType::Put as i32
+        },
+        kv: Some(convert::kv(e.kv)),
+        prev_kv: e.prev_kv.map(convert::kv),
+    }
+}
+
+fn event_bytes(e: &Event) -> usize {
+    let prev = e
+        .prev_kv
+        .as_ref()
+        .map_or(0, |p| p.key.len() + p.value.len());
+    e.kv.key.len() + e.kv.value.len() + prev + 64
+}
+
+/// Groups events into responses: whole revisions up to about
+/// [`POLL_BYTES`] each; a revision larger than that alone, or in fragments
+/// (all flagged but the last) when `fragment`. The flag says which chunk
+/// is the last.
+fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
+    // Group by revision first.
+    let mut revisions: Vec<Vec<Event>> = Vec::new();
+    for e in events {
+        match revisions.last_mut() {
+            Some(group) if group[0].kv.mod_revision == e.kv.mod_revision => group.push(e),
+            _ => revisions.push(vec![e]),
+        }
+    }
+    let mut out: Vec<Chunk> = Vec::new();
+    let mut current = Chunk {
+        events: Vec::new(),
+        last_revision: 0,
+        fragment: false,
+    };
+    let mut bytes = 0;
+    for group in revisions {
+        let revision = group[0].kv.mod_revision;
+        let size: usize = group.iter().map(event_bytes).sum();
+        if bytes > 0 && bytes + size > POLL_BYTES {
+            out.push(std::mem::replace(
+                &mut current,
+                Chunk {
+                    events: Vec::new(),
+                    last_revision: 0,
+                    fragment: false,
+                },
+            ));
+            bytes = 0;
+        }
+        if fragment && size > POLL_BYTES {
+            // Its own responses: fragments of about POLL_BYTES.
+            let mut piece = Vec::new();
+            let mut piece_bytes = 0;
+            for e in group {
+                piece_bytes += event_bytes(&e);
+                piece.push(event(e));
+                if piece_bytes > POLL_BYTES {
+                    out.push(Chunk {
+                        events: std::mem::take(&mut piece),
+                        last_revision: revision,
+                        fragment: true,
+                    });
+                    piece_bytes = 0;
+                }
+            }
+            match out.last_mut() {
+                Some(last) if piece.is_empty() => last.fragment = false,
+                _ => out.push(Chunk {
+                    events: piece,
+                    last_revision: revision,
+                    fragment: false,
+                }),
+            }
+            continue;
+        }
+        current.events.extend(group.into_iter().map(event));
+        current.last_revision = revision;
+        bytes += size;
+    }
+    if !current.events.is_empty() {
+        out.push(current);
+    }
+    let n = out.len();
+    out.into_iter()
+        .enumerate()
+        .map(|(i, c)| (i + 1 == n, c))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nines_types::KeyValue;
+
+    fn put(rev: i64, key: &str, value_len: usize) -> Event {
+        Event {
+            deleted: false,
+            kv: KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: vec![b'x'; value_len],
+                mod_revision: rev,
+                ..Default::default()
+            },
+            prev_kv: None,
+        }
+    }
+
+    fn revisions(chunk: &Chunk) -> Vec<i64> {
+        chunk
+            .events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect()
+    }
+
+    #[test]
+    fn small_revisions_share_a_response_and_large_ones_split_only_with_fragment() {
+        let small = vec![put(2, "a", 10), put(3, "b", 10), put(3, "c", 10)];
+        let out = chunks(small, false);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].0 && !out[0].1.fragment);
+        assert_eq!(revisions(&out[0].1), vec![2, 3, 3]);
+
+        // Revision 5 is larger than a response: whole without fragment...
+        let big = || {
+            let mut events = vec![put(4, "a", 10)];
+            events.extend((0..3).map(|i| put(5, &format!("k{i}"), POLL_BYTES / 2)));
+            events.push(put(6, "z", 10));
+            events
+        };
+        let out = chunks(big(), false);
+        let revs: Vec<Vec<i64>> = out.iter().map(|(_, c)| revisions(c)).collect();
+        assert_eq!(revs, vec![vec![4], vec![5, 5, 5], vec![6]]);
+        assert!(out.iter().all(|(_, c)| !c.fragment));
+        assert_eq!(out.iter().filter(|(last, _)| *last).count(), 1);
+
+        // ...in fragments with it: every piece of 5 but its last flagged,
+        // and no revision is ever split otherwise.
+        let out = chunks(big(), true);
+        let flags: Vec<(Vec<i64>, bool)> = out
+            .iter()
+            .map(|(_, c)| (revisions(c), c.fragment))
+            .collect();
+        assert_eq!(flags.first(), Some(&(vec![4], false)));
+        assert_eq!(flags.last(), Some(&(vec![6], false)));
+        let fives: Vec<&(Vec<i64>, bool)> = flags.iter().filter(|(r, _)| r.contains(&5)).collect();
+        assert!(fives.len() >= 2, "revision 5 split: {flags:?}");
+        assert!(fives[..fives.len() - 1].iter().all(|(_, f)| *f));
+        assert!(!fives[fives.len() - 1].1);
+        let all: usize = fives.iter().map(|(r, _)| r.len()).sum();
+        assert_eq!(all, 3);
+    }
+}

@@ -1,0 +1,155 @@
+//! The recent history every watcher shares (etcd's synced watcher group):
+//! one task reads each newly published window of changes from the store
+//! once and keeps the newest ones in a ring bounded in bytes. A watcher
+//! whose next revision is in the ring takes its events from there without
+//! touching the store; one that fell behind the ring reads history itself
+//! (see `Hub::poll`), so a slow watcher never holds memory here.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nines_state::{Change, StateError, StateReader};
+use tokio::sync::watch;
+
+use crate::metrics::Counters;
+
+/// One window read from the store: every change with a main revision in
+/// `from..=through`, oldest first.
+#[derive(Debug)]
+pub struct Batch {
+    pub from: i64,
+    pub through: i64,
+    pub changes: Vec<Change>,
+}
+
+impl Batch {
+    fn bytes(&self) -> usize {
+        self.changes.iter().map(|c| c.size() + 64).sum::<usize>() + 64
+    }
+}
+
+#[derive(Default)]
+struct Ring {
+    batches: VecDeque<Arc<Batch>>,
+    bytes: usize,
+}
+
+pub struct Feed {
+    ring: Mutex<Ring>,
+    /// The revision the feed has read through: watchers deliver up to it.
+    fed: watch::Sender<i64>,
+    /// Watchers on this member; the feed reads nothing while there are none.
+    pub watchers: AtomicU64,
+    max_bytes: usize,
+}
+
+/// Bytes read from the store per step of the feed.
+const READ_BYTES: usize = 1 << 20;
+
+impl Feed {
+    pub fn new(start: i64, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Feed {
+            ring: Mutex::new(Ring::default()),
+            fed: watch::Sender::new(start),
+            watchers: AtomicU64::new(0),
+            max_bytes,
+        })
+    }
+
+    pub fn fed(&self) -> i64 {
+        *self.fed.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.fed.subscribe()
+    }
+
+    /// The batches that cover `from..=fed`, if the ring still holds `from`.
+    pub fn since(&self, from: i64) -> Option<Vec<Arc<Batch>>> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let first = ring.batches.front()?;
+        if from < first.from {
+            return None;
+        }
+        let start = ring.batches.partition_point(|b| b.through < from);
+        Some(ring.batches.range(start..).cloned().collect())
+    }
+
+    fn push(&self, batch: Batch) {
+        let through = batch.through;
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.bytes += batch.bytes();
+        ring.batches.push_back(Arc::new(batch));
+        while ring.bytes > self.max_bytes && ring.batches.len() > 1 {
+            if let Some(old) = ring.batches.pop_front() {
+                ring.bytes = ring.bytes.saturating_sub(old.bytes());
+            }
+        }
+        drop(ring);
+        self.fed.send_replace(through);
+    }
+
+    /// Forgets the ring and moves on to `revision` without reading: no one
+    /// watches, or the window before it is gone (compacted, or replaced by
+    /// a snapshot install); watchers that need it read history themselves.
+    fn skip_to(&self, revision: i64) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.batches.clear();
+        ring.bytes = 0;
+        drop(ring);
+        self.fed.send_replace(revision);
+    }
+
+    /// Follows the store's published revision until the store is gone.
+    pub async fn run(self: Arc<Self>, reader: StateReader, counters: Arc<Counters>) {
+        let mut published = reader.subscribe();
+        loop {
+            let target = *published.borrow_and_update();
+            self.catch_up(&reader, target, &counters.watch_history_reads)
+                .await;
+            if published.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn catch_up(&self, reader: &StateReader, target: i64, reads: &AtomicU64) {
+        while self.fed() < target {
+            let fed = self.fed();
+            if self.watchers.load(Ordering::Relaxed) == 0 || target < fed {
+                self.skip_to(target);
+                return;
+            }
+            let read = {
+                let reader = reader.clone();
+                tokio::task::spawn_blocking(move || reader.changes(fed + 1, target, READ_BYTES))
+                    .await
+            };
+            reads.fetch_add(1, Ordering::Relaxed);
+            match read {
+                Ok(Ok(changes)) if changes.through > fed => self.push(Batch {
+                    from: fed + 1,
+                    through: changes.through,
+                    changes: changes.changes,
+                }),
+                // Empty only if the store went back (an install of an older
+                // snapshot cannot happen, but must not spin) or a race with
+                // an install: start over from the store's revision.
+                Ok(Ok(_)) | Ok(Err(StateError::Compacted { .. })) => {
+                    self.skip_to(reader.revision());
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "watch feed: reading history failed");
+                    self.skip_to(reader.revision());
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch feed: history read task failed");
+                    return;
+                }
+            }
+        }
+    }
+}

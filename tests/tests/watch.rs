@@ -1,0 +1,421 @@
+//! etcd's Watch service on real server processes: events in order, once,
+//! from every member's own history; past start revisions replay; compacted
+//! ones cancel with the compact revision; filters, prev_kv, cancel and
+//! progress; nines' client resumes through another member when the one
+//! serving its stream is killed; etcdctl's watch works.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nines_client::proto::etcd::etcdserverpb as epb;
+use nines_client::proto::mvccpb;
+use nines_client::{prefix_end, WatchOptions, WatchUpdate};
+use nines_tests::{Cluster, ClusterOptions};
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A raw watch stream on one member: the request sender and the responses.
+struct RawStream {
+    requests: mpsc::Sender<epb::WatchRequest>,
+    responses: tonic::Streaming<epb::WatchResponse>,
+}
+
+impl RawStream {
+    async fn open(addr: &str) -> RawStream {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        let (requests, rx) = mpsc::channel(16);
+        let responses = epb::watch_client::WatchClient::new(channel)
+            .watch(ReceiverStream::new(rx))
+            .await
+            .expect("watch stream")
+            .into_inner();
+        RawStream {
+            requests,
+            responses,
+        }
+    }
+
+    async fn create(&mut self, create: epb::WatchCreateRequest) -> epb::WatchResponse {
+        let request = epb::WatchRequest {
+            request_union: Some(epb::watch_request::RequestUnion::CreateRequest(create)),
+        };
+        self.requests.send(request).await.unwrap();
+        self.next().await
+    }
+
+    async fn send(&mut self, union: epb::watch_request::RequestUnion) {
+        let request = epb::WatchRequest {
+            request_union: Some(union),
+        };
+        self.requests.send(request).await.unwrap();
+    }
+
+    async fn next(&mut self) -> epb::WatchResponse {
+        tokio::time::timeout(LONG, self.responses.message())
+            .await
+            .expect("a watch response in time")
+            .expect("stream ok")
+            .expect("stream open")
+    }
+
+    /// Events until `n` have arrived.
+    async fn events(&mut self, n: usize) -> Vec<mvccpb::Event> {
+        let mut events = Vec::new();
+        while events.len() < n {
+            let response = self.next().await;
+            assert!(!response.canceled, "canceled: {response:?}");
+            let revision = response.header.as_ref().unwrap().revision;
+            for e in &response.events {
+                assert!(e.kv.as_ref().unwrap().mod_revision <= revision);
+            }
+            events.extend(response.events);
+        }
+        assert_eq!(events.len(), n, "more events than expected: {events:?}");
+        events
+    }
+}
+
+fn prefix(key: &str) -> epb::WatchCreateRequest {
+    epb::WatchCreateRequest {
+        key: key.as_bytes().to_vec(),
+        range_end: prefix_end(key.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn summary(e: &mvccpb::Event) -> (String, String, i64) {
+    let kv = e.kv.as_ref().unwrap();
+    let kind = if e.r#type == mvccpb::event::EventType::Delete as i32 {
+        "DELETE"
+    } else {
+        "PUT"
+    };
+    (
+        kind.to_string(),
+        format!(
+            "{}={}",
+            String::from_utf8_lossy(&kv.key),
+            String::from_utf8_lossy(&kv.value)
+        ),
+        kv.mod_revision,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_streams_changes_in_order_and_replays_history() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(LONG).await;
+    let client = cluster.client();
+    let first = client
+        .put("w/a", "1")
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+
+    // A watcher on each member, from now.
+    let mut streams = Vec::new();
+    for id in 1..=3 {
+        let mut s = RawStream::open(&cluster.node(id).client_addr).await;
+        let created = s.create(prefix("w/")).await;
+        assert!(created.created && !created.canceled, "{created:?}");
+        assert!(created.header.unwrap().revision >= first);
+        streams.push(s);
+    }
+    let put_b = client
+        .put("w/b", "2")
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    client.put("other", "x").await.unwrap();
+    client
+        .txn(epb::TxnRequest {
+            success: vec![put_op("w/c", "3"), put_op("w/a", "4")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let del = client.delete("w/b").await.unwrap().header.unwrap().revision;
+
+    let expected = vec![
+        ("PUT".to_string(), "w/b=2".to_string(), put_b),
+        ("PUT".to_string(), "w/c=3".to_string(), put_b + 2),
+        ("PUT".to_string(), "w/a=4".to_string(), put_b + 2),
+        ("DELETE".to_string(), "w/b=".to_string(), del),
+    ];
+    for s in &mut streams {
+        let events = s.events(4).await;
+        assert_eq!(events.iter().map(summary).collect::<Vec<_>>(), expected);
+    }
+
+    // From a past revision, with prev_kv: history replays, then live.
+    let mut s = RawStream::open(&cluster.node(2).client_addr).await;
+    let mut create = prefix("w/");
+    create.start_revision = first;
+    create.prev_kv = true;
+    assert!(s.create(create).await.created);
+    let events = s.events(5).await;
+    assert_eq!(summary(&events[0]), ("PUT".into(), "w/a=1".into(), first));
+    assert_eq!(events[0].prev_kv, None);
+    assert_eq!(
+        events[1..].iter().map(summary).collect::<Vec<_>>(),
+        expected
+    );
+    let prev_of_a = events[3].prev_kv.as_ref().expect("prev_kv of w/a");
+    assert_eq!(prev_of_a.value, b"1");
+    let prev_of_delete = events[4].prev_kv.as_ref().expect("prev_kv of the delete");
+    assert_eq!(prev_of_delete.value, b"2");
+    client.put("w/d", "5").await.unwrap();
+    assert_eq!(summary(&s.events(1).await[0]).1, "w/d=5");
+
+    // Filters: no puts.
+    let mut s = RawStream::open(&cluster.node(3).client_addr).await;
+    let mut create = prefix("w/");
+    create.start_revision = first;
+    create.filters = vec![epb::watch_create_request::FilterType::Noput as i32];
+    assert!(s.create(create).await.created);
+    let events = s.events(1).await;
+    assert_eq!(summary(&events[0]), ("DELETE".into(), "w/b=".into(), del));
+}
+
+fn put_op(key: &str, value: &str) -> epb::RequestOp {
+    epb::RequestOp {
+        request: Some(epb::request_op::Request::RequestPut(epb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_starts_cancel_and_streams_answer_cancel_and_progress() {
+    let cluster = Cluster::start(ClusterOptions {
+        args: vec!["--experimental-watch-progress-notify-interval=200ms".into()],
+        ..Default::default()
+    });
+    cluster.wait_leader(LONG).await;
+    let client = cluster.client();
+    let mut last = 0;
+    for i in 0..5 {
+        last = client
+            .put("c/k", i.to_string())
+            .await
+            .unwrap()
+            .header
+            .unwrap()
+            .revision;
+    }
+    client.compact(last - 1, true).await.unwrap();
+    let mut s = RawStream::open(&cluster.node(1).client_addr).await;
+
+    // A start at or below the compaction: created, then canceled with the
+    // first revision one can watch from; that one works.
+    let mut create = prefix("c/");
+    create.start_revision = last - 2;
+    let created = s.create(create).await;
+    assert!(created.created && !created.canceled);
+    let canceled = s.next().await;
+    assert!(canceled.canceled, "{canceled:?}");
+    assert_eq!(canceled.watch_id, created.watch_id);
+    assert_eq!(canceled.compact_revision, last);
+    let mut create = prefix("c/");
+    create.start_revision = canceled.compact_revision;
+    let again = s.create(create).await;
+    assert!(again.created && !again.canceled);
+    assert_eq!(summary(&s.events(1).await[0]).2, last);
+
+    // A duplicate client-chosen id is refused; a free one is used.
+    let mut create = prefix("c/");
+    create.watch_id = again.watch_id;
+    let dup = s.create(create).await;
+    assert!(dup.created && dup.canceled, "{dup:?}");
+    let mut create = prefix("p/");
+    create.watch_id = 77;
+    create.progress_notify = true;
+    let chosen = s.create(create).await;
+    assert_eq!(chosen.watch_id, 77);
+
+    // Idle with progress_notify: told the revision it is current to.
+    let progress = s.next().await;
+    assert_eq!(progress.watch_id, 77);
+    assert!(progress.events.is_empty() && !progress.canceled);
+    assert!(progress.header.unwrap().revision >= last);
+
+    // Cancel: acknowledged; a later write under it is not sent.
+    use epb::watch_request::RequestUnion;
+    s.send(RequestUnion::CancelRequest(epb::WatchCancelRequest {
+        watch_id: again.watch_id,
+    }))
+    .await;
+    loop {
+        let r = s.next().await;
+        if r.canceled {
+            assert_eq!(r.watch_id, again.watch_id);
+            break;
+        }
+        assert_eq!(
+            r.watch_id, 77,
+            "only progress of 77 before the cancel: {r:?}"
+        );
+    }
+    client.put("c/k", "after").await.unwrap();
+    let p = client
+        .put("p/x", "1")
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    loop {
+        let r = s.next().await;
+        assert_eq!(r.watch_id, 77, "a canceled watcher got {r:?}");
+        if let Some(e) = r.events.first() {
+            assert_eq!(e.kv.as_ref().unwrap().mod_revision, p);
+            break;
+        }
+    }
+    // A stream-wide progress request: every event up to its revision was sent.
+    s.send(RequestUnion::ProgressRequest(epb::WatchProgressRequest {}))
+        .await;
+    loop {
+        let r = s.next().await;
+        if r.watch_id == -1 {
+            assert!(r.header.unwrap().revision >= p);
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_watch_resumes_through_another_member_without_gap_or_duplicate() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(LONG).await;
+    let writer = cluster.client();
+    // The watch stream opens on the first endpoint: node 1.
+    let mut config = nines_client::ClientConfig::new(cluster.endpoints());
+    config.read_balance = nines_client::ReadBalance::RoundRobin;
+    let watcher_client = nines_client::Client::new(config).unwrap();
+    let mut watch = watcher_client
+        .watch(
+            "r/",
+            WatchOptions {
+                range_end: prefix_end(b"r/"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let writes = tokio::spawn(async move {
+        let mut acked = BTreeMap::new();
+        for i in 0..300u32 {
+            let key = format!("r/{}", i % 7);
+            if let Ok(resp) = writer.put(key.clone(), i.to_string()).await {
+                acked.insert(resp.header.unwrap().revision, (key, i.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        acked
+    });
+    let mut seen: Vec<(i64, String, String)> = Vec::new();
+    let mut killed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen.len() < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "saw {} of 300",
+            seen.len()
+        );
+        // Kill whichever member serves the stream, twice (restarting it).
+        if (seen.len() == 60 || seen.len() == 180) && killed.len() < 2 {
+            let victim = if killed.is_empty() { 1 } else { 2 };
+            cluster.kill(victim);
+            killed.push(victim);
+        }
+        if seen.len() == 120 && killed.len() == 1 {
+            cluster.restart(killed[0]);
+        }
+        match tokio::time::timeout(LONG, watch.next())
+            .await
+            .expect("watch update")
+        {
+            Some(Ok(WatchUpdate::Events(events))) => {
+                for e in events {
+                    let kv = e.kv.unwrap();
+                    seen.push((
+                        kv.mod_revision,
+                        String::from_utf8(kv.key).unwrap(),
+                        String::from_utf8(kv.value).unwrap(),
+                    ));
+                }
+            }
+            Some(Ok(WatchUpdate::Progress { .. })) => {}
+            Some(Err(e)) => panic!("watch ended: {e}"),
+            None => panic!("watch ended"),
+        }
+    }
+    let acked = writes.await.unwrap();
+    // Strictly increasing revisions: no duplicate, no reorder.
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    // Every acknowledged write was seen, as written.
+    let by_rev: BTreeMap<i64, (String, String)> = seen
+        .iter()
+        .map(|(r, k, v)| (*r, (k.clone(), v.clone())))
+        .collect();
+    for (rev, write) in &acked {
+        assert_eq!(
+            by_rev.get(rev),
+            Some(write),
+            "write at {rev} missing or different"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_prints_events_from_a_follower() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(LONG).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let ep = cluster.node(follower).client_addr.clone();
+    let client = cluster.client();
+    let start = client
+        .put("e/a", "1")
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    client.put("e/b", "2").await.unwrap();
+    client.delete("e/a").await.unwrap();
+    let rev = start.to_string();
+    let mut child = std::process::Command::new(nines_tests::etcdctl::etcdctl())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={ep}"))
+        .args(["watch", "e/", "--prefix", "--rev", &rev, "--prev-kv"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl watch");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client.put("e/c", "3").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "PUT\ne/a\n1\nPUT\ne/b\n2\nDELETE\ne/a\n1\ne/a\n\nPUT\ne/c\n3\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

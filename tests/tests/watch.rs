@@ -121,13 +121,15 @@ async fn every_member_streams_changes_in_order_and_replays_history() {
         .unwrap()
         .revision;
 
-    // A watcher on each member, from now.
+    // A watcher on each member, from the next revision (a follower may
+    // not have applied `first` yet: "from now" there would include it).
     let mut streams = Vec::new();
     for id in 1..=3 {
         let mut s = RawStream::open(&cluster.node(id).client_addr).await;
-        let created = s.create(prefix("w/")).await;
+        let mut create = prefix("w/");
+        create.start_revision = first + 1;
+        let created = s.create(create).await;
         assert!(created.created && !created.canceled, "{created:?}");
-        assert!(created.header.unwrap().revision >= first);
         streams.push(s);
     }
     let put_b = client
@@ -217,6 +219,9 @@ async fn compacted_starts_cancel_and_streams_answer_cancel_and_progress() {
             .revision;
     }
     client.compact(last - 1, true).await.unwrap();
+    // Node 1 has applied the compaction once a linearizable read through
+    // it returns (it waits for the leader's commit index).
+    cluster.client_of(1).get("c/k").await.unwrap();
     let mut s = RawStream::open(&cluster.node(1).client_addr).await;
 
     // A start at or below the compaction: created, then canceled with the
@@ -231,7 +236,9 @@ async fn compacted_starts_cancel_and_streams_answer_cancel_and_progress() {
     assert_eq!(canceled.compact_revision, last);
     let mut create = prefix("c/");
     create.start_revision = canceled.compact_revision;
+    create.watch_id = 5;
     let again = s.create(create).await;
+    assert_eq!(again.watch_id, 5);
     assert!(again.created && !again.canceled);
     assert_eq!(summary(&s.events(1).await[0]).2, last);
 
@@ -329,6 +336,7 @@ async fn client_watch_resumes_through_another_member_without_gap_or_duplicate() 
     });
     let mut seen: Vec<(i64, String, String)> = Vec::new();
     let mut killed = Vec::new();
+    let mut restarted = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while seen.len() < 300 {
         assert!(
@@ -336,14 +344,17 @@ async fn client_watch_resumes_through_another_member_without_gap_or_duplicate() 
             "saw {} of 300",
             seen.len()
         );
-        // Kill whichever member serves the stream, twice (restarting it).
-        if (seen.len() == 60 || seen.len() == 180) && killed.len() < 2 {
-            let victim = if killed.is_empty() { 1 } else { 2 };
-            cluster.kill(victim);
-            killed.push(victim);
-        }
-        if seen.len() == 120 && killed.len() == 1 {
-            cluster.restart(killed[0]);
+        // Kill the member serving the stream (node 1: the first endpoint),
+        // restart it, then kill the next one the stream moved to.
+        if seen.len() >= 60 && killed.is_empty() {
+            cluster.kill(1);
+            killed.push(1);
+        } else if seen.len() >= 120 && killed.len() == 1 && !restarted {
+            cluster.restart(1);
+            restarted = true;
+        } else if seen.len() >= 180 && killed.len() == 1 {
+            cluster.kill(2);
+            killed.push(2);
         }
         match tokio::time::timeout(LONG, watch.next())
             .await
@@ -364,6 +375,7 @@ async fn client_watch_resumes_through_another_member_without_gap_or_duplicate() 
             None => panic!("watch ended"),
         }
     }
+    assert_eq!(killed, vec![1, 2]);
     let acked = writes.await.unwrap();
     // Strictly increasing revisions: no duplicate, no reorder.
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
@@ -418,4 +430,51 @@ async fn etcdctl_watch_prints_events_from_a_follower() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Waits until `check` holds on the member's metrics page.
+async fn wait_metrics(
+    addr: &str,
+    what: &str,
+    check: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
+) {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        if let Some(m) = nines_tests::http::scrape(addr).await {
+            if check(&m) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {m:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_are_counted_and_forgotten_when_their_client_goes() {
+    let (cluster, metrics) = nines_tests::http::metrics_cluster(&[]);
+    cluster.wait_leader(LONG).await;
+    let addr = &metrics[&2];
+    let value =
+        |m: &std::collections::HashMap<String, f64>, s: &str| m.get(s).copied().unwrap_or(-1.0);
+    let mut s = RawStream::open(&cluster.node(2).client_addr).await;
+    assert!(s.create(prefix("m/")).await.created);
+    assert!(s.create(prefix("m/a")).await.created);
+    wait_metrics(addr, "two watchers on one stream", |m| {
+        value(m, "nines_watchers") == 2.0 && value(m, "nines_watch_streams") == 1.0
+    })
+    .await;
+    cluster.client().put("m/a1", "v").await.unwrap();
+    assert_eq!(s.events(1).await.len(), 1);
+    assert_eq!(s.events(1).await.len(), 1);
+    wait_metrics(addr, "events counted", |m| {
+        value(m, "nines_watch_events_sent_total") >= 2.0
+    })
+    .await;
+    // The client goes away without canceling: its watchers are dropped.
+    drop(s);
+    wait_metrics(addr, "watchers forgotten", |m| {
+        value(m, "nines_watchers") == 0.0 && value(m, "nines_watch_streams") == 0.0
+    })
+    .await;
 }

@@ -99,8 +99,21 @@ impl Client {
             out: tx,
         };
         // The first stream is opened before returning, so changes made
-        // after this call are seen by a watch from "now".
-        let stream = state.open(0).await?;
+        // after this call are seen by a watch from "now"; any member will
+        // do, tried in turn until the retry deadline.
+        let deadline = tokio::time::Instant::now() + self.inner.config.retry_deadline;
+        let mut attempt = 0;
+        let stream = loop {
+            match state.open(attempt).await {
+                Ok(stream) => break stream,
+                Err(WatchError::Client(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "watch: trying another member");
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let task = tokio::spawn(async move { state.run(stream).await });
         Ok(Watch { updates: rx, task })
     }
@@ -206,8 +219,7 @@ impl Resume {
                     Err(WatchError::Client(e)) => {
                         tracing::debug!(error = %e, "watch: reconnecting");
                         attempt += 1;
-                        let backoff = Duration::from_millis((20u64 << attempt.min(4)).min(300));
-                        tokio::time::sleep(backoff).await;
+                        tokio::time::sleep(backoff(attempt)).await;
                         continue;
                     }
                     Err(e) => {
@@ -265,6 +277,11 @@ impl Resume {
             }
         }
     }
+}
+
+/// Short and capped: an election takes a few hundred ms.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((20u64 << attempt.min(4)).min(300))
 }
 
 fn refused(response: &pb::WatchResponse) -> WatchError {

@@ -16,6 +16,8 @@ mod compact;
 mod compact_tests;
 mod hash;
 mod history;
+#[cfg(test)]
+mod history_tests;
 mod index;
 #[cfg(test)]
 pub(crate) mod model;

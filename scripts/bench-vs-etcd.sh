@@ -8,6 +8,7 @@
 #   scripts/bench-vs-etcd.sh            # every workload, RUNS=3 runs each, median
 #   RUNS=1 DURATION=5s scripts/bench-vs-etcd.sh
 #   WORKLOADS="put-64 get-64" scripts/bench-vs-etcd.sh
+#   WORKLOADS="watch-1 watch-100 watch-1000 watch-10000" scripts/bench-vs-etcd.sh throughput
 #   RSS_KEYS=1000000 scripts/bench-vs-etcd.sh large # put/get, memory, disk at 1M keys
 #   NINES_BEFORE=/path/to/old/nines-server scripts/bench-vs-etcd.sh throughput
 #                                   # also an older nines build, same run (before/after);
@@ -36,8 +37,14 @@ declare -A SPEC=(
   [mixed-64]="--workload mixed --clients 64 --connections 8 --read-ratio 0.9"
   [txn-cas-64]="--workload txn-cas --clients 64 --connections 8"
   [range-16]="--workload range --clients 16 --connections 4 --range-limit 100"
+  # N watchers on one prefix, one writer at 500 puts/s: events/s delivered
+  # and put-ack -> event latency.
+  [watch-1]="--workload watch --watchers 1 --connections 1"
+  [watch-100]="--workload watch --watchers 100 --connections 8"
+  [watch-1000]="--workload watch --watchers 1000 --connections 8"
+  [watch-10000]="--workload watch --watchers 10000 --connections 8"
 )
-WORKLOADS=${WORKLOADS:-"put-1 put-64 put-256 get-64 get-serializable-64 mixed-64 txn-cas-64 range-16"}
+WORKLOADS=${WORKLOADS:-"put-1 put-64 put-256 get-64 get-serializable-64 mixed-64 txn-cas-64 range-16 watch-1 watch-100 watch-1000 watch-10000"}
 
 if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
   echo "installing etcd-server and protobuf-compiler from Debian"
@@ -149,6 +156,8 @@ if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
       order="${t[*]:k} ${t[*]:0:k}"
       echo "== $name run $run: $order" >&2
       for target in $order; do
+        # Builds from before watch have no watch workload.
+        [[ $name == watch-* && $target == nines-before ]] && continue
         settle
         case $target in
           etcd) eps=$ETCD_ENDPOINTS ;;

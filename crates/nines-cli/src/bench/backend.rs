@@ -1,9 +1,11 @@
 //! The stores under test, behind one small interface.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use nines_client::{proto as pb, Client, ClientConfig};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 pub enum Backend {
     Nines(Vec<Client>),
@@ -99,6 +101,74 @@ impl Backend {
             }
         }
         Ok(())
+    }
+
+    /// A put that returns the revision it was applied at.
+    pub async fn put_revision(&self, conn: usize, key: Vec<u8>, value: Vec<u8>) -> Result<i64> {
+        match self {
+            Backend::Nines(c) => {
+                let resp = c[conn % c.len()].put(key, value).await?;
+                Ok(resp.header.map_or(0, |h| h.revision))
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(c) => {
+                let resp = c[conn % c.len()].kv_client().put(key, value, None).await?;
+                Ok(resp.header().map_or(0, |h| h.revision()))
+            }
+        }
+    }
+
+    /// Opens watcher `w` on `prefix` (its own stream, on connection `w`)
+    /// and sends each event's revision and arrival time to `events` until
+    /// the returned task is aborted.
+    pub async fn watch_prefix(
+        &self,
+        w: usize,
+        prefix: Vec<u8>,
+        events: mpsc::Sender<(i64, Instant)>,
+    ) -> Result<JoinHandle<()>> {
+        match self {
+            Backend::Nines(c) => {
+                let options = nines_client::WatchOptions {
+                    range_end: nines_client::prefix_end(&prefix),
+                    ..Default::default()
+                };
+                let mut watch = c[w % c.len()].watch(prefix, options).await?;
+                Ok(tokio::spawn(async move {
+                    while let Some(Ok(update)) = watch.next().await {
+                        let nines_client::WatchUpdate::Events(batch) = update else {
+                            continue;
+                        };
+                        let now = Instant::now();
+                        for e in batch {
+                            let revision = e.kv.map_or(0, |kv| kv.mod_revision);
+                            if events.send((revision, now)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }))
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(c) => {
+                let options = etcd_client::WatchOptions::new().with_prefix();
+                let mut stream = c[w % c.len()]
+                    .watch_client()
+                    .watch(prefix, Some(options))
+                    .await?;
+                Ok(tokio::spawn(async move {
+                    while let Ok(Some(resp)) = stream.message().await {
+                        let now = Instant::now();
+                        for e in resp.events() {
+                            let revision = e.kv().map_or(0, |kv| kv.mod_revision());
+                            if events.send((revision, now)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }))
+            }
+        }
     }
 
     /// Compare-and-swap on the key's mod revision (read, then txn).

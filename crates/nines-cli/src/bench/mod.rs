@@ -5,5 +5,6 @@ mod backend;
 mod fsync_probe;
 mod report;
 mod run;
+mod watch;
 
 pub use run::BenchArgs;

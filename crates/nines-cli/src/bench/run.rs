@@ -17,9 +17,15 @@ use super::report::{print_table, BenchReport, Latency};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// put, get, get-serializable, mixed, txn-cas, range
+    /// put, get, get-serializable, mixed, txn-cas, range, watch
     #[arg(long, default_value = "put")]
     pub workload: String,
+    /// Watchers of the `watch` workload (each its own stream).
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+    /// Puts per second of the `watch` workload's one writer.
+    #[arg(long, default_value_t = 500)]
+    pub watch_rate: u64,
     /// nines or etcd (etcd needs a build with `--features etcd`).
     #[arg(long, default_value = "nines")]
     pub target: String,
@@ -168,6 +174,9 @@ impl BenchArgs {
 }
 
 pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<()> {
+    if args.workload == "watch" {
+        return super::watch::run(args, endpoints, json).await;
+    }
     choose(&args, &mut rand::thread_rng())?;
     let backend = Arc::new(Backend::connect(&args.target, &endpoints, args.connections).await?);
     if args.workload != "put" && !args.no_preload {

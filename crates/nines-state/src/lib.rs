@@ -36,4 +36,4 @@ pub use state_machine::{SnapshotStats, StateMachine};
 #[doc(hidden)]
 pub use store::RawRecord;
 pub use store::EMPTY_STORE_REVISION;
-pub use store::{StateObserver, StateOptions};
+pub use store::{ChangeSink, StateObserver, StateOptions};

@@ -93,6 +93,16 @@ impl StateReader {
         self.on_current(|store| store.before(key, before))
     }
 
+    /// Hands every apply's changes to `sink` from now on (see
+    /// [`ChangeSink`]).
+    pub fn set_change_sink(&self, sink: std::sync::Arc<dyn crate::store::ChangeSink>) {
+        *self
+            .shared
+            .change_sink
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
     /// The published revision, as it moves (after each apply that moved
     /// it, and after a snapshot install).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {

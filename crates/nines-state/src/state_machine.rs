@@ -253,12 +253,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = std::time::Instant::now();
         let shared = &self.shared;
         let store = shared.current();
+        let base = store.revision();
+        let sink = crate::store::read_lock(&shared.change_sink)
+            .clone()
+            .filter(|s| s.wanted());
+        let mut changes = None;
         let done = apply_entries(&*store, &shared.opts, &entries, |writes| {
-            commit(shared, &store.engine, &writes)
+            commit(shared, &store.engine, &writes)?;
+            if sink.is_some() {
+                changes = Some(crate::mvcc::changes_of(&writes)?);
+            }
+            Ok(())
         })
         .map_err(StateError::write_sm)?;
         if done.applied.is_some() {
             shared.set_applied(done.applied);
+            let through = store.revision();
+            if let (Some(sink), Some(changes)) = (sink, changes) {
+                if through > base {
+                    sink.applied(base + 1, through, changes);
+                }
+            }
             shared.announce_revision();
         }
         if let Some(at) = done.compacted {

@@ -82,6 +82,16 @@ pub struct StateOptions {
     pub observer: Option<Arc<dyn StateObserver>>,
 }
 
+/// Where applies hand their changes as they publish them (a server's
+/// watch feed), so watchers get them without reading the engine back.
+/// Called on the apply path: keep it cheap.
+pub trait ChangeSink: Send + Sync {
+    /// Whether anyone wants changes now; if not, none are decoded.
+    fn wanted(&self) -> bool;
+    /// The changes of revisions `from..=through`, just published.
+    fn applied(&self, from: i64, through: i64, changes: Vec<crate::mvcc::Change>);
+}
+
 /// Durations the state machine reports (a server's metrics), so this
 /// crate needs no metrics library. Called on the thread that did the
 /// work: keep it cheap.
@@ -199,6 +209,8 @@ pub(crate) struct Shared {
     /// The published revision, for watchers: sent after every apply that
     /// moved it and after a snapshot install.
     pub revisions: tokio::sync::watch::Sender<i64>,
+    /// Where applies hand their changes, once a server set one.
+    pub change_sink: RwLock<Option<Arc<dyn ChangeSink>>>,
 }
 
 impl Drop for Shared {
@@ -355,5 +367,6 @@ pub(crate) fn shared(
         stats: Stats::default(),
         compactor: Compactor::new(),
         revisions: tokio::sync::watch::Sender::new(meta.revision),
+        change_sink: RwLock::new(None),
     })
 }

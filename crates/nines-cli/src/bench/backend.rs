@@ -4,8 +4,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use nines_client::{proto as pb, Client, ClientConfig};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use super::watch::Recorder;
 
 pub enum Backend {
     Nines(Vec<Client>),
@@ -119,13 +120,12 @@ impl Backend {
     }
 
     /// Opens watcher `w` on `prefix` (its own stream, on connection `w`)
-    /// and sends each event's revision and arrival time to `events` until
-    /// the returned task is aborted.
+    /// and tells `recorder` of each event until the returned task is aborted.
     pub async fn watch_prefix(
         &self,
         w: usize,
         prefix: Vec<u8>,
-        events: mpsc::Sender<(i64, Instant)>,
+        mut recorder: Recorder,
     ) -> Result<JoinHandle<()>> {
         match self {
             Backend::Nines(c) => {
@@ -141,10 +141,7 @@ impl Backend {
                         };
                         let now = Instant::now();
                         for e in batch {
-                            let revision = e.kv.map_or(0, |kv| kv.mod_revision);
-                            if events.send((revision, now)).await.is_err() {
-                                return;
-                            }
+                            recorder.event(e.kv.map_or(0, |kv| kv.mod_revision), now);
                         }
                     }
                 }))
@@ -160,10 +157,7 @@ impl Backend {
                     while let Ok(Some(resp)) = stream.message().await {
                         let now = Instant::now();
                         for e in resp.events() {
-                            let revision = e.kv().map_or(0, |kv| kv.mod_revision());
-                            if events.send((revision, now)).await.is_err() {
-                                return;
-                            }
+                            recorder.event(e.kv().map_or(0, |kv| kv.mod_revision()), now);
                         }
                     }
                 }))

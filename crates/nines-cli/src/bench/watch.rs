@@ -5,14 +5,12 @@
 //! watcher receiving its event. An event that arrives before its put's
 //! acknowledgment (the server applies, then answers) counts as 1 µs.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
 
 use super::backend::Backend;
 use super::report::{print_table, BenchReport, Latency};
@@ -20,34 +18,101 @@ use super::run::BenchArgs;
 
 const PREFIX: &[u8] = b"bench/watch/";
 
-/// When each revision the writer produced was acknowledged.
-type Acks = Arc<Mutex<HashMap<i64, Instant>>>;
+/// When recent revisions were acknowledged, without a lock: slot
+/// `revision % SLOTS` holds the revision and its ack time (ns since start).
+struct Acks {
+    start: Instant,
+    revisions: Vec<AtomicI64>,
+    nanos: Vec<AtomicU64>,
+}
+
+const SLOTS: usize = 1 << 16;
+
+impl Acks {
+    fn new() -> Self {
+        Acks {
+            start: Instant::now(),
+            revisions: (0..SLOTS).map(|_| AtomicI64::new(0)).collect(),
+            nanos: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn acked(&self, revision: i64) {
+        let slot = revision as usize % SLOTS;
+        let at = self.start.elapsed().as_nanos() as u64;
+        self.nanos[slot].store(at, Ordering::Relaxed);
+        self.revisions[slot].store(revision, Ordering::Release);
+    }
+
+    /// Since the ack of `revision`, or None if it is not known (yet).
+    fn since(&self, revision: i64, now: Instant) -> Option<Duration> {
+        let slot = revision as usize % SLOTS;
+        if self.revisions[slot].load(Ordering::Acquire) != revision {
+            return None;
+        }
+        let at = self.start + Duration::from_nanos(self.nanos[slot].load(Ordering::Relaxed));
+        Some(now.saturating_duration_since(at))
+    }
+}
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
+/// One watcher's tally, merged into the total when its stream ends.
+pub struct Recorder {
+    acks: Arc<Acks>,
+    measuring: Arc<AtomicBool>,
+    events: Arc<AtomicU64>,
+    merged: Arc<Mutex<Histogram<u64>>>,
+    local: Histogram<u64>,
+    count: u64,
+}
+
+impl Recorder {
+    /// An event of `revision` arrived at `now`.
+    pub fn event(&mut self, revision: i64, now: Instant) {
+        if !self.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        let micros = self
+            .acks
+            .since(revision, now)
+            .map_or(1, |d| d.as_micros() as u64);
+        let _ = self.local.record(micros.max(1));
+        self.count += 1;
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.events.fetch_add(self.count, Ordering::Relaxed);
+        let _ = self
+            .merged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&self.local);
+    }
+}
+
 pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<()> {
     let backend = Arc::new(Backend::connect(&args.target, &endpoints, args.connections).await?);
-    let acks: Acks = Arc::default();
+    let acks = Arc::new(Acks::new());
     let measuring = Arc::new(AtomicBool::new(false));
     let events = Arc::new(AtomicU64::new(0));
     let merged = Arc::new(Mutex::new(histogram()));
-    // Watchers first; each reports its revisions through a channel so the
-    // stream reading stays cheap.
     eprintln!("starting {} watchers ...", args.watchers);
-    let mut watchers = Vec::new();
     let mut streams = Vec::new();
     for w in 0..args.watchers.max(1) {
-        let (tx, rx) = mpsc::channel::<(i64, Instant)>(1024);
-        streams.push(backend.watch_prefix(w, PREFIX.to_vec(), tx).await?);
-        let (acks, measuring, events, merged) = (
-            acks.clone(),
-            measuring.clone(),
-            events.clone(),
-            merged.clone(),
-        );
-        watchers.push(tokio::spawn(record(rx, acks, measuring, events, merged)));
+        let recorder = Recorder {
+            acks: acks.clone(),
+            measuring: measuring.clone(),
+            events: events.clone(),
+            merged: merged.clone(),
+            local: histogram(),
+            count: 0,
+        };
+        streams.push(backend.watch_prefix(w, PREFIX.to_vec(), recorder).await?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_steadily(
@@ -64,12 +129,12 @@ pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let puts = writer.await??;
-    // Ending the streams drops their senders, which ends the recorders.
-    for stream in streams {
+    // Ending the streams drops their recorders, which merge their tallies.
+    for stream in &streams {
         stream.abort();
     }
-    for w in watchers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+    for stream in streams {
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream).await;
     }
     let delivered = events.load(Ordering::Relaxed);
     let histogram = merged.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -95,39 +160,12 @@ pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<
     Ok(())
 }
 
-/// One watcher's bookkeeping: latency of each event it got while measuring.
-async fn record(
-    mut rx: mpsc::Receiver<(i64, Instant)>,
-    acks: Acks,
-    measuring: Arc<AtomicBool>,
-    events: Arc<AtomicU64>,
-    merged: Arc<Mutex<Histogram<u64>>>,
-) {
-    let mut local = histogram();
-    while let Some((revision, arrived)) = rx.recv().await {
-        if !measuring.load(Ordering::Relaxed) {
-            continue;
-        }
-        let acked = acks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&revision)
-            .copied();
-        let micros = acked.map_or(1, |at| {
-            arrived.saturating_duration_since(at).as_micros() as u64
-        });
-        let _ = local.record(micros.max(1));
-        events.fetch_add(1, Ordering::Relaxed);
-    }
-    let _ = merged.lock().unwrap_or_else(|e| e.into_inner()).add(&local);
-}
-
 /// Puts at `--watch-rate` per second (or as fast as acks come), noting
 /// when each revision was acknowledged.
 async fn write_steadily(
     backend: Arc<Backend>,
     args: BenchArgs,
-    acks: Acks,
+    acks: Arc<Acks>,
     stop: Arc<AtomicBool>,
 ) -> Result<u64> {
     let value = vec![b'w'; args.value_size];
@@ -140,9 +178,7 @@ async fn write_steadily(
         let mut key = PREFIX.to_vec();
         key.extend_from_slice(format!("{:06}", n % args.keys.max(1)).as_bytes());
         let revision = backend.put_revision(0, key, value.clone()).await?;
-        acks.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(revision, Instant::now());
+        acks.acked(revision);
         n += 1;
     }
     Ok(n)

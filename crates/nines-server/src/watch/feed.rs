@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use nines_state::{Change, StateError, StateReader};
 use tokio::sync::watch;
@@ -36,7 +36,8 @@ struct Ring {
 }
 
 pub struct Feed {
-    ring: Mutex<Ring>,
+    /// Read by every stream on every change: a read lock.
+    ring: RwLock<Ring>,
     /// The revision the feed has read through: watchers deliver up to it.
     fed: watch::Sender<i64>,
     /// Watchers on this member; the feed reads nothing while there are none.
@@ -50,7 +51,7 @@ const READ_BYTES: usize = 1 << 20;
 impl Feed {
     pub fn new(start: i64, max_bytes: usize) -> Arc<Self> {
         Arc::new(Feed {
-            ring: Mutex::new(Ring::default()),
+            ring: RwLock::new(Ring::default()),
             fed: watch::Sender::new(start),
             watchers: AtomicU64::new(0),
             max_bytes,
@@ -67,7 +68,7 @@ impl Feed {
 
     /// The batches that cover `from..=fed`, if the ring still holds `from`.
     pub fn since(&self, from: i64) -> Option<Vec<Arc<Batch>>> {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
         let first = ring.batches.front()?;
         if from < first.from {
             return None;
@@ -76,9 +77,15 @@ impl Feed {
         Some(ring.batches.range(start..).cloned().collect())
     }
 
+    /// Appends `batch` if it continues the feed exactly (applies hand
+    /// theirs directly, and the feed task reads what they did not: whichever
+    /// comes second finds its window taken and is dropped).
     fn push(&self, batch: Batch) {
         let through = batch.through;
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+        if batch.from != *self.fed.borrow() + 1 {
+            return;
+        }
         ring.bytes += batch.bytes();
         ring.batches.push_back(Arc::new(batch));
         while ring.bytes > self.max_bytes && ring.batches.len() > 1 {
@@ -86,7 +93,7 @@ impl Feed {
                 ring.bytes = ring.bytes.saturating_sub(old.bytes());
             }
         }
-        drop(ring);
+        // Sent under the ring lock: the contiguity check above reads it.
         self.fed.send_replace(through);
     }
 
@@ -94,10 +101,12 @@ impl Feed {
     /// watches, or the window before it is gone (compacted, or replaced by
     /// a snapshot install); watchers that need it read history themselves.
     fn skip_to(&self, revision: i64) {
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+        if revision <= *self.fed.borrow() {
+            return;
+        }
         ring.batches.clear();
         ring.bytes = 0;
-        drop(ring);
         self.fed.send_replace(revision);
     }
 
@@ -127,6 +136,10 @@ impl Feed {
                     .await
             };
             reads.fetch_add(1, Ordering::Relaxed);
+            if self.fed() != fed {
+                // An apply fed this window meanwhile.
+                continue;
+            }
             match read {
                 Ok(Ok(changes)) if changes.through > fed => self.push(Batch {
                     from: fed + 1,
@@ -151,5 +164,19 @@ impl Feed {
                 }
             }
         }
+    }
+}
+
+impl nines_state::ChangeSink for Feed {
+    fn wanted(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) > 0
+    }
+
+    fn applied(&self, from: i64, through: i64, changes: Vec<Change>) {
+        self.push(Batch {
+            from,
+            through,
+            changes,
+        });
     }
 }

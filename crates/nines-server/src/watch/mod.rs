@@ -83,6 +83,7 @@ impl Hub {
     /// A hub over `reader`; spawns the feed on the current runtime.
     pub fn start(reader: StateReader, counters: Arc<Counters>) -> Arc<Self> {
         let feed = Feed::new(reader.revision(), FEED_BYTES);
+        reader.set_change_sink(feed.clone());
         let feed_task = tokio::spawn(feed.clone().run(reader.clone(), counters.clone()));
         Arc::new(Hub {
             reader,

@@ -84,29 +84,7 @@ impl<E: Engine> Mvcc<E> {
                 through = rev.main - 1;
                 break;
             }
-            let (header, value) = decode_record(raw.as_ref())?;
-            let change = if header.tombstone {
-                Change {
-                    deleted: true,
-                    kv: KeyValue {
-                        key: header.key,
-                        mod_revision: rev.main,
-                        ..KeyValue::default()
-                    },
-                }
-            } else {
-                let mut kv = key_value(
-                    header.key,
-                    value.to_vec(),
-                    super::KeyAt {
-                        rev,
-                        create_revision: header.create_revision,
-                        version: header.version,
-                    },
-                );
-                kv.lease = header.lease;
-                Change { deleted: false, kv }
-            };
+            let change = change_of(rev, raw.as_ref())?;
             bytes = bytes.saturating_add(change.size());
             changes.push(change);
         }
@@ -120,4 +98,44 @@ impl<E: Engine> Mvcc<E> {
         let read = get(&self.index, key, at, |rev| self.engine.get(&rev_key(rev)));
         self.checked(at, read)
     }
+}
+
+/// The change a revision record holds.
+fn change_of(rev: Rev, raw: &[u8]) -> Result<Change, StateError> {
+    let (header, value) = decode_record(raw)?;
+    Ok(if header.tombstone {
+        Change {
+            deleted: true,
+            kv: KeyValue {
+                key: header.key,
+                mod_revision: rev.main,
+                ..KeyValue::default()
+            },
+        }
+    } else {
+        let at = super::KeyAt {
+            rev,
+            create_revision: header.create_revision,
+            version: header.version,
+        };
+        let mut kv = key_value(header.key, value.to_vec(), at);
+        kv.lease = header.lease;
+        Change { deleted: false, kv }
+    })
+}
+
+/// The changes among an apply's engine writes (its new revision records),
+/// in revision order.
+pub(crate) fn changes_of(writes: &[crate::engine::Write]) -> Result<Vec<Change>, StateError> {
+    let mut records: Vec<(Rev, &[u8])> = Vec::new();
+    for (key, value) in writes {
+        if let (Some(&super::REV_PREFIX), Some(value)) = (key.first(), value) {
+            records.push((parse_rev_key(key)?, value));
+        }
+    }
+    records.sort_by_key(|(rev, _)| *rev);
+    records
+        .into_iter()
+        .map(|(rev, raw)| change_of(rev, raw))
+        .collect()
 }

@@ -36,6 +36,7 @@ use std::sync::{RwLock, RwLockWriteGuard};
 use nines_types::{KeyValue, RangeOptions, RangeRequest, RangeResponse};
 
 pub use hash::HashKv;
+pub(crate) use history::changes_of;
 pub use history::{Change, Changes};
 pub(crate) use index::{KeyAt, KeyIndex, Rev};
 pub(crate) use read::{key_value, value_of};

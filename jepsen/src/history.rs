@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checker::watch::WatchLog;
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -38,13 +40,18 @@ pub enum F {
     ReadMulti,
     FinalRead,
     Nemesis,
+    /// A delete of one key (the watch workload).
+    Delete,
+    /// One watcher's whole life: invoked when it starts, completed with
+    /// every event it received once it drained (or stalled).
+    Watch,
 }
 
 impl F {
     /// Ops that change state; the first ok one after a fault ends its
     /// unavailability window.
     pub fn is_write(self) -> bool {
-        matches!(self, F::Write | F::Cas | F::Add | F::Append)
+        matches!(self, F::Write | F::Cas | F::Add | F::Append | F::Delete)
     }
 }
 
@@ -65,6 +72,12 @@ pub enum Value {
     Set(Vec<i64>),
     /// Free text (nemesis descriptions).
     Text(String),
+    /// An acknowledged write's committed revision (its response header);
+    /// `changed` is false for a delete that found nothing, which makes no
+    /// revision and no watch event.
+    Rev { revision: i64, changed: bool },
+    /// What one watcher received.
+    Watch(WatchLog),
 }
 
 /// Error text that marks a cas whose compare failed: a definite `fail` that

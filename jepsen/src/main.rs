@@ -45,7 +45,7 @@ struct Args {
     /// Seconds of client load and faults.
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
-    /// register, set, append or all.
+    /// register, set, append, pairs, watch or all.
     #[arg(long, default_value = "register")]
     workload: String,
     /// Comma list of kill, pause, partition, member, all, none.
@@ -160,6 +160,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         history: history.clone(),
         deadline,
     };
+    // Final reads (and the watch sentinel) run as the process after every
+    // workload's; the watchers after that.
+    let final_process = (workload_list.len() * args.concurrency) as i64;
+    let watchers = if workload_list.contains(&Workload::Watch) {
+        Some(workloads::watch::Watchers::start(
+            history.clone(),
+            &addrs,
+            final_process + 1,
+        )?)
+    } else {
+        None
+    };
     let mut tasks = Vec::new();
     for (i, w) in workload_list.iter().enumerate() {
         tasks.extend(workloads::spawn(
@@ -205,9 +217,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     {
         crashes.push("no leader after healing".into());
     }
-    let final_process = (workload_list.len() * args.concurrency) as i64;
     for w in &workload_list {
         workloads::final_read(*w, &history, &addrs, final_process).await;
+    }
+    if let Some(watchers) = watchers {
+        watchers.drain(&history, &addrs, final_process).await;
     }
     history.write_jsonl(&run_dir.join("history.jsonl"))?;
     crashes.extend(
@@ -284,6 +298,30 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
         p
     });
+    let watch = workload_list.contains(&Workload::Watch).then(|| {
+        let w = checker::check_watch(&ops);
+        valid &= w.valid();
+        let verdict = if w.valid() { "VALID" } else { "INVALID" };
+        let kinds: Vec<String> = w
+            .anomaly_counts
+            .iter()
+            .map(|(k, n)| format!("{} {n}", serde_json::to_value(k).unwrap_or_default().as_str().unwrap_or("?")))
+            .collect();
+        verdicts.insert(
+            "watch".to_string(),
+            format!(
+                "{verdict} (events per watcher {:?}, {} compaction restarts, {} writes, {} acknowledged, final revision {}, {} anomalies{})",
+                w.events_per_watcher,
+                w.restarts_per_watcher.iter().sum::<usize>(),
+                w.writes_attempted,
+                w.acked_writes,
+                w.final_revision.map_or("none".to_string(), |r| r.to_string()),
+                w.anomaly_total(),
+                if kinds.is_empty() { String::new() } else { format!(": {}", kinds.join(", ")) }
+            ),
+        );
+        w
+    });
     let (counts, total_ops, ok_rate) = report::count_ops(&ops);
     let (windows, availability) = report::windows(&ops, load_ns);
     let (max_recovery_ms, median_recovery_ms) = report::recovery_stats(&windows);
@@ -321,6 +359,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         set,
         append,
         pairs,
+        watch,
         windows,
         recovery_by_fault,
         max_recovery_ms,

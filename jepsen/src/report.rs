@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::checker::append::AppendResult;
 use crate::checker::pairs::PairsResult;
 use crate::checker::set::SetResult;
+use crate::checker::watch::WatchResult;
 use crate::checker::RegisterResult;
 use crate::history::{Op, Phase, Value, F};
 use crate::nemesis::fault_kind;
@@ -48,6 +49,7 @@ pub struct Report {
     pub set: Option<SetResult>,
     pub append: Option<AppendResult>,
     pub pairs: Option<PairsResult>,
+    pub watch: Option<WatchResult>,
     pub windows: Vec<Window>,
     /// Fault kind -> its recovery times.
     pub recovery_by_fault: BTreeMap<String, FaultRecovery>,
@@ -84,7 +86,7 @@ pub fn count_ops(ops: &[Op]) -> (BTreeMap<String, BTreeMap<String, usize>>, usiz
     let (mut total, mut ok) = (0, 0);
     for op in ops
         .iter()
-        .filter(|o| o.f != F::Nemesis && o.f != F::FinalRead)
+        .filter(|o| !matches!(o.f, F::Nemesis | F::FinalRead | F::Watch))
     {
         *counts
             .entry(name(&op.f))
@@ -248,6 +250,14 @@ impl Report {
                 println!(
                     "  append anomalies: {}",
                     serde_json::to_string(a).unwrap_or_default()
+                );
+            }
+        }
+        if let Some(w) = &self.watch {
+            for a in &w.anomalies {
+                println!(
+                    "  watch {:?} (watcher {}, revision {}): {}",
+                    a.kind, a.watcher, a.revision, a.detail
                 );
             }
         }

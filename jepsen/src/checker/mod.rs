@@ -3,6 +3,7 @@
 pub mod append;
 pub mod pairs;
 pub mod set;
+pub mod watch;
 pub mod wgl;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub const REGISTER_PREFIX: &str = "r/";
 pub const SET_PREFIX: &str = "s/";
 pub const APPEND_PREFIX: &str = "a/";
 pub const PAIRS_PREFIX: &str = "p/";
+pub const WATCH_PREFIX: &str = "w/";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RegisterAnomaly {
@@ -203,6 +205,51 @@ pub fn check_pairs(ops: &[Op]) -> pairs::PairsResult {
     pairs::check(&reads, writes_ok)
 }
 
+pub fn check_watch(ops: &[Op]) -> watch::WatchResult {
+    use crate::workloads::watch::REVISION_KEY;
+    let mut writes = Vec::new();
+    let mut watchers = Vec::new();
+    let mut final_state = None;
+    for op in ops.iter().filter(|o| o.key.starts_with(WATCH_PREFIX)) {
+        match (op.f, &op.input, &op.output, op.phase) {
+            (F::Write | F::Delete, input, output, _) => {
+                let (revision, changed) = match output {
+                    Value::Rev { revision, changed } if op.phase == Phase::Ok => {
+                        (Some(*revision), *changed)
+                    }
+                    _ => (None, true),
+                };
+                writes.push(watch::WatchWrite {
+                    op: op.id,
+                    key: op.key.clone(),
+                    value: match input {
+                        Value::Int(x) => Some(*x),
+                        _ => None,
+                    },
+                    outcome: outcome(op),
+                    revision,
+                    changed,
+                });
+            }
+            // A stalled watcher completes as info, with what it received.
+            (F::Watch, _, Value::Watch(log), _) => watchers.push(log.clone()),
+            (F::FinalRead, _, Value::Lists(seen), Phase::Ok) => {
+                let first = |v: &Option<Vec<i64>>| v.as_ref().and_then(|l| l.first().copied());
+                final_state = Some(watch::FinalState {
+                    revision: seen.get(REVISION_KEY).and_then(first).unwrap_or(0),
+                    kvs: seen
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(WATCH_PREFIX))
+                        .filter_map(|(k, v)| Some((k.clone(), first(v)?)))
+                        .collect(),
+                });
+            }
+            _ => {}
+        }
+    }
+    watch::check(WATCH_PREFIX, &writes, &watchers, final_state.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +277,55 @@ mod tests {
         assert_eq!(result.anomalies.len(), 1);
         assert_eq!(result.anomalies[0].key, "r/1");
         assert_eq!(result.anomalies[0].stuck_op, r.id);
+    }
+
+    #[test]
+    fn watch_history_from_recorder_is_checked() {
+        use crate::workloads::watch::REVISION_KEY;
+        use watch::{Segment, WatchEvent, WatchLog};
+        let h = History::new();
+        let w = h.invoke(9, F::Watch, WATCH_PREFIX, Value::None);
+        let p = h.invoke(0, F::Write, "w/0", Value::Int(7));
+        let rev = |revision| Value::Rev {
+            revision,
+            changed: true,
+        };
+        h.complete(&p, Phase::Ok, rev(2), None);
+        let d = h.invoke(1, F::Delete, "w/0", Value::None);
+        h.complete(&d, Phase::Ok, rev(3), None);
+        let f = h.invoke(5, F::FinalRead, WATCH_PREFIX, Value::None);
+        let read = BTreeMap::from([(REVISION_KEY.to_string(), Some(vec![3]))]);
+        h.complete(&f, Phase::Ok, Value::Lists(read), None);
+        let event = |revision, value, prev| WatchEvent {
+            revision,
+            key: "w/0".into(),
+            value,
+            prev,
+        };
+        let log = WatchLog {
+            segments: vec![Segment {
+                start: 1,
+                reached: 3,
+                events: vec![event(2, Some(7), None), event(3, None, Some((7, 2)))],
+            }],
+        };
+        let mut lossy = log.clone();
+        h.complete(&w, Phase::Ok, Value::Watch(log.clone()), None);
+        // Through JSON, as history.jsonl holds it.
+        let events: Vec<crate::history::Event> = h
+            .events()
+            .iter()
+            .map(|e| serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap())
+            .collect();
+        let r = check_watch(&pair(&events));
+        assert!(r.valid(), "{r:?}");
+        assert_eq!((r.acked_writes, r.final_revision), (2, Some(3)));
+        // The same run with the delete lost by a second watcher.
+        lossy.segments[0].events.pop();
+        let w2 = h.invoke(10, F::Watch, WATCH_PREFIX, Value::None);
+        h.complete(&w2, Phase::Ok, Value::Watch(lossy), None);
+        let r = check_watch(&pair(&h.events()));
+        assert!(!r.valid());
+        assert!(r.anomaly_counts.contains_key(&watch::Kind::Gap), "{r:?}");
     }
 }

@@ -150,6 +150,39 @@ impl NodeConn {
             .map(|_| ())
     }
 
+    /// A put that returns its committed revision (the response header's; a
+    /// retry of the same session gets the stored response, so the same).
+    pub async fn put_at(&mut self, key: &str, value: String) -> Result<i64, OpError> {
+        let req = pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.into_bytes(),
+            ..Default::default()
+        };
+        let session = self.session();
+        let resp = self
+            .retry(req, session, |mut kv, r| async move { kv.put(r).await })
+            .await?;
+        Ok(resp.header.map_or(0, |h| h.revision))
+    }
+
+    /// Deletes one key: (header revision, keys deleted). Deleting nothing
+    /// makes no revision; the header is then just the current one.
+    pub async fn delete_at(&mut self, key: &str) -> Result<(i64, i64), OpError> {
+        let req = pb::DeleteRangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let session = self.session();
+        let resp = self
+            .retry(
+                req,
+                session,
+                |mut kv, r| async move { kv.delete_range(r).await },
+            )
+            .await?;
+        Ok((resp.header.map_or(0, |h| h.revision), resp.deleted))
+    }
+
     pub async fn txn(&mut self, req: pb::TxnRequest) -> Result<pb::TxnResponse, OpError> {
         let session = self.session();
         self.retry(req, session, |mut kv, r| async move { kv.txn(r).await })

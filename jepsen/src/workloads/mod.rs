@@ -7,6 +7,7 @@ pub mod conn;
 pub mod pairs;
 pub mod register;
 pub mod set;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ pub enum Workload {
     Set,
     Append,
     Pairs,
+    Watch,
 }
 
 impl Workload {
@@ -33,14 +35,18 @@ impl Workload {
             "set" => vec![Workload::Set],
             "append" => vec![Workload::Append],
             "pairs" => vec![Workload::Pairs],
+            "watch" => vec![Workload::Watch],
             "all" => vec![
                 Workload::Register,
                 Workload::Set,
                 Workload::Append,
                 Workload::Pairs,
+                Workload::Watch,
             ],
             other => {
-                anyhow::bail!("unknown workload {other:?} (register, set, append, pairs, all)")
+                anyhow::bail!(
+                    "unknown workload {other:?} (register, set, append, pairs, watch, all)"
+                )
             }
         })
     }
@@ -90,6 +96,7 @@ pub fn spawn(
     let shared_set = Arc::new(set::Shared::default());
     let shared_append = Arc::new(append::Shared::default());
     let shared_pairs = Arc::new(pairs::Shared::default());
+    let shared_watch = Arc::new(watch::Shared::default());
     let mut tasks = Vec::new();
     for i in 0..concurrency {
         let process = first + i;
@@ -103,6 +110,8 @@ pub fn spawn(
             Workload::Set => tokio::spawn(set::run(ctx, p, conn, shared_set.clone())),
             Workload::Append => tokio::spawn(append::run(ctx, p, conn, shared_append.clone())),
             Workload::Pairs => tokio::spawn(pairs::run(ctx, p, conn, shared_pairs.clone())),
+            // The writers; the watchers run beside them (`watch::Watchers`).
+            Workload::Watch => tokio::spawn(watch::run(ctx, p, conn, shared_watch.clone())),
         });
     }
     Ok(tasks)
@@ -122,6 +131,7 @@ pub async fn final_read(workload: Workload, history: &History, addrs: &[String],
             Workload::Register | Workload::Pairs => true,
             Workload::Set => set::final_read(history, process, &mut conn).await,
             Workload::Append => append::final_read(history, process, &mut conn).await,
+            Workload::Watch => watch::final_read(history, process, &mut conn).await,
         };
         if done || Instant::now() > deadline {
             return;

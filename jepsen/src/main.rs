@@ -310,8 +310,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         verdicts.insert(
             "watch".to_string(),
             format!(
-                "{verdict} (events per watcher {:?}, {} compaction restarts, {} writes, {} acknowledged, final revision {}, {} anomalies{})",
+                "{verdict} (events per watcher {:?}, reconnects per watcher {:?}, {} compaction restarts, {} writes, {} acknowledged, final revision {}, {} anomalies{})",
                 w.events_per_watcher,
+                w.reconnects_per_watcher,
                 w.restarts_per_watcher.iter().sum::<usize>(),
                 w.writes_attempted,
                 w.acked_writes,

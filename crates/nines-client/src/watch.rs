@@ -1,8 +1,10 @@
-//! Watches that survive a member's death: one background task keeps a
-//! watch stream open on some member; when the stream breaks (the member
-//! died, restarted, or lost its leader) it opens one on the next member,
+//! Watches that survive a member's death: `Watch::next` reads a watch
+//! stream on some member; when the stream breaks (the member died,
+//! restarted, or lost its leader) it opens one on the next member,
 //! resuming from the revision after the last event it delivered, so the
-//! caller sees every change once, in order, with no gap.
+//! caller sees every change once, in order, with no gap. No background
+//! task: the stream is read only as the caller asks, so a slow caller
+//! slows its own stream (the server keeps that bounded), nothing else.
 //!
 //! Streams ask the server to end them when the member has no leader
 //! (etcd's `hasleader` metadata), so a watcher never sits silently on a
@@ -58,28 +60,82 @@ pub enum WatchError {
 
 /// A running watch; dropping it ends the stream.
 pub struct Watch {
-    updates: mpsc::Receiver<Result<WatchUpdate, WatchError>>,
-    task: tokio::task::JoinHandle<()>,
+    resume: Resume,
+    stream: Option<Stream>,
+    /// Events of a revision sent in fragments, until its last one.
+    pending: Vec<mvccpb::Event>,
+    /// Failed opens in a row, for the backoff.
+    attempt: u32,
+    ended: bool,
+    /// Streams opened after one broke.
+    reconnects: u64,
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// One open watch stream: responses, and the request side that must stay
+/// open (the server ends a watch whose request stream closes, as etcd does).
+struct Stream {
+    inbound: Inbound,
+    _requests: mpsc::Sender<pb::WatchRequest>,
 }
 
 impl Watch {
-    /// The next update; None once the watch ended after an error it reported.
+    /// How many times a broken stream was replaced by one on another
+    /// member (or the same one, restarted).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// The next update; None once the watch ended after an error it
+    /// reported. Cancel-safe: an update not returned is not lost.
     pub async fn next(&mut self) -> Option<Result<WatchUpdate, WatchError>> {
-        self.updates.recv().await
+        if self.ended {
+            return None;
+        }
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                match self.resume.open(self.attempt).await {
+                    Ok(stream) => {
+                        self.stream = Some(stream);
+                        self.pending.clear();
+                        self.attempt = 0;
+                        self.reconnects += 1;
+                    }
+                    Err(WatchError::Client(e)) => {
+                        tracing::debug!(error = %e, "watch: reconnecting");
+                        self.attempt += 1;
+                        tokio::time::sleep(backoff(self.attempt)).await;
+                    }
+                    Err(e) => {
+                        self.ended = true;
+                        return Some(Err(e));
+                    }
+                }
+                continue;
+            };
+            let response = match stream.inbound.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(_) => {
+                    // Broken: resume on the next member.
+                    self.stream = None;
+                    self.attempt += 1;
+                    continue;
+                }
+            };
+            match self.resume.absorb(response, &mut self.pending) {
+                Some(Ok(update)) => return Some(Ok(update)),
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+                None => {}
+            }
+        }
     }
 }
 
 /// etcd's metadata asking the server to end the stream while its member
 /// has no leader.
 const REQUIRE_LEADER: (&str, &str) = ("hasleader", "true");
-/// Updates buffered between the stream task and the caller.
-const BUFFER: usize = 64;
 
 impl Client {
     /// Watches `key` (and the range `opts.range_end` gives) from
@@ -90,13 +146,11 @@ impl Client {
         key: impl Into<Vec<u8>>,
         opts: WatchOptions,
     ) -> Result<Watch, WatchError> {
-        let (tx, rx) = mpsc::channel(BUFFER);
-        let mut state = Resume {
+        let mut resume = Resume {
             client: self.clone(),
             key: key.into(),
             opts,
             next: None,
-            out: tx,
         };
         // The first stream is opened before returning, so changes made
         // after this call are seen by a watch from "now"; any member will
@@ -104,7 +158,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + self.inner.config.retry_deadline;
         let mut attempt = 0;
         let stream = loop {
-            match state.open(attempt).await {
+            match resume.open(attempt).await {
                 Ok(stream) => break stream,
                 Err(WatchError::Client(e)) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "watch: trying another member");
@@ -114,8 +168,14 @@ impl Client {
                 Err(e) => return Err(e),
             }
         };
-        let task = tokio::spawn(async move { state.run(stream).await });
-        Ok(Watch { updates: rx, task })
+        Ok(Watch {
+            resume,
+            stream: Some(stream),
+            pending: Vec::new(),
+            attempt: 0,
+            ended: false,
+            reconnects: 0,
+        })
     }
 }
 
@@ -127,11 +187,7 @@ struct Resume {
     opts: WatchOptions,
     /// The next revision to deliver, once known.
     next: Option<i64>,
-    out: mpsc::Sender<Result<WatchUpdate, WatchError>>,
 }
-
-/// The watch is over: the caller dropped it, or was told why it ended.
-struct Done;
 
 impl Resume {
     fn create(&self) -> pb::WatchRequest {
@@ -156,7 +212,7 @@ impl Resume {
 
     /// Opens a stream on endpoint `attempt` (mod their number) and waits
     /// for the created response; learns the start revision from it.
-    async fn open(&mut self, attempt: u32) -> Result<Inbound, WatchError> {
+    async fn open(&mut self, attempt: u32) -> Result<Stream, WatchError> {
         let endpoints = &self.client.inner.endpoints;
         let endpoint =
             endpoints.get(endpoints.for_read(self.client.inner.config.read_balance, attempt));
@@ -197,85 +253,45 @@ impl Resume {
         } else if self.next.is_none() {
             self.next = Some(self.opts.start_revision);
         }
-        // Leaked on purpose into the stream's lifetime: the server ends the
-        // watch when the request side closes.
-        tokio::spawn(async move {
-            requests.closed().await;
-        });
-        Ok(inbound)
+        Ok(Stream {
+            inbound,
+            _requests: requests,
+        })
     }
 
-    async fn run(&mut self, first: Inbound) {
-        let mut stream = Some(first);
-        let mut attempt = 0u32;
-        loop {
-            let inbound = match stream.take() {
-                Some(s) => s,
-                None => match self.open(attempt).await {
-                    Ok(s) => {
-                        attempt = 0;
-                        s
-                    }
-                    Err(WatchError::Client(e)) => {
-                        tracing::debug!(error = %e, "watch: reconnecting");
-                        attempt += 1;
-                        tokio::time::sleep(backoff(attempt)).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        let _ = self.out.send(Err(e)).await;
-                        return;
-                    }
-                },
-            };
-            match self.follow(inbound).await {
-                Ok(()) => attempt += 1,
-                Err(Done) => return,
-            }
+    /// Takes in one response; returns the update it completes, if any.
+    fn absorb(
+        &mut self,
+        response: pb::WatchResponse,
+        pending: &mut Vec<mvccpb::Event>,
+    ) -> Option<Result<WatchUpdate, WatchError>> {
+        if response.canceled {
+            return Some(Err(refused(&response)));
         }
-    }
-
-    /// Delivers from one stream until it breaks (Ok: reconnect).
-    async fn follow(&mut self, mut inbound: Inbound) -> Result<(), Done> {
-        let mut pending: Vec<mvccpb::Event> = Vec::new();
-        loop {
-            let response = match inbound.message().await {
-                Ok(Some(r)) => r,
-                Ok(None) | Err(_) => return Ok(()),
-            };
-            if response.canceled {
-                let error = refused(&response);
-                let _ = self.out.send(Err(error)).await;
-                return Err(Done);
-            }
-            let next = self.next.unwrap_or(0);
-            pending.extend(
-                response
-                    .events
-                    .into_iter()
-                    .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= next)),
-            );
-            if response.fragment {
-                continue;
-            }
-            let update = if let Some(last) = pending.last() {
-                let revision = last.kv.as_ref().map_or(next, |kv| kv.mod_revision);
-                self.next = Some(revision + 1);
-                WatchUpdate::Events(std::mem::take(&mut pending))
-            } else if !response.created && response.compact_revision == 0 {
-                let revision = response.header.map_or(0, |h| h.revision);
-                if revision < next {
-                    continue;
-                }
-                self.next = Some(revision + 1);
-                WatchUpdate::Progress { revision }
-            } else {
-                continue;
-            };
-            if self.out.send(Ok(update)).await.is_err() {
-                return Err(Done);
-            }
+        let next = self.next.unwrap_or(0);
+        pending.extend(
+            response
+                .events
+                .into_iter()
+                .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= next)),
+        );
+        if response.fragment {
+            return None;
         }
+        if let Some(last) = pending.last() {
+            let revision = last.kv.as_ref().map_or(next, |kv| kv.mod_revision);
+            self.next = Some(revision + 1);
+            return Some(Ok(WatchUpdate::Events(std::mem::take(pending))));
+        }
+        if response.created || response.compact_revision != 0 {
+            return None;
+        }
+        let revision = response.header.map_or(0, |h| h.revision);
+        if revision < next {
+            return None;
+        }
+        self.next = Some(revision + 1);
+        Some(Ok(WatchUpdate::Progress { revision }))
     }
 }
 

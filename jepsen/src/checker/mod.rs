@@ -303,6 +303,7 @@ mod tests {
             prev,
         };
         let log = WatchLog {
+            reconnects: 0,
             segments: vec![Segment {
                 start: 1,
                 reached: 3,

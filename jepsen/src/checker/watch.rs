@@ -56,6 +56,10 @@ pub struct Segment {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchLog {
     pub segments: Vec<Segment>,
+    /// Streams the client replaced after one broke (member killed, paused,
+    /// cut off or removed), over the whole run.
+    #[serde(default)]
+    pub reconnects: u64,
 }
 
 /// One write to the watched prefix, as the writers recorded it.
@@ -107,6 +111,8 @@ pub struct WatchResult {
     pub events_per_watcher: Vec<usize>,
     /// Compaction restarts, per watcher.
     pub restarts_per_watcher: Vec<usize>,
+    /// Broken streams the client resumed on another member, per watcher.
+    pub reconnects_per_watcher: Vec<u64>,
     pub writes_attempted: usize,
     /// Ok writes that made an event (puts, deletes that found the key).
     pub acked_writes: usize,
@@ -172,6 +178,7 @@ pub fn check(
             .iter()
             .map(|w| w.segments.len().saturating_sub(1))
             .collect(),
+        reconnects_per_watcher: watchers.iter().map(|w| w.reconnects).collect(),
         writes_attempted: writes.len(),
         final_revision: final_state.map(|f| f.revision),
         ..WatchResult::default()
@@ -476,6 +483,7 @@ mod tests {
 
     fn log(events: Vec<WatchEvent>, reached: i64) -> WatchLog {
         WatchLog {
+            reconnects: 0,
             segments: vec![Segment {
                 start: 1,
                 reached,
@@ -632,6 +640,7 @@ mod tests {
         // Restarted at 5 after seeing revision 2: 3 is not owed, and the
         // prev_kv of w/0 at 5 (first seen in that segment) is unknown.
         let w = WatchLog {
+            reconnects: 0,
             segments: vec![
                 Segment {
                     start: 1,

@@ -238,6 +238,7 @@ impl Watcher {
     /// it did not reach its target, why.
     async fn follow(mut self) -> (WatchLog, Option<String>) {
         let mut start = 1;
+        let mut opened = false;
         self.log.segments.push(Segment {
             start,
             reached: 0,
@@ -268,40 +269,59 @@ impl Watcher {
                     continue;
                 }
             };
-            loop {
-                if let Some(done) = self.done() {
-                    return (self.log, done);
+            // A watch opened again after one ended is a reconnect too.
+            if opened {
+                self.log.reconnects += 1;
+            }
+            opened = true;
+            let outcome = self.follow_one(&mut watch, &mut start).await;
+            self.log.reconnects += watch.reconnects();
+            if let Some(done) = outcome {
+                return (self.log, done);
+            }
+        }
+    }
+
+    /// Reads one watch until it ends (None: open another from `start`) or
+    /// the watcher is done (Some: why, if it did not reach its target).
+    async fn follow_one(
+        &mut self,
+        watch: &mut nines_client::Watch,
+        start: &mut i64,
+    ) -> Option<Option<String>> {
+        loop {
+            if let Some(done) = self.done() {
+                return Some(done);
+            }
+            let update = tokio::select! {
+                u = watch.next() => u,
+                c = self.rx.changed() => {
+                    if c.is_err() {
+                        return Some(Some("drain signal dropped".into()));
+                    }
+                    continue;
                 }
-                let update = tokio::select! {
-                    u = watch.next() => u,
-                    c = self.rx.changed() => {
-                        if c.is_err() {
-                            return (self.log, Some("drain signal dropped".into()));
-                        }
-                        continue;
-                    }
-                };
-                match update {
-                    Some(Ok(WatchUpdate::Events(events))) => self.record(events),
-                    Some(Ok(WatchUpdate::Progress { revision })) => {
-                        let seg = self.segment();
-                        seg.reached = seg.reached.max(revision);
-                    }
-                    Some(Err(WatchError::Compacted { compact_revision })) => {
-                        start = self.restart(compact_revision);
-                        break;
-                    }
-                    // Canceled by the server, or the stream task ended:
-                    // resume where this segment is, like the client would.
-                    Some(Err(e)) => {
-                        tracing::info!(error = %e, "watcher: watch ended, resuming");
-                        start = self.segment().reached + 1;
-                        break;
-                    }
-                    None => {
-                        start = self.segment().reached + 1;
-                        break;
-                    }
+            };
+            match update {
+                Some(Ok(WatchUpdate::Events(events))) => self.record(events),
+                Some(Ok(WatchUpdate::Progress { revision })) => {
+                    let seg = self.segment();
+                    seg.reached = seg.reached.max(revision);
+                }
+                Some(Err(WatchError::Compacted { compact_revision })) => {
+                    *start = self.restart(compact_revision);
+                    return None;
+                }
+                // Canceled by the server, or the stream ended:
+                // resume where this segment is, like the client would.
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "watcher: watch ended, resuming");
+                    *start = self.segment().reached + 1;
+                    return None;
+                }
+                None => {
+                    *start = self.segment().reached + 1;
+                    return None;
                 }
             }
         }

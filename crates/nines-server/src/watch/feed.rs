@@ -66,15 +66,20 @@ impl Feed {
         self.fed.subscribe()
     }
 
-    /// The batches that cover `from..=fed`, if the ring still holds `from`.
-    pub fn since(&self, from: i64) -> Option<Vec<Arc<Batch>>> {
+    /// Runs `read` on the batches that cover `from..=fed`, under the read
+    /// lock (no copy of the list); None if the ring no longer holds `from`.
+    pub fn since<T>(
+        &self,
+        from: i64,
+        read: impl FnOnce(&mut dyn Iterator<Item = &Batch>) -> T,
+    ) -> Option<T> {
         let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
         let first = ring.batches.front()?;
         if from < first.from {
             return None;
         }
         let start = ring.batches.partition_point(|b| b.through < from);
-        Some(ring.batches.range(start..).cloned().collect())
+        Some(read(&mut ring.batches.range(start..).map(|b| &**b)))
     }
 
     /// Appends `batch` if it continues the feed exactly (applies hand

@@ -138,8 +138,12 @@ impl Hub {
             return Ok(Polled::Idle);
         }
         let spec = &watcher.spec;
-        let (through, changes) = match self.feed.since(watcher.next) {
-            Some(batches) => from_ring(&batches, watcher.next, max_bytes, |c| wanted(spec, c)),
+        let from = watcher.next;
+        let ring = self.feed.since(from, |batches| {
+            from_ring(batches, from, max_bytes, |c| wanted(spec, c))
+        });
+        let (through, changes) = match ring {
+            Some(read) => read,
             None => {
                 let (from, reader) = (watcher.next, self.reader.clone());
                 Counters::inc(&self.counters.watch_history_reads);
@@ -202,7 +206,7 @@ fn wanted(spec: &WatchSpec, change: &Change) -> bool {
 /// The wanted changes from revision `from` in `batches`, cut after the
 /// batch that takes them past `max_bytes`, and the revision they cover.
 fn from_ring(
-    batches: &[Arc<feed::Batch>],
+    batches: &mut dyn Iterator<Item = &feed::Batch>,
     from: i64,
     max_bytes: usize,
     wanted: impl Fn(&Change) -> bool,

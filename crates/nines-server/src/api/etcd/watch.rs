@@ -438,6 +438,16 @@ fn event_bytes(e: &Event) -> usize {
 /// (all flagged but the last) when `fragment`. The flag says which chunk
 /// is the last.
 fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
+    // The common case, one response: no grouping.
+    if events.iter().map(event_bytes).sum::<usize>() <= POLL_BYTES {
+        let last_revision = events.last().map_or(0, |e| e.kv.mod_revision);
+        let chunk = Chunk {
+            events: events.into_iter().map(event).collect(),
+            last_revision,
+            fragment: false,
+        };
+        return vec![(true, chunk)];
+    }
     // Group by revision first.
     let mut revisions: Vec<Vec<Event>> = Vec::new();
     for e in events {

@@ -394,7 +394,7 @@ async fn client_watch_resumes_through_another_member_without_gap_or_duplicate() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcdctl_watch_prints_events_from_a_follower() {
+async fn etcdctl_and_nines_watch_print_the_same_events_from_a_follower() {
     let cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.wait_leader(LONG).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
@@ -410,26 +410,55 @@ async fn etcdctl_watch_prints_events_from_a_follower() {
     client.put("e/b", "2").await.unwrap();
     client.delete("e/a").await.unwrap();
     let rev = start.to_string();
-    let mut child = std::process::Command::new(nines_tests::etcdctl::etcdctl())
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={ep}"))
-        .args(["watch", "e/", "--prefix", "--rev", &rev, "--prev-kv"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("etcdctl watch");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let args = ["watch", "e/", "--prefix", "--rev", &rev, "--prev-kv"];
+    let spawn = |program: &std::path::Path, extra: &[&str]| {
+        let mut command = std::process::Command::new(program);
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={ep}"))
+            .args(extra)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().expect("spawn a watch")
+    };
+    let nines = nines_tests::cluster::server_binary().with_file_name("nines");
+    let children = [
+        spawn(std::path::Path::new(nines_tests::etcdctl::etcdctl()), &[]),
+        spawn(&nines, &[]),
+        spawn(&nines, &["-w", "json"]),
+    ];
+    tokio::time::sleep(Duration::from_secs(3)).await;
     client.put("e/c", "3").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        stdout,
-        "PUT\ne/a\n1\nPUT\ne/b\n2\nDELETE\ne/a\n1\ne/a\n\nPUT\ne/c\n3\n",
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outputs: Vec<String> = children
+        .into_iter()
+        .map(|mut child| {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            format!(
+                "{stdout}{}",
+                if stdout.is_empty() {
+                    stderr
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    let expected = "PUT\ne/a\n1\nPUT\ne/b\n2\nDELETE\ne/a\n1\ne/a\n\nPUT\ne/c\n3\n";
+    assert_eq!(outputs[0], expected, "etcdctl");
+    assert_eq!(outputs[1], expected, "nines watch prints as etcdctl does");
+    let json: Vec<serde_json::Value> = outputs[2]
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let kinds: Vec<&str> = json.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["PUT", "PUT", "DELETE", "PUT"], "{json:?}");
+    assert_eq!(json[2]["prev_kv"]["value"], "1");
+    assert_eq!(json[3]["kv"]["key"], "e/c");
 }
 
 /// Waits until `check` holds on the member's metrics page.

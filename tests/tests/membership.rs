@@ -114,3 +114,63 @@ async fn join_flag_adds_and_promotes_a_fresh_node() {
         .expect("get after restart");
     assert_eq!(kv.map(|kv| kv.value), Some(b"x".to_vec()));
 }
+
+/// etcd 3.5's `MemberList{linearizable: true}` must show every change
+/// committed before the call, even when asked of a member that missed it
+/// (restarted on old data and still catching up): a chaos nemesis once
+/// took a wiped member's stale list as proof of a promotion that never
+/// happened, and left the cluster on two voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_member_list_shows_changes_the_member_missed() {
+    use nines_client::proto::etcd::etcdserverpb as epb;
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.stable_leader(Duration::from_secs(20)).await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill(lagging);
+    let new_id = cluster.add_node_process();
+    let (peer, api) = {
+        let n = cluster.node(new_id);
+        (n.peer_addr.clone(), n.client_addr.clone())
+    };
+    cluster
+        .client_of(leader)
+        .member_add_learner(new_id, &peer, &api)
+        .await
+        .expect("add a learner while one member is down");
+    cluster.restart(lagging);
+    // Ask the restarted member as soon as it answers at all.
+    let url = format!("http://{}", cluster.node(lagging).client_addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no linearizable member list"
+        );
+        let channel = match tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => c,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let request = epb::MemberListRequest { linearizable: true };
+        match epb::cluster_client::ClusterClient::new(channel)
+            .member_list(request)
+            .await
+        {
+            Ok(resp) => {
+                let ids: Vec<u64> = resp.get_ref().members.iter().map(|m| m.id).collect();
+                assert!(
+                    ids.contains(&new_id),
+                    "member {lagging} listed {ids:?} without the learner {new_id} added before the call"
+                );
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}

@@ -113,8 +113,20 @@ fn ids_of(members: &[epb::Member]) -> Vec<(NodeId, bool, Vec<String>)> {
 impl epb::cluster_server::Cluster for EtcdCluster {
     async fn member_list(
         &self,
-        _request: tonic::Request<epb::MemberListRequest>,
+        request: tonic::Request<epb::MemberListRequest>,
     ) -> Result<Response<epb::MemberListResponse>, Status> {
+        // etcd 3.5's `linearizable`: after a read barrier this member has
+        // applied every change committed before the call, so its view is
+        // current; without one, a member catching up (or restarted on old
+        // data) would list members as they were.
+        if request.get_ref().linearizable {
+            let forwarded = is_forwarded(&request);
+            if let Routed::Forward(leader) = self.core.linearize(forwarded).await? {
+                let call = |ch, r| async move { ClusterClient::new(ch).member_list(r).await };
+                return forward::to_leader(&self.core, &leader, request.into_inner(), None, call)
+                    .await;
+            }
+        }
         let (header, members) = self.members();
         Ok(Response::new(epb::MemberListResponse {
             header: Some(header),

@@ -69,3 +69,25 @@ pub async fn scrape(addr: &str) -> Option<HashMap<String, f64>> {
             .collect(),
     )
 }
+
+/// Polls a node's metrics until `check` holds; panics with the last page
+/// seen if it does not within `within`.
+pub async fn wait_metrics(
+    addr: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&HashMap<String, f64>) -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        if let Some(m) = scrape(addr).await {
+            if check(&m) {
+                return;
+            }
+            last = Some(m);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not seen within {within:?}; last metrics: {last:?}");
+}

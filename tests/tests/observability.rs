@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nines_client::proto as pb;
-use nines_tests::http::{metrics_cluster, scrape};
+use nines_tests::http::{metrics_cluster, wait_metrics};
 use nines_tests::Cluster;
 
 const GENEROUS: Duration = Duration::from_secs(60);
@@ -13,22 +13,6 @@ const GENEROUS: Duration = Duration::from_secs(60);
 /// A cluster whose nodes serve metrics; returns it and each node's metrics address.
 fn start(args: &[&str]) -> (Cluster, HashMap<u64, String>) {
     metrics_cluster(args)
-}
-
-/// Polls until `check` holds for a node's metrics; panics with them otherwise.
-async fn wait_metrics(addr: &str, what: &str, check: impl Fn(&HashMap<String, f64>) -> bool) {
-    let deadline = Instant::now() + GENEROUS;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(m) = scrape(addr).await {
-            if check(&m) {
-                return;
-            }
-            last = Some(m);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not seen within {GENEROUS:?}; last metrics: {last:?}");
 }
 
 /// Polls until a node's log contains every one of `lines`.
@@ -55,7 +39,7 @@ fn get(m: &HashMap<String, f64>, name: &str) -> f64 {
 async fn a_leader_change_is_logged_and_counted() {
     let (mut cluster, metrics) = start(&[]);
     let old = cluster.stable_leader(GENEROUS).await;
-    wait_metrics(&metrics[&old], "the first leader", |m| {
+    wait_metrics(&metrics[&old], "the first leader", GENEROUS, |m| {
         get(m, "nines_leader_changes_total") >= 1.0
             && get(m, "nines_became_leader_total") >= 1.0
             && get(m, "nines_raft_state") == 2.0
@@ -64,7 +48,7 @@ async fn a_leader_change_is_logged_and_counted() {
     .await;
     cluster.client().put("k", "v").await.expect("put");
     cluster.client_of(old).get("k").await.expect("get");
-    wait_metrics(&metrics[&old], "a read barrier round", |m| {
+    wait_metrics(&metrics[&old], "a read barrier round", GENEROUS, |m| {
         get(m, "nines_read_rounds_total") >= 1.0
     })
     .await;
@@ -82,7 +66,7 @@ async fn a_leader_change_is_logged_and_counted() {
         ],
     )
     .await;
-    wait_metrics(&metrics[&new], "the second leader", |m| {
+    wait_metrics(&metrics[&new], "the second leader", GENEROUS, |m| {
         get(m, "nines_leader_changes_total") >= 2.0
             && get(m, "nines_became_leader_total") >= 1.0
             && get(m, "nines_raft_state") == 2.0
@@ -122,7 +106,7 @@ async fn a_stuck_proposal_is_reported_and_given_up() {
     }
     let client = cluster.client_of(leader);
     let write = tokio::spawn(async move { client.put("stuck", "v").await });
-    wait_metrics(&metrics[&leader], "a proposal given up", |m| {
+    wait_metrics(&metrics[&leader], "a proposal given up", GENEROUS, |m| {
         get(m, "nines_proposals_timed_out_total") >= 1.0
     })
     .await;
@@ -140,7 +124,7 @@ async fn a_stuck_proposal_is_reported_and_given_up() {
     }
     // A paused process says so once it runs again.
     wait_log(&cluster, followers[0], &["was not scheduled for"]).await;
-    wait_metrics(&metrics[&followers[0]], "a runtime stall", |m| {
+    wait_metrics(&metrics[&followers[0]], "a runtime stall", GENEROUS, |m| {
         get(m, "nines_runtime_stalls_total") >= 1.0
     })
     .await;
@@ -154,7 +138,7 @@ async fn a_stuck_proposal_is_reported_and_given_up() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_metrics(&metrics[&leader], "nothing in flight", |m| {
+    wait_metrics(&metrics[&leader], "nothing in flight", GENEROUS, |m| {
         get(m, "nines_proposal_in_flight_seconds") == 0.0 && get(m, "nines_pending_requests") == 0.0
     })
     .await;
@@ -184,7 +168,7 @@ async fn a_down_follower_does_not_flood_the_log_on_reads() {
             .expect("linearizable read with one follower down");
     }
     let took = started.elapsed();
-    wait_metrics(&metrics[&leader], "the read rounds", |m| {
+    wait_metrics(&metrics[&leader], "the read rounds", GENEROUS, |m| {
         get(m, "nines_read_rounds_total") >= READS as f64
     })
     .await;
@@ -237,7 +221,7 @@ async fn a_failed_forward_is_logged_and_counted() {
         .await
         .expect("a forward to a paused leader is bounded");
     assert!(failed.is_err(), "{failed:?}");
-    wait_metrics(&metrics[&follower], "a failed forward", |m| {
+    wait_metrics(&metrics[&follower], "a failed forward", GENEROUS, |m| {
         get(m, "nines_forward_failures_total") >= 1.0
     })
     .await;

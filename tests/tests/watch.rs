@@ -10,6 +10,7 @@ use std::time::Duration;
 use nines_client::proto::etcd::etcdserverpb as epb;
 use nines_client::proto::mvccpb;
 use nines_client::{prefix_end, WatchOptions, WatchUpdate};
+use nines_tests::http::wait_metrics;
 use nines_tests::{Cluster, ClusterOptions};
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -461,24 +462,6 @@ async fn etcdctl_and_nines_watch_print_the_same_events_from_a_follower() {
     assert_eq!(json[3]["kv"]["key"], "e/c");
 }
 
-/// Waits until `check` holds on the member's metrics page.
-async fn wait_metrics(
-    addr: &str,
-    what: &str,
-    check: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
-) {
-    let deadline = std::time::Instant::now() + LONG;
-    loop {
-        if let Some(m) = nines_tests::http::scrape(addr).await {
-            if check(&m) {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "{what}: {m:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_are_counted_and_forgotten_when_their_client_goes() {
     let (cluster, metrics) = nines_tests::http::metrics_cluster(&[]);
@@ -489,20 +472,20 @@ async fn watchers_are_counted_and_forgotten_when_their_client_goes() {
     let mut s = RawStream::open(&cluster.node(2).client_addr).await;
     assert!(s.create(prefix("m/")).await.created);
     assert!(s.create(prefix("m/a")).await.created);
-    wait_metrics(addr, "two watchers on one stream", |m| {
+    wait_metrics(addr, "two watchers on one stream", LONG, |m| {
         value(m, "nines_watchers") == 2.0 && value(m, "nines_watch_streams") == 1.0
     })
     .await;
     cluster.client().put("m/a1", "v").await.unwrap();
     assert_eq!(s.events(1).await.len(), 1);
     assert_eq!(s.events(1).await.len(), 1);
-    wait_metrics(addr, "events counted", |m| {
+    wait_metrics(addr, "events counted", LONG, |m| {
         value(m, "nines_watch_events_sent_total") >= 2.0
     })
     .await;
     // The client goes away without canceling: its watchers are dropped.
     drop(s);
-    wait_metrics(addr, "watchers forgotten", |m| {
+    wait_metrics(addr, "watchers forgotten", LONG, |m| {
         value(m, "nines_watchers") == 0.0 && value(m, "nines_watch_streams") == 0.0
     })
     .await;

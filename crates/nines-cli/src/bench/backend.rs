@@ -49,16 +49,7 @@ impl Backend {
     }
 
     pub async fn put(&self, conn: usize, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        match self {
-            Backend::Nines(c) => {
-                c[conn % c.len()].put(key, value).await?;
-            }
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(c) => {
-                c[conn % c.len()].kv_client().put(key, value, None).await?;
-            }
-        }
-        Ok(())
+        self.put_revision(conn, key, value).await.map(|_| ())
     }
 
     pub async fn get(&self, conn: usize, key: Vec<u8>, serializable: bool) -> Result<()> {

@@ -1,12 +1,14 @@
 //! The recent history every watcher shares (etcd's synced watcher group):
-//! one task reads each newly published window of changes from the store
-//! once and keeps the newest ones in a ring bounded in bytes. A watcher
-//! whose next revision is in the ring takes its events from there without
-//! touching the store; one that fell behind the ring reads history itself
-//! (see `Hub::poll`), so a slow watcher never holds memory here.
+//! each apply hands its changes here as it publishes them (`ChangeSink`),
+//! a task reads from the store whatever applies did not hand over (no
+//! watcher at the time, a snapshot install), and the newest changes stay
+//! in a ring bounded in bytes. A watcher whose next revision is in the ring
+//! takes its events from there without touching the store; one that fell
+//! behind the ring reads history itself (see `Hub::poll`), so a slow
+//! watcher never holds memory here.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use nines_state::{Change, StateError, StateReader};
@@ -31,7 +33,7 @@ impl Batch {
 
 #[derive(Default)]
 struct Ring {
-    batches: VecDeque<Arc<Batch>>,
+    batches: VecDeque<Batch>,
     bytes: usize,
 }
 
@@ -40,8 +42,9 @@ pub struct Feed {
     ring: RwLock<Ring>,
     /// The revision the feed has read through: watchers deliver up to it.
     fed: watch::Sender<i64>,
-    /// Watchers on this member; the feed reads nothing while there are none.
-    pub watchers: AtomicU64,
+    /// `watchers` there says whether anyone reads the feed (it reads
+    /// nothing while no one does); `watch_history_reads` counts its reads.
+    counters: Arc<Counters>,
     max_bytes: usize,
 }
 
@@ -49,13 +52,17 @@ pub struct Feed {
 const READ_BYTES: usize = 1 << 20;
 
 impl Feed {
-    pub fn new(start: i64, max_bytes: usize) -> Arc<Self> {
+    pub fn new(start: i64, max_bytes: usize, counters: Arc<Counters>) -> Arc<Self> {
         Arc::new(Feed {
             ring: RwLock::new(Ring::default()),
             fed: watch::Sender::new(start),
-            watchers: AtomicU64::new(0),
+            counters,
             max_bytes,
         })
+    }
+
+    fn watched(&self) -> bool {
+        self.counters.watchers.load(Ordering::Relaxed) > 0
     }
 
     pub fn fed(&self) -> i64 {
@@ -79,7 +86,7 @@ impl Feed {
             return None;
         }
         let start = ring.batches.partition_point(|b| b.through < from);
-        Some(read(&mut ring.batches.range(start..).map(|b| &**b)))
+        Some(read(&mut ring.batches.range(start..)))
     }
 
     /// Appends `batch` if it continues the feed exactly (applies hand
@@ -92,7 +99,7 @@ impl Feed {
             return;
         }
         ring.bytes += batch.bytes();
-        ring.batches.push_back(Arc::new(batch));
+        ring.batches.push_back(batch);
         while ring.bytes > self.max_bytes && ring.batches.len() > 1 {
             if let Some(old) = ring.batches.pop_front() {
                 ring.bytes = ring.bytes.saturating_sub(old.bytes());
@@ -116,22 +123,21 @@ impl Feed {
     }
 
     /// Follows the store's published revision until the store is gone.
-    pub async fn run(self: Arc<Self>, reader: StateReader, counters: Arc<Counters>) {
+    pub async fn run(self: Arc<Self>, reader: StateReader) {
         let mut published = reader.subscribe();
         loop {
             let target = *published.borrow_and_update();
-            self.catch_up(&reader, target, &counters.watch_history_reads)
-                .await;
+            self.catch_up(&reader, target).await;
             if published.changed().await.is_err() {
                 return;
             }
         }
     }
 
-    async fn catch_up(&self, reader: &StateReader, target: i64, reads: &AtomicU64) {
+    async fn catch_up(&self, reader: &StateReader, target: i64) {
         while self.fed() < target {
             let fed = self.fed();
-            if self.watchers.load(Ordering::Relaxed) == 0 || target < fed {
+            if !self.watched() {
                 self.skip_to(target);
                 return;
             }
@@ -140,7 +146,7 @@ impl Feed {
                 tokio::task::spawn_blocking(move || reader.changes(fed + 1, target, READ_BYTES))
                     .await
             };
-            reads.fetch_add(1, Ordering::Relaxed);
+            Counters::inc(&self.counters.watch_history_reads);
             if self.fed() != fed {
                 // An apply fed this window meanwhile.
                 continue;
@@ -174,7 +180,7 @@ impl Feed {
 
 impl nines_state::ChangeSink for Feed {
     fn wanted(&self) -> bool {
-        self.watchers.load(Ordering::Relaxed) > 0
+        self.watched()
     }
 
     fn applied(&self, from: i64, through: i64, changes: Vec<Change>) {

@@ -82,9 +82,9 @@ pub const FEED_BYTES: usize = 16 << 20;
 impl Hub {
     /// A hub over `reader`; spawns the feed on the current runtime.
     pub fn start(reader: StateReader, counters: Arc<Counters>) -> Arc<Self> {
-        let feed = Feed::new(reader.revision(), FEED_BYTES);
+        let feed = Feed::new(reader.revision(), FEED_BYTES, counters.clone());
         reader.set_change_sink(feed.clone());
-        let feed_task = tokio::spawn(feed.clone().run(reader.clone(), counters.clone()));
+        let feed_task = tokio::spawn(feed.clone().run(reader.clone()));
         Arc::new(Hub {
             reader,
             feed,
@@ -111,18 +111,12 @@ impl Hub {
             // behind the store; the watcher then waits for it.
             _ => self.reader.revision() + 1,
         };
-        self.feed.watchers.fetch_add(1, Ordering::Relaxed);
         Counters::inc(&self.counters.watchers);
         Watcher { spec, next }
     }
 
     pub fn drop_watcher(&self, _watcher: Watcher) {
-        self.feed.watchers.fetch_sub(1, Ordering::Relaxed);
         self.counters.watchers.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn watchers(&self) -> u64 {
-        self.feed.watchers.load(Ordering::Relaxed)
     }
 
     /// Hands `watcher` its next events, at most about `max_bytes` of them
@@ -145,7 +139,7 @@ impl Hub {
         let (through, changes) = match ring {
             Some(read) => read,
             None => {
-                let (from, reader) = (watcher.next, self.reader.clone());
+                let reader = self.reader.clone();
                 Counters::inc(&self.counters.watch_history_reads);
                 let read =
                     tokio::task::spawn_blocking(move || reader.changes(from, fed, max_bytes))

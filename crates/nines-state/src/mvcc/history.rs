@@ -52,16 +52,9 @@ impl<E: Engine> Mvcc<E> {
                 through: to,
             });
         }
-        let read = self.checked(from - 1, self.scan_changes(from, to, max_bytes));
-        // `checked` lets `from - 1 == compacted` through; a window must
-        // start above the compacted revision.
-        match read {
-            Ok(_) if from <= self.compacted() => Err(StateError::Compacted {
-                requested: from,
-                compacted: self.compacted(),
-            }),
-            other => other,
-        }
+        // A window must start above the compacted revision: `from - 1` at
+        // or above it, which is what `checked` requires of a read.
+        self.checked(from - 1, self.scan_changes(from, to, max_bytes))
     }
 
     fn scan_changes(&self, from: i64, to: i64, max_bytes: usize) -> Result<Changes, StateError> {

@@ -199,11 +199,7 @@ impl<E: Engine> Mvcc<E> {
 
     /// `result` of a read at `revision`, unless a compaction above it began
     /// meanwhile (it may have seen history half dropped).
-    pub(crate) fn checked<T>(
-        &self,
-        revision: i64,
-        result: Result<T, StateError>,
-    ) -> Result<T, StateError> {
+    fn checked<T>(&self, revision: i64, result: Result<T, StateError>) -> Result<T, StateError> {
         let compacted = self.compacted();
         if revision < compacted {
             return Err(StateError::Compacted {

@@ -112,6 +112,9 @@ pub enum ApiError {
     /// etcd's ErrGRPCLeaseExist.
     #[error("etcdserver: lease already exists")]
     LeaseExists,
+    /// An auth change refused by the rules (etcd's messages).
+    #[error("{0}")]
+    Auth(nines_types::AuthRejection),
     /// etcd's ErrGRPCLeaseTTLTooLarge.
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
@@ -169,6 +172,13 @@ impl From<ApiError> for Status {
             ApiError::LeaseNotFound => Status::not_found(message),
             ApiError::LeaseExists => Status::failed_precondition(message),
             ApiError::LeaseTtlTooLarge => Status::out_of_range(message),
+            ApiError::Auth(reason) => {
+                use nines_types::AuthRejection as R;
+                match reason {
+                    R::UserEmpty | R::RoleEmpty => Status::invalid_argument(message),
+                    _ => Status::failed_precondition(message),
+                }
+            }
             ApiError::NotLeader {
                 leader_id, leader, ..
             } => unavailable_with_leader(message, Some((leader_id, &leader))),

@@ -137,6 +137,7 @@ fn approx_bytes(command: &Command) -> usize {
         Command::Batch(requests) => requests.iter().map(|r| approx_bytes(&r.command)).sum(),
         Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
         Command::LeaseCheckpoint(list) => list.len() * 16,
+        Command::Auth(_) => 256,
     }
 }
 

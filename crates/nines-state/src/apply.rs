@@ -367,6 +367,13 @@ impl<'a, E: Engine> Executor<'a, E> {
                     }
                 }
             }
+            Command::Auth(auth) => {
+                let done = self.mvcc.auth_mut().apply(&mut self.overlay, auth)?;
+                match done {
+                    Ok(auth_revision) => CommandResult::AuthChanged { auth_revision },
+                    Err(reason) => CommandResult::Rejected(RejectReason::Auth(reason)),
+                }
+            }
             Command::LeaseCheckpoint(list) => {
                 let mut leases = self.mvcc.leases_mut();
                 for c in list {

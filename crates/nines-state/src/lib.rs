@@ -4,6 +4,7 @@
 //! backups (etcd's snapshot stream) made from them.
 
 mod apply;
+mod auth;
 mod backup;
 mod capture;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod snapshot_file;
 mod state_machine;
 mod store;
 
+pub use auth::AuthState;
 pub use backup::{
     backup_status, restore_state, verify_backup, BackupStatus, Export, BACKUP_ALIGN, CHECKSUM_LEN,
 };

@@ -170,6 +170,11 @@ impl StateReader {
     /// Runs `read` on the current store. A snapshot install drops the old
     /// store's tree, so a read that was on it may find a record gone: it is
     /// served again on the new store.
+    /// Runs `f` on the auth state as applied here.
+    pub fn with_auth<T>(&self, f: impl FnOnce(&crate::auth::AuthState) -> T) -> T {
+        f(&self.shared.current().auth())
+    }
+
     /// Lease `id` as applied here, if it is granted.
     pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
         self.shared.current().leases().get(id)

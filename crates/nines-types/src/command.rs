@@ -250,6 +250,8 @@ pub enum Command {
     /// them instead of from the full TTL (etcd's lease checkpoints). Ids
     /// no longer granted are skipped.
     LeaseCheckpoint(Vec<LeaseRemaining>),
+    /// A change to users, roles, permissions or whether auth is on.
+    Auth(crate::AuthCommand),
 }
 
 /// A lease's remaining time to live, in seconds, as the leader saw it.
@@ -285,6 +287,8 @@ impl Command {
             | Command::Compact { .. }
             | Command::LeaseRevoke { .. }
             | Command::LeaseCheckpoint(_) => false,
+            // Small, and an operator must be able to fix auth on a full store.
+            Command::Auth(_) => false,
             // A lease record is small, but a full store must not grow
             // without bound (etcd's quota refuses LeaseGrant too).
             Command::LeaseGrant { .. } => true,
@@ -418,6 +422,10 @@ pub enum CommandResult {
     LeaseRevoked {
         deleted: u64,
     },
+    /// An auth change applied; the auth revision after it.
+    AuthChanged {
+        auth_revision: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,7 +440,10 @@ pub enum RejectReason {
     InvalidInput(String),
     /// The session's last sequence number was used for a different request
     /// (two clients sharing an id, or a client that restarted its sequence).
-    SessionSeqReused { client_id: u64, seq: u64 },
+    SessionSeqReused {
+        client_id: u64,
+        seq: u64,
+    },
     /// A retry of a request applied at `revision` whose response was too
     /// large to keep for retries; the write itself is done.
     ResponseNotRetained {
@@ -443,11 +454,20 @@ pub enum RejectReason {
     /// A sequence number above 1 from a client id the session table does not
     /// know: it expired or was evicted, so a retry could not be told apart
     /// from a new write. The client must start a new id at sequence 1.
-    SessionUnknown { client_id: u64, seq: u64 },
+    SessionUnknown {
+        client_id: u64,
+        seq: u64,
+    },
     /// A compaction to a revision at or below the current compacted one.
-    Compacted { requested: i64, compacted: i64 },
+    Compacted {
+        requested: i64,
+        compacted: i64,
+    },
     /// A compaction to a revision the store has not reached.
-    FutureRevision { requested: i64, current: i64 },
+    FutureRevision {
+        requested: i64,
+        current: i64,
+    },
     /// A put that keeps the value or lease of a key that does not exist.
     KeyNotFound(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A put or revoke naming a lease that is not granted (etcd: "requested
@@ -455,6 +475,7 @@ pub enum RejectReason {
     LeaseNotFound(i64),
     /// A grant of an id already in use (etcd: "lease already exists").
     LeaseExists(i64),
+    Auth(crate::AuthRejection),
 }
 
 /// The state machine's answer for one log entry.

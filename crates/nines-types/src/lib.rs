@@ -1,6 +1,7 @@
 //! Types shared by every nines crate: the openraft type configuration, the
 //! command model the state machine applies, and input limits.
 
+mod auth;
 pub mod codec;
 mod command;
 mod durable;
@@ -9,6 +10,7 @@ mod node;
 
 use std::io::Cursor;
 
+pub use auth::{AuthCommand, AuthRejection, PermKind, Permission, ROOT};
 pub use command::*;
 pub use durable::{durable_index, DurableIndex, DurableIndexTx};
 pub use limits::{InputError, Limits, MAX_CHECKPOINT_LEASES, MAX_LEASE_TTL};

@@ -18,6 +18,10 @@ pub enum InputError {
     LeaseId(i64),
     #[error("lease TTL {ttl} is outside 1..={max} seconds")]
     LeaseTtl { ttl: i64, max: i64 },
+    #[error("a user or role name (or permission key) of {0} bytes is too long")]
+    AuthNameTooLong(usize),
+    #[error("an auth secret of {0} bytes (32 expected)")]
+    AuthSecret(usize),
     #[error("a lease checkpoint holds {len} leases, the limit is {max}")]
     CheckpointTooLarge { len: usize, max: usize },
     #[error("txn writes key {0:?} more than once in one branch")]
@@ -166,6 +170,7 @@ impl Limits {
                 })
             }
             Command::LeaseCheckpoint(_) => Ok(()),
+            Command::Auth(auth) => check_auth(auth),
         }
     }
 
@@ -228,6 +233,44 @@ impl Limits {
         Ok(())
     }
 }
+
+/// Names and keys of an auth change: bounded, so one entry stays small.
+fn check_auth(auth: &crate::AuthCommand) -> Result<(), InputError> {
+    use crate::AuthCommand as A;
+    let name = |n: &str| {
+        if n.len() > MAX_AUTH_NAME {
+            Err(InputError::AuthNameTooLong(n.len()))
+        } else {
+            Ok(())
+        }
+    };
+    match auth {
+        A::Enable { secret } if secret.len() != 32 => Err(InputError::AuthSecret(secret.len())),
+        A::Enable { .. } | A::Disable => Ok(()),
+        A::UserAdd { name: n, .. }
+        | A::UserDelete { name: n }
+        | A::UserChangePassword { name: n, .. }
+        | A::RoleAdd { name: n }
+        | A::RoleDelete { name: n } => name(n),
+        A::UserGrantRole { user, role } | A::UserRevokeRole { user, role } => {
+            name(user)?;
+            name(role)
+        }
+        A::RoleGrantPermission { role, perm } => {
+            name(role)?;
+            if perm.key.len() > MAX_AUTH_NAME * 4 || perm.range_end.len() > MAX_AUTH_NAME * 4 {
+                return Err(InputError::AuthNameTooLong(
+                    perm.key.len().max(perm.range_end.len()),
+                ));
+            }
+            Ok(())
+        }
+        A::RoleRevokePermission { role, .. } => name(role),
+    }
+}
+
+/// Longest user or role name (etcd has none; a name is in every token).
+pub const MAX_AUTH_NAME: usize = 1024;
 
 /// A put's lease: 0 for none, else a granted id (ids are positive).
 fn check_lease(lease: i64) -> Result<(), InputError> {

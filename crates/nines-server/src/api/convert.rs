@@ -115,6 +115,7 @@ pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
         )),
         CommandResult::Rejected(RejectReason::LeaseNotFound(_)) => Err(ApiError::LeaseNotFound),
         CommandResult::Rejected(RejectReason::LeaseExists(_)) => Err(ApiError::LeaseExists),
+        CommandResult::Rejected(RejectReason::Auth(reason)) => Err(ApiError::Auth(reason)),
         result => Ok((resp.revision, result)),
     }
 }

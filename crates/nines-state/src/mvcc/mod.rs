@@ -45,6 +45,7 @@ pub(crate) use record::{
 };
 pub(crate) use survivors::Survivors;
 
+use crate::auth::AuthState;
 use crate::engine::{Engine, Write};
 use crate::error::StateError;
 use crate::lease::LeaseTable;
@@ -76,6 +77,9 @@ pub(crate) struct Mvcc<E> {
     /// Granted leases and their keys (see `lease/mod.rs`); apply is the
     /// only writer.
     leases: RwLock<LeaseTable>,
+    /// Users, roles and permissions (see `auth/mod.rs`); apply is the only
+    /// writer.
+    auth: RwLock<AuthState>,
     /// Whether any record held may carry a lease: found at open or
     /// written since. Until then a keys-only read fetches no record.
     leased: std::sync::atomic::AtomicBool,
@@ -131,6 +135,7 @@ impl<E: Engine> Mvcc<E> {
             dropped += survivors.into_index(&mut index)?;
         }
         let leases = LeaseTable::load(&engine)?;
+        let auth = AuthState::load(&engine)?;
         Ok(Self {
             engine,
             index: RwLock::new(index),
@@ -139,6 +144,7 @@ impl<E: Engine> Mvcc<E> {
             dropped_at_open: dropped,
             record_bytes: AtomicU64::new(record_bytes),
             leases: RwLock::new(leases),
+            auth: RwLock::new(auth),
             leased: std::sync::atomic::AtomicBool::new(leased),
         })
     }
@@ -151,6 +157,16 @@ impl<E: Engine> Mvcc<E> {
     /// Called by apply before it writes a record with a lease.
     pub fn note_leased(&self) {
         self.leased.store(true, Ordering::Release);
+    }
+
+    /// The auth state, for reading.
+    pub fn auth(&self) -> std::sync::RwLockReadGuard<'_, AuthState> {
+        read_lock(&self.auth)
+    }
+
+    /// The auth state, for apply.
+    pub fn auth_mut(&self) -> RwLockWriteGuard<'_, AuthState> {
+        self.auth.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lease table, for reading.

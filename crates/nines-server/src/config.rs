@@ -151,6 +151,10 @@ pub struct ServerArgs {
     /// this much (or its TTL, if shorter) across a leader change.
     #[arg(long, env = "NINES_LEASE_CHECKPOINT_INTERVAL", default_value = "5s")]
     pub lease_checkpoint_interval: String,
+    /// How long a token from Authenticate stays valid, in seconds (etcd's
+    /// flag; its simple tokens default to 300 s too).
+    #[arg(long, env = "NINES_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build. Only in builds with `test-hooks`.
@@ -213,6 +217,8 @@ pub struct ServerConfig {
     pub snapshot_entries: u64,
     /// See `--lease-checkpoint-interval`.
     pub lease_checkpoint_interval: Duration,
+    /// See `--auth-token-ttl`.
+    pub auth_token_ttl: Duration,
 }
 
 /// etcd's default storage quota.
@@ -402,6 +408,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
                 .map_err(|e| ServerError::Config(format!("lease checkpoint interval: {e}")))?
                 .max(Duration::from_millis(100));
         Ok(ServerConfig {
+            auth_token_ttl: Duration::from_secs(args.auth_token_ttl.clamp(1, 7 * 24 * 3600)),
             lease_checkpoint_interval,
             watch_progress_interval,
             auto_compaction,

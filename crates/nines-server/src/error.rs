@@ -112,6 +112,19 @@ pub enum ApiError {
     /// etcd's ErrGRPCLeaseExist.
     #[error("etcdserver: lease already exists")]
     LeaseExists,
+    /// etcd's ErrGRPCUserEmpty: auth is on and the call carries no token.
+    #[error("etcdserver: user name is empty")]
+    AuthUserEmpty,
+    /// etcd's ErrGRPCInvalidAuthToken: a token that is forged, expired, or
+    /// names a user that is gone.
+    #[error("etcdserver: invalid auth token")]
+    AuthInvalidToken,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
     /// An auth change refused by the rules (etcd's messages).
     #[error("{0}")]
     Auth(nines_types::AuthRejection),
@@ -172,6 +185,10 @@ impl From<ApiError> for Status {
             ApiError::LeaseNotFound => Status::not_found(message),
             ApiError::LeaseExists => Status::failed_precondition(message),
             ApiError::LeaseTtlTooLarge => Status::out_of_range(message),
+            ApiError::AuthUserEmpty | ApiError::AuthFailed => Status::invalid_argument(message),
+            ApiError::AuthInvalidToken => Status::unauthenticated(message),
+            ApiError::PermissionDenied => Status::permission_denied(message),
+            ApiError::AuthNotEnabled => Status::failed_precondition(message),
             ApiError::Auth(reason) => {
                 use nines_types::AuthRejection as R;
                 match reason {

@@ -309,6 +309,7 @@ async fn serve_client(
         .layer(RequestMetricsLayer::new(
             core.counters.timings.requests.clone(),
         ))
+        .layer(crate::auth::TokenScopeLayer)
         .add_service(health)
         .add_service(admin_server(&core))
         .add_service(etcd.kv)

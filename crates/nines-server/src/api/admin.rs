@@ -40,6 +40,7 @@ impl Admin for AdminService {
         &self,
         request: tonic::Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let m = request.into_inner();
         let node = Node::new(m.raft_addr.clone(), m.api_addr.clone());
@@ -56,8 +57,9 @@ impl Admin for AdminService {
 
     async fn snapshot(
         &self,
-        _request: tonic::Request<pb::SnapshotRequest>,
+        request: tonic::Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let snapshot_index = self.core.snapshot().await?;
         Ok(Response::new(pb::SnapshotResponse {
             header: self.header(),

@@ -115,6 +115,7 @@ impl epb::cluster_server::Cluster for EtcdCluster {
         &self,
         request: tonic::Request<epb::MemberListRequest>,
     ) -> Result<Response<epb::MemberListResponse>, Status> {
+        // Unchecked, as in etcd: health checks and tools read it.
         // etcd 3.5's `linearizable`: after a read barrier this member has
         // applied every change committed before the call, so its view is
         // current; without one, a member catching up (or restarted on old
@@ -138,6 +139,7 @@ impl epb::cluster_server::Cluster for EtcdCluster {
         &self,
         request: tonic::Request<epb::MemberAddRequest>,
     ) -> Result<Response<epb::MemberAddResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let m = request.into_inner();
         let routed = self.core.add_member(&m.peer_ur_ls, m.is_learner, forwarded);
@@ -163,6 +165,7 @@ impl epb::cluster_server::Cluster for EtcdCluster {
         &self,
         request: tonic::Request<epb::MemberRemoveRequest>,
     ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let m = request.into_inner();
         match self.core.remove_member(m.id, forwarded).await? {
@@ -183,6 +186,7 @@ impl epb::cluster_server::Cluster for EtcdCluster {
         &self,
         request: tonic::Request<epb::MemberUpdateRequest>,
     ) -> Result<Response<epb::MemberUpdateResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let m = request.into_inner();
         let routed = self.core.update_peer_addr(m.id, &m.peer_ur_ls, forwarded);
@@ -204,6 +208,7 @@ impl epb::cluster_server::Cluster for EtcdCluster {
         &self,
         request: tonic::Request<epb::MemberPromoteRequest>,
     ) -> Result<Response<epb::MemberPromoteResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let m = request.into_inner();
         match self.core.promote(m.id, forwarded).await? {

@@ -11,6 +11,7 @@ use tonic::{Response, Status};
 
 use epb::kv_client::KvClient;
 
+use super::permits::Guarded;
 use super::{convert, session};
 use crate::api::forward::{self, is_forwarded};
 use crate::core::{NodeCore, Routed};
@@ -41,12 +42,14 @@ fn kv(channel: Channel) -> KvClient<Channel> {
 }
 
 impl EtcdKv {
-    async fn write<Req, Resp>(
+    async fn write<Req: Guarded, Resp>(
         &self,
         request: &tonic::Request<Req>,
         to_domain: impl FnOnce(&Req, Option<Session>) -> Result<Request, ApiError>,
         from_domain: impl FnOnce(epb::ResponseHeader, CommandResult) -> Result<Resp, ApiError>,
     ) -> Result<Written<Resp>, Status> {
+        let caller = self.core.caller(request.metadata())?;
+        request.get_ref().check(&self.core, &caller)?;
         let session = session::from_metadata(request.metadata())?;
         let domain = to_domain(request.get_ref(), session)?;
         match self.core.write(domain, is_forwarded(request)).await? {
@@ -67,6 +70,8 @@ impl epb::kv_server::Kv for EtcdKv {
         request: tonic::Request<epb::RangeRequest>,
     ) -> Result<Response<epb::RangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = self.core.caller(request.metadata())?;
+        request.get_ref().check(&self.core, &caller)?;
         let message = request.into_inner();
         let (read, options) = convert::range_request(&message)?;
         self.core

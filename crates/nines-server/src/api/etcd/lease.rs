@@ -46,6 +46,7 @@ impl epb::lease_server::Lease for EtcdLease {
         &self,
         request: Request<epb::LeaseGrantRequest>,
     ) -> Result<Response<epb::LeaseGrantResponse>, Status> {
+        self.core.caller(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         if message.id < 0 {
@@ -82,9 +83,14 @@ impl epb::lease_server::Lease for EtcdLease {
         request: Request<epb::LeaseRevokeRequest>,
     ) -> Result<Response<epb::LeaseRevokeResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = self.core.caller(request.metadata())?;
         let message = request.into_inner();
         if message.id <= 0 {
             return Err(ApiError::LeaseNotFound.into());
+        }
+        // etcd: revoking deletes the lease's keys, so it needs write on each.
+        for key in self.core.reader.lease_keys(message.id) {
+            self.core.check_keys(&caller, true, &key, &[])?;
         }
         match self.core.lease_revoke(message.id, forwarded).await? {
             Routed::Local(resp) => {
@@ -105,12 +111,11 @@ impl epb::lease_server::Lease for EtcdLease {
         request: Request<Streaming<epb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
         let forwarded = is_forwarded(&request);
+        self.core.caller(request.metadata())?;
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
-        tokio::spawn(keep_alive_stream(
-            self.core.clone(),
-            request.into_inner(),
-            tx,
-            forwarded,
+        tokio::spawn(crate::auth::with_token(
+            crate::auth::current_token(),
+            keep_alive_stream(self.core.clone(), request.into_inner(), tx, forwarded),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -119,6 +124,7 @@ impl epb::lease_server::Lease for EtcdLease {
         &self,
         request: Request<epb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
+        self.core.caller(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let answer = self
@@ -152,6 +158,7 @@ impl epb::lease_server::Lease for EtcdLease {
         &self,
         request: Request<epb::LeaseLeasesRequest>,
     ) -> Result<Response<epb::LeaseLeasesResponse>, Status> {
+        self.core.caller(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         if let Routed::Forward(leader) = self.core.linearize(forwarded).await? {

@@ -30,6 +30,7 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
         &self,
         _request: tonic::Request<epb::StatusRequest>,
     ) -> Result<Response<epb::StatusResponse>, Status> {
+        // Unchecked, as in etcd: health checks and tools read it.
         let m = self.core.raft.metrics().borrow().clone();
         // etcd's db size is its backend file, WAL excluded: here the
         // state dir. In use: the data the store holds (what the quota limits).
@@ -64,6 +65,7 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
         &self,
         request: tonic::Request<epb::AlarmRequest>,
     ) -> Result<Response<epb::AlarmResponse>, Status> {
+        self.core.admin(request.metadata())?;
         use epb::alarm_request::AlarmAction;
         AlarmAction::try_from(request.get_ref().action)
             .map_err(|_| ApiError::InvalidRequest("unknown alarm action".into()))?;
@@ -80,8 +82,9 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
     /// tools that defragment after compacting keep working.
     async fn defragment(
         &self,
-        _request: tonic::Request<epb::DefragmentRequest>,
+        request: tonic::Request<epb::DefragmentRequest>,
     ) -> Result<Response<epb::DefragmentResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let header = convert::header(self.core.header(self.core.reader.revision()));
         Ok(Response::new(epb::DefragmentResponse {
             header: Some(header),
@@ -92,6 +95,7 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
         &self,
         request: tonic::Request<epb::HashKvRequest>,
     ) -> Result<Response<epb::HashKvResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let asked = request.get_ref().revision;
         let hashed = self.core.hash_kv(asked).await?;
         // The current revision when hashed: the one hashed if 0 was asked.
@@ -112,8 +116,9 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
     /// Any member serves it, from its own applied state.
     async fn snapshot(
         &self,
-        _request: tonic::Request<epb::SnapshotRequest>,
+        request: tonic::Request<epb::SnapshotRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<epb::SnapshotResponse>>, Status> {
+        self.core.admin(request.metadata())?;
         super::snapshot::stream(&self.core).await.map(Response::new)
     }
 
@@ -123,6 +128,7 @@ impl epb::maintenance_server::Maintenance for EtcdMaintenance {
         &self,
         request: tonic::Request<epb::MoveLeaderRequest>,
     ) -> Result<Response<epb::MoveLeaderResponse>, Status> {
+        self.core.admin(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let m = request.into_inner();
         match self.core.transfer_leader(m.target_id, forwarded).await? {

@@ -10,6 +10,7 @@ pub mod convert;
 mod kv;
 mod lease;
 mod maintenance;
+mod permits;
 mod range;
 pub mod session;
 mod snapshot;

@@ -58,7 +58,11 @@ impl epb::watch_server::Watch for EtcdWatch {
             .metadata()
             .get(REQUIRE_LEADER)
             .is_some_and(|v| v.as_bytes() == b"true");
+        // Checked once per stream, as etcd does; each create is checked
+        // against the caller's permissions then.
+        let caller = self.core.caller(request.metadata())?;
         let stream = StreamTask {
+            caller,
             require_leader,
             core: self.core.clone(),
             hub: self.core.watch.clone(),
@@ -80,6 +84,8 @@ struct Entry {
 }
 
 struct StreamTask {
+    /// Who opened the stream (auth).
+    caller: crate::auth::Caller,
     /// End the stream while this member has no leader (etcd's
     /// `WithRequireLeader`), so the client moves to another member.
     require_leader: bool,
@@ -207,6 +213,12 @@ impl StreamTask {
             Ok(id) => id,
             Err(reason) => return self.refuse(create.watch_id, revision, reason).await,
         };
+        let permitted = self
+            .core
+            .check_keys(&self.caller, false, &create.key, &create.range_end);
+        if let Err(e) = permitted {
+            return self.refuse(id, revision, e.to_string()).await;
+        }
         let spec = match self.spec(&create, revision) {
             Ok(spec) => spec,
             Err(reason) => return self.refuse(id, revision, reason).await,

@@ -129,7 +129,7 @@ fn approx_bytes(command: &Command) -> usize {
                     | TxnOp::PutKeeping { key, value, .. }
                     | TxnOp::PutLeased { key, value, .. } => key.len() + value.len(),
                     TxnOp::Delete { range, .. } => range.start().len() * 2,
-                    TxnOp::Get(r) => r.range.start().len() * 2,
+                    TxnOp::Get(r) | TxnOp::GetWith(r, _) => r.range.start().len() * 2,
                 })
                 .sum::<usize>()
                 + txn.compares.len() * 64

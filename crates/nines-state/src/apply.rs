@@ -333,6 +333,11 @@ impl<'a, E: Engine> Executor<'a, E> {
                             changed |= deleted > 0;
                             TxnOpResponse::Delete { deleted, prev_kvs }
                         }
+                        TxnOp::GetWith(req, options) => {
+                            TxnOpResponse::Get(self.mvcc.range_latest_with(req, options, |r| {
+                                self.overlay.get(&rev_key(r))
+                            })?)
+                        }
                         TxnOp::Get(req) => TxnOpResponse::Get(
                             self.mvcc
                                 .range_latest(req, |r| self.overlay.get(&rev_key(r)))?,

@@ -244,3 +244,66 @@ async fn txn_put_returns_prev_kv() {
     };
     assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"m"[..], 4));
 }
+
+/// etcd's concurrency Mutex finds the lock holder with a txn read of the
+/// first key of a prefix by create revision; in the same txn as its own put.
+#[tokio::test]
+async fn a_txn_range_sorts_and_filters_like_a_plain_one() {
+    use nines_types::{KeyRange, RangeOptions, RangeRequest, SortOrder, SortTarget, TxnOp};
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    // Created in the order c, a, b: key order and create order differ.
+    for key in ["lock/c", "lock/a", "lock/b"] {
+        a.cmd(put(key, "x")).await;
+    }
+    let first_created = RangeOptions {
+        sort_order: SortOrder::Ascend,
+        sort_target: SortTarget::Create,
+        ..Default::default()
+    };
+    let mut read = RangeRequest::range(KeyRange::prefix(b"lock/"));
+    read.limit = 1;
+    let last_created = RangeOptions {
+        sort_order: SortOrder::Descend,
+        ..first_created
+    };
+    let r = a
+        .cmd(txn(
+            vec![],
+            vec![
+                tput("lock/d", "x"),
+                TxnOp::GetWith(read.clone(), first_created),
+                TxnOp::GetWith(read.clone(), last_created),
+                TxnOp::GetWith(
+                    RangeRequest::range(KeyRange::prefix(b"lock/")),
+                    RangeOptions {
+                        max_create_revision: 3,
+                        ..Default::default()
+                    },
+                ),
+            ],
+            vec![],
+        ))
+        .await;
+    let CommandResult::Txn { responses, .. } = r.result else {
+        panic!("{r:?}")
+    };
+    let keys = |i: usize| match &responses[i] {
+        TxnOpResponse::Get(g) => (
+            g.kvs
+                .iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                .collect::<Vec<_>>(),
+            g.count,
+            g.more,
+        ),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(keys(1), (vec!["lock/c".to_string()], 4, true));
+    assert_eq!(
+        keys(2),
+        (vec!["lock/d".to_string()], 4, true),
+        "sees the txn's own put"
+    );
+    assert_eq!(keys(3).0, vec!["lock/a".to_string(), "lock/c".to_string()]);
+}

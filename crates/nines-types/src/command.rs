@@ -115,7 +115,7 @@ impl RangeRequest {
 }
 
 /// How a range orders its result (etcd's SortOrder).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SortOrder {
     /// Key order; with a target other than the key, ascending (etcd).
     #[default]
@@ -125,7 +125,7 @@ pub enum SortOrder {
 }
 
 /// What a range sorts by (etcd's SortTarget).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SortTarget {
     #[default]
     Key,
@@ -137,8 +137,9 @@ pub enum SortTarget {
 
 /// A range's options beyond its key selection (etcd's RangeRequest sort
 /// and revision filters). Apart from `RangeRequest` because that one is
-/// part of the log format (inside txns), and these are never logged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// part of the log format (inside txns) and most ranges have none; a txn
+/// range with some is `TxnOp::GetWith`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeOptions {
     pub sort_order: SortOrder,
     pub sort_target: SortTarget,
@@ -357,6 +358,9 @@ pub enum TxnOp {
         lease: i64,
         prev_kv: bool,
     },
+    /// A range with etcd's sort and revision filters (etcd's concurrency
+    /// Mutex and Election read the first key by create revision this way).
+    GetWith(RangeRequest, RangeOptions),
 }
 
 impl TxnOp {
@@ -366,7 +370,7 @@ impl TxnOp {
             TxnOp::Put { key, .. }
             | TxnOp::PutKeeping { key, .. }
             | TxnOp::PutLeased { key, .. } => Some(key),
-            TxnOp::Delete { .. } | TxnOp::Get(_) => None,
+            TxnOp::Delete { .. } | TxnOp::Get(_) | TxnOp::GetWith(..) => None,
         }
     }
 }

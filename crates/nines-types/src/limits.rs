@@ -217,7 +217,7 @@ impl Limits {
                     check_lease(*lease)?;
                 }
                 TxnOp::Delete { range, .. } => self.check_range(range)?,
-                TxnOp::Get(read) => self.check_read(read)?,
+                TxnOp::Get(read) | TxnOp::GetWith(read, _) => self.check_read(read)?,
             }
             if let Some(key) = op.put_key() {
                 // etcd rejects a txn that writes the same key twice: the result would

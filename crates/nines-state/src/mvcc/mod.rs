@@ -303,6 +303,19 @@ impl<E: Engine> Mvcc<E> {
         read::range(&self.index, req, i64::MAX, self.any_leased(), fetch)
     }
 
+    /// `range_latest` with etcd's sort and revision filters.
+    pub fn range_latest_with<B: AsRef<[u8]>>(
+        &self,
+        req: &RangeRequest,
+        opts: &RangeOptions,
+        fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
+    ) -> Result<RangeResponse, StateError> {
+        if opts.is_plain() {
+            return self.range_latest(req, fetch);
+        }
+        sorted::range(&self.index, req, opts, i64::MAX, self.any_leased(), fetch)
+    }
+
     /// For apply, the only writer; hold it for one index update at a time.
     pub fn index_mut(&self) -> RwLockWriteGuard<'_, KeyIndex> {
         self.index.write().unwrap_or_else(|e| e.into_inner())

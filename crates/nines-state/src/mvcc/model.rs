@@ -219,6 +219,9 @@ pub(crate) fn model_apply(states: &mut Vec<State>, command: &Command) -> Respons
                         }
                     }
                     TxnOp::Get(req) => TxnOpResponse::Get(model_range(&state, req)),
+                    TxnOp::GetWith(..) => {
+                        unreachable!("the model generates no sorted txn reads (see txn tests)")
+                    }
                 });
             }
             match missing {

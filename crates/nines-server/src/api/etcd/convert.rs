@@ -159,12 +159,11 @@ fn txn_op(op: &epb::RequestOp) -> Result<TxnOp, ApiError> {
                 ));
             }
             let (read, options) = range_request(r)?;
-            if !options.is_plain() {
-                return Err(invalid(
-                    "sorting and revision filters inside a txn are not supported yet",
-                ));
+            if options.is_plain() {
+                Ok(TxnOp::Get(read))
+            } else {
+                Ok(TxnOp::GetWith(read, options))
             }
-            Ok(TxnOp::Get(read))
         }
         Some(R::RequestPut(p)) => match keep(p) {
             Some(keep) => Ok(TxnOp::PutKeeping {

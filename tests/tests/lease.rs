@@ -335,3 +335,48 @@ async fn a_paused_leader_does_not_revoke_leases_kept_alive_through_another_membe
         );
     }
 }
+
+/// Many keepalives at once through a follower, over several streams:
+/// each is forwarded to the leader. Forwarded as a stream per keepalive,
+/// dropped after its answer, they made HTTP/2 resets that tripped the
+/// leader's reset limit, and the follower's forwards were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_keepalives_through_a_follower_are_all_answered() {
+    use tokio::sync::mpsc;
+    use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.stable_leader(LONG).await;
+    let f = follower_of(&cluster, leader);
+    grant(&f, 77, 60).await;
+    const STREAMS: usize = 8;
+    const N: usize = 5000;
+    let mut tasks = Vec::new();
+    for _ in 0..STREAMS {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(N);
+            for _ in 0..N {
+                tx.send(epb::LeaseKeepAliveRequest { id: 77 })
+                    .await
+                    .unwrap();
+            }
+            let mut answers = lease(&f)
+                .await
+                .lease_keep_alive(ReceiverStream::new(rx))
+                .await
+                .expect("keepalive stream")
+                .into_inner();
+            for _ in 0..N {
+                let next = tokio::time::timeout(LONG, answers.message())
+                    .await
+                    .expect("answers keep coming");
+                let resp = next.expect("no stream error").expect("stream open");
+                assert_eq!((resp.id, resp.ttl), (77, 60));
+            }
+            drop(tx);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -36,6 +36,27 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    /// A keepalive forwarded by a follower (see `api/etcd/lease.rs`).
+    async fn lease_renew(
+        &self,
+        request: tonic::Request<pb::LeaseRenewRequest>,
+    ) -> Result<Response<pb::LeaseRenewResponse>, Status> {
+        self.core.caller(request.metadata())?;
+        let forwarded = is_forwarded(&request);
+        let m = request.into_inner();
+        crate::metrics::Counters::inc(&self.core.counters.lease_keepalives);
+        match self.core.lease_renew(m.id, forwarded).await? {
+            Routed::Local((revision, ttl)) => Ok(Response::new(pb::LeaseRenewResponse {
+                header: header(self.core.header(revision)),
+                ttl,
+            })),
+            Routed::Forward(leader) => {
+                let call = |ch, r| async move { AdminClient::new(ch).lease_renew(r).await };
+                forward::to_leader(&self.core, &leader, m, None, call).await
+            }
+        }
+    }
+
     async fn add_learner(
         &self,
         request: tonic::Request<pb::AddLearnerRequest>,

@@ -4,18 +4,18 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use nines_proto::etcd::etcdserverpb as epb;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::tokio_stream::{self, Stream};
+use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use epb::lease_client::LeaseClient;
+use nines_proto::admin_client::AdminClient;
 
 use super::convert;
 use crate::api::forward::{self, is_forwarded};
@@ -228,16 +228,22 @@ async fn keep_alive(
             ttl,
         }),
         Routed::Forward(leader) => {
-            let message = tokio_stream::once(epb::LeaseKeepAliveRequest { id });
-            let call = |ch, r| async move { lease(ch).lease_keep_alive(r).await };
-            let answers = forward::to_leader(core, &leader, message, None, call).await?;
-            let wait = core.timeout().max(Duration::from_millis(100));
-            match tokio::time::timeout(wait, answers.into_inner().message()).await {
-                Ok(Ok(Some(answer))) => Ok(answer),
-                Ok(Ok(None)) => Err(Status::unavailable("the leader closed the keepalive")),
-                Ok(Err(status)) => Err(ApiError::Forward(status).into()),
-                Err(_) => Err(ApiError::Timeout(wait).into()),
-            }
+            let message = nines_proto::LeaseRenewRequest { id };
+            let call = |ch, r| async move { AdminClient::new(ch).lease_renew(r).await };
+            let answer = forward::to_leader(core, &leader, message, None, call)
+                .await?
+                .into_inner();
+            let header = answer.header.map(|h| epb::ResponseHeader {
+                cluster_id: h.cluster_id,
+                member_id: h.member_id,
+                revision: h.revision,
+                raft_term: h.raft_term,
+            });
+            Ok(epb::LeaseKeepAliveResponse {
+                header,
+                id,
+                ttl: answer.ttl,
+            })
         }
     }
 }

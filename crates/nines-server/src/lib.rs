@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auto_compact;
 pub mod config;
+pub mod coord;
 pub mod core;
 mod datadir;
 pub mod disk;

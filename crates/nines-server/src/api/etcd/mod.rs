@@ -7,7 +7,9 @@
 mod auth;
 mod cluster;
 pub mod convert;
+mod election;
 mod kv;
+mod lock;
 mod maintenance;
 mod range;
 pub mod session;
@@ -17,10 +19,13 @@ mod watch;
 use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
+use nines_proto::etcd::{v3electionpb, v3lockpb};
 
 pub use auth::EtcdAuth;
 pub use cluster::EtcdCluster;
+pub use election::EtcdElection;
 pub use kv::EtcdKv;
+pub use lock::EtcdLock;
 pub use maintenance::{EtcdMaintenance, ETCD_API_VERSION};
 pub use watch::EtcdWatch;
 
@@ -28,8 +33,8 @@ use crate::core::NodeCore;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::read_limit::{HoldUntilSent, ReadLimiter};
 
-/// etcd's services: KV, Cluster, Maintenance, Auth, Watch, and Lease
-/// (UNIMPLEMENTED until its issue).
+/// etcd's services: KV, Cluster, Maintenance, Auth, Watch, Lock, Election,
+/// and Lease (UNIMPLEMENTED until its issue).
 pub struct Services {
     pub kv: HoldUntilSent<epb::kv_server::KvServer<EtcdKv>>,
     pub cluster: epb::cluster_server::ClusterServer<EtcdCluster>,
@@ -37,6 +42,8 @@ pub struct Services {
     pub auth: epb::auth_server::AuthServer<EtcdAuth>,
     pub watch: epb::watch_server::WatchServer<EtcdWatch>,
     pub lease: epb::lease_server::LeaseServer<Unimplemented>,
+    pub lock: v3lockpb::lock_server::LockServer<EtcdLock>,
+    pub election: v3electionpb::election_server::ElectionServer<EtcdElection>,
 }
 
 /// Answers every method with UNIMPLEMENTED (the generated default stubs).
@@ -71,5 +78,7 @@ pub fn services(core: &Arc<NodeCore>, reads: &Arc<ReadLimiter>, max_decode: usiz
         watch: epb::watch_server::WatchServer::new(EtcdWatch { core: core.clone() })
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         lease: epb::lease_server::LeaseServer::new(Unimplemented),
+        lock: v3lockpb::lock_server::LockServer::new(EtcdLock::new(core)),
+        election: v3electionpb::election_server::ElectionServer::new(EtcdElection::new(core)),
     }
 }

@@ -7,6 +7,8 @@
 //! - Retries with backoff on unavailability and leader changes. Writes carry a
 //!   `(client_id, seq)` session (metadata `x-nines-session`) so a retried
 //!   write is applied exactly once.
+//! - Leases: grant, revoke, time-to-live, list, `put_with_lease`, and a
+//!   `LeaseKeeper` that keeps a lease alive through member failures.
 //! - Serializable reads are balanced across endpoints (round robin, least
 //!   outstanding requests, or lowest observed latency).
 
@@ -14,6 +16,8 @@ mod client;
 mod cluster;
 mod endpoints;
 mod error;
+mod keeper;
+mod lease;
 mod session;
 pub mod snapshot;
 mod watch;
@@ -21,6 +25,8 @@ mod watch;
 pub use client::{Client, ClientConfig, GetRequest, GetResponse, ReadBalance, MAX_RESPONSE_BYTES};
 pub use cluster::{NodeStatus, SnapshotBuilt};
 pub use error::ClientError;
+pub use keeper::{KeeperState, Lapse, LeaseKeeper};
+pub use lease::KeepAliveStream;
 pub use session::{with_session, SESSION_HEADER};
 pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
 pub use watch::{Watch, WatchError, WatchOptions, WatchUpdate};

@@ -3,9 +3,11 @@
 
 pub mod backup;
 pub mod compaction;
+pub mod elect;
 pub mod endpoint;
 pub mod kv;
 pub mod leader;
+pub mod lock;
 pub mod member;
 pub mod snapshot;
 pub mod txn;

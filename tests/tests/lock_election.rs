@@ -119,7 +119,11 @@ async fn lock_scenario(a: &Client, b: &Client) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(left, vec![format!("L/{lease_b:x}")], "the abandoned key is withdrawn");
+    assert_eq!(
+        left,
+        vec![format!("L/{lease_b:x}")],
+        "the abandoned key is withdrawn"
+    );
 
     // Revoking the holder's lease hands the lock on.
     let a2 = a.clone();
@@ -148,7 +152,10 @@ async fn election_scenario(a: &Client, b: &Client) {
     let mut observer = b.observe("E").await.expect("observe");
     let seen = observer.next().await.expect("first leader");
     let kv = seen.kv.expect("kv");
-    assert_eq!((kv.key.as_slice(), kv.value.as_slice()), (leader_a.key.as_slice(), &b"a1"[..]));
+    assert_eq!(
+        (kv.key.as_slice(), kv.value.as_slice()),
+        (leader_a.key.as_slice(), &b"a1"[..])
+    );
     assert_eq!(kv.create_revision, leader_a.rev);
 
     a.proclaim(&leader_a, "a2").await.expect("proclaim");
@@ -164,7 +171,10 @@ async fn election_scenario(a: &Client, b: &Client) {
     let (leader_b, _) = done(waiting).await.expect("b wins");
     assert!(leader_b.rev > leader_a.rev);
     let seen = observer.next().await.unwrap().kv.unwrap();
-    assert_eq!((seen.key, seen.value), (leader_b.key.clone(), b"b1".to_vec()));
+    assert_eq!(
+        (seen.key, seen.value),
+        (leader_b.key.clone(), b"b1".to_vec())
+    );
 
     // The old leadership can no longer proclaim.
     match a.proclaim(&leader_a, "late").await {
@@ -201,7 +211,12 @@ fn nines_cluster() -> Cluster {
 async fn lock_and_election_against_nines() {
     let cluster = nines_cluster();
     let leader = cluster.stable_leader(LONG).await;
-    let follower = cluster.nodes.iter().map(|n| n.id).find(|&id| id != leader).unwrap();
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
     // One contender on a follower (its writes forwarded), one on the leader.
     let a = client(&cluster.node(follower).client_addr);
     let b = client(&cluster.node(leader).client_addr);
@@ -326,7 +341,10 @@ async fn etcdctl_and_nines_elect() {
     first.interrupt();
     assert!(first.wait().success(), "etcdctl resigns on SIGINT");
     let won2 = second.expect_lines(2, "nines elect p2");
-    assert!(won2[0].starts_with("cli-e/") && won2[0] != won[0], "{won2:?}");
+    assert!(
+        won2[0].starts_with("cli-e/") && won2[0] != won[0],
+        "{won2:?}"
+    );
     assert_eq!(won2[1], "p2");
     assert_eq!(listen_nines.expect_lines(2, "nines elect -l"), won2);
     assert_eq!(listen_etcdctl.expect_lines(2, "etcdctl elect -l"), won2);

@@ -98,7 +98,11 @@ impl Client {
     /// Runs a call that may wait for long: no request timeout; sent again
     /// to the next member while it breaks for a member's reasons, until
     /// the retry deadline passes without an answer.
-    async fn waiting_call<Req, Resp, F, Fut>(&self, message: Req, call: F) -> Result<Resp, ClientError>
+    async fn waiting_call<Req, Resp, F, Fut>(
+        &self,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, ClientError>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
@@ -109,7 +113,12 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             let endpoint = endpoints.get(endpoints.for_leader(attempt));
-            let status = match call(endpoint.channel.clone(), tonic::Request::new(message.clone())).await {
+            let status = match call(
+                endpoint.channel.clone(),
+                tonic::Request::new(message.clone()),
+            )
+            .await
+            {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) if transient(&status) => status,
                 Err(status) => return Err(ClientError::Status(status)),
@@ -132,13 +141,20 @@ impl Client {
     /// Waits until this client holds lock `name` under `lease` (which must
     /// be kept alive: the lock ends with it). Locking again with the same
     /// lease answers the same key.
-    pub async fn lock(&self, name: impl Into<Vec<u8>>, lease: i64) -> Result<LockHeld, ClientError> {
+    pub async fn lock(
+        &self,
+        name: impl Into<Vec<u8>>,
+        lease: i64,
+    ) -> Result<LockHeld, ClientError> {
         let request = lpb::LockRequest {
             name: name.into(),
             lease,
         };
         let resp = self
-            .waiting_call(request, |ch, req| async move { lock_client(ch).lock(req).await })
+            .waiting_call(
+                request,
+                |ch, req| async move { lock_client(ch).lock(req).await },
+            )
             .await
             .map_err(|e| e.lease(lease))?;
         let revision = resp.header.map_or(0, |h| h.revision);
@@ -215,7 +231,11 @@ impl Client {
 
     /// Replaces the leader's value; FAILED_PRECONDITION "election: not
     /// leader" if `leader` no longer leads.
-    pub async fn proclaim(&self, leader: &LeaderKey, value: impl Into<Vec<u8>>) -> Result<i64, ClientError> {
+    pub async fn proclaim(
+        &self,
+        leader: &LeaderKey,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<i64, ClientError> {
         let request = vpb::ProclaimRequest {
             leader: Some(leader.clone()),
             value: value.into(),

@@ -57,7 +57,12 @@ impl ElectArgs {
         }
     }
 
-    async fn campaign(&self, ctx: &Context, proposal: &str, interrupt: &mut Interrupt) -> Result<()> {
+    async fn campaign(
+        &self,
+        ctx: &Context,
+        proposal: &str,
+        interrupt: &mut Interrupt,
+    ) -> Result<()> {
         let client = &ctx.client;
         let mut session = Session::start(client, self.ttl).await?;
         let won = tokio::select! {

@@ -40,7 +40,10 @@ impl Session {
         if ttl <= 0 {
             bail!("--ttl must be positive");
         }
-        let granted = client.lease_grant(ttl, 0).await.context("granting a lease")?;
+        let granted = client
+            .lease_grant(ttl, 0)
+            .await
+            .context("granting a lease")?;
         let keeper = client
             .lease_keep_alive(granted.id)
             .await

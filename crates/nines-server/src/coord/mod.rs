@@ -47,10 +47,13 @@ impl Applied {
     /// write's are.
     pub fn of(response: Response) -> Result<Applied, ApiError> {
         match crate::api::convert::applied(response)? {
-            (revision, CommandResult::Txn {
-                succeeded,
-                responses,
-            }) => Ok(Applied {
+            (
+                revision,
+                CommandResult::Txn {
+                    succeeded,
+                    responses,
+                },
+            ) => Ok(Applied {
                 revision,
                 succeeded,
                 responses,

@@ -216,14 +216,13 @@ async fn bad_requests_are_refused_before_any_write() {
     assert!(lock.unlock(b"").await.is_err());
     // A key put by hand under the name, with no lease, is not a holder's.
     f.kv.grant(5).await;
-    f.kv
-        .txn(Txn {
-            compares: Vec::new(),
-            success: vec![put(b"n/5", b"", 0)],
-            failure: Vec::new(),
-        })
-        .await
-        .unwrap();
+    f.kv.txn(Txn {
+        compares: Vec::new(),
+        success: vec![put(b"n/5", b"", 0)],
+        failure: Vec::new(),
+    })
+    .await
+    .unwrap();
     assert!(matches!(
         err(lock.lock(b"n", 5).await),
         ApiError::Precondition(_)
@@ -261,7 +260,10 @@ async fn an_election_hands_over_and_observers_see_each_change() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((seen.kv.key.as_slice(), seen.kv.value.as_slice()), (&b"e/1"[..], &b"a"[..]));
+    assert_eq!(
+        (seen.kv.key.as_slice(), seen.kv.value.as_slice()),
+        (&b"e/1"[..], &b"a"[..])
+    );
     election.proclaim(&a, b"a2").await.unwrap();
     let seen = observer.next().await.unwrap();
     assert_eq!(seen.kv.value, b"a2");
@@ -273,7 +275,10 @@ async fn an_election_hands_over_and_observers_see_each_change() {
     election.resign(&a).await.unwrap();
     let (b, _) = finished(b).await.unwrap();
     let seen = observer.next().await.unwrap();
-    assert_eq!((seen.kv.key.as_slice(), seen.kv.value.as_slice()), (&b"e/2"[..], &b"b"[..]));
+    assert_eq!(
+        (seen.kv.key.as_slice(), seen.kv.value.as_slice()),
+        (&b"e/2"[..], &b"b"[..])
+    );
     assert_eq!(seen.kv.create_revision, b.rev);
     // The old leadership can no longer proclaim; resigning it is a no-op.
     assert!(matches!(

@@ -37,7 +37,10 @@ enum Standing {
     First(i64),
     Gone(i64),
     /// Behind `pred`, the newest key created before it.
-    Behind { pred: Vec<u8>, at: i64 },
+    Behind {
+        pred: Vec<u8>,
+        at: i64,
+    },
 }
 
 /// Waits until `key`, created at `rev` by a write applied at `after`, is

@@ -42,9 +42,8 @@ impl EtcdElection {
 
 /// etcd's ErrMissingLeaderKey.
 fn leader_key(leader: Option<vpb::LeaderKey>) -> Result<LeaderKey, ApiError> {
-    let leader = leader.ok_or_else(|| {
-        ApiError::InvalidRequest("\"leader\" field must be provided".to_string())
-    })?;
+    let leader = leader
+        .ok_or_else(|| ApiError::InvalidRequest("\"leader\" field must be provided".to_string()))?;
     Ok(LeaderKey {
         name: leader.name,
         key: leader.key,
@@ -60,10 +59,7 @@ impl vpb::election_server::Election for EtcdElection {
         request: tonic::Request<vpb::CampaignRequest>,
     ) -> Result<Response<vpb::CampaignResponse>, Status> {
         let m = request.into_inner();
-        let (leader, revision) = self
-            .election
-            .campaign(&m.name, m.lease, &m.value)
-            .await?;
+        let (leader, revision) = self.election.campaign(&m.name, m.lease, &m.value).await?;
         Ok(Response::new(vpb::CampaignResponse {
             header: self.header(revision),
             leader: Some(vpb::LeaderKey {

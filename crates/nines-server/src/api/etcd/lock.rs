@@ -45,7 +45,11 @@ fn kv_client(channel: tonic::transport::Channel) -> KvClient<tonic::transport::C
 impl Kv for CoreKv {
     async fn txn(&self, txn: Txn) -> Result<Applied, ApiError> {
         let message = txn_message(&txn);
-        match self.core.write(Request::new(Command::Txn(txn)), false).await? {
+        match self
+            .core
+            .write(Request::new(Command::Txn(txn)), false)
+            .await?
+        {
             Routed::Local(resp) => Applied::of(resp),
             Routed::Forward(leader) => {
                 let call = |ch, r| async move { kv_client(ch).txn(r).await };

@@ -245,6 +245,57 @@ async fn a_lease_that_expires_while_waiting_fails_the_wait() {
     assert_eq!(keys(&a, "X/").await, vec![format!("X/{holder:x}")]);
 }
 
+/// A waiter whose member loses the leader (the other two are killed) is
+/// told UNAVAILABLE rather than left waiting on a history that stopped;
+/// its key keeps its place, and the retry with the same lease takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_cut_off_from_the_leader_is_told_and_keeps_its_place() {
+    let mut cluster = nines_cluster();
+    let leader = cluster.stable_leader(LONG).await;
+    let lonely = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+    let holder = client(&cluster.node(leader).client_addr);
+    let mut config = ClientConfig::new([cluster.node(lonely).client_addr.clone()]);
+    config.retry_deadline = Duration::from_secs(2);
+    let waiter = Client::new(config).unwrap();
+    let lease_h = holder.lease_grant(60, 0).await.unwrap().id;
+    let lease_w = waiter.lease_grant(60, 0).await.unwrap().id;
+    let held = holder.lock("C", lease_h).await.unwrap();
+    let w = waiter.clone();
+    let waiting = tokio::spawn(async move { w.lock("C", lease_w).await });
+    blocked(&waiting).await;
+    let others: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&id| id != lonely)
+        .collect();
+    for &id in &others {
+        cluster.kill(id);
+    }
+    let err = done(waiting).await.expect_err("no leader: the wait ends");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    for &id in &others {
+        cluster.restart(id);
+    }
+    cluster.stable_leader(LONG).await;
+    let any = client(&cluster.node(lonely).client_addr);
+    let queued = vec![format!("C/{lease_h:x}"), format!("C/{lease_w:x}")];
+    let mut sorted = queued.clone();
+    sorted.sort();
+    assert_eq!(keys(&any, "C/").await, sorted, "both keys kept");
+    let w = waiter.clone();
+    let retry = tokio::spawn(async move { w.lock("C", lease_w).await });
+    blocked(&retry).await;
+    any.unlock(held.key).await.unwrap();
+    let got = done(retry).await.expect("the retry takes the lock");
+    assert_eq!(got.key, queued[1].as_bytes());
+}
+
 /// A command line's stdout, line by line, with a bound on each wait.
 struct Proc {
     child: Child,

@@ -94,6 +94,9 @@ fn answer(status: Status) -> Status {
 
 const NO_LEADER: &str = "election: no leader";
 
+/// An attempt that lasted this long was being served, not refused.
+const SERVED: Duration = Duration::from_secs(1);
+
 impl Client {
     /// Runs a call that may wait for long: no request timeout; sent again
     /// to the next member while it breaks for a member's reasons, until
@@ -113,16 +116,18 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             let endpoint = endpoints.get(endpoints.for_leader(attempt));
-            let status = match call(
-                endpoint.channel.clone(),
-                tonic::Request::new(message.clone()),
-            )
-            .await
-            {
+            let started = Instant::now();
+            let request = tonic::Request::new(message.clone());
+            let status = match call(endpoint.channel.clone(), request).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) if transient(&status) => status,
                 Err(status) => return Err(ClientError::Status(status)),
             };
+            // A call that was served for a while and then broke (its member
+            // died or lost its leader mid-wait) starts a new retry window.
+            if started.elapsed() > SERVED {
+                first_failure = None;
+            }
             attempt += 1;
             let since = *first_failure.get_or_insert_with(Instant::now);
             if since.elapsed() >= self.inner.config.retry_deadline {

@@ -70,15 +70,11 @@ impl<K: Kv> Election<K> {
         if queued.value != value {
             after = self.proclaim(&leader, value).await?;
         }
-        match turn::wait(&self.local, &queue, &leader.key, leader.rev, after).await? {
-            turn::Turn::Ours(revision) => {
-                withdraw.disarm();
-                Ok((leader, revision))
-            }
-            turn::Turn::Gone(_) => {
-                withdraw.disarm();
-                Err(key_vanished(&self.local.reader, "election", lease))
-            }
+        let turn = turn::wait(&self.local, &queue, &leader.key, leader.rev, after).await;
+        withdraw.disarm();
+        match turn? {
+            turn::Turn::Ours(revision) => Ok((leader, revision)),
+            turn::Turn::Gone(_) => Err(key_vanished(&self.local.reader, "election", lease)),
         }
     }
 
@@ -163,7 +159,17 @@ pub struct Observer {
 
 impl Observer {
     /// The next leader state; waits as long as there is none new.
+    /// UNAVAILABLE once this member loses its leader: its history stops,
+    /// and the client should follow the election elsewhere.
     pub async fn next(&mut self) -> Result<Observed, ApiError> {
+        let local = self.local.clone();
+        tokio::select! {
+            next = self.next_here() => next,
+            () = local.leader_lost() => Err(ApiError::NoLeader),
+        }
+    }
+
+    async fn next_here(&mut self) -> Result<Observed, ApiError> {
         loop {
             if let Some(observed) = self.pending.pop_front() {
                 self.last = Some((observed.kv.key.clone(), observed.kv.mod_revision));

@@ -43,19 +43,15 @@ impl<K: Kv> Lock<K> {
         let key = queue.key(lease);
         let queued = enqueue(&self.kv, &key, b"", lease).await?;
         let mut withdraw = Withdraw::new(&self.kv, &queued);
-        match turn::wait(&self.local, &queue, &key, queued.rev, queued.revision).await? {
-            turn::Turn::Ours(revision) => {
-                withdraw.disarm();
-                Ok(Locked {
-                    key,
-                    fence: queued.rev,
-                    revision,
-                })
-            }
-            turn::Turn::Gone(_) => {
-                withdraw.disarm();
-                Err(key_vanished(&self.local.reader, "lock", lease))
-            }
+        let turn = turn::wait(&self.local, &queue, &key, queued.rev, queued.revision).await;
+        withdraw.disarm();
+        match turn? {
+            turn::Turn::Ours(revision) => Ok(Locked {
+                key,
+                fence: queued.rev,
+                revision,
+            }),
+            turn::Turn::Gone(_) => Err(key_vanished(&self.local.reader, "lock", lease)),
         }
     }
 

@@ -18,6 +18,7 @@ mod tests;
 mod turn;
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use nines_types::{
 };
 
 use crate::error::ApiError;
+use crate::metrics::Counters;
 use crate::watch::Hub;
 
 pub use election::{Election, LeaderKey, Observed, Observer};
@@ -83,9 +85,30 @@ pub struct Local {
     /// Bounds a wait for this member to apply what the leader answered
     /// with: a member that cannot catch up fails the call, never hangs it.
     pub timeout: Duration,
+    /// `has_leader` says whether this member is in contact with a leader.
+    pub counters: Arc<Counters>,
 }
 
+/// How often a waiter checks that its member still hears from a leader.
+const LEADER_CHECK: Duration = Duration::from_millis(500);
+
 impl Local {
+    /// Resolves once this member has lost contact with any leader: its
+    /// history then stops, and a waiter here would wait for a release it
+    /// cannot see (its key meanwhile blocking everyone behind it). The
+    /// waiter answers UNAVAILABLE instead; its client calls another member
+    /// with the same lease and takes the same place in the queue.
+    pub async fn leader_lost(&self) {
+        let mut tick = tokio::time::interval(LEADER_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.counters.has_leader.load(Ordering::Relaxed) != 1 {
+                return;
+            }
+        }
+    }
+
     /// Waits until this member's store has reached `revision`.
     pub async fn reach(&self, revision: i64) -> Result<(), ApiError> {
         let mut revisions = self.reader.subscribe();
@@ -250,11 +273,14 @@ fn key_vanished(reader: &StateReader, what: &str, lease: i64) -> ApiError {
     ApiError::LeaseNotFound
 }
 
-/// Deletes a key this call queued if the call ends before it owns the lock
-/// (an error, or the client going away: the handler's future is dropped),
-/// as etcd's Mutex.Lock and Election.Campaign clean up after a failed
-/// wait. Only the incarnation this call created: a key that was already
-/// there belongs to an earlier call with the same lease.
+/// Deletes a key this call queued if the call is abandoned mid-wait (the
+/// client went away or its deadline passed: the handler's future is
+/// dropped), as etcd's Mutex.Lock and Election.Campaign clean up after a
+/// canceled wait. Only the incarnation this call created: a key that was
+/// already there belongs to an earlier call with the same lease. A wait
+/// that ends in an error keeps the key: the client may call again with
+/// its lease and take the same place (a delete racing that retry would
+/// fail it), and the lease bounds the key's life otherwise.
 struct Withdraw<K: Kv> {
     kv: K,
     key: Vec<u8>,

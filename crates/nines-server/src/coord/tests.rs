@@ -3,6 +3,7 @@
 //! predecessor's delete, a lease revoked while waiting, an abandoned wait
 //! withdrawing its key, and an observer's view of leadership changes.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,7 +72,10 @@ impl Fixture {
             .await
             .unwrap();
         let reader = sm.reader();
-        let hub = Hub::start(reader.clone(), Arc::new(Counters::default()));
+        let counters = Arc::new(Counters::default());
+        // A one-member cluster hears from its leader.
+        counters.has_leader.store(1, Ordering::Relaxed);
+        let hub = Hub::start(reader.clone(), counters.clone());
         let kv = Direct {
             sm: Arc::new(tokio::sync::Mutex::new((sm, 0))),
             reader: reader.clone(),
@@ -80,6 +84,7 @@ impl Fixture {
             reader,
             hub,
             timeout: Duration::from_secs(5),
+            counters,
         };
         Fixture {
             _dir: dir,
@@ -298,4 +303,27 @@ async fn campaigning_again_with_one_lease_proclaims_the_new_value() {
     let (again, _) = election.campaign(b"c", 4, b"y").await.unwrap();
     assert_eq!(first, again);
     assert_eq!(election.leader(b"c").await.unwrap().kv.value, b"y");
+}
+
+#[tokio::test]
+async fn a_waiter_on_a_member_without_a_leader_gives_up_and_keeps_its_place() {
+    let f = Fixture::new().await;
+    f.kv.grant(1).await;
+    f.kv.grant(2).await;
+    let lock = f.lock();
+    let first = lock.lock(b"p", 1).await.unwrap();
+    let l = lock.clone();
+    let waiting = tokio::spawn(async move { l.lock(b"p", 2).await });
+    still_waiting(&waiting).await;
+    f.local.counters.has_leader.store(0, Ordering::Relaxed);
+    assert!(matches!(finished(waiting).await, Err(ApiError::NoLeader)));
+    // The key stays for the client's retry, which takes the same place.
+    let key = Queue::new("lock", b"p").unwrap().key(2);
+    assert!(f.kv.exists(&key));
+    f.local.counters.has_leader.store(1, Ordering::Relaxed);
+    let l = lock.clone();
+    let retry = tokio::spawn(async move { l.lock(b"p", 2).await });
+    still_waiting(&retry).await;
+    lock.unlock(&first.key).await.unwrap();
+    assert_eq!(finished(retry).await.unwrap().key, key);
 }

@@ -44,8 +44,22 @@ enum Standing {
 }
 
 /// Waits until `key`, created at `rev` by a write applied at `after`, is
-/// the oldest key in `queue`, or is gone.
+/// the oldest key in `queue`, or is gone; UNAVAILABLE if this member loses
+/// its leader meanwhile.
 pub async fn wait(
+    local: &Local,
+    queue: &Queue,
+    key: &[u8],
+    rev: i64,
+    after: i64,
+) -> Result<Turn, ApiError> {
+    tokio::select! {
+        turn = wait_here(local, queue, key, rev, after) => turn,
+        () = local.leader_lost() => Err(ApiError::NoLeader),
+    }
+}
+
+async fn wait_here(
     local: &Local,
     queue: &Queue,
     key: &[u8],

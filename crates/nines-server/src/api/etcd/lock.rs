@@ -34,6 +34,7 @@ impl CoreKv {
             reader: self.core.reader.clone(),
             hub: self.core.watch.clone(),
             timeout: self.core.timeout(),
+            counters: self.core.counters.clone(),
         }
     }
 }

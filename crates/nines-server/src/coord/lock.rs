@@ -5,10 +5,13 @@
 //! - etcd grants a 60-second lease when the request names none; nines
 //!   refuses a lock without a lease (a holder that crashed would hold it
 //!   for good, or for a TTL the caller never chose).
-//! - When the wait fails or the client goes away, etcd deletes the key
-//!   whether or not that call created it; nines deletes it only if it did,
-//!   and only that incarnation (an earlier call with the same lease may
-//!   hold it).
+//! - When the client goes away mid-wait, both delete the key the call
+//!   queued (etcd's Mutex.Lock releases it after a canceled wait); nines
+//!   deletes it only if that call created it, and only that incarnation
+//!   (an earlier call with the same lease may hold it). A wait that ends
+//!   in an error (this member lost its leader) keeps the key, so the
+//!   client's retry with the same lease takes the same place; etcd
+//!   deletes it there too.
 //! - A key deleted while its owner waited answers the lease error if the
 //!   lease is gone (etcd 3.4 answered success, Jepsen's etcd 3.4.3
 //!   finding; 3.5 answers "session is expired").

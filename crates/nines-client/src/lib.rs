@@ -30,7 +30,7 @@ pub use cluster::{NodeStatus, SnapshotBuilt};
 pub use error::ClientError;
 pub use keeper::{KeeperState, Lapse, LeaseKeeper};
 pub use lease::KeepAliveStream;
-pub use lock::{fence_compare, Fenced, LeaderKey, LockHeld, Observe};
+pub use lock::{fence_compare, put_op, Fenced, LeaderKey, LockHeld, Observe};
 pub use session::{with_session, SESSION_HEADER};
 pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
 pub use watch::{Watch, WatchError, WatchOptions, WatchUpdate};

@@ -64,6 +64,17 @@ pub fn fence_compare(lock_key: &[u8], fence: i64) -> pb::Compare {
     }
 }
 
+/// A put as a txn op (for [`Client::fenced_txn`]).
+pub fn put_op(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })),
+    }
+}
+
 fn lock_client(channel: Channel) -> LockClient<Channel> {
     LockClient::new(channel).max_decoding_message_size(crate::MAX_RESPONSE_BYTES)
 }

@@ -323,6 +323,36 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
         w
     });
+    let lock_verdict = |l: &checker::lock::LockResult| {
+        format!(
+            "{} ({} writes: {} ok, {} refused by the fence, {} info; final value {}; {} lost updates, {} fences out of order{})",
+            if l.valid() { "valid" } else { "INVALID" },
+            l.writes_attempted,
+            l.writes_ok,
+            l.writes_refused,
+            l.writes_info,
+            l.final_value.map_or("none".to_string(), |v| v.to_string()),
+            l.lost_updates.len(),
+            l.fences_out_of_order.len(),
+            l.final_anomaly.as_ref().map_or(String::new(), |a| format!("; {a}"))
+        )
+    };
+    let lock_result = workload_list.contains(&Workload::Lock).then(|| {
+        let l = checker::check_lock(&ops, checker::LOCK_PREFIX, true);
+        valid &= l.valid();
+        verdicts.insert("lock".to_string(), lock_verdict(&l));
+        l
+    });
+    // Unfenced writes under a lock are unsafe by design: what this finds
+    // is reported, not failed.
+    let lock_unfenced = workload_list.contains(&Workload::LockUnfenced).then(|| {
+        let l = checker::check_lock(&ops, checker::UNFENCED_PREFIX, false);
+        verdicts.insert(
+            "lock-unfenced (reported only)".to_string(),
+            lock_verdict(&l),
+        );
+        l
+    });
     let (counts, total_ops, ok_rate) = report::count_ops(&ops);
     let (windows, availability) = report::windows(&ops, load_ns);
     let (max_recovery_ms, median_recovery_ms) = report::recovery_stats(&windows);
@@ -361,6 +391,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         append,
         pairs,
         watch,
+        lock: lock_result,
+        lock_unfenced,
         windows,
         recovery_by_fault,
         max_recovery_ms,

@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::checker::append::AppendResult;
+use crate::checker::lock::LockResult;
 use crate::checker::pairs::PairsResult;
 use crate::checker::set::SetResult;
 use crate::checker::watch::WatchResult;
@@ -50,6 +51,9 @@ pub struct Report {
     pub append: Option<AppendResult>,
     pub pairs: Option<PairsResult>,
     pub watch: Option<WatchResult>,
+    pub lock: Option<LockResult>,
+    /// The unfenced lock variant: reported, never failing the run.
+    pub lock_unfenced: Option<LockResult>,
     pub windows: Vec<Window>,
     /// Fault kind -> its recovery times.
     pub recovery_by_fault: BTreeMap<String, FaultRecovery>,
@@ -251,6 +255,15 @@ impl Report {
                     "  append anomalies: {}",
                     serde_json::to_string(a).unwrap_or_default()
                 );
+            }
+        }
+        for l in [&self.lock, &self.lock_unfenced].into_iter().flatten() {
+            let which = if l.fenced { "lock" } else { "lock-unfenced" };
+            for p in l.lost_updates.iter().take(10) {
+                println!("  {which} lost update: {p:?}");
+            }
+            for p in l.fences_out_of_order.iter().take(10) {
+                println!("  {which} fences out of order: {p:?}");
             }
         }
         if let Some(w) = &self.watch {

@@ -1,6 +1,7 @@
 //! Turns the paired history into each workload's checker input and runs it.
 
 pub mod append;
+pub mod lock;
 pub mod pairs;
 pub mod set;
 pub mod watch;
@@ -21,6 +22,8 @@ pub const SET_PREFIX: &str = "s/";
 pub const APPEND_PREFIX: &str = "a/";
 pub const PAIRS_PREFIX: &str = "p/";
 pub const WATCH_PREFIX: &str = "w/";
+pub const LOCK_PREFIX: &str = "k/";
+pub const UNFENCED_PREFIX: &str = "u/";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RegisterAnomaly {
@@ -329,4 +332,10 @@ mod tests {
         assert!(!r.valid());
         assert!(r.anomaly_counts.contains_key(&watch::Kind::Gap), "{r:?}");
     }
+}
+
+/// The lock workload's register under `prefix` (fenced or not).
+pub fn check_lock(ops: &[Op], prefix: &str, fenced: bool) -> lock::LockResult {
+    let (_, register) = crate::workloads::lock::names(prefix);
+    lock::check(ops, &register, fenced)
 }

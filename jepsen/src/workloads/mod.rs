@@ -4,6 +4,7 @@
 
 pub mod append;
 pub mod conn;
+pub mod lock;
 pub mod pairs;
 pub mod register;
 pub mod set;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::task::JoinHandle;
 
+use crate::checker::{LOCK_PREFIX, UNFENCED_PREFIX};
 use crate::history::{History, Pending, Phase, Value};
 use conn::OpError;
 
@@ -26,6 +28,10 @@ pub enum Workload {
     Append,
     Pairs,
     Watch,
+    /// Lock, read, fenced write of read + 1, unlock (`lock.rs`).
+    Lock,
+    /// The same with plain writes: what it finds is reported, not failed.
+    LockUnfenced,
 }
 
 impl Workload {
@@ -36,6 +42,9 @@ impl Workload {
             "append" => vec![Workload::Append],
             "pairs" => vec![Workload::Pairs],
             "watch" => vec![Workload::Watch],
+            "lock" => vec![Workload::Lock],
+            "lock-unfenced" => vec![Workload::LockUnfenced],
+            "locks" => vec![Workload::Lock, Workload::LockUnfenced],
             "all" => vec![
                 Workload::Register,
                 Workload::Set,
@@ -45,7 +54,8 @@ impl Workload {
             ],
             other => {
                 anyhow::bail!(
-                    "unknown workload {other:?} (register, set, append, pairs, watch, all)"
+                    "unknown workload {other:?} (register, set, append, pairs, watch, \
+                     lock, lock-unfenced, locks, all)"
                 )
             }
         })
@@ -112,6 +122,15 @@ pub fn spawn(
             Workload::Pairs => tokio::spawn(pairs::run(ctx, p, conn, shared_pairs.clone())),
             // The writers; the watchers run beside them (`watch::Watchers`).
             Workload::Watch => tokio::spawn(watch::run(ctx, p, conn, shared_watch.clone())),
+            // Through the client over every member, as lock users call.
+            Workload::Lock => {
+                let client = lock::client(addrs)?;
+                tokio::spawn(lock::run(ctx, p, client, LOCK_PREFIX, true))
+            }
+            Workload::LockUnfenced => {
+                let client = lock::client(addrs)?;
+                tokio::spawn(lock::run(ctx, p, client, UNFENCED_PREFIX, false))
+            }
         });
     }
     Ok(tasks)
@@ -132,6 +151,10 @@ pub async fn final_read(workload: Workload, history: &History, addrs: &[String],
             Workload::Set => set::final_read(history, process, &mut conn).await,
             Workload::Append => append::final_read(history, process, &mut conn).await,
             Workload::Watch => watch::final_read(history, process, &mut conn).await,
+            Workload::Lock => lock::final_read(history, process, addrs, LOCK_PREFIX).await,
+            Workload::LockUnfenced => {
+                lock::final_read(history, process, addrs, UNFENCED_PREFIX).await
+            }
         };
         if done || Instant::now() > deadline {
             return;

@@ -253,6 +253,12 @@ pub fn check_watch(ops: &[Op]) -> watch::WatchResult {
     watch::check(WATCH_PREFIX, &writes, &watchers, final_state.as_ref())
 }
 
+/// The lock workload's register under `prefix` (fenced or not).
+pub fn check_lock(ops: &[Op], prefix: &str, fenced: bool) -> lock::LockResult {
+    let (_, register) = crate::workloads::lock::names(prefix);
+    lock::check(ops, &register, fenced)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,10 +338,4 @@ mod tests {
         assert!(!r.valid());
         assert!(r.anomaly_counts.contains_key(&watch::Kind::Gap), "{r:?}");
     }
-}
-
-/// The lock workload's register under `prefix` (fenced or not).
-pub fn check_lock(ops: &[Op], prefix: &str, fenced: bool) -> lock::LockResult {
-    let (_, register) = crate::workloads::lock::names(prefix);
-    lock::check(ops, &register, fenced)
 }

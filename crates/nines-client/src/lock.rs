@@ -83,12 +83,17 @@ fn election_client(channel: Channel) -> ElectionClient<Channel> {
     ElectionClient::new(channel).max_decoding_message_size(crate::MAX_RESPONSE_BYTES)
 }
 
-/// A broken call worth sending again elsewhere: the member failed or lost
-/// its leader, not the request.
+/// A broken call worth sending again elsewhere: the member failed, lost
+/// its leader, or timed out one of the writes it makes (sending the call
+/// again with the same lease is safe: it takes the same place).
 fn transient(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::DeadlineExceeded
     )
 }
 

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{compaction, endpoint, kv, leader, member, snapshot, txn, watch};
+use commands::{compaction, endpoint, kv, leader, lease, member, snapshot, txn, watch};
 use global::{Context, GlobalArgs};
 
 // `nines bench` shares the machine with the servers it measures: glibc
@@ -64,6 +64,8 @@ commands! {
     Txn(txn::TxnArgs),
     /// Watch a key or range for changes (every member serves watches).
     Watch(watch::WatchArgs),
+    /// Leases: grant, revoke, timetolive, list, keep-alive.
+    Lease(lease::LeaseArgs),
     /// Drop history at or below a revision.
     Compaction(compaction::CompactionArgs),
     /// Cluster membership.

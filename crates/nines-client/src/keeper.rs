@@ -89,6 +89,13 @@ impl LeaseKeeper {
         self.state.borrow().expired
     }
 
+    /// The state after its next change (a renewal, a reconnect, expiry);
+    /// None once the keeper stopped and nothing more will change.
+    pub async fn changed(&mut self) -> Option<KeeperState> {
+        self.state.changed().await.ok()?;
+        Some(self.state.borrow_and_update().clone())
+    }
+
     /// Resolves when the server says the lease is gone (Ok), or with the
     /// error that stopped the keeper.
     pub async fn expired(&mut self) -> Result<(), ClientError> {

@@ -6,6 +6,7 @@ pub mod compaction;
 pub mod endpoint;
 pub mod kv;
 pub mod leader;
+pub mod lease;
 pub mod member;
 pub mod snapshot;
 pub mod txn;

@@ -145,6 +145,12 @@ pub struct ServerArgs {
         default_value = "10m"
     )]
     pub experimental_watch_progress_notify_interval: String,
+    /// How often the leader records leases' remaining TTLs in the log (a
+    /// checkpoint), so that a new leader counts down from them rather than
+    /// from the full TTL: an abandoned lease outlives its TTL by at most
+    /// this much (or its TTL, if shorter) across a leader change.
+    #[arg(long, env = "NINES_LEASE_CHECKPOINT_INTERVAL", default_value = "5s")]
+    pub lease_checkpoint_interval: String,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build. Only in builds with `test-hooks`.
@@ -205,6 +211,8 @@ pub struct ServerConfig {
     pub watch_progress_interval: Duration,
     /// Entries between snapshots, at least (see `snapshot_policy.rs`).
     pub snapshot_entries: u64,
+    /// See `--lease-checkpoint-interval`.
+    pub lease_checkpoint_interval: Duration,
 }
 
 /// etcd's default storage quota.
@@ -389,7 +397,12 @@ impl TryFrom<ServerArgs> for ServerConfig {
             crate::auto_compact::parse_duration(&args.experimental_watch_progress_notify_interval)
                 .map_err(|e| ServerError::Config(format!("watch progress notify interval: {e}")))?
                 .max(Duration::from_millis(10));
+        let lease_checkpoint_interval =
+            crate::auto_compact::parse_duration(&args.lease_checkpoint_interval)
+                .map_err(|e| ServerError::Config(format!("lease checkpoint interval: {e}")))?
+                .max(Duration::from_millis(100));
         Ok(ServerConfig {
+            lease_checkpoint_interval,
             watch_progress_interval,
             auto_compaction,
             quota_backend_bytes: match args.quota_backend_bytes {

@@ -38,6 +38,8 @@ pub struct NodeCore {
     pub peers: PeerLiveness,
     /// Watchers of this member's history.
     pub watch: Arc<crate::watch::Hub>,
+    /// Lease countdowns, kept while this member leads.
+    pub lessor: crate::lease::Lessor,
 }
 
 impl NodeCore {

@@ -106,6 +106,15 @@ pub enum ApiError {
     NotForwarded(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// etcd's ErrGRPCLeaseNotFound.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// etcd's ErrGRPCLeaseExist.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// etcd's ErrGRPCLeaseTTLTooLarge.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 impl From<nines_state::StateError> for ApiError {
@@ -157,6 +166,9 @@ impl From<ApiError> for Status {
             }
             ApiError::NotForwarded(_) => Status::permission_denied(message),
             ApiError::Internal(_) => Status::internal(message),
+            ApiError::LeaseNotFound => Status::not_found(message),
+            ApiError::LeaseExists => Status::failed_precondition(message),
+            ApiError::LeaseTtlTooLarge => Status::out_of_range(message),
             ApiError::NotLeader {
                 leader_id, leader, ..
             } => unavailable_with_leader(message, Some((leader_id, &leader))),

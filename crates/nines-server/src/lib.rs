@@ -14,6 +14,7 @@ pub mod fatal;
 pub mod force;
 mod incoming;
 mod join;
+pub mod lease;
 pub mod log_repeats;
 pub mod members;
 pub mod membership;

@@ -158,6 +158,7 @@ impl NinesNode {
             ),
             proposer: Proposer::start(raft.clone(), counters.clone(), config.request_timeout),
             watch: crate::watch::Hub::start(reader.clone(), counters.clone()),
+            lessor: crate::lease::Lessor::new(crate::lease::EXTEND),
             counters,
             raft: raft.clone(),
             reader,
@@ -203,6 +204,10 @@ impl NinesNode {
             raft.clone(),
             core.reader.clone(),
             config.snapshot_entries,
+            stopped.clone(),
+        )));
+        servers.push(tokio::spawn(crate::lease::run::run(
+            core.clone(),
             stopped.clone(),
         )));
         servers.push(tokio::spawn(crate::auto_compact::run(

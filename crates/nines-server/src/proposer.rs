@@ -125,9 +125,9 @@ fn approx_bytes(command: &Command) -> usize {
                 .iter()
                 .chain(&txn.failure)
                 .map(|op| match op {
-                    TxnOp::Put { key, value, .. } | TxnOp::PutKeeping { key, value, .. } => {
-                        key.len() + value.len()
-                    }
+                    TxnOp::Put { key, value, .. }
+                    | TxnOp::PutKeeping { key, value, .. }
+                    | TxnOp::PutLeased { key, value, .. } => key.len() + value.len(),
                     TxnOp::Delete { range, .. } => range.start().len() * 2,
                     TxnOp::Get(r) => r.range.start().len() * 2,
                 })
@@ -135,7 +135,8 @@ fn approx_bytes(command: &Command) -> usize {
                 + txn.compares.len() * 64
         }
         Command::Batch(requests) => requests.iter().map(|r| approx_bytes(&r.command)).sum(),
-        Command::Compact { .. } => 16,
+        Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
+        Command::LeaseCheckpoint(list) => list.len() * 16,
     }
 }
 

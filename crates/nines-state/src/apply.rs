@@ -14,7 +14,9 @@ use openraft::EntryPayload;
 
 use crate::engine::{Engine, Write};
 use crate::error::StateError;
-use crate::mvcc::{encode_record, key_value, rev_key, value_of, KeyAt, Mvcc, RecordHeader, Rev};
+use crate::mvcc::{
+    encode_record, key_value, record_of, rev_key, value_of, KeyAt, Mvcc, RecordHeader, Rev,
+};
 use crate::overlay::Overlay;
 use crate::sessions::{self, Check, Sessions};
 use crate::store::{
@@ -226,12 +228,15 @@ impl<'a, E: Engine> Executor<'a, E> {
             Command::Put {
                 key,
                 value,
+                lease,
                 prev_kv,
-                ..
             } => {
+                if !self.lease_exists(*lease) {
+                    return Ok(self.rejected(RejectReason::LeaseNotFound(*lease)));
+                }
                 changed = true;
                 CommandResult::Put {
-                    prev_kv: self.put(key, value, *prev_kv, rev)?,
+                    prev_kv: self.put(key, value, *lease, *prev_kv, rev)?,
                 }
             }
             Command::Delete { key, prev_kv } => {
@@ -248,15 +253,19 @@ impl<'a, E: Engine> Executor<'a, E> {
             Command::PutKeeping {
                 key,
                 value,
+                lease,
                 prev_kv,
                 keep,
-                ..
             } => match self.kept_value(key, value, *keep)? {
                 None => CommandResult::Rejected(RejectReason::KeyNotFound(key.clone())),
+                Some(_) if !keep.lease && !self.lease_exists(*lease) => {
+                    CommandResult::Rejected(RejectReason::LeaseNotFound(*lease))
+                }
                 Some(value) => {
                     changed = true;
+                    let lease = self.kept_lease(key, *lease, *keep);
                     CommandResult::Put {
-                        prev_kv: self.put(key, &value, *prev_kv, rev)?,
+                        prev_kv: self.put(key, &value, lease, *prev_kv, rev)?,
                     }
                 }
             },
@@ -272,10 +281,10 @@ impl<'a, E: Engine> Executor<'a, E> {
                 };
                 if let Some(key) = self.missing_kept_key(ops) {
                     // Refused before any op runs: nothing to undo.
-                    return Ok(Response {
-                        revision: self.revision,
-                        result: CommandResult::Rejected(RejectReason::KeyNotFound(key)),
-                    });
+                    return Ok(self.rejected(RejectReason::KeyNotFound(key)));
+                }
+                if let Some(lease) = self.missing_lease(ops) {
+                    return Ok(self.rejected(RejectReason::LeaseNotFound(lease)));
                 }
                 let mut responses = Vec::with_capacity(ops.len());
                 for op in ops {
@@ -287,15 +296,26 @@ impl<'a, E: Engine> Executor<'a, E> {
                         } => {
                             changed = true;
                             TxnOpResponse::Put {
-                                prev_kv: self.put(key, value, *prev_kv, rev)?,
+                                prev_kv: self.put(key, value, 0, *prev_kv, rev)?,
+                            }
+                        }
+                        TxnOp::PutLeased {
+                            key,
+                            value,
+                            lease,
+                            prev_kv,
+                        } => {
+                            changed = true;
+                            TxnOpResponse::Put {
+                                prev_kv: self.put(key, value, *lease, *prev_kv, rev)?,
                             }
                         }
                         TxnOp::PutKeeping {
                             key,
                             value,
+                            lease,
                             prev_kv,
                             keep,
-                            ..
                         } => {
                             let value = self.kept_value(key, value, *keep)?.ok_or_else(|| {
                                 StateError::CorruptState(
@@ -303,8 +323,9 @@ impl<'a, E: Engine> Executor<'a, E> {
                                 )
                             })?;
                             changed = true;
+                            let lease = self.kept_lease(key, *lease, *keep);
                             TxnOpResponse::Put {
-                                prev_kv: self.put(key, &value, *prev_kv, rev)?,
+                                prev_kv: self.put(key, &value, lease, *prev_kv, rev)?,
                             }
                         }
                         TxnOp::Delete { range, prev_kv } => {
@@ -324,6 +345,35 @@ impl<'a, E: Engine> Executor<'a, E> {
                 }
             }
             Command::Compact { revision, .. } => self.compact(*revision),
+            Command::LeaseGrant { id, ttl } => {
+                let granted = self.mvcc.leases_mut().grant(&mut self.overlay, *id, *ttl)?;
+                if granted {
+                    CommandResult::LeaseGranted { id: *id, ttl: *ttl }
+                } else {
+                    CommandResult::Rejected(RejectReason::LeaseExists(*id))
+                }
+            }
+            Command::LeaseRevoke { id } => {
+                let keys = self.mvcc.leases_mut().revoke(&mut self.overlay, *id);
+                match keys {
+                    None => CommandResult::Rejected(RejectReason::LeaseNotFound(*id)),
+                    Some(keys) => {
+                        let mut deleted = 0;
+                        for key in keys {
+                            deleted += self.delete(&KeyRange::Single(key), false, rev)?.0;
+                        }
+                        changed = deleted > 0;
+                        CommandResult::LeaseRevoked { deleted }
+                    }
+                }
+            }
+            Command::LeaseCheckpoint(list) => {
+                let mut leases = self.mvcc.leases_mut();
+                for c in list {
+                    leases.checkpoint(&mut self.overlay, c.id, c.remaining)?;
+                }
+                CommandResult::Empty
+            }
             // Batches are unpacked by apply_entry; one inside a batch is refused.
             Command::Batch(_) => CommandResult::Rejected(RejectReason::InvalidInput(
                 nines_types::InputError::NestedBatch.to_string(),
@@ -336,6 +386,41 @@ impl<'a, E: Engine> Executor<'a, E> {
         Ok(Response {
             revision: self.revision,
             result,
+        })
+    }
+
+    fn rejected(&self, reason: RejectReason) -> Response {
+        Response {
+            revision: self.revision,
+            result: CommandResult::Rejected(reason),
+        }
+    }
+
+    /// Whether a put may name `lease`: none (0), or one granted.
+    fn lease_exists(&self, lease: i64) -> bool {
+        lease == 0 || self.mvcc.leases().contains(lease)
+    }
+
+    /// The lease a put with `keep` attaches: the key's own with
+    /// `ignore_lease`, else the request's.
+    fn kept_lease(&self, key: &[u8], lease: i64, keep: Keep) -> i64 {
+        if keep.lease {
+            self.mvcc.leases().lease_of(key)
+        } else {
+            lease
+        }
+    }
+
+    /// The first lease a txn branch puts with that is not granted.
+    fn missing_lease(&self, ops: &[TxnOp]) -> Option<i64> {
+        ops.iter().find_map(|op| match op {
+            TxnOp::PutLeased { lease, .. }
+            | TxnOp::PutKeeping {
+                lease,
+                keep: Keep { lease: false, .. },
+                ..
+            } if !self.lease_exists(*lease) => Some(*lease),
+            _ => None,
         })
     }
 
@@ -361,8 +446,7 @@ impl<'a, E: Engine> Executor<'a, E> {
     }
 
     /// The value a put with `keep` writes, or None if the key is missing
-    /// (etcd: "key not found"). Leases are all 0 until they land, so keeping
-    /// the lease only needs the key to exist.
+    /// (etcd: "key not found"); keeping the lease needs the key too.
     fn kept_value<'v>(
         &self,
         key: &[u8],
@@ -402,14 +486,15 @@ impl<'a, E: Engine> Executor<'a, E> {
 
     /// The key as it is now, with its value (unwritten records included).
     fn current_kv(&self, key: &[u8], at: KeyAt) -> Result<KeyValue, StateError> {
-        let value = value_of(key, at.rev, |r| self.overlay.get(&rev_key(r)))?;
-        Ok(key_value(key.to_vec(), value, at))
+        let (value, lease) = record_of(key, at.rev, |r| self.overlay.get(&rev_key(r)), true)?;
+        Ok(key_value(key.to_vec(), value, at, lease))
     }
 
     fn put(
         &mut self,
         key: &[u8],
         value: &[u8],
+        lease: i64,
         want_prev: bool,
         rev: i64,
     ) -> Result<Option<KeyValue>, StateError> {
@@ -427,9 +512,14 @@ impl<'a, E: Engine> Executor<'a, E> {
             tombstone: false,
             create_revision,
             version,
-            lease: 0,
+            lease,
         };
+        if lease != 0 {
+            // Before the record exists, so no reader misses its lease.
+            self.mvcc.note_leased();
+        }
         self.write(header, value, rev)?;
+        self.mvcc.leases_mut().attach(&mut self.overlay, key, lease);
         Ok(prev_kv)
     }
 
@@ -458,6 +548,7 @@ impl<'a, E: Engine> Executor<'a, E> {
                 lease: 0,
             };
             self.write(header, &[], rev)?;
+            self.mvcc.leases_mut().detach(&mut self.overlay, &kv.key);
         }
         let prev_kvs = if want_prev { found.kvs } else { Vec::new() };
         Ok((found.count, prev_kvs))

@@ -12,6 +12,7 @@ mod compactor;
 mod engine;
 mod error;
 mod install;
+mod lease;
 mod mvcc;
 mod overlay;
 mod reader;
@@ -29,6 +30,7 @@ pub use backup::{
     backup_status, restore_state, verify_backup, BackupStatus, Export, BACKUP_ALIGN, CHECKSUM_LEN,
 };
 pub use error::StateError;
+pub use lease::LeaseInfo;
 pub use mvcc::{Change, Changes, HashKv, Read};
 pub use reader::StateReader;
 pub use snapshot_builder::SnapshotBuilder;

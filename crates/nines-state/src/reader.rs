@@ -12,6 +12,7 @@ use nines_types::{KeyValue, LogId, RangeOptions, RangeRequest, RangeResponse};
 
 use crate::backup::Export;
 use crate::error::StateError;
+use crate::lease::LeaseInfo;
 use crate::mvcc::{Changes, HashKv, Mvcc, Read};
 use crate::sled_engine::SledEngine;
 use crate::store::{RawRecord, Shared};
@@ -169,6 +170,26 @@ impl StateReader {
     /// Runs `read` on the current store. A snapshot install drops the old
     /// store's tree, so a read that was on it may find a record gone: it is
     /// served again on the new store.
+    /// Lease `id` as applied here, if it is granted.
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        self.shared.current().leases().get(id)
+    }
+
+    /// Every granted lease, by id.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        self.shared.current().leases().list()
+    }
+
+    /// Number of granted leases.
+    pub fn lease_count(&self) -> usize {
+        self.shared.current().leases().len()
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.shared.current().leases().keys(id)
+    }
+
     fn on_current<T>(
         &self,
         read: impl Fn(&Mvcc<SledEngine>) -> Result<T, StateError>,

@@ -175,9 +175,17 @@ async fn invalid_input_is_rejected_without_state_change() {
         Command::Put {
             key: b"k".to_vec(),
             value: vec![],
-            lease: 5,
+            lease: -5,
             prev_kv: false,
         },
+        Command::LeaseGrant { id: 1, ttl: 0 },
+        Command::LeaseCheckpoint(vec![
+            nines_types::LeaseRemaining {
+                id: 1,
+                remaining: 1
+            };
+            nines_types::MAX_CHECKPOINT_LEASES + 1
+        ]),
         txn(vec![], vec![tput("a", "1"), tput("a", "2")], vec![]),
     ];
     for command in bad {
@@ -198,7 +206,7 @@ async fn invalid_input_is_rejected_without_state_change() {
         v.into_iter().filter(|(k, _)| k != b"mapplied").collect()
     };
     assert_eq!(strip(before), strip(after));
-    assert_eq!(a.sm.reader().last_applied(), Some(log_id(5)));
+    assert_eq!(a.sm.reader().last_applied(), Some(log_id(7)));
 }
 
 #[tokio::test]

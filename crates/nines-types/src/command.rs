@@ -176,7 +176,7 @@ pub struct KeyValue {
     pub mod_revision: i64,
     /// Number of writes since creation; 1 after the first put.
     pub version: i64,
-    /// Reserved for leases; always 0 today.
+    /// The lease the key is attached to; 0 for none.
     pub lease: i64,
 }
 
@@ -196,7 +196,7 @@ pub enum Command {
         key: Vec<u8>,
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
-        /// Reserved for leases/TTL; must be 0 today.
+        /// The lease to attach the key to (0: none); it must exist.
         lease: i64,
         prev_kv: bool,
     },
@@ -234,6 +234,29 @@ pub enum Command {
         prev_kv: bool,
         keep: Keep,
     },
+    /// etcd's LeaseGrant: a lease with `ttl` seconds, under `id` (chosen by
+    /// the proposer: never 0). An id in use is refused.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// etcd's LeaseRevoke, and what the leader proposes when a lease
+    /// expires: deletes the lease and every key attached to it, all at one
+    /// revision.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// The leader's remaining TTLs, so that a new leader counts down from
+    /// them instead of from the full TTL (etcd's lease checkpoints). Ids
+    /// no longer granted are skipped.
+    LeaseCheckpoint(Vec<LeaseRemaining>),
+}
+
+/// A lease's remaining time to live, in seconds, as the leader saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRemaining {
+    pub id: i64,
+    pub remaining: i64,
 }
 
 /// What an etcd Put takes from the key's current version instead of the
@@ -257,7 +280,14 @@ impl Command {
                 .chain(&txn.failure)
                 .any(|op| op.put_key().is_some()),
             Command::Batch(requests) => requests.iter().any(|r| r.command.adds_data()),
-            Command::Delete { .. } | Command::DeleteRange { .. } | Command::Compact { .. } => false,
+            Command::Delete { .. }
+            | Command::DeleteRange { .. }
+            | Command::Compact { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseCheckpoint(_) => false,
+            // A lease record is small, but a full store must not grow
+            // without bound (etcd's quota refuses LeaseGrant too).
+            Command::LeaseGrant { .. } => true,
         }
     }
 }
@@ -313,13 +343,25 @@ pub enum TxnOp {
         prev_kv: bool,
         keep: Keep,
     },
+    /// A put attaching the key to `lease` (nonzero; it must exist, or the
+    /// whole txn is refused).
+    PutLeased {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        lease: i64,
+        prev_kv: bool,
+    },
 }
 
 impl TxnOp {
     /// The key this op writes, if it is a put.
     pub fn put_key(&self) -> Option<&[u8]> {
         match self {
-            TxnOp::Put { key, .. } | TxnOp::PutKeeping { key, .. } => Some(key),
+            TxnOp::Put { key, .. }
+            | TxnOp::PutKeeping { key, .. }
+            | TxnOp::PutLeased { key, .. } => Some(key),
             TxnOp::Delete { .. } | TxnOp::Get(_) => None,
         }
     }
@@ -368,6 +410,14 @@ pub enum CommandResult {
     Compacted {
         revision: i64,
     },
+    LeaseGranted {
+        id: i64,
+        ttl: i64,
+    },
+    /// The lease is gone with the keys attached to it.
+    LeaseRevoked {
+        deleted: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,6 +450,11 @@ pub enum RejectReason {
     FutureRevision { requested: i64, current: i64 },
     /// A put that keeps the value or lease of a key that does not exist.
     KeyNotFound(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A put or revoke naming a lease that is not granted (etcd: "requested
+    /// lease not found").
+    LeaseNotFound(i64),
+    /// A grant of an id already in use (etcd: "lease already exists").
+    LeaseExists(i64),
 }
 
 /// The state machine's answer for one log entry.

@@ -11,7 +11,7 @@ use std::io::Cursor;
 
 pub use command::*;
 pub use durable::{durable_index, DurableIndex, DurableIndexTx};
-pub use limits::{InputError, Limits};
+pub use limits::{InputError, Limits, MAX_CHECKPOINT_LEASES, MAX_LEASE_TTL};
 pub use node::Node;
 
 /// Raft node ids are stable small integers chosen by the operator (`--id`).

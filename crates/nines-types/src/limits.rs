@@ -14,8 +14,12 @@ pub enum InputError {
     ValueTooLarge { len: usize, max: usize },
     #[error("txn has {ops} operations, the limit is {max}")]
     TooManyTxnOps { ops: usize, max: usize },
-    #[error("lease {0} is not supported yet (must be 0)")]
-    LeaseUnsupported(i64),
+    #[error("lease ID {0} is not positive")]
+    LeaseId(i64),
+    #[error("lease TTL {ttl} is outside 1..={max} seconds")]
+    LeaseTtl { ttl: i64, max: i64 },
+    #[error("a lease checkpoint holds {len} leases, the limit is {max}")]
+    CheckpointTooLarge { len: usize, max: usize },
     #[error("txn writes key {0:?} more than once in one branch")]
     DuplicateKeyInTxn(String),
     #[error("a batch may not contain another batch")]
@@ -27,6 +31,11 @@ pub enum InputError {
     #[error("lease is provided with ignore_lease")]
     LeaseProvided,
 }
+
+/// etcd's largest lease TTL (9,000,000,000 s): larger grants are refused.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// Leases per checkpoint command (etcd's batch size), so one entry stays small.
+pub const MAX_CHECKPOINT_LEASES: usize = 1000;
 
 /// Size limits; the defaults match etcd's spirit with a larger value bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,10 +109,7 @@ impl Limits {
             } => {
                 self.check_key(key)?;
                 self.check_value(value)?;
-                if *lease != 0 {
-                    return Err(InputError::LeaseUnsupported(*lease));
-                }
-                Ok(())
+                check_lease(*lease)
             }
             Command::PutKeeping {
                 key,
@@ -139,6 +145,27 @@ impl Limits {
                 Command::Batch(_) => Err(InputError::NestedBatch),
                 command => self.check_command(command),
             }),
+            Command::LeaseGrant { id, ttl } => {
+                if *id <= 0 {
+                    return Err(InputError::LeaseId(*id));
+                }
+                if !(1..=MAX_LEASE_TTL).contains(ttl) {
+                    return Err(InputError::LeaseTtl {
+                        ttl: *ttl,
+                        max: MAX_LEASE_TTL,
+                    });
+                }
+                Ok(())
+            }
+            Command::LeaseRevoke { id } if *id <= 0 => Err(InputError::LeaseId(*id)),
+            Command::LeaseRevoke { .. } => Ok(()),
+            Command::LeaseCheckpoint(list) if list.len() > MAX_CHECKPOINT_LEASES => {
+                Err(InputError::CheckpointTooLarge {
+                    len: list.len(),
+                    max: MAX_CHECKPOINT_LEASES,
+                })
+            }
+            Command::LeaseCheckpoint(_) => Ok(()),
         }
     }
 
@@ -159,10 +186,7 @@ impl Limits {
         if keep.lease && lease != 0 {
             return Err(InputError::LeaseProvided);
         }
-        if lease != 0 {
-            return Err(InputError::LeaseUnsupported(lease));
-        }
-        Ok(())
+        check_lease(lease)
     }
 
     fn check_branch(&self, ops: &[TxnOp]) -> Result<(), InputError> {
@@ -180,6 +204,13 @@ impl Limits {
                     keep,
                     ..
                 } => self.check_put_keeping(key, value, *lease, *keep)?,
+                TxnOp::PutLeased {
+                    key, value, lease, ..
+                } => {
+                    self.check_key(key)?;
+                    self.check_value(value)?;
+                    check_lease(*lease)?;
+                }
                 TxnOp::Delete { range, .. } => self.check_range(range)?,
                 TxnOp::Get(read) => self.check_read(read)?,
             }
@@ -196,6 +227,14 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+/// A put's lease: 0 for none, else a granted id (ids are positive).
+fn check_lease(lease: i64) -> Result<(), InputError> {
+    if lease < 0 {
+        return Err(InputError::LeaseId(lease));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -113,6 +113,8 @@ pub fn applied(resp: Response) -> Result<(i64, CommandResult), ApiError> {
         CommandResult::Rejected(RejectReason::KeyNotFound(_)) => Err(ApiError::InvalidRequest(
             crate::error::ETCD_KEY_NOT_FOUND.into(),
         )),
+        CommandResult::Rejected(RejectReason::LeaseNotFound(_)) => Err(ApiError::LeaseNotFound),
+        CommandResult::Rejected(RejectReason::LeaseExists(_)) => Err(ApiError::LeaseExists),
         result => Ok((resp.revision, result)),
     }
 }

@@ -189,6 +189,12 @@ impl Collector for Scraped {
         )?;
         gauge(
             e,
+            "leases",
+            "Leases granted (in this member's applied state).",
+            core.reader.lease_count() as u64,
+        )?;
+        gauge(
+            e,
             "store_quota_bytes",
             "--quota-backend-bytes: over it, writes that add data are refused.",
             core.config.quota_backend_bytes,
@@ -278,7 +284,17 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 29] = [
+    let counters: [(&str, &str, &AtomicU64); 31] = [
+        (
+            "leases_expired",
+            "Leases this member revoked as leader because they expired.",
+            &c.leases_expired,
+        ),
+        (
+            "lease_keepalives",
+            "Lease keepalives this member answered or forwarded.",
+            &c.lease_keepalives,
+        ),
         ("writes_ok", "Writes applied for clients of this node.", &c.writes_ok),
         ("writes_failed", "Writes that returned an error.", &c.writes_failed),
         ("writes_forwarded", "Writes forwarded to the leader.", &c.writes_forwarded),

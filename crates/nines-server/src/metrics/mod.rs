@@ -47,6 +47,10 @@ pub struct Counters {
     /// Reads of history for watchers (the shared feed's, and those of
     /// watchers that fell behind it).
     pub watch_history_reads: AtomicU64,
+    /// Leases this leader revoked because they expired.
+    pub leases_expired: AtomicU64,
+    /// Keepalives this member answered or forwarded.
+    pub lease_keepalives: AtomicU64,
     pub proposals: AtomicU64,
     pub proposed_requests: AtomicU64,
     /// Local range/get executions running now (gauge).

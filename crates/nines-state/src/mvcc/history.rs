@@ -111,8 +111,7 @@ fn change_of(rev: Rev, raw: &[u8]) -> Result<Change, StateError> {
             create_revision: header.create_revision,
             version: header.version,
         };
-        let mut kv = key_value(header.key, value.to_vec(), at);
-        kv.lease = header.lease;
+        let kv = key_value(header.key, value.to_vec(), at, header.lease);
         Change { deleted: false, kv }
     })
 }

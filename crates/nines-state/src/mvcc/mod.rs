@@ -39,7 +39,7 @@ pub use hash::HashKv;
 pub(crate) use history::changes_of;
 pub use history::{Change, Changes};
 pub(crate) use index::{KeyAt, KeyIndex, Rev};
-pub(crate) use read::{key_value, value_of};
+pub(crate) use read::{key_value, record_of, value_of};
 pub(crate) use record::{
     decode_record, encode_record, parse_rev_key, rev_key, RecordHeader, REV_PREFIX,
 };
@@ -47,6 +47,7 @@ pub(crate) use survivors::Survivors;
 
 use crate::engine::{Engine, Write};
 use crate::error::StateError;
+use crate::lease::LeaseTable;
 use crate::store::read_lock;
 
 /// A read's result and the revision it was served at.
@@ -72,6 +73,12 @@ pub(crate) struct Mvcc<E> {
     /// values): the data the store holds, what the quota limits and what
     /// compaction and deletes free. Engine overhead comes on top.
     record_bytes: AtomicU64,
+    /// Granted leases and their keys (see `lease/mod.rs`); apply is the
+    /// only writer.
+    leases: RwLock<LeaseTable>,
+    /// Whether any record held may carry a lease: found at open or
+    /// written since. Until then a keys-only read fetches no record.
+    leased: std::sync::atomic::AtomicBool,
 }
 
 impl<E: Engine> Mvcc<E> {
@@ -95,6 +102,7 @@ impl<E: Engine> Mvcc<E> {
         let mut below = Some(Survivors::default());
         let mut dropped = 0;
         let mut record_bytes = 0;
+        let mut leased = false;
         let end = [REV_PREFIX + 1];
         for item in engine.scan(&[REV_PREFIX], Some(&end)) {
             let (raw_key, raw) = item?;
@@ -107,6 +115,7 @@ impl<E: Engine> Mvcc<E> {
                 )));
             }
             let (header, _) = decode_record(raw.as_ref())?;
+            leased |= header.lease != 0;
             progress.fetch_add(1, Ordering::Relaxed);
             match &mut below {
                 Some(survivors) if rev.main <= compacted => {
@@ -121,6 +130,7 @@ impl<E: Engine> Mvcc<E> {
         if let Some(survivors) = below {
             dropped += survivors.into_index(&mut index)?;
         }
+        let leases = LeaseTable::load(&engine)?;
         Ok(Self {
             engine,
             index: RwLock::new(index),
@@ -128,7 +138,29 @@ impl<E: Engine> Mvcc<E> {
             compacted: AtomicI64::new(compacted),
             dropped_at_open: dropped,
             record_bytes: AtomicU64::new(record_bytes),
+            leases: RwLock::new(leases),
+            leased: std::sync::atomic::AtomicBool::new(leased),
         })
+    }
+
+    /// Whether a record may carry a lease (see `leased`).
+    pub fn any_leased(&self) -> bool {
+        self.leased.load(Ordering::Acquire)
+    }
+
+    /// Called by apply before it writes a record with a lease.
+    pub fn note_leased(&self) {
+        self.leased.store(true, Ordering::Release);
+    }
+
+    /// The lease table, for reading.
+    pub fn leases(&self) -> std::sync::RwLockReadGuard<'_, LeaseTable> {
+        read_lock(&self.leases)
+    }
+
+    /// The lease table, for apply.
+    pub fn leases_mut(&self) -> RwLockWriteGuard<'_, LeaseTable> {
+        self.leases.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes of the revision records held (see `record_bytes`).
@@ -224,9 +256,9 @@ impl<E: Engine> Mvcc<E> {
         let revision = self.read_revision(at)?;
         let fetch = |rev| self.engine.get(&rev_key(rev));
         let data = if opts.is_plain() {
-            read::range(&self.index, req, revision, fetch)
+            read::range(&self.index, req, revision, self.any_leased(), fetch)
         } else {
-            sorted::range(&self.index, req, opts, revision, fetch)
+            sorted::range(&self.index, req, opts, revision, self.any_leased(), fetch)
         };
         let data = self.checked(revision, data)?;
         Ok(Read { revision, data })
@@ -252,7 +284,7 @@ impl<E: Engine> Mvcc<E> {
         req: &RangeRequest,
         fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
     ) -> Result<RangeResponse, StateError> {
-        read::range(&self.index, req, i64::MAX, fetch)
+        read::range(&self.index, req, i64::MAX, self.any_leased(), fetch)
     }
 
     /// For apply, the only writer; hold it for one index update at a time.

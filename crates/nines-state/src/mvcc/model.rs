@@ -207,6 +207,9 @@ pub(crate) fn model_apply(states: &mut Vec<State>, command: &Command) -> Respons
                             prev_kv: prev.filter(|_| *prev_kv),
                         }
                     }
+                    TxnOp::PutLeased { .. } => {
+                        unreachable!("the model generates no leased puts (see lease tests)")
+                    }
                     TxnOp::Delete { range, prev_kv } => {
                         let (n, prev_kvs) = deleted(model_delete(&mut state, range), *prev_kv);
                         changed |= n > 0;

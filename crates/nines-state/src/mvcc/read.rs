@@ -22,10 +22,14 @@ pub(super) const KEYS_PER_LOCK: usize = 256;
 /// Resolves `req` at revision `at` and builds its response; `fetch` returns
 /// a record by revision. Values are fetched only for keys returned with
 /// their value (not for counting, `keys_only`, or keys past `limit`).
+///
+/// `leases` says whether any record may carry a lease: if not, a
+/// `keys_only` range needs no record at all.
 pub(crate) fn range<B: AsRef<[u8]>>(
     index: &RwLock<KeyIndex>,
     req: &RangeRequest,
     at: i64,
+    leases: bool,
     fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
 ) -> Result<RangeResponse, StateError> {
     let limit = match (req.count_only, req.limit) {
@@ -36,12 +40,14 @@ pub(crate) fn range<B: AsRef<[u8]>>(
     let (count, found) = resolve(index, &req.range, at, limit);
     let mut kvs = Vec::with_capacity(found.len());
     for (key, key_at) in found {
-        let value = if req.keys_only {
-            Vec::new()
+        // keys_only still reads the record's header if keys may have
+        // leases: a key's lease is kept there, not in the index.
+        let (value, lease) = if req.keys_only && !leases {
+            (Vec::new(), 0)
         } else {
-            value_of(&key, key_at.rev, &fetch)?
+            record_of(&key, key_at.rev, &fetch, !req.keys_only)?
         };
-        kvs.push(key_value(key, value, key_at));
+        kvs.push(key_value(key, value, key_at, lease));
     }
     Ok(RangeResponse {
         more: count > kvs.len() as u64 && !req.count_only,
@@ -60,19 +66,18 @@ pub(crate) fn get<B: AsRef<[u8]>>(
     let Some(key_at) = read_lock(index).get(key, at) else {
         return Ok(None);
     };
-    let value = value_of(key, key_at.rev, &fetch)?;
-    Ok(Some(key_value(key.to_vec(), value, key_at)))
+    let (value, lease) = record_of(key, key_at.rev, &fetch, true)?;
+    Ok(Some(key_value(key.to_vec(), value, key_at, lease)))
 }
 
-pub(crate) fn key_value(key: Vec<u8>, value: Vec<u8>, at: KeyAt) -> KeyValue {
+pub(crate) fn key_value(key: Vec<u8>, value: Vec<u8>, at: KeyAt, lease: i64) -> KeyValue {
     KeyValue {
         key,
         value,
         create_revision: at.create_revision,
         mod_revision: at.rev.main,
         version: at.version,
-        // Leases are refused at the API until they exist.
-        lease: 0,
+        lease,
     }
 }
 
@@ -82,6 +87,17 @@ pub(crate) fn value_of<B: AsRef<[u8]>>(
     rev: Rev,
     fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
 ) -> Result<Vec<u8>, StateError> {
+    record_of(key, rev, fetch, true).map(|(value, _)| value)
+}
+
+/// The value (empty unless `with_value`) and lease written at `rev`,
+/// checked to belong to `key`.
+pub(crate) fn record_of<B: AsRef<[u8]>>(
+    key: &[u8],
+    rev: Rev,
+    fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
+    with_value: bool,
+) -> Result<(Vec<u8>, i64), StateError> {
     let raw = fetch(rev)?.ok_or(StateError::MissingRecord {
         main: rev.main,
         sub: rev.sub,
@@ -101,7 +117,12 @@ pub(crate) fn value_of<B: AsRef<[u8]>>(
             String::from_utf8_lossy(key)
         )));
     }
-    Ok(value.to_vec())
+    let value = if with_value {
+        value.to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok((value, header.lease))
 }
 
 /// Counts the keys of `range` alive at `at` and returns the first `limit`.

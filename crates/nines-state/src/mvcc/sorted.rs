@@ -9,7 +9,7 @@ use std::sync::RwLock;
 use nines_types::{RangeOptions, RangeRequest, RangeResponse, SortOrder, SortTarget};
 
 use super::index::{KeyAt, KeyIndex, Rev};
-use super::read::{key_value, resolve, value_of};
+use super::read::{key_value, record_of, resolve, value_of};
 use crate::error::StateError;
 
 struct Found {
@@ -26,6 +26,7 @@ pub(crate) fn range<B: AsRef<[u8]>>(
     req: &RangeRequest,
     opts: &RangeOptions,
     at: i64,
+    leases: bool,
     fetch: impl Fn(Rev) -> Result<Option<B>, StateError>,
 ) -> Result<RangeResponse, StateError> {
     let limit = if req.count_only { 0 } else { u64::MAX };
@@ -62,12 +63,20 @@ pub(crate) fn range<B: AsRef<[u8]>>(
     }
     let mut kvs = Vec::with_capacity(found.len());
     for f in found {
+        // The header is read even for keys_only or a value already read
+        // if keys may have leases: it holds the key's lease.
+        let fetch_value = f.value.is_none() && !req.keys_only;
+        let (value, lease) = if !fetch_value && !leases {
+            (Vec::new(), 0)
+        } else {
+            record_of(&f.key, f.at.rev, &fetch, fetch_value)?
+        };
         let value = match (req.keys_only, f.value) {
             (true, _) => Vec::new(),
-            (false, Some(value)) => value,
-            (false, None) => value_of(&f.key, f.at.rev, &fetch)?,
+            (false, Some(read)) => read,
+            (false, None) => value,
         };
-        kvs.push(key_value(f.key, value, f.at));
+        kvs.push(key_value(f.key, value, f.at, lease));
     }
     Ok(RangeResponse { kvs, count, more })
 }

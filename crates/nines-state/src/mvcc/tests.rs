@@ -325,6 +325,7 @@ fn a_large_count_holds_the_index_lock_briefly_per_chunk() {
         &index,
         &req,
         KEYS as i64,
+        true,
         |_| -> Result<Option<Vec<u8>>, _> { panic!("a count fetches no record") },
     )
     .unwrap();

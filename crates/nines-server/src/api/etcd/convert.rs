@@ -174,7 +174,12 @@ fn txn_op(op: &epb::RequestOp) -> Result<TxnOp, ApiError> {
                 prev_kv: p.prev_kv,
                 keep,
             }),
-            None if p.lease != 0 => Err(invalid("leases are not supported yet")),
+            None if p.lease != 0 => Ok(TxnOp::PutLeased {
+                key: p.key.clone(),
+                value: p.value.clone(),
+                lease: p.lease,
+                prev_kv: p.prev_kv,
+            }),
             None => Ok(TxnOp::Put {
                 key: p.key.clone(),
                 value: p.value.clone(),

@@ -1,6 +1,6 @@
 //! etcd's v3 gRPC API (`etcdserverpb`) on the client port, so etcdctl and
 //! etcd's client libraries work against nines. Services and methods that
-//! land with later issues (Lease, Auth beyond its status, and
+//! land with later issues (Auth beyond its status, and
 //! Maintenance's Hash and Downgrade) answer UNIMPLEMENTED through
 //! the generated default stubs.
 
@@ -8,6 +8,7 @@ mod auth;
 mod cluster;
 pub mod convert;
 mod kv;
+mod lease;
 mod maintenance;
 mod range;
 pub mod session;
@@ -21,6 +22,7 @@ use nines_proto::etcd::etcdserverpb as epb;
 pub use auth::EtcdAuth;
 pub use cluster::EtcdCluster;
 pub use kv::EtcdKv;
+pub use lease::EtcdLease;
 pub use maintenance::{EtcdMaintenance, ETCD_API_VERSION};
 pub use watch::EtcdWatch;
 
@@ -28,21 +30,15 @@ use crate::core::NodeCore;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::read_limit::{HoldUntilSent, ReadLimiter};
 
-/// etcd's services: KV, Cluster, Maintenance, Auth, Watch, and Lease
-/// (UNIMPLEMENTED until its issue).
+/// etcd's services: KV, Cluster, Maintenance, Auth, Watch and Lease.
 pub struct Services {
     pub kv: HoldUntilSent<epb::kv_server::KvServer<EtcdKv>>,
     pub cluster: epb::cluster_server::ClusterServer<EtcdCluster>,
     pub maintenance: epb::maintenance_server::MaintenanceServer<EtcdMaintenance>,
     pub auth: epb::auth_server::AuthServer<EtcdAuth>,
     pub watch: epb::watch_server::WatchServer<EtcdWatch>,
-    pub lease: epb::lease_server::LeaseServer<Unimplemented>,
+    pub lease: epb::lease_server::LeaseServer<EtcdLease>,
 }
-
-/// Answers every method with UNIMPLEMENTED (the generated default stubs).
-pub struct Unimplemented;
-
-impl epb::lease_server::Lease for Unimplemented {}
 
 /// etcd's KV alone: what the peer port serves for forwarded calls.
 pub fn kv_server(
@@ -70,6 +66,6 @@ pub fn services(core: &Arc<NodeCore>, reads: &Arc<ReadLimiter>, max_decode: usiz
         auth: epb::auth_server::AuthServer::new(EtcdAuth { core: core.clone() }),
         watch: epb::watch_server::WatchServer::new(EtcdWatch { core: core.clone() })
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        lease: epb::lease_server::LeaseServer::new(Unimplemented),
+        lease: epb::lease_server::LeaseServer::new(EtcdLease { core: core.clone() }),
     }
 }

@@ -1,0 +1,96 @@
+use std::time::{Duration, Instant};
+
+use nines_state::LeaseInfo;
+
+use super::lessor::{Lessor, Renewal};
+
+fn info(id: i64, ttl: i64, remaining: i64) -> LeaseInfo {
+    LeaseInfo { id, ttl, remaining }
+}
+
+const EXTEND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_new_leader_counts_down_from_the_checkpoint_plus_the_extension() {
+    let lessor = Lessor::new(EXTEND);
+    let t0 = Instant::now();
+    lessor.promote(3, &[info(1, 60, 20), info(2, 10, 0)], t0);
+    let left = |id| lessor.remaining(id, t0).unwrap().as_secs();
+    assert_eq!(left(1), 21, "checkpointed 20 s + 1 s");
+    assert_eq!(left(2), 11, "never checkpointed: its TTL + 1 s");
+    // Nothing expires before its countdown; then the oldest goes first.
+    assert!(lessor
+        .take_expired(3, t0 + Duration::from_secs(10), 10)
+        .is_empty());
+    assert_eq!(
+        lessor.take_expired(3, t0 + Duration::from_secs(30), 10),
+        vec![2, 1]
+    );
+    // Handed out once; again only after a failed revoke.
+    assert!(lessor
+        .take_expired(3, t0 + Duration::from_secs(31), 10)
+        .is_empty());
+    lessor.revoke_failed(1);
+    assert_eq!(
+        lessor.take_expired(3, t0 + Duration::from_secs(31), 10),
+        vec![1]
+    );
+}
+
+#[test]
+fn only_the_leading_term_counts_renews_or_expires() {
+    let lessor = Lessor::new(EXTEND);
+    let t0 = Instant::now();
+    assert_eq!(lessor.renew(1, 7, 10, t0), Renewal::NotLeading);
+    lessor.promote(4, &[info(7, 10, 0)], t0);
+    assert_eq!(
+        lessor.renew(3, 7, 10, t0),
+        Renewal::NotLeading,
+        "an old term"
+    );
+    assert!(lessor
+        .take_expired(5, t0 + Duration::from_secs(99), 10)
+        .is_empty());
+    let later = t0 + Duration::from_secs(8);
+    assert_eq!(lessor.renew(4, 7, 10, later), Renewal::Renewed);
+    assert_eq!(lessor.remaining(7, later).unwrap().as_secs(), 10);
+    // A renew keeps the lease past its first countdown.
+    assert!(lessor
+        .take_expired(4, t0 + Duration::from_secs(15), 10)
+        .is_empty());
+    lessor.demote();
+    assert_eq!(lessor.remaining(7, later), None);
+    assert!(lessor
+        .take_expired(4, t0 + Duration::from_secs(99), 10)
+        .is_empty());
+}
+
+#[test]
+fn a_lease_being_revoked_is_not_renewed_and_sync_follows_the_table() {
+    let lessor = Lessor::new(EXTEND);
+    let t0 = Instant::now();
+    lessor.promote(1, &[info(1, 5, 0)], t0);
+    assert_eq!(
+        lessor.take_expired(1, t0 + Duration::from_secs(7), 10),
+        vec![1]
+    );
+    assert_eq!(
+        lessor.renew(1, 1, 5, t0 + Duration::from_secs(7)),
+        Renewal::Expiring
+    );
+    // Granted since: starts from its TTL, without the extension.
+    lessor.sync(&[info(2, 30, 0)], t0);
+    assert_eq!(lessor.remaining(1, t0), None, "revoked: forgotten");
+    assert_eq!(lessor.remaining(2, t0).unwrap().as_secs(), 30);
+}
+
+#[test]
+fn checkpoints_round_up_and_skip_short_leases() {
+    let lessor = Lessor::new(Duration::ZERO);
+    let t0 = Instant::now();
+    lessor.promote(1, &[info(1, 60, 0), info(2, 3, 0)], t0);
+    let at = t0 + Duration::from_millis(10_500);
+    let list = lessor.checkpoints(at, Duration::from_secs(5));
+    assert_eq!(list.len(), 1, "a 3 s lease is not worth a checkpoint");
+    assert_eq!((list[0].id, list[0].remaining), (1, 50));
+}

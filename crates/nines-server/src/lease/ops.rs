@@ -1,0 +1,199 @@
+//! Lease operations of a member (no protocol types): grant and revoke go
+//! through the log; keepalive and time-to-live are the leader's, since
+//! only it counts down.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Instant;
+
+use nines_types::{Command, LeaseRemaining, Request, Response, MAX_LEASE_TTL};
+use openraft::ServerState;
+
+use super::lessor::Renewal;
+use crate::core::{NodeCore, Routed};
+use crate::error::ApiError;
+
+/// etcd's smallest TTL with its default timings: a shorter one is raised to
+/// it, so that a lease outlives a leader change.
+pub const MIN_TTL: i64 = 2;
+
+/// How many ids a grant tries when the one it picked is taken.
+const PICK_ATTEMPTS: usize = 4;
+
+/// What a leader says of a lease's time to live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeToLive {
+    pub revision: i64,
+    /// None if the lease is not granted (etcd answers TTL -1).
+    pub lease: Option<LeaseTtl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTtl {
+    pub granted_ttl: i64,
+    /// Seconds left, rounded up.
+    pub remaining: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// A fresh lease id: positive, never 0, unlikely to be taken (a grant
+/// that finds it taken tries another).
+fn pick_id() -> i64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    match (hasher.finish() >> 1) as i64 {
+        0 => 1,
+        id => id,
+    }
+}
+
+impl NodeCore {
+    /// The term this member leads in, if it leads.
+    pub fn leading_term(&self) -> Option<u64> {
+        let metrics = self.raft.server_metrics();
+        let m = metrics.borrow();
+        (m.state == ServerState::Leader).then(|| m.vote.leader_id().get_term())
+    }
+
+    /// Where a leader-only lease call must go, when this member does not lead.
+    fn to_lease_leader<T>(&self, forwarded: bool) -> Result<Routed<T>, ApiError> {
+        let leader = self.leader();
+        self.redirect(
+            leader.as_ref().map(|(id, _)| *id),
+            leader.map(|(_, node)| node),
+            forwarded,
+        )
+    }
+
+    /// etcd's LeaseGrant: `id` 0 lets the leader pick one; a TTL below
+    /// [`MIN_TTL`] is raised to it, one above etcd's maximum refused.
+    pub async fn lease_grant(
+        &self,
+        id: i64,
+        ttl: i64,
+        forwarded: bool,
+    ) -> Result<Routed<Response>, ApiError> {
+        if ttl > MAX_LEASE_TTL {
+            return Err(ApiError::LeaseTtlTooLarge);
+        }
+        let ttl = ttl.max(MIN_TTL);
+        if id != 0 {
+            return self
+                .write(Request::new(Command::LeaseGrant { id, ttl }), forwarded)
+                .await;
+        }
+        // Picked on the leader only: a follower forwards the request as is.
+        if self.leading_term().is_none() {
+            return self.to_lease_leader(forwarded);
+        }
+        let mut last = None;
+        for _ in 0..PICK_ATTEMPTS {
+            let command = Command::LeaseGrant { id: pick_id(), ttl };
+            match self.write(Request::new(command), forwarded).await? {
+                Routed::Local(Response {
+                    result:
+                        nines_types::CommandResult::Rejected(nines_types::RejectReason::LeaseExists(_)),
+                    ..
+                }) => {}
+                done => return Ok(done),
+            }
+            last = Some(ApiError::LeaseExists);
+        }
+        Err(last.unwrap_or(ApiError::LeaseExists))
+    }
+
+    /// etcd's LeaseRevoke: the lease and its keys go in one revision.
+    pub async fn lease_revoke(
+        &self,
+        id: i64,
+        forwarded: bool,
+    ) -> Result<Routed<Response>, ApiError> {
+        self.write(Request::new(Command::LeaseRevoke { id }), forwarded)
+            .await
+    }
+
+    /// Confirms this member still leads in `term` with a quorum, and that
+    /// it applied what it committed before: so a lease granted before is
+    /// known, and a deposed leader (paused, cut off) never answers for
+    /// leases a new leader counts down.
+    async fn confirm_leading(&self, term: u64) -> Result<(), ApiError> {
+        self.lessor
+            .promote_if_new(term, || self.reader.leases(), Instant::now());
+        match self.linearize(true).await? {
+            Routed::Local(()) if self.leading_term() == Some(term) => Ok(()),
+            _ => Err(ApiError::LeaderChanged {
+                leader: self.leader(),
+            }),
+        }
+    }
+
+    /// etcd's keepalive: restarts lease `id`'s countdown on the leader and
+    /// answers its TTL; 0 if the lease is not granted (or expiring).
+    /// Returns the revision the answer is current to, and the TTL.
+    pub async fn lease_renew(
+        &self,
+        id: i64,
+        forwarded: bool,
+    ) -> Result<Routed<(i64, i64)>, ApiError> {
+        let Some(term) = self.leading_term() else {
+            return self.to_lease_leader(forwarded);
+        };
+        self.confirm_leading(term).await?;
+        let revision = self.reader.revision();
+        let Some(info) = self.reader.lease(id) else {
+            return Ok(Routed::Local((revision, 0)));
+        };
+        match self.lessor.renew(term, id, info.ttl, Instant::now()) {
+            Renewal::Renewed => Ok(Routed::Local((revision, info.ttl))),
+            Renewal::Expiring => Ok(Routed::Local((revision, 0))),
+            Renewal::NotLeading => Err(ApiError::LeaderChanged {
+                leader: self.leader(),
+            }),
+        }
+    }
+
+    /// etcd's LeaseTimeToLive, answered by the leader.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+        forwarded: bool,
+    ) -> Result<Routed<TimeToLive>, ApiError> {
+        let Some(term) = self.leading_term() else {
+            return self.to_lease_leader(forwarded);
+        };
+        self.confirm_leading(term).await?;
+        let revision = self.reader.revision();
+        let lease = self.reader.lease(id).map(|info| {
+            let left = self.lessor.remaining(id, Instant::now());
+            LeaseTtl {
+                granted_ttl: info.ttl,
+                remaining: left.map_or(info.ttl, |d| d.as_secs_f64().ceil() as i64),
+                keys: if keys {
+                    self.reader.lease_keys(id)
+                } else {
+                    Vec::new()
+                },
+            }
+        });
+        Ok(Routed::Local(TimeToLive { revision, lease }))
+    }
+
+    /// Records the leader's remaining TTLs in the log, in commands of at
+    /// most etcd's batch size.
+    pub async fn lease_checkpoint(&self, list: Vec<LeaseRemaining>) -> Result<(), ApiError> {
+        for chunk in list.chunks(nines_types::MAX_CHECKPOINT_LEASES) {
+            let command = Command::LeaseCheckpoint(chunk.to_vec());
+            if let Routed::Forward(_) = self.write(Request::new(command), true).await? {
+                return Err(ApiError::LeaderChanged {
+                    leader: self.leader(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::checker::append::AppendResult;
+use crate::checker::lease::LeaseResult;
 use crate::checker::pairs::PairsResult;
 use crate::checker::set::SetResult;
 use crate::checker::watch::WatchResult;
@@ -50,6 +51,7 @@ pub struct Report {
     pub append: Option<AppendResult>,
     pub pairs: Option<PairsResult>,
     pub watch: Option<WatchResult>,
+    pub lease: Option<LeaseResult>,
     pub windows: Vec<Window>,
     /// Fault kind -> its recovery times.
     pub recovery_by_fault: BTreeMap<String, FaultRecovery>,
@@ -86,7 +88,7 @@ pub fn count_ops(ops: &[Op]) -> (BTreeMap<String, BTreeMap<String, usize>>, usiz
     let (mut total, mut ok) = (0, 0);
     for op in ops
         .iter()
-        .filter(|o| !matches!(o.f, F::Nemesis | F::FinalRead | F::Watch))
+        .filter(|o| !matches!(o.f, F::Nemesis | F::FinalRead | F::Watch | F::Lease))
     {
         *counts
             .entry(name(&op.f))
@@ -258,6 +260,18 @@ impl Report {
                 println!(
                     "  watch {:?} (watcher {}, revision {}): {}",
                     a.kind, a.watcher, a.revision, a.detail
+                );
+            }
+        }
+        if let Some(l) = &self.lease {
+            for a in &l.anomalies {
+                println!(
+                    "  lease {:?} {:016x} {} (read op {:?}): {}",
+                    a.kind,
+                    a.lease,
+                    a.key,
+                    a.op,
+                    serde_json::to_string(&a.log).unwrap_or_default()
                 );
             }
         }

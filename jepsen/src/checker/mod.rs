@@ -1,6 +1,7 @@
 //! Turns the paired history into each workload's checker input and runs it.
 
 pub mod append;
+pub mod lease;
 pub mod pairs;
 pub mod set;
 pub mod watch;
@@ -21,6 +22,7 @@ pub const SET_PREFIX: &str = "s/";
 pub const APPEND_PREFIX: &str = "a/";
 pub const PAIRS_PREFIX: &str = "p/";
 pub const WATCH_PREFIX: &str = "w/";
+pub const LEASE_PREFIX: &str = "l/";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RegisterAnomaly {
@@ -203,6 +205,10 @@ pub fn check_pairs(ops: &[Op]) -> pairs::PairsResult {
         }
     }
     pairs::check(&reads, writes_ok)
+}
+
+pub fn check_lease(ops: &[Op]) -> lease::LeaseResult {
+    lease::check(LEASE_PREFIX, ops)
 }
 
 pub fn check_watch(ops: &[Op]) -> watch::WatchResult {

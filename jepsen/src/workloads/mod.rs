@@ -4,6 +4,7 @@
 
 pub mod append;
 pub mod conn;
+pub mod lease;
 pub mod pairs;
 pub mod register;
 pub mod set;
@@ -26,6 +27,7 @@ pub enum Workload {
     Append,
     Pairs,
     Watch,
+    Lease,
 }
 
 impl Workload {
@@ -36,16 +38,18 @@ impl Workload {
             "append" => vec![Workload::Append],
             "pairs" => vec![Workload::Pairs],
             "watch" => vec![Workload::Watch],
+            "lease" => vec![Workload::Lease],
             "all" => vec![
                 Workload::Register,
                 Workload::Set,
                 Workload::Append,
                 Workload::Pairs,
                 Workload::Watch,
+                Workload::Lease,
             ],
             other => {
                 anyhow::bail!(
-                    "unknown workload {other:?} (register, set, append, pairs, watch, all)"
+                    "unknown workload {other:?} (register, set, append, pairs, watch, lease, all)"
                 )
             }
         })
@@ -112,6 +116,8 @@ pub fn spawn(
             Workload::Pairs => tokio::spawn(pairs::run(ctx, p, conn, shared_pairs.clone())),
             // The writers; the watchers run beside them (`watch::Watchers`).
             Workload::Watch => tokio::spawn(watch::run(ctx, p, conn, shared_watch.clone())),
+            // Keepers over every member, reads rotating through them.
+            Workload::Lease => tokio::spawn(lease::run(ctx, p, addrs.to_vec())),
         });
     }
     Ok(tasks)
@@ -132,6 +138,7 @@ pub async fn final_read(workload: Workload, history: &History, addrs: &[String],
             Workload::Set => set::final_read(history, process, &mut conn).await,
             Workload::Append => append::final_read(history, process, &mut conn).await,
             Workload::Watch => watch::final_read(history, process, &mut conn).await,
+            Workload::Lease => lease::final_read(history, process, &mut conn).await,
         };
         if done || Instant::now() > deadline {
             return;

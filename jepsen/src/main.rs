@@ -333,10 +333,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         verdicts.insert(
             "lease".to_string(),
             format!(
-                "{verdict} ({} leases: {} kept to the end, {} abandoned; {} reads of kept keys; {} keeper lapses, {} expired after one; {} reconnects; key gone after abandon - TTL: {late}, {} seen gone only by the final read; {} anomalies)",
+                "{verdict} ({} leases: {} kept to the end, {} abandoned, {} without an acknowledged key; {} reads of kept keys; {} keeper lapses, {} expired after one; {} reconnects; key gone after abandon - TTL: {late}, {} seen gone only by the final read; {} anomalies)",
                 l.leases,
                 l.kept_to_end,
                 l.abandoned,
+                l.unattached,
                 l.reads_checked,
                 l.lapses,
                 l.expired_after_lapse,

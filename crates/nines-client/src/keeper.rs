@@ -255,11 +255,20 @@ impl Task {
                         }
                         next_send = sent + interval(resp.ttl);
                     }
+                    Err(status) if fatal(status.code()) => {
+                        let failed = Some((status.code(), status.message().to_string()));
+                        self.state.send_modify(|st| st.failed = failed);
+                        return;
+                    }
                     Ok(None) | Err(_) => {
+                        // A member without a leader ends the stream at
+                        // once: without the pause, keepers would spin
+                        // through the members for the whole election.
                         tracing::debug!(lease = self.id, "keepalive stream broke; next member");
                         stream = None;
                         failures += 1;
                         self.next_member();
+                        tokio::time::sleep(backoff(failures)).await;
                     }
                 },
                 _ = tokio::time::sleep_until(wait_until) => {

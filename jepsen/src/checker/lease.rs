@@ -74,6 +74,8 @@ pub struct LeaseAnomaly {
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct LeaseResult {
     pub leases: usize,
+    /// Leases whose put was not acknowledged (revoked, not checked).
+    pub unattached: usize,
     pub kept_to_end: usize,
     pub abandoned: usize,
     pub reads_checked: usize,
@@ -138,6 +140,10 @@ pub fn check(prefix: &str, ops: &[Op]) -> LeaseResult {
     };
     let none = Vec::new();
     for log in logs {
+        if log.put_end.is_none() {
+            r.unattached += 1;
+            continue;
+        }
         r.lapses += log.lapses.len();
         r.reconnects += log.reconnects;
         match log.abandoned_at {
@@ -153,9 +159,7 @@ pub fn check(prefix: &str, ops: &[Op]) -> LeaseResult {
                 r.expired_after_lapse += 1;
             }
         }
-        let Some(put_end) = log.put_end else {
-            continue;
-        };
+        let put_end = log.put_end.unwrap_or(0);
         let key = format!("{}{}", log.prefix, log.n);
         let after: Vec<&Read> = reads
             .get(log.prefix.as_str())
@@ -329,5 +333,16 @@ mod tests {
         ];
         let r = check("l/", &ops(rows));
         assert_eq!(r.anomalies[0].kind, LeaseAnomalyKind::Reappeared);
+
+        // A key whose put was not acknowledged is not expected anywhere.
+        let mut unattached = log(4, S, 5 * S);
+        unattached.put_end = None;
+        let rows = vec![
+            (F::Lease, 0, 9 * S, Value::Lease(unattached)),
+            read(2 * S, &[]),
+        ];
+        let r = check("l/", &ops(rows));
+        assert!(r.valid(), "{:?}", r.anomalies);
+        assert_eq!((r.unattached, r.kept_to_end, r.reads_checked), (1, 0, 0));
     }
 }

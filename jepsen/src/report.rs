@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::checker::append::AppendResult;
+use crate::checker::lease::LeaseResult;
 use crate::checker::lock::LockResult;
 use crate::checker::pairs::PairsResult;
 use crate::checker::set::SetResult;
@@ -51,6 +52,7 @@ pub struct Report {
     pub append: Option<AppendResult>,
     pub pairs: Option<PairsResult>,
     pub watch: Option<WatchResult>,
+    pub lease: Option<LeaseResult>,
     pub lock: Option<LockResult>,
     /// The unfenced lock variant: reported, never failing the run.
     pub lock_unfenced: Option<LockResult>,
@@ -90,7 +92,7 @@ pub fn count_ops(ops: &[Op]) -> (BTreeMap<String, BTreeMap<String, usize>>, usiz
     let (mut total, mut ok) = (0, 0);
     for op in ops
         .iter()
-        .filter(|o| !matches!(o.f, F::Nemesis | F::FinalRead | F::Watch))
+        .filter(|o| !matches!(o.f, F::Nemesis | F::FinalRead | F::Watch | F::Lease))
     {
         *counts
             .entry(name(&op.f))
@@ -271,6 +273,18 @@ impl Report {
                 println!(
                     "  watch {:?} (watcher {}, revision {}): {}",
                     a.kind, a.watcher, a.revision, a.detail
+                );
+            }
+        }
+        if let Some(l) = &self.lease {
+            for a in &l.anomalies {
+                println!(
+                    "  lease {:?} {:016x} {} (read op {:?}): {}",
+                    a.kind,
+                    a.lease,
+                    a.key,
+                    a.op,
+                    serde_json::to_string(&a.log).unwrap_or_default()
                 );
             }
         }

@@ -51,7 +51,10 @@ async fn rpcs(client: &Client) {
 
     let ttl = client.lease_time_to_live(id, true).await.expect("ttl");
     assert_eq!((ttl.id, ttl.granted_ttl), (id, grant.ttl));
-    assert!(ttl.ttl > 0 && ttl.ttl <= grant.ttl, "{ttl:?}");
+    // A new leader adds time to every countdown for clients to find it
+    // (etcd: its election timeout; nines: 1 s), so remaining may exceed
+    // the granted TTL early in a term.
+    assert!(ttl.ttl > 0 && ttl.ttl <= grant.ttl + 2, "{ttl:?}");
     let mut keys = ttl.keys.clone();
     keys.sort();
     assert_eq!(keys, vec![b"l/a".to_vec(), b"l/b".to_vec()]);

@@ -28,8 +28,10 @@ use crate::lease::KeepAliveStream;
 pub struct KeeperState {
     /// Seconds, from the last answer; 0 once the server said the lease is gone.
     pub ttl: i64,
-    /// When the last answered keepalive was sent.
+    /// When the last keepalive answered with a TTL (> 0) was sent.
     pub renewed_at: Option<Instant>,
+    /// The TTL that answer gave (kept after the lease is gone).
+    pub renewed_ttl: i64,
     /// Keepalives answered.
     pub renewals: u64,
     /// The server answered TTL 0: the lease expired or was revoked.
@@ -54,7 +56,7 @@ impl KeeperState {
     /// The lease lives at least until this (None before any answer).
     pub fn alive_until(&self) -> Option<Instant> {
         let at = self.renewed_at?;
-        Some(at + Duration::from_secs(self.ttl.max(0) as u64))
+        Some(at + Duration::from_secs(self.renewed_ttl.max(0) as u64))
     }
 }
 
@@ -87,6 +89,13 @@ impl LeaseKeeper {
 
     pub fn is_expired(&self) -> bool {
         self.state.borrow().expired
+    }
+
+    /// The state after its next change (a renewal, a reconnect, expiry);
+    /// None once the keeper stopped and nothing more will change.
+    pub async fn changed(&mut self) -> Option<KeeperState> {
+        self.state.changed().await.ok()?;
+        Some(self.state.borrow_and_update().clone())
     }
 
     /// Resolves when the server says the lease is gone (Ok), or with the
@@ -246,11 +255,20 @@ impl Task {
                         }
                         next_send = sent + interval(resp.ttl);
                     }
+                    Err(status) if fatal(status.code()) => {
+                        let failed = Some((status.code(), status.message().to_string()));
+                        self.state.send_modify(|st| st.failed = failed);
+                        return;
+                    }
                     Ok(None) | Err(_) => {
+                        // A member without a leader ends the stream at
+                        // once: without the pause, keepers would spin
+                        // through the members for the whole election.
                         tracing::debug!(lease = self.id, "keepalive stream broke; next member");
                         stream = None;
                         failures += 1;
                         self.next_member();
+                        tokio::time::sleep(backoff(failures)).await;
                     }
                 },
                 _ = tokio::time::sleep_until(wait_until) => {
@@ -296,6 +314,7 @@ impl Task {
                 return;
             }
             st.ttl = ttl;
+            st.renewed_ttl = ttl;
             st.renewed_at = Some(sent);
             st.renewals += 1;
         });
@@ -346,6 +365,11 @@ mod tests {
         assert!(state.expired);
         assert_eq!(state.ttl, 0);
         assert_eq!(state.renewals, 3);
+        assert_eq!(
+            state.alive_until(),
+            Some(t0 + Duration::from_secs(8)),
+            "the last renewal's guarantee outlives the expiry"
+        );
         assert!(stopped(&state).is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! Turns the paired history into each workload's checker input and runs it.
 
 pub mod append;
+pub mod lease;
 pub mod lock;
 pub mod pairs;
 pub mod set;
@@ -22,6 +23,7 @@ pub const SET_PREFIX: &str = "s/";
 pub const APPEND_PREFIX: &str = "a/";
 pub const PAIRS_PREFIX: &str = "p/";
 pub const WATCH_PREFIX: &str = "w/";
+pub const LEASE_PREFIX: &str = "l/";
 pub const LOCK_PREFIX: &str = "k/";
 pub const UNFENCED_PREFIX: &str = "u/";
 
@@ -206,6 +208,10 @@ pub fn check_pairs(ops: &[Op]) -> pairs::PairsResult {
         }
     }
     pairs::check(&reads, writes_ok)
+}
+
+pub fn check_lease(ops: &[Op]) -> lease::LeaseResult {
+    lease::check(LEASE_PREFIX, ops)
 }
 
 pub fn check_watch(ops: &[Op]) -> watch::WatchResult {

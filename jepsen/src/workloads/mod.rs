@@ -4,6 +4,7 @@
 
 pub mod append;
 pub mod conn;
+pub mod lease;
 pub mod lock;
 pub mod pairs;
 pub mod register;
@@ -28,6 +29,7 @@ pub enum Workload {
     Append,
     Pairs,
     Watch,
+    Lease,
     /// Lock, read, fenced write of read + 1, unlock (`lock.rs`).
     Lock,
     /// The same with plain writes: what it finds is reported, not failed.
@@ -42,6 +44,7 @@ impl Workload {
             "append" => vec![Workload::Append],
             "pairs" => vec![Workload::Pairs],
             "watch" => vec![Workload::Watch],
+            "lease" => vec![Workload::Lease],
             "lock" => vec![Workload::Lock],
             "lock-unfenced" => vec![Workload::LockUnfenced],
             "locks" => vec![Workload::Lock, Workload::LockUnfenced],
@@ -51,10 +54,11 @@ impl Workload {
                 Workload::Append,
                 Workload::Pairs,
                 Workload::Watch,
+                Workload::Lease,
             ],
             other => {
                 anyhow::bail!(
-                    "unknown workload {other:?} (register, set, append, pairs, watch, \
+                    "unknown workload {other:?} (register, set, append, pairs, watch, lease, \
                      lock, lock-unfenced, locks, all)"
                 )
             }
@@ -122,6 +126,8 @@ pub fn spawn(
             Workload::Pairs => tokio::spawn(pairs::run(ctx, p, conn, shared_pairs.clone())),
             // The writers; the watchers run beside them (`watch::Watchers`).
             Workload::Watch => tokio::spawn(watch::run(ctx, p, conn, shared_watch.clone())),
+            // Keepers over every member, reads rotating through them.
+            Workload::Lease => tokio::spawn(lease::run(ctx, p, addrs.to_vec())),
             // Through the client over every member, as lock users call.
             Workload::Lock => {
                 let client = lock::client(addrs)?;
@@ -151,6 +157,7 @@ pub async fn final_read(workload: Workload, history: &History, addrs: &[String],
             Workload::Set => set::final_read(history, process, &mut conn).await,
             Workload::Append => append::final_read(history, process, &mut conn).await,
             Workload::Watch => watch::final_read(history, process, &mut conn).await,
+            Workload::Lease => lease::final_read(history, process, &mut conn).await,
             Workload::Lock => lock::final_read(history, process, addrs, LOCK_PREFIX).await,
             Workload::LockUnfenced => {
                 lock::final_read(history, process, addrs, UNFENCED_PREFIX).await

@@ -7,6 +7,7 @@ pub mod elect;
 pub mod endpoint;
 pub mod kv;
 pub mod leader;
+pub mod lease;
 pub mod lock;
 pub mod member;
 pub mod snapshot;

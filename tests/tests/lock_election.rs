@@ -296,6 +296,45 @@ async fn a_waiter_cut_off_from_the_leader_is_told_and_keeps_its_place() {
     assert_eq!(got.key, queued[1].as_bytes());
 }
 
+/// An observer whose member dies carries on through another member: it
+/// sees the next proclamation, and nothing it already saw again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_follows_the_election_through_its_members_death() {
+    let mut cluster = nines_cluster();
+    let leader = cluster.stable_leader(LONG).await;
+    let doomed = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+    let campaigner = client(&cluster.node(leader).client_addr);
+    // The observer starts on the doomed member, and knows the others.
+    let mut endpoints = vec![cluster.node(doomed).client_addr.clone()];
+    endpoints.extend(
+        cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != doomed)
+            .map(|n| n.client_addr.clone()),
+    );
+    let mut config = ClientConfig::new(endpoints);
+    config.retry_deadline = Duration::from_secs(20);
+    let observer_client = Client::new(config).unwrap();
+
+    let lease = campaigner.lease_grant(30, 0).await.unwrap().id;
+    let (won, _) = campaigner.campaign("O", lease, "v1").await.unwrap();
+    let mut observer = observer_client.observe("O").await.unwrap();
+    assert_eq!(observer.next().await.unwrap().kv.unwrap().value, b"v1");
+    cluster.kill(doomed);
+    campaigner.proclaim(&won, "v2").await.unwrap();
+    let next = tokio::time::timeout(LONG, observer.next())
+        .await
+        .expect("the observer carries on")
+        .unwrap();
+    assert_eq!(next.kv.unwrap().value, b"v2", "v1 is not delivered twice");
+}
+
 /// A command line's stdout, line by line, with a bound on each wait.
 struct Proc {
     child: Child,

@@ -55,6 +55,8 @@ impl Workload {
                 Workload::Pairs,
                 Workload::Watch,
                 Workload::Lease,
+                // The fenced variant only: the unfenced one is a report.
+                Workload::Lock,
             ],
             other => {
                 anyhow::bail!(

@@ -47,8 +47,10 @@ declare -A SPEC=(
   # flight: keepalives/s and send -> answer latency (both targets through
   # nines-client's streams; see crates/nines-cli/src/bench/lease.rs).
   [lease-keepalive-1000]="--workload lease-keepalive --leases 1000 --clients 64 --connections 8"
+  # The same with every stream on the leader: no follower forwarding.
+  [lease-keepalive-1000-leader]="--workload lease-keepalive --leases 1000 --clients 64 --connections 8 --leader-only"
 )
-WORKLOADS=${WORKLOADS:-"put-1 put-64 put-256 get-64 get-serializable-64 mixed-64 txn-cas-64 range-16 watch-1 watch-100 watch-1000 watch-10000 lease-keepalive-1000"}
+WORKLOADS=${WORKLOADS:-"put-1 put-64 put-256 get-64 get-serializable-64 mixed-64 txn-cas-64 range-16 watch-1 watch-100 watch-1000 watch-10000 lease-keepalive-1000 lease-keepalive-1000-leader"}
 
 if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
   echo "installing etcd-server and protobuf-compiler from Debian"

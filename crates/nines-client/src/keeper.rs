@@ -167,9 +167,13 @@ fn interval(ttl: i64) -> Duration {
 }
 
 /// How long an unanswered keepalive may wait before the stream is given
-/// up for another member's: a third of the TTL, within bounds.
+/// up for another member's: a third of the TTL, within bounds; the
+/// request timeout while the TTL is not known yet.
 fn answer_timeout(ttl: i64, limit: Duration) -> Duration {
-    Duration::from_millis(ttl.max(0) as u64 * 1000 / 3).clamp(Duration::from_millis(500), limit)
+    if ttl <= 0 {
+        return limit;
+    }
+    Duration::from_millis(ttl as u64 * 1000 / 3).clamp(Duration::from_millis(500), limit)
 }
 
 /// Short and capped, as the watch's: an election takes a few hundred ms.
@@ -334,6 +338,7 @@ mod tests {
         assert_eq!(answer_timeout(3, limit), Duration::from_secs(1));
         assert_eq!(answer_timeout(1, limit), Duration::from_millis(500));
         assert_eq!(answer_timeout(60, limit), limit);
+        assert_eq!(answer_timeout(0, limit), limit, "before the first answer");
     }
 
     #[tokio::test]

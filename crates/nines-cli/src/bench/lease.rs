@@ -1,6 +1,7 @@
 //! `nines bench --workload lease-keepalive`: grants `--leases` leases,
 //! then keeps them alive as fast as the server answers over a few
-//! LeaseKeepAlive streams (`--connections`, spread over the endpoints),
+//! LeaseKeepAlive streams (`--connections`, spread over the endpoints, or
+//! all on the leader with `--leader-only`),
 //! each with `--clients / --connections` keepalives in flight, cycling
 //! through its share of the leases. Reports keepalives answered per second
 //! and the latency from sending one to its answer; a keepalive answered
@@ -46,7 +47,21 @@ pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<
     let mut config = ClientConfig::new(endpoints);
     config.request_timeout = Duration::from_secs(10);
     let client = Client::new(config)?;
-    client.discover_leader().await;
+    let leader = client.discover_leader().await;
+    // Streams go to endpoint (first + s): spread from 0, or all on the
+    // leader (its index, with `endpoints.len()` added per stream).
+    let (first, step) = match (args.leader_only, leader) {
+        (false, _) => (0, 1),
+        (true, Some(addr)) => {
+            let all = client.endpoints();
+            let at = all
+                .iter()
+                .position(|e| e == &addr || e.strip_prefix("http://") == Some(addr.as_str()))
+                .ok_or_else(|| anyhow!("the leader {addr} is not among the endpoints"))?;
+            (at, all.len())
+        }
+        (true, None) => return Err(anyhow!("no leader found for --leader-only")),
+    };
     eprintln!("granting {} leases ...", args.leases);
     let ids = grant_all(&client, args.leases.max(1)).await?;
     let streams = args.connections.max(1);
@@ -65,7 +80,10 @@ pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<
             continue;
         }
         let (client, shared) = (client.clone(), shared.clone());
-        tasks.push(tokio::spawn(keep_stream(client, s, owned, window, shared)));
+        let endpoint = first + s * step;
+        tasks.push(tokio::spawn(keep_stream(
+            client, endpoint, owned, window, shared,
+        )));
     }
     tokio::time::sleep(args.warmup).await;
     shared.measuring.store(true, Ordering::Relaxed);
@@ -86,7 +104,11 @@ pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<
         .clone();
     let report = BenchReport {
         target: args.target.clone(),
-        workload: format!("lease-keepalive-{}", ids.len()),
+        workload: format!(
+            "lease-keepalive-{}{}",
+            ids.len(),
+            if args.leader_only { "-leader" } else { "" }
+        ),
         clients: window * streams,
         connections: streams,
         value_size: 0,
@@ -144,7 +166,7 @@ async fn revoke_all(client: &Client, ids: &[i64]) {
     }
 }
 
-/// One stream on endpoint `s`, keeping `window` keepalives of `owned`
+/// One stream on endpoint `s` (modulo their number), keeping `window` keepalives of `owned`
 /// in flight until told to stop.
 async fn keep_stream(
     client: Client,

@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// `--connections` streams, `--clients` keepalives in flight).
     #[arg(long, default_value_t = 1000)]
     pub leases: usize,
+    /// `lease-keepalive`: every stream on the leader (default: spread
+    /// over the endpoints, so followers forward).
+    #[arg(long)]
+    pub leader_only: bool,
     /// Watchers of the `watch` workload (each its own stream).
     #[arg(long, default_value_t = 100)]
     pub watchers: usize,

@@ -1,6 +1,7 @@
 //! Compiles the protos with protox (pure Rust), so building needs no protoc:
 //! proto/nines/v1/*.proto (Raft traffic and the few calls etcd lacks) and proto/etcd (etcd's v3
-//! API: etcdserverpb, mvccpb, authpb).
+//! API: etcdserverpb, mvccpb, authpb, and the lock and election services v3lockpb and
+//! v3electionpb).
 
 use std::path::PathBuf;
 
@@ -22,7 +23,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // etcd's services: methods nines does not implement yet answer
     // UNIMPLEMENTED through the generated default stubs.
     let etcd = root.join("etcd");
-    let fds = protox::compile([etcd.join("etcdserverpb/rpc.proto")], [&etcd])?;
+    let files = [
+        "etcdserverpb/rpc.proto",
+        "v3lockpb/v3lock.proto",
+        "v3electionpb/v3election.proto",
+    ]
+    .map(|f| etcd.join(f));
+    let fds = protox::compile(files, [&etcd])?;
     std::fs::write(out.join("etcd_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checker::lease::LeaseLog;
 use crate::checker::watch::WatchLog;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,6 +46,9 @@ pub enum F {
     /// One watcher's whole life: invoked when it starts, completed with
     /// every event it received once it drained (or stalled).
     Watch,
+    /// One lease's whole life: invoked at its grant, completed with what
+    /// the workload knew of it once it was done with it.
+    Lease,
 }
 
 impl F {
@@ -78,6 +82,8 @@ pub enum Value {
     Rev { revision: i64, changed: bool },
     /// What one watcher received.
     Watch(WatchLog),
+    /// One lease's life (the lease workload).
+    Lease(LeaseLog),
 }
 
 /// Error text that marks a cas whose compare failed: a definite `fail` that
@@ -133,6 +139,11 @@ impl History {
 
     pub fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// `t` on the history's clock (0 if before the run started).
+    pub fn at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_nanos() as u64
     }
 
     pub fn invoke(&self, process: i64, f: F, key: impl Into<String>, value: Value) -> Pending {

@@ -45,7 +45,7 @@ struct Args {
     /// Seconds of client load and faults.
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
-    /// register, set, append, pairs, watch or all.
+    /// register, set, append, pairs, watch, lease or all.
     #[arg(long, default_value = "register")]
     workload: String,
     /// Comma list of kill, pause, partition, member, all, none.
@@ -323,6 +323,61 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
         w
     });
+    let lease = workload_list.contains(&Workload::Lease).then(|| {
+        let l = checker::check_lease(&ops);
+        valid &= l.valid();
+        let verdict = if l.valid() { "VALID" } else { "INVALID" };
+        let late = l.lateness().map_or("none measured".to_string(), |(median, max)| {
+            format!("median {median:.0} ms, max {max:.0} ms over {}", l.late_ms.len())
+        });
+        verdicts.insert(
+            "lease".to_string(),
+            format!(
+                "{verdict} ({} leases: {} kept to the end, {} abandoned, {} without an acknowledged key; {} reads of kept keys; {} keeper lapses, {} expired after one; {} reconnects; key gone after abandon - TTL: {late}, {} seen gone only by the final read; {} anomalies)",
+                l.leases,
+                l.kept_to_end,
+                l.abandoned,
+                l.unattached,
+                l.reads_checked,
+                l.lapses,
+                l.expired_after_lapse,
+                l.reconnects,
+                l.gone_by_final_read,
+                l.anomalies.len()
+            ),
+        );
+        l
+    });
+    let lock_verdict = |l: &checker::lock::LockResult| {
+        format!(
+            "{} ({} writes: {} ok, {} refused by the fence, {} info; final value {}; {} lost updates, {} fences out of order{})",
+            if l.valid() { "valid" } else { "INVALID" },
+            l.writes_attempted,
+            l.writes_ok,
+            l.writes_refused,
+            l.writes_info,
+            l.final_value.map_or("none".to_string(), |v| v.to_string()),
+            l.lost_updates.len(),
+            l.fences_out_of_order.len(),
+            l.final_anomaly.as_ref().map_or(String::new(), |a| format!("; {a}"))
+        )
+    };
+    let lock_result = workload_list.contains(&Workload::Lock).then(|| {
+        let l = checker::check_lock(&ops, checker::LOCK_PREFIX, true);
+        valid &= l.valid();
+        verdicts.insert("lock".to_string(), lock_verdict(&l));
+        l
+    });
+    // Unfenced writes under a lock are unsafe by design: what this finds
+    // is reported, not failed.
+    let lock_unfenced = workload_list.contains(&Workload::LockUnfenced).then(|| {
+        let l = checker::check_lock(&ops, checker::UNFENCED_PREFIX, false);
+        verdicts.insert(
+            "lock-unfenced (reported only)".to_string(),
+            lock_verdict(&l),
+        );
+        l
+    });
     let (counts, total_ops, ok_rate) = report::count_ops(&ops);
     let (windows, availability) = report::windows(&ops, load_ns);
     let (max_recovery_ms, median_recovery_ms) = report::recovery_stats(&windows);
@@ -361,6 +416,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         append,
         pairs,
         watch,
+        lease,
+        lock: lock_result,
+        lock_unfenced,
         windows,
         recovery_by_fault,
         max_recovery_ms,

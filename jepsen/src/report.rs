@@ -14,6 +14,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::checker::append::AppendResult;
+use crate::checker::lease::LeaseResult;
+use crate::checker::lock::LockResult;
 use crate::checker::pairs::PairsResult;
 use crate::checker::set::SetResult;
 use crate::checker::watch::WatchResult;
@@ -50,6 +52,10 @@ pub struct Report {
     pub append: Option<AppendResult>,
     pub pairs: Option<PairsResult>,
     pub watch: Option<WatchResult>,
+    pub lease: Option<LeaseResult>,
+    pub lock: Option<LockResult>,
+    /// The unfenced lock variant: reported, never failing the run.
+    pub lock_unfenced: Option<LockResult>,
     pub windows: Vec<Window>,
     /// Fault kind -> its recovery times.
     pub recovery_by_fault: BTreeMap<String, FaultRecovery>,
@@ -86,7 +92,7 @@ pub fn count_ops(ops: &[Op]) -> (BTreeMap<String, BTreeMap<String, usize>>, usiz
     let (mut total, mut ok) = (0, 0);
     for op in ops
         .iter()
-        .filter(|o| !matches!(o.f, F::Nemesis | F::FinalRead | F::Watch))
+        .filter(|o| !matches!(o.f, F::Nemesis | F::FinalRead | F::Watch | F::Lease))
     {
         *counts
             .entry(name(&op.f))
@@ -253,11 +259,32 @@ impl Report {
                 );
             }
         }
+        for l in [&self.lock, &self.lock_unfenced].into_iter().flatten() {
+            let which = if l.fenced { "lock" } else { "lock-unfenced" };
+            for p in l.lost_updates.iter().take(10) {
+                println!("  {which} lost update: {p:?}");
+            }
+            for p in l.fences_out_of_order.iter().take(10) {
+                println!("  {which} fences out of order: {p:?}");
+            }
+        }
         if let Some(w) = &self.watch {
             for a in &w.anomalies {
                 println!(
                     "  watch {:?} (watcher {}, revision {}): {}",
                     a.kind, a.watcher, a.revision, a.detail
+                );
+            }
+        }
+        if let Some(l) = &self.lease {
+            for a in &l.anomalies {
+                println!(
+                    "  lease {:?} {:016x} {} (read op {:?}): {}",
+                    a.kind,
+                    a.lease,
+                    a.key,
+                    a.op,
+                    serde_json::to_string(&a.log).unwrap_or_default()
                 );
             }
         }

@@ -12,6 +12,8 @@ pub fn describe_client(e: &ClientError) -> String {
             last.code(),
             last.message()
         ),
+        // etcdctl's words, which scripts match.
+        ClientError::LeaseNotFound { .. } => "etcdserver: requested lease not found".into(),
         other => other.to_string(),
     }
 }

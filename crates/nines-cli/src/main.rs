@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{compaction, endpoint, kv, leader, member, snapshot, txn, watch};
+use commands::{
+    compaction, elect, endpoint, kv, leader, lease, lock, member, snapshot, txn, watch,
+};
 use global::{Context, GlobalArgs};
 
 // `nines bench` shares the machine with the servers it measures: glibc
@@ -64,6 +66,8 @@ commands! {
     Txn(txn::TxnArgs),
     /// Watch a key or range for changes (every member serves watches).
     Watch(watch::WatchArgs),
+    /// Leases: grant, revoke, timetolive, list, keep-alive.
+    Lease(lease::LeaseArgs),
     /// Drop history at or below a revision.
     Compaction(compaction::CompactionArgs),
     /// Cluster membership.
@@ -74,6 +78,10 @@ commands! {
     Snapshot(snapshot::SnapshotArgs),
     /// Leadership.
     Leader(leader::LeaderArgs),
+    /// Take a named lock; hold it while a command runs, or until interrupted.
+    Lock(lock::LockArgs),
+    /// Campaign in a named election, or observe it with -l.
+    Elect(elect::ElectArgs),
     /// Closed-loop load against nines (or etcd, built with `--features etcd`).
     Bench(bench::BenchArgs),
 }

@@ -266,7 +266,11 @@ impl Client {
 
     /// Runs a write under a fresh (client_id, seq), reused by every retry
     /// and sent as `x-nines-session` metadata.
-    async fn write<Req, Resp, F, Fut>(&self, message: Req, call: F) -> Result<Resp, ClientError>
+    pub(crate) async fn write<Req, Resp, F, Fut>(
+        &self,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, ClientError>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
@@ -314,12 +318,16 @@ impl Client {
         .await
     }
 
+    /// A put as etcd's PutRequest; with `lease` set, an unknown lease is
+    /// `ClientError::LeaseNotFound`.
     pub async fn put_request(
         &self,
         request: pb::PutRequest,
     ) -> Result<pb::PutResponse, ClientError> {
+        let lease = request.lease;
         self.write(request, |ch, req| async move { kv(ch).put(req).await })
             .await
+            .map_err(|e| if lease != 0 { e.lease(lease) } else { e })
     }
 
     /// A linearizable read of one key.

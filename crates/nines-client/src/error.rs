@@ -12,7 +12,15 @@ pub enum ClientError {
     /// Retries ran out; the last error is attached. A write's outcome is unknown.
     #[error("gave up after {attempts} attempts: {}: {}", .last.code(), .last.message())]
     Exhausted { attempts: u32, last: tonic::Status },
+    /// The lease does not exist: never granted, revoked, or expired
+    /// (etcd's NOT_FOUND "requested lease not found", or a keepalive
+    /// answered with TTL 0). `id` is 0 when the request named several.
+    #[error("lease {id:016x} not found (etcdserver: requested lease not found)")]
+    LeaseNotFound { id: i64 },
 }
+
+/// etcd's message for a lease it does not know (ErrGRPCLeaseNotFound).
+pub(crate) const LEASE_NOT_FOUND: &str = "requested lease not found";
 
 impl ClientError {
     pub fn code(&self) -> Code {
@@ -20,6 +28,20 @@ impl ClientError {
             ClientError::Status(s) => s.code(),
             ClientError::Exhausted { last, .. } => last.code(),
             ClientError::InvalidEndpoint(_) | ClientError::NoEndpoints => Code::InvalidArgument,
+            ClientError::LeaseNotFound { .. } => Code::NotFound,
+        }
+    }
+
+    /// This error as `LeaseNotFound { id }` when the server said the lease
+    /// is unknown; otherwise unchanged.
+    pub(crate) fn lease(self, id: i64) -> ClientError {
+        match &self {
+            ClientError::Status(s)
+                if s.code() == Code::NotFound && s.message().contains(LEASE_NOT_FOUND) =>
+            {
+                ClientError::LeaseNotFound { id }
+            }
+            _ => self,
         }
     }
 
@@ -30,5 +52,27 @@ impl ClientError {
                 self.code(),
                 Code::DeadlineExceeded | Code::Unavailable | Code::Unknown | Code::Cancelled
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_not_found_is_recognized_and_nothing_else() {
+        let gone = tonic::Status::not_found("etcdserver: requested lease not found");
+        let e = ClientError::Status(gone).lease(0x694d);
+        assert!(matches!(e, ClientError::LeaseNotFound { id: 0x694d }));
+        assert_eq!(e.code(), Code::NotFound);
+        assert!(!e.is_indeterminate());
+        assert_eq!(
+            e.to_string(),
+            "lease 000000000000694d not found (etcdserver: requested lease not found)"
+        );
+        let other = ClientError::Status(tonic::Status::not_found("member not found")).lease(1);
+        assert!(matches!(other, ClientError::Status(_)));
+        let busy = ClientError::Status(tonic::Status::unavailable(LEASE_NOT_FOUND)).lease(1);
+        assert!(matches!(busy, ClientError::Status(_)));
     }
 }

@@ -7,6 +7,10 @@
 //! - Retries with backoff on unavailability and leader changes. Writes carry a
 //!   `(client_id, seq)` session (metadata `x-nines-session`) so a retried
 //!   write is applied exactly once.
+//! - Leases: grant, revoke, time-to-live, list, `put_with_lease`, and a
+//!   `LeaseKeeper` that keeps a lease alive through member failures.
+//! - Locks and elections (etcd's Lock and Election services), and the
+//!   fenced write: `fenced_txn` applies ops only while a lock is held.
 //! - Serializable reads are balanced across endpoints (round robin, least
 //!   outstanding requests, or lowest observed latency).
 
@@ -14,6 +18,9 @@ mod client;
 mod cluster;
 mod endpoints;
 mod error;
+mod keeper;
+mod lease;
+mod lock;
 mod session;
 pub mod snapshot;
 mod watch;
@@ -21,6 +28,9 @@ mod watch;
 pub use client::{Client, ClientConfig, GetRequest, GetResponse, ReadBalance, MAX_RESPONSE_BYTES};
 pub use cluster::{NodeStatus, SnapshotBuilt};
 pub use error::ClientError;
+pub use keeper::{KeeperState, Lapse, LeaseKeeper};
+pub use lease::KeepAliveStream;
+pub use lock::{fence_compare, put_op, Fenced, LeaderKey, LockHeld, Observe};
 pub use session::{with_session, SESSION_HEADER};
 pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
 pub use watch::{Watch, WatchError, WatchOptions, WatchUpdate};

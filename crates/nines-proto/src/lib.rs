@@ -20,6 +20,14 @@ pub mod etcd {
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
     }
+    /// etcd's lock service (`v3lockpb.Lock`).
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+    }
+    /// etcd's election service (`v3electionpb.Election`).
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
+    }
 }
 
 /// Encoded file descriptor set, for gRPC server reflection.

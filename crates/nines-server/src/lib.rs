@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod auto_compact;
 pub mod config;
+pub mod coord;
 pub mod core;
 mod datadir;
 pub mod disk;

@@ -317,7 +317,9 @@ async fn serve_client(
         .add_service(etcd.maintenance)
         .add_service(etcd.auth)
         .add_service(etcd.watch)
-        .add_service(etcd.lease);
+        .add_service(etcd.lease)
+        .add_service(etcd.lock)
+        .add_service(etcd.election);
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }

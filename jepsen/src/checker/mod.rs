@@ -1,6 +1,8 @@
 //! Turns the paired history into each workload's checker input and runs it.
 
 pub mod append;
+pub mod lease;
+pub mod lock;
 pub mod pairs;
 pub mod set;
 pub mod watch;
@@ -21,6 +23,9 @@ pub const SET_PREFIX: &str = "s/";
 pub const APPEND_PREFIX: &str = "a/";
 pub const PAIRS_PREFIX: &str = "p/";
 pub const WATCH_PREFIX: &str = "w/";
+pub const LEASE_PREFIX: &str = "l/";
+pub const LOCK_PREFIX: &str = "k/";
+pub const UNFENCED_PREFIX: &str = "u/";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RegisterAnomaly {
@@ -205,6 +210,10 @@ pub fn check_pairs(ops: &[Op]) -> pairs::PairsResult {
     pairs::check(&reads, writes_ok)
 }
 
+pub fn check_lease(ops: &[Op]) -> lease::LeaseResult {
+    lease::check(LEASE_PREFIX, ops)
+}
+
 pub fn check_watch(ops: &[Op]) -> watch::WatchResult {
     use crate::workloads::watch::REVISION_KEY;
     let mut writes = Vec::new();
@@ -248,6 +257,12 @@ pub fn check_watch(ops: &[Op]) -> watch::WatchResult {
         }
     }
     watch::check(WATCH_PREFIX, &writes, &watchers, final_state.as_ref())
+}
+
+/// The lock workload's register under `prefix` (fenced or not).
+pub fn check_lock(ops: &[Op], prefix: &str, fenced: bool) -> lock::LockResult {
+    let (_, register) = crate::workloads::lock::names(prefix);
+    lock::check(ops, &register, fenced)
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 
 pub mod append;
 pub mod conn;
+pub mod lease;
+pub mod lock;
 pub mod pairs;
 pub mod register;
 pub mod set;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::task::JoinHandle;
 
+use crate::checker::{LOCK_PREFIX, UNFENCED_PREFIX};
 use crate::history::{History, Pending, Phase, Value};
 use conn::OpError;
 
@@ -26,6 +29,11 @@ pub enum Workload {
     Append,
     Pairs,
     Watch,
+    Lease,
+    /// Lock, read, fenced write of read + 1, unlock (`lock.rs`).
+    Lock,
+    /// The same with plain writes: what it finds is reported, not failed.
+    LockUnfenced,
 }
 
 impl Workload {
@@ -36,16 +44,24 @@ impl Workload {
             "append" => vec![Workload::Append],
             "pairs" => vec![Workload::Pairs],
             "watch" => vec![Workload::Watch],
+            "lease" => vec![Workload::Lease],
+            "lock" => vec![Workload::Lock],
+            "lock-unfenced" => vec![Workload::LockUnfenced],
+            "locks" => vec![Workload::Lock, Workload::LockUnfenced],
             "all" => vec![
                 Workload::Register,
                 Workload::Set,
                 Workload::Append,
                 Workload::Pairs,
                 Workload::Watch,
+                Workload::Lease,
+                // The fenced variant only: the unfenced one is a report.
+                Workload::Lock,
             ],
             other => {
                 anyhow::bail!(
-                    "unknown workload {other:?} (register, set, append, pairs, watch, all)"
+                    "unknown workload {other:?} (register, set, append, pairs, watch, lease, \
+                     lock, lock-unfenced, locks, all)"
                 )
             }
         })
@@ -112,6 +128,17 @@ pub fn spawn(
             Workload::Pairs => tokio::spawn(pairs::run(ctx, p, conn, shared_pairs.clone())),
             // The writers; the watchers run beside them (`watch::Watchers`).
             Workload::Watch => tokio::spawn(watch::run(ctx, p, conn, shared_watch.clone())),
+            // Keepers over every member, reads rotating through them.
+            Workload::Lease => tokio::spawn(lease::run(ctx, p, addrs.to_vec())),
+            // Through the client over every member, as lock users call.
+            Workload::Lock => {
+                let client = lock::client(addrs)?;
+                tokio::spawn(lock::run(ctx, p, client, LOCK_PREFIX, true))
+            }
+            Workload::LockUnfenced => {
+                let client = lock::client(addrs)?;
+                tokio::spawn(lock::run(ctx, p, client, UNFENCED_PREFIX, false))
+            }
         });
     }
     Ok(tasks)
@@ -132,6 +159,11 @@ pub async fn final_read(workload: Workload, history: &History, addrs: &[String],
             Workload::Set => set::final_read(history, process, &mut conn).await,
             Workload::Append => append::final_read(history, process, &mut conn).await,
             Workload::Watch => watch::final_read(history, process, &mut conn).await,
+            Workload::Lease => lease::final_read(history, process, &mut conn).await,
+            Workload::Lock => lock::final_read(history, process, addrs, LOCK_PREFIX).await,
+            Workload::LockUnfenced => {
+                lock::final_read(history, process, addrs, UNFENCED_PREFIX).await
+            }
         };
         if done || Instant::now() > deadline {
             return;

@@ -3,6 +3,7 @@
 
 mod backend;
 mod fsync_probe;
+mod lease;
 mod report;
 mod run;
 mod watch;

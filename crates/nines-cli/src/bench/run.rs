@@ -17,9 +17,17 @@ use super::report::{print_table, BenchReport, Latency};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// put, get, get-serializable, mixed, txn-cas, range, watch
+    /// put, get, get-serializable, mixed, txn-cas, range, watch, lease-keepalive
     #[arg(long, default_value = "put")]
     pub workload: String,
+    /// Leases of the `lease-keepalive` workload (kept alive over
+    /// `--connections` streams, `--clients` keepalives in flight).
+    #[arg(long, default_value_t = 1000)]
+    pub leases: usize,
+    /// `lease-keepalive`: every stream on the leader (default: spread
+    /// over the endpoints, so followers forward).
+    #[arg(long)]
+    pub leader_only: bool,
     /// Watchers of the `watch` workload (each its own stream).
     #[arg(long, default_value_t = 100)]
     pub watchers: usize,
@@ -176,6 +184,9 @@ impl BenchArgs {
 pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<()> {
     if args.workload == "watch" {
         return super::watch::run(args, endpoints, json).await;
+    }
+    if args.workload == "lease-keepalive" {
+        return super::lease::run(args, endpoints, json).await;
     }
     choose(&args, &mut rand::thread_rng())?;
     let backend = Arc::new(Backend::connect(&args.target, &endpoints, args.connections).await?);

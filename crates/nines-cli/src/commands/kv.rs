@@ -20,6 +20,9 @@ pub struct PutArgs {
     /// Also print the previous key-value.
     #[arg(long)]
     prev_kv: bool,
+    /// Attach the key to this lease (hex ID, as `lease grant` prints it).
+    #[arg(long, value_parser = crate::commands::lease::parse_lease_id)]
+    lease: Option<i64>,
 }
 
 impl PutArgs {
@@ -30,6 +33,7 @@ impl PutArgs {
                 key: self.key.into_bytes(),
                 value: self.value.into_bytes(),
                 prev_kv: self.prev_kv,
+                lease: self.lease.unwrap_or(0),
                 ..Default::default()
             })
             .await?;

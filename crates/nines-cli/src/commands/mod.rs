@@ -3,9 +3,12 @@
 
 pub mod backup;
 pub mod compaction;
+pub mod elect;
 pub mod endpoint;
 pub mod kv;
 pub mod leader;
+pub mod lease;
+pub mod lock;
 pub mod member;
 pub mod snapshot;
 pub mod txn;

@@ -7,8 +7,10 @@
 mod auth;
 mod cluster;
 pub mod convert;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod permits;
 mod range;
@@ -19,11 +21,14 @@ mod watch;
 use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
+use nines_proto::etcd::{v3electionpb, v3lockpb};
 
 pub use auth::EtcdAuth;
 pub use cluster::EtcdCluster;
+pub use election::EtcdElection;
 pub use kv::EtcdKv;
 pub use lease::EtcdLease;
+pub use lock::EtcdLock;
 pub use maintenance::{EtcdMaintenance, ETCD_API_VERSION};
 pub use watch::EtcdWatch;
 
@@ -31,7 +36,8 @@ use crate::core::NodeCore;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::read_limit::{HoldUntilSent, ReadLimiter};
 
-/// etcd's services: KV, Cluster, Maintenance, Auth, Watch and Lease.
+/// etcd's services: KV, Cluster, Maintenance, Auth, Watch, Lease, Lock and
+/// Election.
 pub struct Services {
     pub kv: HoldUntilSent<epb::kv_server::KvServer<EtcdKv>>,
     pub cluster: epb::cluster_server::ClusterServer<EtcdCluster>,
@@ -39,6 +45,8 @@ pub struct Services {
     pub auth: epb::auth_server::AuthServer<EtcdAuth>,
     pub watch: epb::watch_server::WatchServer<EtcdWatch>,
     pub lease: epb::lease_server::LeaseServer<EtcdLease>,
+    pub lock: v3lockpb::lock_server::LockServer<EtcdLock>,
+    pub election: v3electionpb::election_server::ElectionServer<EtcdElection>,
 }
 
 /// etcd's KV alone: what the peer port serves for forwarded calls.
@@ -68,5 +76,7 @@ pub fn services(core: &Arc<NodeCore>, reads: &Arc<ReadLimiter>, max_decode: usiz
         watch: epb::watch_server::WatchServer::new(EtcdWatch { core: core.clone() })
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         lease: epb::lease_server::LeaseServer::new(EtcdLease { core: core.clone() }),
+        lock: v3lockpb::lock_server::LockServer::new(EtcdLock::new(core)),
+        election: v3electionpb::election_server::ElectionServer::new(EtcdElection::new(core)),
     }
 }

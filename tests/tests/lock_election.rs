@@ -483,13 +483,9 @@ async fn nines_lock_command() {
 /// `etcdctl lock` (etcd's client-side Mutex over KV, Lease and Watch) and
 /// `nines lock` exclude each other on one lock name.
 ///
-/// Ignored until txns run sorted ranges: etcd's Mutex queues with a txn
-/// whose read of the current holder is `Get(prefix, sort by create
-/// revision, limit 1)`, which nines refuses today ("sorting and revision
-/// filters inside a txn are not supported yet"; `TxnOp::Get` carries no
-/// sort options). `etcdctl elect` needs no such read and passes above.
+/// etcd's Mutex queues with a txn whose read of the current holder is
+/// `Get(prefix, sort by create revision, limit 1)` (`TxnOp::GetWith`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs sorted ranges inside txns (etcd's Mutex reads the holder that way)"]
 async fn etcdctl_lock() {
     let cluster = nines_cluster();
     cluster.stable_leader(LONG).await;

@@ -58,6 +58,12 @@ impl vpb::election_server::Election for EtcdElection {
         &self,
         request: tonic::Request<vpb::CampaignRequest>,
     ) -> Result<Response<vpb::CampaignResponse>, Status> {
+        super::lock::guard_prefix(
+            &self.core,
+            request.metadata(),
+            &request.get_ref().name,
+            true,
+        )?;
         let m = request.into_inner();
         let (leader, revision) = self.election.campaign(&m.name, m.lease, &m.value).await?;
         Ok(Response::new(vpb::CampaignResponse {
@@ -75,6 +81,13 @@ impl vpb::election_server::Election for EtcdElection {
         &self,
         request: tonic::Request<vpb::ProclaimRequest>,
     ) -> Result<Response<vpb::ProclaimResponse>, Status> {
+        let name = request.get_ref().leader.as_ref().map(|l| l.name.clone());
+        super::lock::guard_prefix(
+            &self.core,
+            request.metadata(),
+            &name.unwrap_or_default(),
+            true,
+        )?;
         let m = request.into_inner();
         let leader = leader_key(m.leader)?;
         let revision = self.election.proclaim(&leader, &m.value).await?;
@@ -87,6 +100,12 @@ impl vpb::election_server::Election for EtcdElection {
         &self,
         request: tonic::Request<vpb::LeaderRequest>,
     ) -> Result<Response<vpb::LeaderResponse>, Status> {
+        super::lock::guard_prefix(
+            &self.core,
+            request.metadata(),
+            &request.get_ref().name,
+            false,
+        )?;
         let observed = self.election.leader(&request.get_ref().name).await?;
         Ok(Response::new(vpb::LeaderResponse {
             header: self.header(observed.revision),
@@ -98,6 +117,12 @@ impl vpb::election_server::Election for EtcdElection {
         &self,
         request: tonic::Request<vpb::LeaderRequest>,
     ) -> Result<Response<BoxStream<vpb::LeaderResponse>>, Status> {
+        super::lock::guard_prefix(
+            &self.core,
+            request.metadata(),
+            &request.get_ref().name,
+            false,
+        )?;
         let mut observer = self.election.observe(&request.get_ref().name).await?;
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUE);
         let core = self.core.clone();
@@ -126,6 +151,13 @@ impl vpb::election_server::Election for EtcdElection {
         &self,
         request: tonic::Request<vpb::ResignRequest>,
     ) -> Result<Response<vpb::ResignResponse>, Status> {
+        let name = request.get_ref().leader.as_ref().map(|l| l.name.clone());
+        super::lock::guard_prefix(
+            &self.core,
+            request.metadata(),
+            &name.unwrap_or_default(),
+            true,
+        )?;
         let leader = leader_key(request.into_inner().leader)?;
         let revision = self.election.resign(&leader).await?;
         Ok(Response::new(vpb::ResignResponse {

@@ -165,6 +165,34 @@ fn op_message(op: &TxnOp) -> epb::RequestOp {
                 prev_kv: *prev_kv,
             })
         }
+        TxnOp::GetWith(read, options) => {
+            use nines_types::{SortOrder, SortTarget};
+            let (key, range_end) = range_message(&read.range);
+            R::RequestRange(epb::RangeRequest {
+                key,
+                range_end,
+                limit: i64::try_from(read.limit).unwrap_or(i64::MAX),
+                keys_only: read.keys_only,
+                count_only: read.count_only,
+                sort_order: match options.sort_order {
+                    SortOrder::None => 0,
+                    SortOrder::Ascend => 1,
+                    SortOrder::Descend => 2,
+                },
+                sort_target: match options.sort_target {
+                    SortTarget::Key => 0,
+                    SortTarget::Version => 1,
+                    SortTarget::Create => 2,
+                    SortTarget::Mod => 3,
+                    SortTarget::Value => 4,
+                },
+                min_mod_revision: options.min_mod_revision,
+                max_mod_revision: options.max_mod_revision,
+                min_create_revision: options.min_create_revision,
+                max_create_revision: options.max_create_revision,
+                ..Default::default()
+            })
+        }
         TxnOp::Get(read) => {
             let (key, range_end) = range_message(&read.range);
             R::RequestRange(epb::RangeRequest {
@@ -247,12 +275,38 @@ impl EtcdLock {
     }
 }
 
+/// With auth on, a lock or election named `name` needs what etcd's
+/// client-side recipes need through KV: reading (and, to queue, writing)
+/// every key under `name/`.
+pub(super) fn guard_prefix(
+    core: &NodeCore,
+    metadata: &tonic::metadata::MetadataMap,
+    name: &[u8],
+    write: bool,
+) -> Result<(), ApiError> {
+    let caller = core.caller(metadata)?;
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    let end = nines_types::prefix_end(&prefix).unwrap_or_else(|| vec![0]);
+    core.check_keys(&caller, false, &prefix, &end)?;
+    if write {
+        core.check_keys(&caller, true, &prefix, &end)?;
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl lpb::lock_server::Lock for EtcdLock {
     async fn lock(
         &self,
         request: tonic::Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
+        guard_prefix(
+            &self.core,
+            request.metadata(),
+            &request.get_ref().name,
+            true,
+        )?;
         let message = request.into_inner();
         let locked = self.lock.lock(&message.name, message.lease).await?;
         Ok(Response::new(lpb::LockResponse {
@@ -265,6 +319,9 @@ impl lpb::lock_server::Lock for EtcdLock {
         &self,
         request: tonic::Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
+        let caller = self.core.caller(request.metadata())?;
+        self.core
+            .check_keys(&caller, true, &request.get_ref().key, &[])?;
         let revision = self.lock.unlock(&request.get_ref().key).await?;
         Ok(Response::new(lpb::UnlockResponse {
             header: self.header(revision),

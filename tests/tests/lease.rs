@@ -251,17 +251,25 @@ async fn the_remaining_ttl_carries_over_a_leader_kill() {
     let leader = cluster.stable_leader(LONG).await;
     let l = cluster.node(leader).client_addr.clone();
     grant(&l, 5, 40).await;
+    grant(&l, 6, 40).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let before = time_to_live(&l, 5, false).await.ttl;
     assert!((33..=35).contains(&before), "remaining {before}");
+    // Lease 6 is renewed just before the kill: its recorded remaining TTL
+    // (about 34 s) is older than the keepalive and must not be used.
+    assert_eq!(keep_alive(&l, 6).await.unwrap(), 40);
     let killed = Instant::now();
     cluster.kill(leader);
     let next = cluster.wait_leader(LONG).await;
     assert_ne!(next, leader);
-    let after = time_to_live(&cluster.node(next).client_addr, 5, false)
-        .await
-        .ttl;
+    let next_addr = cluster.node(next).client_addr.clone();
+    let after = time_to_live(&next_addr, 5, false).await.ttl;
+    let renewed = time_to_live(&next_addr, 6, false).await.ttl;
     let elapsed = killed.elapsed().as_secs_f64();
+    assert!(
+        renewed as f64 >= 40.0 - elapsed - 1.0,
+        "renewed lease: remaining {renewed} {elapsed:.1} s after its keepalive"
+    );
     // Expected: before - elapsed, plus at most one checkpoint interval (1 s)
     // and the new leader's 1 s extension, plus a second of rounding. A
     // new leader counting from the full TTL would answer 40 (+1).

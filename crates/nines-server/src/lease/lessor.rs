@@ -42,6 +42,12 @@ pub enum Renewal {
 
 #[derive(Debug)]
 pub struct Lessor {
+    /// Keepalives hold it shared, a periodic checkpoint exclusively from
+    /// reading the countdowns until it is applied: so a checkpoint taken
+    /// before a renewal can never land after the renewal cleared the
+    /// lease's recorded remaining TTL (a new leader would then count down
+    /// from a remaining TTL older than the keepalive).
+    pub gate: tokio::sync::RwLock<()>,
     state: Mutex<State>,
     /// Added to every countdown a new leader starts.
     extend: Duration,
@@ -63,6 +69,7 @@ fn start(info: &LeaseInfo) -> i64 {
 impl Lessor {
     pub fn new(extend: Duration) -> Self {
         Self {
+            gate: tokio::sync::RwLock::new(()),
             state: Mutex::new(State::default()),
             extend,
         }

@@ -6,9 +6,11 @@
 //!
 //! Bounds, with the defaults (checkpoints every 5 s, ticks of 100 ms, an
 //! extension of 1 s for clients to find a new leader):
-//! - a lease kept alive (a keepalive acknowledged within each TTL) is never
-//!   revoked: only a leader confirmed by a quorum revokes, and the leader
-//!   that acknowledged the keepalive counted from it;
+//! - a lease whose keepalive was acknowledged at time t is not revoked
+//!   before t + TTL: only a leader confirmed by a quorum revokes; the leader
+//!   that acknowledged counts from t; and before acknowledging it clears
+//!   the lease's recorded remaining TTL, so a new leader starts it from
+//!   its full TTL, or from a checkpoint taken after t (`Lessor::gate`);
 //! - an abandoned lease is revoked within TTL + 100 ms + a commit while
 //!   one leader lasts; across leader changes, each change can add up to
 //!   min(TTL, checkpoint interval) + the extension + the election.

@@ -142,12 +142,23 @@ impl NodeCore {
         let Some(term) = self.leading_term() else {
             return self.to_lease_leader(forwarded);
         };
+        let _no_checkpoint_meanwhile = self.lessor.gate.read().await;
         self.confirm_leading(term).await?;
         let revision = self.reader.revision();
         let Some(info) = self.reader.lease(id) else {
             return Ok(Routed::Local((revision, 0)));
         };
         match self.lessor.renew(term, id, info.ttl, Instant::now()) {
+            Renewal::Renewed if info.remaining > 0 => {
+                // A recorded remaining TTL predates this keepalive: clear it
+                // before answering, so that a new leader never counts down
+                // from less than this keepalive promised (etcd does the
+                // same, without waiting). At most once per lease per
+                // checkpoint interval.
+                self.lease_checkpoint(vec![LeaseRemaining { id, remaining: 0 }])
+                    .await?;
+                Ok(Routed::Local((revision, info.ttl)))
+            }
             Renewal::Renewed => Ok(Routed::Local((revision, info.ttl))),
             Renewal::Expiring => Ok(Routed::Local((revision, 0))),
             Renewal::NotLeading => Err(ApiError::LeaderChanged {

@@ -209,7 +209,9 @@ impl LeaseTable {
         Some(lease.keys.into_iter().collect())
     }
 
-    /// Records the leader's remaining TTL of lease `id`, if it is granted.
+    /// Records the leader's remaining TTL of lease `id`, if it is granted;
+    /// 0 or less clears it (a keepalive renewed the lease: a new leader
+    /// starts it from its full TTL).
     pub fn checkpoint<E: Engine>(
         &mut self,
         overlay: &mut Overlay<'_, E>,
@@ -220,7 +222,11 @@ impl LeaseTable {
             return Ok(());
         };
         // Never above the TTL: a bad checkpoint must not extend a lease.
-        let remaining = remaining.min(lease.ttl).max(1);
+        let remaining = if remaining <= 0 {
+            0
+        } else {
+            remaining.min(lease.ttl).max(1)
+        };
         if lease.remaining != remaining {
             lease.remaining = remaining;
             let record = LeaseRecord {

@@ -76,4 +76,7 @@ fn a_corrupt_ttl_never_panics_a_checkpoint() {
     let mut overlay = Overlay::new(&engine);
     table.checkpoint(&mut overlay, 3, 10).unwrap();
     assert_eq!(table.get(3).unwrap().remaining, 1);
+    // A renewal clears it.
+    table.checkpoint(&mut overlay, 3, 0).unwrap();
+    assert_eq!(table.get(3).unwrap().remaining, 0);
 }

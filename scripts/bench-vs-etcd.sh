@@ -177,7 +177,9 @@ if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
           nines | nines-etcd-client) eps=$NINES_ENDPOINTS ;;
           nines-before) eps=$BEFORE_ENDPOINTS ;;
         esac
-        run_bench "$target" "$eps" "$name" >>"$OUT"
+        # A run that fails is reported in the summary, not fatal to the rest.
+        run_bench "$target" "$eps" "$name" >>"$OUT" ||
+          echo "{\"name\":\"$name\",\"target\":\"$target\",\"failed\":true}" >>"$OUT"
       done
     done
   done
@@ -243,6 +245,9 @@ for name in dict.fromkeys(n for n, _ in runs):
         vals = [r["throughput"] for r in runs[(name, "nines")]]
         spread = (max(vals) - min(vals)) / statistics.median(vals)
         print(f"{'':<22}nines run-to-run spread (max-min)/median: {spread:.0%}")
+for r in rows:
+    if r.get("failed"):
+        print(f"{r['name']} {r['target']}: FAILED (see the bench's stderr above)")
 for r in rows:
     if r.get("errors"):
         print(f"{r['name']} {r['target']}: {r['errors']} errors in {r['ops']} ops")

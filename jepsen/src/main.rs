@@ -327,13 +327,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let l = checker::check_lease(&ops);
         valid &= l.valid();
         let verdict = if l.valid() { "VALID" } else { "INVALID" };
-        let late = l.lateness().map_or("none measured".to_string(), |(median, max)| {
-            format!("median {median:.0} ms, max {max:.0} ms over {}", l.late_ms.len())
-        });
+        let late = match (l.lateness_low(), l.lateness()) {
+            (Some((lo_med, lo_max)), Some((med, max))) => format!(
+                "median {med:.0} ms (last seen {lo_med:.0} ms), max {max:.0} ms (last seen {lo_max:.0} ms) over {}",
+                l.late_ms.len()
+            ),
+            _ => "none measured".to_string(),
+        };
         verdicts.insert(
             "lease".to_string(),
             format!(
-                "{verdict} ({} leases: {} kept to the end, {} abandoned, {} without an acknowledged key; {} reads of kept keys; {} keeper lapses, {} expired after one; {} reconnects; key gone after abandon - TTL: {late}, {} seen gone only by the final read; {} anomalies)",
+                "{verdict} ({} leases: {} kept to the end, {} abandoned, {} without an acknowledged key; {} reads of kept keys; {} keeper lapses, {} expired after one; {} reconnects; first read without the key after abandon + TTL: {late}, {} seen gone only by the final read; {} anomalies)",
                 l.leases,
                 l.kept_to_end,
                 l.abandoned,

@@ -16,10 +16,10 @@
 //! - `never-vanished`: an abandoned lease's key still exists in the final
 //!   read after healing.
 //!
-//! Measured: for each abandoned lease, the end of the first read that saw
-//! its key gone minus (abandon time + TTL): how much later than the TTL
-//! the key went (negative when the last renewal was a while before the
-//! abandon). It overestimates by up to one read's latency and interval.
+//! Measured: for each abandoned lease, how much later than abandon + TTL
+//! its key went (negative when the last renewal was a while before the
+//! abandon), bracketed by the start of the last read that saw the key and
+//! the end of the first that did not.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -84,8 +84,12 @@ pub struct LeaseResult {
     pub expired_after_lapse: usize,
     pub reconnects: u64,
     /// Per abandoned lease whose key a periodic read saw go: ms from
-    /// abandon + TTL to that read's end.
+    /// abandon + TTL to that read's end (an upper bound: it includes the
+    /// read's latency and any time reads failed).
     pub late_ms: Vec<f64>,
+    /// The same to the start of the last read that still saw the key (a
+    /// lower bound); the key went in between.
+    pub late_low_ms: Vec<f64>,
     /// Abandoned keys seen gone only by the final read (no figure).
     pub gone_by_final_read: usize,
     pub anomalies: Vec<LeaseAnomaly>,
@@ -98,13 +102,22 @@ impl LeaseResult {
 
     /// (median, max) of `late_ms`.
     pub fn lateness(&self) -> Option<(f64, f64)> {
-        let mut v = self.late_ms.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        Some((v[v.len() / 2], v[v.len() - 1]))
+        median_max(&self.late_ms)
     }
+
+    /// (median, max) of `late_low_ms`.
+    pub fn lateness_low(&self) -> Option<(f64, f64)> {
+        median_max(&self.late_low_ms)
+    }
+}
+
+fn median_max(v: &[f64]) -> Option<(f64, f64)> {
+    let mut v = v.to_vec();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some((v[v.len() / 2], v[v.len() - 1]))
 }
 
 /// A periodic read: when, and which key numbers it found.
@@ -193,6 +206,9 @@ pub fn check(prefix: &str, ops: &[Op]) -> LeaseResult {
             Some(at) => {
                 let due = abandoned + log.ttl.max(0) as u64 * 1_000_000_000;
                 r.late_ms.push((after[at].end as f64 - due as f64) / 1e6);
+                // Every read before the first that missed it saw it.
+                let present_at = after[..at].last().map_or(put_end, |rd| rd.op.start);
+                r.late_low_ms.push((present_at as f64 - due as f64) / 1e6);
             }
             None if final_keys
                 .as_ref()
@@ -278,6 +294,8 @@ mod tests {
         assert_eq!(r.reads_checked, 2);
         assert_eq!(r.late_ms, vec![500.0]);
         assert_eq!(r.lateness(), Some((500.0, 500.0)));
+        // The last read that saw it started at 10 s: 10 s before due.
+        assert_eq!(r.lateness_low(), Some((-10_000.0, -10_000.0)));
 
         let rows = vec![
             (F::Lease, 0, 21 * S, Value::Lease(l.clone())),

@@ -155,6 +155,43 @@ pub struct ServerArgs {
     /// flag; its simple tokens default to 300 s too).
     #[arg(long, env = "NINES_AUTH_TOKEN_TTL", default_value_t = 300)]
     pub auth_token_ttl: u64,
+    /// Client port TLS (etcd's flag): this certificate, with --key-file,
+    /// serves clients over TLS only. Re-read when it changes on disk.
+    #[arg(long, env = "NINES_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file.
+    #[arg(long, env = "NINES_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA of client certificates (with --client-cert-auth) and of the
+    /// members' client ports: a member forwarding a call to the leader's
+    /// client port verifies it with this CA and presents --cert-file.
+    /// Needed with --cert-file.
+    #[arg(long, env = "NINES_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse the TLS handshake of a client without a certificate signed
+    /// by --trusted-ca-file.
+    #[arg(long, env = "NINES_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Peer port TLS: this certificate, with --peer-key-file, serves the
+    /// peer port over TLS only and is presented on every connection this
+    /// member opens to a peer. Re-read when it changes on disk.
+    #[arg(long, env = "NINES_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file.
+    #[arg(long, env = "NINES_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The cluster CA: peers' certificates, server and client side, must
+    /// chain to it. Needed with --peer-cert-file.
+    #[arg(long, env = "NINES_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse the TLS handshake of a peer without a certificate signed by
+    /// --peer-trusted-ca-file (mutual TLS between members).
+    #[arg(long, env = "NINES_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+    /// With --peer-client-cert-auth: a peer's certificate must also have
+    /// this subject CN.
+    #[arg(long, env = "NINES_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build. Only in builds with `test-hooks`.
@@ -219,6 +256,8 @@ pub struct ServerConfig {
     pub lease_checkpoint_interval: Duration,
     /// See `--auth-token-ttl`.
     pub auth_token_ttl: Duration,
+    /// Transport security of both ports (see `tls.rs`).
+    pub tls: crate::tls::Tls,
 }
 
 /// etcd's default storage quota.
@@ -316,6 +355,8 @@ pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<NodeId, Node>, Serve
         if id == 0 {
             return Err(bad("id 0 is reserved"));
         }
+        // Each address may be a URL (`https://h:1`), as etcd's flags take.
+        let addrs = without_schemes(addrs);
         let (peer, client) = match addrs.split_once('/') {
             Some((p, c)) => (p.trim(), c.trim()),
             None => (addrs.trim(), ""),
@@ -332,6 +373,41 @@ pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<NodeId, Node>, Serve
         return Err(ServerError::Config("--initial-cluster is empty".into()));
     }
     Ok(members)
+}
+
+/// `https://p:1/https://c:2` as `p:1/c:2`: the scheme says nothing the TLS
+/// flags do not (every member of a cluster runs the same transport).
+fn without_schemes(addrs: &str) -> String {
+    addrs.replace("https://", "").replace("http://", "")
+}
+
+/// This member's advertised address: `host:port` or a URL whose scheme
+/// must match the port's TLS (a client told `http://` would fail against
+/// a TLS port, and the other way round).
+fn advertised(
+    flag: &str,
+    given: Option<&str>,
+    listen: SocketAddr,
+    tls: bool,
+) -> Result<String, ServerError> {
+    let Some(given) = given.map(str::trim) else {
+        return Ok(listen.to_string());
+    };
+    let scheme_ok = match given.split_once("://") {
+        None => true,
+        Some(("https", _)) => tls,
+        Some(("http", _)) => !tls,
+        Some(_) => false,
+    };
+    if !scheme_ok {
+        let want = if tls { "https://" } else { "http://" };
+        return Err(ServerError::Config(format!(
+            "{flag} {given:?}: this port's TLS setting needs {want} or a bare HOST:PORT"
+        )));
+    }
+    let addr = nines_tls::strip_scheme(given).to_string();
+    check_addr(&addr).map_err(ServerError::Config)?;
+    Ok(addr)
 }
 
 fn check_addr(addr: &str) -> Result<(), String> {
@@ -352,16 +428,19 @@ impl TryFrom<ServerArgs> for ServerConfig {
             return Err(ServerError::Config("--id must be non-zero".into()));
         }
         let raft = raft_config(&args)?;
-        let advertise_peer = args
-            .advertise_peer
-            .clone()
-            .unwrap_or_else(|| args.listen_peer.to_string());
-        let advertise_client = args
-            .advertise_client
-            .clone()
-            .unwrap_or_else(|| args.listen_client.to_string());
-        check_addr(&advertise_peer).map_err(ServerError::Config)?;
-        check_addr(&advertise_client).map_err(ServerError::Config)?;
+        let tls = crate::tls::Tls::from_args(&args)?;
+        let advertise_peer = advertised(
+            "--advertise-peer",
+            args.advertise_peer.as_deref(),
+            args.listen_peer,
+            tls.peer.is_some(),
+        )?;
+        let advertise_client = advertised(
+            "--advertise-client",
+            args.advertise_client.as_deref(),
+            args.listen_client,
+            tls.client.is_some(),
+        )?;
         let bootstrap = match (&args.initial_cluster, &args.join) {
             (Some(spec), _) => {
                 // Used exactly as given: every member must initialize with the
@@ -378,7 +457,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             (None, Some(join)) => Bootstrap::Join {
                 endpoints: join
                     .split(',')
-                    .map(|s| s.trim().to_string())
+                    .map(|s| nines_tls::strip_scheme(s).to_string())
                     .filter(|s| !s.is_empty())
                     .collect(),
                 as_learner: args.join_as_learner,
@@ -443,6 +522,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             snapshot_entries: args.snapshot_entries.max(1),
             max_concurrent_reads: args.max_concurrent_reads.clamp(1, 1024),
             max_read_bytes_in_flight: args.max_read_mb_in_flight.clamp(1, 1 << 20) * 1024 * 1024,
+            tls,
         })
     }
 }

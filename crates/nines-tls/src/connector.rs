@@ -56,6 +56,15 @@ impl Connector {
         endpoint(base).connect_with_connector(self.clone()).await
     }
 
+    /// One connection to `addr` (`host:port`), handshake done: to see what
+    /// a server presents, or that it refuses.
+    pub async fn stream(&self, addr: &str) -> io::Result<Stream> {
+        let uri: Uri = format!("http://{}", crate::strip_scheme(addr))
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr:?}: {e}")))?;
+        Ok(self.clone().open(uri).await?.into_inner())
+    }
+
     async fn open(self, uri: Uri) -> io::Result<TokioIo<Stream>> {
         let host = uri
             .host()

@@ -20,10 +20,7 @@ pub enum TlsError {
     #[error("{}: {why}", path.display())]
     BadCa { path: PathBuf, why: String },
     #[error("{what}: {source}")]
-    Rustls {
-        what: String,
-        source: rustls::Error,
-    },
+    Rustls { what: String, source: rustls::Error },
     #[error("{0}")]
     Config(String),
 }

@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -36,7 +34,10 @@ fn leaf(ca: &Ca, cn: &str, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     ];
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    let (crt, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (crt, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     std::fs::write(&crt, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (crt, k)
@@ -123,7 +124,10 @@ async fn mutual_tls_admits_only_certificates_of_the_ca_with_the_allowed_cn() {
 
     let good = client(Some(leaf(&cluster, "member", dir.path(), "good")));
     assert_eq!(echo(&good, addr).await.unwrap(), b"ping");
-    assert_eq!(seen.recv().await.unwrap().unwrap().as_deref(), Some("member"));
+    assert_eq!(
+        seen.recv().await.unwrap().unwrap().as_deref(),
+        Some("member")
+    );
 
     for (what, connector) in [
         ("no certificate", client(None)),
@@ -140,7 +144,10 @@ async fn mutual_tls_admits_only_certificates_of_the_ca_with_the_allowed_cn() {
         // nothing passes either way.
         let result = echo(&connector, addr).await;
         assert!(result.is_err(), "{what}: {result:?}");
-        assert!(seen.recv().await.unwrap().is_err(), "{what}: handshake accepted");
+        assert!(
+            seen.recv().await.unwrap().is_err(),
+            "{what}: handshake accepted"
+        );
     }
 
     // A client that trusts another CA refuses the server.
@@ -149,7 +156,10 @@ async fn mutual_tls_admits_only_certificates_of_the_ca_with_the_allowed_cn() {
         cert: None,
         key: None,
     };
-    let wrong = Connector::new(Some(Arc::new(ClientTls::new("t", wrong_trust).unwrap())), None);
+    let wrong = Connector::new(
+        Some(Arc::new(ClientTls::new("t", wrong_trust).unwrap())),
+        None,
+    );
     assert!(echo(&wrong, addr).await.is_err());
 }
 
@@ -229,7 +239,10 @@ fn bad_files_are_clear_errors() {
         TlsError::NoCertificate { .. }
     ));
     assert!(matches!(err(files(&cert, &empty)), TlsError::NoKey { .. }));
-    assert!(matches!(err(files(&key, &key)), TlsError::NoCertificate { .. }));
+    assert!(matches!(
+        err(files(&key, &key)),
+        TlsError::NoCertificate { .. }
+    ));
     let mismatch = err(files(&cert, &other_key));
     assert!(matches!(mismatch, TlsError::Rustls { .. }), "{mismatch}");
     let mut no_ca = files(&cert, &key);

@@ -17,11 +17,11 @@ pub mod cn;
 mod connector;
 mod error;
 mod files;
+#[cfg(test)]
+mod handshake_tests;
 mod reload;
 mod server;
 mod stream;
-#[cfg(test)]
-mod handshake_tests;
 
 pub use client::{ClientFiles, ClientTls};
 pub use connector::Connector;

@@ -84,7 +84,7 @@ fn text(tag: u8, value: &[u8]) -> Option<String> {
         // UTF8String, PrintableString, IA5String.
         0x0c | 0x13 | 0x16 => std::str::from_utf8(value).ok().map(str::to_string),
         // BMPString: UTF-16BE.
-        0x1e if value.len() % 2 == 0 => {
+        0x1e if value.len().is_multiple_of(2) => {
             let units: Vec<u16> = value
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))

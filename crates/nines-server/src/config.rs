@@ -584,6 +584,26 @@ mod tests {
     }
 
     #[test]
+    fn addresses_may_be_urls_whose_scheme_matches_the_tls() {
+        let m = parse_initial_cluster("1=https://127.0.0.1:7101/https://c:1,2=http://h:2").unwrap();
+        assert_eq!(m[&1], Node::new("127.0.0.1:7101", "c:1"));
+        assert_eq!(m[&2], Node::new("h:2", ""));
+        let listen: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let adv = |given, tls| advertised("--advertise-client", given, listen, tls);
+        assert_eq!(adv(Some("https://h:2/"), true).unwrap(), "h:2");
+        assert_eq!(adv(Some("h:2"), true).unwrap(), "h:2");
+        assert_eq!(adv(Some("http://h:2"), false).unwrap(), "h:2");
+        assert_eq!(adv(None, true).unwrap(), "127.0.0.1:1");
+        for (given, tls) in [
+            ("https://h:2", false),
+            ("http://h:2", true),
+            ("ftp://h:2", false),
+        ] {
+            assert!(adv(Some(given), tls).is_err(), "{given} tls={tls}");
+        }
+    }
+
+    #[test]
     fn cluster_id_is_stable() {
         assert_eq!(cluster_id_of("nines"), cluster_id_of("nines"));
         assert_ne!(cluster_id_of("nines"), cluster_id_of("other"));

@@ -156,3 +156,32 @@ fn scheme(tls: bool) -> &'static str {
         "http"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::config::{ServerArgs, ServerConfig};
+    use crate::error::ServerError;
+
+    #[test]
+    fn tls_flags_need_their_partners() {
+        let cases: [&[&str]; 9] = [
+            &["--cert-file", "c"],
+            &["--key-file", "k"],
+            &["--client-cert-auth"],
+            &["--trusted-ca-file", "ca"],
+            &["--cert-file", "c", "--key-file", "k"],
+            &["--peer-cert-file", "c"],
+            &["--peer-client-cert-auth"],
+            &["--peer-cert-allowed-cn", "x"],
+            &["--peer-cert-file", "c", "--peer-key-file", "k"],
+        ];
+        for extra in cases {
+            let argv = ["nines-server", "--id", "1"].iter().chain(extra);
+            let args = ServerArgs::parse_from(argv);
+            let result = ServerConfig::try_from(args);
+            assert!(matches!(result, Err(ServerError::Config(_))), "{extra:?}");
+        }
+    }
+}

@@ -155,43 +155,9 @@ pub struct ServerArgs {
     /// flag; its simple tokens default to 300 s too).
     #[arg(long, env = "NINES_AUTH_TOKEN_TTL", default_value_t = 300)]
     pub auth_token_ttl: u64,
-    /// Client port TLS (etcd's flag): this certificate, with --key-file,
-    /// serves clients over TLS only. Re-read when it changes on disk.
-    #[arg(long, env = "NINES_CERT_FILE")]
-    pub cert_file: Option<PathBuf>,
-    /// The private key of --cert-file.
-    #[arg(long, env = "NINES_KEY_FILE")]
-    pub key_file: Option<PathBuf>,
-    /// CA of client certificates (with --client-cert-auth) and of the
-    /// members' client ports: a member forwarding a call to the leader's
-    /// client port verifies it with this CA and presents --cert-file.
-    /// Needed with --cert-file.
-    #[arg(long, env = "NINES_TRUSTED_CA_FILE")]
-    pub trusted_ca_file: Option<PathBuf>,
-    /// Refuse the TLS handshake of a client without a certificate signed
-    /// by --trusted-ca-file.
-    #[arg(long, env = "NINES_CLIENT_CERT_AUTH")]
-    pub client_cert_auth: bool,
-    /// Peer port TLS: this certificate, with --peer-key-file, serves the
-    /// peer port over TLS only and is presented on every connection this
-    /// member opens to a peer. Re-read when it changes on disk.
-    #[arg(long, env = "NINES_PEER_CERT_FILE")]
-    pub peer_cert_file: Option<PathBuf>,
-    /// The private key of --peer-cert-file.
-    #[arg(long, env = "NINES_PEER_KEY_FILE")]
-    pub peer_key_file: Option<PathBuf>,
-    /// The cluster CA: peers' certificates, server and client side, must
-    /// chain to it. Needed with --peer-cert-file.
-    #[arg(long, env = "NINES_PEER_TRUSTED_CA_FILE")]
-    pub peer_trusted_ca_file: Option<PathBuf>,
-    /// Refuse the TLS handshake of a peer without a certificate signed by
-    /// --peer-trusted-ca-file (mutual TLS between members).
-    #[arg(long, env = "NINES_PEER_CLIENT_CERT_AUTH")]
-    pub peer_client_cert_auth: bool,
-    /// With --peer-client-cert-auth: a peer's certificate must also have
-    /// this subject CN.
-    #[arg(long, env = "NINES_PEER_CERT_ALLOWED_CN")]
-    pub peer_cert_allowed_cn: Option<String>,
+    /// Transport security: etcd's TLS flags (see `tls.rs`).
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build. Only in builds with `test-hooks`.
@@ -428,7 +394,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             return Err(ServerError::Config("--id must be non-zero".into()));
         }
         let raft = raft_config(&args)?;
-        let tls = crate::tls::Tls::from_args(&args)?;
+        let tls = crate::tls::Tls::from_args(&args.tls)?;
         let advertise_peer = advertised(
             "--advertise-peer",
             args.advertise_peer.as_deref(),

@@ -17,12 +17,54 @@
 //!   `--trusted-ca-file`. A leader without a client address is reached on
 //!   its peer port, with the peer certificate.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use nines_tls::{ClientFiles, ClientTls, Connector, ServerFiles, ServerTls};
 
-use crate::config::ServerArgs;
 use crate::error::ServerError;
+
+/// etcd's TLS flags, part of `ServerArgs`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Client port TLS (etcd's flag): this certificate, with --key-file,
+    /// serves clients over TLS only. Re-read when it changes on disk.
+    #[arg(long, env = "NINES_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file.
+    #[arg(long, env = "NINES_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA of client certificates (with --client-cert-auth) and of the
+    /// members' client ports: a member forwarding a call to the leader's
+    /// client port verifies it with this CA and presents --cert-file.
+    /// Needed with --cert-file.
+    #[arg(long, env = "NINES_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse the TLS handshake of a client without a certificate signed
+    /// by --trusted-ca-file.
+    #[arg(long, env = "NINES_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Peer port TLS: this certificate, with --peer-key-file, serves the
+    /// peer port over TLS only and is presented on every connection this
+    /// member opens to a peer. Re-read when it changes on disk.
+    #[arg(long, env = "NINES_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file.
+    #[arg(long, env = "NINES_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The cluster CA: peers' certificates, server and client side, must
+    /// chain to it. Needed with --peer-cert-file.
+    #[arg(long, env = "NINES_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse the TLS handshake of a peer without a certificate signed by
+    /// --peer-trusted-ca-file (mutual TLS between members).
+    #[arg(long, env = "NINES_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+    /// With --peer-client-cert-auth: a peer's certificate must also have
+    /// this subject CN.
+    #[arg(long, env = "NINES_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct Tls {
@@ -42,7 +84,7 @@ fn needs(flag: &str, what: &str) -> ServerError {
 
 impl Tls {
     /// Reads every file now: a missing or bad one is a start-up error.
-    pub fn from_args(args: &ServerArgs) -> Result<Tls, ServerError> {
+    pub fn from_args(args: &TlsArgs) -> Result<Tls, ServerError> {
         let mut tls = Tls::default();
         match (&args.cert_file, &args.key_file) {
             (Some(cert), Some(key)) => {

@@ -58,7 +58,8 @@ certs() {
 }
 
 # start NAME OFFSET [server flags...]: a three-node cluster on ports from
-# BASE_PORT + OFFSET; prints its endpoints.
+# BASE_PORT + OFFSET; sets STARTED to its endpoints (not printed: a
+# command substitution would run it in a subshell, losing PIDS).
 start() {
   local name=$1 offset=$2
   shift 2
@@ -75,16 +76,18 @@ start() {
       --initial-cluster "${initial%,}" "$@" >>"$DIR/$name-node$n.log" 2>&1 &
     PIDS+=($!)
   done
-  echo "${endpoints%,}"
+  STARTED=${endpoints%,}
 }
 
 certs
 T=$DIR/tls
-PLAIN=$(start plain 0)
-TLS=$(start tls 100 --cert-file "$T/member.crt" --key-file "$T/member.key" \
+start plain 0
+PLAIN=$STARTED
+start tls 100 --cert-file "$T/member.crt" --key-file "$T/member.key" \
   --trusted-ca-file "$T/ca.crt" --client-cert-auth \
   --peer-cert-file "$T/peer.crt" --peer-key-file "$T/peer.key" \
-  --peer-trusted-ca-file "$T/ca.crt" --peer-client-cert-auth --peer-cert-allowed-cn nines-peer)
+  --peer-trusted-ca-file "$T/ca.crt" --peer-client-cert-auth --peer-cert-allowed-cn nines-peer
+TLS=$STARTED
 CLIENT_TLS=(--cacert "$T/ca.crt" --cert "$T/client.crt" --key "$T/client.key")
 
 ready() {
@@ -93,6 +96,7 @@ ready() {
     sleep 0.2
   done
   echo "cluster did not become ready: $*" >&2
+  tail -n 5 "$DIR"/*.log >&2
   exit 1
 }
 ready --endpoints "$PLAIN"

@@ -37,14 +37,33 @@ pub struct GlobalArgs {
     /// How serializable reads pick an endpoint.
     #[arg(long, global = true, value_enum, default_value = "round-robin")]
     pub read_balance: ReadBalanceArg,
+    // Ids of their own: global flags reach every subcommand, and `put` and
+    // others have a positional `key`.
     /// TLS (etcdctl's flag): verify the servers with this CA bundle.
-    #[arg(long, global = true, env = "NINES_CACERT")]
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "NINES_CACERT"
+    )]
     pub cacert: Option<PathBuf>,
     /// TLS client certificate, for servers run with --client-cert-auth.
-    #[arg(long, global = true, env = "NINES_CERT", requires = "key")]
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "NINES_CERT",
+        requires = "tls_key"
+    )]
     pub cert: Option<PathBuf>,
     /// The private key of --cert.
-    #[arg(long, global = true, env = "NINES_KEY", requires = "cert")]
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "NINES_KEY",
+        requires = "tls_cert"
+    )]
     pub key: Option<PathBuf>,
 }
 

@@ -220,6 +220,39 @@ async fn a_tls_cluster_serves_clients_that_have_a_certificate() {
     assert!(log.contains("TLS handshake refused"), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_a_tls_cluster() {
+    // --join: the new member adds itself through a client port (TLS, its
+    // member certificate), the leader probes its peer port (mutual TLS)
+    // before adding it, then replicates to it and promotes it.
+    let pki = Pki::new();
+    let mut cluster = tls_cluster(&pki, 3);
+    cluster.wait_leader(LONG).await;
+    cluster.client().put("before", "join").await.unwrap();
+    let id = cluster.join_node_process();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = cluster.status(id).await {
+            if !status.is_learner && status.applied_index > 0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not join\n{}",
+            cluster.server_log(id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let read = cluster.client_of(id).get("before").await.unwrap();
+    assert_eq!(read.expect("replicated").value, b"join");
+    let members = cluster.client().member_list().await.unwrap().members;
+    assert_eq!(members.len(), 4, "{members:?}");
+    assert!(members.iter().all(|m| !m.is_learner), "{members:?}");
+    let joined = members.iter().find(|m| m.id == id).expect("the new member");
+    assert!(joined.peer_ur_ls[0].starts_with("https://"), "{joined:?}");
+}
+
 fn append_from(leader: u64, term: u64) -> Vec<u8> {
     let entry = openraft::Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, leader), 1),

@@ -2,6 +2,9 @@
 # Run a local three-node nines cluster on loopback.
 #
 #   scripts/cluster.sh up           build release binaries, start 3 nodes, show a write and a read
+#   scripts/cluster.sh up --tls     the same with TLS: makes a local CA and certificates under
+#                                   $NINES_CLUSTER_DIR/tls (openssl), client TLS with client
+#                                   certificates, mutual TLS between members
 #   scripts/cluster.sh status       endpoint status of every node
 #   scripts/cluster.sh kill N       kill -9 node N
 #   scripts/cluster.sh restart N    kill -9 node N (if running) and start it again
@@ -23,6 +26,54 @@ ENDPOINTS=${ENDPOINTS%,}
 INITIAL=$(for n in "${NODES[@]}"; do printf '%s=%s/%s,' "$n" "$(peer_addr "$n")" "$(client_addr "$n")"; done)
 INITIAL=${INITIAL%,}
 
+TLS_DIR=$DIR/tls
+# TLS stays on for restarts once `up --tls` made the certificates.
+tls_on() { [ -f "$TLS_DIR/on" ]; }
+
+# A local CA and, signed by it, a member certificate for both ports (CN
+# nines-member, usable as server and client: members present it when they
+# forward calls to the leader), a peer certificate (CN nines-peer, the only
+# CN the peer ports admit) and a client certificate for the CLI (CN root).
+make_certs() {
+  command -v openssl >/dev/null || { echo "up --tls needs the openssl CLI (apt-get install openssl)" >&2; exit 1; }
+  mkdir -p "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    if [ ! -f ca.crt ]; then
+      openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout ca.key -out ca.crt -days 3650 -subj "/CN=nines local CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    fi
+    for pair in member:nines-member peer:nines-peer client:root; do
+      local name=${pair%%:*} cn=${pair#*:}
+      [ -f "$name.crt" ] && continue
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$name.key" -out "$name.csr" -subj "/CN=$cn" 2>/dev/null
+      printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        "extendedKeyUsage=serverAuth,clientAuth" "basicConstraints=CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" >"$name.ext"
+      openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+        -days 365 -extfile "$name.ext" -out "$name.crt" 2>/dev/null
+      rm -f "$name.csr" "$name.ext"
+    done
+    chmod 600 ./*.key
+    touch on
+  )
+  echo "certificates under $TLS_DIR (CA ca.crt; replace member/peer files to rotate, no restart needed)"
+}
+
+# The TLS flags as arrays (paths may hold spaces); empty without TLS.
+tls_flags() {
+  SERVER_TLS=() CLI_TLS=()
+  tls_on || return 0
+  SERVER_TLS=(--cert-file "$TLS_DIR/member.crt" --key-file "$TLS_DIR/member.key"
+    --trusted-ca-file "$TLS_DIR/ca.crt" --client-cert-auth
+    --peer-cert-file "$TLS_DIR/peer.crt" --peer-key-file "$TLS_DIR/peer.key"
+    --peer-trusted-ca-file "$TLS_DIR/ca.crt" --peer-client-cert-auth
+    --peer-cert-allowed-cn nines-peer)
+  CLI_TLS=(--cacert "$TLS_DIR/ca.crt" --cert "$TLS_DIR/client.crt" --key "$TLS_DIR/client.key")
+}
+
 pid_of() { cat "$DIR/node$1.pid" 2>/dev/null || true; }
 running() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 
@@ -30,6 +81,7 @@ start_node() {
   local n=$1
   if running "$n"; then echo "node $n already running (pid $(pid_of "$n"))"; return; fi
   mkdir -p "$DIR"
+  tls_flags
   NINES_LOG=${NINES_LOG:-info,openraft=warn} "$BIN/nines-server" \
     --id "$n" \
     --listen-client "$(client_addr "$n")" \
@@ -37,6 +89,7 @@ start_node() {
     --listen-metrics "$(metrics_addr "$n")" \
     --data-dir "$DIR/node$n" \
     --initial-cluster "$INITIAL" \
+    ${SERVER_TLS[@]+"${SERVER_TLS[@]}"} \
     >>"$DIR/node$n.log" 2>&1 &
   echo $! >"$DIR/node$n.pid"
   echo "node $n: pid $!, client $(client_addr "$n"), peer $(peer_addr "$n"), metrics http://$(metrics_addr "$n")/metrics (also /livez, /readyz, /health), data $DIR/node$n"
@@ -52,10 +105,11 @@ kill_node() {
   rm -f "$DIR/node$n.pid"
 }
 
-nines() { "$BIN/nines" --endpoints "$ENDPOINTS" "$@"; }
+nines() { tls_flags; "$BIN/nines" --endpoints "$ENDPOINTS" ${CLI_TLS[@]+"${CLI_TLS[@]}"} "$@"; }
 
 case "${1:-}" in
   up)
+    if [ "${2:-}" = "--tls" ]; then make_certs; fi
     cargo build --release --bin nines-server --bin nines
     for n in "${NODES[@]}"; do start_node "$n"; done
     echo "data and logs under $DIR"
@@ -69,11 +123,15 @@ case "${1:-}" in
     echo "\$ nines get greeting"
     nines get greeting
     echo "endpoints: $ENDPOINTS  (export NINES_ENDPOINTS=$ENDPOINTS)"
+    if tls_on; then
+      tls_flags
+      echo "TLS: nines ${CLI_TLS[*]} ...  (etcdctl: the same --cacert/--cert/--key, https:// endpoints)"
+    fi
     ;;
   status) nines endpoint status -w table ;;
   kill) kill_node "${2:?node number}" KILL ;;
   restart) kill_node "${2:?node number}" KILL; start_node "$2" ;;
   down) for n in "${NODES[@]}"; do kill_node "$n" TERM; done ;;
   clean) for n in "${NODES[@]}"; do kill_node "$n" TERM; done; rm -rf "$DIR"; echo "removed $DIR" ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nines_client::{Client, ClientConfig, NodeStatus};
+use nines_client::{Client, ClientConfig, NodeStatus, TlsFiles};
 
 /// Finds the `nines-server` binary built next to the test executable.
 pub fn server_binary() -> PathBuf {
@@ -92,6 +92,9 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     options: ClusterOptions,
     dir: tempfile::TempDir,
+    /// TLS of the harness's own clients (`client`, `status`, ...): set it
+    /// after `prepare` for servers started with `--cert-file`.
+    pub client_tls: Option<TlsFiles>,
 }
 
 impl Cluster {
@@ -143,6 +146,7 @@ impl Cluster {
             nodes,
             options,
             dir,
+            client_tls: None,
         }
     }
 
@@ -320,19 +324,27 @@ impl Cluster {
         self.nodes.iter().map(|n| n.client_addr.clone()).collect()
     }
 
+    /// A client configuration for `endpoints`, with the harness's TLS.
+    pub fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
+        let mut config = ClientConfig::new(endpoints);
+        config.tls = self.client_tls.clone();
+        config
+    }
+
     pub fn client(&self) -> Client {
-        Client::connect(self.endpoints()).expect("client")
+        Client::new(self.client_config(self.endpoints())).expect("client")
     }
 
     /// A client bound to one node only.
     pub fn client_of(&self, id: u64) -> Client {
-        let mut config = ClientConfig::new([self.node(id).client_addr.clone()]);
+        let mut config = self.client_config(vec![self.node(id).client_addr.clone()]);
         config.retry_deadline = Duration::from_secs(20);
         Client::new(config).expect("client")
     }
 
     pub async fn status(&self, id: u64) -> Option<NodeStatus> {
-        let client = Client::connect([self.node(id).client_addr.clone()]).ok()?;
+        let config = self.client_config(vec![self.node(id).client_addr.clone()]);
+        let client = Client::new(config).ok()?;
         client.status_of(&self.node(id).client_addr).await.ok()
     }
 

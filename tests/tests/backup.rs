@@ -154,9 +154,12 @@ async fn backup_under_load_restores_into_a_new_cluster_with_the_same_hash() {
     let file = dir.path().join("backup.db");
     let mut out = tokio::fs::File::create(&file).await.unwrap();
     let mut progressed = 0u64;
-    let saved = save_snapshot(&endpoints[1], LONG, &mut out, |p| progressed = p.received)
-        .await
-        .expect("save snapshot under load");
+    let plain = nines_client::Connector::default();
+    let saved = save_snapshot(&endpoints[1], &plain, LONG, &mut out, |p| {
+        progressed = p.received
+    })
+    .await
+    .expect("save snapshot under load");
     drop(out);
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);

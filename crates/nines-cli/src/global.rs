@@ -1,15 +1,16 @@
 //! Flags shared by every command, and the context built from them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use nines_client::{Client, ClientConfig, ReadBalance};
+use nines_client::{Client, ClientConfig, ReadBalance, TlsFiles};
 
 use crate::output::Format;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GlobalArgs {
-    /// Comma-separated gRPC endpoints (host:port).
+    /// Comma-separated gRPC endpoints (host:port, or https://host:port with --cacert).
     #[arg(
         long,
         global = true,
@@ -36,6 +37,52 @@ pub struct GlobalArgs {
     /// How serializable reads pick an endpoint.
     #[arg(long, global = true, value_enum, default_value = "round-robin")]
     pub read_balance: ReadBalanceArg,
+    // Ids of their own: global flags reach every subcommand, and `put` and
+    // others have a positional `key`.
+    /// TLS (etcdctl's flag): verify the servers with this CA bundle.
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "NINES_CACERT"
+    )]
+    pub cacert: Option<PathBuf>,
+    /// TLS client certificate, for servers run with --client-cert-auth.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "NINES_CERT",
+        requires = "tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "NINES_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The client's TLS files: on with --cacert (or https:// endpoints,
+    /// which need it).
+    pub fn tls(&self) -> Result<Option<TlsFiles>> {
+        let Some(ca) = &self.cacert else {
+            if self.cert.is_some() {
+                bail!("--cert needs --cacert: the servers' certificates are verified with it");
+            }
+            return Ok(None);
+        };
+        Ok(Some(TlsFiles {
+            ca: ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }))
+    }
 }
 
 /// Mirrors `nines_client::ReadBalance` so clap can list the choices in --help.
@@ -76,6 +123,12 @@ impl Context {
         config.request_timeout = args.timeout;
         config.retry_deadline = args.retry_deadline;
         config.read_balance = args.read_balance.into();
+        config.tls = args.tls()?;
+        if config.tls.is_none() && endpoints.iter().any(|e| e.starts_with("https://")) {
+            bail!(
+                "https:// endpoints need --cacert (the CA that signed the servers' certificates)"
+            );
+        }
         let client = Client::new(config.clone())?;
         Ok(Context {
             client,

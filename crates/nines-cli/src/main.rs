@@ -103,3 +103,40 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        // Catches clashing ids, e.g. a global `--key` against `put`'s `key`.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tls_flags_go_with_every_command() {
+        for argv in [
+            &[
+                "nines", "--cacert", "ca", "--cert", "c", "--key", "k", "put", "foo", "bar",
+            ][..],
+            &[
+                "nines", "put", "foo", "bar", "--cacert", "ca", "--cert", "c", "--key", "k",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let tls = cli.global.tls().unwrap().expect("TLS on");
+            assert_eq!(tls.ca.to_str(), Some("ca"));
+            assert_eq!(tls.cert.as_deref().and_then(|p| p.to_str()), Some("c"));
+            assert_eq!(tls.key.as_deref().and_then(|p| p.to_str()), Some("k"));
+        }
+        let cli = Cli::try_parse_from(["nines", "get", "foo"]).unwrap();
+        assert!(cli.global.tls().unwrap().is_none());
+        // A certificate without its key, or without a CA to verify servers.
+        assert!(Cli::try_parse_from(["nines", "--cert", "c", "get", "foo"]).is_err());
+        let cli = Cli::try_parse_from(["nines", "--cert", "c", "--key", "k", "get", "x"]).unwrap();
+        assert!(cli.global.tls().is_err());
+    }
+}

@@ -55,6 +55,11 @@ pub struct ClientConfig {
     pub retry_deadline: Duration,
     pub connect_timeout: Duration,
     pub read_balance: ReadBalance,
+    /// TLS to every endpoint (etcdctl's `--cacert`, `--cert`, `--key`):
+    /// the servers must present certificates of this CA; the certificate
+    /// is presented to servers that ask for one. Files are re-read when
+    /// they change on disk.
+    pub tls: Option<nines_tls::ClientFiles>,
 }
 
 impl ClientConfig {
@@ -65,6 +70,7 @@ impl ClientConfig {
             retry_deadline: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(1),
             read_balance: ReadBalance::default(),
+            tls: None,
         }
     }
 }
@@ -83,6 +89,7 @@ pub struct Client {
 pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
     pub(crate) endpoints: Endpoints,
+    pub(crate) connector: nines_tls::Connector,
     lanes: Lanes,
 }
 
@@ -123,11 +130,21 @@ fn leader_hint(status: &Status) -> Option<String> {
 
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
-        let endpoints = Endpoints::new(&config.endpoints, config.connect_timeout)?;
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(nines_tls::ClientTls::new(
+                "client",
+                files.clone(),
+            )?)),
+            None => None,
+        };
+        let connector = nines_tls::Connector::new(tls, None);
+        let endpoints =
+            Endpoints::new(&config.endpoints, config.connect_timeout, connector.clone())?;
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
                 endpoints,
+                connector,
                 lanes: Lanes::default(),
             }),
         })
@@ -138,6 +155,12 @@ impl Client {
         endpoints: impl IntoIterator<Item = impl Into<String>>,
     ) -> Result<Client, ClientError> {
         Client::new(ClientConfig::new(endpoints))
+    }
+
+    /// What opens this client's connections (TLS as configured), for
+    /// one-off channels such as `save_snapshot`'s.
+    pub fn connector(&self) -> &nines_tls::Connector {
+        &self.inner.connector
     }
 
     pub fn endpoints(&self) -> Vec<String> {

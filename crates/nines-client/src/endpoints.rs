@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use nines_tls::Connector;
+use tonic::transport::Channel;
 
 use crate::client::ReadBalance;
 use crate::error::ClientError;
@@ -37,19 +38,31 @@ pub struct Endpoints {
     leader: AtomicUsize,
     next: AtomicUsize,
     connect_timeout: Duration,
+    /// Opens every connection: TLS for all endpoints or for none.
+    connector: Connector,
 }
 
-fn normalize(addr: &str) -> String {
+/// The endpoint as a URL with the scheme the client's TLS setting makes
+/// true: `host:port`, `http://` and `https://` name the same endpoint.
+/// Without TLS, `https://` is refused: there is no CA to verify it with.
+fn normalize(addr: &str, tls: bool) -> Option<String> {
     let addr = addr.trim();
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+    if addr.starts_with("https://") && !tls {
+        return None;
     }
+    let bare = nines_tls::strip_scheme(addr);
+    if bare.is_empty() || bare.contains("://") {
+        return None;
+    }
+    Some(format!("{}://{bare}", if tls { "https" } else { "http" }))
 }
 
 impl Endpoints {
-    pub fn new(addrs: &[String], connect_timeout: Duration) -> Result<Self, ClientError> {
+    pub fn new(
+        addrs: &[String],
+        connect_timeout: Duration,
+        connector: Connector,
+    ) -> Result<Self, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
@@ -58,6 +71,7 @@ impl Endpoints {
             leader: AtomicUsize::new(usize::MAX),
             next: AtomicUsize::new(0),
             connect_timeout,
+            connector,
         };
         for addr in addrs {
             this.add(addr)?;
@@ -67,18 +81,22 @@ impl Endpoints {
 
     /// Adds an endpoint (a leader hint may name one we were not given).
     pub fn add(&self, addr: &str) -> Result<usize, ClientError> {
-        let url = normalize(addr);
+        let url = normalize(addr, self.connector.is_tls())
+            .ok_or_else(|| ClientError::InvalidEndpoint(addr.to_string()))?;
         let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = list.iter().position(|e| e.addr == url) {
             return Ok(i);
         }
-        let channel = TonicEndpoint::from_shared(url.clone())
-            .map_err(|_| ClientError::InvalidEndpoint(addr.to_string()))?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let connect_timeout = self.connect_timeout;
+        let channel = self
+            .connector
+            .channel(&url, |endpoint| {
+                endpoint
+                    .connect_timeout(connect_timeout)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_while_idle(true)
+            })
+            .map_err(|_| ClientError::InvalidEndpoint(addr.to_string()))?;
         list.push(std::sync::Arc::new(Endpoint {
             addr: url,
             channel,
@@ -142,5 +160,26 @@ impl Endpoints {
             .map(|k| (start + k) % list.len())
             .min_by_key(|&i| key(&list[i]))
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn schemes_follow_the_tls_setting() {
+        assert_eq!(normalize("h:1", false).as_deref(), Some("http://h:1"));
+        assert_eq!(
+            normalize("http://h:1/", false).as_deref(),
+            Some("http://h:1")
+        );
+        assert_eq!(normalize("https://h:1", false), None);
+        assert_eq!(normalize("h:1", true).as_deref(), Some("https://h:1"));
+        assert_eq!(
+            normalize("https://h:1", true).as_deref(),
+            Some("https://h:1")
+        );
+        assert_eq!(normalize("unix://x", true), None);
     }
 }

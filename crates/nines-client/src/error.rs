@@ -6,6 +6,8 @@ pub enum ClientError {
     InvalidEndpoint(String),
     #[error("no endpoints configured")]
     NoEndpoints,
+    #[error("TLS: {0}")]
+    Tls(#[from] nines_tls::TlsError),
     /// The server answered with an error that retrying cannot fix.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(tonic::Status),
@@ -27,7 +29,9 @@ impl ClientError {
         match self {
             ClientError::Status(s) => s.code(),
             ClientError::Exhausted { last, .. } => last.code(),
-            ClientError::InvalidEndpoint(_) | ClientError::NoEndpoints => Code::InvalidArgument,
+            ClientError::InvalidEndpoint(_) | ClientError::NoEndpoints | ClientError::Tls(_) => {
+                Code::InvalidArgument
+            }
             ClientError::LeaseNotFound { .. } => Code::NotFound,
         }
     }

@@ -31,6 +31,8 @@ pub use error::ClientError;
 pub use keeper::{KeeperState, Lapse, LeaseKeeper};
 pub use lease::KeepAliveStream;
 pub use lock::{fence_compare, put_op, Fenced, LeaderKey, LockHeld, Observe};
+/// TLS settings and the connector, from nines' TLS crate.
+pub use nines_tls::{ClientFiles as TlsFiles, Connector, TlsError};
 pub use session::{with_session, SESSION_HEADER};
 pub use snapshot::{save_snapshot, SavedSnapshot, SnapshotError};
 pub use watch::{Watch, WatchError, WatchOptions, WatchUpdate};

@@ -58,22 +58,22 @@ pub struct Progress {
 /// Streams a snapshot of `endpoint`'s applied state into `out` and checks
 /// its checksum. `timeout` bounds the connection and the wait for the
 /// first message; the transfer itself may take as long as it takes.
+/// Connections go through `connector` (TLS as the client's, see
+/// `Client::connector`).
 pub async fn save_snapshot<W: AsyncWrite + Unpin>(
     endpoint: &str,
+    connector: &nines_tls::Connector,
     timeout: Duration,
     out: &mut W,
     mut progress: impl FnMut(Progress),
 ) -> Result<SavedSnapshot, SnapshotError> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = Endpoint::from_shared(url)
-        .map_err(|_| SnapshotError::InvalidEndpoint(endpoint.to_string()))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
+    if endpoint.starts_with("https://") && !connector.is_tls() {
+        return Err(SnapshotError::InvalidEndpoint(endpoint.to_string()));
+    }
+    Endpoint::from_shared(format!("http://{}", nines_tls::strip_scheme(endpoint)))
+        .map_err(|_| SnapshotError::InvalidEndpoint(endpoint.to_string()))?;
+    let channel = connector
+        .connect(endpoint, |e| e.connect_timeout(timeout))
         .await
         .map_err(|source| SnapshotError::Connect {
             endpoint: endpoint.to_string(),

@@ -155,6 +155,9 @@ pub struct ServerArgs {
     /// flag; its simple tokens default to 300 s too).
     #[arg(long, env = "NINES_AUTH_TOKEN_TTL", default_value_t = 300)]
     pub auth_token_ttl: u64,
+    /// Transport security: etcd's TLS flags (see `tls.rs`).
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// TEST ONLY: serve linearizable reads from local state without a read
     /// barrier. Breaks linearizability; exists so the chaos harness can prove
     /// it catches a broken build. Only in builds with `test-hooks`.
@@ -219,6 +222,8 @@ pub struct ServerConfig {
     pub lease_checkpoint_interval: Duration,
     /// See `--auth-token-ttl`.
     pub auth_token_ttl: Duration,
+    /// Transport security of both ports (see `tls.rs`).
+    pub tls: crate::tls::Tls,
 }
 
 /// etcd's default storage quota.
@@ -316,6 +321,8 @@ pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<NodeId, Node>, Serve
         if id == 0 {
             return Err(bad("id 0 is reserved"));
         }
+        // Each address may be a URL (`https://h:1`), as etcd's flags take.
+        let addrs = without_schemes(addrs);
         let (peer, client) = match addrs.split_once('/') {
             Some((p, c)) => (p.trim(), c.trim()),
             None => (addrs.trim(), ""),
@@ -332,6 +339,41 @@ pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<NodeId, Node>, Serve
         return Err(ServerError::Config("--initial-cluster is empty".into()));
     }
     Ok(members)
+}
+
+/// `https://p:1/https://c:2` as `p:1/c:2`: the scheme says nothing the TLS
+/// flags do not (every member of a cluster runs the same transport).
+fn without_schemes(addrs: &str) -> String {
+    addrs.replace("https://", "").replace("http://", "")
+}
+
+/// This member's advertised address: `host:port` or a URL whose scheme
+/// must match the port's TLS (a client told `http://` would fail against
+/// a TLS port, and the other way round).
+fn advertised(
+    flag: &str,
+    given: Option<&str>,
+    listen: SocketAddr,
+    tls: bool,
+) -> Result<String, ServerError> {
+    let Some(given) = given.map(str::trim) else {
+        return Ok(listen.to_string());
+    };
+    let scheme_ok = match given.split_once("://") {
+        None => true,
+        Some(("https", _)) => tls,
+        Some(("http", _)) => !tls,
+        Some(_) => false,
+    };
+    if !scheme_ok {
+        let want = if tls { "https://" } else { "http://" };
+        return Err(ServerError::Config(format!(
+            "{flag} {given:?}: this port's TLS setting needs {want} or a bare HOST:PORT"
+        )));
+    }
+    let addr = nines_tls::strip_scheme(given).to_string();
+    check_addr(&addr).map_err(ServerError::Config)?;
+    Ok(addr)
 }
 
 fn check_addr(addr: &str) -> Result<(), String> {
@@ -352,16 +394,19 @@ impl TryFrom<ServerArgs> for ServerConfig {
             return Err(ServerError::Config("--id must be non-zero".into()));
         }
         let raft = raft_config(&args)?;
-        let advertise_peer = args
-            .advertise_peer
-            .clone()
-            .unwrap_or_else(|| args.listen_peer.to_string());
-        let advertise_client = args
-            .advertise_client
-            .clone()
-            .unwrap_or_else(|| args.listen_client.to_string());
-        check_addr(&advertise_peer).map_err(ServerError::Config)?;
-        check_addr(&advertise_client).map_err(ServerError::Config)?;
+        let tls = crate::tls::Tls::from_args(&args.tls)?;
+        let advertise_peer = advertised(
+            "--advertise-peer",
+            args.advertise_peer.as_deref(),
+            args.listen_peer,
+            tls.peer.is_some(),
+        )?;
+        let advertise_client = advertised(
+            "--advertise-client",
+            args.advertise_client.as_deref(),
+            args.listen_client,
+            tls.client.is_some(),
+        )?;
         let bootstrap = match (&args.initial_cluster, &args.join) {
             (Some(spec), _) => {
                 // Used exactly as given: every member must initialize with the
@@ -378,7 +423,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             (None, Some(join)) => Bootstrap::Join {
                 endpoints: join
                     .split(',')
-                    .map(|s| s.trim().to_string())
+                    .map(|s| nines_tls::strip_scheme(s).to_string())
                     .filter(|s| !s.is_empty())
                     .collect(),
                 as_learner: args.join_as_learner,
@@ -443,6 +488,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             snapshot_entries: args.snapshot_entries.max(1),
             max_concurrent_reads: args.max_concurrent_reads.clamp(1, 1024),
             max_read_bytes_in_flight: args.max_read_mb_in_flight.clamp(1, 1 << 20) * 1024 * 1024,
+            tls,
         })
     }
 }
@@ -501,6 +547,26 @@ mod tests {
         assert_eq!(client_connection_limit(None, 64, Some(100)), 16);
         // Explicit values are the operator's call.
         assert_eq!(client_connection_limit(Some(5000), 64, Some(1024)), 5000);
+    }
+
+    #[test]
+    fn addresses_may_be_urls_whose_scheme_matches_the_tls() {
+        let m = parse_initial_cluster("1=https://127.0.0.1:7101/https://c:1,2=http://h:2").unwrap();
+        assert_eq!(m[&1], Node::new("127.0.0.1:7101", "c:1"));
+        assert_eq!(m[&2], Node::new("h:2", ""));
+        let listen: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let adv = |given, tls| advertised("--advertise-client", given, listen, tls);
+        assert_eq!(adv(Some("https://h:2/"), true).unwrap(), "h:2");
+        assert_eq!(adv(Some("h:2"), true).unwrap(), "h:2");
+        assert_eq!(adv(Some("http://h:2"), false).unwrap(), "h:2");
+        assert_eq!(adv(None, true).unwrap(), "127.0.0.1:1");
+        for (given, tls) in [
+            ("https://h:2", false),
+            ("http://h:2", true),
+            ("ftp://h:2", false),
+        ] {
+            assert!(adv(Some(given), tls).is_err(), "{given} tls={tls}");
+        }
     }
 
     #[test]

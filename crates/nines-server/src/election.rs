@@ -345,7 +345,7 @@ impl Election {
         data: Vec<u8>,
     ) -> Result<PreVoteResponse, String> {
         let addr = addr.ok_or("no address")?;
-        let channel = self.pool.get(&addr).map_err(|e| e.to_string())?;
+        let channel = self.pool.peer(&addr).map_err(|e| e.to_string())?;
         let mut request = tonic::Request::new(RaftRequest {
             target,
             cluster_id: self.cluster_id,

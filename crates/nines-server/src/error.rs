@@ -33,6 +33,8 @@ pub enum ServerError {
     },
     #[error("join failed: {0}")]
     Join(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] nines_tls::TlsError),
 }
 
 pub const ETCD_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";

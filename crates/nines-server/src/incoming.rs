@@ -4,6 +4,10 @@
 //! connection-level one backs off, logged once per burst, and each listener
 //! has a connection limit: past it, new connections are accepted and closed
 //! at once, so they neither use a descriptor for long nor wait in the backlog.
+//! With TLS, each accepted connection's handshake runs in a task of its own
+//! (bounded by `HANDSHAKE_TIMEOUT`, holding its slot), so a slow or hostile
+//! client cannot hold up the accept loop; only completed handshakes are
+//! handed to tonic, and a refused one closes the connection.
 
 use std::future::Future;
 use std::io;
@@ -12,9 +16,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use nines_tls::{ServerTls, Stream as ConnStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -27,6 +33,10 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Connections handled in one poll before yielding to other tasks, so a
 /// flood of refused connections cannot hold a worker.
 const ACCEPTS_PER_POLL: usize = 64;
+/// A TLS handshake not done by then is dropped with its connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one "TLS handshake refused" line per interval.
+const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A stream of accepted connections with TCP_NODELAY set, each holding a slot
 /// of its listener's connection limit until it closes.
@@ -40,11 +50,21 @@ pub struct Incoming {
     errors: u64,
     refused: u64,
     last_refusal_log: Option<Instant>,
+    tls: Option<Arc<ServerTls>>,
+    handshakes: JoinSet<Result<Conn, io::Error>>,
+    failed_handshakes: u64,
+    last_handshake_log: Option<Instant>,
 }
 
 impl Incoming {
-    /// `name` labels log lines ("client", "peer").
-    pub fn new(listener: TcpListener, name: &'static str, max_connections: usize) -> Incoming {
+    /// `name` labels log lines ("client", "peer"); with `tls`, connections
+    /// are handed out once their handshake is done.
+    pub fn new(
+        listener: TcpListener,
+        name: &'static str,
+        max_connections: usize,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Incoming {
         let limit = max_connections.max(1);
         Incoming {
             listener,
@@ -55,7 +75,53 @@ impl Incoming {
             errors: 0,
             refused: 0,
             last_refusal_log: None,
+            tls,
+            handshakes: JoinSet::new(),
+            failed_handshakes: 0,
+            last_handshake_log: None,
         }
+    }
+
+    /// Starts the handshake of an accepted connection; its slot is held
+    /// until the handshake fails or the connection closes.
+    fn handshake(&mut self, tls: Arc<ServerTls>, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        self.handshakes.spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
+            let stream = handshake.await.map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??;
+            Ok(Conn {
+                stream,
+                _slot: slot,
+            })
+        });
+    }
+
+    /// A finished handshake, if any: refused ones are counted and logged
+    /// (once per interval: a scanner can fail thousands).
+    fn poll_handshakes(&mut self, cx: &mut Context<'_>) -> Option<Conn> {
+        while let Poll::Ready(Some(done)) = self.handshakes.poll_join_next(cx) {
+            match done {
+                Ok(Ok(conn)) => return Some(conn),
+                Ok(Err(e)) => {
+                    self.failed_handshakes += 1;
+                    let now = Instant::now();
+                    if self
+                        .last_handshake_log
+                        .is_none_or(|t| now.duration_since(t) >= HANDSHAKE_LOG_INTERVAL)
+                    {
+                        tracing::warn!(
+                            listener = self.name,
+                            refused_total = self.failed_handshakes,
+                            "TLS handshake refused: {e}"
+                        );
+                        self.last_handshake_log = Some(now);
+                    }
+                }
+                Err(e) => tracing::warn!(listener = self.name, "TLS handshake task: {e}"),
+            }
+        }
+        None
     }
 
     fn refuse(&mut self, stream: TcpStream) {
@@ -94,7 +160,16 @@ impl Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        for _ in 0..ACCEPTS_PER_POLL {
+        let mut accepts = 0;
+        loop {
+            if let Some(conn) = this.poll_handshakes(cx) {
+                return Poll::Ready(Some(Ok(conn)));
+            }
+            if accepts == ACCEPTS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            accepts += 1;
             if let Some(sleep) = this.backoff.as_mut() {
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
@@ -121,10 +196,16 @@ impl Stream for Incoming {
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!("TCP_NODELAY: {e}");
                     }
-                    return Poll::Ready(Some(Ok(Conn {
-                        stream,
-                        _slot: permit,
-                    })));
+                    match this.tls.clone() {
+                        // Polled (and its waker registered) at the loop's top.
+                        Some(tls) => this.handshake(tls, stream, permit),
+                        None => {
+                            return Poll::Ready(Some(Ok(Conn {
+                                stream: ConnStream::Plain(stream),
+                                _slot: permit,
+                            })))
+                        }
+                    }
                 }
                 Poll::Ready(Err(e)) if is_connection_error(&e) => continue,
                 Poll::Ready(Err(e)) => {
@@ -139,14 +220,12 @@ impl Stream for Incoming {
                 }
             }
         }
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 
 /// An accepted connection; its slot frees when it is dropped.
 pub struct Conn {
-    stream: TcpStream,
+    stream: ConnStream,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -154,7 +233,7 @@ impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+        self.stream.tcp().connect_info()
     }
 }
 
@@ -207,7 +286,7 @@ mod tests {
     async fn closes_connections_past_the_limit_and_frees_slots() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = Incoming::new(listener, "test", 1);
+        let mut incoming = Incoming::new(listener, "test", 1, None);
         let _c1 = tokio::net::TcpStream::connect(addr).await.unwrap();
         let first = incoming.next().await.unwrap().unwrap();
         // The second is accepted and closed: its reader sees EOF.

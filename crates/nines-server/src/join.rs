@@ -87,7 +87,7 @@ where
     let mut targets: Vec<String> = endpoints.to_vec();
     while tokio::time::Instant::now() < deadline {
         for addr in targets.clone() {
-            let Ok(channel) = core.pool.get(&addr) else {
+            let Ok(channel) = core.pool.client(&addr) else {
                 last = format!("bad endpoint {addr:?}");
                 continue;
             };

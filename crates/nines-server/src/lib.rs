@@ -31,6 +31,7 @@ pub mod read_limit;
 pub mod restore;
 mod runtime;
 mod snapshot_policy;
+pub mod tls;
 pub mod watch;
 
 pub use config::{ServerArgs, ServerConfig};

@@ -300,8 +300,8 @@ impl NodeCore {
     async fn probe(&self, id: NodeId, addr: &str) -> Result<(), MembershipError> {
         // Leave the caller's deadline room for the change itself.
         let timeout = PROBE_TIMEOUT.min(self.timeout() * 3 / 4);
-        let source_ip = self.config.peer_source_ip;
-        let reply = peers::probe(addr, id, self.cluster_id, source_ip, timeout)
+        let connector = self.pool.peer_connector();
+        let reply = peers::probe(addr, id, self.cluster_id, connector, timeout)
             .await
             .map_err(|e| MembershipError::ProbeFailed {
                 id,

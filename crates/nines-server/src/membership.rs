@@ -200,9 +200,10 @@ pub fn updated_node(
     Ok(Node::new(raft_addr, existing.api_addr.clone()))
 }
 
-/// etcd's peer URL, `http://HOST:PORT` (a trailing `/` allowed), as the
-/// `HOST:PORT` nines keeps. nines has one peer address per member and no
-/// TLS on the peer port yet, so exactly one `http` URL.
+/// etcd's peer URL, `http://HOST:PORT` or `https://HOST:PORT` (a trailing
+/// `/` allowed), as the `HOST:PORT` nines keeps. nines has one peer
+/// address per member, so exactly one URL; whether the peer port has TLS
+/// is the members' configuration, not the URL's.
 pub fn peer_addr_of(urls: &[String]) -> Result<String, MembershipError> {
     let invalid = |why: String| {
         MembershipError::InvalidRequest(format!("etcdserver: given member URLs are invalid: {why}"))
@@ -216,7 +217,8 @@ pub fn peer_addr_of(urls: &[String]) -> Result<String, MembershipError> {
     let shown: String = url.chars().take(64).collect();
     let addr = url
         .strip_prefix("http://")
-        .ok_or_else(|| invalid(format!("{shown:?} is not http://HOST:PORT")))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| invalid(format!("{shown:?} is not http(s)://HOST:PORT")))?;
     let addr = addr.strip_suffix('/').unwrap_or(addr);
     check_addr("peer", addr).map_err(|e| invalid(e.to_string()))?;
     Ok(addr.to_string())

@@ -111,17 +111,19 @@ fn add_learner_is_idempotent_only_for_the_same_address() {
 }
 
 #[test]
-fn peer_urls_are_one_http_host_and_port() {
+fn peer_urls_are_one_http_or_https_host_and_port() {
     let urls = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
         peer_addr_of(&urls(&["http://127.0.0.1:2380"])).unwrap(),
         "127.0.0.1:2380"
     );
     assert_eq!(peer_addr_of(&urls(&["http://h:1/"])).unwrap(), "h:1");
+    // With peer TLS, etcdctl member add is given https:// URLs.
+    assert_eq!(peer_addr_of(&urls(&["https://h:1"])).unwrap(), "h:1");
     for bad in [
         urls(&[]),
         urls(&["http://a:1", "http://b:1"]),
-        urls(&["https://a:1"]),
+        urls(&["ftp://a:1"]),
         urls(&["a:1"]),
         urls(&["http://a"]),
         urls(&["http://a:0"]),

@@ -82,11 +82,11 @@ impl NinesNode {
         // before openraft hears of it.
         state.gate_on(log.durable_index());
         let reader = state.reader();
-        let pool = ChannelPool::new(config.peer_source_ip);
+        let pool = ChannelPool::new(config.peer_source_ip, &config.tls);
         // Raft's channels get a pool of their own: a tonic channel's worker
         // task runs on the runtime that first creates it, and Raft's must
         // be created on the Raft runtime (by openraft's `new_client`).
-        let raft_pool = ChannelPool::new(config.peer_source_ip);
+        let raft_pool = ChannelPool::new(config.peer_source_ip, &config.tls);
         let peers = PeerLiveness::default();
         let network = NetworkFactory {
             cluster_id,
@@ -225,7 +225,14 @@ impl NinesNode {
         }
 
         bootstrap(&core).await?;
-        tracing::info!(id = config.id, %client_addr, %peer_addr, "nines node started");
+        tracing::info!(
+            id = config.id,
+            %client_addr,
+            %peer_addr,
+            client_tls = config.tls.client.is_some(),
+            peer_tls = config.tls.peer.is_some(),
+            "nines node started"
+        );
         Ok(NinesNode {
             core,
             client_addr,
@@ -272,10 +279,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 }
 
 /// Accepted connections with TCP_NODELAY (`Server::tcp_nodelay` only
-/// applies to listeners tonic binds itself), a connection limit, and a
-/// back-off on accept errors such as EMFILE (see `incoming`).
-fn incoming(listener: TcpListener, name: &'static str, limit: usize) -> Incoming {
-    Incoming::new(listener, name, limit)
+/// applies to listeners tonic binds itself), a connection limit, a
+/// back-off on accept errors such as EMFILE, and the TLS handshake when
+/// the port has TLS (see `incoming`).
+fn incoming(
+    listener: TcpListener,
+    name: &'static str,
+    limit: usize,
+    tls: Option<Arc<nines_tls::ServerTls>>,
+) -> Incoming {
+    Incoming::new(listener, name, limit, tls)
 }
 
 async fn wait_stop(mut stopped: watch::Receiver<bool>) {
@@ -325,7 +338,10 @@ async fn serve_client(
     }
     let limit = core.config.max_client_connections;
     let result = router
-        .serve_with_incoming_shutdown(incoming(listener, "client", limit), wait_stop(stopped))
+        .serve_with_incoming_shutdown(
+            incoming(listener, "client", limit, core.config.tls.client.clone()),
+            wait_stop(stopped),
+        )
         .await;
     if let Err(e) = result {
         tracing::error!("client server stopped: {e}");
@@ -405,7 +421,12 @@ async fn serve_peer(
             member_only(&core),
         ))
         .serve_with_incoming_shutdown(
-            incoming(listener, "peer", core.config.max_peer_connections),
+            incoming(
+                listener,
+                "peer",
+                core.config.max_peer_connections,
+                core.config.tls.peer.clone(),
+            ),
             wait_stop(stopped),
         )
         .await;

@@ -15,7 +15,7 @@ use crate::read_barrier::{Asker, Barrier};
 /// broken ask costs a forward, never a wrong read.
 pub async fn ask(asker: &Asker, leader_id: NodeId, leader: &Node, timeout: Duration) -> Barrier {
     let forward = || Barrier::NotLeader(Some(leader_id), Some(leader.clone()));
-    let Ok(channel) = asker.pool.get(&leader.raft_addr) else {
+    let Ok(channel) = asker.pool.peer(&leader.raft_addr) else {
         return forward();
     };
     let mut request = tonic::Request::new(ReadIndexRequest {

@@ -65,7 +65,7 @@ pub async fn restore(spec: &RestoreSpec) -> Result<Restored, ServerError> {
         ))
     })?;
     if let Some(peer) = &spec.advertise_peer {
-        let peer = peer.trim_start_matches("http://");
+        let peer = nines_tls::strip_scheme(peer);
         if peer != me.raft_addr {
             return Err(ServerError::Config(format!(
                 "--advertise-peer {peer} is not member {}'s peer address in \

@@ -18,6 +18,7 @@ impl Backend {
     pub async fn connect(
         target: &str,
         endpoints: &[String],
+        tls: Option<nines_client::TlsFiles>,
         connections: usize,
     ) -> Result<Backend> {
         match target {
@@ -26,12 +27,17 @@ impl Backend {
                 for _ in 0..connections.max(1) {
                     let mut config = ClientConfig::new(endpoints.to_vec());
                     config.request_timeout = Duration::from_secs(10);
+                    config.tls = tls.clone();
                     let client = Client::new(config)?;
                     client.discover_leader().await;
                     clients.push(client);
                 }
                 Ok(Backend::Nines(clients))
             }
+            #[cfg(feature = "etcd")]
+            "etcd" if tls.is_some() => Err(anyhow!(
+                "--target etcd with TLS is not supported by this bench; run it without --cacert"
+            )),
             #[cfg(feature = "etcd")]
             "etcd" => {
                 let mut clients = Vec::new();

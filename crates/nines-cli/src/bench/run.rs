@@ -172,24 +172,27 @@ async fn preload(backend: &Arc<Backend>, args: &BenchArgs) -> Result<()> {
 
 impl BenchArgs {
     pub async fn run(self, ctx: &crate::global::Context) -> Result<()> {
-        run(
-            self,
-            ctx.endpoints.clone(),
-            ctx.format == crate::output::Format::Json,
-        )
-        .await
+        let json = ctx.format == crate::output::Format::Json;
+        // TLS as the global --cacert/--cert/--key say.
+        run(self, ctx.endpoints.clone(), ctx.config.tls.clone(), json).await
     }
 }
 
-pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<()> {
+pub async fn run(
+    args: BenchArgs,
+    endpoints: Vec<String>,
+    tls: Option<nines_client::TlsFiles>,
+    json: bool,
+) -> Result<()> {
     if args.workload == "watch" {
-        return super::watch::run(args, endpoints, json).await;
+        return super::watch::run(args, endpoints, tls, json).await;
     }
     if args.workload == "lease-keepalive" {
         return super::lease::run(args, endpoints, json).await;
     }
     choose(&args, &mut rand::thread_rng())?;
-    let backend = Arc::new(Backend::connect(&args.target, &endpoints, args.connections).await?);
+    let backend =
+        Arc::new(Backend::connect(&args.target, &endpoints, tls, args.connections).await?);
     if args.workload != "put" && !args.no_preload {
         eprintln!("loading {} keys ...", args.keys);
         preload(&backend, &args).await?;

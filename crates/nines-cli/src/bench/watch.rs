@@ -95,8 +95,14 @@ impl Drop for Recorder {
     }
 }
 
-pub async fn run(args: BenchArgs, endpoints: Vec<String>, json: bool) -> Result<()> {
-    let backend = Arc::new(Backend::connect(&args.target, &endpoints, args.connections).await?);
+pub async fn run(
+    args: BenchArgs,
+    endpoints: Vec<String>,
+    tls: Option<nines_client::TlsFiles>,
+    json: bool,
+) -> Result<()> {
+    let backend =
+        Arc::new(Backend::connect(&args.target, &endpoints, tls, args.connections).await?);
     let acks = Arc::new(Acks::new());
     let measuring = Arc::new(AtomicBool::new(false));
     let events = Arc::new(AtomicU64::new(0));

@@ -36,7 +36,13 @@ impl SaveArgs {
             );
         };
         let part = part_path(&self.file);
-        let saved = save(endpoint, ctx.config.request_timeout, &part).await;
+        let saved = save(
+            endpoint,
+            ctx.client.connector(),
+            ctx.config.request_timeout,
+            &part,
+        )
+        .await;
         let saved = match saved {
             Ok(saved) => saved,
             Err(e) => {
@@ -71,6 +77,7 @@ fn part_path(file: &Path) -> PathBuf {
 
 async fn save(
     endpoint: &str,
+    connector: &nines_client::Connector,
     timeout: Duration,
     part: &Path,
 ) -> Result<nines_client::SavedSnapshot> {
@@ -79,10 +86,8 @@ async fn save(
         .with_context(|| format!("creating {}", part.display()))?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut bar = ProgressLine::new();
-    let saved = save_snapshot(endpoint, timeout.max(MIN_FIRST_BYTE_WAIT), &mut out, |p| {
-        bar.show(p)
-    })
-    .await;
+    let wait = timeout.max(MIN_FIRST_BYTE_WAIT);
+    let saved = save_snapshot(endpoint, connector, wait, &mut out, |p| bar.show(p)).await;
     bar.finish();
     let saved = saved?;
     out.into_inner()

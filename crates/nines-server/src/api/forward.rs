@@ -108,12 +108,18 @@ async fn leader_moved(core: &NodeCore, leader: &Node) {
 }
 
 /// A channel to a member's client API (its peer address serves the
-/// forwarded calls too, for a member with no client address).
+/// forwarded calls too, for a member with no client address). The client
+/// port, not the peer port as in etcd: forwarded load then runs on the
+/// leader's client runtime, away from Raft's. With TLS each kind of port
+/// is reached with its own certificates (see `tls.rs`).
 pub(crate) fn channel_to(core: &NodeCore, node: &Node) -> Result<Channel, ApiError> {
     let addr = client_addr(node);
-    core.pool
-        .get(addr)
-        .map_err(|e| ApiError::Internal(format!("bad address {addr:?}: {e}")))
+    let channel = if node.api_addr.is_empty() {
+        core.pool.peer(addr)
+    } else {
+        core.pool.client(addr)
+    };
+    channel.map_err(|e| ApiError::Internal(format!("bad address {addr:?}: {e}")))
 }
 
 fn client_addr(node: &Node) -> &str {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nines_proto::raft_client::RaftClient;
 use nines_proto::{RaftReply, RaftRequest};
+use nines_tls::Connector;
 use nines_types::{DurableIndex, Node, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -18,7 +19,7 @@ use openraft::raft::{
 };
 use openraft::AnyError;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 use super::codec;
@@ -30,36 +31,66 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
 /// Large enough for a full append batch or a 1 MiB-value entry plus a snapshot chunk.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// One lazily connected channel per address, shared by every caller: openraft
-/// asks for a new client per replication stream, election and read barrier,
-/// so connecting there would open a TCP connection per call.
+/// One lazily connected channel per address and port kind, shared by
+/// every caller: openraft asks for a new client per replication stream,
+/// election and read barrier, so connecting there would open a TCP
+/// connection per call. Peer ports and client ports may differ in TLS
+/// (see `tls.rs`), so each kind has its own connector.
 #[derive(Clone, Default)]
 pub struct ChannelPool {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    source_ip: Option<std::net::IpAddr>,
+    channels: Arc<Mutex<HashMap<(Port, String), Channel>>>,
+    to_peers: Connector,
+    to_clients: Connector,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Port {
+    Peer,
+    Client,
 }
 
 impl ChannelPool {
-    pub fn new(source_ip: Option<std::net::IpAddr>) -> Self {
+    pub fn new(source_ip: Option<std::net::IpAddr>, tls: &crate::tls::Tls) -> Self {
         Self {
             channels: Arc::default(),
-            source_ip,
+            to_peers: tls.peer_connector(source_ip),
+            to_clients: tls.client_connector(source_ip),
         }
     }
 
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    /// A channel to a member's peer port (`Node::raft_addr`).
+    pub fn peer(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.get(Port::Peer, addr)
+    }
+
+    /// A channel to a member's client port (`Node::api_addr`, --join endpoints).
+    pub fn client(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.get(Port::Client, addr)
+    }
+
+    /// What opens connections to peer ports (for one-off channels).
+    pub fn peer_connector(&self) -> &Connector {
+        &self.to_peers
+    }
+
+    fn get(&self, port: Port, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let key = (port, addr.to_string());
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(channel) = channels.get(addr) {
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .local_address(self.source_ip)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        let connector = match port {
+            Port::Peer => &self.to_peers,
+            Port::Client => &self.to_clients,
+        };
+        // The connector sets TCP_NODELAY and the source address.
+        let channel = connector.channel(addr, |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+        })?;
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 }
@@ -87,7 +118,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
-        let client = self.pool.get(&node.raft_addr).ok().map(|channel| {
+        let client = self.pool.peer(&node.raft_addr).ok().map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)

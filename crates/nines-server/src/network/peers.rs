@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nines_proto::raft_client::RaftClient;
 use nines_proto::{ProbeReply, ProbeRequest};
+use nines_tls::Connector;
 use nines_types::NodeId;
 use tonic::transport::Endpoint;
 
@@ -86,19 +87,16 @@ pub async fn probe(
     addr: &str,
     target: NodeId,
     cluster_id: u64,
-    source_ip: Option<std::net::IpAddr>,
+    connector: &Connector,
     timeout: Duration,
 ) -> Result<ProbeReply, ProbeError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ProbeError::Address(e.to_string()))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .local_address(source_ip);
+    // Checked once up front: a bad address is not worth retrying.
+    Endpoint::from_shared(format!("http://{}", nines_tls::strip_scheme(addr)))
+        .map_err(|e| ProbeError::Address(e.to_string()))?;
     let mut last_refusal = None;
     let attempts = async {
         loop {
-            match probe_once(&endpoint, target, cluster_id).await {
+            match probe_once(connector, addr, timeout, target, cluster_id).await {
                 Err(ProbeError::Connect(reason)) => {
                     last_refusal = Some(reason);
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -115,12 +113,15 @@ pub async fn probe(
 }
 
 async fn probe_once(
-    endpoint: &Endpoint,
+    connector: &Connector,
+    addr: &str,
+    timeout: Duration,
     target: NodeId,
     cluster_id: u64,
 ) -> Result<ProbeReply, ProbeError> {
-    let channel = endpoint
-        .connect()
+    // With peer TLS, a refused handshake is a connect error: retried.
+    let channel = connector
+        .connect(addr, |e| e.connect_timeout(timeout).timeout(timeout))
         .await
         .map_err(|e| ProbeError::Connect(error_chain(&e)))?;
     // The reply is two integers; a peer sending more is not a nines node.
@@ -173,12 +174,13 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
         let started = Instant::now();
-        let err = probe(&addr, 4, 1, None, Duration::from_millis(500))
+        let plain = Connector::default();
+        let err = probe(&addr, 4, 1, &plain, Duration::from_millis(500))
             .await
             .unwrap_err();
         assert!(matches!(err, ProbeError::Connect(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
-        let err = probe("not an address/x", 4, 1, None, Duration::from_secs(1))
+        let err = probe("not an address/x", 4, 1, &plain, Duration::from_secs(1))
             .await
             .unwrap_err();
         assert!(

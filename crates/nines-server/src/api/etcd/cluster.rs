@@ -16,23 +16,26 @@ use epb::cluster_client::ClusterClient;
 use super::convert;
 use crate::api::forward::{self, is_forwarded};
 use crate::core::{NodeCore, Routed};
+use crate::tls::Tls;
 
 pub struct EtcdCluster {
     pub core: Arc<NodeCore>,
 }
 
-fn url(addr: &str) -> Vec<String> {
+/// An address as etcd's URL; `https` where this member's port of that
+/// kind has TLS (every member of a cluster runs the same transport).
+fn url(scheme: &str, addr: &str) -> Vec<String> {
     if addr.is_empty() {
         Vec::new()
     } else {
-        vec![format!("http://{addr}")]
+        vec![format!("{scheme}://{addr}")]
     }
 }
 
 /// A member as etcd shows it. One added by peer URL that has not started
 /// yet has no client address, and, as in etcd, no name: etcdctl lists it
 /// as "unstarted".
-fn member(id: NodeId, node: &Node, voters: &BTreeSet<NodeId>) -> epb::Member {
+fn member(id: NodeId, node: &Node, voters: &BTreeSet<NodeId>, tls: &Tls) -> epb::Member {
     let name = if node.api_addr.is_empty() {
         String::new()
     } else {
@@ -41,24 +44,24 @@ fn member(id: NodeId, node: &Node, voters: &BTreeSet<NodeId>) -> epb::Member {
     epb::Member {
         id,
         name,
-        peer_ur_ls: url(&node.raft_addr),
-        client_ur_ls: url(&node.api_addr),
+        peer_ur_ls: url(tls.peer_scheme(), &node.raft_addr),
+        client_ur_ls: url(tls.client_scheme(), &node.api_addr),
         is_learner: !voters.contains(&id),
     }
 }
 
-fn members_of(membership: &Membership<NodeId, Node>) -> Vec<epb::Member> {
+fn members_of(membership: &Membership<NodeId, Node>, tls: &Tls) -> Vec<epb::Member> {
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     membership
         .nodes()
-        .map(|(id, node)| member(*id, node, &voters))
+        .map(|(id, node)| member(*id, node, &voters, tls))
         .collect()
 }
 
 impl EtcdCluster {
     /// This member's header and its view of the members.
     fn members(&self) -> (epb::ResponseHeader, Vec<epb::Member>) {
-        let members = members_of(&self.core.membership());
+        let members = members_of(&self.core.membership(), &self.core.config.tls);
         let header = convert::header(self.core.header(self.core.reader.revision()));
         (header, members)
     }
@@ -92,7 +95,10 @@ impl EtcdCluster {
     /// Whether this member's view reached `want` within the request timeout.
     async fn wait_seen(&self, want: &[(NodeId, bool, Vec<String>)]) -> bool {
         let seen = |m: &openraft::RaftMetrics<NodeId, Node>| {
-            ids_of(&members_of(m.membership_config.membership())) == want
+            ids_of(&members_of(
+                m.membership_config.membership(),
+                &Tls::default(),
+            )) == want
         };
         let wait = self.core.raft.wait(Some(self.core.timeout()));
         wait.metrics(seen, "member change seen here").await.is_ok()

@@ -87,7 +87,8 @@ impl NodeCore {
         is_learner: bool,
         forwarded: bool,
     ) -> Result<Routed<NodeId>, ApiError> {
-        let raft_addr = membership::peer_addr_of(peer_urls)?;
+        let raft_addr =
+            membership::peer_addr_of(peer_urls, self.config.tls.peer_scheme() == "https")?;
         if let Some(leader) = self.leader_elsewhere(forwarded)? {
             return Ok(Routed::Forward(leader));
         }
@@ -157,7 +158,8 @@ impl NodeCore {
         peer_urls: &[String],
         forwarded: bool,
     ) -> Result<Routed<()>, ApiError> {
-        let raft_addr = membership::peer_addr_of(peer_urls)?;
+        let raft_addr =
+            membership::peer_addr_of(peer_urls, self.config.tls.peer_scheme() == "https")?;
         if let Some(leader) = self.leader_elsewhere(forwarded)? {
             return Ok(Routed::Forward(leader));
         }

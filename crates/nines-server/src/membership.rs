@@ -200,11 +200,12 @@ pub fn updated_node(
     Ok(Node::new(raft_addr, existing.api_addr.clone()))
 }
 
-/// etcd's peer URL, `http://HOST:PORT` or `https://HOST:PORT` (a trailing
-/// `/` allowed), as the `HOST:PORT` nines keeps. nines has one peer
-/// address per member, so exactly one URL; whether the peer port has TLS
-/// is the members' configuration, not the URL's.
-pub fn peer_addr_of(urls: &[String]) -> Result<String, MembershipError> {
+/// etcd's peer URL, `http://HOST:PORT` or, where the peer ports run TLS
+/// (`peer_tls`), `https://HOST:PORT` (a trailing `/` allowed), as the
+/// `HOST:PORT` nines keeps. nines has one peer address per member, so
+/// exactly one URL. Every member runs the same peer transport, so a URL
+/// whose scheme says otherwise is a mistake, refused as etcd refuses it.
+pub fn peer_addr_of(urls: &[String], peer_tls: bool) -> Result<String, MembershipError> {
     let invalid = |why: String| {
         MembershipError::InvalidRequest(format!("etcdserver: given member URLs are invalid: {why}"))
     };
@@ -215,10 +216,20 @@ pub fn peer_addr_of(urls: &[String]) -> Result<String, MembershipError> {
         )));
     };
     let shown: String = url.chars().take(64).collect();
+    let (scheme, other) = if peer_tls {
+        ("https://", "http://")
+    } else {
+        ("http://", "https://")
+    };
+    if url.starts_with(other) {
+        return Err(invalid(format!(
+            "{shown:?}: the peer ports {} TLS, so peer URLs are {scheme}HOST:PORT",
+            if peer_tls { "run" } else { "do not run" }
+        )));
+    }
     let addr = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| invalid(format!("{shown:?} is not http(s)://HOST:PORT")))?;
+        .strip_prefix(scheme)
+        .ok_or_else(|| invalid(format!("{shown:?} is not {scheme}HOST:PORT")))?;
     let addr = addr.strip_suffix('/').unwrap_or(addr);
     check_addr("peer", addr).map_err(|e| invalid(e.to_string()))?;
     Ok(addr.to_string())

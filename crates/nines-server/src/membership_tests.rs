@@ -114,12 +114,14 @@ fn add_learner_is_idempotent_only_for_the_same_address() {
 fn peer_urls_are_one_http_or_https_host_and_port() {
     let urls = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        peer_addr_of(&urls(&["http://127.0.0.1:2380"])).unwrap(),
+        peer_addr_of(&urls(&["http://127.0.0.1:2380"]), false).unwrap(),
         "127.0.0.1:2380"
     );
-    assert_eq!(peer_addr_of(&urls(&["http://h:1/"])).unwrap(), "h:1");
-    // With peer TLS, etcdctl member add is given https:// URLs.
-    assert_eq!(peer_addr_of(&urls(&["https://h:1"])).unwrap(), "h:1");
+    assert_eq!(peer_addr_of(&urls(&["http://h:1/"]), false).unwrap(), "h:1");
+    // With peer TLS, etcdctl member add is given https:// URLs, and only those.
+    assert_eq!(peer_addr_of(&urls(&["https://h:1"]), true).unwrap(), "h:1");
+    assert!(peer_addr_of(&urls(&["http://h:1"]), true).is_err());
+    assert!(peer_addr_of(&urls(&["https://h:1"]), false).is_err());
     for bad in [
         urls(&[]),
         urls(&["http://a:1", "http://b:1"]),
@@ -132,7 +134,7 @@ fn peer_urls_are_one_http_or_https_host_and_port() {
         urls(&["http://"]),
         urls(&[&format!("http://{}:1", "a".repeat(300))]),
     ] {
-        let err = peer_addr_of(&bad).unwrap_err();
+        let err = peer_addr_of(&bad, false).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("etcdserver: given member URLs are invalid"),

@@ -239,13 +239,27 @@ async fn a_member_that_catches_up_by_snapshot_has_the_same_auth_state() {
     for i in 0..300 {
         l.put(Some(&root), &format!("fill/{i}")).await.unwrap();
     }
-    // Purging follows the snapshot: wait until the log it missed is gone.
+    // Purging follows the snapshot: write on until the log it missed is
+    // gone on whichever member leads now (leadership may move under load).
     let deadline = std::time::Instant::now() + LONG;
-    while cluster.status(leader).await.map_or(0, |s| s.purged_index) <= down_last {
+    let mut more = 300;
+    loop {
+        let now_leader = cluster.wait_leader(LONG).await;
+        let status = cluster.status(now_leader).await;
+        if status.as_ref().map_or(0, |s| s.purged_index) > down_last {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the leader never purged"
+            "the leader never purged past {down_last}: {status:?}"
         );
+        let at = Api {
+            addr: cluster.node(now_leader).client_addr.clone(),
+        };
+        for _ in 0..20 {
+            let _ = at.put(Some(&root), &format!("more/{more}")).await;
+            more += 1;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.restart(down);

@@ -397,7 +397,7 @@ async fn client_watch_resumes_through_another_member_without_gap_or_duplicate() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_and_nines_watch_print_the_same_events_from_a_follower() {
     let cluster = Cluster::start(ClusterOptions::default());
-    let leader = cluster.wait_leader(LONG).await;
+    let leader = cluster.stable_leader(LONG).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let ep = cluster.node(follower).client_addr.clone();
     let client = cluster.client();

@@ -37,6 +37,9 @@ pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
 const STREAM_WATCH_ID: i64 = -1;
 /// etcd's metadata key for `WithRequireLeader`.
 const REQUIRE_LEADER: &str = "hasleader";
+/// How long a member must be out of contact with any leader before its
+/// `hasleader` streams end.
+const NO_LEADER_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a stream that requires a leader checks for one.
 const LEADER_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -150,8 +153,18 @@ impl StreamTask {
             .fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// etcd ends such streams when its member has no leader. Here: no
+    /// leader in contact for `NO_LEADER_AFTER` (a follower cut off may keep
+    /// a stale leader id, so contact, not the id, decides). A blip is not
+    /// enough: a re-election or a follower going 600 ms without a
+    /// heartbeat under load ended every etcd client's watch, and etcdctl
+    /// gives up on a canceled watch.
     async fn check_leader(&self) -> Result<(), Gone> {
-        if self.core.counters.has_leader.load(Ordering::Relaxed) == 1 {
+        let counters = &self.core.counters;
+        let stretch = counters.leaderless_stretch.load(Ordering::Relaxed);
+        if counters.has_leader.load(Ordering::Relaxed) == 1
+            || stretch < NO_LEADER_AFTER.as_millis() as u64
+        {
             return Ok(());
         }
         let _ = self

@@ -10,7 +10,6 @@ pub mod token;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nines_types::ROOT;
 use tonic::metadata::MetadataMap;
 
 pub use scope::{current_token, with_token, TokenScopeLayer};
@@ -132,12 +131,5 @@ impl NodeCore {
             .max(Duration::from_secs(1))
             .as_secs();
         Ok(Routed::Local(token::sign(&secret, name, now_secs() + ttl)))
-    }
-
-    /// Whether `user` is root (for etcd's AuthEnable check of the caller).
-    pub fn is_root_user(&self, user: &str) -> bool {
-        self.reader
-            .with_auth(|a| a.user_exists(user) && a.is_root(user))
-            || user == ROOT
     }
 }

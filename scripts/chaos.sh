@@ -7,6 +7,12 @@
 #   quick  ~75 s of load and faults (the default)
 #   long   10 minutes (override with --time-limit SECS)
 #
+#   scripts/chaos.sh long --tls --seed 8080
+#          the same with TLS on every port: nines-jepsen makes certificates
+#          for the run, members serve clients over TLS with client
+#          certificate auth and each other over mutual TLS, and every
+#          client of the harness presents a certificate
+#
 # Exits non-zero when the checker finds an anomaly or cannot decide.
 # NINES_CHAOS_PROFILE=debug uses debug builds (what scripts/test.sh does, to
 # reuse the test build); the default is release.

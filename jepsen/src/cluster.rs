@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use nines_client::{Client, ClientConfig};
+use nines_client::Client;
 
 use crate::proxy::{source_ip, Proxy};
 
@@ -259,7 +259,7 @@ impl Drop for Cluster {
 /// want a short timeout (a paused node must not stall the nemesis); a
 /// membership change may wait for a log round on a busy cluster.
 pub fn admin_client(addrs: Vec<String>, request_timeout: Duration) -> anyhow::Result<Client> {
-    let mut config = ClientConfig::new(addrs);
+    let mut config = crate::tls::client_config(addrs);
     config.request_timeout = request_timeout;
     config.retry_deadline = Duration::from_secs(10);
     config.connect_timeout = Duration::from_millis(300);

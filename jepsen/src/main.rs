@@ -12,6 +12,7 @@ mod history;
 mod nemesis;
 mod proxy;
 mod report;
+mod tls;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,11 @@ struct Args {
     /// An extra flag for every server (repeatable).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// TLS everywhere: certificates made for the run (under its run dir),
+    /// members with client TLS, client certificate auth and peer mutual
+    /// TLS, and every client of the harness with a certificate.
+    #[arg(long)]
+    tls: bool,
     /// The nines-server binary.
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -123,20 +129,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     ));
     std::fs::create_dir_all(&run_dir)?;
     eprintln!(
-        "nines-jepsen: seed {seed}, run dir {}, server {}",
+        "nines-jepsen: seed {seed}, run dir {}, server {}{}",
         run_dir.display(),
-        bin.display()
+        bin.display(),
+        if args.tls { ", TLS on" } else { "" }
     );
+    let mut server_args = args.server_args.clone();
+    if args.tls {
+        server_args.extend(tls::enable(&run_dir.join("tls")).context("TLS certificates")?);
+    }
 
     let mut proxy = Proxy::new();
-    let cluster = Cluster::new(
-        bin,
-        args.nodes,
-        &run_dir,
-        &mut proxy,
-        args.server_args.clone(),
-    )
-    .await?;
+    let cluster = Cluster::new(bin, args.nodes, &run_dir, &mut proxy, server_args).await?;
     let proxy = Arc::new(proxy);
     let cluster = Arc::new(Mutex::new(cluster));
     let _ = CLUSTER.set(cluster.clone());
@@ -402,6 +406,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         seed,
         nodes: args.nodes,
         concurrency: args.concurrency,
+        tls: args.tls,
         workloads: workload_list
             .iter()
             .map(|w| format!("{w:?}").to_lowercase())

@@ -262,7 +262,7 @@ impl Nemesis {
                 "network healed".into()
             }
             Heal::Rejoin(id) => match self.rejoin(id).await {
-                Ok(()) => format!("node {id} re-added and promoted"),
+                Ok(url) => format!("node {id} re-added and promoted, peer URL {url}"),
                 Err(e) => format!("re-adding node {id} failed: {e}"),
             },
             Heal::Nothing => "nothing to heal".into(),
@@ -271,7 +271,12 @@ impl Nemesis {
 
     /// Starts the wiped node with no bootstrap flags (it waits), then adds it
     /// back under the same id and addresses, as a learner, then a voter.
-    async fn rejoin(&mut self, id: u64) -> anyhow::Result<()> {
+    /// Returns the peer URL the membership shows for it: `https://` when
+    /// the peer ports run TLS (the add is by `host:port`, and the leader
+    /// probes the new member over the peer ports' transport before adding
+    /// it), which is checked here so a TLS run proves it re-added members
+    /// as TLS peers.
+    async fn rejoin(&mut self, id: u64) -> anyhow::Result<String> {
         let peer_addr = {
             let mut c = self.lock();
             c.spawn(id)?;
@@ -289,9 +294,18 @@ impl Nemesis {
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
         }
+        let want = format!("{}://{peer_addr}", crate::tls::peer_scheme());
         loop {
             match self.member_admin.member_promote(id).await {
-                Ok(_) => return Ok(()),
+                Ok(list) => {
+                    let member = list.members.iter().find(|m| m.id == id);
+                    let urls = member.map(|m| m.peer_ur_ls.clone()).unwrap_or_default();
+                    anyhow::ensure!(
+                        urls == [want.clone()],
+                        "node {id} promoted with peer URLs {urls:?}, expected [{want}]"
+                    );
+                    return Ok(want);
+                }
                 Err(e) if Instant::now() > deadline => return Err(e.into()),
                 // Promotion waits for the learner to catch up.
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
@@ -332,7 +346,7 @@ mod tests {
         assert_eq!(kind("partition", ring), "partition-ring");
         let halves = format!("{HALVES} [1] | [2, 3]; then network healed");
         assert_eq!(kind("partition", halves), "partition-halves");
-        let removed = "remove node 3, wipe it; then node 3 re-added and promoted";
+        let removed = "remove node 3, wipe it; then node 3 re-added and promoted, peer URL https://127.0.0.1:1";
         assert_eq!(kind("member", removed.into()), "member");
         let failed = format!("{REMOVE_FAILED}: timeout; then nothing to heal");
         assert_eq!(kind("member", failed), "member-remove-failed");

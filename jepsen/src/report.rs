@@ -39,6 +39,8 @@ pub struct Report {
     pub seed: u64,
     pub nodes: u64,
     pub concurrency: usize,
+    /// Client TLS with client certificates and peer mutual TLS (`--tls`).
+    pub tls: bool,
     pub workloads: Vec<String>,
     pub nemeses: Vec<String>,
     pub duration_secs: f64,
@@ -210,10 +212,11 @@ impl Report {
     pub fn print(&self) {
         println!("== nines-jepsen report ==");
         println!(
-            "nodes {}  concurrency {}  seed {}  workloads {:?}  nemeses {:?}  {:.1}s",
+            "nodes {}  concurrency {}  seed {}  tls {}  workloads {:?}  nemeses {:?}  {:.1}s",
             self.nodes,
             self.concurrency,
             self.seed,
+            if self.tls { "on" } else { "off" },
             self.workloads,
             self.nemeses,
             self.duration_secs

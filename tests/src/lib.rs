@@ -6,5 +6,6 @@ pub mod cluster;
 pub mod etcd;
 pub mod etcdctl;
 pub mod http;
+pub mod pki;
 
 pub use cluster::{Cluster, ClusterOptions};

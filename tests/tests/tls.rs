@@ -2,7 +2,7 @@
 //! here: client TLS with client certificate auth, peer mutual TLS with an
 //! allowed CN, rotation without restart, and etcdctl over TLS.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,130 +10,23 @@ use std::time::{Duration, Instant};
 use nines_client::proto::v1::raft_client::RaftClient;
 use nines_client::proto::v1::{ProbeRequest, RaftRequest};
 use nines_client::{Client, ClientConfig, Connector, TlsFiles};
+use nines_tests::pki::Pki;
 use nines_tests::{etcdctl, Cluster, ClusterOptions};
 use nines_tls::ClientTls;
 use nines_types::{codec, Command as KvCommand, Request, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
 const LONG: Duration = Duration::from_secs(30);
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Ca { cert, key }
-}
-
-/// The certificates of a test cluster: client-port certificates from one
-/// CA, peer certificates from another (the cluster CA), and an outsider CA.
-struct Pki {
-    dir: tempfile::TempDir,
-    clients: Ca,
-    cluster: Ca,
-    outsider: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let pki = Pki {
-            dir: tempfile::tempdir().unwrap(),
-            clients: new_ca("nines clients CA"),
-            cluster: new_ca("nines cluster CA"),
-            outsider: new_ca("someone else's CA"),
-        };
-        for (ca, name) in [
-            (&pki.clients, "clients-ca"),
-            (&pki.cluster, "cluster-ca"),
-            (&pki.outsider, "outsider-ca"),
-        ] {
-            std::fs::write(pki.path(&format!("{name}.crt")), ca.cert.pem()).unwrap();
-        }
-        pki.issue(&pki.clients, "nines-member", "server");
-        pki.issue(&pki.clients, "root", "user");
-        pki.issue(&pki.cluster, "nines-peer", "peer");
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `name.crt` and `name.key`: a leaf for 127.0.0.1 and localhost, for
-    /// server and client use (a member's certificate is both).
-    fn issue(&self, ca: &Ca, cn: &str, name: &str) -> (PathBuf, PathBuf) {
-        let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-        // Written aside, then renamed: a server re-reading the files never
-        // sees a half-written one.
-        let (crt, k) = (
-            self.path(&format!("{name}.crt")),
-            self.path(&format!("{name}.key")),
-        );
-        for (path, text) in [(&crt, cert.pem()), (&k, key.serialize_pem())] {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, path).unwrap();
-        }
-        (crt, k)
-    }
-
-    fn s(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-
-    /// Every TLS flag: client TLS with client certificate auth, peer
-    /// mutual TLS with an allowed CN.
-    fn server_args(&self) -> Vec<String> {
-        [
-            ("--cert-file", self.s("server.crt")),
-            ("--key-file", self.s("server.key")),
-            ("--trusted-ca-file", self.s("clients-ca.crt")),
-            ("--peer-cert-file", self.s("peer.crt")),
-            ("--peer-key-file", self.s("peer.key")),
-            ("--peer-trusted-ca-file", self.s("cluster-ca.crt")),
-            ("--peer-cert-allowed-cn", "nines-peer".to_string()),
-        ]
-        .into_iter()
-        .flat_map(|(flag, value)| [flag.to_string(), value])
-        .chain([
-            "--client-cert-auth".into(),
-            "--peer-client-cert-auth".into(),
-        ])
-        .collect()
-    }
-
-    fn user_tls(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.path("clients-ca.crt"),
-            cert: Some(self.path("user.crt")),
-            key: Some(self.path("user.key")),
-        }
-    }
-
-    fn connector(&self, ca: &str, pair: Option<&str>) -> Connector {
-        let files = TlsFiles {
-            ca: self.path(ca),
-            cert: pair.map(|p| self.path(&format!("{p}.crt"))),
-            key: pair.map(|p| self.path(&format!("{p}.key"))),
-        };
-        Connector::new(Some(Arc::new(ClientTls::new("test", files).unwrap())), None)
-    }
+/// A connector with `ca` and, when given, the `pair` certificate.
+fn connector(pki: &Pki, ca: &str, pair: Option<&str>) -> Connector {
+    let files = TlsFiles {
+        ca: pki.path(ca),
+        cert: pair.map(|p| pki.path(&format!("{p}.crt"))),
+        key: pair.map(|p| pki.path(&format!("{p}.key"))),
+    };
+    Connector::new(Some(Arc::new(ClientTls::new("test", files).unwrap())), None)
 }
 
 fn tls_cluster(pki: &Pki, nodes: u64) -> Cluster {
@@ -317,24 +210,24 @@ async fn the_peer_port_admits_only_cluster_certificates() {
     };
     // Control: a member's certificate gets an answer.
     assert_eq!(
-        probe(pki.connector("cluster-ca.crt", Some("peer"))).await,
+        probe(connector(&pki, "cluster-ca.crt", Some("peer"))).await,
         Ok(target)
     );
     pki.issue(&pki.cluster, "intruder", "wrong-cn");
     pki.issue(&pki.outsider, "nines-peer", "outsider-peer");
     for (what, connector) in [
-        ("no certificate", pki.connector("cluster-ca.crt", None)),
+        ("no certificate", connector(&pki, "cluster-ca.crt", None)),
         (
             "the client CA's certificate",
-            pki.connector("cluster-ca.crt", Some("server")),
+            connector(&pki, "cluster-ca.crt", Some("server")),
         ),
         (
             "another CA's certificate with the allowed CN",
-            pki.connector("cluster-ca.crt", Some("outsider-peer")),
+            connector(&pki, "cluster-ca.crt", Some("outsider-peer")),
         ),
         (
             "a cluster certificate with another CN",
-            pki.connector("cluster-ca.crt", Some("wrong-cn")),
+            connector(&pki, "cluster-ca.crt", Some("wrong-cn")),
         ),
     ] {
         let result = probe(connector).await;
@@ -386,8 +279,8 @@ async fn certificates_rotate_without_a_restart() {
     let client = cluster.client();
     client.put("rotate", "before").await.unwrap();
     let node = cluster.node(1);
-    let to_client_port = pki.connector("clients-ca.crt", Some("user"));
-    let to_peer_port = pki.connector("cluster-ca.crt", Some("peer"));
+    let to_client_port = connector(&pki, "clients-ca.crt", Some("user"));
+    let to_peer_port = connector(&pki, "cluster-ca.crt", Some("peer"));
     let stream = to_client_port.stream(&node.client_addr).await.unwrap();
     assert_eq!(served_cn(&stream), "nines-member");
     assert_eq!(

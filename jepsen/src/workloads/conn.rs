@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nines_client::proto as pb;
 use pb::kv_client::KvClient;
 use rand::Rng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// Deadline of one attempt.
@@ -68,10 +68,7 @@ pub struct NodeConn {
 
 impl NodeConn {
     pub fn new(addr: &str) -> anyhow::Result<NodeConn> {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = crate::tls::channel(addr, Duration::from_millis(500))?;
         Ok(NodeConn {
             // Final reads return every element of a long run at once.
             kv: KvClient::new(channel).max_decoding_message_size(nines_client::MAX_RESPONSE_BYTES),

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use nines_client::{Client, ClientConfig, LeaseKeeper, ReadBalance};
+use nines_client::{Client, LeaseKeeper, ReadBalance};
 use rand::Rng;
 
 use super::conn::NodeConn;
@@ -61,7 +61,7 @@ struct Process {
 pub async fn run(ctx: Ctx, process: i64, addrs: Vec<String>) {
     let mut rotated = addrs.clone();
     rotated.rotate_left(process as usize % addrs.len().max(1));
-    let mut config = ClientConfig::new(rotated);
+    let mut config = crate::tls::client_config(rotated);
     config.read_balance = ReadBalance::RoundRobin;
     config.request_timeout = Duration::from_secs(2);
     config.connect_timeout = Duration::from_millis(500);

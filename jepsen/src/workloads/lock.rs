@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use nines_client::{Client, ClientConfig, Fenced, LeaseKeeper, LockHeld};
+use nines_client::{Client, Fenced, LeaseKeeper, LockHeld};
 use rand::Rng;
 
 use super::Ctx;
@@ -68,7 +68,7 @@ impl Holder {
 }
 
 pub fn client(addrs: &[String]) -> anyhow::Result<Client> {
-    let mut config = ClientConfig::new(addrs.to_vec());
+    let mut config = crate::tls::client_config(addrs.to_vec());
     config.request_timeout = Duration::from_secs(1);
     config.retry_deadline = OP_DEADLINE;
     Ok(Client::new(config)?)

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nines_client::proto::mvccpb;
-use nines_client::{Client, ClientConfig, ReadBalance, WatchError, WatchOptions, WatchUpdate};
+use nines_client::{Client, ReadBalance, WatchError, WatchOptions, WatchUpdate};
 use rand::Rng;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
@@ -152,7 +152,7 @@ impl Watchers {
             // is rotated so each watcher starts on its own member.
             let mut rotated = addrs.to_vec();
             rotated.rotate_left(i % addrs.len());
-            let mut config = ClientConfig::new(rotated);
+            let mut config = crate::tls::client_config(rotated);
             config.read_balance = ReadBalance::RoundRobin;
             config.request_timeout = Duration::from_secs(2);
             config.connect_timeout = Duration::from_millis(500);

@@ -8,7 +8,8 @@
 #   RUNS=1 DURATION=5s WORKLOADS="put-64" scripts/bench-tls.sh
 #
 # Needs release binaries in $NINES_BIN_DIR (default target/release; built
-# here when missing) and the openssl CLI (for the certificates).
+# here when missing) and the openssl CLI (scripts/gen-certs.sh makes the
+# certificates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,6 @@ declare -A FLAGS=(
   [get-1]="--workload get --clients 1 --connections 1"
 )
 
-command -v openssl >/dev/null || { echo "needs the openssl CLI" >&2; exit 1; }
 if [ ! -x "$BIN/nines-server" ] || [ ! -x "$BIN/nines" ]; then
   cargo build --release --bin nines-server --bin nines
 fi
@@ -37,25 +37,6 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-
-# One CA; a member certificate (both usages: members forward to the
-# leader's client port with it), a peer certificate and a client one.
-certs() {
-  local d=$DIR/tls
-  mkdir -p "$d"
-  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$d/ca.key" -out "$d/ca.crt" -days 2 -subj "/CN=bench CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
-  for pair in member:nines-member peer:nines-peer client:root; do
-    local name=${pair%%:*} cn=${pair#*:}
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-      -keyout "$d/$name.key" -out "$d/$name.csr" -subj "/CN=$cn" 2>/dev/null
-    printf '%s\n' "subjectAltName=IP:127.0.0.1" "extendedKeyUsage=serverAuth,clientAuth" \
-      >"$d/$name.ext"
-    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
-      -CAcreateserial -days 2 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
-  done
-}
 
 # start NAME OFFSET [server flags...]: a three-node cluster on ports from
 # BASE_PORT + OFFSET; sets STARTED to its endpoints (not printed: a
@@ -79,13 +60,15 @@ start() {
   STARTED=${endpoints%,}
 }
 
-certs
+# One CA; a member certificate (both usages: members forward to the
+# leader's client port with it), a peer certificate and a client one.
 T=$DIR/tls
+scripts/gen-certs.sh "$T" >/dev/null
 start plain 0
 PLAIN=$STARTED
 start tls 100 --cert-file "$T/member.crt" --key-file "$T/member.key" \
   --trusted-ca-file "$T/ca.crt" --client-cert-auth \
-  --peer-cert-file "$T/peer.crt" --peer-key-file "$T/peer.key" \
+  --peer-cert-file "$T/member-peer.crt" --peer-key-file "$T/member-peer.key" \
   --peer-trusted-ca-file "$T/ca.crt" --peer-client-cert-auth --peer-cert-allowed-cn nines-peer
 TLS=$STARTED
 CLIENT_TLS=(--cacert "$T/ca.crt" --cert "$T/client.crt" --key "$T/client.key")

@@ -17,6 +17,14 @@
 #   ETCD_CLIENT_ON_NINES=1 scripts/bench-vs-etcd.sh throughput
 #                                   # also the unmodified etcd-client crate against
 #                                   # nines (target nines-etcd-client), same run
+#   TLS=1 WORKLOADS="put-64 get-64" scripts/bench-vs-etcd.sh throughput
+#                                   # what TLS costs each: also an etcd and a nines
+#                                   # with TLS on every port (client TLS with client
+#                                   # certificate auth, peer mutual TLS with an
+#                                   # allowed CN; targets etcd-tls and nines-tls,
+#                                   # certificates from scripts/gen-certs.sh), same
+#                                   # run, same bench code and client TLS files;
+#                                   # prints TLS/plain per store
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,61 +78,86 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-start_etcd() {
-  rm -rf "$DIR/etcd" && mkdir -p "$DIR/etcd"
-  local cluster=""
-  for n in 1 2 3; do cluster+="e$n=http://127.0.0.1:$((3280 + 100 * n)),"; done
+# TLS=1: one CA, a member certificate pair for 127.0.0.1 (client port,
+# and peer port with CN nines-peer) and a client certificate, used by
+# both stores alike.
+TLS_DIR=$DIR/tls
+ETCD_TLS=(--cert-file "$TLS_DIR/member.crt" --key-file "$TLS_DIR/member.key"
+  --trusted-ca-file "$TLS_DIR/ca.crt" --client-cert-auth
+  --peer-cert-file "$TLS_DIR/member-peer.crt" --peer-key-file "$TLS_DIR/member-peer.key"
+  --peer-trusted-ca-file "$TLS_DIR/ca.crt" --peer-client-cert-auth --peer-cert-allowed-cn nines-peer)
+# nines takes etcd's flags.
+NINES_TLS=("${ETCD_TLS[@]}")
+CLI_TLS=(--cacert "$TLS_DIR/ca.crt" --cert "$TLS_DIR/client.crt" --key "$TLS_DIR/client.key")
+
+start_etcd() { # [name] [port base]; name etcd-tls turns TLS on
+  local name=${1:-etcd} base=${2:-3279} scheme=http tls=() ctl_tls=()
+  if [ "$name" = etcd-tls ]; then scheme=https tls=("${ETCD_TLS[@]}") ctl_tls=("${CLI_TLS[@]}"); fi
+  rm -rf "${DIR:?}/$name" && mkdir -p "$DIR/$name"
+  local cluster="" eps=""
+  for n in 1 2 3; do cluster+="e$n=$scheme://127.0.0.1:$((base + 1 + 100 * n)),"; done
   for n in 1 2 3; do
-    etcd --name "e$n" --data-dir "$DIR/etcd/e$n" \
-      --listen-client-urls "http://127.0.0.1:$((3279 + 100 * n))" \
-      --advertise-client-urls "http://127.0.0.1:$((3279 + 100 * n))" \
-      --listen-peer-urls "http://127.0.0.1:$((3280 + 100 * n))" \
-      --initial-advertise-peer-urls "http://127.0.0.1:$((3280 + 100 * n))" \
+    etcd --name "e$n" --data-dir "$DIR/$name/e$n" \
+      --listen-client-urls "$scheme://127.0.0.1:$((base + 100 * n))" \
+      --advertise-client-urls "$scheme://127.0.0.1:$((base + 100 * n))" \
+      --listen-peer-urls "$scheme://127.0.0.1:$((base + 1 + 100 * n))" \
+      --initial-advertise-peer-urls "$scheme://127.0.0.1:$((base + 1 + 100 * n))" \
       --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
-      --quota-backend-bytes 8589934592 --log-level error >"$DIR/etcd/e$n.log" 2>&1 &
+      ${tls[@]+"${tls[@]}"} \
+      --quota-backend-bytes 8589934592 --log-level error >"$DIR/$name/e$n.log" 2>&1 &
     PIDS+=($!)
-    ETCD_PIDS+=($!)
+    [ "$name" = etcd ] && ETCD_PIDS+=($!)
+    eps+="127.0.0.1:$((base + 100 * n)),"
   done
-  ETCD_ENDPOINTS="127.0.0.1:3379,127.0.0.1:3479,127.0.0.1:3579"
+  eps=${eps%,}
+  if [ "$name" = etcd ]; then ETCD_ENDPOINTS=$eps; else ETCD_TLS_ENDPOINTS=$eps; fi
+  local urls=$scheme://${eps//,/,$scheme://}
   for _ in $(seq 1 100); do
-    ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health >/dev/null 2>&1 && return
+    ETCDCTL_API=3 etcdctl --endpoints "$urls" ${ctl_tls[@]+"${ctl_tls[@]}"} endpoint health >/dev/null 2>&1 && return
     sleep 0.2
   done
-  echo "etcd did not become healthy" >&2; exit 1
+  echo "$name did not become healthy" >&2; exit 1
 }
 
-start_nines() { # [binary] [name] [port base]
-  local bin=${1:-$TARGET/release/nines-server} name=${2:-nines} base=${3:-4279}
+start_nines() { # [binary] [name] [port base]; name nines-tls turns TLS on
+  local bin=${1:-$TARGET/release/nines-server} name=${2:-nines} base=${3:-4279} tls=() cli_tls=()
+  if [ "$name" = nines-tls ]; then tls=("${NINES_TLS[@]}") cli_tls=("${CLI_TLS[@]}"); fi
   rm -rf "${DIR:?}/$name" && mkdir -p "$DIR/$name"
   local cluster="" eps=""
   for n in 1 2 3; do cluster+="$n=127.0.0.1:$((base + 1 + 100 * n))/127.0.0.1:$((base + 100 * n)),"; done
   for n in 1 2 3; do
     NINES_LOG=warn "$bin" --id "$n" --data-dir "$DIR/$name/n$n" \
       --listen-client "127.0.0.1:$((base + 100 * n))" --listen-peer "127.0.0.1:$((base + 1 + 100 * n))" \
-      --initial-cluster "${cluster%,}" >"$DIR/$name/n$n.log" 2>&1 &
+      --initial-cluster "${cluster%,}" ${tls[@]+"${tls[@]}"} >"$DIR/$name/n$n.log" 2>&1 &
     PIDS+=($!)
     [ "$name" = nines ] && NINES_PIDS+=($!)
     eps+="127.0.0.1:$((base + 100 * n)),"
   done
   eps=${eps%,}
-  if [ "$name" = nines ]; then NINES_ENDPOINTS=$eps; else BEFORE_ENDPOINTS=$eps; fi
+  case $name in
+    nines) NINES_ENDPOINTS=$eps ;;
+    nines-tls) NINES_TLS_ENDPOINTS=$eps ;;
+    *) BEFORE_ENDPOINTS=$eps ;;
+  esac
   for _ in $(seq 1 100); do
     local cli=$NINES
     [ "$name" = nines-before ] && cli=${NINES_BEFORE_CLI:-$NINES}
-    "$cli" --endpoints "$eps" endpoint health >/dev/null 2>&1 && return
+    "$cli" --endpoints "$eps" ${cli_tls[@]+"${cli_tls[@]}"} endpoint health >/dev/null 2>&1 && return
     sleep 0.2
   done
   echo "$name did not become healthy" >&2; exit 1
 }
 
 run_bench() { # target endpoints name
-  local target=$1 cli=$NINES
+  local target=$1 cli=$NINES tls=()
   case $target in
     nines-before) target=nines; cli=${NINES_BEFORE_CLI:-$NINES} ;;
     nines-etcd-client) target=etcd ;;
+    etcd-tls) target=etcd tls=("${CLI_TLS[@]}") ;;
+    nines-tls) target=nines tls=("${CLI_TLS[@]}") ;;
   esac
   # shellcheck disable=SC2086
-  "$cli" --endpoints "$2" bench --target "$target" ${SPEC[$3]} --duration "$DURATION" --warmup "$WARMUP" \
+  "$cli" --endpoints "$2" ${tls[@]+"${tls[@]}"} bench --target "$target" ${SPEC[$3]} --duration "$DURATION" --warmup "$WARMUP" \
     --quiet -w json | sed "s/^{/{\"name\":\"$3\",/; s/\"target\":\"[a-z]*\"/\"target\":\"$1\"/"
 }
 
@@ -152,6 +185,13 @@ if [ -n "${NINES_BEFORE:-}" ]; then
   TARGETS="$TARGETS nines-before"
 fi
 [ "${ETCD_CLIENT_ON_NINES:-0}" = 1 ] && TARGETS="$TARGETS nines-etcd-client"
+if [ "${TLS:-0}" = 1 ]; then
+  rm -rf "$TLS_DIR"
+  scripts/gen-certs.sh "$TLS_DIR" >/dev/null
+  start_etcd etcd-tls 5279
+  start_nines "$TARGET/release/nines-server" nines-tls 6279
+  TARGETS="$TARGETS etcd-tls nines-tls"
+fi
 "$NINES" bench --workload put --clients 1 --duration 1s --warmup 0s --quiet --endpoints "$NINES_ENDPOINTS" \
   --fsync-dir "$DIR" -w json | python3 -c 'import json,sys; f=json.load(sys.stdin)["fsync_floor"]; print(json.dumps({"name":"fsync-floor", **f}))' >"$OUT"
 
@@ -174,6 +214,8 @@ if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
         settle
         case $target in
           etcd) eps=$ETCD_ENDPOINTS ;;
+          etcd-tls) eps=$ETCD_TLS_ENDPOINTS ;;
+          nines-tls) eps=$NINES_TLS_ENDPOINTS ;;
           nines | nines-etcd-client) eps=$NINES_ENDPOINTS ;;
           nines-before) eps=$BEFORE_ENDPOINTS ;;
         esac
@@ -245,6 +287,20 @@ for name in dict.fromkeys(n for n, _ in runs):
         vals = [r["throughput"] for r in runs[(name, "nines")]]
         spread = (max(vals) - min(vals)) / statistics.median(vals)
         print(f"{'':<22}nines run-to-run spread (max-min)/median: {spread:.0%}")
+tls_rows = [name for name in dict.fromkeys(n for n, _ in runs)
+            if runs.get((name, "etcd-tls")) or runs.get((name, "nines-tls"))]
+if tls_rows:
+    print()
+    print("TLS cost: client TLS with client certificates, peer mutual TLS; TLS/plain of ops/s (median of runs)")
+    print(f"{'workload':<22}{'etcd':>10}{'etcd TLS':>10}{'ratio':>7}{'p50':>8}{'TLS p50':>9}"
+          f"{'nines':>10}{'nines TLS':>11}{'ratio':>7}{'p50':>8}{'TLS p50':>9}")
+    for name in tls_rows:
+        line = f"{name:<22}"
+        for plain, tls in (("etcd", "etcd-tls"), ("nines", "nines-tls")):
+            p, t = med(name, plain, "ops"), med(name, tls, "ops")
+            line += (f"{p:>10.0f}{t:>{10 if plain == 'etcd' else 11}.0f}{t / p if p else float('nan'):>7.2f}"
+                     f"{med(name, plain, 'p50_us'):>8.0f}{med(name, tls, 'p50_us'):>9.0f}")
+        print(line)
 for r in rows:
     if r.get("failed"):
         print(f"{r['name']} {r['target']}: FAILED (see the bench's stderr above)")

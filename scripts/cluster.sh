@@ -3,7 +3,7 @@
 #
 #   scripts/cluster.sh up           build release binaries, start 3 nodes, show a write and a read
 #   scripts/cluster.sh up --tls     the same with TLS: makes a local CA and certificates under
-#                                   $NINES_CLUSTER_DIR/tls (openssl), client TLS with client
+#                                   $NINES_CLUSTER_DIR/tls (scripts/gen-certs.sh), client TLS with client
 #                                   certificates, mutual TLS between members
 #   scripts/cluster.sh status       endpoint status of every node
 #   scripts/cluster.sh kill N       kill -9 node N
@@ -35,31 +35,9 @@ tls_on() { [ -f "$TLS_DIR/on" ]; }
 # forward calls to the leader), a peer certificate (CN nines-peer, the only
 # CN the peer ports admit) and a client certificate for the CLI (CN root).
 make_certs() {
-  command -v openssl >/dev/null || { echo "up --tls needs the openssl CLI (apt-get install openssl)" >&2; exit 1; }
-  mkdir -p "$TLS_DIR"
-  (
-    cd "$TLS_DIR"
-    if [ ! -f ca.crt ]; then
-      openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout ca.key -out ca.crt -days 3650 -subj "/CN=nines local CA" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    fi
-    for pair in member:nines-member peer:nines-peer client:root; do
-      local name=${pair%%:*} cn=${pair#*:}
-      [ -f "$name.crt" ] && continue
-      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout "$name.key" -out "$name.csr" -subj "/CN=$cn" 2>/dev/null
-      printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-        "extendedKeyUsage=serverAuth,clientAuth" "basicConstraints=CA:FALSE" \
-        "keyUsage=critical,digitalSignature,keyEncipherment" >"$name.ext"
-      openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
-        -days 365 -extfile "$name.ext" -out "$name.crt" 2>/dev/null
-      rm -f "$name.csr" "$name.ext"
-    done
-    chmod 600 ./*.key
-    touch on
-  )
-  echo "certificates under $TLS_DIR (CA ca.crt; replace member/peer files to rotate, no restart needed)"
+  scripts/gen-certs.sh "$TLS_DIR"
+  touch "$TLS_DIR/on"
+  echo "certificates under $TLS_DIR (CA ca.crt; replace member files to rotate, no restart needed)"
 }
 
 # The TLS flags as arrays (paths may hold spaces); empty without TLS.
@@ -68,7 +46,7 @@ tls_flags() {
   tls_on || return 0
   SERVER_TLS=(--cert-file "$TLS_DIR/member.crt" --key-file "$TLS_DIR/member.key"
     --trusted-ca-file "$TLS_DIR/ca.crt" --client-cert-auth
-    --peer-cert-file "$TLS_DIR/peer.crt" --peer-key-file "$TLS_DIR/peer.key"
+    --peer-cert-file "$TLS_DIR/member-peer.crt" --peer-key-file "$TLS_DIR/member-peer.key"
     --peer-trusted-ca-file "$TLS_DIR/ca.crt" --peer-client-cert-auth
     --peer-cert-allowed-cn nines-peer)
   CLI_TLS=(--cacert "$TLS_DIR/ca.crt" --cert "$TLS_DIR/client.crt" --key "$TLS_DIR/client.key")

@@ -35,14 +35,11 @@ impl Backend {
                 Ok(Backend::Nines(clients))
             }
             #[cfg(feature = "etcd")]
-            "etcd" if tls.is_some() => Err(anyhow!(
-                "--target etcd with TLS is not supported by this bench; run it without --cacert"
-            )),
-            #[cfg(feature = "etcd")]
             "etcd" => {
+                let options = tls.as_ref().map(etcd_tls).transpose()?;
                 let mut clients = Vec::new();
                 for _ in 0..connections.max(1) {
-                    clients.push(etcd_client::Client::connect(endpoints, None).await?);
+                    clients.push(etcd_client::Client::connect(endpoints, options.clone()).await?);
                 }
                 Ok(Backend::Etcd(clients))
             }
@@ -209,4 +206,21 @@ impl Backend {
             }
         }
     }
+}
+
+/// The same files as `--cacert/--cert/--key` give nines-client, as
+/// etcd-client's TLS (tonic's rustls, ring: the same TLS stack nines uses).
+#[cfg(feature = "etcd")]
+fn etcd_tls(files: &nines_client::TlsFiles) -> Result<etcd_client::ConnectOptions> {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))
+    };
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&files.ca)?));
+    match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+        (None, None) => {}
+        _ => return Err(anyhow!("--cert and --key go together")),
+    }
+    Ok(etcd_client::ConnectOptions::new().with_tls(tls))
 }

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    compaction, elect, endpoint, kv, leader, lease, lock, member, snapshot, txn, watch,
+    auth, compaction, elect, endpoint, kv, leader, lease, lock, member, role, snapshot, txn,
+    user, watch,
 };
 use global::{Context, GlobalArgs};
 
@@ -72,6 +73,12 @@ commands! {
     Compaction(compaction::CompactionArgs),
     /// Cluster membership.
     Member(member::MemberArgs),
+    /// Enable, disable or show authentication.
+    Auth(auth::AuthArgs),
+    /// Users: add, delete, get, list, passwd, grant-role, revoke-role.
+    User(user::UserArgs),
+    /// Roles: add, delete, get, list, grant-permission, revoke-permission.
+    Role(role::RoleArgs),
     /// Per-endpoint status and health.
     Endpoint(endpoint::EndpointArgs),
     /// Snapshots.

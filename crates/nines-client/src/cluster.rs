@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use nines_proto::admin_client::AdminClient;
-use tonic::transport::Channel;
+use crate::auth::AuthChannel as Channel;
 use tonic::Code;
 
 use crate::client::{timed, Client, Route};

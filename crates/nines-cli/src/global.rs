@@ -68,10 +68,16 @@ pub struct GlobalArgs {
     /// etcdctl's `--user name[:password]`: authenticate as this user. Without
     /// a password (and no --password), it is asked for on a terminal, or
     /// read as one line from stdin.
-    #[arg(long, global = true, env = "NINES_USER")]
+    #[arg(long = "user", id = "auth_user", global = true, env = "NINES_USER")]
     pub user: Option<String>,
     /// The password of --user (then --user must not include one).
-    #[arg(long, global = true, env = "NINES_PASSWORD", requires = "user")]
+    #[arg(
+        long = "password",
+        id = "auth_password",
+        global = true,
+        env = "NINES_PASSWORD",
+        requires = "auth_user"
+    )]
     pub password: Option<String>,
 }
 

@@ -141,6 +141,11 @@ mod cli_tests {
         }
         let cli = Cli::try_parse_from(["nines", "get", "foo"]).unwrap();
         assert!(cli.global.tls().unwrap().is_none());
+        // `user add NAME` has a positional `user`: not the global --user.
+        let cli = Cli::try_parse_from(["nines", "--user", "root:pw", "user", "add", "u:x"]).unwrap();
+        assert_eq!(cli.global.user.as_deref(), Some("root:pw"));
+        let cli = Cli::try_parse_from(["nines", "user", "grant-role", "u", "r"]).unwrap();
+        assert_eq!(cli.global.user, None);
         // A certificate without its key, or without a CA to verify servers.
         assert!(Cli::try_parse_from(["nines", "--cert", "c", "get", "foo"]).is_err());
         let cli = Cli::try_parse_from(["nines", "--cert", "c", "--key", "k", "get", "x"]).unwrap();

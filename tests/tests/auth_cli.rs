@@ -52,10 +52,26 @@ const SCRIPT: &[(&[&str], &str)] = &[
     (&["user", "add", "alice:again"], ""),
     (&["user", "grant-role", "root", "root"], ""),
     (&["role", "add", "app"], ""),
-    (&["role", "grant-permission", "app", "--prefix=true", "readwrite", "app/"], ""),
+    (
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix=true",
+            "readwrite",
+            "app/",
+        ],
+        "",
+    ),
     (&["role", "grant-permission", "app", "read", "key1"], ""),
-    (&["role", "grant-permission", "app", "write", "k2", "k5"], ""),
-    (&["role", "grant-permission", "app", "--from-key", "read", "z"], ""),
+    (
+        &["role", "grant-permission", "app", "write", "k2", "k5"],
+        "",
+    ),
+    (
+        &["role", "grant-permission", "app", "--from-key", "read", "z"],
+        "",
+    ),
     (&["role", "get", "app"], ""),
     (&["role", "add", "empty"], ""),
     (&["role", "list"], ""),
@@ -77,13 +93,22 @@ const SCRIPT: &[(&[&str], &str)] = &[
     (&["--user=alice:apw", "user", "list"], ""),
     (&[ROOT, "role", "revoke-permission", "app", "key1"], ""),
     (&[ROOT, "role", "revoke-permission", "app", "k2", "k5"], ""),
-    (&[ROOT, "role", "revoke-permission", "app", "--prefix", "app/"], ""),
-    (&[ROOT, "role", "revoke-permission", "app", "--from-key", "z"], ""),
+    (
+        &[ROOT, "role", "revoke-permission", "app", "--prefix", "app/"],
+        "",
+    ),
+    (
+        &[ROOT, "role", "revoke-permission", "app", "--from-key", "z"],
+        "",
+    ),
     (&[ROOT, "role", "revoke-permission", "app", "nothere"], ""),
     (&[ROOT, "role", "get", "app"], ""),
     (&[ROOT, "user", "revoke-role", "alice", "app"], ""),
     (&[ROOT, "user", "revoke-role", "alice", "app"], ""),
-    (&[ROOT, "user", "passwd", "alice", "--interactive=false"], "newpw\n"),
+    (
+        &[ROOT, "user", "passwd", "alice", "--interactive=false"],
+        "newpw\n",
+    ),
     (&["--user=alice:newpw", "get", "app/x"], ""),
     (&["--user=alice:apw", "get", "app/x"], ""),
     (&[ROOT, "user", "get", "nobody"], ""),
@@ -186,12 +211,22 @@ async fn nines_asks_for_a_missing_password_and_shows_auth_status() {
     ok(&["user", "grant-role", "root", "root"], "");
     ok(&["auth", "enable"], "");
     // No password in --user and no terminal: one line of stdin.
-    assert_eq!(ok(&["--user", "root", "user", "list"], "rootpw\n"), "root\n");
+    assert_eq!(
+        ok(&["--user", "root", "user", "list"], "rootpw\n"),
+        "root\n"
+    );
     let status = ok(&["auth", "status"], "");
-    assert!(status.starts_with("Authentication Status: true\n"), "{status}");
+    assert!(
+        status.starts_with("Authentication Status: true\n"),
+        "{status}"
+    );
     let out = nines(&ep, &["--user", "root", "user", "list"], "wrong\n");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
-    let out = nines(&ep, &["--user", "root:x", "--password", "y", "user", "list"], "");
+    let out = nines(
+        &ep,
+        &["--user", "root:x", "--password", "y", "user", "list"],
+        "",
+    );
     assert!(!out.status.success(), "a password twice is refused");
 }

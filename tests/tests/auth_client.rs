@@ -113,7 +113,10 @@ async fn a_client_with_credentials_outlives_its_tokens() {
     let mut late = alice.watch("app/", prefix).await.expect("late watch");
     alice.put("app/late", "v").await.unwrap();
     let update = tokio::time::timeout(LONG, late.next()).await.unwrap();
-    assert!(matches!(update, Some(Ok(WatchUpdate::Events(_)))), "{update:?}");
+    assert!(
+        matches!(update, Some(Ok(WatchUpdate::Events(_)))),
+        "{update:?}"
+    );
     // The lease stayed alive, kept by a stream opened with the first token.
     let state = keeper.state();
     assert!(!state.expired && state.failed.is_none(), "{state:?}");

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    auth, compaction, elect, endpoint, kv, leader, lease, lock, member, role, snapshot, txn,
-    user, watch,
+    auth, compaction, elect, endpoint, kv, leader, lease, lock, member, role, snapshot, txn, user,
+    watch,
 };
 use global::{Context, GlobalArgs};
 
@@ -142,7 +142,8 @@ mod cli_tests {
         let cli = Cli::try_parse_from(["nines", "get", "foo"]).unwrap();
         assert!(cli.global.tls().unwrap().is_none());
         // `user add NAME` has a positional `user`: not the global --user.
-        let cli = Cli::try_parse_from(["nines", "--user", "root:pw", "user", "add", "u:x"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["nines", "--user", "root:pw", "user", "add", "u:x"]).unwrap();
         assert_eq!(cli.global.user.as_deref(), Some("root:pw"));
         let cli = Cli::try_parse_from(["nines", "user", "grant-role", "u", "r"]).unwrap();
         assert_eq!(cli.global.user, None);

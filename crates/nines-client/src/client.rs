@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use crate::auth::AuthChannel as Channel;
+use rand::Rng;
 use tonic::{Code, Status};
 
 use crate::auth::{self, Auth, Credentials};

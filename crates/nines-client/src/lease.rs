@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::auth::AuthChannel as Channel;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-use crate::auth::AuthChannel as Channel;
 use tonic::Status;
 
 use crate::client::{Client, Route};

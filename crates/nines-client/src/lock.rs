@@ -18,8 +18,8 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
 use crate::auth::AuthChannel as Channel;
+use tokio::time::Instant;
 use tonic::{Code, Status, Streaming};
 
 use crate::client::{Client, Route};

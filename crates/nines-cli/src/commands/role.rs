@@ -159,7 +159,10 @@ impl RoleArgs {
                         range_end,
                     }),
                 };
-                let resp = client.role_grant_permission(req).await.map_err(etcd_style)?;
+                let resp = client
+                    .role_grant_permission(req)
+                    .await
+                    .map_err(etcd_style)?;
                 (resp.header, format!("Role {name} updated"))
             }
             RoleCommand::RevokePermission { name, keys } => {

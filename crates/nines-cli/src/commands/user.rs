@@ -43,9 +43,7 @@ impl Interactive {
             return Ok(line.split_whitespace().next().unwrap_or("").to_string());
         }
         let first = read_password(&format!("Password of {user}: "))?;
-        let again = read_password(&format!(
-            "Type password of {user} again for confirmation: "
-        ))?;
+        let again = read_password(&format!("Type password of {user} again for confirmation: "))?;
         if first != again {
             bail!("given passwords are different");
         }

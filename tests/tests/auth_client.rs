@@ -139,3 +139,37 @@ async fn a_client_with_credentials_outlives_its_tokens() {
     let anonymous = cluster.client().get("app/0").await.unwrap_err();
     assert_eq!(anonymous.code(), Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_a_cluster_with_auth_on_as_a_root_user() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    cluster.stable_leader(LONG).await;
+    set_up(&cluster.client()).await;
+    let root = client_as(&cluster, "root", "rootpw");
+    root.put("before/join", "v").await.unwrap();
+
+    let endpoints = cluster.endpoints().join(",");
+    let peer = format!("127.0.0.1:{}", nines_tests::cluster::free_port());
+    let join = vec![
+        "--join".to_string(),
+        endpoints,
+        "--join-user".to_string(),
+        "root:rootpw".to_string(),
+    ];
+    cluster.add_node_as(4, peer, join);
+    // Added as a learner, then promoted once caught up: a voter of four.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let members = root.member_list().await.expect("member list").members;
+        if members.iter().any(|m| m.id == 4 && !m.is_learner) {
+            assert_eq!(members.len(), 4);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member 4 never became a voter: {members:?}\n{}",
+            cluster.server_log(4)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -18,6 +18,16 @@ pub fn describe_client(e: &ClientError) -> String {
     }
 }
 
+/// A server's answer as etcdctl shows it: its message alone ("etcdserver:
+/// user name not found"), for commands whose output scripts compare with
+/// etcdctl's. Other client errors keep their code form.
+pub fn etcd_style(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Status(s) => anyhow::anyhow!("{}", s.message()),
+        other => other.into(),
+    }
+}
+
 /// Renders an error with its context chain, client errors in code form.
 pub fn describe(e: &anyhow::Error) -> String {
     let mut parts = Vec::new();

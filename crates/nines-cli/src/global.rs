@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use nines_client::{Client, ClientConfig, ReadBalance, TlsFiles};
+use nines_client::{Client, ClientConfig, Credentials, ReadBalance, TlsFiles};
 
 use crate::output::Format;
 
@@ -65,6 +65,20 @@ pub struct GlobalArgs {
         requires = "tls_cert"
     )]
     pub key: Option<PathBuf>,
+    /// etcdctl's `--user name[:password]`: authenticate as this user. Without
+    /// a password (and no --password), it is asked for on a terminal, or
+    /// read as one line from stdin.
+    #[arg(long = "user", id = "auth_user", global = true, env = "NINES_USER")]
+    pub user: Option<String>,
+    /// The password of --user (then --user must not include one).
+    #[arg(
+        long = "password",
+        id = "auth_password",
+        global = true,
+        env = "NINES_PASSWORD",
+        requires = "auth_user"
+    )]
+    pub password: Option<String>,
 }
 
 impl GlobalArgs {
@@ -83,6 +97,46 @@ impl GlobalArgs {
             key: self.key.clone(),
         }))
     }
+}
+
+impl GlobalArgs {
+    /// The credentials of --user/--password, asking for a missing password.
+    pub fn credentials(&self) -> Result<Option<Credentials>> {
+        let Some(user) = &self.user else {
+            return Ok(None);
+        };
+        let (name, inline) = match user.split_once(':') {
+            Some((name, password)) => (name, Some(password.to_string())),
+            None => (user.as_str(), None),
+        };
+        if name.is_empty() {
+            bail!("empty user name is not allowed");
+        }
+        let password = match (inline, &self.password) {
+            (Some(_), Some(_)) => {
+                bail!("--password cannot be used when --user includes a password (name:password)")
+            }
+            (Some(password), None) => password,
+            (None, Some(password)) => password.clone(),
+            (None, None) => read_password("Password: ")?,
+        };
+        Ok(Some(Credentials {
+            user: name.to_string(),
+            password,
+        }))
+    }
+}
+
+/// A password: asked for without echo on a terminal, else one line of
+/// stdin (scripts pipe it in), without its line ending.
+pub fn read_password(prompt: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(prompt)?);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
 /// Mirrors `nines_client::ReadBalance` so clap can list the choices in --help.
@@ -124,6 +178,7 @@ impl Context {
         config.retry_deadline = args.retry_deadline;
         config.read_balance = args.read_balance.into();
         config.tls = args.tls()?;
+        config.credentials = args.credentials()?;
         if config.tls.is_none() && endpoints.iter().any(|e| e.starts_with("https://")) {
             bail!(
                 "https:// endpoints need --cacert (the CA that signed the servers' certificates)"

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    compaction, elect, endpoint, kv, leader, lease, lock, member, snapshot, txn, watch,
+    auth, compaction, elect, endpoint, kv, leader, lease, lock, member, role, snapshot, txn, user,
+    watch,
 };
 use global::{Context, GlobalArgs};
 
@@ -72,6 +73,12 @@ commands! {
     Compaction(compaction::CompactionArgs),
     /// Cluster membership.
     Member(member::MemberArgs),
+    /// Enable, disable or show authentication.
+    Auth(auth::AuthArgs),
+    /// Users: add, delete, get, list, passwd, grant-role, revoke-role.
+    User(user::UserArgs),
+    /// Roles: add, delete, get, list, grant-permission, revoke-permission.
+    Role(role::RoleArgs),
     /// Per-endpoint status and health.
     Endpoint(endpoint::EndpointArgs),
     /// Snapshots.
@@ -134,6 +141,12 @@ mod cli_tests {
         }
         let cli = Cli::try_parse_from(["nines", "get", "foo"]).unwrap();
         assert!(cli.global.tls().unwrap().is_none());
+        // `user add NAME` has a positional `user`: not the global --user.
+        let cli =
+            Cli::try_parse_from(["nines", "--user", "root:pw", "user", "add", "u:x"]).unwrap();
+        assert_eq!(cli.global.user.as_deref(), Some("root:pw"));
+        let cli = Cli::try_parse_from(["nines", "user", "grant-role", "u", "r"]).unwrap();
+        assert_eq!(cli.global.user, None);
         // A certificate without its key, or without a CA to verify servers.
         assert!(Cli::try_parse_from(["nines", "--cert", "c", "get", "foo"]).is_err());
         let cli = Cli::try_parse_from(["nines", "--cert", "c", "--key", "k", "get", "x"]).unwrap();

@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::AuthChannel as Channel;
 use rand::Rng;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::auth::{self, Auth, Credentials};
 use crate::endpoints::Endpoints;
 use crate::error::ClientError;
 use crate::proto::maintenance_client::MaintenanceClient;
@@ -60,6 +61,9 @@ pub struct ClientConfig {
     /// is presented to servers that ask for one. Files are re-read when
     /// they change on disk.
     pub tls: Option<nines_tls::ClientFiles>,
+    /// etcd's user/password auth: Authenticate before the first call, send
+    /// the token with every call, log in again when it is refused.
+    pub credentials: Option<Credentials>,
 }
 
 impl ClientConfig {
@@ -71,6 +75,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(1),
             read_balance: ReadBalance::default(),
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -90,6 +95,7 @@ pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
     pub(crate) endpoints: Endpoints,
     pub(crate) connector: nines_tls::Connector,
+    pub(crate) auth: Auth,
     lanes: Lanes,
 }
 
@@ -138,13 +144,19 @@ impl Client {
             None => None,
         };
         let connector = nines_tls::Connector::new(tls, None);
-        let endpoints =
-            Endpoints::new(&config.endpoints, config.connect_timeout, connector.clone())?;
+        let auth = Auth::new(config.credentials.clone());
+        let endpoints = Endpoints::new(
+            &config.endpoints,
+            config.connect_timeout,
+            connector.clone(),
+            auth.interceptor(),
+        )?;
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
                 endpoints,
                 connector,
+                auth,
                 lanes: Lanes::default(),
             }),
         })
@@ -207,6 +219,8 @@ impl Client {
         if matches!(route, Route::Leader) && inner.endpoints.leader().is_none() {
             self.discover_leader().await;
         }
+        let generation = self.auth_ready().await?;
+        let mut relogged = false;
         let mut attempt = 0u32;
         loop {
             let i = match route {
@@ -229,6 +243,12 @@ impl Client {
                     return Ok(resp.into_inner());
                 }
                 Err(status) if retryable(&status) => status,
+                Err(status) if !relogged && self.token_refused(&status) => {
+                    // Expired (or auth enabled since): once, as etcd's clientv3.
+                    relogged = true;
+                    self.auth_refresh(generation).await?;
+                    continue;
+                }
                 Err(status) => return Err(ClientError::Status(status)),
             };
             attempt += 1;
@@ -253,6 +273,39 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The generation of the token calls carry, after logging in if this
+    /// client has credentials and has not yet.
+    pub(crate) async fn auth_ready(&self) -> Result<u64, ClientError> {
+        let config = &self.inner.config;
+        self.inner
+            .auth
+            .ready(
+                &self.inner.endpoints,
+                config.request_timeout,
+                config.retry_deadline,
+            )
+            .await
+    }
+
+    /// Logs in again after the token of `generation` was refused.
+    pub(crate) async fn auth_refresh(&self, generation: u64) -> Result<(), ClientError> {
+        let config = &self.inner.config;
+        self.inner
+            .auth
+            .refresh(
+                generation,
+                &self.inner.endpoints,
+                config.request_timeout,
+                config.retry_deadline,
+            )
+            .await
+    }
+
+    /// A refusal that a new login fixes (only with credentials).
+    pub(crate) fn token_refused(&self, status: &Status) -> bool {
+        self.inner.auth.enabled() && auth::token_refused(status)
     }
 
     /// Asks the endpoints who leads; cheap, and saves a forwarding hop per

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::auth::AuthChannel as Channel;
 use nines_proto::admin_client::AdminClient;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::client::{timed, Client, Route};

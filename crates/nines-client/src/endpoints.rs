@@ -8,12 +8,16 @@ use std::time::Duration;
 use nines_tls::Connector;
 use tonic::transport::Channel;
 
+use crate::auth::{AuthChannel, TokenInterceptor};
 use crate::client::ReadBalance;
 use crate::error::ClientError;
 
 pub struct Endpoint {
     pub addr: String,
-    pub channel: Channel,
+    /// Every call but Authenticate goes here: it carries the token.
+    pub channel: AuthChannel,
+    /// Without the token, for Authenticate.
+    pub raw: Channel,
     pub outstanding: AtomicU64,
     /// Exponentially weighted mean latency, in microseconds (0 = unknown).
     pub latency_us: AtomicU64,
@@ -40,6 +44,7 @@ pub struct Endpoints {
     connect_timeout: Duration,
     /// Opens every connection: TLS for all endpoints or for none.
     connector: Connector,
+    interceptor: TokenInterceptor,
 }
 
 /// The endpoint as a URL with the scheme the client's TLS setting makes
@@ -62,6 +67,7 @@ impl Endpoints {
         addrs: &[String],
         connect_timeout: Duration,
         connector: Connector,
+        interceptor: TokenInterceptor,
     ) -> Result<Self, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::NoEndpoints);
@@ -72,6 +78,7 @@ impl Endpoints {
             next: AtomicUsize::new(0),
             connect_timeout,
             connector,
+            interceptor,
         };
         for addr in addrs {
             this.add(addr)?;
@@ -99,7 +106,8 @@ impl Endpoints {
             .map_err(|_| ClientError::InvalidEndpoint(addr.to_string()))?;
         list.push(std::sync::Arc::new(Endpoint {
             addr: url,
-            channel,
+            channel: AuthChannel::new(channel.clone(), self.interceptor.clone()),
+            raw: channel,
             outstanding: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
         }));

@@ -212,6 +212,19 @@ impl Task {
         loop {
             let ttl = self.state.borrow().ttl;
             let Some(s) = stream.as_mut() else {
+                let generation = match self.client.auth_ready().await {
+                    Ok(generation) => generation,
+                    Err(e) if fatal(e.code()) => {
+                        let failed = Some((e.code(), e.to_string()));
+                        self.state.send_modify(|st| st.failed = failed);
+                        return;
+                    }
+                    Err(_) => {
+                        failures += 1;
+                        tokio::time::sleep(backoff(failures)).await;
+                        continue;
+                    }
+                };
                 let sent = Instant::now();
                 let channel = self
                     .client
@@ -230,6 +243,12 @@ impl Task {
                             self.state.send_modify(|st| st.reconnects += 1);
                         }
                         opened = true;
+                    }
+                    Ok(Err(status)) if self.client.token_refused(&status) => {
+                        // Expired token: log in again, then reopen.
+                        failures += 1;
+                        let _ = self.client.auth_refresh(generation).await;
+                        tokio::time::sleep(backoff(failures)).await;
                     }
                     Ok(Err(status)) if fatal(status.code()) => {
                         let failed = Some((status.code(), status.message().to_string()));

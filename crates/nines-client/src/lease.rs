@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::auth::AuthChannel as Channel;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::client::{Client, Route};
@@ -136,13 +136,23 @@ impl Client {
         endpoint: usize,
         first: &[i64],
     ) -> Result<KeepAliveStream, ClientError> {
-        let channel = self.inner.endpoints.get(endpoint).channel.clone();
-        let open = KeepAliveStream::open(channel, first);
-        tokio::time::timeout(self.inner.config.request_timeout, open)
-            .await
-            .map_err(|_| Status::deadline_exceeded("keepalive stream not opened in time"))
-            .and_then(|r| r)
-            .map_err(ClientError::Status)
+        let generation = self.auth_ready().await?;
+        let mut relogged = false;
+        loop {
+            let channel = self.inner.endpoints.get(endpoint).channel.clone();
+            let open = KeepAliveStream::open(channel, first);
+            let opened = tokio::time::timeout(self.inner.config.request_timeout, open)
+                .await
+                .map_err(|_| Status::deadline_exceeded("keepalive stream not opened in time"))
+                .and_then(|r| r);
+            match opened {
+                Err(status) if !relogged && self.token_refused(&status) => {
+                    relogged = true;
+                    self.auth_refresh(generation).await?;
+                }
+                opened => return opened.map_err(ClientError::Status),
+            }
+        }
     }
 }
 

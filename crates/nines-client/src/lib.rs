@@ -13,7 +13,11 @@
 //!   fenced write: `fenced_txn` applies ops only while a lock is held.
 //! - Serializable reads are balanced across endpoints (round robin, least
 //!   outstanding requests, or lowest observed latency).
+//! - etcd auth: with `ClientConfig::credentials`, logs in, sends the token
+//!   with every call and stream, and logs in again when it expires; the
+//!   Auth service (users, roles, permissions) as methods.
 
+mod auth;
 mod client;
 mod cluster;
 mod endpoints;
@@ -23,8 +27,10 @@ mod lease;
 mod lock;
 mod session;
 pub mod snapshot;
+mod users;
 mod watch;
 
+pub use auth::{AuthChannel, Credentials, TOKEN_METADATA};
 pub use client::{Client, ClientConfig, GetRequest, GetResponse, ReadBalance, MAX_RESPONSE_BYTES};
 pub use cluster::{NodeStatus, SnapshotBuilt};
 pub use error::ClientError;

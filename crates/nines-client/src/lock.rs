@@ -18,8 +18,8 @@
 
 use std::time::Duration;
 
+use crate::auth::AuthChannel as Channel;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::client::{Client, Route};
@@ -129,6 +129,8 @@ impl Client {
     {
         let endpoints = &self.inner.endpoints;
         let mut first_failure: Option<Instant> = None;
+        let generation = self.auth_ready().await?;
+        let mut relogged = false;
         let mut attempt = 0u32;
         loop {
             let endpoint = endpoints.get(endpoints.for_leader(attempt));
@@ -137,6 +139,11 @@ impl Client {
             let status = match call(endpoint.channel.clone(), request).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) if transient(&status) => status,
+                Err(status) if !relogged && self.token_refused(&status) => {
+                    relogged = true;
+                    self.auth_refresh(generation).await?;
+                    continue;
+                }
                 Err(status) => return Err(ClientError::Status(status)),
             };
             // A call that was served for a while and then broke (its member

@@ -213,6 +213,7 @@ impl Resume {
     /// Opens a stream on endpoint `attempt` (mod their number) and waits
     /// for the created response; learns the start revision from it.
     async fn open(&mut self, attempt: u32) -> Result<Stream, WatchError> {
+        let generation = self.client.auth_ready().await?;
         let endpoints = &self.client.inner.endpoints;
         let endpoint =
             endpoints.get(endpoints.for_read(self.client.inner.config.read_balance, attempt));
@@ -241,8 +242,17 @@ impl Resume {
         })
         .await
         .map_err(|_| Status::deadline_exceeded("watch create timed out"))
-        .and_then(|r| r)
-        .map_err(ClientError::Status)?;
+        .and_then(|r| r);
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(status) => {
+                // An expired token: log in again; the caller opens anew.
+                if self.client.token_refused(&status) {
+                    self.client.auth_refresh(generation).await?;
+                }
+                return Err(ClientError::Status(status).into());
+            }
+        };
         let (inbound, created) = opened;
         if created.canceled {
             return Err(refused(&created));

@@ -50,6 +50,16 @@ pub struct ServerArgs {
     /// With --join: stay a learner instead of becoming a voter.
     #[arg(long, env = "NINES_JOIN_AS_LEARNER")]
     pub join_as_learner: bool,
+    /// With --join on a cluster with auth on: `NAME:PASSWORD` of a root
+    /// user, for adding and promoting this member. Prefer the environment
+    /// variable: a flag's value shows in the process list.
+    #[arg(
+        long,
+        env = "NINES_JOIN_USER",
+        requires = "join",
+        hide_env_values = true
+    )]
+    pub join_user: Option<String>,
     /// Disaster recovery (etcd's flag): on a member with existing data,
     /// rewrite the membership to this node alone and serve, committing
     /// every entry in its log; add members back afterwards. Refused on a
@@ -188,6 +198,22 @@ pub enum Bootstrap {
     },
 }
 
+/// `--join-user`: the root user a joining member adds itself as.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for JoinUser {
+    // The password stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub id: NodeId,
@@ -197,6 +223,8 @@ pub struct ServerConfig {
     pub node: Node,
     pub data_dir: PathBuf,
     pub bootstrap: Bootstrap,
+    /// See `--join-user`.
+    pub join_user: Option<JoinUser>,
     /// `--force-new-cluster` (see `force.rs`).
     pub force_new_cluster: bool,
     pub cluster_token: String,
@@ -430,6 +458,20 @@ impl TryFrom<ServerArgs> for ServerConfig {
             },
             (None, None) => Bootstrap::None,
         };
+        let join_user = match &args.join_user {
+            None => None,
+            Some(spec) => match spec.split_once(':') {
+                Some((name, password)) if !name.is_empty() => Some(JoinUser {
+                    name: name.to_string(),
+                    password: password.to_string(),
+                }),
+                _ => {
+                    return Err(ServerError::Config(
+                        "--join-user must be NAME:PASSWORD".to_string(),
+                    ))
+                }
+            },
+        };
         let limits = Limits {
             max_key_bytes: args.max_key_bytes,
             max_value_bytes: args.max_value_bytes,
@@ -468,6 +510,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             node: Node::new(advertise_peer, advertise_client),
             data_dir: args.data_dir,
             bootstrap,
+            join_user,
             force_new_cluster: args.force_new_cluster,
             cluster_token: args.cluster_token,
             raft,

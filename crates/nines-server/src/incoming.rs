@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tonic::codegen::tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// Pause after an accept error that is not about one connection (EMFILE,
 /// ENFILE, ENOBUFS, ENOMEM): retrying at once would only spin.
@@ -229,11 +229,28 @@ pub struct Conn {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+/// What tonic attaches to every request of a connection (as a request
+/// extension): the subject CN of the client's certificate, which the TLS
+/// handshake verified against the CA.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// etcd takes it as the user of a call without a token (see `auth`).
+    pub cert_cn: Option<Arc<str>>,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.tcp().connect_info()
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        // Go's CommonName, which etcd reads, is the subject's last CN.
+        let cert_cn = self
+            .stream
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| nines_tls::cn::common_names(leaf).pop())
+            .filter(|cn| !cn.is_empty())
+            .map(Arc::from);
+        ConnInfo { cert_cn }
     }
 }
 

@@ -82,7 +82,7 @@ fn marked<T>(core: &NodeCore, message: T, session: Option<Session>) -> tonic::Re
     metadata.insert(CLUSTER_HEADER, core.cluster_id.into());
     session::forward(session, metadata);
     // The leader checks the same credentials (see `auth::scope`).
-    if let Some(token) = crate::auth::current_token() {
+    if let Some(token) = core.forwarding_token() {
         if let Ok(value) = MetadataValue::try_from(token.as_str()) {
             metadata.insert(crate::auth::TOKEN_METADATA, value);
         }

@@ -12,13 +12,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::metadata::MetadataMap;
 
-pub use scope::{current_token, with_token, TokenScopeLayer};
+pub use scope::{current_identity, with_identity, Identity, TokenScopeLayer};
 
 use crate::core::{NodeCore, Routed};
 use crate::error::ApiError;
 
 /// etcd's metadata key for the token.
 pub const TOKEN_METADATA: &str = "token";
+
+/// Lifetime of a token a follower signs for a certificate's user.
+const FORWARDED_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// Who a call runs as: nobody when auth is off.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +45,12 @@ impl NodeCore {
                 return Ok(Caller::AuthOff);
             }
             let Some(raw) = metadata.get(TOKEN_METADATA) else {
-                return Err(ApiError::AuthUserEmpty);
+                // No token: the client certificate's CN, as etcd does. Not
+                // checked for existence: an unknown user has no permissions.
+                return match current_identity().cert_user {
+                    Some(user) => Ok(Caller::User(user.to_string())),
+                    None => Err(ApiError::AuthUserEmpty),
+                };
             };
             let user = raw
                 .to_str()
@@ -51,6 +59,25 @@ impl NodeCore {
                 .filter(|u| auth.user_exists(u))
                 .ok_or(ApiError::AuthInvalidToken)?;
             Ok(Caller::User(user))
+        })
+    }
+
+    /// A token for the caller of the call being served, when it has no
+    /// token of its own but a client certificate: a follower forwarding
+    /// the call cannot pass the certificate on, and signs for the CN user
+    /// with the cluster's secret, which only members hold. Short-lived: it
+    /// only has to outlast the forwarded call.
+    pub fn forwarding_token(&self) -> Option<String> {
+        let identity = current_identity();
+        if identity.token.is_some() {
+            return identity.token;
+        }
+        let user = identity.cert_user?;
+        self.reader.with_auth(|auth| {
+            auth.enabled().then(|| {
+                let expiry = now_secs() + FORWARDED_TOKEN_TTL.as_secs();
+                token::sign(auth.secret(), &user, expiry)
+            })
         })
     }
 

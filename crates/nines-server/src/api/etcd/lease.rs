@@ -113,8 +113,8 @@ impl epb::lease_server::Lease for EtcdLease {
         let forwarded = is_forwarded(&request);
         self.core.caller(request.metadata())?;
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
-        tokio::spawn(crate::auth::with_token(
-            crate::auth::current_token(),
+        tokio::spawn(crate::auth::with_identity(
+            crate::auth::current_identity(),
             keep_alive_stream(self.core.clone(), request.into_inner(), tx, forwarded),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

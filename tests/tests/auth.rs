@@ -383,3 +383,113 @@ async fn etcdctl_user_role_and_auth_commands_work_against_nines() {
         "Authentication Disabled"
     );
 }
+
+/// LeaseTimeToLive with keys lists key names only to a caller who may read
+/// every one of them (etcd's fix for CVE-2023-32082); before, any user with
+/// a token got the names of every key attached to any lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_key_names_need_read_permission() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        args: Vec::new(),
+    });
+    let leader = cluster.stable_leader(LONG).await;
+    let l = Api {
+        addr: cluster.node(leader).client_addr.clone(),
+    };
+    set_up(&l).await;
+    let root = l.login("root", "rootpw").await;
+    let writer = l.login("writer", "wpw").await;
+    let leases = || epb::lease_client::LeaseClient::new(channel(&l.addr));
+    let mut ids = Vec::new();
+    for (id, key) in [(7001, "other/secret"), (7002, "app/mine")] {
+        let grant = epb::LeaseGrantRequest { ttl: 600, id };
+        leases()
+            .lease_grant(with_token(grant, Some(&root)))
+            .await
+            .expect("grant");
+        let put = epb::PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease: id,
+            ..Default::default()
+        };
+        l.kv().put(with_token(put, Some(&root))).await.expect("put");
+        ids.push(id);
+    }
+    let ttl = |id: i64, keys: bool| epb::LeaseTimeToLiveRequest { id, keys };
+    let denied = leases()
+        .lease_time_to_live(with_token(ttl(ids[0], true), Some(&writer)))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    // Without keys, and for a lease whose keys the user may read, it answers.
+    let plain = leases()
+        .lease_time_to_live(with_token(ttl(ids[0], false), Some(&writer)))
+        .await
+        .expect("ttl without keys");
+    assert!(plain.into_inner().keys.is_empty());
+    let mine = leases()
+        .lease_time_to_live(with_token(ttl(ids[1], true), Some(&writer)))
+        .await
+        .expect("ttl of a lease on app/");
+    assert_eq!(mine.into_inner().keys, vec![b"app/mine".to_vec()]);
+    let all = leases()
+        .lease_time_to_live(with_token(ttl(ids[0], true), Some(&root)))
+        .await
+        .expect("root sees everything");
+    assert_eq!(all.into_inner().keys, vec![b"other/secret".to_vec()]);
+}
+
+/// Password hashing (PBKDF2, tens of ms each) runs off the async workers
+/// and a few at a time: 128 concurrent UserAdds through a follower used to
+/// hash on its two workers (and again on the leader's), and writes through
+/// that follower stalled for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_user_adds_does_not_stall_writes() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        args: Vec::new(),
+    });
+    let leader = cluster.stable_leader(LONG).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let f = Api {
+        addr: follower.client_addr.clone(),
+    };
+    f.put(None, "warm").await.expect("first put");
+    let adds: Vec<_> = (0..128)
+        .map(|i| {
+            let mut auth = f.auth();
+            tokio::spawn(async move {
+                let add = epb::AuthUserAddRequest {
+                    name: format!("flood{i}"),
+                    password: "pw".into(),
+                    ..Default::default()
+                };
+                auth.user_add(add).await
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while adds.iter().any(|a| !a.is_finished()) && started.elapsed() < LONG {
+        let t = std::time::Instant::now();
+        f.put(None, &format!("during/{n}"))
+            .await
+            .expect("put during the flood");
+        slowest = slowest.max(t.elapsed());
+        n += 1;
+    }
+    let mut added = 0;
+    for a in adds {
+        if a.await.unwrap().is_ok() {
+            added += 1;
+        }
+    }
+    assert!(added > 0, "no user was added");
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "a put waited {slowest:?} while passwords were hashed ({n} puts, {added} users added)"
+    );
+}

@@ -230,3 +230,48 @@ async fn lagging_follower_catches_up_by_snapshot() {
     assert_eq!(on_leader.len(), 5000);
     assert_eq!(on_leader, on_follower);
 }
+
+/// A follower that missed tens of MiB of large values catches up from the
+/// log. openraft gives each append one heartbeat interval; a catch-up batch
+/// of 40 MiB never made it in time, was sent again, and the follower stayed
+/// behind for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_behind_by_large_values_catches_up_from_the_log() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        // No snapshot: the catch-up must come from the log.
+        args: ["--snapshot-entries", "1000000"].map(String::from).to_vec(),
+    });
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let client = cluster.client_of(leader);
+    client.put("before", "x").await.unwrap();
+    cluster.kill(follower);
+
+    // 40 values of ~1 MB, 4 at a time: a backlog of 40 MB in large entries.
+    let value = vec![b'v'; 1_000_000];
+    for chunk in 0..10u32 {
+        let puts: Vec<_> = (0..4u32)
+            .map(|i| {
+                let (client, value) = (client.clone(), value.clone());
+                tokio::spawn(async move { client.put(format!("big-{chunk}-{i}"), value).await })
+            })
+            .collect();
+        for put in puts {
+            put.await.unwrap().expect("put");
+        }
+    }
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.spawn(follower);
+    cluster
+        .wait_applied(follower, applied, Duration::from_secs(90))
+        .await;
+    let follower_status = cluster.status(follower).await.unwrap();
+    assert_eq!(
+        follower_status.snapshot_index, 0,
+        "the follower caught up by snapshot, not from the log: {follower_status:?}"
+    );
+    let on_follower = all_keys(&cluster.client_of(follower), "big-", true).await;
+    assert_eq!(on_follower.len(), 40);
+    assert!(on_follower.values().all(|v| v == &value));
+}

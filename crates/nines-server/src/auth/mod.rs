@@ -145,10 +145,9 @@ impl NodeCore {
         };
         let password = password.to_string();
         // PBKDF2 takes tens of milliseconds: off the async workers.
-        let matches =
-            tokio::task::spawn_blocking(move || token::password_matches(&password, &stored))
-                .await
-                .map_err(|e| ApiError::Internal(format!("checking a password: {e}")))?;
+        let matches = token::off_thread(move || token::password_matches(&password, &stored))
+            .await
+            .map_err(|e| ApiError::Internal(format!("checking a password: {e}")))?;
         if !matches {
             return Err(ApiError::AuthFailed);
         }

@@ -64,6 +64,20 @@ pub fn verify(secret: &[u8], token: &str, now: u64) -> Option<String> {
     (now < expires).then(|| user.to_string())
 }
 
+/// Password hashes (tens of milliseconds of CPU each) run on blocking
+/// threads, at most two at once: a flood of logins or user changes queues
+/// here instead of blocking the async workers or taking every core.
+static PASSWORD_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs password work `f` off the async workers, within the bound above.
+pub async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    // The semaphore is never closed, so acquiring cannot fail.
+    let _permit = PASSWORD_WORK.acquire().await.ok();
+    tokio::task::spawn_blocking(f).await
+}
+
 /// A slow salted hash of `password`, to store.
 pub fn hash_password(password: &str) -> String {
     let salt: [u8; 16] = rand::random();

@@ -108,6 +108,19 @@ macro_rules! read {
     }};
 }
 
+impl EtcdAuth {
+    /// The stored hash of a new password, made off the async workers (see
+    /// `token::off_thread`) and only for root: nobody else may make this
+    /// member spend the CPU.
+    async fn hash<T>(&self, request: &tonic::Request<T>, new: &str) -> Result<String, ApiError> {
+        self.core.admin(request.metadata())?;
+        let new = password(new)?.to_string();
+        token::off_thread(move || token::hash_password(&new))
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing a password: {e}")))
+    }
+}
+
 #[tonic::async_trait]
 impl epb::auth_server::Auth for EtcdAuth {
     async fn auth_enable(
@@ -181,22 +194,20 @@ impl epb::auth_server::Auth for EtcdAuth {
         &self,
         request: tonic::Request<epb::AuthUserAddRequest>,
     ) -> Result<Response<epb::AuthUserAddResponse>, Status> {
+        let m = request.get_ref();
+        let no_password = m.options.as_ref().is_some_and(|o| o.no_password);
+        let password_hash = match no_password {
+            true => None,
+            false => Some(self.hash(&request, &m.password).await?),
+        };
         change!(
             self,
             request,
             user_add,
-            |m: &epb::AuthUserAddRequest| {
-                let no_password = m.options.as_ref().is_some_and(|o| o.no_password);
-                let password_hash = if no_password {
-                    None
-                } else {
-                    Some(token::hash_password(password(&m.password)?))
-                };
-                Ok(AuthCommand::UserAdd {
-                    name: m.name.clone(),
-                    password_hash,
-                })
-            },
+            |m: &epb::AuthUserAddRequest| Ok(AuthCommand::UserAdd {
+                name: m.name.clone(),
+                password_hash: password_hash.clone(),
+            }),
             AuthUserAddResponse
         )
     }
@@ -254,13 +265,14 @@ impl epb::auth_server::Auth for EtcdAuth {
         &self,
         request: tonic::Request<epb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<epb::AuthUserChangePasswordResponse>, Status> {
+        let password_hash = self.hash(&request, &request.get_ref().password).await?;
         change!(
             self,
             request,
             user_change_password,
             |m: &epb::AuthUserChangePasswordRequest| Ok(AuthCommand::UserChangePassword {
                 name: m.name.clone(),
-                password_hash: token::hash_password(password(&m.password)?),
+                password_hash: password_hash.clone(),
             }),
             AuthUserChangePasswordResponse
         )

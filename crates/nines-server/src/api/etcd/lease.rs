@@ -124,7 +124,7 @@ impl epb::lease_server::Lease for EtcdLease {
         &self,
         request: Request<epb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
-        self.core.caller(request.metadata())?;
+        let caller = self.core.caller(request.metadata())?;
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let answer = self
@@ -139,6 +139,11 @@ impl epb::lease_server::Lease for EtcdLease {
                     Some(l) => (l.remaining, l.granted_ttl, l.keys),
                     None => (-1, 0, Vec::new()),
                 };
+                // Key names are data: only a caller who may read every one
+                // of them gets them (etcd's fix for CVE-2023-32082).
+                for key in &keys {
+                    self.core.check_keys(&caller, false, key, &[])?;
+                }
                 Ok(Response::new(epb::LeaseTimeToLiveResponse {
                     header,
                     id: message.id,

@@ -493,3 +493,73 @@ async fn a_flood_of_user_adds_does_not_stall_writes() {
         "a put waited {slowest:?} while passwords were hashed ({n} puts, {added} users added)"
     );
 }
+
+/// A Lock abandoned mid-wait through a follower withdraws its key with the
+/// caller's credentials. The withdrawal runs in a task of its own and went
+/// to the leader without a token, was refused, and the dead waiter's key
+/// stayed: every later locker queued behind it until its lease ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_lock_wait_under_auth_leaves_no_key() {
+    use nines_client::proto::etcd::v3lockpb::{lock_client::LockClient, LockRequest};
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        args: Vec::new(),
+    });
+    let leader = cluster.stable_leader(LONG).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let l = Api {
+        addr: cluster.node(leader).client_addr.clone(),
+    };
+    set_up(&l).await;
+    let root = l.login("root", "rootpw").await;
+    for id in [8001, 8002] {
+        let grant = epb::LeaseGrantRequest { ttl: 600, id };
+        epb::lease_client::LeaseClient::new(channel(&l.addr))
+            .lease_grant(with_token(grant, Some(&root)))
+            .await
+            .expect("grant");
+    }
+    let lock = |lease: i64| LockRequest {
+        name: b"app/m".to_vec(),
+        lease,
+    };
+    LockClient::new(channel(&l.addr))
+        .lock(with_token(lock(8001), Some(&root)))
+        .await
+        .expect("the first lock is free");
+    // The second waits behind it, through a follower, and gives up.
+    let impatient = Channel::from_shared(format!("http://{}", follower.client_addr))
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let gave_up = LockClient::new(impatient)
+        .lock(with_token(lock(8002), Some(&root)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(gave_up.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{gave_up:?}"
+    );
+    let waiters = || async {
+        let req = epb::RangeRequest {
+            key: b"app/m/".to_vec(),
+            range_end: b"app/m0".to_vec(),
+            ..Default::default()
+        };
+        l.kv()
+            .range(with_token(req, Some(&root)))
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs
+            .len()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while waiters().await > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned waiter's key is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -7,7 +7,9 @@
 //! With TLS, each accepted connection's handshake runs in a task of its own
 //! (bounded by `HANDSHAKE_TIMEOUT`, holding its slot), so a slow or hostile
 //! client cannot hold up the accept loop; only completed handshakes are
-//! handed to tonic, and a refused one closes the connection.
+//! handed to tonic, and a refused one closes the connection. A plaintext
+//! connection is handed out once it has sent its first bytes, within the
+//! same bound: sockets that never speak held every peer slot for good.
 
 use std::future::Future;
 use std::io;
@@ -33,7 +35,8 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Connections handled in one poll before yielding to other tasks, so a
 /// flood of refused connections cannot hold a worker.
 const ACCEPTS_PER_POLL: usize = 64;
-/// A TLS handshake not done by then is dropped with its connection.
+/// A TLS handshake not done by then, or a plaintext connection that has
+/// sent nothing by then, is dropped with its connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most one "TLS handshake refused" line per interval.
 const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -54,6 +57,7 @@ pub struct Incoming {
     handshakes: JoinSet<Result<Conn, io::Error>>,
     failed_handshakes: u64,
     last_handshake_log: Option<Instant>,
+    handshake_timeout: Duration,
 }
 
 impl Incoming {
@@ -79,14 +83,40 @@ impl Incoming {
             handshakes: JoinSet::new(),
             failed_handshakes: 0,
             last_handshake_log: None,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// Hands out a plaintext connection once it has sent something; its
+    /// slot is held until then (bounded) or until it closes.
+    fn first_bytes(&mut self, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        let timeout = self.handshake_timeout;
+        self.handshakes.spawn(async move {
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(timeout, stream.peek(&mut byte)).await {
+                Ok(Ok(n)) if n > 0 => Ok(Conn {
+                    stream: ConnStream::Plain(stream),
+                    _slot: slot,
+                }),
+                Ok(Ok(_)) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before sending anything",
+                )),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("sent nothing within {timeout:?}"),
+                )),
+            }
+        });
     }
 
     /// Starts the handshake of an accepted connection; its slot is held
     /// until the handshake fails or the connection closes.
     fn handshake(&mut self, tls: Arc<ServerTls>, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        let timeout = self.handshake_timeout;
         self.handshakes.spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
+            let handshake = tokio::time::timeout(timeout, tls.accept(stream));
             let stream = handshake.await.map_err(|_| {
                 io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
             })??;
@@ -113,12 +143,12 @@ impl Incoming {
                         tracing::warn!(
                             listener = self.name,
                             refused_total = self.failed_handshakes,
-                            "TLS handshake refused: {e}"
+                            "connection dropped before it started (TLS handshake or first bytes): {e}"
                         );
                         self.last_handshake_log = Some(now);
                     }
                 }
-                Err(e) => tracing::warn!(listener = self.name, "TLS handshake task: {e}"),
+                Err(e) => tracing::warn!(listener = self.name, "connection start task: {e}"),
             }
         }
         None
@@ -199,12 +229,7 @@ impl Stream for Incoming {
                     match this.tls.clone() {
                         // Polled (and its waker registered) at the loop's top.
                         Some(tls) => this.handshake(tls, stream, permit),
-                        None => {
-                            return Poll::Ready(Some(Ok(Conn {
-                                stream: ConnStream::Plain(stream),
-                                _slot: permit,
-                            })))
-                        }
+                        None => this.first_bytes(stream, permit),
                     }
                 }
                 Poll::Ready(Err(e)) if is_connection_error(&e) => continue,
@@ -299,16 +324,24 @@ mod tests {
     use super::*;
     use tonic::codegen::tokio_stream::StreamExt;
 
+    async fn speaking(addr: std::net::SocketAddr) -> TcpStream {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut c, b"P")
+            .await
+            .unwrap();
+        c
+    }
+
     #[tokio::test]
     async fn closes_connections_past_the_limit_and_frees_slots() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut incoming = Incoming::new(listener, "test", 1, None);
-        let _c1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _c1 = speaking(addr).await;
         let first = incoming.next().await.unwrap().unwrap();
         // The second is accepted and closed: its reader sees EOF.
-        let mut c2 = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let _c3 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c2 = TcpStream::connect(addr).await.unwrap();
+        let _c3 = speaking(addr).await;
         let accept = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
         assert!(
             accept.is_err(),
@@ -319,8 +352,29 @@ mod tests {
         assert!(matches!(n, Ok(0) | Err(_)), "refused connection is closed");
         // Closing the first frees its slot for the next connection.
         drop(first);
-        let _c4 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _c4 = speaking(addr).await;
         let next = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
         assert!(matches!(next, Ok(Some(Ok(_)))));
+    }
+
+    /// Sockets that never send a byte held every slot of the peer port
+    /// for as long as they stayed open.
+    #[tokio::test]
+    async fn a_silent_connection_gives_its_slot_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Incoming::new(listener, "test", 1, None);
+        incoming.handshake_timeout = Duration::from_millis(300);
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        // Let the loop take the silent one first.
+        let first = tokio::time::timeout(Duration::from_millis(100), incoming.next()).await;
+        assert!(first.is_err(), "a silent connection is not handed out");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let _talker = speaking(addr).await;
+        let next = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
+        assert!(
+            matches!(next, Ok(Some(Ok(_)))),
+            "the silent connection's slot was not freed"
+        );
     }
 }

@@ -286,6 +286,11 @@ struct Withdraw<K: Kv> {
     key: Vec<u8>,
     rev: i64,
     armed: bool,
+    /// The caller's credentials: the delete runs in a task of its own,
+    /// outside the call, and a follower forwards it to the leader, which
+    /// refused it without them when auth was on (the key stayed and
+    /// blocked the lock until its lease ended).
+    identity: crate::auth::Identity,
 }
 
 impl<K: Kv> Withdraw<K> {
@@ -295,6 +300,7 @@ impl<K: Kv> Withdraw<K> {
             key: queued.key.clone(),
             rev: queued.rev,
             armed: queued.created,
+            identity: crate::auth::current_identity(),
         }
     }
 
@@ -319,13 +325,14 @@ impl<K: Kv> Drop for Withdraw<K> {
             failure: Vec::new(),
         };
         // Best effort, like etcd's: the lease still bounds the key's life.
-        runtime.spawn(async move {
+        let identity = std::mem::take(&mut self.identity);
+        runtime.spawn(crate::auth::with_identity(identity, async move {
             if let Err(e) = kv.txn(txn).await {
                 tracing::debug!(
                     key = %String::from_utf8_lossy(&key),
                     "withdrawing an abandoned lock or campaign key failed: {e}"
                 );
             }
-        });
+        }));
     }
 }

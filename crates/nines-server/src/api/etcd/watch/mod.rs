@@ -1,13 +1,17 @@
 //! etcd's `Watch` service: one bidirectional stream carries any number of
 //! watchers (create, cancel, progress requests in; created, events,
-//! progress and cancel responses out). Each stream is one task that owns
-//! its watchers and polls them from the member's own history
-//! (`crate::watch`), so watch load spreads over every member.
+//! progress and cancel responses out). Each stream's logic owns its
+//! watchers and polls them from the member's own history (`crate::watch`),
+//! so watch load spreads over every member; it runs inside the response
+//! body (`outbox.rs`).
 //!
-//! Backpressure: responses go through a small bounded queue; a client that
-//! reads slowly stalls only its own stream's task (its watchers fall behind
-//! the shared feed and later read from the store), never the apply loop or
+//! Backpressure: responses go through a small bounded outbox; a client that
+//! reads slowly stalls only its own stream (its watchers fall behind the
+//! shared feed and later read from the store), never the apply loop or
 //! other streams.
+
+mod chunks;
+mod outbox;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -15,20 +19,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
-use nines_proto::etcd::mvccpb;
-use tokio::sync::mpsc;
-use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use self::chunks::chunks;
+use self::outbox::{Driven, Outbox};
 use super::convert;
 use crate::api::convert::key_range;
 use crate::core::NodeCore;
 use crate::metrics::Counters;
 use crate::watch::{Event, Hub, Polled, WatchSpec, Watcher};
 
-/// Responses queued per stream before its task waits for the client.
-const OUT_QUEUE: usize = 16;
 /// Event bytes a watcher is handed per poll, and per response.
 const POLL_BYTES: usize = 1 << 20;
 /// Watchers one stream may hold: each costs its key range in memory.
@@ -47,7 +48,7 @@ pub struct EtcdWatch {
     pub core: Arc<NodeCore>,
 }
 
-type Out = mpsc::Sender<Result<epb::WatchResponse, Status>>;
+type Out = Arc<Outbox<Result<epb::WatchResponse, Status>>>;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<epb::WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -56,7 +57,7 @@ impl epb::watch_server::Watch for EtcdWatch {
         &self,
         request: Request<Streaming<epb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let outbox = Outbox::new();
         let require_leader = request
             .metadata()
             .get(REQUIRE_LEADER)
@@ -69,12 +70,13 @@ impl epb::watch_server::Watch for EtcdWatch {
             require_leader,
             core: self.core.clone(),
             hub: self.core.watch.clone(),
-            out: tx,
+            out: outbox.clone(),
             watchers: BTreeMap::new(),
             next_id: 0,
         };
-        tokio::spawn(stream.run(request.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Counters::inc(&stream.hub.counters.watch_streams);
+        let run = stream.run(request.into_inner());
+        Ok(Response::new(Box::pin(Driven::new(run, outbox))))
     }
 }
 
@@ -99,12 +101,25 @@ struct StreamTask {
     next_id: i64,
 }
 
-/// The client is gone: end the stream's task.
+/// The client is gone: end the stream.
 struct Gone;
 
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        for (_, entry) in std::mem::take(&mut self.watchers) {
+            self.hub.drop_watcher(entry.watcher);
+        }
+        self.hub
+            .counters
+            .watch_streams
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl StreamTask {
+    /// Until the client ends the stream; dropped with the response body
+    /// if the client goes away (`Drop` cleans up either way).
     async fn run(mut self, mut inbound: Streaming<epb::WatchRequest>) {
-        Counters::inc(&self.hub.counters.watch_streams);
         let mut fed = self.hub.fed();
         let every = self.core.config.watch_progress_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -144,13 +159,6 @@ impl StreamTask {
                 break;
             }
         }
-        for (_, entry) in std::mem::take(&mut self.watchers) {
-            self.hub.drop_watcher(entry.watcher);
-        }
-        self.hub
-            .counters
-            .watch_streams
-            .fetch_sub(1, Ordering::Relaxed);
     }
 
     /// etcd ends such streams when its member has no leader. Here: no
@@ -167,15 +175,17 @@ impl StreamTask {
         {
             return Ok(());
         }
-        let _ = self
-            .out
+        self.out
             .send(Err(Status::unavailable("etcdserver: no leader")))
             .await;
         Err(Gone)
     }
 
+    /// Never fails: a client that is gone drops the body and with it this
+    /// stream. `Result` keeps the callers' `?` for the ends that do.
     async fn send(&self, response: epb::WatchResponse) -> Result<(), Gone> {
-        self.out.send(Ok(response)).await.map_err(|_| Gone)
+        self.out.send(Ok(response)).await;
+        Ok(())
     }
 
     fn header(&self, revision: i64) -> Option<epb::ResponseHeader> {
@@ -429,180 +439,5 @@ impl StreamTask {
             self.send(response).await?;
         }
         Ok(())
-    }
-}
-
-struct Chunk {
-    events: Vec<mvccpb::Event>,
-    last_revision: i64,
-    fragment: bool,
-}
-
-fn event(e: Event) -> mvccpb::Event {
-    mvccpb::Event {
-        r#type: if e.deleted {
-            mvccpb::event::EventType::Delete as i32
-        } else {
-            mvccpb::event::EventType::Put as i32
-        },
-        kv: Some(convert::kv(e.kv)),
-        prev_kv: e.prev_kv.map(convert::kv),
-    }
-}
-
-fn event_bytes(e: &Event) -> usize {
-    let prev = e
-        .prev_kv
-        .as_ref()
-        .map_or(0, |p| p.key.len() + p.value.len());
-    e.kv.key.len() + e.kv.value.len() + prev + 64
-}
-
-/// Groups events into responses: whole revisions up to about
-/// [`POLL_BYTES`] each; a revision larger than that alone, or in fragments
-/// (all flagged but the last) when `fragment`. The flag says which chunk
-/// is the last.
-fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
-    // The common case, one response: no grouping.
-    if events.iter().map(event_bytes).sum::<usize>() <= POLL_BYTES {
-        let last_revision = events.last().map_or(0, |e| e.kv.mod_revision);
-        let chunk = Chunk {
-            events: events.into_iter().map(event).collect(),
-            last_revision,
-            fragment: false,
-        };
-        return vec![(true, chunk)];
-    }
-    // Group by revision first.
-    let mut revisions: Vec<Vec<Event>> = Vec::new();
-    for e in events {
-        match revisions.last_mut() {
-            Some(group) if group[0].kv.mod_revision == e.kv.mod_revision => group.push(e),
-            _ => revisions.push(vec![e]),
-        }
-    }
-    let mut out: Vec<Chunk> = Vec::new();
-    let mut current = Chunk {
-        events: Vec::new(),
-        last_revision: 0,
-        fragment: false,
-    };
-    let mut bytes = 0;
-    for group in revisions {
-        let revision = group[0].kv.mod_revision;
-        let size: usize = group.iter().map(event_bytes).sum();
-        if bytes > 0 && bytes + size > POLL_BYTES {
-            out.push(std::mem::replace(
-                &mut current,
-                Chunk {
-                    events: Vec::new(),
-                    last_revision: 0,
-                    fragment: false,
-                },
-            ));
-            bytes = 0;
-        }
-        if fragment && size > POLL_BYTES {
-            // Its own responses: fragments of about POLL_BYTES.
-            let mut piece = Vec::new();
-            let mut piece_bytes = 0;
-            for e in group {
-                piece_bytes += event_bytes(&e);
-                piece.push(event(e));
-                if piece_bytes > POLL_BYTES {
-                    out.push(Chunk {
-                        events: std::mem::take(&mut piece),
-                        last_revision: revision,
-                        fragment: true,
-                    });
-                    piece_bytes = 0;
-                }
-            }
-            match out.last_mut() {
-                Some(last) if piece.is_empty() => last.fragment = false,
-                _ => out.push(Chunk {
-                    events: piece,
-                    last_revision: revision,
-                    fragment: false,
-                }),
-            }
-            continue;
-        }
-        current.events.extend(group.into_iter().map(event));
-        current.last_revision = revision;
-        bytes += size;
-    }
-    if !current.events.is_empty() {
-        out.push(current);
-    }
-    let n = out.len();
-    out.into_iter()
-        .enumerate()
-        .map(|(i, c)| (i + 1 == n, c))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nines_types::KeyValue;
-
-    fn put(rev: i64, key: &str, value_len: usize) -> Event {
-        Event {
-            deleted: false,
-            kv: KeyValue {
-                key: key.as_bytes().to_vec(),
-                value: vec![b'x'; value_len],
-                mod_revision: rev,
-                ..Default::default()
-            },
-            prev_kv: None,
-        }
-    }
-
-    fn revisions(chunk: &Chunk) -> Vec<i64> {
-        chunk
-            .events
-            .iter()
-            .map(|e| e.kv.as_ref().unwrap().mod_revision)
-            .collect()
-    }
-
-    #[test]
-    fn small_revisions_share_a_response_and_large_ones_split_only_with_fragment() {
-        let small = vec![put(2, "a", 10), put(3, "b", 10), put(3, "c", 10)];
-        let out = chunks(small, false);
-        assert_eq!(out.len(), 1);
-        assert!(out[0].0 && !out[0].1.fragment);
-        assert_eq!(revisions(&out[0].1), vec![2, 3, 3]);
-
-        // Revision 5 is larger than a response: whole without fragment...
-        let big = || {
-            let mut events = vec![put(4, "a", 10)];
-            events.extend((0..3).map(|i| put(5, &format!("k{i}"), POLL_BYTES / 2)));
-            events.push(put(6, "z", 10));
-            events
-        };
-        let out = chunks(big(), false);
-        let revs: Vec<Vec<i64>> = out.iter().map(|(_, c)| revisions(c)).collect();
-        assert_eq!(revs, vec![vec![4], vec![5, 5, 5], vec![6]]);
-        assert!(out.iter().all(|(_, c)| !c.fragment));
-        assert_eq!(out.iter().filter(|(last, _)| *last).count(), 1);
-
-        // ...in fragments with it: every piece of 5 but its last flagged,
-        // and no revision is ever split otherwise.
-        let out = chunks(big(), true);
-        let flags: Vec<(Vec<i64>, bool)> = out
-            .iter()
-            .map(|(_, c)| (revisions(c), c.fragment))
-            .collect();
-        assert_eq!(flags.first(), Some(&(vec![4], false)));
-        assert_eq!(flags.last(), Some(&(vec![6], false)));
-        let fives: Vec<&(Vec<i64>, bool)> = flags.iter().filter(|(r, _)| r.contains(&5)).collect();
-        assert!(fives.len() >= 2, "revision 5 split: {flags:?}");
-        assert!(fives[..fives.len() - 1].iter().all(|(_, f)| *f));
-        assert!(!fives[fives.len() - 1].1);
-        let all: usize = fives.iter().map(|(r, _)| r.len()).sum();
-        assert_eq!(all, 3);
     }
 }

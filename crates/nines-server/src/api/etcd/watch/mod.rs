@@ -57,7 +57,9 @@ impl epb::watch_server::Watch for EtcdWatch {
         &self,
         request: Request<Streaming<epb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let outbox = Outbox::new();
+        let outbox = Outbox::new(|r: &Result<epb::WatchResponse, Status>| {
+            r.as_ref().map_or(0, prost::Message::encoded_len)
+        });
         let require_leader = request
             .metadata()
             .get(REQUIRE_LEADER)

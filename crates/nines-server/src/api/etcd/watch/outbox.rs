@@ -24,22 +24,37 @@ use tonic::codegen::tokio_stream::Stream;
 
 /// Responses queued per stream before its future waits for the client.
 pub const OUT_QUEUE: usize = 16;
+/// Bytes queued per stream before its future waits for the client (one
+/// response is always let in). With responses of up to 1 MiB, a count
+/// alone let 40 streams that never read hold 667 MB.
+pub const OUT_BYTES: usize = 1 << 20;
 
 /// The responses the stream's future produced and the body has not taken.
 /// Only ever touched from the one task that polls the body: the lock is
 /// uncontended (it makes the future `Send`).
 pub struct Outbox<T> {
-    queue: Mutex<VecDeque<T>>,
+    queue: Mutex<Queue<T>>,
+    weigh: fn(&T) -> usize,
+}
+
+struct Queue<T> {
+    items: VecDeque<(T, usize)>,
+    bytes: usize,
 }
 
 impl<T> Outbox<T> {
-    pub fn new() -> Arc<Self> {
+    /// `weigh` gives an item's size, for [`OUT_BYTES`].
+    pub fn new(weigh: fn(&T) -> usize) -> Arc<Self> {
         Arc::new(Outbox {
-            queue: Mutex::new(VecDeque::with_capacity(OUT_QUEUE)),
+            queue: Mutex::new(Queue {
+                items: VecDeque::with_capacity(OUT_QUEUE),
+                bytes: 0,
+            }),
+            weigh,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<T>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -47,14 +62,17 @@ impl<T> Outbox<T> {
     /// no waker on purpose: it only happens inside [`Driven::poll_next`],
     /// which then hands out a queued item and polls again on its next call.
     pub async fn send(&self, item: T) {
+        let size = (self.weigh)(&item);
         let mut item = Some(item);
         std::future::poll_fn(|_| {
             let mut queue = self.lock();
-            if queue.len() >= OUT_QUEUE {
+            let full = queue.items.len() >= OUT_QUEUE || queue.bytes + size > OUT_BYTES;
+            if full && !queue.items.is_empty() {
                 return Poll::Pending;
             }
             if let Some(item) = item.take() {
-                queue.push_back(item);
+                queue.items.push_back((item, size));
+                queue.bytes += size;
             }
             Poll::Ready(())
         })
@@ -62,7 +80,10 @@ impl<T> Outbox<T> {
     }
 
     fn pop(&self) -> Option<T> {
-        self.lock().pop_front()
+        let mut queue = self.lock();
+        let (item, size) = queue.items.pop_front()?;
+        queue.bytes -= size;
+        Some(item)
     }
 }
 
@@ -114,7 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_outbox_waits_for_the_body_and_nothing_is_lost_or_reordered() {
-        let outbox = Outbox::new();
+        let outbox = Outbox::new(|_| 1);
         let out = outbox.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(1);
         let future = async move {
@@ -145,6 +166,32 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// Large responses: at most [`OUT_BYTES`] wait in the outbox (one is
+    /// always let in), however many the count would allow.
+    #[tokio::test]
+    async fn the_outbox_is_bounded_by_bytes() {
+        let outbox = Outbox::<usize>::new(|size| *size);
+        let out = outbox.clone();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let q = queued.clone();
+        let future = async move {
+            for _ in 0..OUT_QUEUE {
+                out.send(OUT_BYTES / 2 + 1).await;
+                q.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        let mut stream = Driven::new(future, outbox.clone());
+        // The first poll hands out one and lets the future queue what fits.
+        assert_eq!(stream.next().await, Some(OUT_BYTES / 2 + 1));
+        assert!(outbox.lock().bytes <= OUT_BYTES, "{}", outbox.lock().bytes);
+        assert!(queued.load(std::sync::atomic::Ordering::SeqCst) <= 3);
+        let mut n = 1;
+        while stream.next().await.is_some() {
+            n += 1;
+        }
+        assert_eq!(n, OUT_QUEUE, "nothing lost");
+    }
+
     #[tokio::test]
     async fn dropping_the_stream_drops_the_future() {
         struct Flag(Arc<std::sync::atomic::AtomicBool>);
@@ -155,7 +202,7 @@ mod tests {
         }
         let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Flag(dropped.clone());
-        let outbox = Outbox::<u32>::new();
+        let outbox = Outbox::<u32>::new(|_| 1);
         let future = async move {
             let _flag = flag;
             std::future::pending::<()>().await;

@@ -34,6 +34,9 @@ use crate::watch::{Event, Hub, Polled, WatchSpec, Watcher};
 const POLL_BYTES: usize = 1 << 20;
 /// Watchers one stream may hold: each costs its key range in memory.
 pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
+/// Bytes of watched keys and range ends per stream: 40,000 watchers of
+/// 4 KiB keys and ends took 330 MB of one stream, within the count.
+pub const MAX_WATCH_KEY_BYTES_PER_STREAM: usize = 16 << 20;
 /// etcd's `clientv3.InvalidWatchID`: a progress response for the stream.
 const STREAM_WATCH_ID: i64 = -1;
 /// etcd's metadata key for `WithRequireLeader`.
@@ -75,6 +78,7 @@ impl epb::watch_server::Watch for EtcdWatch {
             out: outbox.clone(),
             watchers: BTreeMap::new(),
             next_id: 0,
+            key_bytes: 0,
         };
         Counters::inc(&stream.hub.counters.watch_streams);
         let run = stream.run(request.into_inner());
@@ -88,6 +92,8 @@ struct Entry {
     fragment: bool,
     /// Whether it was sent anything since the last progress tick.
     sent: bool,
+    /// Its key and range end, counted against the stream's bound.
+    key_bytes: usize,
 }
 
 struct StreamTask {
@@ -101,6 +107,8 @@ struct StreamTask {
     out: Out,
     watchers: BTreeMap<i64, Entry>,
     next_id: i64,
+    /// Sum of the watchers' `key_bytes`.
+    key_bytes: usize,
 }
 
 /// The client is gone: end the stream.
@@ -203,6 +211,7 @@ impl StreamTask {
                     // etcd answers nothing for an unknown id.
                     return Ok(());
                 };
+                self.key_bytes -= entry.key_bytes;
                 self.hub.drop_watcher(entry.watcher);
                 let response = epb::WatchResponse {
                     header: self.header(self.hub.revision()),
@@ -238,6 +247,14 @@ impl StreamTask {
             Ok(id) => id,
             Err(reason) => return self.refuse(create.watch_id, revision, reason).await,
         };
+        let key_bytes = create.key.len() + create.range_end.len();
+        if self.key_bytes + key_bytes > MAX_WATCH_KEY_BYTES_PER_STREAM {
+            let reason = format!(
+                "too many watched key bytes on one stream (at most \
+                 {MAX_WATCH_KEY_BYTES_PER_STREAM}); open another stream"
+            );
+            return self.refuse(id, revision, reason).await;
+        }
         let permitted = self
             .core
             .check_keys(&self.caller, false, &create.key, &create.range_end);
@@ -260,7 +277,9 @@ impl StreamTask {
             progress_notify: create.progress_notify,
             fragment: create.fragment,
             sent: false,
+            key_bytes,
         };
+        self.key_bytes += key_bytes;
         self.watchers.insert(id, entry);
         Ok(())
     }
@@ -386,6 +405,7 @@ impl StreamTask {
 
     fn cancel(&mut self, id: i64) {
         if let Some(entry) = self.watchers.remove(&id) {
+            self.key_bytes -= entry.key_bytes;
             self.hub.drop_watcher(entry.watcher);
         }
     }

@@ -284,3 +284,41 @@ async fn etcdctl_snapshot_save_writes_a_file_nines_reads() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("checksum mismatch"), "{err}");
 }
+
+/// Snapshot streams nobody reads are bounded per member: each held a
+/// blocking thread and a full copy of the state on disk, without limit.
+/// A third at once is RESOURCE_EXHAUSTED; once one ends, a new one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_snapshot_streams_are_bounded() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(60)).await;
+    let endpoint = cluster.node(1).client_addr.clone();
+    // Enough data that a stream cannot finish into buffers unread.
+    let value = "v".repeat(1_000_000);
+    for i in 0..4 {
+        put(&endpoint, &format!("big/{i}"), &value).await;
+    }
+    let open = || async {
+        epb::maintenance_client::MaintenanceClient::new(channel(&endpoint).await)
+            .snapshot(epb::SnapshotRequest {})
+            .await
+    };
+    let first = open().await.expect("first snapshot stream");
+    let _second = open().await.expect("second snapshot stream");
+    let third = open().await.err().expect("a third is refused");
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
+    // Reading the first to its end frees its slot.
+    let mut first = first.into_inner();
+    while first.message().await.expect("snapshot message").is_some() {}
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match open().await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                assert!(std::time::Instant::now() < deadline, "no slot freed: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -143,7 +143,7 @@ impl Incoming {
                         tracing::warn!(
                             listener = self.name,
                             refused_total = self.failed_handshakes,
-                            "connection dropped before it started (TLS handshake or first bytes): {e}"
+                            "TLS handshake refused, or a plaintext connection sent nothing in time: {e}"
                         );
                         self.last_handshake_log = Some(now);
                     }

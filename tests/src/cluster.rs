@@ -27,6 +27,18 @@ pub fn server_binary() -> PathBuf {
     bin
 }
 
+/// The `nines` CLI, built next to the server binary (so `NINES_SERVER_BIN`
+/// picks both).
+pub fn cli_binary() -> PathBuf {
+    let bin = server_binary().with_file_name("nines");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p nines-cli` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A port for a server to listen on. Not from the kernel's ephemeral range
 /// (bind to port 0): a port released there is soon handed to another
 /// socket, and a chaos run once saw two nodes get the same one. Ports come

@@ -4,7 +4,6 @@
 //! nines cluster, compared line by line. The script undoes itself, so
 //! the second run starts from the same state as the first.
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -13,21 +12,9 @@ use nines_tests::{Cluster, ClusterOptions};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// The `nines` CLI built next to the test executable.
-fn nines_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("nines");
-    assert!(bin.exists(), "build it first: cargo build -p nines-cli");
-    bin
-}
-
 fn nines(endpoint: &str, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(nines_bin())
+    let mut child = Command::new(nines_tests::cluster::cli_binary())
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
         .stdin(Stdio::piped())

@@ -4,7 +4,7 @@
 //! and a file `etcdctl snapshot save` writes is one `nines snapshot
 //! status` accepts, as is one `nines snapshot save` writes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use nines_client::proto::etcd::etcdserverpb as epb;
 use nines_client::snapshot::save_snapshot;
-use nines_tests::cluster::server_binary;
 use nines_tests::etcdctl;
 use nines_tests::{Cluster, ClusterOptions};
 use tonic::transport::Channel;
@@ -20,20 +19,9 @@ use tonic::transport::Channel;
 const LONG: Duration = Duration::from_secs(60);
 const WRITERS: usize = 64;
 
-/// The `nines` CLI, built next to the server.
-fn nines_binary() -> PathBuf {
-    let bin = server_binary().with_file_name("nines");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first with `cargo build -p nines-cli`",
-        bin.display()
-    );
-    bin
-}
-
 /// Runs `nines ARGS`; fails the test with its stderr if it fails.
 fn nines(args: &[&str]) -> String {
-    let out = Command::new(nines_binary())
+    let out = Command::new(nines_tests::cluster::cli_binary())
         .args(args)
         .output()
         .expect("run nines");
@@ -276,7 +264,7 @@ async fn etcdctl_snapshot_save_writes_a_file_nines_reads() {
     // A cut file is refused with a clear error.
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap();
-    let out = Command::new(nines_binary())
+    let out = Command::new(nines_tests::cluster::cli_binary())
         .args(["snapshot", "status", file.to_str().unwrap()])
         .output()
         .unwrap();

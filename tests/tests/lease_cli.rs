@@ -12,20 +12,8 @@ use nines_tests::etcd::EtcdCluster;
 use nines_tests::etcdctl::{ctl, etcdctl};
 use nines_tests::{Cluster, ClusterOptions};
 
-/// The `nines` CLI built next to the test executable.
-fn nines_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("nines");
-    assert!(bin.exists(), "build it first: cargo build -p nines-cli");
-    bin
-}
-
 fn nines(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(nines_bin())
+    Command::new(nines_tests::cluster::cli_binary())
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
         .stdin(Stdio::null())
@@ -221,7 +209,10 @@ fn keep_alive_until_revoked(endpoint: &str) {
             .spawn()
             .expect("spawn keep-alive")
     };
-    let children = [spawn(PathBuf::from(etcdctl())), spawn(nines_bin())];
+    let children = [
+        spawn(PathBuf::from(etcdctl())),
+        spawn(nines_tests::cluster::cli_binary()),
+    ];
     std::thread::sleep(Duration::from_secs(1));
     stdout(&ctl(endpoint, &["lease", "revoke", &id], ""), "revoke");
     let deadline = Instant::now() + Duration::from_secs(20);

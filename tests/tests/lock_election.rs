@@ -401,8 +401,9 @@ impl Drop for Proc {
 }
 
 fn nines_bin() -> String {
-    let bin = nines_tests::cluster::server_binary().with_file_name("nines");
-    bin.to_string_lossy().into_owned()
+    nines_tests::cluster::cli_binary()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `etcdctl elect` and `nines elect` in one election: campaigners of

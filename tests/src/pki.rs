@@ -16,7 +16,10 @@
 use std::path::{Path, PathBuf};
 
 use nines_client::TlsFiles;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
 
 /// The CN every member's peer certificate has, and the only one admitted.
 pub const PEER_CN: &str = "nines-peer";
@@ -93,11 +96,15 @@ impl Pki {
     }
 
     /// `name.crt` and `name.key`: a leaf for 127.0.0.1 and localhost, for
-    /// server and client use (a member's certificate is both).
+    /// server and client use (a member's certificate is both); no CN when
+    /// `cn` is empty.
     pub fn issue(&self, ca: &Ca, cn: &str, name: &str) -> (PathBuf, PathBuf) {
         let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
         let mut params = CertificateParams::new(sans).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name = DistinguishedName::new();
+        if !cn.is_empty() {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

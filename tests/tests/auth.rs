@@ -563,3 +563,62 @@ async fn an_abandoned_lock_wait_under_auth_leaves_no_key() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// etcd refuses a granted permission that covers nothing (no key, or a
+/// range that ends at or before its start) and a grant without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_that_covers_nothing_is_refused() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.stable_leader(LONG).await;
+    let api = Api {
+        addr: cluster.node(leader).client_addr.clone(),
+    };
+    let mut auth = api.auth();
+    auth.role_add(epb::AuthRoleAddRequest { name: "r".into() })
+        .await
+        .unwrap();
+    let grant = |key: &[u8], range_end: &[u8]| epb::AuthRoleGrantPermissionRequest {
+        name: "r".into(),
+        perm: Some(authpb::Permission {
+            perm_type: authpb::permission::Type::Read as i32,
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+        }),
+    };
+    for (key, end) in [
+        (&b""[..], &b""[..]),
+        (b"", b"a"),
+        (b"b", b"a"),
+        (b"a", b"a"),
+    ] {
+        let refused = auth
+            .role_grant_permission(grant(key, end))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{key:?}..{end:?}");
+        assert_eq!(refused.message(), "etcdserver: invalid auth management");
+    }
+    let none = epb::AuthRoleGrantPermissionRequest {
+        name: "r".into(),
+        perm: None,
+    };
+    let refused = auth.role_grant_permission(none).await.unwrap_err();
+    assert_eq!(refused.message(), "etcdserver: permission not given");
+    // What etcd accepts: one key, a range, every key from one on.
+    for (key, end) in [
+        (&b"a"[..], &b""[..]),
+        (b"a", b"b"),
+        (b"a", b"\0"),
+        (b"\0", b"\0"),
+    ] {
+        auth.role_grant_permission(grant(key, end))
+            .await
+            .unwrap_or_else(|e| panic!("{key:?}..{end:?}: {e:?}"));
+    }
+    let role = auth
+        .role_get(epb::AuthRoleGetRequest { role: "r".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(role.perm.len(), 4, "{role:?}");
+}

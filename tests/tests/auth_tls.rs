@@ -3,66 +3,14 @@
 //! CN when they send no token (etcd's rule), on a follower so that the
 //! forwarded calls carry the identity too.
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use nines_tests::etcdctl::etcdctl;
+use nines_tests::pki::Pki;
 use nines_tests::{Cluster, ClusterOptions};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// A CA and leaves signed by it, as files in a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "auth test CA");
-        let key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
-        Pki { dir, ca, key }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `name.crt`/`name.key` with subject CN `cn` (none when empty), for
-    /// 127.0.0.1, usable by servers and clients.
-    fn issue(&self, name: &str, cn: &str) {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        if !cn.is_empty() {
-            params.distinguished_name.push(DnType::CommonName, cn);
-        }
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
-        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).unwrap();
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
-
-    fn s(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-}
 
 /// etcdctl over TLS with the certificate pair `pair`, against `endpoint`.
 fn ctl(pki: &Pki, endpoint: &str, pair: &str, args: &[&str]) -> Output {
@@ -89,7 +37,7 @@ fn ctl_for(
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints=https://{endpoint}"))
         .arg("--command-timeout=20s")
-        .arg(format!("--cacert={}", pki.s("ca.crt")))
+        .arg(format!("--cacert={}", pki.s("clients-ca.crt")))
         .arg(format!("--cert={}", pki.s(&format!("{pair}.crt"))))
         .arg(format!("--key={}", pki.s(&format!("{pair}.key"))))
         .args(args)
@@ -117,9 +65,9 @@ fn refused(out: Output, what: &str) -> String {
 
 fn tls_cluster(pki: &Pki) -> Cluster {
     let args = [
-        ("--cert-file", pki.s("member.crt")),
-        ("--key-file", pki.s("member.key")),
-        ("--trusted-ca-file", pki.s("ca.crt")),
+        ("--cert-file", pki.s("server.crt")),
+        ("--key-file", pki.s("server.key")),
+        ("--trusted-ca-file", pki.s("clients-ca.crt")),
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])
@@ -127,7 +75,7 @@ fn tls_cluster(pki: &Pki) -> Cluster {
     .collect();
     let mut cluster = Cluster::prepare(ClusterOptions { nodes: 3, args });
     cluster.client_tls = Some(nines_client::TlsFiles {
-        ca: pki.path("ca.crt"),
+        ca: pki.path("clients-ca.crt"),
         cert: Some(pki.path("anyone.crt")),
         key: Some(pki.path("anyone.key")),
     });
@@ -137,13 +85,13 @@ fn tls_cluster(pki: &Pki) -> Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_with_tls_and_auth_users_by_password_and_by_certificate() {
+    // Members serve `server` (CN nines-member); clients come with these.
     let pki = Pki::new();
-    pki.issue("member", "nines-member");
     // A client certificate whose CN is no user: its holder needs --user.
-    pki.issue("anyone", "etcdctl-client");
-    pki.issue("alice", "alice");
-    pki.issue("root", "root");
-    pki.issue("nocn", "");
+    pki.issue(&pki.clients, "etcdctl-client", "anyone");
+    pki.issue(&pki.clients, "alice", "alice");
+    pki.issue(&pki.clients, "root", "root");
+    pki.issue(&pki.clients, "", "nocn");
     let cluster = tls_cluster(&pki);
     let leader = cluster.stable_leader(LONG).await;
     let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();

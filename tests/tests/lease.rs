@@ -380,3 +380,59 @@ async fn thousands_of_keepalives_through_a_follower_are_all_answered() {
         t.await.unwrap();
     }
 }
+
+/// nines' client sends grants and revokes under an exactly-once session
+/// (`x-nines-session`), as it does puts: a retry whose first try was
+/// applied (its answer lost) must answer the same, through any member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_revokes_retried_under_a_session_apply_once() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.stable_leader(LONG).await;
+    let f = follower_of(&cluster, leader);
+    let l = cluster.node(leader).client_addr.clone();
+    let with = |message, seq: u64| nines_client::with_session(message, 0xfeed, seq);
+
+    // A grant that lets the server pick the id, tried twice.
+    let grant = epb::LeaseGrantRequest { ttl: 60, id: 0 };
+    let first = lease(&f)
+        .await
+        .lease_grant(with(grant.clone(), 1))
+        .await
+        .unwrap();
+    let again = lease(&l)
+        .await
+        .lease_grant(with(grant.clone(), 1))
+        .await
+        .unwrap();
+    let id = first.into_inner().id;
+    assert_eq!(again.into_inner().id, id, "the retry names the same lease");
+    let listed = lease(&f)
+        .await
+        .lease_leases(epb::LeaseLeasesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.leases.len(), 1, "granted once: {listed:?}");
+    // A new request of that client (next seq) is a new lease.
+    let other = lease(&f)
+        .await
+        .lease_grant(with(grant.clone(), 2))
+        .await
+        .unwrap();
+    assert_ne!(other.into_inner().id, id);
+
+    // A revoke tried twice: the retry is not "lease not found".
+    let revoke = epb::LeaseRevokeRequest { id };
+    lease(&f)
+        .await
+        .lease_revoke(with(revoke.clone(), 3))
+        .await
+        .expect("revoke");
+    lease(&l)
+        .await
+        .lease_revoke(with(revoke.clone(), 3))
+        .await
+        .expect("the retried revoke answers as the first did");
+    let gone = lease(&f).await.lease_revoke(revoke).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "without a session: {gone:?}");
+}

@@ -526,3 +526,44 @@ async fn watched_key_bytes_per_stream_are_bounded() {
     assert!(s.next().await.canceled);
     assert!(s.create(big(9_999)).await.created, "room after a cancel");
 }
+
+/// A client that floods its stream with progress requests must not keep
+/// that stream's watchers from their events: requests go first (so a
+/// cancel is not stuck behind events), but not forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_progress_requests_does_not_hold_back_events() {
+    use epb::watch_request::RequestUnion;
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.stable_leader(LONG).await;
+    let addr = cluster.node(leader).client_addr.clone();
+    let mut stream = RawStream::open(&addr).await;
+    let create = epb::WatchCreateRequest {
+        key: b"flood/k".to_vec(),
+        ..Default::default()
+    };
+    assert!(stream.create(create).await.created);
+    let flood = stream.requests.clone();
+    let flooding = tokio::spawn(async move {
+        let progress = epb::WatchRequest {
+            request_union: Some(RequestUnion::ProgressRequest(epb::WatchProgressRequest {})),
+        };
+        while flood.send(progress.clone()).await.is_ok() {}
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.client().put("flood/k", "v").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut progress = 0u64;
+    loop {
+        let response = stream.next().await;
+        if let Some(event) = response.events.first() {
+            assert_eq!(event.kv.as_ref().unwrap().key, b"flood/k");
+            break;
+        }
+        progress += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event after {progress} progress answers"
+        );
+    }
+    flooding.abort();
+}

@@ -5,7 +5,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Instant;
 
-use nines_types::{Command, LeaseRemaining, Request, Response, MAX_LEASE_TTL};
+use nines_types::{Command, LeaseRemaining, Request, Response, Session, MAX_LEASE_TTL};
 use openraft::ServerState;
 
 use super::lessor::Renewal;
@@ -51,6 +51,27 @@ fn pick_id() -> i64 {
     }
 }
 
+/// The id a grant under `session` asks for when the client left it to the
+/// server: derived from the session, so that a retry of the grant is the
+/// same request and the session table answers it (a fresh pick per try
+/// would grant a second lease). A collision with a lease granted
+/// otherwise (odds ~n/2^63) answers "lease already exists".
+fn session_id(session: Session) -> i64 {
+    // splitmix64's finalizer: every input bit reaches every output bit.
+    let mut z = session.client_id ^ session.seq.rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    match (z >> 1) as i64 {
+        0 => 1,
+        id => id,
+    }
+}
+
+fn request(session: Option<Session>, command: Command) -> Request {
+    Request { session, command }
+}
+
 impl NodeCore {
     /// The term this member leads in, if it leads.
     pub fn leading_term(&self) -> Option<u64> {
@@ -71,20 +92,26 @@ impl NodeCore {
 
     /// etcd's LeaseGrant: `id` 0 lets the leader pick one; a TTL below
     /// [`MIN_TTL`] is raised to it, one above etcd's maximum refused.
+    /// Under a `session` (exactly-once), a retry answers what the first
+    /// try did: the same lease, granted once.
     pub async fn lease_grant(
         &self,
         id: i64,
         ttl: i64,
+        session: Option<Session>,
         forwarded: bool,
     ) -> Result<Routed<Response>, ApiError> {
         if ttl > MAX_LEASE_TTL {
             return Err(ApiError::LeaseTtlTooLarge);
         }
         let ttl = ttl.max(MIN_TTL);
+        let id = match (id, session) {
+            (0, Some(s)) => session_id(s),
+            (id, _) => id,
+        };
         if id != 0 {
-            return self
-                .write(Request::new(Command::LeaseGrant { id, ttl }), forwarded)
-                .await;
+            let grant = request(session, Command::LeaseGrant { id, ttl });
+            return self.write(grant, forwarded).await;
         }
         // Picked on the leader only: a follower forwards the request as is.
         if self.leading_term().is_none() {
@@ -107,12 +134,15 @@ impl NodeCore {
     }
 
     /// etcd's LeaseRevoke: the lease and its keys go in one revision.
+    /// Under a `session`, a retry of a revoke that was applied answers as
+    /// the first try did, not "lease not found".
     pub async fn lease_revoke(
         &self,
         id: i64,
+        session: Option<Session>,
         forwarded: bool,
     ) -> Result<Routed<Response>, ApiError> {
-        self.write(Request::new(Command::LeaseRevoke { id }), forwarded)
+        self.write(request(session, Command::LeaseRevoke { id }), forwarded)
             .await
     }
 

@@ -72,7 +72,7 @@ async fn expire(core: &NodeCore, term: u64, expired: Vec<i64>) {
         return;
     }
     let revokes = expired.iter().map(|&id| async move {
-        let done = core.lease_revoke(id, true).await;
+        let done = core.lease_revoke(id, None, true).await;
         (id, done)
     });
     for (id, done) in futures::future::join_all(revokes).await {

@@ -391,10 +391,10 @@ impl epb::auth_server::Auth for EtcdAuth {
             request,
             role_grant_permission,
             |m: &epb::AuthRoleGrantPermissionRequest| {
-                let perm = m
-                    .perm
-                    .as_ref()
-                    .ok_or_else(|| ApiError::InvalidRequest("permission is not given".into()))?;
+                let perm = m.perm.as_ref().ok_or_else(|| {
+                    ApiError::InvalidRequest("etcdserver: permission not given".into())
+                })?;
+                granted_range(&perm.key, &perm.range_end)?;
                 Ok(AuthCommand::RoleGrantPermission {
                     role: m.name.clone(),
                     perm: Permission {
@@ -424,4 +424,18 @@ impl epb::auth_server::Auth for EtcdAuth {
             AuthRoleRevokePermissionResponse
         )
     }
+}
+
+/// etcd 3.5's check of a granted permission: a key is required, and a
+/// range must not be empty (`range_end` after `key`; "\0" is every key
+/// from `key` on). A grant that covers nothing is a mistake, refused.
+fn granted_range(key: &[u8], range_end: &[u8]) -> Result<(), ApiError> {
+    let invalid = || ApiError::InvalidRequest("etcdserver: invalid auth management".into());
+    if key.is_empty() {
+        return Err(invalid());
+    }
+    if !range_end.is_empty() && range_end != [0] && key >= range_end {
+        return Err(invalid());
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use epb::lease_client::LeaseClient;
 use nines_proto::admin_client::AdminClient;
 
-use super::convert;
+use super::{convert, session};
 use crate::api::forward::{self, is_forwarded};
 use crate::core::{NodeCore, Routed};
 use crate::error::ApiError;
@@ -48,6 +48,7 @@ impl epb::lease_server::Lease for EtcdLease {
     ) -> Result<Response<epb::LeaseGrantResponse>, Status> {
         self.core.caller(request.metadata())?;
         let forwarded = is_forwarded(&request);
+        let session = session::from_metadata(request.metadata())?;
         let message = request.into_inner();
         if message.id < 0 {
             return Err(
@@ -56,7 +57,7 @@ impl epb::lease_server::Lease for EtcdLease {
         }
         match self
             .core
-            .lease_grant(message.id, message.ttl, forwarded)
+            .lease_grant(message.id, message.ttl, session, forwarded)
             .await?
         {
             Routed::Local(resp) => {
@@ -73,7 +74,7 @@ impl epb::lease_server::Lease for EtcdLease {
             }
             Routed::Forward(leader) => {
                 let call = |ch, r| async move { lease(ch).lease_grant(r).await };
-                forward::to_leader(&self.core, &leader, message, None, call).await
+                forward::to_leader(&self.core, &leader, message, session, call).await
             }
         }
     }
@@ -84,6 +85,7 @@ impl epb::lease_server::Lease for EtcdLease {
     ) -> Result<Response<epb::LeaseRevokeResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let caller = self.core.caller(request.metadata())?;
+        let session = session::from_metadata(request.metadata())?;
         let message = request.into_inner();
         if message.id <= 0 {
             return Err(ApiError::LeaseNotFound.into());
@@ -92,7 +94,11 @@ impl epb::lease_server::Lease for EtcdLease {
         for key in self.core.reader.lease_keys(message.id) {
             self.core.check_keys(&caller, true, &key, &[])?;
         }
-        match self.core.lease_revoke(message.id, forwarded).await? {
+        match self
+            .core
+            .lease_revoke(message.id, session, forwarded)
+            .await?
+        {
             Routed::Local(resp) => {
                 let (revision, _) = crate::api::convert::applied(resp)?;
                 Ok(Response::new(epb::LeaseRevokeResponse {
@@ -101,7 +107,7 @@ impl epb::lease_server::Lease for EtcdLease {
             }
             Routed::Forward(leader) => {
                 let call = |ch, r| async move { lease(ch).lease_revoke(r).await };
-                forward::to_leader(&self.core, &leader, message, None, call).await
+                forward::to_leader(&self.core, &leader, message, session, call).await
             }
         }
     }

@@ -390,18 +390,20 @@ async fn grants_and_revokes_retried_under_a_session_apply_once() {
     let leader = cluster.stable_leader(LONG).await;
     let f = follower_of(&cluster, leader);
     let l = cluster.node(leader).client_addr.clone();
-    let with = |message, seq: u64| nines_client::with_session(message, 0xfeed, seq);
+    fn with<T>(message: T, seq: u64) -> tonic::Request<T> {
+        nines_client::with_session(message, 0xfeed, seq)
+    }
 
     // A grant that lets the server pick the id, tried twice.
     let grant = epb::LeaseGrantRequest { ttl: 60, id: 0 };
     let first = lease(&f)
         .await
-        .lease_grant(with(grant.clone(), 1))
+        .lease_grant(with(grant, 1))
         .await
         .unwrap();
     let again = lease(&l)
         .await
-        .lease_grant(with(grant.clone(), 1))
+        .lease_grant(with(grant, 1))
         .await
         .unwrap();
     let id = first.into_inner().id;
@@ -416,7 +418,7 @@ async fn grants_and_revokes_retried_under_a_session_apply_once() {
     // A new request of that client (next seq) is a new lease.
     let other = lease(&f)
         .await
-        .lease_grant(with(grant.clone(), 2))
+        .lease_grant(with(grant, 2))
         .await
         .unwrap();
     assert_ne!(other.into_inner().id, id);
@@ -425,12 +427,12 @@ async fn grants_and_revokes_retried_under_a_session_apply_once() {
     let revoke = epb::LeaseRevokeRequest { id };
     lease(&f)
         .await
-        .lease_revoke(with(revoke.clone(), 3))
+        .lease_revoke(with(revoke, 3))
         .await
         .expect("revoke");
     lease(&l)
         .await
-        .lease_revoke(with(revoke.clone(), 3))
+        .lease_revoke(with(revoke, 3))
         .await
         .expect("the retried revoke answers as the first did");
     let gone = lease(&f).await.lease_revoke(revoke).await.unwrap_err();

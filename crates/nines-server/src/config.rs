@@ -127,11 +127,6 @@ pub struct ServerArgs {
     /// reads past it wait, and fail RESOURCE_EXHAUSTED after the request timeout.
     #[arg(long, env = "NINES_MAX_READ_MB_IN_FLIGHT", default_value_t = 128)]
     pub max_read_mb_in_flight: u64,
-    /// Bytes of watch responses queued for clients on this member, all
-    /// streams together; past it a stream with responses queued waits
-    /// for its client, and its watchers catch up from history later.
-    #[arg(long, env = "NINES_MAX_WATCH_MB_QUEUED", default_value_t = 256)]
-    pub max_watch_mb_queued: u64,
     /// Auto-compaction (etcd's flag): `periodic` keeps
     /// --auto-compaction-retention of history, a duration (`5m`, `1h`, a
     /// bare number of hours); `revision` keeps that many revisions, checked
@@ -245,7 +240,6 @@ pub struct ServerConfig {
     pub raft_threads: usize,
     pub max_concurrent_reads: usize,
     pub max_read_bytes_in_flight: u64,
-    pub max_watch_bytes_queued: u64,
     pub auto_compaction: AutoCompaction,
     pub quota_backend_bytes: u64,
     /// Progress notifications to idle watchers that asked for them.
@@ -537,7 +531,6 @@ impl TryFrom<ServerArgs> for ServerConfig {
             snapshot_entries: args.snapshot_entries.max(1),
             max_concurrent_reads: args.max_concurrent_reads.clamp(1, 1024),
             max_read_bytes_in_flight: args.max_read_mb_in_flight.clamp(1, 1 << 20) * 1024 * 1024,
-            max_watch_bytes_queued: args.max_watch_mb_queued.clamp(1, 1 << 20) * 1024 * 1024,
             tls,
         })
     }

@@ -197,8 +197,15 @@ impl<'a, E: Engine> Executor<'a, E> {
         };
         let before = self.revision;
         let response = self.execute(&request.command)?;
-        // `execute` bumps the revision exactly when the store changed.
-        let changed = self.revision != before;
+        // `execute` bumps the revision exactly when the keys changed. Lease
+        // grants and revokes of a lease without keys change state without
+        // a revision, and running them again would not answer the same
+        // (a second lease, "lease not found"): their answer is kept too.
+        let leases = matches!(
+            request.command,
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }
+        );
+        let changed = self.revision != before || leases;
         self.sessions.record(
             &mut self.overlay,
             self.opts,

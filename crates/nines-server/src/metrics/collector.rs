@@ -225,12 +225,6 @@ impl Collector for Scraped {
         )?;
         gauge(
             e,
-            "watch_bytes_queued",
-            "Bytes of watch responses queued for clients, all streams.",
-            load(&c.watch_bytes_queued),
-        )?;
-        gauge(
-            e,
             "proposal_in_flight_seconds",
             "Age of the Raft proposal in flight, 0 if none.",
             seconds(age_ms(&c.proposal_started_ms)),

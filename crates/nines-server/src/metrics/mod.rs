@@ -17,7 +17,6 @@ pub mod health;
 mod http;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::family::Family;
@@ -44,8 +43,6 @@ pub struct Counters {
     pub watchers: AtomicU64,
     /// Gauge: open watch streams.
     pub watch_streams: AtomicU64,
-    /// Gauge: bytes of watch responses queued for clients, all streams.
-    pub watch_bytes_queued: Arc<AtomicU64>,
     pub watch_events_sent: AtomicU64,
     /// Reads of history for watchers (the shared feed's, and those of
     /// watchers that fell behind it).

@@ -12,14 +12,11 @@
 //! Backpressure is as before: the future waits while its outbox holds
 //! [`OUT_QUEUE`] responses, and hyper polls the body only while the
 //! client's flow-control window has room, so a slow client stalls only its
-//! own stream. Bytes are bounded per stream ([`OUT_BYTES`]) and per member
-//! ([`Budget`]): a connection may open a thousand streams, and clients
-//! thousands of connections.
+//! own stream.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -32,38 +29,12 @@ pub const OUT_QUEUE: usize = 16;
 /// alone let 40 streams that never read hold 667 MB.
 pub const OUT_BYTES: usize = 1 << 20;
 
-/// Bytes queued in all outboxes of a member, against a limit. Past it, a
-/// stream that has something queued waits for its client; one with an
-/// empty outbox may still queue one response, so every stream moves and
-/// the total stays under `limit` plus one response per stream.
-#[derive(Clone)]
-pub struct Budget {
-    used: Arc<AtomicU64>,
-    limit: u64,
-}
-
-impl Budget {
-    /// `used` is where the member's total is kept (a metrics gauge).
-    pub fn new(used: Arc<AtomicU64>, limit: u64) -> Self {
-        Budget { used, limit }
-    }
-
-    fn used(&self) -> &AtomicU64 {
-        &self.used
-    }
-
-    fn exceeded_by(&self, size: usize) -> bool {
-        self.used().load(Ordering::Relaxed) + size as u64 > self.limit
-    }
-}
-
 /// The responses the stream's future produced and the body has not taken.
 /// Only ever touched from the one task that polls the body: the lock is
 /// uncontended (it makes the future `Send`).
 pub struct Outbox<T> {
     queue: Mutex<Queue<T>>,
     weigh: fn(&T) -> usize,
-    budget: Budget,
 }
 
 struct Queue<T> {
@@ -72,15 +43,14 @@ struct Queue<T> {
 }
 
 impl<T> Outbox<T> {
-    /// `weigh` gives an item's size, for [`OUT_BYTES`] and `budget`.
-    pub fn new(weigh: fn(&T) -> usize, budget: Budget) -> Arc<Self> {
+    /// `weigh` gives an item's size, for [`OUT_BYTES`].
+    pub fn new(weigh: fn(&T) -> usize) -> Arc<Self> {
         Arc::new(Outbox {
             queue: Mutex::new(Queue {
                 items: VecDeque::with_capacity(OUT_QUEUE),
                 bytes: 0,
             }),
             weigh,
-            budget,
         })
     }
 
@@ -96,16 +66,13 @@ impl<T> Outbox<T> {
         let mut item = Some(item);
         std::future::poll_fn(|_| {
             let mut queue = self.lock();
-            let full = queue.items.len() >= OUT_QUEUE
-                || queue.bytes + size > OUT_BYTES
-                || self.budget.exceeded_by(size);
+            let full = queue.items.len() >= OUT_QUEUE || queue.bytes + size > OUT_BYTES;
             if full && !queue.items.is_empty() {
                 return Poll::Pending;
             }
             if let Some(item) = item.take() {
                 queue.items.push_back((item, size));
                 queue.bytes += size;
-                self.budget.used().fetch_add(size as u64, Ordering::Relaxed);
             }
             Poll::Ready(())
         })
@@ -116,17 +83,7 @@ impl<T> Outbox<T> {
         let mut queue = self.lock();
         let (item, size) = queue.items.pop_front()?;
         queue.bytes -= size;
-        self.budget.used().fetch_sub(size as u64, Ordering::Relaxed);
         Some(item)
-    }
-}
-
-impl<T> Drop for Outbox<T> {
-    fn drop(&mut self) {
-        let bytes = self.lock().bytes;
-        self.budget
-            .used()
-            .fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -176,72 +133,9 @@ mod tests {
     use super::*;
     use tonic::codegen::tokio_stream::StreamExt;
 
-    fn unlimited() -> Budget {
-        Budget::new(Arc::default(), u64::MAX / 2)
-    }
-
-    /// Streams that never read: together they queue at most the member's
-    /// budget plus one response each, and what they queued is given back
-    /// when they are read or dropped.
-    #[tokio::test]
-    async fn outboxes_together_stay_within_the_members_budget() {
-        const STREAMS: usize = 50;
-        const SIZE: usize = 64 << 10;
-        let used = Arc::new(AtomicU64::new(0));
-        let budget = Budget::new(used.clone(), 1 << 20);
-        let mut streams = Vec::new();
-        for _ in 0..STREAMS {
-            let outbox = Outbox::<usize>::new(|size| *size, budget.clone());
-            let out = outbox.clone();
-            let future = async move {
-                for _ in 0..OUT_QUEUE {
-                    out.send(SIZE).await;
-                }
-            };
-            streams.push((Driven::new(future, outbox.clone()), outbox));
-        }
-        // Each stream's body is polled once (its client took one response),
-        // which runs its future as far as the outboxes allow.
-        for (stream, _) in &mut streams {
-            assert_eq!(stream.next().await, Some(SIZE));
-        }
-        let queued: usize = streams.iter().map(|(_, o)| o.lock().bytes).sum();
-        assert!(
-            queued <= (1 << 20) + STREAMS * SIZE,
-            "{queued} bytes queued past the budget"
-        );
-        assert!(queued < STREAMS * (OUT_QUEUE - 1) * SIZE / 2, "{queued}");
-        assert_eq!(used.load(Ordering::Relaxed), queued as u64);
-        // Readers drain them all: nothing lost, the gauge back to zero.
-        let mut total = STREAMS;
-        for (stream, _) in &mut streams {
-            while stream.next().await.is_some() {
-                total += 1;
-            }
-        }
-        assert_eq!(total, STREAMS * OUT_QUEUE);
-        assert_eq!(used.load(Ordering::Relaxed), 0);
-        // Dropped with responses queued: given back too.
-        let outbox = Outbox::<usize>::new(|size| *size, budget.clone());
-        let out = outbox.clone();
-        let mut stream = Driven::new(
-            async move {
-                out.send(SIZE).await;
-                out.send(SIZE).await;
-                std::future::pending::<()>().await
-            },
-            outbox.clone(),
-        );
-        assert_eq!(stream.next().await, Some(SIZE));
-        assert_eq!(used.load(Ordering::Relaxed), SIZE as u64);
-        drop(stream);
-        drop(outbox);
-        assert_eq!(used.load(Ordering::Relaxed), 0);
-    }
-
     #[tokio::test]
     async fn a_full_outbox_waits_for_the_body_and_nothing_is_lost_or_reordered() {
-        let outbox = Outbox::new(|_| 1, unlimited());
+        let outbox = Outbox::new(|_| 1);
         let out = outbox.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(1);
         let future = async move {
@@ -276,7 +170,7 @@ mod tests {
     /// always let in), however many the count would allow.
     #[tokio::test]
     async fn the_outbox_is_bounded_by_bytes() {
-        let outbox = Outbox::<usize>::new(|size| *size, unlimited());
+        let outbox = Outbox::<usize>::new(|size| *size);
         let out = outbox.clone();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let q = queued.clone();
@@ -308,7 +202,7 @@ mod tests {
         }
         let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Flag(dropped.clone());
-        let outbox = Outbox::<u32>::new(|_| 1, unlimited());
+        let outbox = Outbox::<u32>::new(|_| 1);
         let future = async move {
             let _flag = flag;
             std::future::pending::<()>().await;

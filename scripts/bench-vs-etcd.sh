@@ -9,7 +9,8 @@
 #   RUNS=1 DURATION=5s scripts/bench-vs-etcd.sh
 #   WORKLOADS="put-64 get-64" scripts/bench-vs-etcd.sh
 #   WORKLOADS="watch-1 watch-100 watch-1000 watch-10000" scripts/bench-vs-etcd.sh throughput
-#   RSS_KEYS=1000000 scripts/bench-vs-etcd.sh large # put/get, memory, disk at 1M keys
+#   RSS_KEYS=1000000 scripts/bench-vs-etcd.sh large # put/get at 10k then 1M keys (same
+#                                   # cluster, same run: the ratio), memory, disk at 1M
 #   NINES_BEFORE=/path/to/old/nines-server scripts/bench-vs-etcd.sh throughput
 #                                   # also an older nines build, same run (before/after);
 #                                   # NINES_BEFORE_CLI=/path/to/old/nines drives it with
@@ -233,6 +234,14 @@ if [ "$MODE" = all ] || [ "$MODE" = large ]; then
   for target in etcd nines; do
     if [ $target = etcd ]; then eps=$ETCD_ENDPOINTS; pids=("${ETCD_PIDS[@]}"); dir=$DIR/etcd
     else eps=$NINES_ENDPOINTS; pids=("${NINES_PIDS[@]}"); dir=$DIR/nines; fi
+    if [ "$MODE" = large ]; then
+      # The same workloads at 10,000 keys first, on the same cluster in the
+      # same run: the cost of growth is the ratio of the two.
+      for name in put-64 get-64; do
+        settle
+        run_bench $target "$eps" $name >>"$OUT" || echo "{\"name\":\"$name\",\"target\":\"$target\",\"failed\":true}" >>"$OUT"
+      done
+    fi
     echo "== loading $RSS_KEYS keys of 256 B into $target" >&2
     "$NINES" --endpoints "$eps" bench --target $target --workload get-serializable --keys "$RSS_KEYS" \
       --value-size 256 --clients 64 --connections 8 --duration 1s --warmup 0s --quiet -w json >/dev/null
@@ -307,6 +316,12 @@ for r in rows:
 for r in rows:
     if r.get("errors"):
         print(f"{r['name']} {r['target']}: {r['errors']} errors in {r['ops']} ops")
+for target in ("etcd", "nines"):
+    for w in ("put-64", "get-64"):
+        big = [r for r in rows if r["name"].startswith(w + "-") and r["target"] == target and "throughput" in r]
+        if big and runs.get((w, target)):
+            k = big[0]["name"][len(w) + 1:]
+            print(f"{target} {w}: {big[0]['throughput'] / med(w, target, 'ops'):.2f} of its 10,000-key figure at {k} keys")
 for r in rows:
     if r["name"] == "large":
         print(f"after {r['keys']} keys of 256 B, {r['target']}: RSS {r['max_rss_kb'] / 1024:.0f} MiB, "

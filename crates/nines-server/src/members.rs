@@ -221,8 +221,11 @@ impl NodeCore {
             .map_err(|_| ApiError::Timeout(wait))?;
         match m.current_leader {
             Some(id) if id == self.id => Ok(Routed::Local(())),
-            other => Err(ApiError::Precondition(format!(
-                "node {target} campaigned but the leader is {other:?}; retry"
+            Some(other) => Err(ApiError::Precondition(format!(
+                "node {target} campaigned but node {other} won the election; retry"
+            ))),
+            None => Err(ApiError::Precondition(format!(
+                "node {target} campaigned but no leader is known yet; retry"
             ))),
         }
     }

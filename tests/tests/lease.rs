@@ -396,16 +396,8 @@ async fn grants_and_revokes_retried_under_a_session_apply_once() {
 
     // A grant that lets the server pick the id, tried twice.
     let grant = epb::LeaseGrantRequest { ttl: 60, id: 0 };
-    let first = lease(&f)
-        .await
-        .lease_grant(with(grant, 1))
-        .await
-        .unwrap();
-    let again = lease(&l)
-        .await
-        .lease_grant(with(grant, 1))
-        .await
-        .unwrap();
+    let first = lease(&f).await.lease_grant(with(grant, 1)).await.unwrap();
+    let again = lease(&l).await.lease_grant(with(grant, 1)).await.unwrap();
     let id = first.into_inner().id;
     assert_eq!(again.into_inner().id, id, "the retry names the same lease");
     let listed = lease(&f)
@@ -416,11 +408,7 @@ async fn grants_and_revokes_retried_under_a_session_apply_once() {
         .into_inner();
     assert_eq!(listed.leases.len(), 1, "granted once: {listed:?}");
     // A new request of that client (next seq) is a new lease.
-    let other = lease(&f)
-        .await
-        .lease_grant(with(grant, 2))
-        .await
-        .unwrap();
+    let other = lease(&f).await.lease_grant(with(grant, 2)).await.unwrap();
     assert_ne!(other.into_inner().id, id);
 
     // A revoke tried twice: the retry is not "lease not found".

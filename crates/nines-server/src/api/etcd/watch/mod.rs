@@ -37,6 +37,9 @@ pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
 /// Bytes of watched keys and range ends per stream: 40,000 watchers of
 /// 4 KiB keys and ends took 330 MB of one stream, within the count.
 pub const MAX_WATCH_KEY_BYTES_PER_STREAM: usize = 16 << 20;
+/// Requests a stream handles in a row before its watchers get a turn.
+const REQUESTS_PER_POLL: u32 = 32;
+
 /// etcd's `clientv3.InvalidWatchID`: a progress response for the stream.
 const STREAM_WATCH_ID: i64 = -1;
 /// etcd's metadata key for `WithRequireLeader`.
@@ -137,17 +140,24 @@ impl StreamTask {
         let mut leader_check = tokio::time::interval(LEADER_CHECK);
         // Some watcher may have events to read: poll before waiting.
         let mut behind = false;
+        // Requests handled since the watchers were last polled.
+        let mut streak = 0u32;
         loop {
             let step = tokio::select! {
-                // Requests first, so a cancel is not stuck behind events.
+                // Requests first, so a cancel is not stuck behind events;
+                // but a client that keeps requests coming (progress
+                // requests back to back) must not starve its own watchers.
                 biased;
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        behind = true;
-                        self.handle(request).await
+                message = inbound.message(), if !(behind && streak >= REQUESTS_PER_POLL) => {
+                    streak += 1;
+                    match message {
+                        Ok(Some(request)) => {
+                            behind = true;
+                            self.handle(request).await
+                        }
+                        Ok(None) | Err(_) => Err(Gone),
                     }
-                    Ok(None) | Err(_) => Err(Gone),
-                },
+                }
                 changed = fed.changed(), if !behind => match changed {
                     Ok(()) => {
                         behind = true;
@@ -157,13 +167,16 @@ impl StreamTask {
                 },
                 _ = tick.tick() => self.progress_tick().await,
                 _ = leader_check.tick(), if self.require_leader => self.check_leader().await,
-                _ = std::future::ready(()), if behind => match self.poll_all().await {
-                    Ok(still) => {
-                        behind = still;
-                        Ok(())
+                _ = std::future::ready(()), if behind => {
+                    streak = 0;
+                    match self.poll_all().await {
+                        Ok(still) => {
+                            behind = still;
+                            Ok(())
+                        }
+                        Err(gone) => Err(gone),
                     }
-                    Err(gone) => Err(gone),
-                },
+                }
             };
             if step.is_err() {
                 break;

@@ -149,6 +149,10 @@ start_nines() { # [binary] [name] [port base]; name nines-tls turns TLS on
   echo "$name did not become healthy" >&2; exit 1
 }
 
+bench_row() { # target endpoints name: a run that fails is a FAILED row in the summary, not fatal
+  run_bench "$1" "$2" "$3" >>"$OUT" || echo "{\"name\":\"$3\",\"target\":\"$1\",\"failed\":true}" >>"$OUT"
+}
+
 run_bench() { # target endpoints name
   local target=$1 cli=$NINES tls=()
   case $target in
@@ -220,9 +224,7 @@ if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
           nines | nines-etcd-client) eps=$NINES_ENDPOINTS ;;
           nines-before) eps=$BEFORE_ENDPOINTS ;;
         esac
-        # A run that fails is reported in the summary, not fatal to the rest.
-        run_bench "$target" "$eps" "$name" >>"$OUT" ||
-          echo "{\"name\":\"$name\",\"target\":\"$target\",\"failed\":true}" >>"$OUT"
+        bench_row "$target" "$eps" "$name"
       done
     done
   done
@@ -239,7 +241,7 @@ if [ "$MODE" = all ] || [ "$MODE" = large ]; then
       # same run: the cost of growth is the ratio of the two.
       for name in put-64 get-64; do
         settle
-        run_bench $target "$eps" $name >>"$OUT" || echo "{\"name\":\"$name\",\"target\":\"$target\",\"failed\":true}" >>"$OUT"
+        bench_row $target "$eps" $name
       done
     fi
     echo "== loading $RSS_KEYS keys of 256 B into $target" >&2

@@ -197,15 +197,21 @@ impl<'a, E: Engine> Executor<'a, E> {
         };
         let before = self.revision;
         let response = self.execute(&request.command)?;
-        // `execute` bumps the revision exactly when the keys changed. Lease
-        // grants and revokes of a lease without keys change state without
-        // a revision, and running them again would not answer the same
-        // (a second lease, "lease not found"): their answer is kept too.
-        let leases = matches!(
+        // `execute` bumps the revision exactly when the keys changed. A key
+        // command that changed none (a read-only txn, a delete of nothing)
+        // answers the same when run again, so only its sequence is kept.
+        // Every other command changes state without a revision, and run
+        // again would not answer the same (a second lease, "lease not
+        // found", "required revision has been compacted"): kept too.
+        let key_command = matches!(
             request.command,
-            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }
+            Command::Put { .. }
+                | Command::PutKeeping { .. }
+                | Command::Delete { .. }
+                | Command::DeleteRange { .. }
+                | Command::Txn(_)
         );
-        let changed = self.revision != before || leases;
+        let changed = self.revision != before || !key_command;
         self.sessions.record(
             &mut self.overlay,
             self.opts,

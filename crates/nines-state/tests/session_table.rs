@@ -198,3 +198,26 @@ async fn expired_sessions_are_swept_with_their_index() {
         .collect();
     assert!(extra.is_empty(), "index entries left: {}", extra.len());
 }
+
+/// A compaction changes no key, so no revision, but running it again does
+/// not answer the same ("required revision has been compacted"): under a
+/// session its answer is kept like a write's, so a retry gets it back.
+#[tokio::test]
+async fn a_retried_compaction_answers_as_the_first_try() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    for i in 0..3 {
+        a.cmd(put(&format!("k{i}"), "v")).await;
+    }
+    let compact = || nines_types::Command::Compact {
+        revision: 2,
+        physical: false,
+    };
+    let first = a.apply(Request::with_session(compact(), 7, 1)).await;
+    assert!(
+        matches!(first.result, CommandResult::Compacted { revision: 2 }),
+        "{first:?}"
+    );
+    let retry = a.apply(Request::with_session(compact(), 7, 1)).await;
+    assert_eq!(retry.result, first.result, "the retry's answer");
+}

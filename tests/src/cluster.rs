@@ -162,6 +162,20 @@ impl Cluster {
         }
     }
 
+    /// Bootstraps with `--initial-cluster id=peer,...` (etcd's form: no
+    /// client addresses), so members forward to each other's peer ports.
+    /// Call after `prepare`, before spawning.
+    pub fn bootstrap_with_peer_addrs_only(&mut self) {
+        let initial: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect();
+        for node in &mut self.nodes {
+            node.bootstrap = vec!["--initial-cluster".into(), initial.join(",")];
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

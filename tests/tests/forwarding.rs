@@ -113,3 +113,83 @@ async fn the_peer_port_serves_only_calls_forwarded_by_members() {
     let kv = cluster.client().get("k").await.expect("get").expect("k");
     assert_eq!(kv.value, b"v", "nothing written through the peer port");
 }
+
+/// etcd's `--initial-cluster` names peer addresses only: members then
+/// forward to each other's peer ports, which must serve every service that
+/// forwards. Lease, Auth and Lock were missing there: every lease grant
+/// through a follower answered UNIMPLEMENTED (found by the chaos harness,
+/// whose clusters start this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_know_only_peer_addresses_forward_every_service() {
+    use nines_client::proto::auth_client::AuthClient;
+    use nines_client::proto::etcd::v3lockpb::{lock_client::LockClient, LockRequest};
+    use nines_client::proto::lease_client::LeaseClient;
+
+    let mut cluster = Cluster::prepare(ClusterOptions::default());
+    cluster.bootstrap_with_peer_addrs_only();
+    cluster.spawn_all();
+    let leader = cluster.stable_leader(LONG).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let addr = format!("http://{}", cluster.node(follower).client_addr);
+    let channel = tonic::transport::Channel::from_shared(addr)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to a follower");
+
+    let mut lease = LeaseClient::new(channel.clone());
+    let grant = lease
+        .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .expect("lease grant through a follower")
+        .into_inner();
+    assert!(grant.id > 0 && grant.ttl >= 60, "{grant:?}");
+    let ttl = lease
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: grant.id,
+            keys: false,
+        })
+        .await
+        .expect("time-to-live through a follower")
+        .into_inner();
+    assert_eq!(ttl.id, grant.id);
+    assert!(ttl.ttl > 0, "{ttl:?}");
+    let requests = tonic::codegen::tokio_stream::once(pb::LeaseKeepAliveRequest { id: grant.id });
+    let mut answers = lease
+        .lease_keep_alive(requests)
+        .await
+        .expect("keepalive stream through a follower")
+        .into_inner();
+    let renewed = answers
+        .message()
+        .await
+        .expect("keepalive answer")
+        .expect("one keepalive answer");
+    assert!(renewed.ttl > 0, "{renewed:?}");
+
+    let locked = LockClient::new(channel.clone())
+        .lock(LockRequest {
+            name: b"peer-only".to_vec(),
+            lease: grant.id,
+        })
+        .await
+        .expect("lock through a follower")
+        .into_inner();
+    assert!(locked.key.starts_with(b"peer-only/"), "{locked:?}");
+
+    AuthClient::new(channel.clone())
+        .user_add(pb::AuthUserAddRequest {
+            name: "peer-only".into(),
+            password: "secret".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("user add through a follower");
+
+    lease
+        .lease_revoke(pb::LeaseRevokeRequest { id: grant.id })
+        .await
+        .expect("revoke through a follower");
+    let gone = cluster.client().get("peer-only/").await.expect("get");
+    assert!(gone.is_none());
+}

@@ -404,7 +404,8 @@ async fn serve_peer(
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    // What a member forwards here for a leader with no client address.
+    // What a member forwards here for a leader with no client address
+    // (every service that forwards: see `api::forward`).
     let etcd = crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES);
     let result = h2_server()
         .add_service(raft)
@@ -420,6 +421,13 @@ async fn serve_peer(
             admin_server(&core),
             member_only(&core),
         ))
+        // Lease, Auth and Lock calls are forwarded to the leader too; with
+        // these missing, a cluster whose members know only each other's
+        // peer addresses (etcd's `--initial-cluster` form) answered every
+        // lease grant through a follower UNIMPLEMENTED.
+        .add_service(InterceptedService::new(etcd.lease, member_only(&core)))
+        .add_service(InterceptedService::new(etcd.auth, member_only(&core)))
+        .add_service(InterceptedService::new(etcd.lock, member_only(&core)))
         .serve_with_incoming_shutdown(
             incoming(
                 listener,

@@ -237,6 +237,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     let ops = history::pair(&history.events());
     let mut verdicts = BTreeMap::new();
+    let refused = report::unimplemented(&ops);
+    if !refused.is_empty() {
+        crashes.push(format!("calls answered UNIMPLEMENTED: {refused:?}"));
+    }
     let mut valid = crashes.is_empty();
     let budget = Duration::from_secs(args.check_budget_secs);
     let register = workload_list.contains(&Workload::Register).then(|| {

@@ -64,7 +64,8 @@ pub struct Report {
     pub max_recovery_ms: Option<f64>,
     pub median_recovery_ms: Option<f64>,
     pub availability: f64,
-    /// Server processes that exited on their own.
+    /// Server processes that exited on their own, and calls a server
+    /// refused as unimplemented.
     pub crashes: Vec<String>,
     pub proxy: BTreeMap<String, u64>,
     pub valid: bool,
@@ -110,6 +111,27 @@ pub fn count_ops(ops: &[Op]) -> (BTreeMap<String, BTreeMap<String, usize>>, usiz
         ok as f64 / total as f64
     };
     (counts, total, rate)
+}
+
+/// How tonic shows `Code::Unimplemented` in an error's text.
+const UNIMPLEMENTED: &str = "Operation is not implemented or not supported";
+
+/// Calls the server answered UNIMPLEMENTED, per kind of op: a server that
+/// refuses a call it serves elsewhere (a forward to a port without the
+/// service) is a defect no fault explains, and a workload that cannot run
+/// proves nothing.
+pub fn unimplemented(ops: &[Op]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for op in ops {
+        if op
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(UNIMPLEMENTED))
+        {
+            *counts.entry(name(&op.f)).or_default() += 1;
+        }
+    }
+    counts
 }
 
 /// Unavailability windows and availability over `duration_ns`.
@@ -322,7 +344,7 @@ impl Report {
             self.availability * 100.0
         );
         if !self.crashes.is_empty() {
-            println!("server crashes: {:?}", self.crashes);
+            println!("server defects: {:?}", self.crashes);
         }
         println!("proxy: {:?}", self.proxy);
         println!("run dir: {}", self.run_dir);
@@ -347,6 +369,16 @@ mod tests {
             end,
             error: None,
         }
+    }
+
+    #[test]
+    fn calls_answered_unimplemented_are_counted_per_kind() {
+        let mut refused = op(1, F::Lease, Phase::Fail, 0, Some(1));
+        refused.error = Some(format!("{}", tonic::Status::unimplemented("")));
+        let mut other = op(2, F::Write, Phase::Fail, 0, Some(1));
+        other.error = Some("status: Unavailable".into());
+        let counts = unimplemented(&[refused, other, op(3, F::Read, Phase::Ok, 0, Some(1))]);
+        assert_eq!(counts, BTreeMap::from([("lease".to_string(), 1)]));
     }
 
     #[test]

@@ -448,4 +448,46 @@ mod tests {
             "the silent connection's slot was not freed"
         );
     }
+
+    #[tokio::test]
+    async fn a_flush_waits_a_round_while_writes_keep_coming_and_then_sends_everything() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Incoming::new(listener, "test", 1, None);
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // A plain connection is handed over once it sent something.
+        client.write_all(b"?").await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut flush = |conn: &mut Conn| Pin::new(conn).poll_flush(&mut cx).is_ready();
+        conn.write_all(b"one ").await.unwrap();
+        assert!(!flush(&mut conn), "the first flush is put off");
+        conn.write_all(b"two ").await.unwrap();
+        assert!(!flush(&mut conn), "more came: put off again");
+        assert!(flush(&mut conn), "nothing more: sent");
+        let mut got = vec![0u8; 8];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one two ");
+        // Bounded: a steady trickle still goes out after MAX_DEFERRALS rounds.
+        let mut rounds = 0;
+        loop {
+            conn.write_all(b"x").await.unwrap();
+            if flush(&mut conn) {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds <= MAX_DEFERRALS, "flush never sent");
+        }
+        // And what is gathered goes out on shutdown.
+        conn.write_all(b"end").await.unwrap();
+        std::future::poll_fn(|cx| Pin::new(&mut conn).poll_shutdown(cx))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.len(), rounds as usize + 1 + 3);
+        assert!(rest.ends_with(b"end"));
+    }
 }

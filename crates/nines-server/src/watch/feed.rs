@@ -8,8 +8,9 @@
 //! watcher never holds memory here.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use nines_state::{Change, StateError, StateReader};
 use tokio::sync::watch;
@@ -46,6 +47,9 @@ pub struct Feed {
     /// nothing while no one does); `watch_history_reads` counts its reads.
     counters: Arc<Counters>,
     max_bytes: usize,
+    /// When `fed` last moved, in nanoseconds since `born`.
+    fed_at: AtomicU64,
+    born: Instant,
 }
 
 /// Bytes read from the store per step of the feed.
@@ -58,6 +62,8 @@ impl Feed {
             fed: watch::Sender::new(start),
             counters,
             max_bytes,
+            fed_at: AtomicU64::new(0),
+            born: Instant::now(),
         })
     }
 
@@ -67,6 +73,18 @@ impl Feed {
 
     pub fn fed(&self) -> i64 {
         *self.fed.borrow()
+    }
+
+    /// How long ago the newest revision was fed: a stream that finds it
+    /// old when it polls was not run for that long.
+    pub fn age(&self) -> Duration {
+        let at = Duration::from_nanos(self.fed_at.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(at)
+    }
+
+    fn moved(&self) {
+        let now = self.born.elapsed().as_nanos() as u64;
+        self.fed_at.store(now, Ordering::Relaxed);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {
@@ -106,6 +124,7 @@ impl Feed {
             }
         }
         // Sent under the ring lock: the contiguity check above reads it.
+        self.moved();
         self.fed.send_replace(through);
     }
 
@@ -119,6 +138,7 @@ impl Feed {
         }
         ring.batches.clear();
         ring.bytes = 0;
+        self.moved();
         self.fed.send_replace(revision);
     }
 

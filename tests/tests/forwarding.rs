@@ -193,3 +193,66 @@ async fn members_that_know_only_peer_addresses_forward_every_service() {
     let gone = cluster.client().get("peer-only/").await.expect("get");
     assert!(gone.is_none());
 }
+
+/// A member bootstrapped from peer addresses alone publishes its client
+/// address once it runs, as an etcd member does: every member is then
+/// listed with its client URL (not as unstarted). Publishing is a member's
+/// own act on the peer port: a client cannot set a member's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_bootstrapped_from_peer_addresses_publish_their_client_addresses() {
+    use nines_client::proto::v1::admin_client::AdminClient;
+    use nines_client::proto::v1::PublishRequest;
+
+    let mut cluster = Cluster::prepare(ClusterOptions::default());
+    cluster.bootstrap_with_peer_addrs_only();
+    cluster.spawn_all();
+    cluster.stable_leader(LONG).await;
+    let expected: Vec<(u64, String)> = (1..=3)
+        .map(|id| (id, format!("http://{}", cluster.node(id).client_addr)))
+        .collect();
+    let deadline = Instant::now() + LONG;
+    loop {
+        let listed = cluster.client().member_list().await.map(|r| {
+            let mut members: Vec<(u64, Vec<String>, String)> = r
+                .members
+                .into_iter()
+                .map(|m| (m.id, m.client_ur_ls, m.name))
+                .collect();
+            members.sort();
+            members
+        });
+        let published = listed.as_ref().is_ok_and(|members| {
+            members.len() == 3
+                && members
+                    .iter()
+                    .zip(&expected)
+                    .all(|((id, urls, name), (want_id, url))| {
+                        id == want_id && urls == std::slice::from_ref(url) && !name.is_empty()
+                    })
+        });
+        if published {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client addresses not published: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Through a client port, even with a member's forwarding marks.
+    let addr = format!("http://{}", cluster.node(1).client_addr);
+    let mut admin = AdminClient::connect(addr).await.expect("connect");
+    let mut request = tonic::Request::new(PublishRequest {
+        id: 2,
+        api_addr: "127.0.0.1:1".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-nines-forwarded", "1".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-nines-from", "2".parse().unwrap());
+    let refused = admin.publish(request).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+}

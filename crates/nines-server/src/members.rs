@@ -149,6 +149,31 @@ impl NodeCore {
         self.change(change, forwarded).await
     }
 
+    /// Member `id`'s client address as that member reports it (see
+    /// `api::admin::publish`). The leader only: the member retries.
+    pub async fn publish_client_addr(
+        &self,
+        id: NodeId,
+        api_addr: &str,
+        forwarded: bool,
+    ) -> Result<Routed<()>, ApiError> {
+        if let Some(leader) = self.leader_elsewhere(forwarded)? {
+            return Ok(Routed::Forward(leader));
+        }
+        let _guard = self.change_lock().await?;
+        let current = self.membership();
+        let existing = current
+            .get_node(&id)
+            .ok_or(MembershipError::NotMember(id))?;
+        if existing.api_addr == api_addr {
+            return Ok(Routed::Local(()));
+        }
+        membership::validate_member(id, &existing.raft_addr, api_addr)?;
+        let node = Node::new(existing.raft_addr.clone(), api_addr);
+        self.change(Change::SetNodes(BTreeMap::from([(id, node)])), forwarded)
+            .await
+    }
+
     /// etcd's MemberUpdate: moves member `id` to another peer address (its
     /// client address stays). Not probed, as in etcd: the member is usually
     /// restarted on the new address after the update.

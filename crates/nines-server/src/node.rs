@@ -210,6 +210,10 @@ impl NinesNode {
             core.clone(),
             stopped.clone(),
         )));
+        servers.push(tokio::spawn(crate::api::publish(
+            core.clone(),
+            stopped.clone(),
+        )));
         servers.push(tokio::spawn(crate::auto_compact::run(
             core.clone(),
             config.auto_compaction,
@@ -449,8 +453,11 @@ fn member_only(
     core: &Arc<NodeCore>,
 ) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     let core = core.clone();
-    move |request: tonic::Request<()>| {
-        crate::api::forward::check_forwarded_by_member(&core, request.metadata())?;
+    move |mut request: tonic::Request<()>| {
+        let from = crate::api::forward::check_forwarded_by_member(&core, request.metadata())?;
+        request
+            .extensions_mut()
+            .insert(crate::api::forward::PeerMember(from));
         Ok(request)
     }
 }

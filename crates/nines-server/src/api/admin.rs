@@ -4,11 +4,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nines_proto::admin_client::AdminClient;
 use nines_proto::admin_server::Admin;
 use nines_proto::{self as pb};
 use nines_types::{Header, Node};
+use tokio::sync::watch;
 use tonic::{Response, Status};
 
 use super::forward::{self, is_forwarded};
@@ -54,6 +56,30 @@ impl Admin for AdminService {
                 let call = |ch, r| async move { AdminClient::new(ch).lease_renew(r).await };
                 forward::to_leader(&self.core, &leader, m, None, call).await
             }
+        }
+    }
+
+    /// A member's own client address, on the peer port (see `publish`).
+    async fn publish(
+        &self,
+        request: tonic::Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let sender = request.extensions().get::<forward::PeerMember>().copied();
+        let m = request.into_inner();
+        if sender.map(|s| s.0) != Some(m.id) {
+            return Err(Status::permission_denied(
+                "a member publishes only its own client address, on the peer port",
+            ));
+        }
+        match self
+            .core
+            .publish_client_addr(m.id, &m.api_addr, true)
+            .await?
+        {
+            Routed::Local(()) => Ok(Response::new(pb::PublishResponse {
+                header: self.header(),
+            })),
+            Routed::Forward(_) => Err(Status::unavailable("not the leader")),
         }
     }
 
@@ -105,5 +131,62 @@ impl Admin for AdminService {
             leader_changes: c.leader_changes.load(Ordering::Relaxed),
             leaderless_ms: c.leaderless_ms.load(Ordering::Relaxed),
         }))
+    }
+}
+
+/// How often a member checks that the membership has its client address.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps this member's client address in the membership, as an etcd member
+/// publishes its client URLs once started: a member bootstrapped from peer
+/// addresses alone is otherwise listed as unstarted, and every call for the
+/// leader reaches it through a forward (clients cannot find its client
+/// port). Sent to the leader's peer port; nothing once it is there.
+pub async fn publish(core: Arc<NodeCore>, mut stopped: watch::Receiver<bool>) {
+    let mine = core.config.node.api_addr.clone();
+    let unspecified = mine
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_unspecified());
+    if unspecified {
+        // Peers would reach themselves, and clients nothing.
+        tracing::warn!(addr = %mine, "not publishing a wildcard client address; set --advertise-client");
+        return;
+    }
+    if mine.is_empty() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PUBLISH_EVERY) => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+        let known = core
+            .membership()
+            .get_node(&core.id)
+            .map(|n| n.api_addr.clone());
+        if known.is_none_or(|addr| addr == mine) {
+            continue;
+        }
+        let published = match core.publish_client_addr(core.id, &mine, false).await {
+            Ok(Routed::Local(())) => Ok(()),
+            Ok(Routed::Forward(leader)) => {
+                let message = pb::PublishRequest {
+                    id: core.id,
+                    api_addr: mine.clone(),
+                };
+                let call = |ch, r| async move { AdminClient::new(ch).publish(r).await };
+                forward::to_peer_port(&core, &leader, message, call)
+                    .await
+                    .map(drop)
+            }
+            Err(e) => Err(Status::from(e)),
+        };
+        match published {
+            Ok(()) => tracing::info!(addr = %mine, "published this member's client address"),
+            Err(e) => tracing::debug!(error = %e, "publishing the client address failed; retrying"),
+        }
     }
 }

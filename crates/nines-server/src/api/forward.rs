@@ -165,7 +165,7 @@ fn note_failure(core: &NodeCore, target: &Node, status: &Status) {
 
 /// The peer port serves client calls only when a member of this cluster
 /// forwarded them: a firewalled client port must not be bypassed there.
-pub fn check_forwarded_by_member(core: &NodeCore, metadata: &MetadataMap) -> Result<(), ApiError> {
+pub fn check_forwarded_by_member(core: &NodeCore, metadata: &MetadataMap) -> Result<u64, ApiError> {
     let number = |name: &str| -> Option<u64> { metadata.get(name)?.to_str().ok()?.parse().ok() };
     let denied = |why: &str| Err(ApiError::NotForwarded(why.to_string()));
     if !metadata.contains_key(FORWARDED_HEADER) {
@@ -180,5 +180,27 @@ pub fn check_forwarded_by_member(core: &NodeCore, metadata: &MetadataMap) -> Res
     if !core.is_member(from) {
         return denied(&format!("node {from} is not a member of this cluster"));
     }
-    Ok(())
+    Ok(from)
+}
+
+/// Set on a call that arrived on the peer port from member `.0` (checked
+/// by [`check_forwarded_by_member`]); never on a client-port call.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerMember(pub u64);
+
+/// Sends `message` to `member`'s peer port, marked as this member's.
+pub async fn to_peer_port<Req, Resp, Fut>(
+    core: &NodeCore,
+    member: &Node,
+    message: Req,
+    call: impl FnOnce(Channel, tonic::Request<Req>) -> Fut,
+) -> Result<Response<Resp>, Status>
+where
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    let channel = core
+        .pool
+        .peer(&member.raft_addr)
+        .map_err(|e| ApiError::Internal(format!("bad address {:?}: {e}", member.raft_addr)))?;
+    call(channel, marked(core, message, None)).await
 }

@@ -8,4 +8,4 @@ pub mod convert;
 pub mod etcd;
 pub mod forward;
 
-pub use admin::AdminService;
+pub use admin::{publish, AdminService};

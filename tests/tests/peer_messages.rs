@@ -321,7 +321,9 @@ impl pb::v1::raft_server::Raft for HostileLearner {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_index_requests_are_answered_only_for_members() {
     let cluster = Cluster::start(ClusterOptions::default());
-    let leader = cluster.wait_leader(LONG).await;
+    // Stable: in the full suite an election right after start moved the
+    // leadership, and the member asked answered READ_INDEX_NOT_LEADER.
+    let leader = cluster.stable_leader(LONG).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let status = cluster.status(leader).await.expect("status");
     let cluster_id = status.header.expect("header").cluster_id;

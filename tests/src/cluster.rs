@@ -135,7 +135,7 @@ impl Cluster {
             .prefix("nines-cluster")
             .tempdir()
             .expect("tempdir");
-        let mut nodes: Vec<NodeProc> = (1..=options.nodes)
+        let nodes: Vec<NodeProc> = (1..=options.nodes)
             .map(|id| NodeProc {
                 id,
                 client_addr: format!("127.0.0.1:{}", free_port()),
@@ -147,18 +147,21 @@ impl Cluster {
                 nofile_limit: None,
             })
             .collect();
-        let initial: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("{}={}/{}", n.id, n.peer_addr, n.client_addr))
-            .collect();
-        for node in &mut nodes {
-            node.bootstrap = vec!["--initial-cluster".into(), initial.join(",")];
-        }
-        Cluster {
+        let mut cluster = Cluster {
             nodes,
             options,
             dir,
             client_tls: None,
+        };
+        cluster.bootstrap_with(|n| format!("{}={}/{}", n.id, n.peer_addr, n.client_addr));
+        cluster
+    }
+
+    /// Every node bootstraps with `--initial-cluster`, one `entry` per node.
+    fn bootstrap_with(&mut self, entry: impl Fn(&NodeProc) -> String) {
+        let initial: Vec<String> = self.nodes.iter().map(entry).collect();
+        for node in &mut self.nodes {
+            node.bootstrap = vec!["--initial-cluster".into(), initial.join(",")];
         }
     }
 
@@ -166,14 +169,7 @@ impl Cluster {
     /// client addresses), so members forward to each other's peer ports.
     /// Call after `prepare`, before spawning.
     pub fn bootstrap_with_peer_addrs_only(&mut self) {
-        let initial: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.peer_addr))
-            .collect();
-        for node in &mut self.nodes {
-            node.bootstrap = vec!["--initial-cluster".into(), initial.join(",")];
-        }
+        self.bootstrap_with(|n| format!("{}={}", n.id, n.peer_addr));
     }
 
     pub fn dir(&self) -> &Path {

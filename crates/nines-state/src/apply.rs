@@ -203,15 +203,7 @@ impl<'a, E: Engine> Executor<'a, E> {
         // Every other command changes state without a revision, and run
         // again would not answer the same (a second lease, "lease not
         // found", "required revision has been compacted"): kept too.
-        let key_command = matches!(
-            request.command,
-            Command::Put { .. }
-                | Command::PutKeeping { .. }
-                | Command::Delete { .. }
-                | Command::DeleteRange { .. }
-                | Command::Txn(_)
-        );
-        let changed = self.revision != before || !key_command;
+        let changed = self.revision != before || !request.command.is_key_command();
         self.sessions.record(
             &mut self.overlay,
             self.opts,

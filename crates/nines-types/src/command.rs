@@ -271,6 +271,25 @@ pub struct Keep {
 }
 
 impl Command {
+    /// Whether it only reads and writes keys, so that a try that changed
+    /// no key (a read-only txn, a delete of nothing) answers the same when
+    /// run again. Every other command changes state without a revision.
+    pub fn is_key_command(&self) -> bool {
+        match self {
+            Command::Put { .. }
+            | Command::PutKeeping { .. }
+            | Command::Delete { .. }
+            | Command::DeleteRange { .. }
+            | Command::Txn(_) => true,
+            Command::Batch(_)
+            | Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseCheckpoint(_)
+            | Command::Auth(_) => false,
+        }
+    }
+
     /// Whether applying it can add data to the store: what a full store
     /// refuses (etcd's quota: puts, and txns holding a put in either branch).
     /// Deletes and compactions free space, so they always pass.

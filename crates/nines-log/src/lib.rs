@@ -124,6 +124,20 @@ impl LogStore {
         Ok(last.or(purged))
     }
 
+    /// The highest index to purge so that the entries kept at or below
+    /// `upto` (a snapshot's last index) number at most `max_entries` and
+    /// take at most `max_bytes` on disk; None when nothing is to purge.
+    /// Entries kept behind a snapshot let a lagging follower catch up from
+    /// the log instead of installing the snapshot.
+    pub fn purge_point(
+        &self,
+        upto: u64,
+        max_entries: u64,
+        max_bytes: u64,
+    ) -> Result<Option<u64>, LogError> {
+        self.wal.purge_point(upto, max_entries, max_bytes)
+    }
+
     /// Number of segment files currently in use (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.wal.read_index().map_or(0, |idx| idx.segments.len())

@@ -308,6 +308,37 @@ impl Wal {
         Ok((idx.purged, idx.last_log_id()))
     }
 
+    /// The highest index to purge so that the entries kept at or below
+    /// `upto` number at most `max_entries` and take at most `max_bytes`;
+    /// None when nothing below them is left to purge.
+    pub(crate) fn purge_point(
+        &self,
+        upto: u64,
+        max_entries: u64,
+        max_bytes: u64,
+    ) -> Result<Option<u64>, LogError> {
+        let idx = self.read_index()?;
+        let Some(last) = idx.last_entry() else {
+            return Ok(None);
+        };
+        let upto = upto.min(last.index);
+        if upto < idx.first {
+            return Ok(None);
+        }
+        // Walk back from `upto` while the kept tail stays within both bounds.
+        let (mut oldest_kept, mut kept, mut bytes) = (upto + 1, 0u64, 0u64);
+        for loc in idx.locs.range(..=(upto - idx.first) as usize).rev() {
+            let len = u64::from(loc.len);
+            if kept >= max_entries || bytes + len > max_bytes {
+                break;
+            }
+            kept += 1;
+            bytes += len;
+            oldest_kept = loc.log_id.index;
+        }
+        Ok((oldest_kept > idx.first).then(|| oldest_kept - 1))
+    }
+
     /// Removes entries with index >= `index`.
     pub(crate) fn truncate(&self, index: u64) -> Result<(), LogError> {
         let mut w = self.lock_writer()?;

@@ -344,3 +344,35 @@ fn a_restored_log_starts_empty_after_the_restored_entry() {
         ));
     });
 }
+
+#[test]
+fn purge_point_keeps_a_tail_bounded_by_entries_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        assert_eq!(s.purge_point(10, 5, u64::MAX).unwrap(), None);
+        // Equal values: every record has the same length.
+        let batch: Vec<_> = (1..101).map(|i| entry(1, i, b"0123456789")).collect();
+        append(&mut s, batch).await;
+        // By entries: keep 81..=90 below a snapshot at 90.
+        assert_eq!(s.purge_point(90, 10, u64::MAX).unwrap(), Some(80));
+        assert_eq!(s.purge_point(90, 0, u64::MAX).unwrap(), Some(90));
+        // More kept than exist: nothing to purge.
+        assert_eq!(s.purge_point(90, 1_000, u64::MAX).unwrap(), None);
+        // A snapshot past the last entry counts from the last entry.
+        assert_eq!(s.purge_point(500, 10, u64::MAX).unwrap(), Some(90));
+        // By bytes: what one record takes, times three, keeps three.
+        // One record's length: the smallest byte budget that keeps one.
+        let one = (1..10_000u64)
+            .find(|&b| s.purge_point(90, u64::MAX, b).unwrap() == Some(89))
+            .unwrap();
+        assert_eq!(s.purge_point(90, u64::MAX, one - 1).unwrap(), Some(90));
+        assert_eq!(s.purge_point(90, u64::MAX, one * 3).unwrap(), Some(87));
+        assert_eq!(s.purge_point(90, u64::MAX, one * 3 - 1).unwrap(), Some(88));
+        assert_eq!(s.purge_point(90, 2, one * 3).unwrap(), Some(88));
+        // After a purge, the bound counts from what is left.
+        s.purge(log_id(1, 50)).await.unwrap();
+        assert_eq!(s.purge_point(60, 20, u64::MAX).unwrap(), None);
+        assert_eq!(s.purge_point(60, 5, u64::MAX).unwrap(), Some(55));
+    });
+}

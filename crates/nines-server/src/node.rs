@@ -116,7 +116,7 @@ impl NinesNode {
             config.id,
             cluster_id,
             raft.clone(),
-            log,
+            log.clone(),
             raft_pool,
             &config.raft,
         ));
@@ -203,7 +203,12 @@ impl NinesNode {
         servers.push(raft_runtime.handle().spawn(crate::snapshot_policy::run(
             raft.clone(),
             core.reader.clone(),
+            log.clone(),
             config.snapshot_entries,
+            crate::snapshot_policy::Keep {
+                entries: config.snapshot_keep_entries,
+                bytes: config.snapshot_keep_bytes,
+            },
             stopped.clone(),
         )));
         servers.push(tokio::spawn(crate::lease::run::run(

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use nines_log::LogStore;
 use nines_state::StateReader;
 use nines_types::Raft;
 use tokio::sync::watch;
@@ -30,10 +31,27 @@ pub fn due(entries_since: u64, written_since: u64, data_bytes: u64, every: u64) 
             || entries_since >= every.saturating_mul(ENTRY_CAP_FACTOR))
 }
 
-/// Asks openraft for a snapshot whenever [`due`] says so, until `stop`.
-pub async fn run(raft: Raft, reader: StateReader, every: u64, mut stop: watch::Receiver<bool>) {
+/// How much log to keep behind a snapshot, at most.
+#[derive(Clone, Copy, Debug)]
+pub struct Keep {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Asks openraft for a snapshot whenever [`due`] says so, and purges the
+/// log behind each new snapshot down to what [`Keep`] allows, until `stop`.
+pub async fn run(
+    raft: Raft,
+    reader: StateReader,
+    log: LogStore,
+    every: u64,
+    keep: Keep,
+    mut stop: watch::Receiver<bool>,
+) {
     // Bytes written as of the last request (the counter starts at open).
     let mut mark = 0u64;
+    // The snapshot the log was last purged behind.
+    let mut purged_behind = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -48,6 +66,20 @@ pub async fn run(raft: Raft, reader: StateReader, every: u64, mut stop: watch::R
             let index = |l: Option<nines_types::LogId>| l.map(|l| l.index).unwrap_or(0);
             (index(m.last_applied), index(m.snapshot))
         };
+        if snapshot > 0 && purged_behind != Some(snapshot) {
+            purged_behind = Some(snapshot);
+            // Any snapshot counts: built here, asked for by an admin, installed.
+            match log.purge_point(snapshot, keep.entries, keep.bytes) {
+                Ok(Some(upto)) => {
+                    if raft.trigger().purge_log(upto).await.is_err() {
+                        return; // shutting down
+                    }
+                }
+                Ok(None) => {}
+                // The log store reports fatal errors to openraft itself.
+                Err(e) => tracing::warn!(error = %e, "cannot compute the log purge point"),
+            }
+        }
         let written = reader.written_bytes();
         let since = applied.saturating_sub(snapshot);
         if !due(

@@ -60,7 +60,7 @@ if [[ -n "$dir" ]]; then
   echo
   echo "report:  $dir/report.json"
   echo "history: $dir/history.jsonl"
-  echo "logs:    $dir/n*.log"
+  echo "logs:    $dir/node*.log"
 fi
 echo "console: $out"
 exit "$status"

@@ -1,73 +1,32 @@
-//! Real `nines-server` processes on loopback: start, kill -9, pause,
-//! wipe, restart. Dropping the cluster SIGKILLs every child (SIGCONT first,
-//! so a paused one is not left behind), which also covers panics and Ctrl-C.
+//! The chaos cluster: real `nines-server` processes from the test
+//! harness (`nines_tests::Cluster`, the one place servers are spawned),
+//! laid out so that every peer connection crosses the fault-injecting
+//! proxy. Dropping it kills every server (SIGCONT first for a paused one),
+//! which also covers panics and Ctrl-C.
 
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use nines_client::Client;
+use nines_tests::cluster::{free_port, NodeProc};
+use nines_tests::ClusterOptions;
 
 use crate::proxy::{source_ip, Proxy};
 
-/// `--server-bin`, else `nines-server` from target/release then
-/// target/debug next to the harness binary.
+/// `--server-bin`, else `NINES_SERVER_BIN`, else `nines-server` built
+/// next to the harness binary.
 pub fn find_server_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let mut candidates = Vec::new();
-    // exe is target/<profile>/nines-jepsen: look in target/{release,debug}.
-    if let Some(target) = exe.parent().and_then(Path::parent) {
-        candidates.push(target.join("release/nines-server"));
-        candidates.push(target.join("debug/nines-server"));
-    }
-    candidates.push(PathBuf::from("target/release/nines-server"));
-    candidates.push(PathBuf::from("target/debug/nines-server"));
-    candidates
-        .into_iter()
-        .find(|p| p.exists())
-        .context("nines-server not found; build it (cargo build --release -p nines-server) or pass --server-bin")
-}
-
-/// A listen address outside the ephemeral port range (see `free_port`).
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(SocketAddr::from((
-        [127, 0, 0, 1],
-        nines_tests::cluster::free_port(),
-    )))
-}
-
-pub struct Node {
-    pub id: u64,
-    /// Clients talk to this directly (never partitioned).
-    pub client_addr: String,
-    /// The real peer listener.
-    pub peer_listen: SocketAddr,
-    /// The proxy in front of it: what every other node dials.
-    pub peer_addr: String,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
-    /// Pass --initial-cluster when spawning. Cleared once the data dir is
-    /// wiped: a fresh node must wait to be added, not bootstrap a new cluster.
-    pub bootstrap: bool,
-    child: Option<Child>,
-    pub paused: bool,
+    nines_tests::cluster::find_server_binary(explicit).map_err(anyhow::Error::msg)
 }
 
 pub struct Cluster {
-    bin: PathBuf,
-    pub nodes: Vec<Node>,
-    initial_cluster: String,
-    extra_args: Vec<String>,
+    inner: nines_tests::Cluster,
 }
 
 impl Cluster {
-    /// Lays out `n` nodes under `dir` and routes their peer ports through `proxy`.
+    /// Lays out `n` nodes under `dir` and routes their peer ports through
+    /// `proxy`. Clients talk to client ports directly (never partitioned).
     pub async fn new(
         bin: PathBuf,
         n: u64,
@@ -75,183 +34,83 @@ impl Cluster {
         proxy: &mut Proxy,
         extra_args: Vec<String>,
     ) -> anyhow::Result<Cluster> {
-        let mut nodes = Vec::new();
-        for id in 1..=n {
-            let peer_listen = free_addr()?;
-            let via = proxy.add_route(id, peer_listen).await?;
-            nodes.push(Node {
-                id,
-                client_addr: free_addr()?.to_string(),
-                peer_listen,
-                peer_addr: via.to_string(),
-                data_dir: dir.join(format!("n{id}")),
-                log: dir.join(format!("n{id}.log")),
-                bootstrap: true,
-                child: None,
-                paused: false,
-            });
+        let options = ClusterOptions {
+            nodes: n,
+            args: extra_args,
+        };
+        let mut inner = nines_tests::Cluster::prepare_in(options, dir, bin);
+        // Servers are spawned from tokio workers, which live as long as
+        // the harness: if it is killed, its servers go with it.
+        inner.die_with_spawner = true;
+        for node in &mut inner.nodes {
+            let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let via = proxy.add_route(node.id, listen).await?;
+            node.peer_listen = Some(listen.to_string());
+            node.peer_addr = via.to_string();
+            node.extra_args = vec!["--peer-source-ip".into(), source_ip(node.id).to_string()];
         }
         // No client address: forwarding and leader hints then use the peer
         // address, so they cross the proxy too.
-        let initial_cluster = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.peer_addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        Ok(Cluster {
-            bin,
-            nodes,
-            initial_cluster,
-            extra_args,
-        })
+        inner.bootstrap_with_peer_addrs_only();
+        Ok(Cluster { inner })
     }
 
-    pub fn node(&self, id: u64) -> &Node {
-        &self.nodes[(id - 1) as usize]
-    }
-
-    fn node_mut(&mut self, id: u64) -> &mut Node {
-        &mut self.nodes[(id - 1) as usize]
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.inner.node(id)
     }
 
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.inner.nodes.iter().map(|n| n.id).collect()
     }
 
     pub fn client_addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+        self.inner.endpoints()
     }
 
     pub fn is_running(&self, id: u64) -> bool {
-        self.node(id).child.is_some()
+        self.inner.is_running(id)
     }
 
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let bin = self.bin.clone();
-        let initial = self.initial_cluster.clone();
-        let extra = self.extra_args.clone();
-        let node = self.node_mut(id);
-        if node.child.is_some() {
-            bail!("node {id} already running");
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .context("server log")?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--id")
-            .arg(id.to_string())
-            .arg("--listen-client")
-            .arg(&node.client_addr)
-            .arg("--listen-peer")
-            .arg(node.peer_listen.to_string())
-            .arg("--advertise-peer")
-            .arg(&node.peer_addr)
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .arg("--peer-source-ip")
-            .arg(source_ip(id).to_string());
-        if node.bootstrap {
-            cmd.arg("--initial-cluster").arg(initial);
-        }
-        // Backstop for a harness that dies without cleaning up (panic in
-        // main, SIGKILL): the kernel kills the server when the spawning
-        // thread goes (a tokio worker, which lives as long as the runtime).
-        // SAFETY: prctl is async-signal-safe and touches no parent state.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .args(extra)
-            .env("NINES_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        node.child = Some(child);
-        node.paused = false;
-        Ok(())
-    }
-
-    fn signal(&self, id: u64, sig: i32) {
-        if let Some(child) = &self.node(id).child {
-            // SAFETY: signalling a child we spawned and have not reaped.
-            unsafe { libc::kill(child.id() as i32, sig) };
-        }
+        self.inner
+            .try_spawn(id)
+            .with_context(|| format!("spawn node {id}"))
     }
 
     /// kill -9: no shutdown path runs.
     pub fn kill(&mut self, id: u64) {
-        if self.node(id).paused {
-            self.signal(id, libc::SIGCONT);
-        }
-        self.signal(id, libc::SIGKILL);
-        let node = self.node_mut(id);
-        if let Some(mut child) = node.child.take() {
-            let _ = child.wait();
-        }
-        node.paused = false;
+        self.inner.kill(id);
     }
 
     pub fn pause(&mut self, id: u64) {
-        self.signal(id, libc::SIGSTOP);
-        self.node_mut(id).paused = self.is_running(id);
+        self.inner.pause(id);
     }
 
     pub fn resume(&mut self, id: u64) {
-        self.signal(id, libc::SIGCONT);
-        self.node_mut(id).paused = false;
+        self.inner.resume(id);
     }
 
     /// Deletes a stopped node's data; it will start empty and wait.
     pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
-        let node = self.node_mut(id);
-        if node.child.is_some() {
-            bail!("wipe of running node {id}");
-        }
-        node.bootstrap = false;
-        if node.data_dir.exists() {
-            std::fs::remove_dir_all(&node.data_dir)?;
-        }
-        Ok(())
+        Ok(self.inner.wipe(id)?)
     }
 
     /// A server that exited on its own (crash) is worth a report line.
     pub fn exited(&mut self) -> Vec<(u64, String)> {
-        let mut out = Vec::new();
-        for node in &mut self.nodes {
-            if let Some(child) = &mut node.child {
-                if let Ok(Some(status)) = child.try_wait() {
-                    out.push((node.id, status.to_string()));
-                    node.child = None;
-                }
-            }
-        }
-        out
+        self.inner
+            .exited_nodes()
+            .into_iter()
+            .map(|(id, status)| (id, status.to_string()))
+            .collect()
     }
 
     pub fn kill_all(&mut self) {
-        for id in self.ids() {
-            self.kill(id);
-        }
+        self.inner.kill_all();
     }
 
     /// Deletes data dirs (logs stay) after a clean run.
     pub fn remove_data(&self) {
-        for node in &self.nodes {
-            let _ = std::fs::remove_dir_all(&node.data_dir);
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.kill_all();
+        self.inner.remove_data();
     }
 }
 

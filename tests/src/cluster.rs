@@ -2,29 +2,16 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nines_client::{Client, ClientConfig, NodeStatus, TlsFiles};
 
-/// Finds the `nines-server` binary built next to the test executable.
+pub use crate::process::find_server_binary;
+use crate::process::{Launch, ServerProcess};
+
+/// The `nines-server` binary (see [`find_server_binary`]).
 pub fn server_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("NINES_SERVER_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
-    // Tests run from target/<profile>/deps, examples from target/<profile>/examples.
-    if dir.ends_with("deps") || dir.ends_with("examples") {
-        dir.pop();
-    }
-    let bin = dir.join("nines-server");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first with `cargo build -p nines-server` (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
+    find_server_binary(None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The `nines` CLI, built next to the server binary (so `NINES_SERVER_BIN`
@@ -89,9 +76,15 @@ impl Default for ClusterOptions {
 pub struct NodeProc {
     pub id: u64,
     pub client_addr: String,
+    /// The peer address the other members dial (`--advertise-peer`).
     pub peer_addr: String,
+    /// Where the peer port listens, when that is not `peer_addr` (a
+    /// fault-injecting proxy in between, as in the chaos harness).
+    pub peer_listen: Option<String>,
     pub data_dir: PathBuf,
-    child: Option<Child>,
+    /// The server's output.
+    pub log: PathBuf,
+    child: Option<ServerProcess>,
     /// Bootstrap flags used at first start (ignored by the server on restart).
     bootstrap: Vec<String>,
     /// Flags for this node only, after the cluster-wide ones.
@@ -100,10 +93,39 @@ pub struct NodeProc {
     pub nofile_limit: Option<u64>,
 }
 
+impl NodeProc {
+    fn new(id: u64, dir: &Path, peer_addr: String, bootstrap: Vec<String>) -> NodeProc {
+        NodeProc {
+            id,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            peer_addr,
+            peer_listen: None,
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            child: None,
+            bootstrap,
+            extra_args: Vec::new(),
+            nofile_limit: None,
+        }
+    }
+}
+
+/// Where the nodes' data dirs and logs live.
+enum RunDir {
+    /// Removed with the cluster (tests).
+    Temp(tempfile::TempDir),
+    /// The caller's, kept for its logs (chaos runs).
+    Kept(PathBuf),
+}
+
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     options: ClusterOptions,
-    dir: tempfile::TempDir,
+    dir: RunDir,
+    /// The server binary every node runs.
+    bin: PathBuf,
+    /// See [`Launch::die_with_spawner`].
+    pub die_with_spawner: bool,
     /// TLS of the harness's own clients (`client`, `status`, ...): set it
     /// after `prepare` for servers started with `--cert-file`.
     pub client_tls: Option<TlsFiles>,
@@ -135,22 +157,29 @@ impl Cluster {
             .prefix("nines-cluster")
             .tempdir()
             .expect("tempdir");
+        Cluster::lay_out(options, RunDir::Temp(dir), server_binary())
+    }
+
+    /// Like `prepare`, with the nodes' data and logs under `dir`, which
+    /// outlives the cluster, and a given server binary.
+    pub fn prepare_in(options: ClusterOptions, dir: &Path, bin: PathBuf) -> Cluster {
+        Cluster::lay_out(options, RunDir::Kept(dir.to_path_buf()), bin)
+    }
+
+    fn lay_out(options: ClusterOptions, dir: RunDir, bin: PathBuf) -> Cluster {
+        let path = match &dir {
+            RunDir::Temp(t) => t.path().to_path_buf(),
+            RunDir::Kept(p) => p.clone(),
+        };
         let nodes: Vec<NodeProc> = (1..=options.nodes)
-            .map(|id| NodeProc {
-                id,
-                client_addr: format!("127.0.0.1:{}", free_port()),
-                peer_addr: format!("127.0.0.1:{}", free_port()),
-                data_dir: dir.path().join(format!("node{id}")),
-                child: None,
-                bootstrap: Vec::new(),
-                extra_args: Vec::new(),
-                nofile_limit: None,
-            })
+            .map(|id| NodeProc::new(id, &path, format!("127.0.0.1:{}", free_port()), Vec::new()))
             .collect();
         let mut cluster = Cluster {
             nodes,
             options,
             dir,
+            bin,
+            die_with_spawner: false,
             client_tls: None,
         };
         cluster.bootstrap_with(|n| format!("{}={}/{}", n.id, n.peer_addr, n.client_addr));
@@ -173,7 +202,10 @@ impl Cluster {
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        match &self.dir {
+            RunDir::Temp(t) => t.path(),
+            RunDir::Kept(p) => p,
+        }
     }
 
     /// Adds a node that starts empty and waits to be added (`member add`).
@@ -197,16 +229,8 @@ impl Cluster {
     /// Starts a node with a given id and peer address (one an operator
     /// already added by its peer URL, e.g. `etcdctl member add`).
     pub fn add_node_as(&mut self, id: u64, peer_addr: String, bootstrap: Vec<String>) {
-        self.nodes.push(NodeProc {
-            id,
-            client_addr: format!("127.0.0.1:{}", free_port()),
-            peer_addr,
-            data_dir: self.dir.path().join(format!("node{id}")),
-            child: None,
-            bootstrap,
-            extra_args: Vec::new(),
-            nofile_limit: None,
-        });
+        let node = NodeProc::new(id, self.dir(), peer_addr, bootstrap);
+        self.nodes.push(node);
         self.spawn(id);
     }
 
@@ -219,66 +243,107 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, id: u64) {
-        let mut extra = self.options.args.clone();
-        let node = self.node_mut(id);
-        extra.extend(node.extra_args.iter().cloned());
-        let nofile_limit = node.nofile_limit;
-        assert!(node.child.is_none(), "node {id} already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.data_dir.with_extension("log"))
-            .expect("log file");
-        let mut command = Command::new(server_binary());
-        if let Some(limit) = nofile_limit {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-            unsafe {
-                command.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: limit as libc::rlim_t,
-                        rlim_max: limit as libc::rlim_t,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        if let Err(e) = self.try_spawn(id) {
+            panic!("spawn nines-server {id}: {e}");
         }
-        let child = command
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--listen-client")
-            .arg(&node.client_addr)
-            .arg("--listen-peer")
-            .arg(&node.peer_addr)
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(&node.bootstrap)
-            .args(extra)
-            .env("NINES_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn nines-server");
-        node.child = Some(child);
+    }
+
+    /// Starts a node that is not running.
+    pub fn try_spawn(&mut self, id: u64) -> std::io::Result<()> {
+        let mut extra = self.options.args.clone();
+        let (bin, die_with_spawner) = (self.bin.clone(), self.die_with_spawner);
+        let node = self.node_mut(id);
+        if node.child.is_some() {
+            return Err(std::io::Error::other(format!("node {id} already running")));
+        }
+        extra.extend(node.extra_args.iter().cloned());
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
+        arg(&"--id");
+        arg(&id.to_string());
+        arg(&"--listen-client");
+        arg(&node.client_addr);
+        arg(&"--listen-peer");
+        match &node.peer_listen {
+            Some(listen) => {
+                arg(listen);
+                arg(&"--advertise-peer");
+                arg(&node.peer_addr);
+            }
+            None => arg(&node.peer_addr),
+        }
+        arg(&"--data-dir");
+        arg(&node.data_dir);
+        args.extend(node.bootstrap.iter().chain(&extra).map(Into::into));
+        let launch = Launch {
+            bin,
+            args,
+            log: node.log.clone(),
+            nofile_limit: node.nofile_limit,
+            die_with_spawner,
+        };
+        node.child = Some(ServerProcess::spawn(&launch)?);
+        Ok(())
     }
 
     /// kill -9: no shutdown path runs.
     pub fn kill(&mut self, id: u64) {
-        self.signal(id, libc::SIGKILL);
-        if let Some(mut child) = self.node_mut(id).child.take() {
-            let _ = child.wait();
+        if let Some(child) = self.node_mut(id).child.take() {
+            child.kill();
+        }
+    }
+
+    /// kill -9 every node.
+    pub fn kill_all(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.take() {
+                child.kill();
+            }
         }
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self, id: u64) {
-        self.signal(id, libc::SIGTERM);
-        if let Some(mut child) = self.node_mut(id).child.take() {
-            let _ = child.wait();
+        if let Some(child) = self.node_mut(id).child.take() {
+            child.terminate();
+        }
+    }
+
+    /// SIGSTOP: the node keeps its sockets but answers nothing.
+    pub fn pause(&mut self, id: u64) {
+        if let Some(child) = &mut self.node_mut(id).child {
+            child.pause();
+        }
+    }
+
+    pub fn resume(&mut self, id: u64) {
+        if let Some(child) = &mut self.node_mut(id).child {
+            child.resume();
+        }
+    }
+
+    pub fn is_paused(&self, id: u64) -> bool {
+        self.node(id).child.as_ref().is_some_and(|c| c.is_paused())
+    }
+
+    /// Deletes a stopped node's data: it starts empty next time and waits
+    /// to be added back (no bootstrap), on the same addresses.
+    pub fn wipe(&mut self, id: u64) -> std::io::Result<()> {
+        let node = self.node_mut(id);
+        if node.child.is_some() {
+            return Err(std::io::Error::other(format!("wipe of running node {id}")));
+        }
+        node.bootstrap = Vec::new();
+        match std::fs::remove_dir_all(&node.data_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes every node's data dir (logs stay).
+    pub fn remove_data(&self) {
+        for node in &self.nodes {
+            let _ = std::fs::remove_dir_all(&node.data_dir);
         }
     }
 
@@ -303,9 +368,17 @@ impl Cluster {
     /// (a crash or a fatal exit), without waiting.
     pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let node = self.node_mut(id);
-        let status = node.child.as_mut()?.try_wait().ok()??;
+        let status = node.child.as_mut()?.try_exited()?;
         node.child = None;
         Some(status)
+    }
+
+    /// Every node whose process ended by itself since the last look.
+    pub fn exited_nodes(&mut self) -> Vec<(u64, std::process::ExitStatus)> {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        ids.into_iter()
+            .filter_map(|id| self.exited(id).map(|s| (id, s)))
+            .collect()
     }
 
     /// Waits up to `timeout` for a node's process to end by itself.
@@ -328,7 +401,7 @@ impl Cluster {
 
     /// The OS process id of a running node.
     pub fn pid(&self, id: u64) -> Option<u32> {
-        self.node(id).child.as_ref().map(|c| c.id())
+        self.node(id).child.as_ref().map(|c| c.pid())
     }
 
     pub fn is_running(&self, id: u64) -> bool {
@@ -337,8 +410,7 @@ impl Cluster {
 
     pub fn signal(&self, id: u64, signal: i32) {
         if let Some(child) = &self.node(id).child {
-            // SAFETY: sending a signal to a child process we own.
-            unsafe { libc::kill(child.id() as i32, signal) };
+            child.signal(signal);
         }
     }
 
@@ -425,17 +497,13 @@ impl Cluster {
 
     /// The server log of a node, for failure messages.
     pub fn server_log(&self, id: u64) -> String {
-        std::fs::read_to_string(self.node(id).data_dir.with_extension("log")).unwrap_or_default()
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        // Before the temp dir goes: no server writes into a removed dir.
+        self.kill_all();
     }
 }

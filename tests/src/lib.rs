@@ -7,5 +7,6 @@ pub mod etcd;
 pub mod etcdctl;
 pub mod http;
 pub mod pki;
+pub mod process;
 
 pub use cluster::{Cluster, ClusterOptions};

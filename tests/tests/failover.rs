@@ -315,7 +315,7 @@ async fn follower_behind_a_snapshot_catches_up_from_the_log() {
             put.await.unwrap().expect("put");
         }
         round += 1;
-        if round % 100 == 0 {
+        if round.is_multiple_of(100) {
             let last = cluster.status(leader).await.map_or(0, |s| s.last_log_index);
             if last > follower_last + missed {
                 break;

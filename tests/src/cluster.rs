@@ -442,6 +442,18 @@ impl Cluster {
         client.status_of(&self.node(id).client_addr).await.ok()
     }
 
+    /// A node's status, asked up to 50 times 200 ms apart: one call has no
+    /// retry, and on a loaded machine it can time out.
+    pub async fn status_retrying(&self, id: u64) -> NodeStatus {
+        for _ in 0..50 {
+            if let Some(status) = self.status(id).await {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("node {id} answered no status call in 10 s");
+    }
+
     /// A leader that served a write and kept its role for a second:
     /// elections right after start may move leadership once more. Each
     /// wait for a leader gets `timeout`.

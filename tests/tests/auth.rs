@@ -220,15 +220,7 @@ async fn a_member_that_catches_up_by_snapshot_has_the_same_auth_state() {
     });
     let leader = cluster.stable_leader(LONG).await;
     let down = cluster.nodes.iter().find(|n| n.id != leader).unwrap().id;
-    let mut down_last = None;
-    for _ in 0..50 {
-        if let Some(s) = cluster.status(down).await {
-            down_last = Some(s.last_log_index);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let down_last = down_last.expect("the member answers a status call");
+    let down_last = cluster.status_retrying(down).await.last_log_index;
     cluster.stop(down);
     let l = Api {
         addr: cluster.node(leader).client_addr.clone(),

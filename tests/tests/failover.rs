@@ -160,6 +160,18 @@ async fn restart_all_nodes_keeps_every_acknowledged_write() {
     assert_all_present(&cluster.client(), &acked, "r").await;
 }
 
+/// After one write, kills a follower: (leader, follower, a client of the
+/// leader, the follower's last log index when it died).
+async fn kill_a_follower(cluster: &mut Cluster) -> (u64, u64, Client, u64) {
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let client = cluster.client_of(leader);
+    client.put("before", "x").await.unwrap();
+    let follower_last = cluster.status_retrying(follower).await.last_log_index;
+    cluster.kill(follower);
+    (leader, follower, client, follower_last)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_by_snapshot() {
     // Writes are batched into few log entries, so snapshot every 50 entries.
@@ -169,21 +181,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
             .map(String::from)
             .to_vec(),
     });
-    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
-    let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let client = cluster.client_of(leader);
-    client.put("before", "x").await.unwrap();
-    // One status call has no retry; on a loaded machine it can time out.
-    let mut follower_last = None;
-    for _ in 0..50 {
-        if let Some(s) = cluster.status(follower).await {
-            follower_last = Some(s.last_log_index);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let follower_last = follower_last.expect("the follower answers a status call");
-    cluster.kill(follower);
+    let (leader, follower, client, follower_last) = kill_a_follower(&mut cluster).await;
 
     // 5,000 writes, 32 at a time.
     let mut tasks = Vec::new();
@@ -285,20 +283,7 @@ async fn follower_behind_by_large_values_catches_up_from_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_behind_a_snapshot_catches_up_from_the_log() {
     let (mut cluster, metrics) = nines_tests::http::metrics_cluster(&["--snapshot-entries", "50"]);
-    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
-    let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let client = cluster.client_of(leader);
-    client.put("before", "x").await.unwrap();
-    let mut follower_last = None;
-    for _ in 0..50 {
-        if let Some(s) = cluster.status(follower).await {
-            follower_last = Some(s.last_log_index);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let follower_last = follower_last.expect("the follower answers a status call");
-    cluster.kill(follower);
+    let (leader, follower, client, follower_last) = kill_a_follower(&mut cluster).await;
 
     // Missed: more entries than the old default kept (writes of 4 clients
     // share entries, so count entries, not writes).

@@ -442,6 +442,37 @@ impl Wal {
         Ok(())
     }
 
+    /// The end of the longest run of entries from `start` (below `end`)
+    /// whose records take at most `max_bytes`, never fewer than one entry;
+    /// `end` itself when the log holds nothing from `start` (the read then
+    /// finds what it finds).
+    pub(crate) fn bounded_end(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: u64,
+    ) -> Result<u64, LogError> {
+        let idx = self.read_index()?;
+        let lo = start.max(idx.first);
+        let hi = end.min(idx.first + idx.locs.len() as u64);
+        if lo >= hi {
+            return Ok(end);
+        }
+        let mut bytes = 0u64;
+        let mut last = lo;
+        for loc in idx
+            .locs
+            .range((lo - idx.first) as usize..(hi - idx.first) as usize)
+        {
+            bytes += u64::from(loc.len);
+            if bytes > max_bytes && last > lo {
+                break;
+            }
+            last += 1;
+        }
+        Ok(last)
+    }
+
     /// Entries with index in `[start, end)` that exist, in order.
     pub(crate) fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, LogError> {
         // Holding the read lock during IO keeps truncate from cutting these bytes.

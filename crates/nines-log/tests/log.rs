@@ -376,3 +376,34 @@ fn purge_point_keeps_a_tail_bounded_by_entries_and_bytes() {
         assert_eq!(s.purge_point(60, 5, u64::MAX).unwrap(), Some(55));
     });
 }
+
+#[test]
+fn replication_reads_are_bounded_in_bytes_but_never_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        let big = vec![b'x'; 400_000];
+        let mut batch: Vec<_> = (1..11).map(|i| entry(1, i, &big)).collect();
+        batch.extend((11..21).map(|i| entry(1, i, b"small")));
+        append(&mut s, batch).await;
+        // 400 KB records: two fit in 1 MiB, a third does not.
+        let got = s.limited_get_log_entries(1, 21).await.unwrap();
+        assert_eq!(indexes(&got), vec![1, 2]);
+        // One record larger than the bound still goes alone.
+        let huge = vec![b'y'; 3 << 20];
+        append(&mut s, vec![entry(1, 21, &huge), entry(1, 22, b"after")]).await;
+        assert_eq!(
+            indexes(&s.limited_get_log_entries(21, 23).await.unwrap()),
+            vec![21]
+        );
+        // Small records: the whole range, as asked.
+        let got = s.limited_get_log_entries(11, 21).await.unwrap();
+        assert_eq!(indexes(&got), (11..21).collect::<Vec<_>>());
+        // A purged start reads what is left, as try_get_log_entries does.
+        s.purge(log_id(1, 12)).await.unwrap();
+        assert_eq!(
+            indexes(&s.limited_get_log_entries(5, 16).await.unwrap()),
+            (13..16).collect::<Vec<_>>()
+        );
+    });
+}

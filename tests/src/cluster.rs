@@ -118,6 +118,15 @@ enum RunDir {
     Kept(PathBuf),
 }
 
+impl RunDir {
+    fn path(&self) -> &Path {
+        match self {
+            RunDir::Temp(t) => t.path(),
+            RunDir::Kept(p) => p,
+        }
+    }
+}
+
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     options: ClusterOptions,
@@ -167,12 +176,15 @@ impl Cluster {
     }
 
     fn lay_out(options: ClusterOptions, dir: RunDir, bin: PathBuf) -> Cluster {
-        let path = match &dir {
-            RunDir::Temp(t) => t.path().to_path_buf(),
-            RunDir::Kept(p) => p.clone(),
-        };
         let nodes: Vec<NodeProc> = (1..=options.nodes)
-            .map(|id| NodeProc::new(id, &path, format!("127.0.0.1:{}", free_port()), Vec::new()))
+            .map(|id| {
+                NodeProc::new(
+                    id,
+                    dir.path(),
+                    format!("127.0.0.1:{}", free_port()),
+                    Vec::new(),
+                )
+            })
             .collect();
         let mut cluster = Cluster {
             nodes,
@@ -202,10 +214,7 @@ impl Cluster {
     }
 
     pub fn dir(&self) -> &Path {
-        match &self.dir {
-            RunDir::Temp(t) => t.path(),
-            RunDir::Kept(p) => p,
-        }
+        self.dir.path()
     }
 
     /// Adds a node that starts empty and waits to be added (`member add`).
@@ -320,10 +329,6 @@ impl Cluster {
         if let Some(child) = &mut self.node_mut(id).child {
             child.resume();
         }
-    }
-
-    pub fn is_paused(&self, id: u64) -> bool {
-        self.node(id).child.as_ref().is_some_and(|c| c.is_paused())
     }
 
     /// Deletes a stopped node's data: it starts empty next time and waits

@@ -27,7 +27,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::LogError;
-pub use log_reader::REPLICATION_BATCH_BYTES;
 use nines_types::{DurableIndex, NodeId};
 
 /// Called with the duration of each fdatasync of appended entries (in an

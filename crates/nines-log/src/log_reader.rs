@@ -55,4 +55,4 @@ impl RaftLogReader<TypeConfig> for LogStore {
 /// `limited_get_log_entries`): 1 MiB reaches a follower and is synced there
 /// well within a heartbeat interval, even in a debug build on a loaded
 /// machine.
-pub const REPLICATION_BATCH_BYTES: u64 = 1 << 20;
+const REPLICATION_BATCH_BYTES: u64 = 1 << 20;

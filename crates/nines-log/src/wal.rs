@@ -325,17 +325,9 @@ impl Wal {
         if upto < idx.first {
             return Ok(None);
         }
-        // Walk back from `upto` while the kept tail stays within both bounds.
-        let (mut oldest_kept, mut kept, mut bytes) = (upto + 1, 0u64, 0u64);
-        for loc in idx.locs.range(..=(upto - idx.first) as usize).rev() {
-            let len = u64::from(loc.len);
-            if kept >= max_entries || bytes + len > max_bytes {
-                break;
-            }
-            kept += 1;
-            bytes += len;
-            oldest_kept = loc.log_id.index;
-        }
+        // The tail kept behind `upto`, walking back while both bounds hold.
+        let behind = idx.locs.range(..=(upto - idx.first) as usize).rev();
+        let oldest_kept = upto + 1 - fitting(behind, max_entries, max_bytes);
         Ok((oldest_kept > idx.first).then(|| oldest_kept - 1))
     }
 
@@ -458,19 +450,10 @@ impl Wal {
         if lo >= hi {
             return Ok(end);
         }
-        let mut bytes = 0u64;
-        let mut last = lo;
-        for loc in idx
+        let run = idx
             .locs
-            .range((lo - idx.first) as usize..(hi - idx.first) as usize)
-        {
-            bytes += u64::from(loc.len);
-            if bytes > max_bytes && last > lo {
-                break;
-            }
-            last += 1;
-        }
-        Ok(last)
+            .range((lo - idx.first) as usize..(hi - idx.first) as usize);
+        Ok(lo + fitting(run, u64::MAX, max_bytes).max(1))
     }
 
     /// Entries with index in `[start, end)` that exist, in order.
@@ -523,6 +506,18 @@ impl Wal {
         let end = idx.first + idx.locs.len() as u64;
         Ok(start.saturating_add(RECENT_ENTRIES) >= end)
     }
+}
+
+/// How many of `locs`, from the first, fit within `max_entries` records
+/// and `max_bytes` of them.
+fn fitting<'a>(locs: impl Iterator<Item = &'a Loc>, max_entries: u64, max_bytes: u64) -> u64 {
+    let mut bytes = 0u64;
+    locs.take_while(|loc| {
+        bytes += u64::from(loc.len);
+        bytes <= max_bytes
+    })
+    .take(usize::try_from(max_entries).unwrap_or(usize::MAX))
+    .count() as u64
 }
 
 fn read_run(idx: &Index, run: &[Loc], out: &mut Vec<Entry>) -> Result<(), LogError> {

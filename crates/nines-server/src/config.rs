@@ -256,9 +256,8 @@ pub struct ServerConfig {
     pub watch_progress_interval: Duration,
     /// Entries between snapshots, at least (see `snapshot_policy.rs`).
     pub snapshot_entries: u64,
-    /// Log kept behind a snapshot, at most: entries and bytes.
-    pub snapshot_keep_entries: u64,
-    pub snapshot_keep_bytes: u64,
+    /// Log kept behind a snapshot, at most.
+    pub snapshot_keep: crate::snapshot_policy::Keep,
     /// See `--lease-checkpoint-interval`.
     pub lease_checkpoint_interval: Duration,
     /// See `--auth-token-ttl`.
@@ -544,8 +543,10 @@ impl TryFrom<ServerArgs> for ServerConfig {
             max_peer_connections: args.max_peer_connections.max(1),
             raft_threads: args.raft_threads.min(64),
             snapshot_entries: args.snapshot_entries.max(1),
-            snapshot_keep_entries: args.snapshot_keep_entries,
-            snapshot_keep_bytes: args.snapshot_keep_mb.saturating_mul(1024 * 1024),
+            snapshot_keep: crate::snapshot_policy::Keep {
+                entries: args.snapshot_keep_entries,
+                bytes: args.snapshot_keep_mb.saturating_mul(1024 * 1024),
+            },
             max_concurrent_reads: args.max_concurrent_reads.clamp(1, 1024),
             max_read_bytes_in_flight: args.max_read_mb_in_flight.clamp(1, 1 << 20) * 1024 * 1024,
             tls,

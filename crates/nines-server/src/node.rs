@@ -205,10 +205,7 @@ impl NinesNode {
             core.reader.clone(),
             log.clone(),
             config.snapshot_entries,
-            crate::snapshot_policy::Keep {
-                entries: config.snapshot_keep_entries,
-                bytes: config.snapshot_keep_bytes,
-            },
+            config.snapshot_keep,
             stopped.clone(),
         )));
         servers.push(tokio::spawn(crate::lease::run::run(

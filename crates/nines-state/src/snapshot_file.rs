@@ -25,11 +25,19 @@ const END_MARKER: u32 = u32::MAX;
 /// A meta record is a few hundred bytes; anything huge is corruption.
 const MAX_META_LEN: u32 = 16 * 1024 * 1024;
 
+/// Bytes written between writeback steps (see [`SnapshotWriter::pace`]).
+const WRITEBACK_STEP: u64 = 8 << 20;
+
 pub(crate) struct SnapshotWriter {
     out: BufWriter<File>,
     path: PathBuf,
     crc: u32,
     count: u64,
+    /// Bytes handed to the writer so far.
+    written: u64,
+    /// Where the last writeback step started and ended.
+    started_at: u64,
+    ended_at: u64,
 }
 
 impl SnapshotWriter {
@@ -40,6 +48,9 @@ impl SnapshotWriter {
             path: path.to_path_buf(),
             crc: 0,
             count: 0,
+            written: 0,
+            started_at: 0,
+            ended_at: 0,
         };
         let meta = encode(meta)?;
         w.put(MAGIC)?;
@@ -59,6 +70,56 @@ impl SnapshotWriter {
         self.put(key)?;
         self.put(value)?;
         self.count += 1;
+        if self.written - self.ended_at >= WRITEBACK_STEP {
+            self.pace()?;
+        }
+        Ok(())
+    }
+
+    /// Starts writeback of what was written since the last step and waits
+    /// for the step before it, so at most two steps of the file are dirty
+    /// at a time and the final fsync has little left to do.
+    ///
+    /// Why: a snapshot of 1,000,000 keys is ~300 MB. Left to one fsync at
+    /// the end, it reached the disk in one burst, and every log fsync of
+    /// the writes going on meanwhile waited behind it (put-64 at 1M keys
+    /// dropped by a third in the seconds all three members snapshotted).
+    /// RocksDB's `bytes_per_sync` is the same idea.
+    fn pace(&mut self) -> Result<(), StateError> {
+        self.out
+            .flush()
+            .map_err(|e| StateError::io(&self.path, e))?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = self.out.get_ref().as_raw_fd();
+            let range = |from: u64, to: u64| {
+                (
+                    i64::try_from(from).unwrap_or(i64::MAX),
+                    i64::try_from(to - from).unwrap_or(i64::MAX),
+                )
+            };
+            let (prev, prev_len) = range(self.started_at, self.ended_at);
+            let (next, next_len) = range(self.ended_at, self.written);
+            // SAFETY: plain syscalls on a file descriptor we own. Failure is
+            // harmless (the final fsync still makes the file durable), so
+            // the results are ignored.
+            unsafe {
+                libc::sync_file_range(fd, next, next_len, libc::SYNC_FILE_RANGE_WRITE);
+                if prev_len > 0 {
+                    libc::sync_file_range(
+                        fd,
+                        prev,
+                        prev_len,
+                        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                            | libc::SYNC_FILE_RANGE_WRITE
+                            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                    );
+                }
+            }
+        }
+        self.started_at = self.ended_at;
+        self.ended_at = self.written;
         Ok(())
     }
 
@@ -78,6 +139,7 @@ impl SnapshotWriter {
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), StateError> {
         self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.written += bytes.len() as u64;
         self.out
             .write_all(bytes)
             .map_err(|e| StateError::io(&self.path, e))
@@ -240,4 +302,44 @@ pub(crate) fn validate(path: &Path) -> Result<SnapshotMeta, StateError> {
     let (meta, mut reader) = SnapshotReader::open(path)?;
     while reader.next_record()?.is_some() {}
     Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large snapshot is written back in steps as it goes, not in one
+    /// burst at the final fsync; and what is read back is what was written.
+    #[test]
+    fn a_large_snapshot_is_written_back_in_steps_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        let mut w = SnapshotWriter::create(&path, &SnapshotMeta::default()).unwrap();
+        let value = vec![7u8; 64 * 1024];
+        let records = 3 * WRITEBACK_STEP as usize / value.len() + 1;
+        let mut steps = Vec::new();
+        for i in 0..records {
+            w.record(format!("k{i:06}").as_bytes(), &value).unwrap();
+            if steps.last() != Some(&w.ended_at) {
+                steps.push(w.ended_at);
+            }
+        }
+        // Three full steps passed: writeback started at each, in order, and
+        // the one before the newest was waited for.
+        assert_eq!(steps.len(), 4, "{steps:?}");
+        assert!(
+            steps.windows(2).all(|p| p[1] - p[0] >= WRITEBACK_STEP),
+            "{steps:?}"
+        );
+        assert_eq!(w.started_at, steps[2]);
+        assert_eq!(w.finish().unwrap(), records as u64);
+        let (_, mut reader) = SnapshotReader::open(&path).unwrap();
+        let mut n = 0;
+        while let Some((key, got)) = reader.next_record().unwrap() {
+            assert_eq!(key, format!("k{n:06}").into_bytes());
+            assert_eq!(got, value);
+            n += 1;
+        }
+        assert_eq!(n, records);
+    }
 }

@@ -45,7 +45,8 @@ pub struct Export {
 /// the build lock.
 pub(crate) fn export(shared: &Shared) -> Result<Export, StateError> {
     let tmp = shared.snapshots.tmp_path("export");
-    let (meta, revision) = capture_to(shared, &tmp)?;
+    let captured = capture_to(shared, &tmp)?;
+    let (meta, revision) = (captured.meta, captured.revision);
     let file = File::open(&tmp).map_err(|e| StateError::io(&tmp, e));
     let _ = std::fs::remove_file(&tmp);
     let file = file?;

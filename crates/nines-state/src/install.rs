@@ -141,6 +141,8 @@ pub(crate) fn activate(
 ) -> Result<(), StateError> {
     shared.flip(store)?;
     shared.compactor.opened(&shared.current());
+    // A new tree: the next build reads it in full.
+    *lock(&shared.last_built) = None;
     *lock(&shared.current_snapshot) = Some(meta);
     shared.snapshots.remove_others(file);
     shared.set_applied(state.applied);

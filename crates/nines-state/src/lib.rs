@@ -21,6 +21,7 @@ mod rebuild;
 mod redo;
 mod sessions;
 mod sled_engine;
+mod snapshot_base;
 mod snapshot_builder;
 mod snapshot_dir;
 mod snapshot_file;

@@ -15,6 +15,7 @@ use crate::error::StateError;
 use crate::mvcc::{decode_record, parse_rev_key, rev_key, Rev, Survivors, REV_PREFIX};
 use crate::redo;
 use crate::sled_engine::SledEngine;
+use crate::snapshot_base::{self, Base};
 use crate::snapshot_file::SnapshotWriter;
 use crate::store::{lock, Shared};
 
@@ -49,20 +50,54 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
     let tmp = shared.snapshots.tmp_path("build");
-    let (meta, _) = capture_to(shared, &tmp)?;
+    let captured = capture_to(shared, &tmp)?;
+    let meta = captured.meta;
     let dest = shared.snapshots.file_for(&meta.snapshot_id);
     shared.snapshots.publish(&tmp, &dest)?;
     // Opened before anyone can delete it: we hold the build lock.
     let file = std::fs::File::open(&dest).map_err(|e| StateError::io(&dest, e))?;
     *lock(&shared.current_snapshot) = Some(meta.clone());
+    *lock(&shared.last_built) = Some(Base {
+        path: dest.clone(),
+        revision: captured.revision,
+        compacted: captured.compacted,
+        tree: captured.tree,
+    });
     shared.snapshots.remove_others(&dest);
     shared.stats.builds.fetch_add(1, Ordering::Relaxed);
     Ok((meta, file))
 }
 
+/// What [`capture_to`] wrote.
+pub(crate) struct Captured {
+    pub meta: SnapshotMeta,
+    pub revision: i64,
+    pub compacted: i64,
+    /// The engine tree it was taken from.
+    tree: Vec<u8>,
+}
+
 /// Writes a point-in-time snapshot of the current state to `tmp` (removed
-/// again on failure). Call with the build lock held: one capture at a time.
-pub(crate) fn capture_to(shared: &Shared, tmp: &Path) -> Result<(SnapshotMeta, i64), StateError> {
+/// again on failure), from the previous snapshot file where it can (see
+/// `snapshot_base.rs`), else from the engine alone. Call with the build
+/// lock held: one capture at a time.
+pub(crate) fn capture_to(shared: &Shared, tmp: &Path) -> Result<Captured, StateError> {
+    let base = lock(&shared.last_built).clone();
+    if let Some(base) = base {
+        match capture_once(shared, tmp, Some(&base)) {
+            Ok(captured) => return Ok(captured),
+            Err(e) => {
+                // A new capture: the failed one's scan cursor is spent.
+                tracing::warn!(error = %e, base = %base.path.display(),
+                    "building a snapshot from the previous one failed; building it in full");
+                *lock(&shared.last_built) = None;
+            }
+        }
+    }
+    capture_once(shared, tmp, None)
+}
+
+fn capture_once(shared: &Shared, tmp: &Path, base: Option<&Base>) -> Result<Captured, StateError> {
     let store = shared.current();
     // Before the capture, held to the end: see `Compactor::gate`.
     let _no_sweep = lock(&shared.compactor.gate);
@@ -77,18 +112,33 @@ pub(crate) fn capture_to(shared: &Shared, tmp: &Path) -> Result<(SnapshotMeta, i
         revision: state.revision,
         compacted: state.compacted,
     };
-    if let Err(e) = write(shared, &store.engine, guard, &meta, history, tmp) {
+    let tree = store.engine.tree().name().to_vec();
+    // The previous snapshot holds this one's records up to its revision
+    // only if no compaction came between and the tree is the one it read.
+    let base = base.filter(|b| {
+        b.compacted == history.compacted && b.revision <= history.revision && b.tree == tree
+    });
+    let written = match base {
+        Some(base) => snapshot_base::write(shared, &store.engine, guard, &meta, history, base, tmp),
+        None => write(shared, &store.engine, guard, &meta, history, tmp),
+    };
+    if let Err(e) = written {
         let _ = std::fs::remove_file(tmp);
         return Err(e);
     }
-    Ok((meta, state.revision))
+    Ok(Captured {
+        meta,
+        revision: state.revision,
+        compacted: state.compacted,
+        tree,
+    })
 }
 
 /// The captured revisions that bound the history a snapshot carries.
 #[derive(Clone, Copy)]
-struct History {
-    revision: i64,
-    compacted: i64,
+pub(crate) struct History {
+    pub revision: i64,
+    pub compacted: i64,
 }
 
 /// Scans the live tree, substituting capture-point values for keys changed

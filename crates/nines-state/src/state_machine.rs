@@ -42,6 +42,8 @@ pub struct StateMachine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotStats {
     pub builds: u64,
+    /// Of those, the ones built from the previous snapshot file.
+    pub builds_from_base: u64,
     /// Keys whose pre-change value an apply had to save for a running build.
     pub undo_entries_captured: u64,
     /// How long the last build blocked apply.
@@ -96,6 +98,7 @@ impl StateMachine {
         let s = &self.shared.stats;
         SnapshotStats {
             builds: s.builds.load(Ordering::Relaxed),
+            builds_from_base: s.builds_from_base.load(Ordering::Relaxed),
             undo_entries_captured: s.undo_captured.load(Ordering::Relaxed),
             last_capture_block: Duration::from_nanos(s.last_capture_nanos.load(Ordering::Relaxed)),
         }

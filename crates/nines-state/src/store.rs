@@ -198,6 +198,10 @@ pub(crate) struct Shared {
     /// Meta of the newest snapshot file, if any. Held while opening the
     /// file so a concurrent build cannot delete it in between.
     pub current_snapshot: Mutex<Option<SnapshotMeta>>,
+    /// The newest snapshot this member built, which the next build copies
+    /// its older revision records from (`snapshot_base.rs`). None after an
+    /// open or an install: the next build is a full one.
+    pub last_built: Mutex<Option<crate::snapshot_base::Base>>,
     pub snapshots: SnapshotDir,
     pub opts: StateOptions,
     /// Cache for readers; written after the tree.
@@ -224,6 +228,8 @@ impl Drop for Shared {
 #[derive(Default)]
 pub(crate) struct Stats {
     pub builds: AtomicU64,
+    /// Builds that copied their older records from the previous snapshot.
+    pub builds_from_base: AtomicU64,
     pub undo_captured: AtomicU64,
     pub last_capture_nanos: AtomicU64,
     /// Bytes of every batch committed since open (keys and values): what
@@ -360,6 +366,7 @@ pub(crate) fn shared(
         capture: Mutex::new(None),
         build_lock: tokio::sync::Mutex::new(()),
         current_snapshot: Mutex::new(None),
+        last_built: Mutex::new(None),
         snapshots: SnapshotDir::new(dir.join(SNAPSHOT_DIR)),
         opts,
         last_applied: RwLock::new(meta.applied),

@@ -296,11 +296,7 @@ async fn a_damaged_previous_snapshot_makes_a_full_build() {
     let mut workload = Workload::new(13);
     let mut log = workload.entries(2_000);
     sm.apply(log.clone()).await.unwrap();
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    build_snapshot(&mut sm).await;
     let file = std::fs::read_dir(dir.path().join("snapshots"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -313,12 +309,7 @@ async fn a_damaged_previous_snapshot_makes_a_full_build() {
     let more = workload.entries(500);
     sm.apply(more.clone()).await.unwrap();
     log.extend(more);
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build_snapshot(&mut sm).await;
     let stats = sm.snapshot_stats();
     assert_eq!((stats.builds, stats.builds_from_base), (2, 0), "{stats:?}");
     let (_d, mut installed) = install_copy(snap).await;
@@ -350,12 +341,7 @@ async fn newer_snapshot_is_reloaded_on_open() {
     let mut src = open(src_dir.path()).await;
     let mut workload = Workload::new(9);
     src.apply(workload.entries(2_000)).await.unwrap();
-    let snap = src
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build_snapshot(&mut src).await;
     assert!(src.get_current_snapshot().await.unwrap().is_some());
 
     // A fresh dir that has only the snapshot file (as if sled lost everything
@@ -398,12 +384,7 @@ async fn install_replaces_previous_state() {
     b.apply((1..=5).map(|i| entry(i, Request::new(put(&format!("b{i}"), "x")))))
         .await
         .unwrap();
-    let snap = b
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build_snapshot(&mut b).await;
     let reader = a.reader();
     let mut receive = a.begin_receiving_snapshot().await.unwrap();
     *receive = *snap.snapshot;
@@ -426,12 +407,7 @@ async fn corrupted_snapshot_fails_install() {
     let src_dir = tempfile::tempdir().unwrap();
     let mut src = open(src_dir.path()).await;
     src.apply(Workload::new(3).entries(500)).await.unwrap();
-    let snap = src
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build_snapshot(&mut src).await;
     let path = std::fs::read_dir(src_dir.path().join("snapshots"))
         .unwrap()
         .next()

@@ -6,9 +6,9 @@ use std::path::Path;
 use nines_state::{StateMachine, StateOptions};
 use nines_types::{
     Command, Compare, CompareOp, CompareTarget, Entry, KeyRange, LogId, RangeRequest, Request,
-    Response, Txn, TxnOp,
+    Response, Snapshot, Txn, TxnOp,
 };
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
 
 pub fn log_id(index: u64) -> LogId {
@@ -147,4 +147,13 @@ pub fn sessions(sm: &StateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
         .into_iter()
         .filter(|(k, _)| k.first() == Some(&b's'))
         .collect()
+}
+
+/// Builds a snapshot of `sm` now.
+pub async fn build_snapshot(sm: &mut StateMachine) -> Snapshot {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot build")
 }

@@ -118,13 +118,13 @@ fn capture_once(shared: &Shared, tmp: &Path, base: Option<&Base>) -> Result<Capt
     let base = base.filter(|b| {
         b.compacted == history.compacted && b.revision <= history.revision && b.tree == tree
     });
-    let written = match base {
-        Some(base) => snapshot_base::write(shared, &store.engine, guard, &meta, history, base, tmp),
-        None => write(shared, &store.engine, guard, &meta, history, tmp),
-    };
-    if let Err(e) = written {
+    if let Err(e) = write(shared, &store.engine, guard, &meta, history, base, tmp) {
         let _ = std::fs::remove_file(tmp);
         return Err(e);
+    }
+    if base.is_some() {
+        let from_base = &shared.stats.builds_from_base;
+        from_base.fetch_add(1, Ordering::Relaxed);
     }
     Ok(Captured {
         meta,
@@ -145,7 +145,11 @@ pub(crate) struct History {
 /// since the capture began. Revision records up to the captured `revision`
 /// are taken as found (they never change; later ones are skipped), except
 /// those the captured compaction dropped that a sweep had not deleted yet:
-/// the snapshot carries the retained history and nothing else.
+/// the snapshot carries the retained history and nothing else. With a
+/// `base`, the older revision records come from its file instead
+/// (`snapshot_base.rs`). Either way the file holds the keys below the
+/// revision records, the revision records in order, the keys above them,
+/// then the undo map.
 ///
 /// Why the scan is point-in-time: an apply records a key's pre-change value
 /// in the undo map BEFORE writing it, and holds the capture lock while it
@@ -159,31 +163,17 @@ fn write(
     guard: CaptureGuard<'_>,
     meta: &SnapshotMeta,
     history: History,
+    base: Option<&Base>,
     tmp: &Path,
 ) -> Result<(), StateError> {
-    let kept = kept_below(engine, history.compacted)?;
+    let delay = Duration::from_nanos(shared.stats.scan_delay_nanos.load(Ordering::Relaxed));
     let mut writer = SnapshotWriter::create(tmp, meta)?;
-    let delay = shared.stats.scan_delay_nanos.load(Ordering::Relaxed);
-    for item in engine.scan(&[], None) {
-        let (key, value) = item?;
-        let key = key.as_ref();
-        // An apply in flight: its writes reach the snapshot through the undo map.
-        if key == redo::REDO_KEY {
-            continue;
-        }
-        let take = if key.first() == Some(&REV_PREFIX) {
-            let rev = parse_rev_key(key)?;
-            rev.main <= history.revision && (rev.main > history.compacted || kept.contains(&rev))
-        } else {
-            guard.check(key)
-        };
-        if take {
-            writer.record(key, &value)?;
-        }
-        if delay > 0 {
-            std::thread::sleep(Duration::from_nanos(delay));
-        }
+    meta_keys(engine, &guard, &mut writer, &[], Some(&[REV_PREFIX]), delay)?;
+    match base {
+        Some(base) => snapshot_base::copy_revisions(engine, history, base, &mut writer, delay)?,
+        None => revisions(engine, history, &mut writer, delay)?,
     }
+    meta_keys(engine, &guard, &mut writer, &[REV_PREFIX + 1], None, delay)?;
     for (key, value) in guard.finish() {
         if let Some(value) = value {
             writer.record(&key, &value)?;
@@ -191,6 +181,61 @@ fn write(
     }
     writer.finish()?;
     Ok(())
+}
+
+/// The non-revision keys in `start..end` whose capture-point value is the
+/// live one (the rest come from the undo map at the end).
+fn meta_keys(
+    engine: &SledEngine,
+    guard: &CaptureGuard<'_>,
+    writer: &mut SnapshotWriter,
+    start: &[u8],
+    end: Option<&[u8]>,
+    delay: Duration,
+) -> Result<(), StateError> {
+    for item in engine.scan(start, end) {
+        let (key, value) = item?;
+        let key = key.as_ref();
+        // An apply in flight: its writes reach the snapshot through the undo map.
+        if key == redo::REDO_KEY {
+            continue;
+        }
+        if guard.check(key) {
+            writer.record(key, &value)?;
+        }
+        pause(delay);
+    }
+    Ok(())
+}
+
+/// The retained revision records up to the captured revision, from the engine.
+fn revisions(
+    engine: &SledEngine,
+    history: History,
+    writer: &mut SnapshotWriter,
+    delay: Duration,
+) -> Result<(), StateError> {
+    let kept = kept_below(engine, history.compacted)?;
+    let end = rev_key(Rev {
+        main: history.revision.saturating_add(1),
+        sub: 0,
+    });
+    for item in engine.scan(&[REV_PREFIX], Some(&end)) {
+        let (key, value) = item?;
+        let rev = parse_rev_key(key.as_ref())?;
+        if rev.main > history.compacted || kept.contains(&rev) {
+            writer.record(key.as_ref(), &value)?;
+        }
+        pause(delay);
+    }
+    Ok(())
+}
+
+/// The test hook's per-record sleep (see `set_snapshot_scan_delay`).
+pub(crate) fn pause(delay: Duration) {
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
+    }
 }
 
 /// The records at or below `compacted` that the compaction keeps. Worked

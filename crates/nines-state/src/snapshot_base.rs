@@ -13,11 +13,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::Engine;
 use crate::error::StateError;
-use crate::mvcc::{rev_key, Rev, REV_PREFIX};
+use crate::mvcc::REV_PREFIX;
 use crate::sled_engine::SledEngine;
-use crate::snapshot_builder::{pause, History};
+use crate::snapshot_builder::{pause, revisions, History};
 use crate::snapshot_file::{SnapshotReader, SnapshotWriter};
 
 /// The newest snapshot file this member built, and what it holds.
@@ -50,18 +49,5 @@ pub(crate) fn copy_revisions(
             pause(delay);
         }
     }
-    let from = rev_key(Rev {
-        main: base.revision.saturating_add(1),
-        sub: 0,
-    });
-    let to = rev_key(Rev {
-        main: history.revision.saturating_add(1),
-        sub: 0,
-    });
-    for item in engine.scan(&from, Some(&to)) {
-        let (key, value) = item?;
-        writer.record(key.as_ref(), &value)?;
-        pause(delay);
-    }
-    Ok(())
+    revisions(engine, history, Some(base.revision), writer, delay)
 }

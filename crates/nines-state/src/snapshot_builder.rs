@@ -171,7 +171,7 @@ fn write(
     meta_keys(engine, &guard, &mut writer, &[], Some(&[REV_PREFIX]), delay)?;
     match base {
         Some(base) => snapshot_base::copy_revisions(engine, history, base, &mut writer, delay)?,
-        None => revisions(engine, history, &mut writer, delay)?,
+        None => revisions(engine, history, None, &mut writer, delay)?,
     }
     meta_keys(engine, &guard, &mut writer, &[REV_PREFIX + 1], None, delay)?;
     for (key, value) in guard.finish() {
@@ -208,19 +208,35 @@ fn meta_keys(
     Ok(())
 }
 
-/// The retained revision records up to the captured revision, from the engine.
-fn revisions(
+/// The retained revision records up to the captured revision, from the
+/// engine: all of them, or only those above main revision `after` (a
+/// build from the previous snapshot, which holds the rest).
+pub(crate) fn revisions(
     engine: &SledEngine,
     history: History,
+    after: Option<i64>,
     writer: &mut SnapshotWriter,
     delay: Duration,
 ) -> Result<(), StateError> {
-    let kept = kept_below(engine, history.compacted)?;
+    // Records above the compaction are all retained: the survivors below
+    // it are worked out only when the range reaches down there.
+    let kept = match after {
+        Some(after) if after >= history.compacted => HashSet::new(),
+        _ => kept_below(engine, history.compacted)?,
+    };
+    let start = match after {
+        Some(after) => rev_key(Rev {
+            main: after.saturating_add(1),
+            sub: 0,
+        })
+        .to_vec(),
+        None => vec![REV_PREFIX],
+    };
     let end = rev_key(Rev {
         main: history.revision.saturating_add(1),
         sub: 0,
     });
-    for item in engine.scan(&[REV_PREFIX], Some(&end)) {
+    for item in engine.scan(&start, Some(&end)) {
         let (key, value) = item?;
         let rev = parse_rev_key(key.as_ref())?;
         if rev.main > history.compacted || kept.contains(&rev) {

@@ -288,14 +288,7 @@ async fn force_new_cluster_recovers_from_losing_two_of_three() {
     let other = lost.iter().copied().find(|&id| id != leader).unwrap();
     cluster.kill(other);
     let target = cluster.status_retrying(leader).await.last_log_index;
-    let deadline = Instant::now() + LONG;
-    while cluster.status_retrying(survivor).await.last_log_index < target {
-        assert!(
-            Instant::now() < deadline,
-            "survivor never caught up to {target}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.wait_applied(survivor, target, LONG).await;
     cluster.kill(leader);
     stop.store(true, Ordering::Relaxed);
     for w in writers {

@@ -138,7 +138,14 @@ async fn the_sweep_runs_behind_the_apply_and_snapshots_skip_dropped_records() {
         .unwrap();
     swept(&reader, last).await;
     assert_eq!(records(&reader), 10);
-    assert_eq!(reader.swept_records(), 5_990);
+    // The snapshot took over the records up to its revision, removing
+    // sled's copies itself: the sweep deleted the dropped ones it got to
+    // first, and never more.
+    assert!(
+        reader.swept_records() <= 5_990,
+        "{}",
+        reader.swept_records()
+    );
     let other_dir = tempfile::tempdir().unwrap();
     let mut other = open(other_dir.path()).await;
     let mut receive = other.begin_receiving_snapshot().await.unwrap();

@@ -6,6 +6,7 @@
 mod apply;
 mod auth;
 mod backup;
+mod base_file;
 mod capture;
 #[cfg(test)]
 mod compaction_sm_tests;
@@ -27,6 +28,7 @@ mod snapshot_dir;
 mod snapshot_file;
 mod state_machine;
 mod store;
+mod tiered;
 
 pub use auth::AuthState;
 pub use backup::{

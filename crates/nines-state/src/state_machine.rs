@@ -13,6 +13,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::OptionalSend;
 
 use crate::apply::apply_entries;
+use crate::base_file::BaseFile;
 use crate::capture;
 use crate::compactor::Compactor;
 use crate::engine::{Engine, Write};
@@ -24,9 +25,11 @@ use crate::rebuild::{self, OpenFailure};
 use crate::redo;
 use crate::sled_engine::SledEngine;
 use crate::snapshot_builder::SnapshotBuilder;
+use crate::snapshot_dir::SnapshotDir;
 use crate::store::{
-    self, lock, read_meta, MetaState, Shared, StateOptions, SLED_DIR, SLED_OPEN_LINK,
+    self, lock, read_meta, MetaState, Shared, StateOptions, SLED_DIR, SLED_OPEN_LINK, SNAPSHOT_DIR,
 };
+use crate::tiered::{TieredEngine, META_BASE};
 
 /// The sled-backed state machine. Raft owns it; use [`StateMachine::reader`]
 /// for concurrent reads.
@@ -163,12 +166,12 @@ fn open_watched(dir: &Path, opts: &StateOptions) -> Result<StateMachine, OpenFai
     result
 }
 
-/// sled, the store on its current tree, the next tree number and the meta.
-type SledState = (sled::Db, Mvcc<SledEngine>, u64, MetaState);
+/// sled, its current tree, the next tree number and the meta.
+type SledState = (sled::Db, sled::Tree, u64, MetaState);
 
-/// Opens sled at `sled_path`, finishes an interrupted apply, reads every
-/// record (counting them in `progress`) and rebuilds the key index from the
-/// revision records. `hook`: see `open_test_hook`.
+/// Opens sled at `sled_path`, finishes an interrupted apply and reads every
+/// record but the revision records (counting them in `progress`). `hook`:
+/// see `open_test_hook`.
 fn open_sled_state(
     sled_path: &Path,
     opts: &StateOptions,
@@ -183,32 +186,60 @@ fn open_sled_state(
         tracing::info!("replayed an apply a crash interrupted");
     }
     rebuild::verify(&db, &tree, progress)?;
-    let engine = SledEngine::new(tree);
-    let meta = read_meta(&engine)?;
-    let store = Mvcc::open(engine, meta.revision, meta.compacted, progress)?;
-    Ok((db, store, next_tree, meta))
+    let meta = read_meta(&SledEngine::new(tree.clone()))?;
+    Ok((db, tree, next_tree, meta))
 }
 
-/// Loads the snapshot dir next to an opened sled.
+/// Finds the newest snapshot next to an opened sled and opens the store on
+/// both: the snapshot file serves the revision records up to its revision
+/// (`tiered.rs`). A snapshot ahead of sled is loaded into a new tree.
 fn open_snapshots(
     dir: &Path,
-    (db, mvcc, next_tree, meta): SledState,
+    (db, tree, next_tree, meta): SledState,
     opts: &StateOptions,
 ) -> Result<StateMachine, StateError> {
-    let shared = store::shared(dir.to_path_buf(), db, mvcc, next_tree, opts.clone(), &meta);
-    shared.snapshots.create()?;
-    shared.snapshots.remove_tmp();
-    if let Some((snap, path)) = shared.snapshots.newest_valid()? {
-        if snap.last_log_id > meta.applied {
-            // A crash mid-install, or sled lost its tail: the log entries
-            // up to the snapshot may be purged, so the snapshot is the truth.
+    let snapshots = SnapshotDir::new(dir.join(SNAPSHOT_DIR));
+    snapshots.create()?;
+    snapshots.remove_tmp();
+    let newest = snapshots.newest_valid()?;
+    // The revision up to which sled gave its records over to a snapshot.
+    let given_over: i64 = match tree.get(META_BASE)? {
+        Some(raw) => store::decode(&raw)?,
+        None => 0,
+    };
+    let sled = SledEngine::new(tree);
+    let mut reload = None;
+    let mut current = None;
+    let store = match newest {
+        // A crash mid-install, or sled lost its tail: the log entries up to
+        // the snapshot may be purged, so the snapshot is the truth.
+        Some((snap, path)) if snap.last_log_id > meta.applied => {
             tracing::info!(snapshot = ?snap.last_log_id, applied = ?meta.applied, "reloading snapshot");
-            let (store, state) = install::fill_new_tree(&shared, &path, &snap)?;
-            install::activate(&shared, store, state, snap, &path)?;
-        } else {
-            *lock(&shared.current_snapshot) = Some(snap);
-            shared.snapshots.remove_others(&path);
+            reload = Some((snap, path));
+            Mvcc::placeholder(TieredEngine::new(sled, None), meta.revision)
         }
+        Some((snap, path)) => {
+            let base = BaseFile::open(&path)?;
+            if base.revision < given_over {
+                return Err(lost_base(given_over));
+            }
+            let engine = TieredEngine::new(sled, Some(Arc::new(base)));
+            current = Some((snap, path));
+            Mvcc::open(engine, meta.revision, meta.compacted, &AtomicU64::new(0))?
+        }
+        None if given_over > 0 => return Err(lost_base(given_over)),
+        None => {
+            let engine = TieredEngine::new(sled, None);
+            Mvcc::open(engine, meta.revision, meta.compacted, &AtomicU64::new(0))?
+        }
+    };
+    let shared = store::shared(dir.to_path_buf(), db, store, next_tree, opts.clone(), &meta);
+    if let Some((snap, path)) = reload {
+        let (store, state) = install::fill_new_tree(&shared, &path, &snap)?;
+        install::activate(&shared, store, state, snap, &path)?;
+    } else if let Some((snap, path)) = current {
+        *lock(&shared.current_snapshot) = Some(snap);
+        shared.snapshots.remove_others(&path);
     }
     Compactor::start(&shared)?;
     Ok(StateMachine {
@@ -218,9 +249,18 @@ fn open_snapshots(
     })
 }
 
+/// sled gave records up to `revision` over to a snapshot file that is gone
+/// or damaged: damage, so the open rebuilds from an older snapshot and the
+/// log, or fails if the log no longer reaches back far enough.
+fn lost_base(revision: i64) -> StateError {
+    StateError::CorruptState(format!(
+        "the snapshot file holding the revision records up to {revision} is missing or damaged"
+    ))
+}
+
 /// Writes one apply's batch, first saving what a running snapshot build
 /// needs (see `capture.rs`).
-fn commit(shared: &Shared, engine: &SledEngine, writes: &[Write]) -> Result<(), StateError> {
+fn commit(shared: &Shared, engine: &TieredEngine, writes: &[Write]) -> Result<(), StateError> {
     let _capturing = capture::before_write(shared, engine, writes)?;
     engine.write_batch(writes)?;
     let bytes: usize = writes

@@ -28,8 +28,8 @@ use crate::compactor::Compactor;
 use crate::engine::Engine;
 use crate::error::StateError;
 use crate::mvcc::Mvcc;
-use crate::sled_engine::SledEngine;
 use crate::snapshot_dir::SnapshotDir;
+use crate::tiered::TieredEngine;
 
 /// Where user data lived before the multi-version store (`d` + key): a
 /// tree that still has it was written by an older version.
@@ -190,7 +190,7 @@ pub(crate) struct Shared {
     /// The current store (its tree and key index); replaced only by a
     /// snapshot install. Guards are never held across `.await` (clone the
     /// handle out instead).
-    pub store: RwLock<Arc<Mvcc<SledEngine>>>,
+    pub store: RwLock<Arc<Mvcc<TieredEngine>>>,
     /// Copy-on-write undo capture of a running snapshot build.
     pub capture: Mutex<Option<Capture>>,
     /// One snapshot build or install at a time.
@@ -198,10 +198,6 @@ pub(crate) struct Shared {
     /// Meta of the newest snapshot file, if any. Held while opening the
     /// file so a concurrent build cannot delete it in between.
     pub current_snapshot: Mutex<Option<SnapshotMeta>>,
-    /// The newest snapshot this member built, which the next build copies
-    /// its older revision records from (`snapshot_base.rs`). None after an
-    /// open or an install: the next build is a full one.
-    pub last_built: Mutex<Option<crate::snapshot_base::Base>>,
     pub snapshots: SnapshotDir,
     pub opts: StateOptions,
     /// Cache for readers; written after the tree.
@@ -241,7 +237,7 @@ pub(crate) struct Stats {
 }
 
 impl Shared {
-    pub fn current(&self) -> Arc<Mvcc<SledEngine>> {
+    pub fn current(&self) -> Arc<Mvcc<TieredEngine>> {
         read_lock(&self.store).clone()
     }
 
@@ -274,7 +270,7 @@ impl Shared {
 
     /// Makes `new` the current store: persist the pointer to its tree, swap
     /// the handle readers use, then drop the old tree.
-    pub fn flip(&self, new: Mvcc<SledEngine>) -> Result<(), StateError> {
+    pub fn flip(&self, new: Mvcc<TieredEngine>) -> Result<(), StateError> {
         let name = new.engine.tree().name();
         // The new store must be on disk before the pointer to it is.
         new.engine.flush()?;
@@ -355,7 +351,7 @@ fn tree_number(name: &[u8]) -> Option<u64> {
 pub(crate) fn shared(
     dir: PathBuf,
     db: sled::Db,
-    store: Mvcc<SledEngine>,
+    store: Mvcc<TieredEngine>,
     next_tree: u64,
     opts: StateOptions,
     meta: &MetaState,
@@ -366,7 +362,6 @@ pub(crate) fn shared(
         capture: Mutex::new(None),
         build_lock: tokio::sync::Mutex::new(()),
         current_snapshot: Mutex::new(None),
-        last_built: Mutex::new(None),
         snapshots: SnapshotDir::new(dir.join(SNAPSHOT_DIR)),
         opts,
         last_applied: RwLock::new(meta.applied),

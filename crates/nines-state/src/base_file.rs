@@ -29,8 +29,8 @@ use crate::store::{decode, META_COMPACTED, META_REVISION};
 pub(crate) struct Slot {
     main: u64,
     sub: u32,
-    len: u32,
-    at: u64,
+    pub len: u32,
+    pub at: u64,
     crc: u32,
 }
 
@@ -47,6 +47,10 @@ impl Slot {
         }
     }
 
+    pub fn main(&self) -> i64 {
+        i64::try_from(self.main).unwrap_or(i64::MAX)
+    }
+
     fn rev(&self) -> Rev {
         Rev {
             main: i64::try_from(self.main).unwrap_or(i64::MAX),
@@ -54,8 +58,22 @@ impl Slot {
         }
     }
 
-    fn key(&self) -> [u8; 13] {
+    pub fn key(&self) -> [u8; 13] {
         rev_key(self.rev())
+    }
+
+    /// Fails unless `value` is what was written (`path` names the file).
+    pub fn check(&self, value: &[u8], path: &Path) -> Result<(), StateError> {
+        if crc32c::crc32c(value) == self.crc {
+            return Ok(());
+        }
+        Err(StateError::corrupt(
+            path,
+            format!(
+                "the value of revision {}.{} at byte {} changed on disk",
+                self.main, self.sub, self.at
+            ),
+        ))
     }
 }
 
@@ -143,16 +161,7 @@ impl BaseFile {
     }
 
     fn check(&self, slot: &Slot, value: &[u8]) -> Result<(), StateError> {
-        if crc32c::crc32c(value) == slot.crc {
-            return Ok(());
-        }
-        Err(StateError::corrupt(
-            self.path(),
-            format!(
-                "the value of revision {}.{} at byte {} changed on disk",
-                slot.main, slot.sub, slot.at
-            ),
-        ))
+        slot.check(value, &self.path())
     }
 
     fn read_at(&self, buf: &mut [u8], at: u64) -> Result<(), StateError> {

@@ -18,7 +18,8 @@ use crate::snapshot_file::SnapshotReader;
 use crate::store::{
     encode, lock, read_meta, MetaState, Shared, LEGACY_DATA_PREFIX, META_APPLIED, META_MEMBERSHIP,
 };
-use crate::tiered::{TieredEngine, META_BASE};
+use crate::tail::Tail;
+use crate::tiered::TieredEngine;
 
 /// Records per sled batch while loading: bounds memory, keeps batches cheap.
 const LOAD_CHUNK: usize = 10_000;
@@ -82,13 +83,16 @@ pub(crate) fn fill_new_tree(
 ) -> Result<(Mvcc<TieredEngine>, MetaState), StateError> {
     let tree = shared.new_tree()?;
     let name = tree.name();
+    let tail_dir = shared.tail_dir(&name);
     let filled = load_base(&tree, path, meta).and_then(|(state, base)| {
-        let engine = TieredEngine::new(SledEngine::new(tree), Some(Arc::new(base)));
+        let tail = Tail::create(&tail_dir)?;
+        let engine = TieredEngine::new(SledEngine::new(tree), tail, Some(Arc::new(base)));
         let store = Mvcc::open(engine, state.revision, state.compacted, &AtomicU64::new(0))?;
         Ok((store, state))
     });
     if filled.is_err() {
         let _ = shared.db.drop_tree(name);
+        let _ = std::fs::remove_dir_all(&tail_dir);
     }
     filled
 }
@@ -125,7 +129,6 @@ fn load_base(
     tree.apply_batch(batch)?;
     let state = read_meta(&SledEngine::new(tree.clone()))?;
     let base = BaseFile::written(path, state.revision, state.compacted, slots)?;
-    tree.insert(META_BASE, encode(&state.revision)?)?;
     Ok((state, base))
 }
 

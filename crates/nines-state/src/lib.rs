@@ -11,6 +11,8 @@ mod capture;
 #[cfg(test)]
 mod compaction_sm_tests;
 mod compactor;
+#[cfg(test)]
+mod crash_tests;
 mod engine;
 mod error;
 mod install;
@@ -28,6 +30,7 @@ mod snapshot_dir;
 mod snapshot_file;
 mod state_machine;
 mod store;
+mod tail;
 mod tiered;
 
 pub use auth::AuthState;

@@ -62,9 +62,8 @@ fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
     // records it holds (`base_file.rs`). The store is the one captured:
     // installs take the build lock we hold.
     let base = BaseFile::written(&dest, captured.revision, captured.compacted, captured.slots)?;
-    let removed = shared.current().engine.take_base(Arc::new(base))?;
+    shared.current().engine.take_base(Arc::new(base))?;
     tracing::debug!(
-        removed,
         revision = captured.revision,
         "snapshot took over its records"
     );

@@ -27,9 +27,11 @@ use crate::sled_engine::SledEngine;
 use crate::snapshot_builder::SnapshotBuilder;
 use crate::snapshot_dir::SnapshotDir;
 use crate::store::{
-    self, lock, read_meta, MetaState, Shared, StateOptions, SLED_DIR, SLED_OPEN_LINK, SNAPSHOT_DIR,
+    self, lock, read_meta, MetaState, Shared, StateOptions, EMPTY_STORE_REVISION, SLED_DIR,
+    SLED_OPEN_LINK, SNAPSHOT_DIR, TAIL_DIR,
 };
-use crate::tiered::{TieredEngine, META_BASE};
+use crate::tail::Tail;
+use crate::tiered::TieredEngine;
 
 /// The sled-backed state machine. Raft owns it; use [`StateMachine::reader`]
 /// for concurrent reads.
@@ -126,6 +128,11 @@ fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, State
     };
     let sled_dir = dir.join(SLED_DIR);
     let aside = rebuild::move_aside(&sled_dir)?;
+    // Derived from what is rebuilt: it goes with it.
+    let tails = dir.join(TAIL_DIR);
+    if tails.exists() {
+        std::fs::remove_dir_all(&tails).map_err(|e| StateError::io(&tails, e))?;
+    }
     tracing::warn!(
         error = %reason,
         moved_to = %aside.display(),
@@ -202,11 +209,9 @@ fn open_snapshots(
     snapshots.create()?;
     snapshots.remove_tmp();
     let newest = snapshots.newest_valid()?;
-    // The revision up to which sled gave its records over to a snapshot.
-    let given_over: i64 = match tree.get(META_BASE)? {
-        Some(raw) => store::decode(&raw)?,
-        None => 0,
-    };
+    let tails = dir.join(TAIL_DIR);
+    let tail_dir = tails.join(String::from_utf8_lossy(&tree.name()).as_ref());
+    remove_other_tails(&tails, &tail_dir);
     let sled = SledEngine::new(tree);
     let mut reload = None;
     let mut current = None;
@@ -216,20 +221,19 @@ fn open_snapshots(
         Some((snap, path)) if snap.last_log_id > meta.applied => {
             tracing::info!(snapshot = ?snap.last_log_id, applied = ?meta.applied, "reloading snapshot");
             reload = Some((snap, path));
-            Mvcc::placeholder(TieredEngine::new(sled, None), meta.revision)
+            let engine = TieredEngine::new(sled, Tail::detached(), None);
+            Mvcc::placeholder(engine, meta.revision)
         }
         Some((snap, path)) => {
             let base = BaseFile::open(&path)?;
-            if base.revision < given_over {
-                return Err(lost_base(given_over));
-            }
-            let engine = TieredEngine::new(sled, Some(Arc::new(base)));
+            let tail = Tail::open(&tail_dir, base.revision, meta.revision)?;
+            let engine = TieredEngine::new(sled, tail, Some(Arc::new(base)));
             current = Some((snap, path));
             Mvcc::open(engine, meta.revision, meta.compacted, &AtomicU64::new(0))?
         }
-        None if given_over > 0 => return Err(lost_base(given_over)),
         None => {
-            let engine = TieredEngine::new(sled, None);
+            let tail = Tail::open(&tail_dir, EMPTY_STORE_REVISION, meta.revision)?;
+            let engine = TieredEngine::new(sled, tail, None);
             Mvcc::open(engine, meta.revision, meta.compacted, &AtomicU64::new(0))?
         }
     };
@@ -249,13 +253,20 @@ fn open_snapshots(
     })
 }
 
-/// sled gave records up to `revision` over to a snapshot file that is gone
-/// or damaged: damage, so the open rebuilds from an older snapshot and the
-/// log, or fails if the log no longer reaches back far enough.
-fn lost_base(revision: i64) -> StateError {
-    StateError::CorruptState(format!(
-        "the snapshot file holding the revision records up to {revision} is missing or damaged"
-    ))
+/// Removes the tails of trees that are not `keep`'s (left by an install a
+/// crash interrupted, or by a rebuild).
+fn remove_other_tails(tails: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(tails) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != keep {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old tail");
+            }
+        }
+    }
 }
 
 /// Writes one apply's batch, first saving what a running snapshot build

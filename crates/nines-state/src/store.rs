@@ -53,6 +53,8 @@ pub(crate) const SLED_DIR: &str = "sm";
 /// `rebuild::open_bounded`).
 pub(crate) const SLED_OPEN_LINK: &str = "sm.open";
 const TREE_PREFIX: &str = "data-";
+/// The dir of the trees' tails inside the state dir.
+pub(crate) const TAIL_DIR: &str = "tail";
 /// The snapshot dir inside the state dir.
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
@@ -199,6 +201,8 @@ pub(crate) struct Shared {
     /// file so a concurrent build cannot delete it in between.
     pub current_snapshot: Mutex<Option<SnapshotMeta>>,
     pub snapshots: SnapshotDir,
+    /// Where each tree's tail lives (`tail.rs`): one dir per tree.
+    pub tails: PathBuf,
     pub opts: StateOptions,
     /// Cache for readers; written after the tree.
     pub last_applied: RwLock<Option<LogId>>,
@@ -259,6 +263,11 @@ impl Shared {
         *self.last_applied.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The tail dir of the tree named `tree`.
+    pub fn tail_dir(&self, tree: &[u8]) -> PathBuf {
+        self.tails.join(String::from_utf8_lossy(tree).as_ref())
+    }
+
     /// Opens a new, empty tree for a snapshot load.
     pub fn new_tree(&self) -> Result<sled::Tree, StateError> {
         let n = self.tree_counter.fetch_add(1, Ordering::Relaxed);
@@ -281,6 +290,8 @@ impl Shared {
             std::mem::replace(&mut *guard, Arc::new(new))
         };
         self.db.drop_tree(old.engine.tree().name())?;
+        // Readers still on the old store keep their files open.
+        old.engine.tail().remove_files();
         Ok(())
     }
 }
@@ -363,6 +374,7 @@ pub(crate) fn shared(
         build_lock: tokio::sync::Mutex::new(()),
         current_snapshot: Mutex::new(None),
         snapshots: SnapshotDir::new(dir.join(SNAPSHOT_DIR)),
+        tails: dir.join(TAIL_DIR),
         opts,
         last_applied: RwLock::new(meta.applied),
         tree_counter: AtomicU64::new(next_tree),

@@ -1,11 +1,11 @@
 //! The production [`Engine`]: revision records up to the newest snapshot's
-//! revision come from that snapshot file (`base_file.rs`), everything else
-//! (newer records, meta, sessions, leases, auth) from sled.
+//! revision come from that snapshot file (`base_file.rs`), newer ones from
+//! the tail (`tail.rs`), everything else (meta, sessions, leases, auth) from
+//! sled.
 //!
 //! The split is by revision alone: a record at or below the base's
-//! revision is read from the base even while sled still holds a copy
-//! (sled's copies are removed after the base took over, and a crash can
-//! leave some), so a read never sees two versions of one record.
+//! revision is read from the base, one above it from the tail, so a read
+//! never sees two versions of one record.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -16,16 +16,14 @@ use crate::error::StateError;
 use crate::mvcc::{parse_rev_key, rev_key, Rev, REV_PREFIX};
 use crate::sled_engine::SledEngine;
 use crate::store::read_lock;
-
-/// Under the meta prefix: the revision of the base whose records were
-/// removed from sled. An open needs a snapshot file at least that new.
-pub(crate) const META_BASE: &[u8] = b"mbase";
+use crate::tail::Tail;
 
 pub(crate) struct TieredEngine {
     sled: SledEngine,
+    tail: Tail,
     /// Every get and scan holds a clone of the view it started with until
     /// it is done, so a takeover can wait for the reads that may still
-    /// look for records in sled below the new cut (see `take_base`).
+    /// look for records in the tail below the new cut (see `take_base`).
     view: RwLock<Arc<View>>,
 }
 
@@ -38,9 +36,10 @@ struct View {
 const READERS_WAIT: Duration = Duration::from_secs(10);
 
 impl TieredEngine {
-    pub fn new(sled: SledEngine, base: Option<Arc<BaseFile>>) -> Self {
+    pub fn new(sled: SledEngine, tail: Tail, base: Option<Arc<BaseFile>>) -> Self {
         TieredEngine {
             sled,
+            tail,
             view: RwLock::new(Arc::new(View { base })),
         }
     }
@@ -57,46 +56,40 @@ impl TieredEngine {
         self.view().base.clone()
     }
 
-    /// Serves records up to `base.revision` from `base` from now on, notes
-    /// that in sled, then removes sled's copies of them. Call only once the
-    /// file is durable and published.
-    pub fn take_base(&self, base: Arc<BaseFile>) -> Result<u64, StateError> {
-        let cut = cut_of(&base);
+    pub fn tail(&self) -> &Tail {
+        &self.tail
+    }
+
+    /// Starts a new tail file: call at a snapshot capture (see `tail.rs`).
+    pub fn rotate_tail(&self) -> Result<(), StateError> {
+        self.tail.rotate()
+    }
+
+    /// Serves records up to `base.revision` from `base` from now on, then
+    /// deletes the tail files it covers. Call only once the file is
+    /// durable and published.
+    pub fn take_base(&self, base: Arc<BaseFile>) -> Result<(), StateError> {
         let revision = base.revision;
         let new = Arc::new(View { base: Some(base) });
         let old = std::mem::replace(
             &mut *self.view.write().unwrap_or_else(|e| e.into_inner()),
             new,
         );
-        // Before any removal: sled recovers a prefix of its writes, so a
-        // state that lost a record to this removal also has this note.
-        self.tree()
-            .insert(META_BASE, crate::store::encode(&revision)?)?;
         // A read that began on the old view may still look for these
-        // records in sled. Left in place they are harmless (hidden below
-        // the cut), so after a wait they are left for the next takeover.
+        // records in the tail. Left in place they are harmless (hidden
+        // below the cut), so after a wait they are left for the next
+        // takeover.
         let deadline = Instant::now() + READERS_WAIT;
         while Arc::strong_count(&old) > 1 {
             if Instant::now() > deadline {
-                tracing::warn!("a read outlasted a snapshot takeover; sled's copies stay for now");
-                return Ok(0);
+                tracing::warn!(
+                    "a read outlasted a snapshot takeover; the tail's files stay for now"
+                );
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let mut removed = 0;
-        loop {
-            let keys: Vec<Vec<u8>> = self
-                .sled
-                .scan(&[REV_PREFIX], Some(&cut))
-                .take(10_000)
-                .map(|r| r.map(|(k, _)| k.to_vec()))
-                .collect::<Result<_, _>>()?;
-            if keys.is_empty() {
-                return Ok(removed);
-            }
-            self.sled.remove_each(&keys)?;
-            removed += keys.len() as u64;
-        }
+        self.tail.drop_upto(revision)
     }
 }
 
@@ -141,52 +134,81 @@ impl Engine for TieredEngine {
     type Bytes = sled::IVec;
 
     fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StateError> {
-        let view = self.view();
-        if key.first() == Some(&REV_PREFIX) {
-            if let Some(base) = &view.base {
-                if parse_rev_key(key)?.main <= base.revision {
-                    return Ok(base.get(key)?.map(sled::IVec::from));
-                }
-            }
+        if key.first() != Some(&REV_PREFIX) {
+            return self.sled.get(key);
         }
-        // `view` is held until sled answered (see `View`).
-        let found = self.sled.get(key);
+        let view = self.view();
+        let value = match &view.base {
+            Some(base) if parse_rev_key(key)?.main <= base.revision => base.get(key)?,
+            // `view` is held until the tail answered (see `View`).
+            _ => self.tail.get(key)?,
+        };
         drop(view);
-        found
+        Ok(value.map(sled::IVec::from))
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>) -> ScanIter<'_, sled::IVec> {
         let view = self.view();
-        let Some(base) = view.base.clone() else {
-            return Box::new(Held {
-                inner: self.sled.scan(start, end),
-                _view: view,
-            });
-        };
-        let cut = cut_of(&base);
         let low: &[u8] = &[REV_PREFIX];
-        // Below the revision records, the base's part, then from its cut on.
+        let high: &[u8] = &[REV_PREFIX + 1];
+        let cut = view
+            .base
+            .as_deref()
+            .map_or_else(|| low.to_vec(), |b| cut_of(b).to_vec());
+        let ivecs = |r: Result<(Vec<u8>, Vec<u8>), StateError>| {
+            r.map(|(k, v)| (sled::IVec::from(k), sled::IVec::from(v)))
+        };
+        // Below the revision records, the base's part, the tail's, then
+        // the keys above them.
         let before = self.sled.scan(start, Some(min_end(end, low)));
-        let from = max(start, low).to_vec();
-        let to = min_end(end, &cut).to_vec();
-        let middle = base
-            .scan(&from, &to)
-            .map(|r| r.map(|(k, v)| (sled::IVec::from(k), sled::IVec::from(v))));
-        let after = self.sled.scan(max(start, &cut), end);
+        let middle = view
+            .base
+            .clone()
+            .map(|base| base.scan(max(start, low), min_end(end, &cut)).map(ivecs));
+        let tail = self
+            .tail
+            .scan(max(start, &cut), min_end(end, high))
+            .map(ivecs);
+        let after = self.sled.scan(max(start, high), end);
         Box::new(Held {
-            inner: before.chain(middle).chain(after),
+            inner: before
+                .chain(middle.into_iter().flatten())
+                .chain(tail)
+                .chain(after),
             _view: view,
         })
     }
 
     fn write_batch(&self, writes: &[Write]) -> Result<(), StateError> {
-        self.sled.write_batch(writes)
+        // New records first, then the rest through sled's journal: a crash
+        // in between leaves records above the store revision, which the
+        // tail cuts off at open (`tail.rs`).
+        let (records, rest): (Vec<&Write>, Vec<&Write>) = writes
+            .iter()
+            .partition(|(k, v)| k.first() == Some(&REV_PREFIX) && v.is_some());
+        let mut records: Vec<(&[u8], &[u8])> = records
+            .iter()
+            .filter_map(|(k, v)| v.as_deref().map(|v| (k.as_slice(), v)))
+            .collect();
+        records.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        self.tail.append(&records)?;
+        let rest: Vec<Write> = rest
+            .into_iter()
+            .filter(|(k, _)| k.first() != Some(&REV_PREFIX))
+            .cloned()
+            .collect();
+        self.sled.write_batch(&rest)
     }
 
     fn remove_each(&self, keys: &[Vec<u8>]) -> Result<(), StateError> {
-        // Records the base holds stay in its file until the next snapshot
-        // leaves them out; the key index no longer points at them.
-        self.sled.remove_each(keys)
+        // Revision records stay in their files (base or tail) until a
+        // snapshot leaves them out; the key index no longer points at them.
+        let others: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| k.first() != Some(&REV_PREFIX))
+            .cloned()
+            .collect();
+        self.sled.remove_each(&others)
     }
 
     fn flush(&self) -> Result<(), StateError> {
@@ -211,44 +233,50 @@ mod tests {
             .collect()
     }
 
-    /// sled holding records 2..=9 and a key on each side of them; a
-    /// snapshot file holding records 2..=6 (revision 6) but 4, which a
-    /// compaction dropped.
+    fn put(main: i64) -> Write {
+        (rk(main), Some(format!("v{main}").into_bytes()))
+    }
+
+    /// Meta and sessions in sled, records 2..=6 in the base (4 dropped by a
+    /// compaction), 7..=9 in the tail.
     #[test]
-    fn reads_split_at_the_base_revision_and_sled_copies_go() {
+    fn reads_split_by_revision_and_a_takeover_drops_tail_files() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        for main in 2..=9 {
-            tree.insert(rk(main), format!("sled{main}").as_bytes())
-                .unwrap();
-        }
-        tree.insert(b"mrevision", b"m".as_slice()).unwrap();
-        tree.insert(b"sclient", b"s".as_slice()).unwrap();
+        let tail_dir = dir.path().join("tail");
+        let engine = Arc::new(TieredEngine::new(
+            SledEngine::new(tree.clone()),
+            Tail::create(&tail_dir).unwrap(),
+            None,
+        ));
+        let mut batch: Vec<Write> = (2..=6).map(put).collect();
+        batch.push((b"mrevision".to_vec(), Some(b"m".to_vec())));
+        batch.push((b"sclient".to_vec(), Some(b"s".to_vec())));
+        engine.write_batch(&batch).unwrap();
+        // sled holds no record.
+        assert_eq!(tree.len(), 2);
+        engine.rotate_tail().unwrap();
+        engine
+            .write_batch(&(7..=9).map(put).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(engine.get(&rk(4)).unwrap().unwrap().as_ref(), b"v4");
+
         let path = dir.path().join("snap");
         let mut w = SnapshotWriter::create(&path, &SnapshotMeta::default()).unwrap();
         for main in [2, 3, 5, 6] {
-            w.record(&rk(main), format!("file{main}").as_bytes())
-                .unwrap();
+            w.record(&rk(main), format!("v{main}").as_bytes()).unwrap();
         }
         let slots = w.finish().unwrap().1;
-        let engine = TieredEngine::new(SledEngine::new(tree.clone()), None);
-        assert_eq!(engine.get(&rk(4)).unwrap().unwrap().as_ref(), b"sled4");
-
         let base = BaseFile::written(&path, 6, 4, slots).unwrap();
-        assert_eq!(engine.take_base(Arc::new(base)).unwrap(), 5);
-        // sled kept only what the file does not cover, and the note.
-        let in_sled: Vec<_> = tree.iter().keys().map(|k| k.unwrap().to_vec()).collect();
-        let mut want = vec![META_BASE.to_vec(), b"mrevision".to_vec()];
-        want.extend([rk(7), rk(8), rk(9)]);
-        want.push(b"sclient".to_vec());
-        assert_eq!(in_sled, want);
+        engine.take_base(Arc::new(base)).unwrap();
+        assert_eq!(std::fs::read_dir(&tail_dir).unwrap().count(), 1);
 
-        assert_eq!(engine.get(&rk(3)).unwrap().unwrap().as_ref(), b"file3");
+        assert_eq!(engine.get(&rk(3)).unwrap().unwrap().as_ref(), b"v3");
         assert_eq!(engine.get(&rk(4)).unwrap(), None);
-        assert_eq!(engine.get(&rk(8)).unwrap().unwrap().as_ref(), b"sled8");
+        assert_eq!(engine.get(&rk(8)).unwrap().unwrap().as_ref(), b"v8");
         assert_eq!(engine.get(b"sclient").unwrap().unwrap().as_ref(), b"s");
-        let mut all = vec![META_BASE.to_vec(), b"mrevision".to_vec()];
+        let mut all = vec![b"mrevision".to_vec()];
         all.extend([rk(2), rk(3), rk(5), rk(6), rk(7), rk(8), rk(9)]);
         all.push(b"sclient".to_vec());
         assert_eq!(keys(&engine, &[], None), all);
@@ -262,30 +290,31 @@ mod tests {
         );
         assert_eq!(
             keys(&engine, b"m", Some(&rk(3))),
-            vec![META_BASE.to_vec(), b"mrevision".to_vec(), rk(2)]
+            vec![b"mrevision".to_vec(), rk(2)]
         );
-
-        // A copy a crash left in sled below the cut is never read.
-        tree.insert(rk(5), b"stale".as_slice()).unwrap();
-        assert_eq!(engine.get(&rk(5)).unwrap().unwrap().as_ref(), b"file5");
-        assert_eq!(keys(&engine, &rk(5), Some(&rk(6))), vec![rk(5)]);
+        assert_eq!(keys(&engine, &rk(9), Some(&rk(5))), Vec::<Vec<u8>>::new());
     }
 
     #[test]
     fn a_takeover_waits_for_a_scan_that_began_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
-        for main in 2..=5 {
-            tree.insert(rk(main), b"v".as_slice()).unwrap();
-        }
+        let tail_dir = dir.path().join("tail");
+        let engine = Arc::new(TieredEngine::new(
+            SledEngine::new(db.open_tree("t").unwrap()),
+            Tail::create(&tail_dir).unwrap(),
+            None,
+        ));
+        engine
+            .write_batch(&(2..=5).map(put).collect::<Vec<_>>())
+            .unwrap();
+        engine.rotate_tail().unwrap();
         let path = dir.path().join("snap");
         let mut w = SnapshotWriter::create(&path, &SnapshotMeta::default()).unwrap();
         for main in 2..=5 {
-            w.record(&rk(main), b"v").unwrap();
+            w.record(&rk(main), format!("v{main}").as_bytes()).unwrap();
         }
         let slots = w.finish().unwrap().1;
-        let engine = Arc::new(TieredEngine::new(SledEngine::new(tree), None));
         let mut scan = engine.scan(&[REV_PREFIX], None);
         assert_eq!(scan.next().unwrap().unwrap().0.as_ref(), rk(2).as_slice());
         let taker = {
@@ -294,11 +323,12 @@ mod tests {
             std::thread::spawn(move || engine.take_base(Arc::new(base)).unwrap())
         };
         std::thread::sleep(Duration::from_millis(200));
-        // The scan still finds every record in sled.
         let rest: Vec<_> = scan.by_ref().map(|r| r.unwrap().0.to_vec()).collect();
         assert_eq!(rest, vec![rk(3), rk(4), rk(5)]);
         assert!(!taker.is_finished(), "the takeover waits for the scan");
+        assert_eq!(std::fs::read_dir(&tail_dir).unwrap().count(), 2);
         drop(scan);
-        assert_eq!(taker.join().unwrap(), 4);
+        taker.join().unwrap();
+        assert_eq!(std::fs::read_dir(&tail_dir).unwrap().count(), 1);
     }
 }

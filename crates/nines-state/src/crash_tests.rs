@@ -62,7 +62,8 @@ async fn records_of_an_apply_cut_off_before_its_journal_are_dropped() {
                 lease: 0,
             };
             let raw = encode_record(&header, b"cut off").unwrap();
-            tail.append(&[(&rev_key(Rev { main: 7, sub }), &raw)]).unwrap();
+            tail.append(&[(&rev_key(Rev { main: 7, sub }), &raw)])
+                .unwrap();
         }
     }
 
@@ -78,4 +79,39 @@ async fn records_of_an_apply_cut_off_before_its_journal_are_dropped() {
     drop(sm);
     let sm = open(dir.path()).await;
     assert_eq!(value(&sm, "new"), Some((b"again".to_vec(), 7)));
+}
+
+/// A data dir from before tails keeps its records in sled: the open
+/// rebuilds it from the snapshot (which has them all) and the log.
+#[tokio::test]
+async fn a_state_with_records_in_sled_is_rebuilt_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut sm = open(dir.path()).await;
+        for i in 1..=5u64 {
+            sm.apply([put(i, &format!("k{i}"), &format!("v{i}"))])
+                .await
+                .unwrap();
+        }
+        let mut builder = sm.get_snapshot_builder().await;
+        openraft::RaftSnapshotBuilder::build_snapshot(&mut builder)
+            .await
+            .unwrap();
+    }
+    {
+        let sled_dir = dir.path().join(crate::store::SLED_DIR);
+        let (_db, tree, _) = crate::store::open_db(&sled_dir, &StateOptions::default()).unwrap();
+        tree.insert(rev_key(Rev { main: 2, sub: 0 }), b"old layout".as_slice())
+            .unwrap();
+        tree.flush().unwrap();
+    }
+    let sm = open(dir.path()).await;
+    assert!(sm.rebuilt_from().is_some(), "rebuilt");
+    assert_eq!(sm.reader().revision(), 6);
+    for i in 1..=5 {
+        assert_eq!(
+            value(&sm, &format!("k{i}")),
+            Some((format!("v{i}").into_bytes(), i as i64 + 1))
+        );
+    }
 }

@@ -241,6 +241,10 @@ fn open_snapshots(
     if let Some((snap, path)) = reload {
         let (store, state) = install::fill_new_tree(&shared, &path, &snap)?;
         install::activate(&shared, store, state, snap, &path)?;
+        // The old tree's tail: its records are the snapshot's or cut off.
+        if tail_dir.exists() {
+            std::fs::remove_dir_all(&tail_dir).map_err(|e| StateError::io(&tail_dir, e))?;
+        }
     } else if let Some((snap, path)) = current {
         *lock(&shared.current_snapshot) = Some(snap);
         shared.snapshots.remove_others(&path);

@@ -37,16 +37,22 @@ fn value(sm: &StateMachine, key: &str) -> Option<(Vec<u8>, i64)> {
     Some((kv.value, kv.mod_revision))
 }
 
+/// A machine at `dir` that applied `k1..=k5` (revisions 2..=6).
+async fn five_puts(dir: &std::path::Path) -> StateMachine {
+    let mut sm = open(dir).await;
+    for i in 1..=5u64 {
+        sm.apply([put(i, &format!("k{i}"), &format!("v{i}"))])
+            .await
+            .unwrap();
+    }
+    sm
+}
+
 #[tokio::test]
 async fn records_of_an_apply_cut_off_before_its_journal_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut sm = open(dir.path()).await;
-        for i in 1..=5u64 {
-            sm.apply([put(i, &format!("k{i}"), &format!("v{i}"))])
-                .await
-                .unwrap();
-        }
+        let sm = five_puts(dir.path()).await;
         assert_eq!(sm.reader().revision(), 6);
     }
     // What a crash leaves when entry 6's records reached sled and nothing
@@ -87,12 +93,7 @@ async fn records_of_an_apply_cut_off_before_its_journal_are_dropped() {
 async fn a_state_with_records_in_sled_is_rebuilt_from_its_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut sm = open(dir.path()).await;
-        for i in 1..=5u64 {
-            sm.apply([put(i, &format!("k{i}"), &format!("v{i}"))])
-                .await
-                .unwrap();
-        }
+        let mut sm = five_puts(dir.path()).await;
         let mut builder = sm.get_snapshot_builder().await;
         openraft::RaftSnapshotBuilder::build_snapshot(&mut builder)
             .await

@@ -136,7 +136,7 @@ impl NodeCore {
         Ok(metrics.snapshot.map(|l| l.index).unwrap_or(0))
     }
 
-    /// Bytes on disk of the state dir (sled and snapshots): etcd's db size.
+    /// Bytes on disk of the state dir (snapshot, tails, sled): etcd's db size.
     /// Walked off the async workers; a snapshot swap mid-walk is not fatal.
     pub async fn db_size(&self) -> Result<u64, ApiError> {
         let dir = crate::disk::state_dir(&self.config.data_dir);

@@ -235,7 +235,7 @@ fn write_restored(
         while let Some((key, value)) = reader.next_record()? {
             writer.record(&key, &value)?;
         }
-        writer.finish()
+        writer.finish().map(|(count, _)| count)
     })();
     if let Err(e) = copied {
         let _ = std::fs::remove_file(&tmp);

@@ -19,6 +19,7 @@ use crate::engine::{Engine, Write};
 use crate::error::StateError;
 use crate::mvcc::REV_PREFIX;
 use crate::store::{lock, read_meta, MetaState, Shared};
+use crate::tiered::TieredEngine;
 
 pub(crate) struct Capture {
     /// Raw tree key → value at the capture point (None: key did not exist).
@@ -73,11 +74,14 @@ pub(crate) fn before_write<'a, E: Engine>(
 
 /// Starts a capture and returns the meta at the capture point. This is the
 /// only moment a build blocks apply: one mutex hold plus three point reads.
-pub(crate) fn begin<E: Engine>(shared: &Shared, engine: &E) -> Result<MetaState, StateError> {
+pub(crate) fn begin(shared: &Shared, engine: &TieredEngine) -> Result<MetaState, StateError> {
     let started = Instant::now();
     let meta = {
         let mut guard = lock(&shared.capture);
         let meta = read_meta(engine)?;
+        // No apply is writing (they hold this lock while they do): what
+        // follows the captured revision goes to a file of its own.
+        engine.rotate_tail()?;
         *guard = Some(Capture {
             undo: HashMap::new(),
             cursor: None,

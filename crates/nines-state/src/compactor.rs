@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use crate::error::StateError;
 use crate::mvcc::{Mvcc, Rev};
-use crate::sled_engine::SledEngine;
 use crate::store::{lock, Shared};
+use crate::tiered::TieredEngine;
 
 /// Records visited per chunk (etcd's compaction batch limit is 1,000).
 const SWEEP_CHUNK: usize = 2_000;
@@ -74,7 +74,7 @@ impl Compactor {
 
     /// Takes note of a store just opened or installed: sweeps what it still
     /// holds of its compaction, if anything.
-    pub fn opened(&self, store: &Mvcc<SledEngine>) {
+    pub fn opened(&self, store: &Mvcc<TieredEngine>) {
         if store.dropped_at_open() > 0 {
             self.schedule(store.compacted());
         } else {

@@ -6,16 +6,20 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use nines_types::SnapshotMeta;
 
+use crate::base_file::{BaseFile, Slot};
 use crate::error::StateError;
-use crate::mvcc::Mvcc;
+use crate::mvcc::{parse_rev_key, Mvcc, REV_PREFIX};
 use crate::sled_engine::SledEngine;
 use crate::snapshot_file::SnapshotReader;
 use crate::store::{
     encode, lock, read_meta, MetaState, Shared, LEGACY_DATA_PREFIX, META_APPLIED, META_MEMBERSHIP,
 };
+use crate::tail::Tail;
+use crate::tiered::TieredEngine;
 
 /// Records per sled batch while loading: bounds memory, keeps batches cheap.
 const LOAD_CHUNK: usize = 10_000;
@@ -39,6 +43,9 @@ pub(crate) fn install(
         if let Err(e) = shared.snapshots.publish(&tmp, &dest) {
             let _ = shared.db.drop_tree(store.engine.tree().name());
             return Err(e);
+        }
+        if let Some(base) = store.engine.base() {
+            base.moved_to(&dest);
         }
         activate(shared, store, state, meta.clone(), &dest)
     })();
@@ -65,29 +72,40 @@ fn copy_synced(src: &mut File, dest: &Path) -> Result<(), StateError> {
     out.sync_all().map_err(|e| StateError::io(dest, e))
 }
 
-/// Verifies `path` while loading it into a new tree, then indexes its
-/// records; the tree is dropped again if the file turns out corrupt, so a
-/// bad file never becomes current.
+/// Verifies `path` while loading its state keys into a new tree; the file
+/// becomes the new store's base (its revision records stay in it, see
+/// `base_file.rs`). The tree is dropped again if the file turns out
+/// corrupt, so a bad file never becomes current.
 pub(crate) fn fill_new_tree(
     shared: &Shared,
     path: &Path,
     meta: &SnapshotMeta,
-) -> Result<(Mvcc<SledEngine>, MetaState), StateError> {
+) -> Result<(Mvcc<TieredEngine>, MetaState), StateError> {
     let tree = shared.new_tree()?;
     let name = tree.name();
-    let filled = fill(&tree, path, meta).and_then(|state| {
-        let engine = SledEngine::new(tree);
+    let tail_dir = shared.tail_dir(&name);
+    let filled = load_base(&tree, path, meta).and_then(|(state, base)| {
+        let tail = Tail::create(&tail_dir)?;
+        let engine = TieredEngine::new(SledEngine::new(tree), tail, Some(Arc::new(base)));
         let store = Mvcc::open(engine, state.revision, state.compacted, &AtomicU64::new(0))?;
         Ok((store, state))
     });
     if filled.is_err() {
         let _ = shared.db.drop_tree(name);
+        let _ = std::fs::remove_dir_all(&tail_dir);
     }
     filled
 }
 
-fn fill(tree: &sled::Tree, path: &Path, meta: &SnapshotMeta) -> Result<MetaState, StateError> {
-    let (file_meta, reader) = SnapshotReader::open(path)?;
+/// Loads every record of the snapshot at `path` but the revision records
+/// into `tree`, notes where those lie in the file, then writes `meta`'s
+/// applied id and membership. Fails on a bad trailer.
+fn load_base(
+    tree: &sled::Tree,
+    path: &Path,
+    meta: &SnapshotMeta,
+) -> Result<(MetaState, BaseFile), StateError> {
+    let (file_meta, mut reader) = SnapshotReader::open(path)?;
     if file_meta.last_log_id != meta.last_log_id {
         return Err(StateError::corrupt(
             path,
@@ -97,10 +115,32 @@ fn fill(tree: &sled::Tree, path: &Path, meta: &SnapshotMeta) -> Result<MetaState
             ),
         ));
     }
-    load(tree, reader, path, meta)
+    let mut batch = sled::Batch::default();
+    let mut slots = Vec::new();
+    while let Some(((key, value), at)) = reader.next_record_at()? {
+        match key.first() {
+            Some(&LEGACY_DATA_PREFIX) => return Err(legacy(path)),
+            Some(&REV_PREFIX) => slots.push(Slot::new(parse_rev_key(&key)?, at, &value)),
+            _ => batch.insert(key, value),
+        }
+    }
+    batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
+    batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
+    tree.apply_batch(batch)?;
+    let state = read_meta(&SledEngine::new(tree.clone()))?;
+    let base = BaseFile::written(path, state.revision, state.compacted, slots)?;
+    Ok((state, base))
 }
 
-/// Writes every record `reader` yields into `tree` (failing on a bad
+fn legacy(path: &Path) -> StateError {
+    StateError::corrupt(
+        path,
+        "written by a nines version before the multi-version store",
+    )
+}
+
+/// Writes every record `reader` yields into `tree` (a backup's scratch
+/// store, which has no base) (failing on a bad
 /// trailer), then `meta`'s applied id and membership; returns the meta.
 pub(crate) fn load<R: Read>(
     tree: &sled::Tree,
@@ -112,10 +152,7 @@ pub(crate) fn load<R: Read>(
     let mut in_batch = 0;
     while let Some((key, value)) = reader.next_record()? {
         if key.first() == Some(&LEGACY_DATA_PREFIX) {
-            return Err(StateError::corrupt(
-                path,
-                "written by a nines version before the multi-version store",
-            ));
+            return Err(legacy(path));
         }
         batch.insert(key, value);
         in_batch += 1;
@@ -134,15 +171,13 @@ pub(crate) fn load<R: Read>(
 /// Makes a filled store current and `meta` the current snapshot.
 pub(crate) fn activate(
     shared: &Shared,
-    store: Mvcc<SledEngine>,
+    store: Mvcc<TieredEngine>,
     state: MetaState,
     meta: SnapshotMeta,
     file: &Path,
 ) -> Result<(), StateError> {
     shared.flip(store)?;
     shared.compactor.opened(&shared.current());
-    // A new tree: the next build reads it in full.
-    *lock(&shared.last_built) = None;
     *lock(&shared.current_snapshot) = Some(meta);
     shared.snapshots.remove_others(file);
     shared.set_applied(state.applied);

@@ -6,10 +6,13 @@
 mod apply;
 mod auth;
 mod backup;
+mod base_file;
 mod capture;
 #[cfg(test)]
 mod compaction_sm_tests;
 mod compactor;
+#[cfg(test)]
+mod crash_tests;
 mod engine;
 mod error;
 mod install;
@@ -27,6 +30,8 @@ mod snapshot_dir;
 mod snapshot_file;
 mod state_machine;
 mod store;
+mod tail;
+mod tiered;
 
 pub use auth::AuthState;
 pub use backup::{

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use nines_types::{KeyValue, LogId, RangeOptions, RangeRequest, RangeResponse};
 
 use crate::backup::Export;
+use crate::engine::Engine;
 use crate::error::StateError;
 use crate::lease::LeaseInfo;
 use crate::mvcc::{Changes, HashKv, Mvcc, Read};
-use crate::sled_engine::SledEngine;
 use crate::store::{RawRecord, Shared};
+use crate::tiered::TieredEngine;
 
 #[derive(Clone)]
 pub struct StateReader {
@@ -152,18 +153,15 @@ impl StateReader {
         self.shared.cached_applied()
     }
 
-    /// Test hook: every raw record of the current tree (data, sessions, meta).
+    /// Test hook: every raw record of the current store (data, sessions,
+    /// meta), the revision records the snapshot file serves included.
     #[doc(hidden)]
     pub fn dump_raw(&self) -> Result<Vec<RawRecord>, StateError> {
         let store = self.shared.current();
         store
             .engine
-            .tree()
-            .iter()
-            .map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(StateError::from)
-            })
+            .scan(&[], None)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect()
     }
 
@@ -197,7 +195,7 @@ impl StateReader {
 
     fn on_current<T>(
         &self,
-        read: impl Fn(&Mvcc<SledEngine>) -> Result<T, StateError>,
+        read: impl Fn(&Mvcc<TieredEngine>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
         let store = self.shared.current();
         match read(&store) {

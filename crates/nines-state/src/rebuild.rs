@@ -109,6 +109,12 @@ pub(crate) fn verify(
         item?;
         progress.fetch_add(1, Ordering::Relaxed);
     }
+    if tree.range([REV_PREFIX]..[REV_PREFIX + 1]).next().is_some() {
+        // Revision records live in snapshot files and tails now.
+        return Err(StateError::CorruptState(
+            "the state keeps revision records in sled (a nines version before tails)".into(),
+        ));
+    }
     let before_revisions = tree.range(..[REV_PREFIX]);
     let after_revisions = tree.range([REV_PREFIX + 1]..);
     for item in before_revisions.chain(after_revisions) {

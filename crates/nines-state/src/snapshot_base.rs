@@ -10,39 +10,29 @@
 //! At 1,000,000 keys of 256 B, builds on all three members cost put-64
 //! about 40% of its throughput while they ran; copying halved a build's CPU.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::base_file::BaseFile;
 use crate::error::StateError;
 use crate::mvcc::REV_PREFIX;
-use crate::sled_engine::SledEngine;
 use crate::snapshot_builder::{pause, revisions, History};
 use crate::snapshot_file::{SnapshotReader, SnapshotWriter};
-
-/// The newest snapshot file this member built, and what it holds.
-#[derive(Clone, Debug)]
-pub(crate) struct Base {
-    pub path: PathBuf,
-    pub revision: i64,
-    pub compacted: i64,
-    /// The engine tree it was read from (an install replaces the tree).
-    pub tree: Vec<u8>,
-}
+use crate::tiered::TieredEngine;
 
 /// Writes the revision records up to the captured revision: those up to
 /// `base.revision` from `base`'s file, the newer ones from the engine. The
 /// caller checked that no compaction came between (`base.compacted ==
-/// history.compacted`) and that the tree is the same. Any failure reading
+/// history.compacted`). Any failure reading
 /// `base` fails the build; the caller then builds in full with a new
 /// capture.
 pub(crate) fn copy_revisions(
-    engine: &SledEngine,
+    engine: &TieredEngine,
     history: History,
-    base: &Base,
+    base: &BaseFile,
     writer: &mut SnapshotWriter,
     delay: Duration,
 ) -> Result<(), StateError> {
-    let (_, mut reader) = SnapshotReader::open(&base.path)?;
+    let (_, mut reader) = SnapshotReader::open(&base.path())?;
     while let Some((key, value)) = reader.next_record()? {
         if key.first() == Some(&REV_PREFIX) {
             writer.record(&key, &value)?;

@@ -9,15 +9,16 @@ use std::time::Duration;
 use nines_types::{Snapshot, SnapshotMeta, StorageError, TypeConfig};
 use openraft::RaftSnapshotBuilder;
 
+use crate::base_file::{BaseFile, Slot};
 use crate::capture::{self, CaptureGuard};
 use crate::engine::Engine;
 use crate::error::StateError;
 use crate::mvcc::{decode_record, parse_rev_key, rev_key, Rev, Survivors, REV_PREFIX};
 use crate::redo;
-use crate::sled_engine::SledEngine;
-use crate::snapshot_base::{self, Base};
+use crate::snapshot_base;
 use crate::snapshot_file::SnapshotWriter;
 use crate::store::{lock, Shared};
+use crate::tiered::TieredEngine;
 
 pub struct SnapshotBuilder {
     pub(crate) shared: Arc<Shared>,
@@ -57,12 +58,15 @@ fn build(shared: &Shared) -> Result<(SnapshotMeta, std::fs::File), StateError> {
     // Opened before anyone can delete it: we hold the build lock.
     let file = std::fs::File::open(&dest).map_err(|e| StateError::io(&dest, e))?;
     *lock(&shared.current_snapshot) = Some(meta.clone());
-    *lock(&shared.last_built) = Some(Base {
-        path: dest.clone(),
-        revision: captured.revision,
-        compacted: captured.compacted,
-        tree: captured.tree,
-    });
+    // The file is durable and published: it becomes the store of the
+    // records it holds (`base_file.rs`). The store is the one captured:
+    // installs take the build lock we hold.
+    let base = BaseFile::written(&dest, captured.revision, captured.compacted, captured.slots)?;
+    shared.current().engine.take_base(Arc::new(base))?;
+    tracing::debug!(
+        revision = captured.revision,
+        "snapshot took over its records"
+    );
     shared.snapshots.remove_others(&dest);
     shared.stats.builds.fetch_add(1, Ordering::Relaxed);
     Ok((meta, file))
@@ -73,8 +77,8 @@ pub(crate) struct Captured {
     pub meta: SnapshotMeta,
     pub revision: i64,
     pub compacted: i64,
-    /// The engine tree it was taken from.
-    tree: Vec<u8>,
+    /// Where its revision records' values are.
+    pub slots: Vec<Slot>,
 }
 
 /// Writes a point-in-time snapshot of the current state to `tmp` (removed
@@ -82,22 +86,24 @@ pub(crate) struct Captured {
 /// `snapshot_base.rs`), else from the engine alone. Call with the build
 /// lock held: one capture at a time.
 pub(crate) fn capture_to(shared: &Shared, tmp: &Path) -> Result<Captured, StateError> {
-    let base = lock(&shared.last_built).clone();
-    if let Some(base) = base {
+    if let Some(base) = shared.current().engine.base() {
         match capture_once(shared, tmp, Some(&base)) {
             Ok(captured) => return Ok(captured),
             Err(e) => {
                 // A new capture: the failed one's scan cursor is spent.
-                tracing::warn!(error = %e, base = %base.path.display(),
+                tracing::warn!(error = %e, base = %base.path().display(),
                     "building a snapshot from the previous one failed; building it in full");
-                *lock(&shared.last_built) = None;
             }
         }
     }
     capture_once(shared, tmp, None)
 }
 
-fn capture_once(shared: &Shared, tmp: &Path, base: Option<&Base>) -> Result<Captured, StateError> {
+fn capture_once(
+    shared: &Shared,
+    tmp: &Path,
+    base: Option<&BaseFile>,
+) -> Result<Captured, StateError> {
     let store = shared.current();
     // Before the capture, held to the end: see `Compactor::gate`.
     let _no_sweep = lock(&shared.compactor.gate);
@@ -112,16 +118,16 @@ fn capture_once(shared: &Shared, tmp: &Path, base: Option<&Base>) -> Result<Capt
         revision: state.revision,
         compacted: state.compacted,
     };
-    let tree = store.engine.tree().name().to_vec();
     // The previous snapshot holds this one's records up to its revision
-    // only if no compaction came between and the tree is the one it read.
-    let base = base.filter(|b| {
-        b.compacted == history.compacted && b.revision <= history.revision && b.tree == tree
-    });
-    if let Err(e) = write(shared, &store.engine, guard, &meta, history, base, tmp) {
-        let _ = std::fs::remove_file(tmp);
-        return Err(e);
-    }
+    // only if no compaction came between.
+    let base = base.filter(|b| b.compacted == history.compacted && b.revision <= history.revision);
+    let slots = match write(shared, &store.engine, guard, &meta, history, base, tmp) {
+        Ok(slots) => slots,
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            return Err(e);
+        }
+    };
     if base.is_some() {
         let from_base = &shared.stats.builds_from_base;
         from_base.fetch_add(1, Ordering::Relaxed);
@@ -130,7 +136,7 @@ fn capture_once(shared: &Shared, tmp: &Path, base: Option<&Base>) -> Result<Capt
         meta,
         revision: state.revision,
         compacted: state.compacted,
-        tree,
+        slots,
     })
 }
 
@@ -159,13 +165,13 @@ pub(crate) struct History {
 /// skipped and written from the map at the end (None: did not exist then).
 fn write(
     shared: &Shared,
-    engine: &SledEngine,
+    engine: &TieredEngine,
     guard: CaptureGuard<'_>,
     meta: &SnapshotMeta,
     history: History,
-    base: Option<&Base>,
+    base: Option<&BaseFile>,
     tmp: &Path,
-) -> Result<(), StateError> {
+) -> Result<Vec<Slot>, StateError> {
     let delay = Duration::from_nanos(shared.stats.scan_delay_nanos.load(Ordering::Relaxed));
     let mut writer = SnapshotWriter::create(tmp, meta)?;
     meta_keys(engine, &guard, &mut writer, &[], Some(&[REV_PREFIX]), delay)?;
@@ -179,14 +185,14 @@ fn write(
             writer.record(&key, &value)?;
         }
     }
-    writer.finish()?;
-    Ok(())
+    let (_, slots) = writer.finish()?;
+    Ok(slots)
 }
 
 /// The non-revision keys in `start..end` whose capture-point value is the
 /// live one (the rest come from the undo map at the end).
 fn meta_keys(
-    engine: &SledEngine,
+    engine: &TieredEngine,
     guard: &CaptureGuard<'_>,
     writer: &mut SnapshotWriter,
     start: &[u8],
@@ -212,7 +218,7 @@ fn meta_keys(
 /// engine: all of them, or only those above main revision `after` (a
 /// build from the previous snapshot, which holds the rest).
 pub(crate) fn revisions(
-    engine: &SledEngine,
+    engine: &TieredEngine,
     history: History,
     after: Option<i64>,
     writer: &mut SnapshotWriter,
@@ -257,7 +263,7 @@ pub(crate) fn pause(delay: Duration) {
 /// The records at or below `compacted` that the compaction keeps. Worked
 /// out from the records, not the index: the index may already be compacted
 /// further than the captured state.
-fn kept_below(engine: &SledEngine, compacted: i64) -> Result<HashSet<Rev>, StateError> {
+fn kept_below(engine: &TieredEngine, compacted: i64) -> Result<HashSet<Rev>, StateError> {
     let mut survivors = Survivors::default();
     if compacted > 0 {
         let end = rev_key(Rev {

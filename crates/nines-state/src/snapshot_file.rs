@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use nines_types::SnapshotMeta;
 
+use crate::base_file::Slot;
 use crate::error::StateError;
+use crate::mvcc::{parse_rev_key, REV_PREFIX};
 use crate::store::{decode, encode, RawRecord};
 
 const MAGIC: &[u8; 8] = b"NINESSNP";
@@ -38,6 +40,9 @@ pub(crate) struct SnapshotWriter {
     /// Where the last writeback step started and ended.
     started_at: u64,
     ended_at: u64,
+    /// Where each revision record's value went, in file order: what makes
+    /// the finished file a store readers can fetch values from.
+    slots: Vec<Slot>,
 }
 
 impl SnapshotWriter {
@@ -51,6 +56,7 @@ impl SnapshotWriter {
             written: 0,
             started_at: 0,
             ended_at: 0,
+            slots: Vec::new(),
         };
         let meta = encode(meta)?;
         w.put(MAGIC)?;
@@ -65,9 +71,17 @@ impl SnapshotWriter {
         if klen == END_MARKER {
             return Err(StateError::Codec("snapshot key too large".into()));
         }
+        let vlen = len_u32(value.len(), &self.path)?;
         self.put(&klen.to_le_bytes())?;
-        self.put(&len_u32(value.len(), &self.path)?.to_le_bytes())?;
+        self.put(&vlen.to_le_bytes())?;
         self.put(key)?;
+        if let Some(rev) = key
+            .first()
+            .filter(|&&b| b == REV_PREFIX)
+            .and_then(|_| parse_rev_key(key).ok())
+        {
+            self.slots.push(Slot::new(rev, self.written, value));
+        }
         self.put(value)?;
         self.count += 1;
         if self.written - self.ended_at >= WRITEBACK_STEP {
@@ -123,8 +137,9 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the trailer and fsyncs the file.
-    pub fn finish(mut self) -> Result<u64, StateError> {
+    /// Writes the trailer and fsyncs the file; returns the record count and
+    /// where the revision records' values are.
+    pub fn finish(mut self) -> Result<(u64, Vec<Slot>), StateError> {
         let crc = self.crc;
         self.put(&END_MARKER.to_le_bytes())?;
         self.put(&self.count.to_le_bytes())?;
@@ -134,7 +149,7 @@ impl SnapshotWriter {
             .into_inner()
             .map_err(|e| StateError::io(&self.path, e.into_error()))?;
         file.sync_all().map_err(|e| StateError::io(&self.path, e))?;
-        Ok(self.count)
+        Ok((self.count, self.slots))
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), StateError> {
@@ -161,6 +176,8 @@ pub(crate) struct SnapshotReader<R: Read = File> {
     done: bool,
     /// Zero bytes allowed after the trailer (a backup's alignment padding).
     max_padding: usize,
+    /// Bytes consumed so far: the offset of what is read next.
+    pos: u64,
 }
 
 impl SnapshotReader {
@@ -183,6 +200,7 @@ impl<R: Read> SnapshotReader<R> {
             count: 0,
             done: false,
             max_padding: 0,
+            pos: 0,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic, "magic")?;
@@ -206,6 +224,16 @@ impl<R: Read> SnapshotReader<R> {
     pub fn allow_padding(mut self, max: usize) -> Self {
         self.max_padding = max;
         self
+    }
+
+    /// The next record and the file offset of its value, or None after a
+    /// valid trailer.
+    pub fn next_record_at(&mut self) -> Result<Option<(RawRecord, u64)>, StateError> {
+        let record = self.next_record()?;
+        Ok(record.map(|(key, value)| {
+            let at = self.pos - value.len() as u64;
+            ((key, value), at)
+        }))
     }
 
     /// The next record, or None after a valid trailer.
@@ -274,6 +302,7 @@ impl<R: Read> SnapshotReader<R> {
             }
         })?;
         self.crc = crc32c::crc32c_append(self.crc, buf);
+        self.pos += buf.len() as u64;
         Ok(())
     }
 
@@ -289,6 +318,7 @@ impl<R: Read> SnapshotReader<R> {
             return Err(self.corrupt(format!("truncated in {what}")));
         }
         self.crc = crc32c::crc32c_append(self.crc, &buf);
+        self.pos += buf.len() as u64;
         Ok(buf)
     }
 
@@ -332,7 +362,7 @@ mod tests {
             "{steps:?}"
         );
         assert_eq!(w.started_at, steps[2]);
-        assert_eq!(w.finish().unwrap(), records as u64);
+        assert_eq!(w.finish().unwrap().0, records as u64);
         let (_, mut reader) = SnapshotReader::open(&path).unwrap();
         let mut n = 0;
         while let Some((key, got)) = reader.next_record().unwrap() {

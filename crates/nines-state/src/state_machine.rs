@@ -13,6 +13,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::OptionalSend;
 
 use crate::apply::apply_entries;
+use crate::base_file::BaseFile;
 use crate::capture;
 use crate::compactor::Compactor;
 use crate::engine::{Engine, Write};
@@ -24,9 +25,13 @@ use crate::rebuild::{self, OpenFailure};
 use crate::redo;
 use crate::sled_engine::SledEngine;
 use crate::snapshot_builder::SnapshotBuilder;
+use crate::snapshot_dir::SnapshotDir;
 use crate::store::{
-    self, lock, read_meta, MetaState, Shared, StateOptions, SLED_DIR, SLED_OPEN_LINK,
+    self, lock, read_meta, MetaState, Shared, StateOptions, EMPTY_STORE_REVISION, SLED_DIR,
+    SLED_OPEN_LINK, SNAPSHOT_DIR, TAIL_DIR,
 };
+use crate::tail::Tail;
+use crate::tiered::TieredEngine;
 
 /// The sled-backed state machine. Raft owns it; use [`StateMachine::reader`]
 /// for concurrent reads.
@@ -123,6 +128,11 @@ fn open_blocking(dir: PathBuf, opts: StateOptions) -> Result<StateMachine, State
     };
     let sled_dir = dir.join(SLED_DIR);
     let aside = rebuild::move_aside(&sled_dir)?;
+    // Derived from what is rebuilt: it goes with it.
+    let tails = dir.join(TAIL_DIR);
+    if tails.exists() {
+        std::fs::remove_dir_all(&tails).map_err(|e| StateError::io(&tails, e))?;
+    }
     tracing::warn!(
         error = %reason,
         moved_to = %aside.display(),
@@ -163,12 +173,12 @@ fn open_watched(dir: &Path, opts: &StateOptions) -> Result<StateMachine, OpenFai
     result
 }
 
-/// sled, the store on its current tree, the next tree number and the meta.
-type SledState = (sled::Db, Mvcc<SledEngine>, u64, MetaState);
+/// sled, its current tree, the next tree number and the meta.
+type SledState = (sled::Db, sled::Tree, u64, MetaState);
 
-/// Opens sled at `sled_path`, finishes an interrupted apply, reads every
-/// record (counting them in `progress`) and rebuilds the key index from the
-/// revision records. `hook`: see `open_test_hook`.
+/// Opens sled at `sled_path`, finishes an interrupted apply and reads every
+/// record but the revision records (counting them in `progress`). `hook`:
+/// see `open_test_hook`.
 fn open_sled_state(
     sled_path: &Path,
     opts: &StateOptions,
@@ -183,32 +193,61 @@ fn open_sled_state(
         tracing::info!("replayed an apply a crash interrupted");
     }
     rebuild::verify(&db, &tree, progress)?;
-    let engine = SledEngine::new(tree);
-    let meta = read_meta(&engine)?;
-    let store = Mvcc::open(engine, meta.revision, meta.compacted, progress)?;
-    Ok((db, store, next_tree, meta))
+    let meta = read_meta(&SledEngine::new(tree.clone()))?;
+    Ok((db, tree, next_tree, meta))
 }
 
-/// Loads the snapshot dir next to an opened sled.
+/// Finds the newest snapshot next to an opened sled and opens the store on
+/// both: the snapshot file serves the revision records up to its revision
+/// (`tiered.rs`). A snapshot ahead of sled is loaded into a new tree.
 fn open_snapshots(
     dir: &Path,
-    (db, mvcc, next_tree, meta): SledState,
+    (db, tree, next_tree, meta): SledState,
     opts: &StateOptions,
 ) -> Result<StateMachine, StateError> {
-    let shared = store::shared(dir.to_path_buf(), db, mvcc, next_tree, opts.clone(), &meta);
-    shared.snapshots.create()?;
-    shared.snapshots.remove_tmp();
-    if let Some((snap, path)) = shared.snapshots.newest_valid()? {
-        if snap.last_log_id > meta.applied {
-            // A crash mid-install, or sled lost its tail: the log entries
-            // up to the snapshot may be purged, so the snapshot is the truth.
+    let snapshots = SnapshotDir::new(dir.join(SNAPSHOT_DIR));
+    snapshots.create()?;
+    snapshots.remove_tmp();
+    let newest = snapshots.newest_valid()?;
+    let tails = dir.join(TAIL_DIR);
+    let tail_dir = tails.join(String::from_utf8_lossy(&tree.name()).as_ref());
+    remove_other_tails(&tails, &tail_dir);
+    let sled = SledEngine::new(tree);
+    let mut reload = None;
+    let mut current = None;
+    let store = match newest {
+        // A crash mid-install, or sled lost its tail: the log entries up to
+        // the snapshot may be purged, so the snapshot is the truth.
+        Some((snap, path)) if snap.last_log_id > meta.applied => {
             tracing::info!(snapshot = ?snap.last_log_id, applied = ?meta.applied, "reloading snapshot");
-            let (store, state) = install::fill_new_tree(&shared, &path, &snap)?;
-            install::activate(&shared, store, state, snap, &path)?;
-        } else {
-            *lock(&shared.current_snapshot) = Some(snap);
-            shared.snapshots.remove_others(&path);
+            reload = Some((snap, path));
+            let engine = TieredEngine::new(sled, Tail::detached(), None);
+            Mvcc::placeholder(engine, meta.revision)
         }
+        Some((snap, path)) => {
+            let base = BaseFile::open(&path)?;
+            let tail = Tail::open(&tail_dir, base.revision, meta.revision)?;
+            let engine = TieredEngine::new(sled, tail, Some(Arc::new(base)));
+            current = Some((snap, path));
+            Mvcc::open(engine, meta.revision, meta.compacted, &AtomicU64::new(0))?
+        }
+        None => {
+            let tail = Tail::open(&tail_dir, EMPTY_STORE_REVISION, meta.revision)?;
+            let engine = TieredEngine::new(sled, tail, None);
+            Mvcc::open(engine, meta.revision, meta.compacted, &AtomicU64::new(0))?
+        }
+    };
+    let shared = store::shared(dir.to_path_buf(), db, store, next_tree, opts.clone(), &meta);
+    if let Some((snap, path)) = reload {
+        let (store, state) = install::fill_new_tree(&shared, &path, &snap)?;
+        install::activate(&shared, store, state, snap, &path)?;
+        // The old tree's tail: its records are the snapshot's or cut off.
+        if tail_dir.exists() {
+            std::fs::remove_dir_all(&tail_dir).map_err(|e| StateError::io(&tail_dir, e))?;
+        }
+    } else if let Some((snap, path)) = current {
+        *lock(&shared.current_snapshot) = Some(snap);
+        shared.snapshots.remove_others(&path);
     }
     Compactor::start(&shared)?;
     Ok(StateMachine {
@@ -218,9 +257,25 @@ fn open_snapshots(
     })
 }
 
+/// Removes the tails of trees that are not `keep`'s (left by an install a
+/// crash interrupted, or by a rebuild).
+fn remove_other_tails(tails: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(tails) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != keep {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old tail");
+            }
+        }
+    }
+}
+
 /// Writes one apply's batch, first saving what a running snapshot build
 /// needs (see `capture.rs`).
-fn commit(shared: &Shared, engine: &SledEngine, writes: &[Write]) -> Result<(), StateError> {
+fn commit(shared: &Shared, engine: &TieredEngine, writes: &[Write]) -> Result<(), StateError> {
     let _capturing = capture::before_write(shared, engine, writes)?;
     engine.write_batch(writes)?;
     let bytes: usize = writes

@@ -28,8 +28,8 @@ use crate::compactor::Compactor;
 use crate::engine::Engine;
 use crate::error::StateError;
 use crate::mvcc::Mvcc;
-use crate::sled_engine::SledEngine;
 use crate::snapshot_dir::SnapshotDir;
+use crate::tiered::TieredEngine;
 
 /// Where user data lived before the multi-version store (`d` + key): a
 /// tree that still has it was written by an older version.
@@ -53,6 +53,8 @@ pub(crate) const SLED_DIR: &str = "sm";
 /// `rebuild::open_bounded`).
 pub(crate) const SLED_OPEN_LINK: &str = "sm.open";
 const TREE_PREFIX: &str = "data-";
+/// The dir of the trees' tails inside the state dir.
+pub(crate) const TAIL_DIR: &str = "tail";
 /// The snapshot dir inside the state dir.
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
@@ -190,7 +192,7 @@ pub(crate) struct Shared {
     /// The current store (its tree and key index); replaced only by a
     /// snapshot install. Guards are never held across `.await` (clone the
     /// handle out instead).
-    pub store: RwLock<Arc<Mvcc<SledEngine>>>,
+    pub store: RwLock<Arc<Mvcc<TieredEngine>>>,
     /// Copy-on-write undo capture of a running snapshot build.
     pub capture: Mutex<Option<Capture>>,
     /// One snapshot build or install at a time.
@@ -198,11 +200,9 @@ pub(crate) struct Shared {
     /// Meta of the newest snapshot file, if any. Held while opening the
     /// file so a concurrent build cannot delete it in between.
     pub current_snapshot: Mutex<Option<SnapshotMeta>>,
-    /// The newest snapshot this member built, which the next build copies
-    /// its older revision records from (`snapshot_base.rs`). None after an
-    /// open or an install: the next build is a full one.
-    pub last_built: Mutex<Option<crate::snapshot_base::Base>>,
     pub snapshots: SnapshotDir,
+    /// Where each tree's tail lives (`tail.rs`): one dir per tree.
+    pub tails: PathBuf,
     pub opts: StateOptions,
     /// Cache for readers; written after the tree.
     pub last_applied: RwLock<Option<LogId>>,
@@ -241,7 +241,7 @@ pub(crate) struct Stats {
 }
 
 impl Shared {
-    pub fn current(&self) -> Arc<Mvcc<SledEngine>> {
+    pub fn current(&self) -> Arc<Mvcc<TieredEngine>> {
         read_lock(&self.store).clone()
     }
 
@@ -263,6 +263,11 @@ impl Shared {
         *self.last_applied.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The tail dir of the tree named `tree`.
+    pub fn tail_dir(&self, tree: &[u8]) -> PathBuf {
+        self.tails.join(String::from_utf8_lossy(tree).as_ref())
+    }
+
     /// Opens a new, empty tree for a snapshot load.
     pub fn new_tree(&self) -> Result<sled::Tree, StateError> {
         let n = self.tree_counter.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +279,7 @@ impl Shared {
 
     /// Makes `new` the current store: persist the pointer to its tree, swap
     /// the handle readers use, then drop the old tree.
-    pub fn flip(&self, new: Mvcc<SledEngine>) -> Result<(), StateError> {
+    pub fn flip(&self, new: Mvcc<TieredEngine>) -> Result<(), StateError> {
         let name = new.engine.tree().name();
         // The new store must be on disk before the pointer to it is.
         new.engine.flush()?;
@@ -285,6 +290,8 @@ impl Shared {
             std::mem::replace(&mut *guard, Arc::new(new))
         };
         self.db.drop_tree(old.engine.tree().name())?;
+        // Readers still on the old store keep their files open.
+        old.engine.tail().remove_files();
         Ok(())
     }
 }
@@ -355,7 +362,7 @@ fn tree_number(name: &[u8]) -> Option<u64> {
 pub(crate) fn shared(
     dir: PathBuf,
     db: sled::Db,
-    store: Mvcc<SledEngine>,
+    store: Mvcc<TieredEngine>,
     next_tree: u64,
     opts: StateOptions,
     meta: &MetaState,
@@ -366,8 +373,8 @@ pub(crate) fn shared(
         capture: Mutex::new(None),
         build_lock: tokio::sync::Mutex::new(()),
         current_snapshot: Mutex::new(None),
-        last_built: Mutex::new(None),
         snapshots: SnapshotDir::new(dir.join(SNAPSHOT_DIR)),
+        tails: dir.join(TAIL_DIR),
         opts,
         last_applied: RwLock::new(meta.applied),
         tree_counter: AtomicU64::new(next_tree),

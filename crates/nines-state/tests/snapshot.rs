@@ -290,30 +290,72 @@ async fn snapshots_built_from_the_previous_one_are_point_in_time() {
 /// A previous snapshot file that went bad is not copied from: the build
 /// starts over in full and still succeeds.
 #[tokio::test]
-async fn a_damaged_previous_snapshot_makes_a_full_build() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = open(dir.path()).await;
-    let mut workload = Workload::new(13);
-    let mut log = workload.entries(2_000);
-    sm.apply(log.clone()).await.unwrap();
-    build_snapshot(&mut sm).await;
-    let file = std::fs::read_dir(dir.path().join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "snap"))
-        .expect("snapshot file");
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&file, bytes).unwrap();
-    let more = workload.entries(500);
-    sm.apply(more.clone()).await.unwrap();
-    log.extend(more);
-    let snap = build_snapshot(&mut sm).await;
-    let stats = sm.snapshot_stats();
-    assert_eq!((stats.builds, stats.builds_from_base), (2, 0), "{stats:?}");
-    let (_d, mut installed) = install_copy(snap).await;
-    assert_same_state(&mut installed, &mut sm).await;
+async fn a_damaged_snapshot_file_is_reported_never_served() {
+    // The newest snapshot file is the store of the records up to its
+    // revision. A byte flipped in it afterwards: the next build cannot copy
+    // from it and builds in full; a record whose value was hit is a
+    // corruption error, never a wrong value. `reference` applied the same
+    // log and never had a snapshot.
+    let reference_dir = tempfile::tempdir().unwrap();
+    let mut reference = open(reference_dir.path()).await;
+    for (at, flip_in_value) in [(0.5, true), (0.02, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path()).await;
+        let mut workload = Workload::new(13);
+        let log = workload.entries(2_000);
+        sm.apply(log.clone()).await.unwrap();
+        if flip_in_value {
+            reference.apply(log).await.unwrap();
+        }
+        build_snapshot(&mut sm).await;
+        let file = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "snap"))
+            .expect("snapshot file");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = (bytes.len() as f64 * at) as usize;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        let more = workload.entries(500);
+        sm.apply(more.clone()).await.unwrap();
+        if flip_in_value {
+            reference.apply(more).await.unwrap();
+        }
+        let all = RangeRequest::range(KeyRange::From(vec![0]));
+        let built = sm.get_snapshot_builder().await.build_snapshot().await;
+        let stats = sm.snapshot_stats();
+        assert_eq!((stats.builds_from_base), 0, "{stats:?}");
+        match sm.reader().range(&all) {
+            Ok(read) => {
+                // The flip missed every value (it hit the file's framing).
+                let snap = built.expect("a full build when no value was hit");
+                assert_eq!(stats.builds, 2, "{stats:?}");
+                let (_d, mut installed) = install_copy(snap).await;
+                assert_same_state(&mut installed, &mut sm).await;
+                assert!(!flip_in_value, "the flip at {at} should have hit a value");
+                assert!(!read.data.kvs.is_empty());
+            }
+            Err(e) => {
+                assert!(flip_in_value, "the flip at {at} hit a value: {e}");
+                assert!(e.to_string().contains("changed on disk"), "{e}");
+                let Err(err) = built else {
+                    panic!("no build from a damaged store")
+                };
+                assert!(err.to_string().contains("changed on disk"), "{err}");
+                // Keys whose values were not hit still read as the reference's.
+                let want = all_kvs(&reference);
+                let mut served = 0;
+                for kv in &want {
+                    if let Ok(read) = sm.reader().range(&RangeRequest::key(kv.key.clone())) {
+                        assert_eq!(read.data.kvs, vec![kv.clone()]);
+                        served += 1;
+                    }
+                }
+                assert!(served + 1 >= want.len(), "{served} of {}", want.len());
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -149,6 +149,22 @@ impl<E: Engine> Mvcc<E> {
         })
     }
 
+    /// A store with an empty index over `engine`, for the moment before a
+    /// snapshot replaces it at open: nothing reads it.
+    pub fn placeholder(engine: E, revision: i64) -> Self {
+        Self {
+            engine,
+            index: RwLock::new(KeyIndex::default()),
+            published: AtomicI64::new(revision),
+            compacted: AtomicI64::new(0),
+            dropped_at_open: 0,
+            record_bytes: AtomicU64::new(0),
+            leases: RwLock::new(LeaseTable::default()),
+            auth: RwLock::new(AuthState::default()),
+            leased: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// Whether a record may carry a lease (see `leased`).
     pub fn any_leased(&self) -> bool {
         self.leased.load(Ordering::Acquire)

@@ -32,6 +32,9 @@ pub(crate) struct Slot {
     pub len: u32,
     pub at: u64,
     crc: u32,
+    /// Removed (a compaction dropped it): reads pass over it, as over a
+    /// key sled deleted. Only the tail sets it; the base keeps its own.
+    pub removed: bool,
 }
 
 impl Slot {
@@ -44,6 +47,7 @@ impl Slot {
             len: value.len() as u32,
             at,
             crc: crc32c::crc32c(value),
+            removed: false,
         }
     }
 
@@ -90,6 +94,8 @@ pub(crate) struct BaseFile {
     pub compacted: i64,
     /// In revision order, as in the file.
     slots: Vec<Slot>,
+    /// Per slot: removed since (see `remove`).
+    removed: Box<[std::sync::atomic::AtomicBool]>,
 }
 
 /// Bytes read at once by a scan: records lie back to back in the file.
@@ -108,7 +114,9 @@ impl BaseFile {
             return Err(StateError::corrupt(path, "revision records out of order"));
         }
         let file = File::open(path).map_err(|e| StateError::io(path, e))?;
+        let removed = slots.iter().map(|_| Default::default()).collect();
         Ok(BaseFile {
+            removed,
             file,
             path: std::sync::Mutex::new(path.to_path_buf()),
             revision,
@@ -146,11 +154,25 @@ impl BaseFile {
         *crate::store::lock(&self.path) = path.to_path_buf();
     }
 
+    fn is_removed(&self, i: usize) -> bool {
+        self.removed[i].load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Hides record `key` from reads and scans, as sled's removal did: the
+    /// compaction sweep removes what it counted as freed, and must not
+    /// find it again. The bytes stay until the next snapshot leaves it out.
+    pub fn remove(&self, key: &[u8]) {
+        let i = self.slots.partition_point(|s| s.key().as_slice() < key);
+        if self.slots.get(i).is_some_and(|s| s.key().as_slice() == key) {
+            self.removed[i].store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     /// The value of the record `key` (a revision key), if the file has it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let i = self.slots.partition_point(|s| s.key().as_slice() < key);
         match self.slots.get(i) {
-            Some(slot) if slot.key().as_slice() == key => {
+            Some(slot) if slot.key().as_slice() == key && !self.is_removed(i) => {
                 let mut value = vec![0u8; slot.len as usize];
                 self.read_at(&mut value, slot.at)?;
                 self.check(slot, &value)?;
@@ -234,6 +256,9 @@ impl Iterator for BaseScan {
     type Item = Result<(Vec<u8>, Vec<u8>), StateError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        while self.next < self.stop && self.base.is_removed(self.next) {
+            self.next += 1;
+        }
         if self.next >= self.stop {
             return None;
         }

@@ -271,13 +271,24 @@ impl Tail {
         Ok(())
     }
 
+    /// Hides record `key` from reads and scans (see `BaseFile::remove`).
+    pub fn remove(&self, key: &[u8]) {
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let i = st.position(key);
+        if let Some((slot, _)) = st.slots.get_mut(i) {
+            if slot.key().as_slice() == key {
+                slot.removed = true;
+            }
+        }
+    }
+
     /// The value of record `key`, if the tail has it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let found = {
             let st = read_lock(&self.state);
             let i = st.position(key);
             match st.slots.get(i) {
-                Some((slot, seq)) if slot.key().as_slice() == key => {
+                Some((slot, seq)) if slot.key().as_slice() == key && !slot.removed => {
                     st.segment(*seq).map(|seg| (*slot, seg))
                 }
                 _ => None,
@@ -386,22 +397,30 @@ impl Iterator for TailScan<'_> {
     type Item = Result<(Vec<u8>, Vec<u8>), StateError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.batch.is_empty() && !self.done {
+        // A batch may be all removed records: take the next one then.
+        while self.batch.is_empty() && !self.done {
             let st = read_lock(&self.tail.state);
             let i = st.position(&self.from);
+            let mut visited = 0;
+            let mut last = None;
             for (slot, seq) in st.slots[i..].iter().take(SCAN_BATCH) {
                 if slot.key().as_slice() >= self.end.as_slice() {
                     break;
+                }
+                visited += 1;
+                last = Some(slot.key());
+                if slot.removed {
+                    continue;
                 }
                 match st.segment(*seq) {
                     Some(seg) => self.batch.push_back((*slot, seg)),
                     None => break,
                 }
             }
-            self.done = self.batch.len() < SCAN_BATCH;
-            if let Some((last, _)) = self.batch.back() {
+            self.done = visited < SCAN_BATCH;
+            if let Some(last) = last {
                 // The smallest key after `last`.
-                self.from = last.key().to_vec();
+                self.from = last.to_vec();
                 self.from.push(0);
             }
         }

@@ -201,13 +201,22 @@ impl Engine for TieredEngine {
     }
 
     fn remove_each(&self, keys: &[Vec<u8>]) -> Result<(), StateError> {
-        // Revision records stay in their files (base or tail) until a
-        // snapshot leaves them out; the key index no longer points at them.
-        let others: Vec<Vec<u8>> = keys
-            .iter()
-            .filter(|k| k.first() != Some(&REV_PREFIX))
-            .cloned()
-            .collect();
+        // Revision records are hidden in their files (base or tail) and
+        // leave the disk when a snapshot leaves them out; hidden, a later
+        // sweep does not find (and count) them again.
+        let view = self.view();
+        let mut others = Vec::new();
+        for key in keys {
+            if key.first() != Some(&REV_PREFIX) {
+                others.push(key.clone());
+                continue;
+            }
+            match &view.base {
+                Some(base) if parse_rev_key(key)?.main <= base.revision => base.remove(key),
+                _ => self.tail.remove(key),
+            }
+        }
+        drop(view);
         self.sled.remove_each(&others)
     }
 

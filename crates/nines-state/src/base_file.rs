@@ -127,21 +127,34 @@ impl BaseFile {
 
     /// Reads the whole file (checking its trailer) to find its records.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let (_, mut reader) = SnapshotReader::open(path)?;
+        let (_, reader) = SnapshotReader::open(path)?;
+        Self::read(path, reader, |_, _| Ok(()))
+    }
+
+    /// Walks `reader` (the file at `path`) to its checked trailer: notes
+    /// where each revision record lies and hands every other record to
+    /// `other` (an install loads those into sled).
+    pub fn read(
+        path: &Path,
+        mut reader: SnapshotReader<File>,
+        mut other: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StateError>,
+    ) -> Result<Self, StateError> {
         let mut slots = Vec::new();
-        let mut revision = None;
+        let mut revision = crate::store::EMPTY_STORE_REVISION;
         let mut compacted = 0;
         while let Some(((key, value), at)) = reader.next_record_at()? {
             if key.first() == Some(&REV_PREFIX) {
                 let rev = crate::mvcc::parse_rev_key(&key)?;
                 slots.push(Slot::new(rev, at, &value));
-            } else if key == META_REVISION {
-                revision = Some(decode(&value)?);
+                continue;
+            }
+            if key == META_REVISION {
+                revision = decode(&value)?;
             } else if key == META_COMPACTED {
                 compacted = decode(&value)?;
             }
+            other(key, value)?;
         }
-        let revision = revision.unwrap_or(crate::store::EMPTY_STORE_REVISION);
         Self::written(path, revision, compacted, slots)
     }
 
@@ -162,24 +175,27 @@ impl BaseFile {
     /// compaction sweep removes what it counted as freed, and must not
     /// find it again. The bytes stay until the next snapshot leaves it out.
     pub fn remove(&self, key: &[u8]) {
-        let i = self.slots.partition_point(|s| s.key().as_slice() < key);
-        if self.slots.get(i).is_some_and(|s| s.key().as_slice() == key) {
+        if let Some(i) = self.find(key) {
             self.removed[i].store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
+    /// The index of record `key`, if the file has it.
+    fn find(&self, key: &[u8]) -> Option<usize> {
+        let i = self.slots.partition_point(|s| s.key().as_slice() < key);
+        (self.slots.get(i)?.key().as_slice() == key).then_some(i)
+    }
+
     /// The value of the record `key` (a revision key), if the file has it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let i = self.slots.partition_point(|s| s.key().as_slice() < key);
-        match self.slots.get(i) {
-            Some(slot) if slot.key().as_slice() == key && !self.is_removed(i) => {
-                let mut value = vec![0u8; slot.len as usize];
-                self.read_at(&mut value, slot.at)?;
-                self.check(slot, &value)?;
-                Ok(Some(value))
-            }
-            _ => Ok(None),
-        }
+        let Some(i) = self.find(key).filter(|&i| !self.is_removed(i)) else {
+            return Ok(None);
+        };
+        let slot = &self.slots[i];
+        let mut value = vec![0u8; slot.len as usize];
+        self.read_at(&mut value, slot.at)?;
+        self.check(slot, &value)?;
+        Ok(Some(value))
     }
 
     fn check(&self, slot: &Slot, value: &[u8]) -> Result<(), StateError> {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use nines_types::SnapshotMeta;
 
-use crate::base_file::{BaseFile, Slot};
+use crate::base_file::BaseFile;
 use crate::error::StateError;
-use crate::mvcc::{parse_rev_key, Mvcc, REV_PREFIX};
+use crate::mvcc::Mvcc;
 use crate::sled_engine::SledEngine;
 use crate::snapshot_file::SnapshotReader;
 use crate::store::{
@@ -105,7 +105,7 @@ fn load_base(
     path: &Path,
     meta: &SnapshotMeta,
 ) -> Result<(MetaState, BaseFile), StateError> {
-    let (file_meta, mut reader) = SnapshotReader::open(path)?;
+    let (file_meta, reader) = SnapshotReader::open(path)?;
     if file_meta.last_log_id != meta.last_log_id {
         return Err(StateError::corrupt(
             path,
@@ -116,19 +116,29 @@ fn load_base(
         ));
     }
     let mut batch = sled::Batch::default();
-    let mut slots = Vec::new();
-    while let Some(((key, value), at)) = reader.next_record_at()? {
-        match key.first() {
-            Some(&LEGACY_DATA_PREFIX) => return Err(legacy(path)),
-            Some(&REV_PREFIX) => slots.push(Slot::new(parse_rev_key(&key)?, at, &value)),
-            _ => batch.insert(key, value),
+    let mut in_batch = 0;
+    let base = BaseFile::read(path, reader, |key, value| {
+        if key.first() == Some(&LEGACY_DATA_PREFIX) {
+            return Err(legacy(path));
         }
-    }
+        batch.insert(key, value);
+        in_batch += 1;
+        if in_batch == LOAD_CHUNK {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+        Ok(())
+    })?;
     batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
     batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
     tree.apply_batch(batch)?;
     let state = read_meta(&SledEngine::new(tree.clone()))?;
-    let base = BaseFile::written(path, state.revision, state.compacted, slots)?;
+    if (state.revision, state.compacted) != (base.revision, base.compacted) {
+        return Err(StateError::corrupt(
+            path,
+            "its store revision records disagree with its records",
+        ));
+    }
     Ok((state, base))
 }
 

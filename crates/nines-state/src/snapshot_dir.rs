@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nines_types::{LogId, SnapshotMeta};
 
 use crate::error::StateError;
-use crate::snapshot_file::{self, SnapshotReader};
+use crate::snapshot_file::SnapshotReader;
 
 const SNAP_EXT: &str = "snap";
 const TMP_EXT: &str = "tmp";
@@ -92,8 +92,9 @@ impl SnapshotDir {
         }
     }
 
-    /// The snapshot with the greatest last_log_id whose whole file verifies.
-    pub fn newest_valid(&self) -> Result<Option<(SnapshotMeta, PathBuf)>, StateError> {
+    /// The snapshots whose headers read, greatest last_log_id first (their
+    /// bodies are checked by whoever reads them whole).
+    pub fn newest_first(&self) -> Vec<(SnapshotMeta, PathBuf)> {
         let mut found = Vec::new();
         for path in self.list(SNAP_EXT) {
             match SnapshotReader::open(&path) {
@@ -102,13 +103,7 @@ impl SnapshotDir {
             }
         }
         found.sort_by_key(|(meta, _)| std::cmp::Reverse(meta.last_log_id));
-        for (meta, path) in found {
-            match snapshot_file::validate(&path) {
-                Ok(_) => return Ok(Some((meta, path))),
-                Err(e) => tracing::warn!(error = %e, "ignoring corrupt snapshot"),
-            }
-        }
-        Ok(None)
+        found
     }
 
     fn list(&self, ext: &str) -> Vec<PathBuf> {

@@ -208,24 +208,22 @@ fn open_snapshots(
     let snapshots = SnapshotDir::new(dir.join(SNAPSHOT_DIR));
     snapshots.create()?;
     snapshots.remove_tmp();
-    let newest = snapshots.newest_valid()?;
     let tails = dir.join(TAIL_DIR);
     let tail_dir = tails.join(String::from_utf8_lossy(&tree.name()).as_ref());
     remove_other_tails(&tails, &tail_dir);
     let sled = SledEngine::new(tree);
     let mut reload = None;
     let mut current = None;
-    let store = match newest {
+    let store = match newest_valid(&snapshots, &meta) {
         // A crash mid-install, or sled lost its tail: the log entries up to
         // the snapshot may be purged, so the snapshot is the truth.
-        Some((snap, path)) if snap.last_log_id > meta.applied => {
+        Some(Newest::Ahead(snap, path)) => {
             tracing::info!(snapshot = ?snap.last_log_id, applied = ?meta.applied, "reloading snapshot");
             reload = Some((snap, path));
             let engine = TieredEngine::new(sled, Tail::detached(), None);
             Mvcc::placeholder(engine, meta.revision)
         }
-        Some((snap, path)) => {
-            let base = BaseFile::open(&path)?;
+        Some(Newest::Base(snap, path, base)) => {
             let tail = Tail::open(&tail_dir, base.revision, meta.revision)?;
             let engine = TieredEngine::new(sled, tail, Some(Arc::new(base)));
             current = Some((snap, path));
@@ -255,6 +253,31 @@ fn open_snapshots(
         durable: None,
         rebuilt_from: None,
     })
+}
+
+/// The newest snapshot whose whole file verifies.
+enum Newest {
+    /// Ahead of sled: to be loaded into a new tree.
+    Ahead(SnapshotMeta, PathBuf),
+    /// The base of the store sled holds, read once to find its records.
+    Base(SnapshotMeta, PathBuf, BaseFile),
+}
+
+/// Reads each candidate whole at most once (a million keys make a file of
+/// ~300 MB): a base is checked while its records are found.
+fn newest_valid(snapshots: &SnapshotDir, meta: &MetaState) -> Option<Newest> {
+    for (snap, path) in snapshots.newest_first() {
+        let found = if snap.last_log_id > meta.applied {
+            crate::snapshot_file::validate(&path).map(|_| Newest::Ahead(snap, path))
+        } else {
+            BaseFile::open(&path).map(|base| Newest::Base(snap, path, base))
+        };
+        match found {
+            Ok(newest) => return Some(newest),
+            Err(e) => tracing::warn!(error = %e, "ignoring corrupt snapshot"),
+        }
+    }
+    None
 }
 
 /// Removes the tails of trees that are not `keep`'s (left by an install a

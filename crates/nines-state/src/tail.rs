@@ -64,9 +64,17 @@ impl State {
         self.segments.get(i).cloned()
     }
 
+    /// Where record `key` is or would go.
     fn position(&self, key: &[u8]) -> usize {
         self.slots
             .partition_point(|(s, _)| s.key().as_slice() < key)
+    }
+
+    /// The index of record `key`, if the tail has it.
+    fn find(&self, key: &[u8]) -> Option<usize> {
+        let i = self.position(key);
+        let found = self.slots.get(i)?.0.key();
+        (found.as_slice() == key).then_some(i)
     }
 }
 
@@ -274,11 +282,8 @@ impl Tail {
     /// Hides record `key` from reads and scans (see `BaseFile::remove`).
     pub fn remove(&self, key: &[u8]) {
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let i = st.position(key);
-        if let Some((slot, _)) = st.slots.get_mut(i) {
-            if slot.key().as_slice() == key {
-                slot.removed = true;
-            }
+        if let Some(i) = st.find(key) {
+            st.slots[i].0.removed = true;
         }
     }
 
@@ -286,13 +291,10 @@ impl Tail {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let found = {
             let st = read_lock(&self.state);
-            let i = st.position(key);
-            match st.slots.get(i) {
-                Some((slot, seq)) if slot.key().as_slice() == key && !slot.removed => {
-                    st.segment(*seq).map(|seg| (*slot, seg))
-                }
-                _ => None,
-            }
+            st.find(key)
+                .map(|i| st.slots[i])
+                .filter(|(slot, _)| !slot.removed)
+                .and_then(|(slot, seq)| st.segment(seq).map(|seg| (slot, seg)))
         };
         found.map(|(slot, seg)| read_value(&slot, &seg)).transpose()
     }

@@ -115,24 +115,9 @@ fn load_base(
             ),
         ));
     }
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0;
-    let base = BaseFile::read(path, reader, |key, value| {
-        if key.first() == Some(&LEGACY_DATA_PREFIX) {
-            return Err(legacy(path));
-        }
-        batch.insert(key, value);
-        in_batch += 1;
-        if in_batch == LOAD_CHUNK {
-            tree.apply_batch(std::mem::take(&mut batch))?;
-            in_batch = 0;
-        }
-        Ok(())
-    })?;
-    batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
-    batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
-    tree.apply_batch(batch)?;
-    let state = read_meta(&SledEngine::new(tree.clone()))?;
+    let mut loader = Loader::new(tree, path);
+    let base = BaseFile::read(path, reader, |key, value| loader.add(key, value))?;
+    let state = loader.finish(meta)?;
     if (state.revision, state.compacted) != (base.revision, base.compacted) {
         return Err(StateError::corrupt(
             path,
@@ -150,32 +135,62 @@ fn legacy(path: &Path) -> StateError {
 }
 
 /// Writes every record `reader` yields into `tree` (a backup's scratch
-/// store, which has no base) (failing on a bad
-/// trailer), then `meta`'s applied id and membership; returns the meta.
+/// store, which has no base) (failing on a bad trailer), then `meta`'s
+/// applied id and membership; returns the meta.
 pub(crate) fn load<R: Read>(
     tree: &sled::Tree,
     mut reader: SnapshotReader<R>,
     path: &Path,
     meta: &SnapshotMeta,
 ) -> Result<MetaState, StateError> {
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0;
+    let mut loader = Loader::new(tree, path);
     while let Some((key, value)) = reader.next_record()? {
-        if key.first() == Some(&LEGACY_DATA_PREFIX) {
-            return Err(legacy(path));
-        }
-        batch.insert(key, value);
-        in_batch += 1;
-        if in_batch == LOAD_CHUNK {
-            tree.apply_batch(std::mem::take(&mut batch))?;
-            in_batch = 0;
+        loader.add(key, value)?;
+    }
+    loader.finish(meta)
+}
+
+/// Writes a snapshot's records into a new tree in batches of
+/// [`LOAD_CHUNK`].
+struct Loader<'a> {
+    tree: &'a sled::Tree,
+    path: &'a Path,
+    batch: sled::Batch,
+    in_batch: usize,
+}
+
+impl<'a> Loader<'a> {
+    fn new(tree: &'a sled::Tree, path: &'a Path) -> Self {
+        Loader {
+            tree,
+            path,
+            batch: sled::Batch::default(),
+            in_batch: 0,
         }
     }
-    // The meta openraft gave us is authoritative for applied/membership.
-    batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
-    batch.insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
-    tree.apply_batch(batch)?;
-    read_meta(&SledEngine::new(tree.clone()))
+
+    fn add(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StateError> {
+        if key.first() == Some(&LEGACY_DATA_PREFIX) {
+            return Err(legacy(self.path));
+        }
+        self.batch.insert(key, value);
+        self.in_batch += 1;
+        if self.in_batch == LOAD_CHUNK {
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.in_batch = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes the rest, with `meta`'s applied id and membership (openraft's
+    /// meta is authoritative for those), and reads the store's meta back.
+    fn finish(mut self, meta: &SnapshotMeta) -> Result<MetaState, StateError> {
+        self.batch.insert(META_APPLIED, encode(&meta.last_log_id)?);
+        self.batch
+            .insert(META_MEMBERSHIP, encode(&meta.last_membership)?);
+        self.tree.apply_batch(self.batch)?;
+        read_meta(&SledEngine::new(self.tree.clone()))
+    }
 }
 
 /// Makes a filled store current and `meta` the current snapshot.

@@ -51,11 +51,16 @@ pub fn one_line(text: &str) -> String {
 }
 
 /// Resolves with the reason once the Raft core has stopped while `stopping`
-/// is still false (a stop we asked for never resolves).
-pub async fn raft_stopped(raft: Raft, stopping: watch::Receiver<bool>) -> String {
+/// is still false (a stop we asked for never resolves). `fault` gives the
+/// state machine's storage error, if it returned one (see [`reason`]).
+pub async fn raft_stopped(
+    raft: Raft,
+    stopping: watch::Receiver<bool>,
+    fault: impl Fn() -> Option<String>,
+) -> String {
     let mut metrics = raft.metrics();
     loop {
-        let reason = {
+        let core = {
             let m = metrics.borrow_and_update();
             match &m.running_state {
                 Err(e) => Some(format!("raft core stopped: {e}")),
@@ -65,7 +70,7 @@ pub async fn raft_stopped(raft: Raft, stopping: watch::Receiver<bool>) -> String
         };
         // The metrics sender is dropped when RaftCore's task ends, panics
         // included.
-        let reason = match reason {
+        let core = match core {
             Some(r) => r,
             None if metrics.changed().await.is_err() => "raft core exited".to_string(),
             None => continue,
@@ -73,6 +78,43 @@ pub async fn raft_stopped(raft: Raft, stopping: watch::Receiver<bool>) -> String
         if *stopping.borrow() {
             return std::future::pending().await;
         }
-        return one_line(&reason);
+        return reason(&core, fault());
+    }
+}
+
+/// One line naming the root cause first. When the state machine fails, its
+/// openraft worker quits; RaftCore's next send to it can fail before RaftCore
+/// reads the error, and RaftCore then reports only "channel closed".
+pub fn reason(core: &str, state_machine_fault: Option<String>) -> String {
+    match state_machine_fault {
+        Some(fault) if !core.contains(&fault) => {
+            one_line(&format!("state machine storage error: {fault} ({core})"))
+        }
+        _ => one_line(core),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_machine_fault_is_named_before_a_closed_channel() {
+        let core = "raft core stopped: when Write Apply(..): channel closed";
+        let fault =
+            "when Write StateMachine: io error on /d/tail/7: No space left on device (os error 28)";
+        let r = reason(core, Some(fault.to_string()));
+        assert!(
+            r.starts_with("state machine storage error: when Write"),
+            "{r}"
+        );
+        assert!(
+            r.contains("os error 28") && r.contains("channel closed"),
+            "{r}"
+        );
+        assert_eq!(reason("raft core\nexited", None), "raft core exited");
+        // RaftCore read the error itself: named once.
+        let core = format!("raft core stopped: {fault}");
+        assert_eq!(reason(&core, Some(fault.to_string())), core);
     }
 }

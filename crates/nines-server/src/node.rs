@@ -262,7 +262,11 @@ impl NinesNode {
     /// `shutdown` (a storage error, a panic in RaftCore): the node can then
     /// serve nothing, and the binary exits so a supervisor restarts it.
     pub async fn fatal(&self) -> String {
-        crate::fatal::raft_stopped(self.core.raft.clone(), self.stop.subscribe()).await
+        let reader = self.core.reader.clone();
+        crate::fatal::raft_stopped(self.core.raft.clone(), self.stop.subscribe(), move || {
+            reader.fault()
+        })
+        .await
     }
 
     /// Stops serving, then stops Raft (which flushes nothing further: every

@@ -149,6 +149,12 @@ impl StateReader {
         self.shared.compactor.deleted()
     }
 
+    /// The storage error that stopped the state machine, if one did: the
+    /// root cause when the Raft core reports only that a channel closed.
+    pub fn fault(&self) -> Option<String> {
+        self.shared.fault.get().cloned()
+    }
+
     pub fn last_applied(&self) -> Option<LogId> {
         self.shared.cached_applied()
     }

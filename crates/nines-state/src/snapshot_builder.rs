@@ -38,7 +38,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(StateError::from)
             .and_then(|r| r)
-            .map_err(StateError::write_snapshot)?;
+            .map_err(|e| self.shared.failed(e.write_snapshot()))?;
         if let Some(observer) = &self.shared.opts.observer {
             observer.snapshot_built(started.elapsed());
         }

@@ -316,7 +316,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let meta = read_meta(&self.shared.current().engine).map_err(StateError::read_sm)?;
+        let meta = read_meta(&self.shared.current().engine)
+            .map_err(|e| self.shared.failed(e.read_sm()))?;
         Ok((meta.applied, meta.membership))
     }
 
@@ -328,7 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         if let (Some(durable), Some(last)) = (self.durable.as_mut(), entries.last()) {
             if !durable.wait_for(last.log_id.index).await {
-                return Err(StateError::LogClosed.write_sm());
+                return Err(self.shared.failed(StateError::LogClosed.write_sm()));
             }
         }
         let started = std::time::Instant::now();
@@ -346,7 +347,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             Ok(())
         })
-        .map_err(StateError::write_sm)?;
+        .map_err(|e| shared.failed(e.write_sm()))?;
         if done.applied.is_some() {
             shared.set_applied(done.applied);
             let through = store.revision();
@@ -379,7 +380,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| StateError::io(&path, e).write_snapshot())?;
+            .map_err(|e| {
+                self.shared
+                    .failed(StateError::io(&path, e).write_snapshot())
+            })?;
         // Unlinked at once: the open handle is all we need, and nothing is
         // left behind if the transfer is abandoned.
         let _ = std::fs::remove_file(&path);
@@ -400,7 +404,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(StateError::from)
             .and_then(|r| r)
-            .map_err(StateError::write_snapshot)?;
+            .map_err(|e| self.shared.failed(e.write_snapshot()))?;
         if let Some(observer) = &self.shared.opts.observer {
             observer.snapshot_installed(started.elapsed());
         }
@@ -414,8 +418,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let path = self.shared.snapshots.file_for(&meta.snapshot_id);
-        let file =
-            std::fs::File::open(&path).map_err(|e| StateError::io(&path, e).read_snapshot())?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| self.shared.failed(StateError::io(&path, e).read_snapshot()))?;
         drop(current);
         Ok(Some(Snapshot {
             meta,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use nines_types::{Limits, LogId, SnapshotMeta, StoredMembership};
+use nines_types::{Limits, LogId, SnapshotMeta, StorageError, StoredMembership};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -215,6 +215,11 @@ pub(crate) struct Shared {
     pub revisions: tokio::sync::watch::Sender<i64>,
     /// Where applies hand their changes, once a server set one.
     pub change_sink: RwLock<Option<Arc<dyn ChangeSink>>>,
+    /// The first storage error the state machine returned to openraft. Its
+    /// worker then quits, and RaftCore may report only "channel closed"
+    /// (its next send fails before it reads the error): the server names
+    /// this one instead.
+    pub fault: std::sync::OnceLock<String>,
 }
 
 impl Drop for Shared {
@@ -253,6 +258,12 @@ impl Shared {
             *r = revision;
             moved
         });
+    }
+
+    /// Keeps the first storage error on its way to openraft (see `fault`).
+    pub fn failed(&self, error: StorageError) -> StorageError {
+        let _ = self.fault.set(error.to_string());
+        error
     }
 
     pub fn set_applied(&self, applied: Option<LogId>) {
@@ -382,5 +393,6 @@ pub(crate) fn shared(
         compactor: Compactor::new(),
         revisions: tokio::sync::watch::Sender::new(meta.revision),
         change_sink: RwLock::new(None),
+        fault: std::sync::OnceLock::new(),
     })
 }

@@ -210,6 +210,44 @@ async fn permissions_are_enforced_on_every_member_and_tokens_expire() {
     f.put(None, "other/y").await.unwrap();
 }
 
+/// etcd answers an auth change once the member that was called has
+/// applied it. A follower forwards the change to the leader: before it
+/// waited for its own copy, the caller's next request there was checked
+/// against the old auth state (CI saw a put refused right after a disable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_changes_made_through_a_follower_hold_there_at_once() {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 3,
+        args: vec![],
+    });
+    let leader = cluster.stable_leader(LONG).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let f = Api {
+        addr: follower.client_addr.clone(),
+    };
+    set_up(&f).await;
+    for round in 0..20 {
+        let refused = f.put(None, "other/y").await.unwrap_err();
+        assert_eq!(
+            refused.message(),
+            "etcdserver: user name is empty",
+            "round {round}: a call without a token right after enable"
+        );
+        let root = f.login("root", "rootpw").await;
+        f.auth()
+            .auth_disable(with_token(epb::AuthDisableRequest {}, Some(&root)))
+            .await
+            .unwrap();
+        f.put(None, "other/y")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: a put right after disable: {e}"));
+        f.auth()
+            .auth_enable(epb::AuthEnableRequest {})
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_catches_up_by_snapshot_has_the_same_auth_state() {
     let mut cluster = Cluster::start(ClusterOptions {

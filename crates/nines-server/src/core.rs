@@ -192,6 +192,15 @@ impl NodeCore {
         }
     }
 
+    /// Waits until this member has applied what the leader had committed
+    /// when called, within the request timeout; best effort (a change that
+    /// was made is not reported as failed because this wait was cut short).
+    pub async fn catch_up(&self) {
+        if let Err(e) = self.linearize(true).await {
+            tracing::debug!(error = %e, "catching up after a forwarded change");
+        }
+    }
+
     /// openraft 0.9 has no CheckQuorum: a leader cut off from the majority
     /// keeps its role and its writes hang. Refuse early instead.
     fn check_quorum_contact(&self) -> Result<(), ApiError> {

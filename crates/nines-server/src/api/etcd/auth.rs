@@ -82,7 +82,12 @@ macro_rules! change {
             }
             Routed::Forward(leader) => {
                 let call = |ch, r| async move { auth(ch).$method(r).await };
-                forward::to_leader(&$self.core, &leader, message, None, call).await
+                let answer = forward::to_leader(&$self.core, &leader, message, None, call).await?;
+                // This member checks tokens and permissions from its own
+                // copy of the auth state: answer once it has the change, as
+                // etcd does, so the caller's next request here sees it.
+                $self.core.catch_up().await;
+                Ok(answer)
             }
         }
     }};

@@ -220,26 +220,25 @@ impl BaseFile {
         self.removed[i].load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Hides record `key` from reads and scans, as sled's removal did: the
+    /// Hides record `rev` from reads and scans, as sled's removal did: the
     /// compaction sweep removes what it counted as freed, and must not
     /// find it again. The bytes stay until the next snapshot leaves it out.
-    pub fn remove(&self, key: &[u8]) {
-        if let Some(i) = self.find(key) {
+    pub fn remove(&self, rev: Rev) {
+        if let Some(i) = self.find(rev) {
             self.removed[i].store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
-    /// The index of record `key`, if the file has it.
-    fn find(&self, key: &[u8]) -> Option<usize> {
-        let rev = crate::mvcc::parse_rev_key(key).ok()?;
+    /// The index of record `rev`, if the file has it.
+    fn find(&self, rev: Rev) -> Option<usize> {
         let at = (rev.main as u64, rev.sub);
         let i = lower_bound(&self.slots, at);
         (self.slots.get(i)?.pos() == at).then_some(i)
     }
 
-    /// The value of the record `key` (a revision key), if the file has it.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let Some(i) = self.find(key).filter(|&i| !self.is_removed(i)) else {
+    /// The value of record `rev`, if the file has it.
+    pub fn get(&self, rev: Rev) -> Result<Option<Vec<u8>>, StateError> {
+        let Some(i) = self.find(rev).filter(|&i| !self.is_removed(i)) else {
             return Ok(None);
         };
         let slot = &self.slots[i];
@@ -344,7 +343,16 @@ mod tests {
     use std::sync::Arc;
 
     fn rk(main: i64, sub: u32) -> Vec<u8> {
-        rev_key(Rev { main, sub }).to_vec()
+        rev_key(rv(main, sub)).to_vec()
+    }
+
+    fn rv(main: i64, sub: u32) -> Rev {
+        Rev { main, sub }
+    }
+
+    fn slot_rev(slot: &Slot) -> Rev {
+        let (main, sub) = slot.pos();
+        rv(main as i64, sub)
     }
 
     /// A file with meta keys around records at revisions 2..=40 (values of
@@ -408,9 +416,9 @@ mod tests {
         assert_eq!((opened.revision, opened.compacted), (40, 3));
         assert_eq!(opened.slots, written.slots);
         for base in [written, opened] {
-            assert_eq!(base.get(&rk(7, 0)).unwrap(), Some(vec![7u8; 63_000]));
-            assert_eq!(base.get(&rk(7, 1)).unwrap(), None);
-            assert_eq!(base.get(&rk(41, 0)).unwrap(), None);
+            assert_eq!(base.get(rv(7, 0)).unwrap(), Some(vec![7u8; 63_000]));
+            assert_eq!(base.get(rv(7, 1)).unwrap(), None);
+            assert_eq!(base.get(rv(41, 0)).unwrap(), None);
             let got: Vec<_> = base
                 .clone()
                 .scan(&rk(5, 0), &rk(31, 0))
@@ -440,9 +448,9 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[slot.at as usize + 100] ^= 0x01;
         std::fs::write(&path, bytes).unwrap();
-        let key = slot.key();
+        let rev = slot_rev(&slot);
         assert!(matches!(
-            base.get(&key),
+            base.get(rev),
             Err(StateError::CorruptSnapshot { .. })
         ));
         let scanned: Result<Vec<_>, _> = base
@@ -451,7 +459,7 @@ mod tests {
             .collect();
         assert!(matches!(scanned, Err(StateError::CorruptSnapshot { .. })));
         // Its neighbours still read.
-        assert!(base.get(&base.slots[9].key()).unwrap().is_some());
+        assert!(base.get(slot_rev(&base.slots[9])).unwrap().is_some());
         // And a reopen refuses the file outright.
         assert!(BaseFile::open(&path).is_err());
     }

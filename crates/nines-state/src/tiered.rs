@@ -32,6 +32,18 @@ struct View {
     base: Option<Arc<BaseFile>>,
 }
 
+impl View {
+    /// The base file and the revision of record `key` if the base covers
+    /// that revision; None: the tail holds it (or nothing does).
+    fn base_for(&self, key: &[u8]) -> Result<Option<(&BaseFile, Rev)>, StateError> {
+        let Some(base) = self.base.as_deref() else {
+            return Ok(None);
+        };
+        let rev = parse_rev_key(key)?;
+        Ok((rev.main <= base.revision).then_some((base, rev)))
+    }
+}
+
 /// How long a takeover waits for reads that started before it.
 const READERS_WAIT: Duration = Duration::from_secs(10);
 
@@ -138,10 +150,10 @@ impl Engine for TieredEngine {
             return self.sled.get(key);
         }
         let view = self.view();
-        let value = match &view.base {
-            Some(base) if parse_rev_key(key)?.main <= base.revision => base.get(key)?,
+        let value = match view.base_for(key)? {
+            Some((base, rev)) => base.get(rev)?,
             // `view` is held until the tail answered (see `View`).
-            _ => self.tail.get(key)?,
+            None => self.tail.get(key)?,
         };
         drop(view);
         Ok(value.map(sled::IVec::from))
@@ -211,9 +223,9 @@ impl Engine for TieredEngine {
                 others.push(key.clone());
                 continue;
             }
-            match &view.base {
-                Some(base) if parse_rev_key(key)?.main <= base.revision => base.remove(key),
-                _ => self.tail.remove(key),
+            match view.base_for(key)? {
+                Some((base, rev)) => base.remove(rev),
+                None => self.tail.remove(key),
             }
         }
         drop(view);

@@ -201,6 +201,21 @@ impl NodeCore {
         }
     }
 
+    /// Waits until this member's store has reached `revision`, within twice
+    /// the election timeout: a member cut off from the leader cannot catch
+    /// up, and the write it waits for is committed either way.
+    pub async fn reach_revision(&self, revision: i64) {
+        if self.reader.revision() >= revision {
+            return;
+        }
+        let mut published = self.reader.subscribe();
+        let bound = Duration::from_millis(self.config.raft.election_timeout_max * 2);
+        let reached = published.wait_for(|r| *r >= revision);
+        if tokio::time::timeout(bound, reached).await.is_err() {
+            Counters::inc(&self.counters.forward_catch_up_timeouts);
+        }
+    }
+
     /// openraft 0.9 has no CheckQuorum: a leader cut off from the majority
     /// keeps its role and its writes hang. Refuse early instead.
     fn check_quorum_contact(&self) -> Result<(), ApiError> {

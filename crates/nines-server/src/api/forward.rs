@@ -3,10 +3,12 @@
 //! leadership move. `NodeCore` says where a request must go; this marks
 //! the call as forwarded (so it is never forwarded twice), bounds it by
 //! this member's request timeout, carries the client's exactly-once
-//! session, and counts and maps a failure through `ApiError`.
+//! session, and counts and maps a failure through `ApiError`. A forwarded
+//! write is answered once this member has caught up to it (`caught_up`).
 
 use std::future::Future;
 
+use nines_proto::etcd::etcdserverpb as epb;
 use nines_types::{Node, Session};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
@@ -203,4 +205,41 @@ where
         .peer(&member.raft_addr)
         .map_err(|e| ApiError::Internal(format!("bad address {:?}: {e}", member.raft_addr)))?;
     call(channel, marked(core, message, None)).await
+}
+
+/// A write's response, by the revision its header names.
+pub trait Headed {
+    fn revision(&self) -> Option<i64>;
+}
+
+macro_rules! headed {
+    ($($t:ty),*) => {$(
+        impl Headed for $t {
+            fn revision(&self) -> Option<i64> {
+                self.header.as_ref().map(|h| h.revision)
+            }
+        }
+    )*};
+}
+headed!(
+    epb::PutResponse,
+    epb::DeleteRangeResponse,
+    epb::TxnResponse,
+    epb::CompactionResponse,
+    epb::LeaseRevokeResponse
+);
+
+/// The leader's answer to a forwarded write, passed on once this member's
+/// store has reached the revision it names: etcd answers from the member
+/// that was called after that member applied the write, so a serializable
+/// read there sees it.
+pub async fn caught_up<Resp: Headed>(
+    core: &NodeCore,
+    answer: Result<Response<Resp>, Status>,
+) -> Result<Response<Resp>, Status> {
+    let answer = answer?;
+    if let Some(revision) = answer.get_ref().revision() {
+        core.reach_revision(revision).await;
+    }
+    Ok(answer)
 }

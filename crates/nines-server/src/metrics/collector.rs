@@ -284,7 +284,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 31] = [
+    let counters: [(&str, &str, &AtomicU64); 32] = [
         (
             "leases_expired",
             "Leases this member revoked as leader because they expired.",
@@ -381,6 +381,11 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
             "forward_failures",
             "Requests forwarded to the leader that failed in transport or were refused unavailable.",
             &c.forward_failures,
+        ),
+        (
+            "forward_catch_up_timeouts",
+            "Forwarded writes answered before this member had applied them (it could not catch up in time).",
+            &c.forward_catch_up_timeouts,
         ),
         (
             "probe_failures",

@@ -96,6 +96,8 @@ pub struct Counters {
     pub read_round_started_ms: AtomicU64,
     // Forwarding to the leader.
     pub forward_failures: AtomicU64,
+    /// Forwarded writes answered before this member reached their revision.
+    pub forward_catch_up_timeouts: AtomicU64,
     /// Times the watcher's timer fired over a second late.
     pub runtime_stalls: AtomicU64,
     // Health (health.rs).

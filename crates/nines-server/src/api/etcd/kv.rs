@@ -129,7 +129,9 @@ impl epb::kv_server::Kv for EtcdKv {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
                 let call = |ch, r| async move { kv(ch).put(r).await };
-                forward::to_leader(&self.core, &leader, request.into_inner(), session, call).await
+                let answer =
+                    forward::to_leader(&self.core, &leader, request.into_inner(), session, call);
+                forward::caught_up(&self.core, answer.await).await
             }
         }
     }
@@ -146,7 +148,9 @@ impl epb::kv_server::Kv for EtcdKv {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
                 let call = |ch, r| async move { kv(ch).delete_range(r).await };
-                forward::to_leader(&self.core, &leader, request.into_inner(), session, call).await
+                let answer =
+                    forward::to_leader(&self.core, &leader, request.into_inner(), session, call);
+                forward::caught_up(&self.core, answer.await).await
             }
         }
     }
@@ -171,7 +175,9 @@ impl epb::kv_server::Kv for EtcdKv {
             }
             Written::AtLeader(leader, session) => {
                 let call = |ch, r| async move { kv(ch).compact(r).await };
-                forward::to_leader(&self.core, &leader, request.into_inner(), session, call).await
+                let answer =
+                    forward::to_leader(&self.core, &leader, request.into_inner(), session, call);
+                forward::caught_up(&self.core, answer.await).await
             }
         }
     }
@@ -187,7 +193,9 @@ impl epb::kv_server::Kv for EtcdKv {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
                 let call = |ch, r| async move { kv(ch).txn(r).await };
-                forward::to_leader(&self.core, &leader, request.into_inner(), session, call).await
+                let answer =
+                    forward::to_leader(&self.core, &leader, request.into_inner(), session, call);
+                forward::caught_up(&self.core, answer.await).await
             }
         }
     }

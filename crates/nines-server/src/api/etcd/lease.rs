@@ -107,7 +107,8 @@ impl epb::lease_server::Lease for EtcdLease {
             }
             Routed::Forward(leader) => {
                 let call = |ch, r| async move { lease(ch).lease_revoke(r).await };
-                forward::to_leader(&self.core, &leader, message, session, call).await
+                let answer = forward::to_leader(&self.core, &leader, message, session, call);
+                forward::caught_up(&self.core, answer.await).await
             }
         }
     }

@@ -54,7 +54,10 @@ impl Kv for CoreKv {
             Routed::Local(resp) => Applied::of(resp),
             Routed::Forward(leader) => {
                 let call = |ch, r| async move { kv_client(ch).txn(r).await };
-                let answer = forward::to_leader(&self.core, &leader, message, None, call)
+                let answer = forward::to_leader(&self.core, &leader, message, None, call).await;
+                // A lock's wait then reads this member's store at the
+                // revision the leader answered with.
+                let answer = forward::caught_up(&self.core, answer)
                     .await
                     .map_err(ApiError::Forward)?;
                 applied_of(answer.into_inner())

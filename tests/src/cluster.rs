@@ -442,21 +442,32 @@ impl Cluster {
     }
 
     pub async fn status(&self, id: u64) -> Option<NodeStatus> {
+        self.status_result(id).await.ok()
+    }
+
+    async fn status_result(&self, id: u64) -> Result<NodeStatus, String> {
         let config = self.client_config(vec![self.node(id).client_addr.clone()]);
-        let client = Client::new(config).ok()?;
-        client.status_of(&self.node(id).client_addr).await.ok()
+        let client = Client::new(config).map_err(|e| e.to_string())?;
+        client
+            .status_of(&self.node(id).client_addr)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// A node's status, asked up to 50 times 200 ms apart: one call has no
-    /// retry, and on a loaded machine it can time out.
+    /// retry, and on a loaded machine it can time out (a test that needed
+    /// only the cluster id failed on one such call while five other
+    /// three-member clusters of its binary started beside it).
     pub async fn status_retrying(&self, id: u64) -> NodeStatus {
+        let mut last = String::new();
         for _ in 0..50 {
-            if let Some(status) = self.status(id).await {
-                return status;
+            match self.status_result(id).await {
+                Ok(status) => return status,
+                Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("node {id} answered no status call in 10 s");
+        panic!("node {id} answered no status call in 10 s; the last error: {last}");
     }
 
     /// A leader that served a write and kept its role for a second:

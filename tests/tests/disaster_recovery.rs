@@ -316,7 +316,7 @@ async fn force_new_cluster_recovers_from_losing_two_of_three() {
         "a lone member of three wrote without its quorum"
     );
 
-    let before = cluster.status(survivor).await.expect("status");
+    let before = cluster.status_retrying(survivor).await;
     eprintln!(
         "survivor {survivor} before the forced start: last log {}, applied {}, {} acked",
         before.last_log_index,

@@ -121,7 +121,7 @@ async fn leader_kill_elects_new_leader_and_loses_nothing() {
     assert_all_present(&client, &acked, "w").await;
 
     // The old leader rejoins and catches up to the same state.
-    let applied = cluster.status(new_leader).await.unwrap().applied_index;
+    let applied = cluster.status_retrying(new_leader).await.applied_index;
     cluster
         .wait_applied(leader, applied, Duration::from_secs(30))
         .await;
@@ -203,7 +203,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
     // follower missed is gone, so only a snapshot can bring it back.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
-        let status = cluster.status(leader).await.unwrap();
+        let status = cluster.status_retrying(leader).await;
         if status.snapshot_index > 0 && status.purged_index > follower_last {
             break status;
         }
@@ -218,7 +218,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
     cluster
         .wait_applied(follower, status.applied_index, Duration::from_secs(60))
         .await;
-    let follower_status = cluster.status(follower).await.unwrap();
+    let follower_status = cluster.status_retrying(follower).await;
     assert!(
         follower_status.snapshot_index > 0,
         "follower did not install a snapshot: {follower_status:?}"
@@ -259,12 +259,12 @@ async fn follower_behind_by_large_values_catches_up_from_the_log() {
             put.await.unwrap().expect("put");
         }
     }
-    let applied = cluster.status(leader).await.unwrap().applied_index;
+    let applied = cluster.status_retrying(leader).await.applied_index;
     cluster.spawn(follower);
     cluster
         .wait_applied(follower, applied, Duration::from_secs(90))
         .await;
-    let follower_status = cluster.status(follower).await.unwrap();
+    let follower_status = cluster.status_retrying(follower).await;
     assert_eq!(
         follower_status.snapshot_index, 0,
         "the follower caught up by snapshot, not from the log: {follower_status:?}"

@@ -221,7 +221,7 @@ async fn learner_that_is_not_a_nines_node_of_this_cluster_is_refused() {
     let now = cluster.wait_leader(Duration::from_secs(30)).await;
     assert!([1, 2, 3].contains(&now), "leader {now} is a voter");
     for id in 1..=3 {
-        let status = cluster.status(id).await.expect("node answers status");
+        let status = cluster.status_retrying(id).await;
         assert!(
             [0, 1, 2, 3].contains(&status.leader_id),
             "node {id} follows {}",
@@ -316,7 +316,7 @@ async fn lagging_learner_is_promoted_only_once_in_sync() {
     assert_refused(result, "can only promote a learner member which is in sync");
 
     // Thawed, it catches up; promotion then succeeds.
-    let leader_last = cluster.status(leader).await.expect("status").last_log_index;
+    let leader_last = cluster.status_retrying(leader).await.last_log_index;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match client.member_promote(id).await {

@@ -28,7 +28,7 @@ async fn send(
     rpc: &str,
     data: Vec<u8>,
 ) -> Result<pb::v1::RaftReply, tonic::Status> {
-    let status = cluster.status(id).await.expect("status");
+    let status = cluster.status_retrying(id).await;
     let request = pb::v1::RaftRequest {
         target: id,
         cluster_id: status.header.expect("header").cluster_id,
@@ -149,7 +149,7 @@ async fn appends_and_votes_from_a_non_member_are_refused() {
     let leader = cluster.wait_leader(LONG).await;
     cluster.client().put("k", "good").await.unwrap();
     let term = term_of(&cluster, leader).await;
-    let last = cluster.status(leader).await.unwrap().last_log_index;
+    let last = cluster.status_retrying(leader).await.last_log_index;
 
     // "Node 99" claims leadership of the next term and commits a write.
     let rpc = AppendEntriesRequest::<TypeConfig> {
@@ -176,7 +176,7 @@ async fn appends_and_votes_from_a_non_member_are_refused() {
     let now = cluster.wait_leader(LONG).await;
     assert!((1..=3).contains(&now), "leader {now} is a member");
     for id in 1..=3 {
-        let status = cluster.status(id).await.expect("status");
+        let status = cluster.status_retrying(id).await;
         assert_ne!(status.leader_id, 99, "node {id} follows the outsider");
         let t = status.header.unwrap().raft_term;
         assert!(t < term + 20, "node {id} moved from term {term} to {t}");
@@ -325,7 +325,7 @@ async fn read_index_requests_are_answered_only_for_members() {
     // leadership, and the member asked answered READ_INDEX_NOT_LEADER.
     let leader = cluster.stable_leader(LONG).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let status = cluster.status(leader).await.expect("status");
+    let status = cluster.status_retrying(leader).await;
     let cluster_id = status.header.expect("header").cluster_id;
     let mut client = peer(&cluster, leader).await;
     let ask = |target, cluster_id, from| pb::v1::ReadIndexRequest {

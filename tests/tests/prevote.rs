@@ -11,7 +11,7 @@ const LONG: Duration = Duration::from_secs(30);
 async fn terms(cluster: &Cluster) -> Vec<u64> {
     let mut terms = Vec::new();
     for id in 1..=3 {
-        let status = cluster.status(id).await.expect("status");
+        let status = cluster.status_retrying(id).await;
         terms.push(status.header.expect("header").raft_term);
     }
     terms

@@ -68,7 +68,7 @@ async fn a_full_store_refuses_puts_serves_the_rest_and_recovers_after_compaction
         assert!(err.to_string().contains("--quota-backend-bytes"), "{err}");
         let err = node.txn(put_txn()).await.unwrap_err();
         assert!(is_no_space(&err), "node {id} txn: {err}");
-        let status = cluster.status(id).await.expect("status");
+        let status = cluster.status_retrying(id).await;
         assert!(
             status.db_size_in_use as u64 > QUOTA,
             "node {id}: in use {}",
@@ -97,7 +97,7 @@ async fn a_full_store_refuses_puts_serves_the_rest_and_recovers_after_compaction
     for id in 1..=3 {
         let deadline = Instant::now() + WAIT;
         loop {
-            let status = cluster.status(id).await.expect("status");
+            let status = cluster.status_retrying(id).await;
             if (status.db_size_in_use as u64) < QUOTA {
                 break;
             }

@@ -22,7 +22,7 @@ fn rss_bytes(pid: u32) -> u64 {
 async fn terms(cluster: &Cluster) -> Vec<u64> {
     let mut terms = Vec::new();
     for id in 1..=3 {
-        let s = cluster.status(id).await.expect("status");
+        let s = cluster.status_retrying(id).await;
         terms.push(s.header.expect("header").raft_term);
     }
     terms

@@ -40,7 +40,7 @@ fn state_sizes(cluster: &Cluster) -> Vec<u64> {
 
 async fn applied_everywhere(cluster: &Cluster) {
     let leader = cluster.wait_leader(Duration::from_secs(30)).await;
-    let index = cluster.status(leader).await.expect("status").applied_index;
+    let index = cluster.status_retrying(leader).await.applied_index;
     for id in 1..=3 {
         cluster
             .wait_applied(id, index, Duration::from_secs(60))

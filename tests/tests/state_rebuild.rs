@@ -63,7 +63,7 @@ async fn damaged_follower_state_is_rebuilt_on_restart() {
     let leader = cluster.wait_leader(Duration::from_secs(30)).await;
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     put_keys(&cluster, 0..300).await;
-    let index = cluster.status(leader).await.expect("status").applied_index;
+    let index = cluster.status_retrying(leader).await.applied_index;
     cluster
         .wait_applied(follower, index, Duration::from_secs(60))
         .await;
@@ -83,7 +83,7 @@ async fn damaged_follower_state_is_rebuilt_on_restart() {
 
     cluster.restart(follower);
     let leader = cluster.wait_leader(Duration::from_secs(30)).await;
-    let index = cluster.status(leader).await.expect("status").applied_index;
+    let index = cluster.status_retrying(leader).await.applied_index;
     cluster
         .wait_applied(follower, index, Duration::from_secs(90))
         .await;

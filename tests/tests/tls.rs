@@ -166,7 +166,7 @@ fn append_from(leader: u64, term: u64) -> Vec<u8> {
 }
 
 async fn term_of(cluster: &Cluster, id: u64) -> u64 {
-    let status = cluster.status(id).await.expect("status");
+    let status = cluster.status_retrying(id).await;
     status.header.expect("header").raft_term
 }
 

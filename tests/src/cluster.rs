@@ -470,6 +470,21 @@ impl Cluster {
         panic!("node {id} answered no status call in 10 s; the last error: {last}");
     }
 
+    /// A node's Raft term, from a retried status call.
+    pub async fn term(&self, id: u64) -> u64 {
+        let status = self.status_retrying(id).await;
+        status.header.expect("status has a header").raft_term
+    }
+
+    /// Every node's term, in id order.
+    pub async fn terms(&self) -> Vec<u64> {
+        let mut terms = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            terms.push(self.term(node.id).await);
+        }
+        terms
+    }
+
     /// A leader that served a write and kept its role for a second:
     /// elections right after start may move leadership once more. Each
     /// wait for a leader gets `timeout`.

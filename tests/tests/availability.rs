@@ -57,10 +57,7 @@ async fn outage_is_counted(cluster: &Cluster, metrics: &HashMap<u64, String>, su
     }
     tokio::time::sleep(OUTAGE).await;
     let during = must_scrape(addr).await;
-    let status = cluster
-        .status(survivor)
-        .await
-        .expect("status of the survivor");
+    let status = cluster.status_retrying(survivor).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = must_scrape(addr).await;
     for &id in &stopped {

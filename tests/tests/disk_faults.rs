@@ -180,11 +180,7 @@ async fn full_disk_exits_nonzero_then_catches_up_with_space() {
     std::fs::remove_file(&filler).expect("remove filler");
     cluster.spawn(3);
     let leader = cluster.wait_leader(Duration::from_secs(30)).await;
-    let target = cluster
-        .status(leader)
-        .await
-        .expect("leader status")
-        .applied_index;
+    let target = cluster.status_retrying(leader).await.applied_index;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let applied = cluster.status(3).await.map(|s| s.applied_index);

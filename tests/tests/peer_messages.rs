@@ -85,21 +85,11 @@ async fn assert_serving(cluster: &mut Cluster, what: &str) -> u64 {
     leader
 }
 
-async fn term_of(cluster: &Cluster, id: u64) -> u64 {
-    cluster
-        .status(id)
-        .await
-        .expect("status")
-        .header
-        .unwrap()
-        .raft_term
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_length_prefix_of_two_to_the_fifty_is_refused() {
     let mut cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.wait_leader(LONG).await;
-    let term = term_of(&cluster, leader).await;
+    let term = cluster.term(leader).await;
     // A real append whose key's length prefix is rewritten to claim 2^50
     // bytes: bincode would allocate that before reading the key.
     let mut bytes = append(term, leader, vec![put_entry(term, 1, b"MARKER")]);
@@ -133,7 +123,7 @@ async fn a_term_of_u64_max_is_refused_and_elections_still_work() {
         assert_eq!(err.code(), Code::PermissionDenied, "node {id}: {err}");
         assert!(err.message().contains("too far past"), "{err}");
     }
-    let term = term_of(&cluster, leader).await;
+    let term = cluster.term(leader).await;
     assert!(term < 1000, "term stayed sane: {term}");
     // The next election (term + 1) must not overflow: kill the leader.
     cluster.kill(leader);
@@ -148,7 +138,7 @@ async fn appends_and_votes_from_a_non_member_are_refused() {
     let mut cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.wait_leader(LONG).await;
     cluster.client().put("k", "good").await.unwrap();
-    let term = term_of(&cluster, leader).await;
+    let term = cluster.term(leader).await;
     let last = cluster.status_retrying(leader).await.last_log_index;
 
     // "Node 99" claims leadership of the next term and commits a write.
@@ -208,7 +198,7 @@ fn data_dir_bytes(dir: &std::path::Path) -> u64 {
 async fn a_snapshot_chunk_at_offset_two_to_the_forty_is_refused() {
     let mut cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.wait_leader(LONG).await;
-    let term = term_of(&cluster, leader).await;
+    let term = cluster.term(leader).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let membership = {
         // The cluster's own membership, so only the offset is wrong.

@@ -8,15 +8,6 @@ use nines_tests::{Cluster, ClusterOptions};
 
 const LONG: Duration = Duration::from_secs(30);
 
-async fn terms(cluster: &Cluster) -> Vec<u64> {
-    let mut terms = Vec::new();
-    for id in 1..=3 {
-        let status = cluster.status_retrying(id).await;
-        terms.push(status.header.expect("header").raft_term);
-    }
-    terms
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_follower_does_not_depose_the_leader() {
     let cluster = Cluster::start(ClusterOptions::default());
@@ -26,13 +17,13 @@ async fn a_resumed_follower_does_not_depose_the_leader() {
     // on a loaded machine): measure from a leader that held for a second.
     let leader = loop {
         let leader = cluster.wait_leader(LONG).await;
-        let term = terms(&cluster).await;
+        let term = cluster.terms().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if cluster.wait_leader(LONG).await == leader && terms(&cluster).await == term {
+        if cluster.wait_leader(LONG).await == leader && cluster.terms().await == term {
             break leader;
         }
     };
-    let before = terms(&cluster).await;
+    let before = cluster.terms().await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     for round in 0..3 {
         cluster.signal(follower, libc::SIGSTOP);
@@ -40,7 +31,7 @@ async fn a_resumed_follower_does_not_depose_the_leader() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         cluster.signal(follower, libc::SIGCONT);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let after = terms(&cluster).await;
+        let after = cluster.terms().await;
         assert_eq!(
             cluster.wait_leader(LONG).await,
             leader,

@@ -19,15 +19,6 @@ fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn terms(cluster: &Cluster) -> Vec<u64> {
-    let mut terms = Vec::new();
-    for id in 1..=3 {
-        let s = cluster.status_retrying(id).await;
-        terms.push(s.header.expect("header").raft_term);
-    }
-    terms
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_large_reads_on_a_follower_start_no_election() {
     // Default timing: a follower starved by reads must not start an
@@ -45,17 +36,13 @@ async fn concurrent_large_reads_on_a_follower_start_no_election() {
             .await
             .expect("put");
     }
-    let applied = cluster
-        .status(leader)
-        .await
-        .expect("leader status")
-        .applied_index;
+    let applied = cluster.status_retrying(leader).await.applied_index;
     cluster
         .wait_applied(follower, applied, Duration::from_secs(30))
         .await;
     // Let the cluster settle before taking the terms.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = terms(&cluster).await;
+    let before = cluster.terms().await;
     let pid = cluster.pid(follower).expect("follower pid");
 
     let ok = Arc::new(AtomicU64::new(0));
@@ -128,7 +115,7 @@ async fn concurrent_large_reads_on_a_follower_start_no_election() {
         r.await.expect("reader");
     }
     let (writes, write_failures) = writer.await.expect("writer");
-    let after = terms(&cluster).await;
+    let after = cluster.terms().await;
     let (ok, exhausted, other) = (
         ok.load(Ordering::Relaxed),
         exhausted.load(Ordering::Relaxed),

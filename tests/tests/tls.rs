@@ -165,21 +165,15 @@ fn append_from(leader: u64, term: u64) -> Vec<u8> {
     codec::encode(&rpc).unwrap()
 }
 
-async fn term_of(cluster: &Cluster, id: u64) -> u64 {
-    let status = cluster.status_retrying(id).await;
-    status.header.expect("header").raft_term
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_port_admits_only_cluster_certificates() {
     let pki = Pki::new();
     let cluster = tls_cluster(&pki, 3);
     let leader = cluster.wait_leader(LONG).await;
-    let term = term_of(&cluster, leader).await;
+    let term = cluster.term(leader).await;
     let cluster_id = cluster
-        .status(leader)
+        .status_retrying(leader)
         .await
-        .unwrap()
         .header
         .unwrap()
         .cluster_id;
@@ -258,7 +252,7 @@ async fn the_peer_port_admits_only_cluster_certificates() {
             "a plaintext vote got an answer"
         );
     }
-    assert!(term_of(&cluster, target).await < term + 1000);
+    assert!(cluster.term(target).await < term + 1000);
     assert_eq!(cluster.wait_leader(LONG).await, leader);
     assert!(cluster.client().get("forged").await.unwrap().is_none());
     cluster.client().put("after", "forgeries").await.unwrap();

@@ -117,6 +117,16 @@ impl LogStore {
         self.wal.pipeline.flush.durable.subscribe()
     }
 
+    /// The vote last saved (on disk before `save_vote` returned, so before
+    /// openraft could send a grant or an ack carrying it). A node whose
+    /// saved vote is still for term T has granted nothing in a later term:
+    /// what lets a follower's read index ask vouch for its leader
+    /// (nines-server `read_index.rs`). None before the first vote, or if a
+    /// writer panicked while holding it.
+    pub fn saved_vote(&self) -> Option<nines_types::Vote> {
+        self.wal.pipeline.vote.lock().ok().and_then(|v| *v)
+    }
+
     /// The id of the last entry in the log (written, maybe not yet synced
     /// on a pipelining leader), or of the last purged one.
     pub fn last_log_id(&self) -> Result<Option<nines_types::LogId>, LogError> {

@@ -154,6 +154,7 @@ impl NinesNode {
                     id: config.id,
                     cluster_id,
                     pool: pool.clone(),
+                    log: log.clone(),
                 }),
             ),
             proposer: Proposer::start(raft.clone(), counters.clone(), config.request_timeout),
@@ -409,8 +410,9 @@ async fn serve_peer(
             core.raft.clone(),
             core.counters.clone(),
         )
-        .with_election(election)
-        .with_reads(core.barrier.clone()),
+        .with_reads(core.barrier.clone())
+        .with_vouching(election.log.clone(), core.reader.clone())
+        .with_election(election),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -56,6 +56,8 @@ pub struct Asker {
     pub cluster_id: u64,
     /// Channels on the runtime the asking reads run on.
     pub pool: ChannelPool,
+    /// This node's saved vote, offered with each ask (`read_index.rs`).
+    pub log: nines_log::LogStore,
 }
 
 #[derive(Clone)]

@@ -284,7 +284,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 32] = [
+    let counters: [(&str, &str, &AtomicU64); 33] = [
         (
             "leases_expired",
             "Leases this member revoked as leader because they expired.",
@@ -319,6 +319,11 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
             "read_index_answered",
             "Read index requests answered for followers.",
             &c.read_index_answered,
+        ),
+        (
+            "read_index_vouched",
+            "Read index requests answered without a round: the asker's vote confirmed the leader.",
+            &c.read_index_vouched,
         ),
         ("watch_events_sent", "Watch events sent to clients.", &c.watch_events_sent),
         (

@@ -39,6 +39,8 @@ pub struct Counters {
     pub read_index_ask_failures: AtomicU64,
     /// Read index requests this node answered for followers.
     pub read_index_answered: AtomicU64,
+    /// Of those, the ones whose offered vote made a round needless.
+    pub read_index_vouched: AtomicU64,
     /// Gauge: watchers on this member.
     pub watchers: AtomicU64,
     /// Gauge: open watch streams.

@@ -322,6 +322,7 @@ async fn read_index_requests_are_answered_only_for_members() {
         target,
         cluster_id,
         from,
+        ..Default::default()
     };
     let refused = [
         (ask(leader, cluster_id, 77), Code::PermissionDenied),
@@ -348,6 +349,38 @@ async fn read_index_requests_are_answered_only_for_members() {
     assert!(
         reply.index >= status.applied_index,
         "{reply:?} vs {status:?}"
+    );
+    // Offered votes the leader cannot take (a term far ahead, another
+    // leader, the real one): each is answered with an index, by a round when
+    // the vote does not vouch, and none stops the leader.
+    let term = cluster.term(leader).await;
+    for (vote_term, vote_leader) in [
+        (u64::MAX, leader),
+        (term, 77),
+        (term + 1, leader),
+        (term, leader),
+    ] {
+        let request = pb::v1::ReadIndexRequest {
+            vote_term,
+            vote_leader,
+            ..ask(leader, cluster_id, follower)
+        };
+        let reply = client
+            .read_index(request)
+            .await
+            .expect("an offered vote")
+            .into_inner();
+        assert_eq!(
+            reply.outcome,
+            pb::v1::ReadIndexOutcome::ReadIndexOk as i32,
+            "vote ({vote_term}, {vote_leader}): {reply:?}"
+        );
+        assert!(reply.index >= status.applied_index, "{reply:?}");
+    }
+    assert_eq!(
+        cluster.term(leader).await,
+        term,
+        "an offered vote moved the term"
     );
 }
 

@@ -14,17 +14,38 @@ pub enum Backend {
     Etcd(Vec<etcd_client::Client>),
 }
 
+/// etcd-client objects for about `connections` TCP connections: each object
+/// holds one to every endpoint (and balances over them itself), where an
+/// object of nines' client sends its writes and linearizable reads over
+/// one, to the leader. Compared at `--connections` objects each, etcd-client
+/// had three times the connections, each with a third of the requests in
+/// flight, and fewer requests per connection cost a server more per request
+/// (README, Benchmarks).
+pub fn etcd_objects(connections: usize, endpoints: usize) -> usize {
+    connections.max(1).div_ceil(endpoints.max(1))
+}
+
 impl Backend {
+    /// TCP connections the request workloads use (see `etcd_objects`).
+    pub fn connections(&self, endpoints: usize) -> usize {
+        match self {
+            Backend::Nines(c) => c.len(),
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(c) => c.len() * endpoints,
+        }
+    }
+
+    /// `objects` client objects of `target`.
     pub async fn connect(
         target: &str,
         endpoints: &[String],
         tls: Option<nines_client::TlsFiles>,
-        connections: usize,
+        objects: usize,
     ) -> Result<Backend> {
         match target {
             "nines" => {
                 let mut clients = Vec::new();
-                for _ in 0..connections.max(1) {
+                for _ in 0..objects.max(1) {
                     let mut config = ClientConfig::new(endpoints.to_vec());
                     config.request_timeout = Duration::from_secs(10);
                     config.tls = tls.clone();
@@ -38,7 +59,7 @@ impl Backend {
             "etcd" => {
                 let options = tls.as_ref().map(etcd_tls).transpose()?;
                 let mut clients = Vec::new();
-                for _ in 0..connections.max(1) {
+                for _ in 0..objects.max(1) {
                     clients.push(etcd_client::Client::connect(endpoints, options.clone()).await?);
                 }
                 Ok(Backend::Etcd(clients))
@@ -223,4 +244,19 @@ fn etcd_tls(files: &nines_client::TlsFiles) -> Result<etcd_client::ConnectOption
         _ => return Err(anyhow!("--cert and --key go together")),
     }
     Ok(etcd_client::ConnectOptions::new().with_tls(tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etcd_objects;
+
+    #[test]
+    fn etcd_objects_open_about_as_many_connections_as_asked() {
+        assert_eq!(etcd_objects(8, 3), 3, "9 connections for 8");
+        assert_eq!(etcd_objects(9, 3), 3);
+        assert_eq!(etcd_objects(1, 3), 1, "never none");
+        assert_eq!(etcd_objects(0, 3), 1);
+        assert_eq!(etcd_objects(8, 1), 8, "one endpoint: one per object");
+        assert_eq!(etcd_objects(8, 0), 8);
+    }
 }

@@ -40,7 +40,11 @@ pub struct BenchArgs {
     /// Concurrent closed-loop clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// gRPC connections (client objects) shared by the clients.
+    /// TCP connections shared by the clients: client objects of nines'
+    /// client (each to the leader), or for `--target etcd` etcd-client
+    /// objects enough for that many (each connects to every endpoint:
+    /// 3 objects for 8 over 3 endpoints). Watch: client objects of either,
+    /// each of which spreads its streams over the members.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
     /// Distinct keys; reads and CAS pick among them, puts cycle through them.
@@ -191,8 +195,11 @@ pub async fn run(
         return super::lease::run(args, endpoints, json).await;
     }
     choose(&args, &mut rand::thread_rng())?;
-    let backend =
-        Arc::new(Backend::connect(&args.target, &endpoints, tls, args.connections).await?);
+    let objects = match args.target.as_str() {
+        "etcd" => super::backend::etcd_objects(args.connections, endpoints.len()),
+        _ => args.connections,
+    };
+    let backend = Arc::new(Backend::connect(&args.target, &endpoints, tls, objects).await?);
     if args.workload != "put" && !args.no_preload {
         eprintln!("loading {} keys ...", args.keys);
         preload(&backend, &args).await?;
@@ -280,7 +287,7 @@ pub async fn run(
         target: args.target.clone(),
         workload: args.workload.clone(),
         clients: args.clients,
-        connections: args.connections,
+        connections: backend.connections(endpoints.len()),
         value_size: args.value_size,
         duration_s: elapsed,
         ops,

@@ -119,16 +119,27 @@ fn crash_run(seed: u64) {
         ],
     );
     let lines = stdout_lines(&mut child);
+    let ack_of = |l: &str| {
+        l.split_once("acked ")
+            .map(|(_, n)| n.parse::<u64>().unwrap())
+    };
+    // The kill must land among appends: wait for the first one. A child is
+    // a fresh exec of this binary, and on a loaded machine (a clean CI
+    // build) it once acknowledged nothing within the 200-800 ms below.
+    let first = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the child ended, or acknowledged nothing in 120 s");
+        if let Some(n) = ack_of(&line) {
+            break n;
+        }
+    };
     std::thread::sleep(Duration::from_millis(rng.gen_range(200..=800)));
     sigkill(&mut child);
     let acked = lines
         .iter()
-        .filter_map(|l| {
-            l.split_once("acked ")
-                .map(|(_, n)| n.parse::<u64>().unwrap())
-        })
-        .max()
-        .expect("the child acknowledged nothing before the kill");
+        .filter_map(|l| ack_of(&l))
+        .fold(first, u64::max);
 
     rt().block_on(async {
         let mut s = open(dir.path());

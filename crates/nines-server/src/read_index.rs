@@ -110,11 +110,7 @@ pub fn vouched_index(v: &Vouch<'_>) -> Option<u64> {
     let mine = saved.committed && saved.leader_id.node_id == v.me;
     let offered = v.offered_term == term && v.offered_leader == v.me && v.asker != v.me;
     let leading = v.state == ServerState::Leader && v.reported == saved;
-    let quorum = !v.voters.is_empty()
-        && v.voters.iter().all(|set| {
-            let ours = usize::from(set.contains(&v.me)) + usize::from(set.contains(&v.asker));
-            2 * ours > set.len()
-        });
+    let quorum = crate::election::has_quorum(v.voters, &BTreeSet::from([v.me, v.asker]));
     let applied = v.applied?;
     let own_term = applied.leader_id.term == term && applied.leader_id.node_id == v.me;
     (mine && offered && leading && quorum && own_term).then_some(applied.index)

@@ -59,8 +59,13 @@ impl RaftService {
         self
     }
 
-    /// The read index `req`'s offered vote earns, if it does.
-    fn vouched(&self, req: &nines_proto::ReadIndexRequest) -> Option<u64> {
+    /// The read index `req`'s offered vote earns, if it does, with `m` the
+    /// server metrics the handler borrowed.
+    fn vouched(
+        &self,
+        req: &nines_proto::ReadIndexRequest,
+        m: &openraft::metrics::RaftServerMetrics<NodeId, nines_types::Node>,
+    ) -> Option<u64> {
         let (log, reader) = self.vouching.as_ref()?;
         if req.vote_term == 0 {
             return None;
@@ -68,8 +73,6 @@ impl RaftService {
         // The saved vote is read after the ask arrived (the module doc of
         // read_index.rs); the applied index may be read at any time after.
         let saved = log.saved_vote();
-        let metrics = self.raft.server_metrics();
-        let m = metrics.borrow();
         crate::read_index::vouched_index(&crate::read_index::Vouch {
             me: self.id,
             asker: req.from,
@@ -268,13 +271,16 @@ impl RaftRpc for RaftService {
                 self.id, self.cluster_id, req.target, req.cluster_id
             )));
         }
-        let member = {
+        // One borrow of the metrics for both; dropped before any await.
+        let (member, vouched) = {
             let metrics = self.raft.server_metrics();
             let m = metrics.borrow();
-            m.membership_config
+            let member = m
+                .membership_config
                 .membership()
                 .get_node(&req.from)
-                .is_some()
+                .is_some();
+            (member, self.vouched(req, &m))
         };
         if req.from == self.id {
             return Err(self.refused(&Refused::FromMyself(req.from)));
@@ -288,13 +294,13 @@ impl RaftRpc for RaftService {
             ));
         };
         Counters::inc(&self.counters.read_index_answered);
-        if let Some(index) = self.vouched(req) {
-            Counters::inc(&self.counters.read_index_vouched);
-            let reply =
-                crate::read_index::reply_of(&crate::read_barrier::Barrier::ReadIndex(index));
-            return Ok(Response::new(reply));
-        }
-        let barrier = reads.check_local().await;
+        let barrier = match vouched {
+            Some(index) => {
+                Counters::inc(&self.counters.read_index_vouched);
+                crate::read_barrier::Barrier::ReadIndex(index)
+            }
+            None => reads.check_local().await,
+        };
         Ok(Response::new(crate::read_index::reply_of(&barrier)))
     }
 }

@@ -169,7 +169,9 @@ fn append_from(leader: u64, term: u64) -> Vec<u8> {
 async fn the_peer_port_admits_only_cluster_certificates() {
     let pki = Pki::new();
     let cluster = tls_cluster(&pki, 3);
-    let leader = cluster.wait_leader(LONG).await;
+    // Stable: a start-up election that moves leadership later would look
+    // like one the forgeries caused (CI, 2 loaded cores, saw it).
+    let leader = cluster.stable_leader(LONG).await;
     let term = cluster.term(leader).await;
     let cluster_id = cluster
         .status_retrying(leader)
@@ -252,8 +254,15 @@ async fn the_peer_port_admits_only_cluster_certificates() {
             "a plaintext vote got an answer"
         );
     }
-    assert!(cluster.term(target).await < term + 1000);
-    assert_eq!(cluster.wait_leader(LONG).await, leader);
+    // The forged vote moved no term; an election of the load's own (a
+    // few terms at most) is not what this checks.
+    for t in cluster.terms().await {
+        assert!(
+            t < term + 1000,
+            "a forged vote moved a term: {t} from {term}"
+        );
+    }
+    cluster.wait_leader(LONG).await;
     assert!(cluster.client().get("forged").await.unwrap().is_none());
     cluster.client().put("after", "forgeries").await.unwrap();
     let log = cluster.server_log(target);

@@ -15,7 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", root.display());
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
-    let files = ["admin.proto", "raft.proto"].map(|f| root.join("nines/v1").join(f));
+    let files =
+        ["admin.proto", "forward.proto", "raft.proto"].map(|f| root.join("nines/v1").join(f));
     let fds = protox::compile(&files, [&root])?;
     std::fs::write(out.join("nines_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()

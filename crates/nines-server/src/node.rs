@@ -337,6 +337,7 @@ async fn serve_client(
         .add_service(health)
         .add_service(admin_server(&core))
         .add_service(etcd.kv)
+        .add_service(etcd.forward)
         .add_service(etcd.cluster)
         .add_service(etcd.maintenance)
         .add_service(etcd.auth)
@@ -424,6 +425,7 @@ async fn serve_peer(
         // Client calls on the peer port only as forwarded by a member: a
         // firewalled client port must not be bypassed through this one.
         .add_service(InterceptedService::new(etcd.kv, member_only(&core)))
+        .add_service(InterceptedService::new(etcd.forward, member_only(&core)))
         .add_service(InterceptedService::new(etcd.cluster, member_only(&core)))
         .add_service(InterceptedService::new(
             etcd.maintenance,

@@ -49,14 +49,22 @@ where
     let call = call(channel_to(core, leader)?, marked(core, message, session));
     let answer = tokio::select! {
         answer = call => answer,
-        () = leader_moved(core, leader) => {
-            // Counted as a forward that got no answer, like a transport failure.
-            let status: Status = ApiError::LeaderChanged { leader: core.leader() }.into();
-            note_failure(core, leader, &status);
-            return Err(status);
-        }
+        moved = leader_moved_status(core, leader) => return Err(moved),
     };
     answer.map_err(|status| failed(core, leader, status))
+}
+
+/// Resolves, once this member sees a leader other than `leader`, to what
+/// the client of a call forwarded there is told.
+pub(crate) async fn leader_moved_status(core: &NodeCore, leader: &Node) -> Status {
+    leader_moved(core, leader).await;
+    // Counted as a forward that got no answer, like a transport failure.
+    let status: Status = ApiError::LeaderChanged {
+        leader: core.leader(),
+    }
+    .into();
+    note_failure(core, leader, &status);
+    status
 }
 
 /// Sends `message` to `member` whoever leads (a leadership move runs on
@@ -76,7 +84,11 @@ where
 
 /// The message, marked as forwarded by this member of this cluster, with
 /// the session, and bounded by this member's own timeout.
-fn marked<T>(core: &NodeCore, message: T, session: Option<Session>) -> tonic::Request<T> {
+pub(crate) fn marked<T>(
+    core: &NodeCore,
+    message: T,
+    session: Option<Session>,
+) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     let metadata = request.metadata_mut();
     metadata.insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
@@ -124,7 +136,7 @@ pub(crate) fn channel_to(core: &NodeCore, node: &Node) -> Result<Channel, ApiErr
     channel.map_err(|e| ApiError::Internal(format!("bad address {addr:?}: {e}")))
 }
 
-fn client_addr(node: &Node) -> &str {
+pub(crate) fn client_addr(node: &Node) -> &str {
     if node.api_addr.is_empty() {
         &node.raft_addr
     } else {
@@ -136,7 +148,7 @@ fn client_addr(node: &Node) -> &str {
 /// logged (once per interval per kind: every request on a follower can
 /// fail the same way at once) when it is a failure to get an answer rather
 /// than the other member's answer to the request itself.
-fn failed(core: &NodeCore, target: &Node, status: Status) -> Status {
+pub(crate) fn failed(core: &NodeCore, target: &Node, status: Status) -> Status {
     note_failure(core, target, &status);
     ApiError::Forward(status).into()
 }

@@ -7,5 +7,6 @@ mod admin;
 pub mod convert;
 pub mod etcd;
 pub mod forward;
+pub mod forward_batch;
 
 pub use admin::{publish, AdminService};

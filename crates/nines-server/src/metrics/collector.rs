@@ -284,7 +284,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 33] = [
+    let counters: [(&str, &str, &AtomicU64); 34] = [
         (
             "leases_expired",
             "Leases this member revoked as leader because they expired.",
@@ -386,6 +386,11 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
             "forward_failures",
             "Requests forwarded to the leader that failed in transport or were refused unavailable.",
             &c.forward_failures,
+        ),
+        (
+            "forward_batches",
+            "Calls that carried writes forwarded to the leader, several per call under load.",
+            &c.forward_batches,
         ),
         (
             "forward_catch_up_timeouts",

@@ -98,6 +98,8 @@ pub struct Counters {
     pub read_round_started_ms: AtomicU64,
     // Forwarding to the leader.
     pub forward_failures: AtomicU64,
+    /// Calls that carried forwarded writes to the leader (several each).
+    pub forward_batches: AtomicU64,
     /// Forwarded writes answered before this member reached their revision.
     pub forward_catch_up_timeouts: AtomicU64,
     /// Times the watcher's timer fired over a second late.

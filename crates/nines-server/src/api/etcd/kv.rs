@@ -14,6 +14,7 @@ use epb::kv_client::KvClient;
 use super::permits::Guarded;
 use super::{convert, session};
 use crate::api::forward::{self, is_forwarded};
+use crate::api::forward_batch::{Kind, WriteBatcher, MAX_WRITE_BYTES};
 use crate::core::{NodeCore, Routed};
 use crate::error::ApiError;
 use crate::read_limit::{self, ReadLimiter};
@@ -22,6 +23,8 @@ pub struct EtcdKv {
     pub core: Arc<NodeCore>,
     /// Bounds local range executions and their bytes in flight.
     pub reads: Arc<ReadLimiter>,
+    /// Sends forwarded writes to the leader several per call.
+    pub batcher: Arc<WriteBatcher>,
 }
 
 /// Bytes a read result holds: what the bytes-in-flight limit counts.
@@ -41,7 +44,37 @@ fn kv(channel: Channel) -> KvClient<Channel> {
     KvClient::new(channel).max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES)
 }
 
+/// Small enough to go in a batch of forwarded writes.
+fn batchable(message: &impl prost::Message) -> bool {
+    message.encoded_len() <= MAX_WRITE_BYTES
+}
+
+/// A txn whose answer is small: no ranges and no previous values, in any
+/// branch (a batch's answers share one response's size limit).
+fn small_txn_answer(txn: &epb::TxnRequest) -> bool {
+    use epb::request_op::Request as Op;
+    let small = |op: &epb::RequestOp| match &op.request {
+        Some(Op::RequestPut(p)) => !p.prev_kv,
+        Some(Op::RequestDeleteRange(d)) => !d.prev_kv,
+        Some(Op::RequestRange(_)) | Some(Op::RequestTxn(_)) | None => false,
+    };
+    txn.success.iter().chain(&txn.failure).all(small)
+}
+
 impl EtcdKv {
+    /// A forwarded write sent to the leader in the next batch.
+    async fn batched<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        leader: &Node,
+        kind: Kind,
+        message: &Req,
+        session: Option<Session>,
+    ) -> Result<Response<Resp>, Status> {
+        self.batcher
+            .forward(&self.core, leader, kind, message, session)
+            .await
+    }
+
     async fn write<Req: Guarded, Resp>(
         &self,
         request: &tonic::Request<Req>,
@@ -128,10 +161,14 @@ impl epb::kv_server::Kv for EtcdKv {
         {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
-                let call = |ch, r| async move { kv(ch).put(r).await };
-                let answer =
-                    forward::to_leader(&self.core, &leader, request.into_inner(), session, call);
-                forward::caught_up(&self.core, answer.await).await
+                let message = request.into_inner();
+                let answer = if !message.prev_kv && batchable(&message) {
+                    self.batched(&leader, Kind::Put, &message, session).await
+                } else {
+                    let call = |ch, r| async move { kv(ch).put(r).await };
+                    forward::to_leader(&self.core, &leader, message, session, call).await
+                };
+                forward::caught_up(&self.core, answer).await
             }
         }
     }
@@ -147,10 +184,15 @@ impl epb::kv_server::Kv for EtcdKv {
         {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
-                let call = |ch, r| async move { kv(ch).delete_range(r).await };
-                let answer =
-                    forward::to_leader(&self.core, &leader, request.into_inner(), session, call);
-                forward::caught_up(&self.core, answer.await).await
+                let message = request.into_inner();
+                let answer = if !message.prev_kv && batchable(&message) {
+                    self.batched(&leader, Kind::DeleteRange, &message, session)
+                        .await
+                } else {
+                    let call = |ch, r| async move { kv(ch).delete_range(r).await };
+                    forward::to_leader(&self.core, &leader, message, session, call).await
+                };
+                forward::caught_up(&self.core, answer).await
             }
         }
     }
@@ -192,10 +234,14 @@ impl epb::kv_server::Kv for EtcdKv {
         {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
-                let call = |ch, r| async move { kv(ch).txn(r).await };
-                let answer =
-                    forward::to_leader(&self.core, &leader, request.into_inner(), session, call);
-                forward::caught_up(&self.core, answer.await).await
+                let message = request.into_inner();
+                let answer = if small_txn_answer(&message) && batchable(&message) {
+                    self.batched(&leader, Kind::Txn, &message, session).await
+                } else {
+                    let call = |ch, r| async move { kv(ch).txn(r).await };
+                    forward::to_leader(&self.core, &leader, message, session, call).await
+                };
+                forward::caught_up(&self.core, answer).await
             }
         }
     }

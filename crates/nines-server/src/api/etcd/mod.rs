@@ -5,6 +5,7 @@
 //! the generated default stubs.
 
 mod auth;
+mod batch;
 mod cluster;
 pub mod convert;
 mod election;
@@ -22,8 +23,10 @@ use std::sync::Arc;
 
 use nines_proto::etcd::etcdserverpb as epb;
 use nines_proto::etcd::{v3electionpb, v3lockpb};
+use nines_proto::v1 as pb;
 
 pub use auth::EtcdAuth;
+pub use batch::EtcdForward;
 pub use cluster::EtcdCluster;
 pub use election::EtcdElection;
 pub use kv::EtcdKv;
@@ -32,6 +35,7 @@ pub use lock::EtcdLock;
 pub use maintenance::{EtcdMaintenance, ETCD_API_VERSION};
 pub use watch::EtcdWatch;
 
+use crate::api::forward_batch::WriteBatcher;
 use crate::core::NodeCore;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::read_limit::{HoldUntilSent, ReadLimiter};
@@ -39,6 +43,8 @@ use crate::read_limit::{HoldUntilSent, ReadLimiter};
 /// etcd's services: KV, Cluster, Maintenance, Auth, Watch, Lease, Lock and
 /// Election.
 pub struct Services {
+    /// Writes members forward, several per call (`api::forward_batch`).
+    pub forward: pb::forward_server::ForwardServer<EtcdForward>,
     pub kv: HoldUntilSent<epb::kv_server::KvServer<EtcdKv>>,
     pub cluster: epb::cluster_server::ClusterServer<EtcdCluster>,
     pub maintenance: epb::maintenance_server::MaintenanceServer<EtcdMaintenance>,
@@ -49,25 +55,30 @@ pub struct Services {
     pub election: v3electionpb::election_server::ElectionServer<EtcdElection>,
 }
 
-/// etcd's KV alone: what the peer port serves for forwarded calls.
-pub fn kv_server(
-    core: &Arc<NodeCore>,
-    reads: &Arc<ReadLimiter>,
+/// etcd's KV served over `kv`.
+fn kv_server(
+    kv: &Arc<EtcdKv>,
     max_decode: usize,
 ) -> HoldUntilSent<epb::kv_server::KvServer<EtcdKv>> {
     HoldUntilSent {
-        inner: epb::kv_server::KvServer::new(EtcdKv {
-            core: core.clone(),
-            reads: reads.clone(),
-        })
-        .max_decoding_message_size(max_decode)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        inner: epb::kv_server::KvServer::from_arc(kv.clone())
+            .max_decoding_message_size(max_decode)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
     }
 }
 
 pub fn services(core: &Arc<NodeCore>, reads: &Arc<ReadLimiter>, max_decode: usize) -> Services {
+    let kv = Arc::new(EtcdKv {
+        core: core.clone(),
+        reads: reads.clone(),
+        batcher: Arc::new(WriteBatcher::default()),
+    });
     Services {
-        kv: kv_server(core, reads, max_decode),
+        // A batch is bounded by its count of writes, each small.
+        forward: pb::forward_server::ForwardServer::new(EtcdForward { kv: kv.clone() })
+            .max_decoding_message_size(max_decode)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        kv: kv_server(&kv, max_decode),
         cluster: epb::cluster_server::ClusterServer::new(EtcdCluster { core: core.clone() }),
         maintenance: epb::maintenance_server::MaintenanceServer::new(EtcdMaintenance {
             core: core.clone(),

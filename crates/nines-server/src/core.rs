@@ -40,6 +40,8 @@ pub struct NodeCore {
     pub watch: Arc<crate::watch::Hub>,
     /// Lease countdowns, kept while this member leads.
     pub lessor: crate::lease::Lessor,
+    /// Requests waiting for this member to apply an index or a revision.
+    pub waits: Arc<crate::applied_waits::AppliedWaits>,
 }
 
 impl NodeCore {
@@ -179,17 +181,11 @@ impl NodeCore {
                 if self.reader.last_applied().map(|l| l.index).unwrap_or(0) >= index {
                     return Ok(Routed::Local(()));
                 }
-                self.raft
-                    .wait(Some(self.timeout()))
-                    .applied_index_at_least(Some(index), "linearizable read")
-                    .await
-                    .map_err(|e| match e {
-                        openraft::metrics::WaitError::Timeout(..) => {
-                            ApiError::Timeout(self.timeout())
-                        }
-                        openraft::metrics::WaitError::ShuttingDown => ApiError::ShuttingDown,
-                    })?;
-                Ok(Routed::Local(()))
+                if self.waits.index(index, self.timeout()).await {
+                    Ok(Routed::Local(()))
+                } else {
+                    Err(ApiError::Timeout(self.timeout()))
+                }
             }
             Barrier::NotLeader(id, node) => {
                 Counters::inc(&self.counters.reads_forwarded);
@@ -217,10 +213,8 @@ impl NodeCore {
         if self.reader.revision() >= revision {
             return;
         }
-        let mut published = self.reader.subscribe();
         let bound = Duration::from_millis(self.config.raft.election_timeout_max * 2);
-        let reached = published.wait_for(|r| *r >= revision);
-        if tokio::time::timeout(bound, reached).await.is_err() {
+        if !self.waits.revision(revision, bound).await {
             Counters::inc(&self.counters.forward_catch_up_timeouts);
         }
     }

@@ -3,6 +3,7 @@
 //! and serves the KV and Cluster gRPC APIs.
 
 pub mod api;
+mod applied_waits;
 pub mod auth;
 pub mod auto_compact;
 pub mod config;

@@ -160,6 +160,7 @@ impl NinesNode {
             proposer: Proposer::start(raft.clone(), counters.clone(), config.request_timeout),
             watch: crate::watch::Hub::start(reader.clone(), counters.clone()),
             lessor: crate::lease::Lessor::new(crate::lease::EXTEND),
+            waits: crate::applied_waits::AppliedWaits::start(reader.clone()),
             counters,
             raft: raft.clone(),
             reader,

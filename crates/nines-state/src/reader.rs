@@ -111,6 +111,12 @@ impl StateReader {
         self.shared.revisions.subscribe()
     }
 
+    /// The applied log index, as it moves (after each apply and snapshot
+    /// install); the value is also in [`StateReader::last_applied`].
+    pub fn subscribe_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied_index.subscribe()
+    }
+
     /// The current store revision.
     pub fn revision(&self) -> i64 {
         self.shared.current().revision()

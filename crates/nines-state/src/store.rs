@@ -213,6 +213,9 @@ pub(crate) struct Shared {
     /// The published revision, for watchers: sent after every apply that
     /// moved it and after a snapshot install.
     pub revisions: tokio::sync::watch::Sender<i64>,
+    /// The applied log index, sent after every apply and snapshot install:
+    /// what a linearizable read waits for.
+    pub applied_index: tokio::sync::watch::Sender<u64>,
     /// Where applies hand their changes, once a server set one.
     pub change_sink: RwLock<Option<Arc<dyn ChangeSink>>>,
     /// The first storage error the state machine returned to openraft. Its
@@ -268,6 +271,12 @@ impl Shared {
 
     pub fn set_applied(&self, applied: Option<LogId>) {
         *self.last_applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
+        let index = applied.map_or(0, |l| l.index);
+        self.applied_index.send_if_modified(|i| {
+            let moved = *i != index;
+            *i = index;
+            moved
+        });
     }
 
     pub fn cached_applied(&self) -> Option<LogId> {
@@ -392,6 +401,7 @@ pub(crate) fn shared(
         stats: Stats::default(),
         compactor: Compactor::new(),
         revisions: tokio::sync::watch::Sender::new(meta.revision),
+        applied_index: tokio::sync::watch::Sender::new(meta.applied.map_or(0, |l| l.index)),
         change_sink: RwLock::new(None),
         fault: std::sync::OnceLock::new(),
     })

@@ -422,3 +422,90 @@ where
     }
     panic!("still unavailable: {last:?}");
 }
+
+/// The batch call for forwarded writes serves members only, and a batch
+/// that is too large or holds writes that do not decode is refused, each
+/// bad write with its own error, without harm to the others or the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarded_writes_call_refuses_clients_and_bad_writes() {
+    use nines_client::proto::v1;
+    use prost::Message;
+    use v1::forward_client::ForwardClient;
+    use v1::forwarded_write::Kind;
+
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.stable_leader(LONG).await;
+    let cluster_id = cluster
+        .status_retrying(leader)
+        .await
+        .header
+        .unwrap()
+        .cluster_id;
+    let addr = format!("http://{}", cluster.node(leader).client_addr);
+    let mut forward = ForwardClient::connect(addr).await.expect("connect");
+    let write = |kind: Kind, request: Vec<u8>| v1::ForwardedWrite {
+        kind: kind as i32,
+        request,
+        ..Default::default()
+    };
+    let good = pb::PutRequest {
+        key: b"fw".to_vec(),
+        value: b"ok".to_vec(),
+        ..Default::default()
+    };
+    let batch = |writes: Vec<v1::ForwardedWrite>| v1::ForwardWritesRequest { writes };
+    let as_member = |message: v1::ForwardWritesRequest| {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert("x-nines-forwarded", "1".parse().unwrap());
+        metadata.insert("x-nines-from", leader.to_string().parse().unwrap());
+        metadata.insert("x-nines-cluster", cluster_id.to_string().parse().unwrap());
+        request
+    };
+
+    let plain = forward
+        .writes(batch(vec![write(Kind::Put, good.encode_to_vec())]))
+        .await
+        .expect_err("a client's batch");
+    assert_eq!(plain.code(), tonic::Code::PermissionDenied, "{plain}");
+
+    let too_many = (0..129)
+        .map(|_| write(Kind::Put, good.encode_to_vec()))
+        .collect();
+    let refused = forward
+        .writes(as_member(batch(too_many)))
+        .await
+        .expect_err("129 writes");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+
+    let mixed = vec![
+        write(Kind::Put, vec![0xff, 0xff, 0xff]),
+        write(Kind::Unspecified, good.encode_to_vec()),
+        v1::ForwardedWrite {
+            kind: 77,
+            ..Default::default()
+        },
+        write(Kind::Put, good.encode_to_vec()),
+        v1::ForwardedWrite {
+            session: "not a session".into(),
+            ..write(Kind::Put, good.encode_to_vec())
+        },
+    ];
+    let answers = forward
+        .writes(as_member(batch(mixed)))
+        .await
+        .expect("a batch with bad writes is answered")
+        .into_inner()
+        .answers;
+    let codes: Vec<i32> = answers.iter().map(|a| a.code).collect();
+    let invalid = tonic::Code::InvalidArgument as i32;
+    assert_eq!(
+        codes,
+        vec![invalid, invalid, invalid, 0, invalid],
+        "{answers:?}"
+    );
+    let put = pb::PutResponse::decode(answers[3].response.as_slice()).expect("a put response");
+    assert!(put.header.unwrap().revision > 0);
+    let kv = cluster.client().get("fw").await.expect("get").expect("fw");
+    assert_eq!(kv.value, b"ok");
+}

@@ -17,6 +17,7 @@ use tonic::{Extensions, Request, Response, Status};
 
 use super::session::SESSION_HEADER;
 use super::EtcdKv;
+use crate::api::forward::check_forwarded_by_member;
 use crate::api::forward_batch::{answer_of, MAX_WRITES};
 use crate::auth::{with_identity, Identity, TOKEN_METADATA};
 
@@ -30,6 +31,8 @@ impl pb::forward_server::Forward for EtcdForward {
         &self,
         request: Request<pb::ForwardWritesRequest>,
     ) -> Result<Response<pb::ForwardWritesResponse>, Status> {
+        // Only members batch: a client has etcd's KV for its writes.
+        check_forwarded_by_member(&self.kv.core, request.metadata())?;
         let (mut metadata, extensions, batch) = request.into_parts();
         if batch.writes.len() > MAX_WRITES {
             return Err(Status::invalid_argument(format!(

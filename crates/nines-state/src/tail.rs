@@ -34,6 +34,12 @@ const EXT: &str = "tail";
 const FRAME_HEADER: usize = 12;
 /// Records handed to a scan per lock hold.
 const SCAN_BATCH: usize = 256;
+/// Writeback of appended records is started every this many bytes. Left
+/// to the kernel, 30 s of records (about 80 MB a member at 9,000 puts/s)
+/// went to disk at once when they expired, and every member's WAL
+/// `fdatasync` waited 0.2-0.4 s behind them (put p99.9 ~0.5 s, once a
+/// bench ran 30 s). The snapshot file is paced the same way.
+const WRITEBACK_BYTES: u64 = 1 << 20;
 
 pub(crate) struct Tail {
     /// None: a store nothing is appended to (a placeholder at open).
@@ -56,6 +62,8 @@ struct State {
     slots: Vec<(Slot, u64)>,
     /// Where the next append goes in the last segment.
     end: u64,
+    /// Offset in the last segment up to which writeback was started.
+    written_back: u64,
 }
 
 impl State {
@@ -159,12 +167,14 @@ impl Tail {
                 cut = true;
             }
             state.end = end;
+            state.written_back = end;
             state.segments.push_back(Arc::new(Segment { path, file }));
         }
         if state.segments.is_empty() {
             state.first_seq = 0;
             state.segments.push_back(create_segment(dir, 0)?);
             state.end = 0;
+            state.written_back = 0;
         }
         let first = state.slots.first().map(|(s, _)| s.main());
         let last = state.slots.last().map(|(s, _)| s.main());
@@ -231,6 +241,13 @@ impl Tail {
             .map_err(|e| StateError::io(&seg.path, e))?;
         st.end += buf.len() as u64;
         st.slots.extend(slots);
+        let unsent = st.end.saturating_sub(st.written_back);
+        if unsent >= WRITEBACK_BYTES {
+            let from = st.written_back;
+            st.written_back = st.end;
+            drop(st);
+            start_writeback(&seg.file, from, unsent);
+        }
         Ok(())
     }
 
@@ -248,6 +265,7 @@ impl Tail {
         let seg = create_segment(dir, seq)?;
         st.segments.push_back(seg);
         st.end = 0;
+        st.written_back = 0;
         Ok(())
     }
 
@@ -431,6 +449,23 @@ impl Iterator for TailScan<'_> {
     }
 }
 
+/// Starts writing `len` bytes at `from` to disk without waiting for it: a
+/// hint, not durability (the Raft log is), so a failure is ignored.
+fn start_writeback(file: &File, from: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let len = i64::try_from(len).unwrap_or(i64::MAX);
+        // SAFETY: a plain syscall on a descriptor this tail owns.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, len);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +498,32 @@ mod tests {
             .collect();
         got.dedup();
         got
+    }
+
+    /// Writeback is started every WRITEBACK_BYTES of records, so they do
+    /// not pile up in the page cache until the kernel expires them.
+    #[test]
+    fn writeback_starts_every_megabyte_and_restarts_with_each_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tail = Tail::create(&dir.path().join("t")).unwrap();
+        let sent = |tail: &Tail| {
+            let st = tail.state.read().unwrap();
+            (st.written_back, st.end)
+        };
+        let big = vec![7u8; 64 << 10];
+        for main in 1..=40 {
+            tail.append(&[(&rk(main, 0), &big)]).unwrap();
+            let (written_back, end) = sent(&tail);
+            assert!(
+                end - written_back < WRITEBACK_BYTES,
+                "{written_back} of {end}"
+            );
+        }
+        let (written_back, end) = sent(&tail);
+        assert!(written_back >= 2 * WRITEBACK_BYTES && end > written_back);
+        tail.rotate().unwrap();
+        assert_eq!(sent(&tail), (0, 0));
+        assert_eq!(tail.get(&rk(40, 0)).unwrap(), Some(big));
     }
 
     #[test]

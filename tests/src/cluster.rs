@@ -476,6 +476,12 @@ impl Cluster {
         status.header.expect("status has a header").raft_term
     }
 
+    /// The cluster id, as member `id` reports it.
+    pub async fn cluster_id(&self, id: u64) -> u64 {
+        let status = self.status_retrying(id).await;
+        status.header.expect("status has a header").cluster_id
+    }
+
     /// Every node's term, in id order.
     pub async fn terms(&self) -> Vec<u64> {
         let mut terms = Vec::with_capacity(self.nodes.len());

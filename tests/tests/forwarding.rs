@@ -435,12 +435,7 @@ async fn the_forwarded_writes_call_refuses_clients_and_bad_writes() {
 
     let cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.stable_leader(LONG).await;
-    let cluster_id = cluster
-        .status_retrying(leader)
-        .await
-        .header
-        .unwrap()
-        .cluster_id;
+    let cluster_id = cluster.cluster_id(leader).await;
     let addr = format!("http://{}", cluster.node(leader).client_addr);
     let mut forward = ForwardClient::connect(addr).await.expect("connect");
     let write = |kind: Kind, request: Vec<u8>| v1::ForwardedWrite {

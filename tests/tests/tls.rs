@@ -173,12 +173,7 @@ async fn the_peer_port_admits_only_cluster_certificates() {
     // like one the forgeries caused (CI, 2 loaded cores, saw it).
     let leader = cluster.stable_leader(LONG).await;
     let term = cluster.term(leader).await;
-    let cluster_id = cluster
-        .status_retrying(leader)
-        .await
-        .header
-        .unwrap()
-        .cluster_id;
+    let cluster_id = cluster.cluster_id(leader).await;
     let target = (1..=3).find(|&id| id != leader).unwrap();
     let peer_addr = cluster.node(target).peer_addr.clone();
 

@@ -69,9 +69,7 @@ impl WriteBatcher {
         let write = pb::ForwardedWrite {
             kind: kind as i32,
             request: message.encode_to_vec(),
-            session: session
-                .map(|s| format!("{:x}/{}", s.client_id, s.seq))
-                .unwrap_or_default(),
+            session: session.map(super::etcd::session::text).unwrap_or_default(),
             token: core.forwarding_token().unwrap_or_default(),
         };
         let answer = self.submit(core, leader, write);

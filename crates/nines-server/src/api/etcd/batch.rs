@@ -5,8 +5,10 @@
 //! call would be. The writes of a batch run concurrently (the proposer
 //! batches them into the log as it does clients' calls).
 
+use std::future::Future;
 use std::sync::Arc;
 
+use epb::kv_server::Kv;
 use futures::future::join_all;
 use nines_proto::etcd::etcdserverpb as epb;
 use nines_proto::v1 as pb;
@@ -79,24 +81,28 @@ impl EtcdForward {
             token: (!write.token.is_empty()).then(|| write.token.clone()),
             cert_user: None,
         };
-        let kv = &self.kv;
+        let kv = &*self.kv;
         let bytes = write.request.as_slice();
         let call = async move {
             match Kind::try_from(write.kind) {
-                Ok(Kind::Put) => match epb::PutRequest::decode(bytes) {
-                    Ok(m) => answer_of(put(kv, Request::from_parts(metadata, extensions, m)).await),
-                    Err(e) => refused(undecodable("put", e)),
-                },
-                Ok(Kind::DeleteRange) => match epb::DeleteRangeRequest::decode(bytes) {
-                    Ok(m) => {
-                        answer_of(delete(kv, Request::from_parts(metadata, extensions, m)).await)
-                    }
-                    Err(e) => refused(undecodable("delete range", e)),
-                },
-                Ok(Kind::Txn) => match epb::TxnRequest::decode(bytes) {
-                    Ok(m) => answer_of(txn(kv, Request::from_parts(metadata, extensions, m)).await),
-                    Err(e) => refused(undecodable("txn", e)),
-                },
+                Ok(Kind::Put) => {
+                    handle("put", bytes, |m| {
+                        Kv::put(kv, Request::from_parts(metadata, extensions, m))
+                    })
+                    .await
+                }
+                Ok(Kind::DeleteRange) => {
+                    handle("delete range", bytes, |m| {
+                        Kv::delete_range(kv, Request::from_parts(metadata, extensions, m))
+                    })
+                    .await
+                }
+                Ok(Kind::Txn) => {
+                    handle("txn", bytes, |m| {
+                        Kv::txn(kv, Request::from_parts(metadata, extensions, m))
+                    })
+                    .await
+                }
                 Ok(Kind::Unspecified) | Err(_) => refused(Status::invalid_argument(format!(
                     "unknown forwarded write kind {}",
                     write.kind
@@ -107,27 +113,22 @@ impl EtcdForward {
     }
 }
 
-fn undecodable(what: &str, e: prost::DecodeError) -> Status {
-    Status::invalid_argument(format!("a forwarded {what} does not decode: {e}"))
-}
-
-async fn put(
-    kv: &EtcdKv,
-    r: Request<epb::PutRequest>,
-) -> Result<Response<epb::PutResponse>, Status> {
-    epb::kv_server::Kv::put(kv, r).await
-}
-
-async fn delete(
-    kv: &EtcdKv,
-    r: Request<epb::DeleteRangeRequest>,
-) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-    epb::kv_server::Kv::delete_range(kv, r).await
-}
-
-async fn txn(
-    kv: &EtcdKv,
-    r: Request<epb::TxnRequest>,
-) -> Result<Response<epb::TxnResponse>, Status> {
-    epb::kv_server::Kv::txn(kv, r).await
+/// Decodes `bytes` as the request `call` takes, and answers with what it
+/// returns (or why the bytes are not such a request).
+async fn handle<Req, Resp, Fut>(
+    what: &str,
+    bytes: &[u8],
+    call: impl FnOnce(Req) -> Fut,
+) -> pb::ForwardedAnswer
+where
+    Req: Message + Default,
+    Resp: Message,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    match Req::decode(bytes) {
+        Ok(message) => answer_of(call(message).await),
+        Err(e) => answer_of::<Resp>(Err(Status::invalid_argument(format!(
+            "a forwarded {what} does not decode: {e}"
+        )))),
+    }
 }

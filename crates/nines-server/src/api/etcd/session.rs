@@ -36,11 +36,15 @@ pub fn from_metadata(metadata: &MetadataMap) -> Result<Option<Session>, ApiError
     Ok(Some(Session { client_id, seq }))
 }
 
+/// A session as `x-nines-session` carries it: `<hex client id>/<sequence>`.
+pub fn text(s: Session) -> String {
+    format!("{:x}/{}", s.client_id, s.seq)
+}
+
 /// Copies the session to a request forwarded to the leader.
 pub fn forward(session: Option<Session>, metadata: &mut MetadataMap) {
     if let Some(s) = session {
-        let text = format!("{:x}/{}", s.client_id, s.seq);
-        if let Ok(value) = MetadataValue::try_from(text) {
+        if let Ok(value) = MetadataValue::try_from(text(s)) {
             metadata.insert(SESSION_HEADER, value);
         }
     }

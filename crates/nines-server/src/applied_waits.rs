@@ -16,6 +16,8 @@ use tokio::sync::oneshot;
 
 /// Past this many registered waits, those whose request gave up are
 /// dropped before the next is added (no apply may come for a while).
+/// After a prune the bar is twice what stayed, so that many live waits
+/// cost a scan per doubling, not one per wait.
 const PRUNE_AT: usize = 4096;
 
 pub struct AppliedWaits {
@@ -28,6 +30,8 @@ struct Waits {
     index: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
     revision: BTreeMap<i64, Vec<oneshot::Sender<()>>>,
     count: usize,
+    /// Prune once `count` reaches this (`PRUNE_AT` at least).
+    prune_at: usize,
 }
 
 impl AppliedWaits {
@@ -81,7 +85,7 @@ impl AppliedWaits {
         let (tx, rx) = oneshot::channel();
         {
             let mut waits = self.lock();
-            if waits.count >= PRUNE_AT {
+            if waits.count >= waits.prune_at.max(PRUNE_AT) {
                 waits.prune();
             }
             waits.count += 1;
@@ -126,6 +130,7 @@ impl Waits {
             .chain(self.revision.values())
             .map(Vec::len)
             .sum();
+        self.prune_at = self.count.saturating_mul(2);
     }
 }
 
@@ -205,6 +210,10 @@ mod tests {
         waits.count = 4;
         waits.prune();
         assert_eq!(waits.count, 2);
+        assert_eq!(
+            waits.prune_at, 4,
+            "the next prune waits for twice what stayed"
+        );
         assert_eq!(waits.index[&3].len(), 1);
         drop(kept);
     }

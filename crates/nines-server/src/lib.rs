@@ -15,6 +15,7 @@ pub mod election;
 pub mod error;
 pub mod fatal;
 pub mod force;
+mod gather;
 mod incoming;
 mod join;
 pub mod lease;

@@ -131,6 +131,16 @@ impl ReadBarrier {
 
     async fn run(&self, source: Source) {
         loop {
+            if let Source::Leader = source {
+                // An ask costs a call to the leader: let reads a round or
+                // two behind share it (`gather.rs`). The leader's own
+                // rounds do not wait: no gain measured there.
+                let waiting = || {
+                    let pending = self.batch(source).lock();
+                    pending.unwrap_or_else(|e| e.into_inner()).waiters.len()
+                };
+                crate::gather::while_arriving(waiting, crate::gather::ROUNDS).await;
+            }
             // Every waiter taken here arrived before this round starts (and
             // so before the leader hears of it): the property that makes
             // sharing the round safe.

@@ -23,6 +23,7 @@ use tonic::{Code, Response, Status};
 
 use super::forward;
 use crate::core::NodeCore;
+use crate::gather;
 use crate::metrics::Counters;
 
 /// Writes in one call at most (the leader refuses more).
@@ -117,6 +118,11 @@ impl WriteBatcher {
     /// Sends what waits for `addr`, batch after batch, until nothing does.
     async fn send(self: Arc<Self>, core: Arc<NodeCore>, leader: Node, addr: String) {
         loop {
+            let waiting = || {
+                let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+                queues.get(&addr).map_or(0, |q| q.items.len())
+            };
+            gather::while_arriving(waiting, gather::ROUNDS).await;
             let items = {
                 let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(queue) = queues.get_mut(&addr) else {

@@ -13,7 +13,7 @@ use epb::kv_client::KvClient;
 
 use super::permits::Guarded;
 use super::{convert, session};
-use crate::api::forward::{self, is_forwarded};
+use crate::api::forward::{self, is_forwarded, Headed};
 use crate::api::forward_batch::{Kind, WriteBatcher, MAX_WRITE_BYTES};
 use crate::core::{NodeCore, Routed};
 use crate::error::ApiError;
@@ -62,17 +62,31 @@ fn small_txn_answer(txn: &epb::TxnRequest) -> bool {
 }
 
 impl EtcdKv {
-    /// A forwarded write sent to the leader in the next batch.
-    async fn batched<Req: prost::Message, Resp: prost::Message + Default>(
+    /// A write this member does not lead: sent to the leader (in the next
+    /// batch when `batch` names its kind and it is small enough, else on
+    /// its own), answered once this member has applied it too.
+    async fn at_leader<Req, Resp, Fut>(
         &self,
-        leader: &Node,
-        kind: Kind,
-        message: &Req,
+        leader: Node,
         session: Option<Session>,
-    ) -> Result<Response<Resp>, Status> {
-        self.batcher
-            .forward(&self.core, leader, kind, message, session)
-            .await
+        message: Req,
+        batch: Option<Kind>,
+        call: impl FnOnce(Channel, tonic::Request<Req>) -> Fut,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default + Headed,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let answer = match batch.filter(|_| batchable(&message)) {
+            Some(kind) => {
+                self.batcher
+                    .forward(&self.core, &leader, kind, &message, session)
+                    .await
+            }
+            None => forward::to_leader(&self.core, &leader, message, session, call).await,
+        };
+        forward::caught_up(&self.core, answer).await
     }
 
     async fn write<Req: Guarded, Resp>(
@@ -162,13 +176,9 @@ impl epb::kv_server::Kv for EtcdKv {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
                 let message = request.into_inner();
-                let answer = if !message.prev_kv && batchable(&message) {
-                    self.batched(&leader, Kind::Put, &message, session).await
-                } else {
-                    let call = |ch, r| async move { kv(ch).put(r).await };
-                    forward::to_leader(&self.core, &leader, message, session, call).await
-                };
-                forward::caught_up(&self.core, answer).await
+                let batch = (!message.prev_kv).then_some(Kind::Put);
+                let call = |ch, r| async move { kv(ch).put(r).await };
+                self.at_leader(leader, session, message, batch, call).await
             }
         }
     }
@@ -185,14 +195,9 @@ impl epb::kv_server::Kv for EtcdKv {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
                 let message = request.into_inner();
-                let answer = if !message.prev_kv && batchable(&message) {
-                    self.batched(&leader, Kind::DeleteRange, &message, session)
-                        .await
-                } else {
-                    let call = |ch, r| async move { kv(ch).delete_range(r).await };
-                    forward::to_leader(&self.core, &leader, message, session, call).await
-                };
-                forward::caught_up(&self.core, answer).await
+                let batch = (!message.prev_kv).then_some(Kind::DeleteRange);
+                let call = |ch, r| async move { kv(ch).delete_range(r).await };
+                self.at_leader(leader, session, message, batch, call).await
             }
         }
     }
@@ -217,9 +222,8 @@ impl epb::kv_server::Kv for EtcdKv {
             }
             Written::AtLeader(leader, session) => {
                 let call = |ch, r| async move { kv(ch).compact(r).await };
-                let answer =
-                    forward::to_leader(&self.core, &leader, request.into_inner(), session, call);
-                forward::caught_up(&self.core, answer.await).await
+                self.at_leader(leader, session, request.into_inner(), None, call)
+                    .await
             }
         }
     }
@@ -235,13 +239,9 @@ impl epb::kv_server::Kv for EtcdKv {
             Written::Here(resp) => Ok(Response::new(resp)),
             Written::AtLeader(leader, session) => {
                 let message = request.into_inner();
-                let answer = if small_txn_answer(&message) && batchable(&message) {
-                    self.batched(&leader, Kind::Txn, &message, session).await
-                } else {
-                    let call = |ch, r| async move { kv(ch).txn(r).await };
-                    forward::to_leader(&self.core, &leader, message, session, call).await
-                };
-                forward::caught_up(&self.core, answer).await
+                let batch = small_txn_answer(&message).then_some(Kind::Txn);
+                let call = |ch, r| async move { kv(ch).txn(r).await };
+                self.at_leader(leader, session, message, batch, call).await
             }
         }
     }

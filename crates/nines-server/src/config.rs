@@ -128,11 +128,12 @@ pub struct ServerArgs {
     pub max_peer_connections: usize,
     /// Worker threads of the runtime that runs Raft and the peer server,
     /// apart from the client API's, so client load cannot delay heartbeats.
-    /// 0 shares the client runtime (no such isolation). One by default:
-    /// RaftCore is one task, the WAL and the state machine have threads of
-    /// their own, and a second worker mostly parked and woke (three members
-    /// on two cores, fresh clusters, `nines bench` get-64, put-64, txn-cas-64:
-    /// 5-10% more ops/s with 1 than 2, mixed-64 the same; README).
+    /// 0 shares the client runtime (no such isolation).
+    // One by default: RaftCore is one task, the WAL and the state machine
+    // have threads of their own, and a second worker mostly parked and was
+    // woken (three members on two cores, fresh clusters, `nines bench`
+    // get-64, put-64, txn-cas-64: 5-10% more ops/s with 1 than with 2,
+    // mixed-64 the same; README).
     #[arg(long, env = "NINES_RAFT_THREADS", default_value_t = 1)]
     pub raft_threads: usize,
     /// Local range/get executions at once (on blocking threads); more wait.

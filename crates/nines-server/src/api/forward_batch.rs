@@ -204,8 +204,7 @@ fn status_of(answer: pb::ForwardedAnswer) -> Status {
     status
 }
 
-/// The answer for a write the leader handled: its response, or its refusal
-/// with the status metadata (ASCII entries only: the leader hints).
+/// The answer for a write the leader handled: its response, or its refusal.
 pub fn answer_of<Resp: Message>(result: Result<Response<Resp>, Status>) -> pb::ForwardedAnswer {
     match result {
         Ok(response) => pb::ForwardedAnswer {
@@ -213,23 +212,29 @@ pub fn answer_of<Resp: Message>(result: Result<Response<Resp>, Status>) -> pb::F
             response: response.into_inner().encode_to_vec(),
             ..Default::default()
         },
-        Err(status) => pb::ForwardedAnswer {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-            response: Vec::new(),
-            headers: status
-                .metadata()
-                .iter()
-                .filter_map(|entry| match entry {
-                    tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some(pb::AnswerHeader {
-                        key: k.as_str().to_string(),
-                        value: v.to_str().ok()?.to_string(),
-                    }),
-                    tonic::metadata::KeyAndValueRef::Binary(..) => None,
-                })
-                .take(MAX_ANSWER_HEADERS)
-                .collect(),
-        },
+        Err(status) => refusal(status),
+    }
+}
+
+/// A refused write's answer, with the status metadata (ASCII entries only:
+/// the leader hints).
+pub fn refusal(status: Status) -> pb::ForwardedAnswer {
+    pb::ForwardedAnswer {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        response: Vec::new(),
+        headers: status
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some(pb::AnswerHeader {
+                    key: k.as_str().to_string(),
+                    value: v.to_str().ok()?.to_string(),
+                }),
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .take(MAX_ANSWER_HEADERS)
+            .collect(),
     }
 }
 

@@ -20,7 +20,7 @@ use tonic::{Extensions, Request, Response, Status};
 use super::session::SESSION_HEADER;
 use super::EtcdKv;
 use crate::api::forward::check_forwarded_by_member;
-use crate::api::forward_batch::{answer_of, MAX_WRITES};
+use crate::api::forward_batch::{answer_of, refusal, MAX_WRITES};
 use crate::auth::{with_identity, Identity, TOKEN_METADATA};
 
 pub struct EtcdForward {
@@ -61,7 +61,6 @@ impl EtcdForward {
         extensions: Extensions,
         write: pb::ForwardedWrite,
     ) -> pb::ForwardedAnswer {
-        let refused = |status: Status| answer_of::<epb::PutResponse>(Err(status));
         for (name, value) in [
             (TOKEN_METADATA, &write.token),
             (SESSION_HEADER, &write.session),
@@ -73,7 +72,7 @@ impl EtcdForward {
                 Ok(v) => {
                     metadata.insert(name, v);
                 }
-                Err(_) => return refused(Status::invalid_argument(format!("a bad {name}"))),
+                Err(_) => return refusal(Status::invalid_argument(format!("a bad {name}"))),
             }
         }
         // What the token scope layer sets for a forwarded call.
@@ -103,7 +102,7 @@ impl EtcdForward {
                     })
                     .await
                 }
-                Ok(Kind::Unspecified) | Err(_) => refused(Status::invalid_argument(format!(
+                Ok(Kind::Unspecified) | Err(_) => refusal(Status::invalid_argument(format!(
                     "unknown forwarded write kind {}",
                     write.kind
                 ))),
@@ -127,8 +126,8 @@ where
 {
     match Req::decode(bytes) {
         Ok(message) => answer_of(call(message).await),
-        Err(e) => answer_of::<Resp>(Err(Status::invalid_argument(format!(
+        Err(e) => refusal(Status::invalid_argument(format!(
             "a forwarded {what} does not decode: {e}"
-        )))),
+        ))),
     }
 }

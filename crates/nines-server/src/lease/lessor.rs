@@ -105,11 +105,28 @@ impl Lessor {
             .collect();
     }
 
-    /// `promote`, reading the table only if `term` is new to it.
-    pub fn promote_if_new(&self, term: u64, table: impl FnOnce() -> Vec<LeaseInfo>, now: Instant) {
-        if self.leading() != Some(term) {
-            self.promote(term, &table(), now);
+    /// `promote`, reading the table only if `term` is new to it, and only
+    /// once this member has applied an entry of `term` (`applied_term` is
+    /// the term of its last applied entry): before that, entries committed
+    /// in earlier terms may still be unapplied here, among them the
+    /// keepalive's clearing of a recorded remaining TTL, and counting from
+    /// the older record would revoke a kept-alive lease early. Says whether
+    /// it counts for `term`.
+    pub fn promote_if_new(
+        &self,
+        term: u64,
+        applied_term: u64,
+        table: impl FnOnce() -> Vec<LeaseInfo>,
+        now: Instant,
+    ) -> bool {
+        if self.leading() == Some(term) {
+            return true;
         }
+        if applied_term < term {
+            return false;
+        }
+        self.promote(term, &table(), now);
+        true
     }
 
     /// Stops counting down: this member no longer leads.

@@ -94,3 +94,21 @@ fn checkpoints_round_up_and_skip_short_leases() {
     assert_eq!(list.len(), 1, "a 3 s lease is not worth a checkpoint");
     assert_eq!((list[0].id, list[0].remaining), (1, 50));
 }
+
+#[test]
+fn a_new_leader_counts_only_after_applying_an_entry_of_its_term() {
+    let lessor = Lessor::new(EXTEND);
+    let t0 = Instant::now();
+    // Applied so far: a checkpoint (20 s left) of term 2; the keepalive's
+    // clearing of it, committed in term 2, is not applied here yet.
+    let stale = || vec![info(1, 60, 20)];
+    assert!(!lessor.promote_if_new(3, 2, stale, t0));
+    assert_eq!(lessor.leading(), None, "no countdown from a stale table");
+    assert!(lessor.checkpoints(t0, Duration::from_secs(5)).is_empty());
+    // Its term's first entry applied: the table is current.
+    let current = || vec![info(1, 60, 0)];
+    assert!(lessor.promote_if_new(3, 3, current, t0));
+    assert_eq!(lessor.remaining(1, t0).unwrap().as_secs(), 61);
+    // Already counting: the table is not read again.
+    assert!(lessor.promote_if_new(3, 3, || panic!("read again"), t0));
+}

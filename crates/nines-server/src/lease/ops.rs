@@ -151,14 +151,30 @@ impl NodeCore {
     /// known, and a deposed leader (paused, cut off) never answers for
     /// leases a new leader counts down.
     async fn confirm_leading(&self, term: u64) -> Result<(), ApiError> {
-        self.lessor
-            .promote_if_new(term, || self.reader.leases(), Instant::now());
-        match self.linearize(true).await? {
-            Routed::Local(()) if self.leading_term() == Some(term) => Ok(()),
-            _ => Err(ApiError::LeaderChanged {
+        // A leader's read index is at least its term's first entry, so once
+        // it is applied the lease table is current and counting can start.
+        let confirmed = matches!(self.linearize(true).await?, Routed::Local(()))
+            && self.leading_term() == Some(term)
+            && self.lessor.promote_if_new(
+                term,
+                self.applied_term(),
+                || self.reader.leases(),
+                Instant::now(),
+            );
+        if confirmed {
+            Ok(())
+        } else {
+            Err(ApiError::LeaderChanged {
                 leader: self.leader(),
-            }),
+            })
         }
+    }
+
+    /// The term of the last entry this member applied (0 before any).
+    pub fn applied_term(&self) -> u64 {
+        self.reader
+            .last_applied()
+            .map_or(0, |l| l.leader_id.get_term())
     }
 
     /// etcd's keepalive: restarts lease `id`'s countdown on the leader and

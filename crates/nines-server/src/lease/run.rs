@@ -37,7 +37,11 @@ pub async fn run(core: Arc<NodeCore>, mut stopped: watch::Receiver<bool>) {
         };
         let now = Instant::now();
         let lessor = &core.lessor;
-        lessor.promote_if_new(term, || core.reader.leases(), now);
+        if !lessor.promote_if_new(term, core.applied_term(), || core.reader.leases(), now) {
+            // Leading, but not caught up on what earlier terms committed.
+            lessor.demote();
+            continue;
+        }
         lessor.sync(&core.reader.leases(), now);
         let expired = lessor.take_expired(term, now, REVOKES_PER_TICK);
         if !expired.is_empty() {

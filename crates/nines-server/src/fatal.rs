@@ -58,10 +58,14 @@ pub async fn raft_stopped(
     stopping: watch::Receiver<bool>,
     fault: impl Fn() -> Option<String>,
 ) -> String {
-    let mut metrics = raft.metrics();
+    let metrics = raft.metrics();
+    // Woken by the server metrics only (see `observe::watch_raft`): RaftCore
+    // stops with its state Shutdown, or by returning, which drops every
+    // metrics sender; the full metrics then still hold its last report.
+    let mut server = raft.server_metrics();
     loop {
         let core = {
-            let m = metrics.borrow_and_update();
+            let m = metrics.borrow();
             match &m.running_state {
                 Err(e) => Some(format!("raft core stopped: {e}")),
                 Ok(()) if m.state == ServerState::Shutdown => Some("raft core shut down".into()),
@@ -72,7 +76,10 @@ pub async fn raft_stopped(
         // included.
         let core = match core {
             Some(r) => r,
-            None if metrics.changed().await.is_err() => "raft core exited".to_string(),
+            None if server.changed().await.is_err() => match &metrics.borrow().running_state {
+                Err(e) => format!("raft core stopped: {e}"),
+                Ok(()) => "raft core exited".to_string(),
+            },
             None => continue,
         };
         if *stopping.borrow() {

@@ -39,6 +39,14 @@ async fn send(
         "append" => client.append_entries(request).await,
         "vote" => client.vote(request).await,
         "snapshot" => client.install_snapshot(request).await,
+        // The stream replication uses: one request, then its reply (or
+        // the status that ends the stream).
+        "append-stream" => {
+            let requests = futures::stream::iter([request]);
+            let mut replies = client.append_stream(requests).await?.into_inner();
+            let reply = replies.message().await?;
+            return reply.ok_or_else(|| tonic::Status::unknown("the stream ended without a reply"));
+        }
         _ => unreachable!(),
     };
     reply.map(|r| r.into_inner())
@@ -99,11 +107,16 @@ async fn a_length_prefix_of_two_to_the_fifty_is_refused() {
     bytes.extend_from_slice(&(1u64 << 50).to_le_bytes());
     bytes.extend_from_slice(b"MARKER");
     assert!(bytes.len() < 64, "a small message: {} bytes", bytes.len());
-    for id in 1..=3 {
-        let err = send(&cluster, id, "append", bytes.clone())
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "node {id}: {err}");
+    for (id, rpc) in [
+        (1, "append"),
+        (2, "append"),
+        (3, "append"),
+        (1, "append-stream"),
+        (2, "append-stream"),
+        (3, "append-stream"),
+    ] {
+        let err = send(&cluster, id, rpc, bytes.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "node {id} {rpc}: {err}");
         assert!(err.message().contains("LimitExceeded"), "{err}");
     }
     assert_serving(&mut cluster, "a 2^50-byte length").await;
@@ -117,11 +130,13 @@ async fn a_term_of_u64_max_is_refused_and_elections_still_work() {
     // so only the term check stands in the way.
     for id in 1..=3 {
         let from = if id == leader { id % 3 + 1 } else { leader };
-        let err = send(&cluster, id, "append", append(u64::MAX, from, vec![]))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "node {id}: {err}");
-        assert!(err.message().contains("too far past"), "{err}");
+        for rpc in ["append", "append-stream"] {
+            let err = send(&cluster, id, rpc, append(u64::MAX, from, vec![]))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied, "node {id} {rpc}: {err}");
+            assert!(err.message().contains("too far past"), "{err}");
+        }
     }
     let term = cluster.term(leader).await;
     assert!(term < 1000, "term stayed sane: {term}");
@@ -277,6 +292,19 @@ fn hostile_reply() -> RaftResult {
 impl pb::v1::raft_server::Raft for HostileLearner {
     async fn append_entries(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
         hostile_reply()
+    }
+    type AppendStreamStream =
+        futures::stream::BoxStream<'static, Result<pb::v1::RaftReply, tonic::Status>>;
+    /// The same reply to every append over the stream too.
+    async fn append_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::v1::RaftRequest>>,
+    ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
+        use futures::StreamExt;
+        let replies = request
+            .into_inner()
+            .map(|_| hostile_reply().map(tonic::Response::into_inner));
+        Ok(tonic::Response::new(replies.boxed()))
     }
     async fn vote(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
         hostile_reply()

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::channel::mpsc;
+use futures::SinkExt;
 use nines_proto::raft_client::RaftClient;
 use nines_proto::{RaftReply, RaftRequest};
 use nines_tls::Connector;
@@ -112,6 +114,17 @@ pub struct Connection {
     client: Option<RaftClient<Channel>>,
     addr: String,
     peers: PeerLiveness,
+    /// The open append stream, if any; dropped on any failure and opened
+    /// again by the next append.
+    stream: Option<AppendStream>,
+    /// The peer has no `AppendStream` (an older version): unary calls.
+    unary_only: bool,
+}
+
+/// One replication target's `AppendStream`: a request, then its reply.
+struct AppendStream {
+    requests: mpsc::Sender<RaftRequest>,
+    replies: tonic::Streaming<RaftReply>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -130,6 +143,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             client,
             addr: node.raft_addr.clone(),
             peers: self.peers.clone(),
+            stream: None,
+            unary_only: false,
         }
     }
 }
@@ -165,24 +180,87 @@ impl Connection {
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let Some(client) = self.client.as_mut() else {
-            return Err(unreachable(format!("bad peer address {:?}", self.addr)));
-        };
-        let mut request = tonic::Request::new(RaftRequest {
+        let message = RaftRequest {
             target: self.target,
             cluster_id: self.cluster_id,
             data,
-        });
-        request.set_timeout(option.hard_ttl());
-        let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match rpc {
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        let reply = reply.map_err(status_to_rpc_error)?.into_inner();
+        let reply = if matches!(rpc, Rpc::Append) && !self.unary_only {
+            self.append_streamed(message, option.hard_ttl()).await
+        } else {
+            let Some(client) = self.client.as_mut() else {
+                return Err(unreachable(format!("bad peer address {:?}", self.addr)));
+            };
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(option.hard_ttl());
+            match rpc {
+                Rpc::Append => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::Snapshot => client.install_snapshot(request).await,
+            }
+            .map(tonic::Response::into_inner)
+        };
+        let reply = reply.map_err(status_to_rpc_error)?;
         let result: Result<T, RaftError<NodeId, E>> = codec::decode(&reply.data)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl Connection {
+    /// One append over this target's stream, opened first if need be,
+    /// within `ttl`. Any failure drops the stream: a late reply must never
+    /// be taken for the next request's.
+    async fn append_streamed(
+        &mut self,
+        message: RaftRequest,
+        ttl: Duration,
+    ) -> Result<RaftReply, tonic::Status> {
+        let result = tokio::time::timeout(ttl, self.exchange(message)).await;
+        let result = result.unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(
+                "no append reply in time over the stream",
+            ))
+        });
+        if let Err(status) = &result {
+            self.stream = None;
+            if status.code() == Code::Unimplemented {
+                tracing::info!(
+                    peer = self.target,
+                    "peer has no append stream: unary appends"
+                );
+                self.unary_only = true;
+            }
+        }
+        result
+    }
+
+    async fn exchange(&mut self, message: RaftRequest) -> Result<RaftReply, tonic::Status> {
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let Some(client) = self.client.as_mut() else {
+                    return Err(tonic::Status::unavailable(format!(
+                        "bad peer address {:?}",
+                        self.addr
+                    )));
+                };
+                let (requests, outbound) = mpsc::channel(1);
+                let replies = client.append_stream(outbound).await?.into_inner();
+                self.stream.insert(AppendStream { requests, replies })
+            }
+        };
+        stream
+            .requests
+            .send(message)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the append stream closed"))?;
+        match stream.replies.message().await? {
+            Some(reply) => Ok(reply),
+            None => Err(tonic::Status::unavailable(
+                "the peer ended the append stream",
+            )),
+        }
     }
 }
 

@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::channel::mpsc;
+use futures::SinkExt;
 use nines_proto::raft_server::Raft as RaftRpc;
 use nines_proto::{RaftReply, RaftRequest};
 use nines_types::{NodeId, Raft};
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::codec;
 use super::guard::{self, GuardLimits, LogOnce, Refused, SnapshotStreams, View};
@@ -17,14 +19,16 @@ use crate::metrics::Counters;
 use crate::read_barrier::ReadBarrier;
 use openraft::raft::AppendEntriesResponse;
 
+/// Cheap to clone (the append stream's task holds a clone).
+#[derive(Clone)]
 pub struct RaftService {
     pub id: NodeId,
     pub cluster_id: u64,
     pub raft: Raft,
     pub limits: GuardLimits,
     pub counters: Arc<Counters>,
-    snapshots: SnapshotStreams,
-    log_once: LogOnce,
+    snapshots: Arc<SnapshotStreams>,
+    log_once: Arc<LogOnce>,
     /// Pre-vote answers and leader contact; absent in handler-only tests.
     election: Option<Arc<Election>>,
     /// Answers followers' read index requests; absent in handler-only tests.
@@ -42,8 +46,8 @@ impl RaftService {
             raft,
             limits: GuardLimits::default(),
             counters,
-            snapshots: SnapshotStreams::default(),
-            log_once: LogOnce::new(Duration::from_secs(10)),
+            snapshots: Arc::default(),
+            log_once: Arc::new(LogOnce::new(Duration::from_secs(10))),
             election: None,
             reads: None,
             vouching: None,
@@ -179,9 +183,27 @@ impl RaftService {
 }
 
 fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
+    encoded(result).map(Response::new)
+}
+
+fn encoded<T: Serialize>(result: &T) -> Result<RaftReply, Status> {
     let data = codec::encode(result)
         .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))?;
-    Ok(Response::new(RaftReply { data }))
+    Ok(RaftReply { data })
+}
+
+impl RaftService {
+    /// One append, checked as every peer message is, for the unary call
+    /// and the stream alike.
+    async fn append_one(&self, request: &RaftRequest) -> Result<RaftReply, Status> {
+        let rpc = self.decode(request)?;
+        self.guard(|view, limits| guard::check_append(&rpc, view, limits))?;
+        let result = self.raft.append_entries(rpc).await;
+        if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.leader_contact();
+        }
+        encoded(&result)
+    }
 }
 
 #[tonic::async_trait]
@@ -190,13 +212,35 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let rpc = self.decode(request.get_ref())?;
-        self.guard(|view, limits| guard::check_append(&rpc, view, limits))?;
-        let result = self.raft.append_entries(rpc).await;
-        if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-            self.leader_contact();
-        }
-        reply(&result)
+        self.append_one(request.get_ref()).await.map(Response::new)
+    }
+
+    type AppendStreamStream = mpsc::Receiver<Result<RaftReply, Status>>;
+
+    /// Appends in turn, each answered before the next is read; the first
+    /// refusal is sent as the stream's status and ends it, as the unary
+    /// call would have answered it. The task ends with the stream.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (mut replies, stream) = mpsc::channel(1);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let answer = match inbound.message().await {
+                    Ok(Some(request)) => this.append_one(&request).await,
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let last = answer.is_err();
+                if replies.send(answer).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

@@ -129,17 +129,13 @@ impl pb::v1::raft_server::Raft for FakeRaft {
     async fn append_entries(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
         garbage_reply()
     }
-    type AppendStreamStream =
-        futures::stream::BoxStream<'static, Result<pb::v1::RaftReply, tonic::Status>>;
+    type AppendStreamStream = futures::stream::Empty<Result<pb::v1::RaftReply, tonic::Status>>;
+    /// As a peer from before the stream: appends come as unary calls.
     async fn append_stream(
         &self,
-        request: tonic::Request<tonic::Streaming<pb::v1::RaftRequest>>,
+        _: tonic::Request<tonic::Streaming<pb::v1::RaftRequest>>,
     ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
-        use futures::StreamExt;
-        let replies = request
-            .into_inner()
-            .map(|_| garbage_reply().map(tonic::Response::into_inner));
-        Ok(tonic::Response::new(replies.boxed()))
+        Err(tonic::Status::unimplemented("no append stream"))
     }
     async fn vote(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
         garbage_reply()

@@ -119,6 +119,8 @@ pub struct Connection {
     stream: Option<AppendStream>,
     /// The peer has no `AppendStream` (an older version): unary calls.
     unary_only: bool,
+    /// Appends sent through this connection so far.
+    appends: u64,
 }
 
 /// One replication target's `AppendStream`: a request, then its reply.
@@ -145,6 +147,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peers: self.peers.clone(),
             stream: None,
             unary_only: false,
+            appends: 0,
         }
     }
 }
@@ -185,7 +188,11 @@ impl Connection {
             cluster_id: self.cluster_id,
             data,
         };
-        let reply = if matches!(rpc, Rpc::Append) && !self.unary_only {
+        let streamed = matches!(rpc, Rpc::Append) && streams(self.appends, self.unary_only);
+        if matches!(rpc, Rpc::Append) {
+            self.appends += 1;
+        }
+        let reply = if streamed {
             self.append_streamed(message, option.hard_ttl()).await
         } else {
             let Some(client) = self.client.as_mut() else {
@@ -262,6 +269,16 @@ impl Connection {
             )),
         }
     }
+}
+
+/// Whether an append goes over the stream: not the first of a connection.
+/// openraft opens a connection per target for every leadership check of a
+/// linearizable read and sends one heartbeat on it; a stream opened for
+/// that one call cost an extra round trip under the check's short timeout
+/// (reads failed under load) and a reset stream per check. Replication
+/// keeps its connection, so from its second append on it streams.
+fn streams(appends_before: u64, unary_only: bool) -> bool {
+    appends_before > 0 && !unary_only
 }
 
 fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, Node, E> {
@@ -353,6 +370,14 @@ mod tests {
     use super::*;
 
     type E = openraft::error::Infallible;
+
+    #[test]
+    fn a_connection_streams_from_its_second_append_unless_the_peer_cannot() {
+        assert!(!streams(0, false), "a one-call connection stays unary");
+        assert!(streams(1, false));
+        assert!(streams(500, false));
+        assert!(!streams(500, true), "a peer without the stream");
+    }
 
     #[test]
     fn a_timeout_is_not_an_unreachable_peer() {

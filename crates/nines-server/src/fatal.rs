@@ -65,10 +65,15 @@ pub async fn raft_stopped(
     let mut server = raft.server_metrics();
     loop {
         let core = {
+            // The role from the server metrics that woke us: RaftCore sends
+            // the full metrics after them, so those may still be older.
+            let shut_down = server.borrow_and_update().state == ServerState::Shutdown;
             let m = metrics.borrow();
             match &m.running_state {
                 Err(e) => Some(format!("raft core stopped: {e}")),
-                Ok(()) if m.state == ServerState::Shutdown => Some("raft core shut down".into()),
+                Ok(()) if shut_down || m.state == ServerState::Shutdown => {
+                    Some("raft core shut down".into())
+                }
                 Ok(()) => None,
             }
         };

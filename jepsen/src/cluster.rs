@@ -96,11 +96,17 @@ impl Cluster {
     }
 
     /// A server that exited on its own (crash) is worth a report line.
+    /// Nodes whose process ended by itself, each with its exit status and
+    /// the server's own last word (its fatal line, or its last log line),
+    /// so a CI log that keeps only the report still names the cause.
     pub fn exited(&mut self) -> Vec<(u64, String)> {
         self.inner
             .exited_nodes()
             .into_iter()
-            .map(|(id, status)| (id, status.to_string()))
+            .map(|(id, status)| {
+                let log = self.inner.server_log(id);
+                (id, format!("{status}: {}", last_word(&log)))
+            })
             .collect()
     }
 
@@ -135,4 +141,50 @@ pub async fn find_leader(admin: &Client, candidates: &[(u64, String)]) -> Option
         }
     }
     None
+}
+
+/// The last `fatal:` line of a server log, else its last line, without
+/// colour codes.
+fn last_word(log: &str) -> String {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("fatal:"))
+        .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or("(empty log)");
+    strip_ansi(line)
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_word;
+
+    #[test]
+    fn the_fatal_line_is_the_last_word() {
+        let log = "\u{1b}[2mts\u{1b}[0m INFO up\nnines-server: fatal: panic in thread x at a.rs:1: boom; exiting with code 70\nlater\n";
+        assert_eq!(
+            last_word(log),
+            "nines-server: fatal: panic in thread x at a.rs:1: boom; exiting with code 70"
+        );
+        assert_eq!(last_word("\u{1b}[32m INFO\u{1b}[0m bye\n\n"), " INFO bye");
+        assert_eq!(last_word(""), "(empty log)");
+    }
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod history;
 mod nemesis;
 mod proxy;
+mod replicas;
 mod report;
 mod tls;
 mod workloads;
@@ -227,6 +228,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(watchers) = watchers {
         watchers.drain(&history, &addrs, final_process).await;
     }
+    let replicas = replicas::check(&admin, &candidates).await;
     history.write_jsonl(&run_dir.join("history.jsonl"))?;
     crashes.extend(
         lock()
@@ -242,6 +244,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         crashes.push(format!("calls answered UNIMPLEMENTED: {refused:?}"));
     }
     let mut valid = crashes.is_empty();
+    valid &= replicas.identical();
+    verdicts.insert("replicas".to_string(), replicas.verdict());
     let budget = Duration::from_secs(args.check_budget_secs);
     let register = workload_list.contains(&Workload::Register).then(|| {
         let r = checker::check_register(&ops, budget);

@@ -142,6 +142,23 @@ impl Client {
         Ok(NodeStatus::of(etcd, raft))
     }
 
+    /// etcd's HashKV on one endpoint, without retries: a checksum of that
+    /// member's history at `revision` (0: its current one), equal on every
+    /// member at the same revision and compaction.
+    pub async fn hash_kv_of(
+        &self,
+        endpoint: &str,
+        revision: i64,
+    ) -> Result<pb::HashKvResponse, ClientError> {
+        let channel = self.channel_of(endpoint)?;
+        let limit = self.inner.config.request_timeout;
+        Ok(MaintenanceClient::new(channel)
+            .hash_kv(timed(pb::HashKvRequest { revision }, limit))
+            .await
+            .map_err(ClientError::Status)?
+            .into_inner())
+    }
+
     /// Builds a snapshot on one endpoint.
     pub async fn snapshot_of(&self, endpoint: &str) -> Result<SnapshotBuilt, ClientError> {
         let channel = self.channel_of(endpoint)?;

@@ -114,8 +114,8 @@ pub struct Connection {
     client: Option<RaftClient<Channel>>,
     addr: String,
     peers: PeerLiveness,
-    /// The open append stream, if any; dropped on any failure and opened
-    /// again by the next append.
+    /// The open append stream with no request outstanding, if any; dropped
+    /// on any failure or cancellation and opened again by the next append.
     stream: Option<AppendStream>,
     /// The peer has no `AppendStream` (an older version): unary calls.
     unary_only: bool,
@@ -216,8 +216,9 @@ impl Connection {
 
 impl Connection {
     /// One append over this target's stream, opened first if need be,
-    /// within `ttl`. Any failure drops the stream: a late reply must never
-    /// be taken for the next request's.
+    /// within `ttl`. Any failure drops the stream (`exchange` puts it back
+    /// only with its reply read): a late reply must never be taken for the
+    /// next request's.
     async fn append_streamed(
         &mut self,
         message: RaftRequest,
@@ -230,7 +231,6 @@ impl Connection {
             ))
         });
         if let Err(status) = &result {
-            self.stream = None;
             if status.code() == Code::Unimplemented {
                 tracing::info!(
                     peer = self.target,
@@ -242,8 +242,13 @@ impl Connection {
         result
     }
 
+    /// The stream is out of `self.stream` while its request is unanswered
+    /// and goes back only with the reply read: if the caller drops this
+    /// future in between (openraft times each append out itself, with the
+    /// same deadline as ours), the stream is dropped with it, never left
+    /// holding a reply the next request would take for its own.
     async fn exchange(&mut self, message: RaftRequest) -> Result<RaftReply, tonic::Status> {
-        let stream = match &mut self.stream {
+        let mut stream = match self.stream.take() {
             Some(stream) => stream,
             None => {
                 let Some(client) = self.client.as_mut() else {
@@ -254,7 +259,7 @@ impl Connection {
                 };
                 let (requests, outbound) = mpsc::channel(1);
                 let replies = client.append_stream(outbound).await?.into_inner();
-                self.stream.insert(AppendStream { requests, replies })
+                AppendStream { requests, replies }
             }
         };
         stream
@@ -263,7 +268,10 @@ impl Connection {
             .await
             .map_err(|_| tonic::Status::unavailable("the append stream closed"))?;
         match stream.replies.message().await? {
-            Some(reply) => Ok(reply),
+            Some(reply) => {
+                self.stream = Some(stream);
+                Ok(reply)
+            }
             None => Err(tonic::Status::unavailable(
                 "the peer ended the append stream",
             )),
@@ -366,35 +374,5 @@ impl RaftNetwork<TypeConfig> for Connection {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    type E = openraft::error::Infallible;
-
-    #[test]
-    fn a_connection_streams_from_its_second_append_unless_the_peer_cannot() {
-        assert!(!streams(0, false), "a one-call connection stays unary");
-        assert!(streams(1, false));
-        assert!(streams(500, false));
-        assert!(!streams(500, true), "a peer without the stream");
-    }
-
-    #[test]
-    fn a_timeout_is_not_an_unreachable_peer() {
-        let timeout = tonic::Status::cancelled("Timeout expired");
-        assert!(matches!(
-            status_to_rpc_error::<E>(timeout),
-            RPCError::Network(_)
-        ));
-        let deadline = tonic::Status::deadline_exceeded("deadline");
-        assert!(matches!(
-            status_to_rpc_error::<E>(deadline),
-            RPCError::Network(_)
-        ));
-        let refused = tonic::Status::unavailable("connection refused");
-        assert!(matches!(
-            status_to_rpc_error::<E>(refused),
-            RPCError::Unreachable(_)
-        ));
-    }
-}
+#[path = "client_tests.rs"]
+mod tests;

@@ -11,6 +11,9 @@ use nines_client::Client;
 
 /// How long a member may take to catch up to the revision compared.
 const CATCH_UP: Duration = Duration::from_secs(30);
+/// One hash of a member: it reads the whole retained history (a long run
+/// keeps ~600,000 revisions).
+const HASH_LIMIT: Duration = Duration::from_secs(120);
 
 pub struct ReplicaCheck {
     pub revision: i64,
@@ -52,21 +55,26 @@ impl ReplicaCheck {
 
 pub async fn check(admin: &Client, members: &[(u64, String)]) -> ReplicaCheck {
     let deadline = Instant::now() + CATCH_UP;
-    let mut revision = 0;
-    for (_, addr) in members {
-        if let Some(r) = hash(admin, addr, 0, deadline)
-            .await
-            .ok()
-            .and_then(|r| r.header)
-        {
-            revision = revision.max(r.revision);
-        }
-    }
+    // Each member's current revision (HashKV at 0 answers it), all at once.
+    let current =
+        futures::future::join_all(members.iter().map(|(_, a)| hash(admin, a, 0, deadline))).await;
+    let revision = current
+        .iter()
+        .filter_map(|r| r.as_ref().ok()?.header.as_ref().map(|h| h.revision))
+        .max()
+        .unwrap_or(0);
     let mut out = ReplicaCheck {
         revision,
         hashes: BTreeMap::new(),
         missing: BTreeMap::new(),
     };
+    if revision == 0 {
+        for ((id, _), r) in members.iter().zip(current) {
+            out.missing
+                .insert(*id, r.err().unwrap_or_else(|| "no revision".into()));
+        }
+        return out;
+    }
     for (id, addr) in members {
         // Compaction is replicated but each member sweeps on its own: a
         // hash taken mid-sweep names another compact revision, so ask
@@ -100,7 +108,7 @@ async fn hash(
     deadline: Instant,
 ) -> Result<nines_client::proto::HashKvResponse, String> {
     loop {
-        match admin.hash_kv_of(addr, revision).await {
+        match admin.hash_kv_of(addr, revision, HASH_LIMIT).await {
             Ok(r) => return Ok(r),
             Err(e) if Instant::now() > deadline => return Err(e.to_string()),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -144,14 +144,16 @@ impl Client {
 
     /// etcd's HashKV on one endpoint, without retries: a checksum of that
     /// member's history at `revision` (0: its current one), equal on every
-    /// member at the same revision and compaction.
+    /// member at the same revision and compaction. The member reads every
+    /// retained record, so `limit` grows with the store, not the request
+    /// timeout (600,000 revisions took longer than a 1 s one).
     pub async fn hash_kv_of(
         &self,
         endpoint: &str,
         revision: i64,
+        limit: Duration,
     ) -> Result<pb::HashKvResponse, ClientError> {
         let channel = self.channel_of(endpoint)?;
-        let limit = self.inner.config.request_timeout;
         Ok(MaintenanceClient::new(channel)
             .hash_kv(timed(pb::HashKvRequest { revision }, limit))
             .await

@@ -38,6 +38,26 @@ impl NodeCore {
         m.membership_config.membership().clone()
     }
 
+    /// The membership as of everything this member has applied. openraft
+    /// publishes its metrics (the membership among them) between rounds of
+    /// its core loop, while the state machine applies on its own task: a
+    /// reader woken by an apply could read the membership from before a
+    /// change it had just applied (a linearizable member list on a member
+    /// catching up missed a learner added before the call, once in ten
+    /// test-suite runs). So wait until the metrics have caught up with the
+    /// store's applied index first.
+    pub async fn applied_membership(&self) -> Result<Membership<NodeId, Node>, ApiError> {
+        let applied = self.reader.last_applied().map(|l| l.index);
+        let mut metrics = self.raft.metrics();
+        let caught_up = metrics.wait_for(|m| m.last_applied.map(|l| l.index) >= applied);
+        let membership = match tokio::time::timeout(self.timeout(), caught_up).await {
+            Ok(Ok(m)) => Ok(m.membership_config.membership().clone()),
+            Ok(Err(_)) => Err(ApiError::ShuttingDown),
+            Err(_) => Err(ApiError::Timeout(self.timeout())),
+        };
+        membership
+    }
+
     /// Adds `id` at `node` as a learner once it proved to be that node
     /// (nines' own add and `--join`). Idempotent; a member already at that
     /// peer address gets the client address it reports.

@@ -126,15 +126,19 @@ impl epb::cluster_server::Cluster for EtcdCluster {
         // applied every change committed before the call, so its view is
         // current; without one, a member catching up (or restarted on old
         // data) would list members as they were.
-        if request.get_ref().linearizable {
+        let (header, members) = if request.get_ref().linearizable {
             let forwarded = is_forwarded(&request);
             if let Routed::Forward(leader) = self.core.linearize(forwarded).await? {
                 let call = |ch, r| async move { ClusterClient::new(ch).member_list(r).await };
                 return forward::to_leader(&self.core, &leader, request.into_inner(), None, call)
                     .await;
             }
-        }
-        let (header, members) = self.members();
+            let membership = self.core.applied_membership().await?;
+            let header = convert::header(self.core.header(self.core.reader.revision()));
+            (header, members_of(&membership, &self.core.config.tls))
+        } else {
+            self.members()
+        };
         Ok(Response::new(epb::MemberListResponse {
             header: Some(header),
             members,

@@ -75,26 +75,35 @@ pub async fn check(admin: &Client, members: &[(u64, String)]) -> ReplicaCheck {
         }
         return out;
     }
-    for (id, addr) in members {
-        // Compaction is replicated but each member sweeps on its own: a
-        // hash taken mid-sweep names another compact revision, so ask
-        // again until the compact revisions agree or time runs out.
-        loop {
-            match hash(admin, addr, revision, deadline).await {
+    // Compaction is replicated but each member sweeps on its own: a hash
+    // taken mid-sweep names another compact revision, so hash them all
+    // again until the compact revisions agree or time runs out.
+    loop {
+        let hashed = futures::future::join_all(
+            members
+                .iter()
+                .map(|(_, addr)| hash(admin, addr, revision, deadline)),
+        )
+        .await;
+        out.hashes.clear();
+        out.missing.clear();
+        for ((id, _), r) in members.iter().zip(hashed) {
+            match r {
                 Ok(r) => {
-                    let first = out.hashes.values().next().map(|(_, c)| *c);
                     out.hashes.insert(*id, (r.hash, r.compact_revision));
-                    if first.is_none_or(|c| c == r.compact_revision) || Instant::now() > deadline {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => {
                     out.missing.insert(*id, e);
-                    break;
                 }
             }
         }
+        let mut compactions = out.hashes.values().map(|(_, c)| *c);
+        let first = compactions.next();
+        let agreed = compactions.all(|c| Some(c) == first);
+        if agreed || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     out
 }

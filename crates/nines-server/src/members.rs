@@ -48,14 +48,16 @@ impl NodeCore {
     /// store's applied index first.
     pub async fn applied_membership(&self) -> Result<Membership<NodeId, Node>, ApiError> {
         let applied = self.reader.last_applied().map(|l| l.index);
-        let mut metrics = self.raft.metrics();
-        let caught_up = metrics.wait_for(|m| m.last_applied.map(|l| l.index) >= applied);
-        let membership = match tokio::time::timeout(self.timeout(), caught_up).await {
-            Ok(Ok(m)) => Ok(m.membership_config.membership().clone()),
-            Ok(Err(_)) => Err(ApiError::ShuttingDown),
-            Err(_) => Err(ApiError::Timeout(self.timeout())),
-        };
-        membership
+        let metrics = self
+            .raft
+            .wait(Some(self.timeout()))
+            .applied_index_at_least(applied, "membership of the applied index")
+            .await
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::ShuttingDown => ApiError::ShuttingDown,
+                _ => ApiError::Timeout(self.timeout()),
+            })?;
+        Ok(metrics.membership_config.membership().clone())
     }
 
     /// Adds `id` at `node` as a learner once it proved to be that node

@@ -61,7 +61,15 @@ fn members_of(membership: &Membership<NodeId, Node>, tls: &Tls) -> Vec<epb::Memb
 impl EtcdCluster {
     /// This member's header and its view of the members.
     fn members(&self) -> (epb::ResponseHeader, Vec<epb::Member>) {
-        let members = members_of(&self.core.membership(), &self.core.config.tls);
+        self.listed(&self.core.membership())
+    }
+
+    /// This member's header and `membership`'s members.
+    fn listed(
+        &self,
+        membership: &Membership<NodeId, Node>,
+    ) -> (epb::ResponseHeader, Vec<epb::Member>) {
+        let members = members_of(membership, &self.core.config.tls);
         let header = convert::header(self.core.header(self.core.reader.revision()));
         (header, members)
     }
@@ -133,9 +141,7 @@ impl epb::cluster_server::Cluster for EtcdCluster {
                 return forward::to_leader(&self.core, &leader, request.into_inner(), None, call)
                     .await;
             }
-            let membership = self.core.applied_membership().await?;
-            let header = convert::header(self.core.header(self.core.reader.revision()));
-            (header, members_of(&membership, &self.core.config.tls))
+            self.listed(&self.core.applied_membership().await?)
         } else {
             self.members()
         };

@@ -127,6 +127,12 @@ impl LogStore {
         self.wal.pipeline.vote.lock().ok().and_then(|v| *v)
     }
 
+    /// The newest committed index openraft saved here (before it applies
+    /// up to it), or None on a read error or before the first commit.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.wal.committed().ok().flatten().map(|c| c.index)
+    }
+
     /// The id of the last entry in the log (written, maybe not yet synced
     /// on a pipelining leader), or of the last purged one.
     pub fn last_log_id(&self) -> Result<Option<nines_types::LogId>, LogError> {

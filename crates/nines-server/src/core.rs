@@ -42,6 +42,8 @@ pub struct NodeCore {
     pub lessor: crate::lease::Lessor,
     /// Requests waiting for this member to apply an index or a revision.
     pub waits: Arc<crate::applied_waits::AppliedWaits>,
+    /// The highest commit index sent to a follower (`read_index.rs`).
+    pub commit_told: crate::read_index::CommitTold,
 }
 
 impl NodeCore {

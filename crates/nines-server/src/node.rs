@@ -88,11 +88,13 @@ impl NinesNode {
         // be created on the Raft runtime (by openraft's `new_client`).
         let raft_pool = ChannelPool::new(config.peer_source_ip, &config.tls);
         let peers = PeerLiveness::default();
+        let commit_told = crate::read_index::CommitTold::default();
         let network = NetworkFactory {
             cluster_id,
             pool: raft_pool.clone(),
             durable: log.durable_index(),
             peers: peers.clone(),
+            commit_told: commit_told.clone(),
         };
         // Raft::new spawns RaftCore (and it its replication and state
         // machine tasks) on the current runtime: call it on Raft's own.
@@ -167,6 +169,7 @@ impl NinesNode {
             config: config.clone(),
             pool,
             peers,
+            commit_told,
         });
         let reads = Arc::new(ReadLimiter::new(
             config.max_concurrent_reads,
@@ -413,7 +416,11 @@ async fn serve_peer(
             core.counters.clone(),
         )
         .with_reads(core.barrier.clone())
-        .with_vouching(election.log.clone(), core.reader.clone())
+        .with_vouching(crate::network::Vouching {
+            log: election.log.clone(),
+            reader: core.reader.clone(),
+            commit_told: core.commit_told.clone(),
+        })
         .with_election(election),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -17,6 +17,8 @@
 //! that a quorum confirm leadership after the read arrived).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nines_proto::raft_client::RaftClient;
@@ -85,6 +87,26 @@ pub fn reply_of(barrier: &Barrier) -> ReadIndexReply {
     }
 }
 
+/// The highest commit index this node has sent any follower (an append's
+/// `leader_commit`), recorded before the append goes out. openraft tells
+/// followers of a commit before it saves the commit here and long before
+/// its own state machine applies it, so a follower may apply (and serve
+/// reads from) entries its leader has not applied yet: a read index must
+/// cover what followers were told, or a read on one follower could miss
+/// what a read on another, finished before it started, returned.
+#[derive(Clone, Default)]
+pub struct CommitTold(Arc<AtomicU64>);
+
+impl CommitTold {
+    pub fn record(&self, index: u64) {
+        self.0.fetch_max(index, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// What a leader knows when an ask offers the asker's vote.
 pub struct Vouch<'a> {
     pub me: NodeId,
@@ -100,6 +122,9 @@ pub struct Vouch<'a> {
     /// The voter sets of the membership in effect (two while joint).
     pub voters: &'a [BTreeSet<NodeId>],
     pub applied: Option<LogId>,
+    /// The highest commit index saved or sent to a follower ([`CommitTold`]),
+    /// read after the ask arrived.
+    pub committed: u64,
 }
 
 /// The read index an ask's vote earns without a heartbeat round, or None
@@ -113,7 +138,8 @@ pub fn vouched_index(v: &Vouch<'_>) -> Option<u64> {
     let quorum = crate::election::has_quorum(v.voters, &BTreeSet::from([v.me, v.asker]));
     let applied = v.applied?;
     let own_term = applied.leader_id.term == term && applied.leader_id.node_id == v.me;
-    (mine && offered && leading && quorum && own_term).then_some(applied.index)
+    // Not the applied index alone: a follower may have applied further.
+    (mine && offered && leading && quorum && own_term).then_some(applied.index.max(v.committed))
 }
 
 #[cfg(test)]
@@ -145,7 +171,24 @@ mod tests {
             reported: vote(5, 1, true),
             voters,
             applied: Some(LogId::new(CommittedLeaderId::new(5, 1), 40)),
+            committed: 40,
         }
+    }
+
+    #[test]
+    fn the_answer_covers_commits_followers_were_told_of_before_the_leader_applied_them() {
+        let three = [set(&[1, 2, 3])];
+        // Entries 41-45 are committed and sent to followers, who may have
+        // applied them; the leader has applied up to 40 only.
+        let v = Vouch {
+            committed: 45,
+            ..base(&three)
+        };
+        assert_eq!(vouched_index(&v), Some(45));
+        let told = CommitTold::default();
+        told.record(45);
+        told.record(43);
+        assert_eq!(told.get(), 45, "never goes back");
     }
 
     #[test]

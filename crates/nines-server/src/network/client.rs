@@ -105,12 +105,15 @@ pub struct NetworkFactory {
     pub durable: DurableIndex,
     /// Fed with every RPC's outcome, for membership checks.
     pub peers: PeerLiveness,
+    /// The highest commit index sent to a follower (`read_index.rs`).
+    pub commit_told: crate::read_index::CommitTold,
 }
 
 pub struct Connection {
     target: NodeId,
     cluster_id: u64,
     durable: DurableIndex,
+    commit_told: crate::read_index::CommitTold,
     client: Option<RaftClient<Channel>>,
     addr: String,
     peers: PeerLiveness,
@@ -142,6 +145,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             cluster_id: self.cluster_id,
             durable: self.durable.clone(),
+            commit_told: self.commit_told.clone(),
             client,
             addr: node.raft_addr.clone(),
             peers: self.peers.clone(),
@@ -332,7 +336,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         // ever raise theirs, and the next message carries it.
         if let Some(commit) = rpc.leader_commit {
             let budget = option.soft_ttl() / 4;
-            if !self.durable.wait_for_within(commit.index, budget).await {
+            if self.durable.wait_for_within(commit.index, budget).await {
+                // Before it can reach the follower: see `CommitTold`.
+                self.commit_told.record(commit.index);
+            } else {
                 rpc.leader_commit = None;
             }
         }

@@ -102,6 +102,7 @@ async fn slow_echo_connection() -> Connection {
         target: 2,
         cluster_id: 1,
         durable: nines_types::durable_index(0).1,
+        commit_told: Default::default(),
         client: Some(RaftClient::new(channel)),
         addr,
         peers: PeerLiveness::default(),

@@ -35,7 +35,15 @@ pub struct RaftService {
     reads: Option<ReadBarrier>,
     /// This node's saved vote and applied index, with which an ask that
     /// offers a vote is answered without a round (`read_index.rs`).
-    vouching: Option<(nines_log::LogStore, nines_state::StateReader)>,
+    vouching: Option<Vouching>,
+}
+
+/// What a vouched answer is read from (`read_index.rs`).
+#[derive(Clone)]
+pub struct Vouching {
+    pub log: nines_log::LogStore,
+    pub reader: nines_state::StateReader,
+    pub commit_told: crate::read_index::CommitTold,
 }
 
 impl RaftService {
@@ -54,12 +62,8 @@ impl RaftService {
         }
     }
 
-    pub fn with_vouching(
-        mut self,
-        log: nines_log::LogStore,
-        reader: nines_state::StateReader,
-    ) -> Self {
-        self.vouching = Some((log, reader));
+    pub fn with_vouching(mut self, vouching: Vouching) -> Self {
+        self.vouching = Some(vouching);
         self
     }
 
@@ -70,7 +74,11 @@ impl RaftService {
         req: &nines_proto::ReadIndexRequest,
         m: &openraft::metrics::RaftServerMetrics<NodeId, nines_types::Node>,
     ) -> Option<u64> {
-        let (log, reader) = self.vouching.as_ref()?;
+        let Vouching {
+            log,
+            reader,
+            commit_told,
+        } = self.vouching.as_ref()?;
         if req.vote_term == 0 {
             return None;
         }
@@ -87,6 +95,7 @@ impl RaftService {
             reported: m.vote,
             voters: m.membership_config.membership().get_joint_config(),
             applied: reader.last_applied(),
+            committed: log.committed_index().unwrap_or(0).max(commit_told.get()),
         })
     }
 

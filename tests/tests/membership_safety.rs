@@ -165,6 +165,31 @@ impl pb::v1::raft_server::Raft for FakeRaft {
             leader_id: 4242,
         }))
     }
+    type ReadIndexStreamStream =
+        futures::stream::BoxStream<'static, Result<pb::v1::ReadIndexReply, tonic::Status>>;
+    /// The same garbage over the stream.
+    async fn read_index_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::v1::ReadIndexRequest>>,
+    ) -> Result<tonic::Response<Self::ReadIndexStreamStream>, tonic::Status> {
+        use futures::StreamExt;
+        let replies = request.into_inner().map(|_| {
+            Ok(pb::v1::ReadIndexReply {
+                outcome: 99,
+                index: u64::MAX,
+                leader_id: 4242,
+            })
+        });
+        Ok(tonic::Response::new(replies.boxed()))
+    }
+    type VoteCheckStreamStream =
+        futures::stream::Empty<Result<pb::v1::VoteCheckReply, tonic::Status>>;
+    async fn vote_check_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<pb::v1::VoteCheckRequest>>,
+    ) -> Result<tonic::Response<Self::VoteCheckStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not a nines node"))
+    }
 }
 
 async fn fake_raft_server() -> String {

@@ -331,6 +331,26 @@ impl pb::v1::raft_server::Raft for HostileLearner {
     ) -> Result<tonic::Response<pb::v1::ReadIndexReply>, tonic::Status> {
         Err(tonic::Status::internal("hostile"))
     }
+    type ReadIndexStreamStream =
+        futures::stream::BoxStream<'static, Result<pb::v1::ReadIndexReply, tonic::Status>>;
+    async fn read_index_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::v1::ReadIndexRequest>>,
+    ) -> Result<tonic::Response<Self::ReadIndexStreamStream>, tonic::Status> {
+        use futures::StreamExt;
+        let replies = request
+            .into_inner()
+            .map(|_| Err(tonic::Status::internal("hostile")));
+        Ok(tonic::Response::new(replies.boxed()))
+    }
+    type VoteCheckStreamStream =
+        futures::stream::Empty<Result<pb::v1::VoteCheckReply, tonic::Status>>;
+    async fn vote_check_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<pb::v1::VoteCheckRequest>>,
+    ) -> Result<tonic::Response<Self::VoteCheckStreamStream>, tonic::Status> {
+        Err(tonic::Status::internal("hostile"))
+    }
 }
 
 /// The leader's commit index is for members: a read index request from
@@ -409,6 +429,40 @@ async fn read_index_requests_are_answered_only_for_members() {
         cluster.term(leader).await,
         term,
         "an offered vote moved the term"
+    );
+    // The stream: the same refusals, each ending its stream with the
+    // unary call's code; a member's asks answered in turn on one stream.
+    for (request, code) in refused {
+        let mut replies = client
+            .read_index_stream(futures::stream::iter([request, request]))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        let err = replies.message().await.unwrap_err();
+        assert_eq!(err.code(), code, "{request:?} over the stream: {err}");
+        assert!(
+            !matches!(replies.message().await, Ok(Some(_))),
+            "a refused stream answered again"
+        );
+    }
+    let asks = vec![ask(leader, cluster_id, follower); 3];
+    let mut replies = client
+        .read_index_stream(futures::stream::iter(asks))
+        .await
+        .expect("stream opened")
+        .into_inner();
+    for n in 0..3 {
+        let reply = replies.message().await.expect("answered").expect("a reply");
+        assert_eq!(
+            reply.outcome,
+            pb::v1::ReadIndexOutcome::ReadIndexOk as i32,
+            "ask {n}: {reply:?}"
+        );
+        assert!(reply.index >= status.applied_index, "{reply:?}");
+    }
+    assert!(
+        replies.message().await.expect("ended cleanly").is_none(),
+        "one reply per ask"
     );
 }
 

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod network;
 mod node;
 pub mod observe;
+mod peer_stream;
 mod proposer;
 mod read_barrier;
 mod read_index;
@@ -34,6 +35,7 @@ pub mod restore;
 mod runtime;
 mod snapshot_policy;
 pub mod tls;
+mod vote_check;
 pub mod watch;
 
 pub use config::{ServerArgs, ServerConfig};

@@ -22,6 +22,11 @@ use crate::network::ChannelPool;
 use crate::observe::{mono_ms, say, View};
 use crate::read_index;
 
+/// How long a vote check may take before openraft's round is tried: a
+/// check that gets no quorum by then (voters down or paused) has the round
+/// fail the same way, so this bounds only the extra wait.
+const CHECK_LIMIT: Duration = Duration::from_millis(300);
+
 /// A round this slow holds every linearizable read on the node: say so.
 const SLOW_ROUND: Duration = Duration::from_secs(1);
 
@@ -58,6 +63,8 @@ pub struct Asker {
     pub pool: ChannelPool,
     /// This node's saved vote, offered with each ask (`read_index.rs`).
     pub log: nines_log::LogStore,
+    /// The open ask streams, by leader address.
+    pub streams: crate::peer_stream::StreamPool<crate::peer_stream::Ask>,
 }
 
 #[derive(Clone)]
@@ -69,6 +76,8 @@ pub struct ReadBarrier {
     counters: Arc<Counters>,
     /// None: a follower's reads are forwarded whole to the leader.
     asker: Option<Asker>,
+    /// None: the leader's own checks are openraft's heartbeat rounds.
+    checker: Option<crate::vote_check::Checker>,
 }
 
 impl ReadBarrier {
@@ -85,7 +94,13 @@ impl ReadBarrier {
             remote: Arc::default(),
             counters,
             asker,
+            checker: None,
         }
+    }
+
+    pub fn with_checker(mut self, checker: crate::vote_check::Checker) -> Self {
+        self.checker = Some(checker);
+        self
     }
 
     /// The barrier for a client's read on this node: this node's own check
@@ -282,6 +297,16 @@ impl ReadBarrier {
     }
 
     async fn check_leadership(&self) -> Barrier {
+        if let Some(checker) = &self.checker {
+            Counters::inc(&self.counters.read_vote_checks);
+            if let Some(index) = checker
+                .confirm(&self.raft, self.timeout.min(CHECK_LIMIT))
+                .await
+            {
+                Counters::inc(&self.counters.read_vote_checks_confirmed);
+                return Barrier::ReadIndex(index);
+            }
+        }
         match tokio::time::timeout(self.timeout, self.raft.get_read_log_id()).await {
             Err(_) => Barrier::Timeout,
             Ok(Ok((read_log_id, _applied))) => {

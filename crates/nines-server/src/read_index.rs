@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nines_proto::raft_client::RaftClient;
 use nines_proto::{ReadIndexOutcome, ReadIndexReply, ReadIndexRequest};
 use nines_types::{LogId, Node, NodeId, Vote};
 use openraft::ServerState;
@@ -41,19 +40,19 @@ pub async fn ask(asker: &Asker, leader_id: NodeId, leader: &Node, timeout: Durat
         Some(v) if v.leader_id.node_id == leader_id => (v.leader_id.term, leader_id),
         _ => (0, 0),
     };
-    let mut request = tonic::Request::new(ReadIndexRequest {
+    let request = ReadIndexRequest {
         target: leader_id,
         cluster_id: asker.cluster_id,
         from: asker.id,
         vote_term,
         vote_leader,
-    });
-    request.set_timeout(timeout);
-    let reply = tokio::time::timeout(timeout, RaftClient::new(channel).read_index(request)).await;
+    };
+    let exchange = asker.streams.exchange(&leader.raft_addr, channel, request);
+    let reply = tokio::time::timeout(timeout, exchange).await;
     match reply {
         Err(_) => Barrier::Timeout,
         Ok(Err(_)) => forward(),
-        Ok(Ok(reply)) => barrier_of(&reply.into_inner()).unwrap_or_else(forward),
+        Ok(Ok(reply)) => barrier_of(&reply).unwrap_or_else(forward),
     }
 }
 

@@ -284,7 +284,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 34] = [
+    let counters: [(&str, &str, &AtomicU64); 36] = [
         (
             "leases_expired",
             "Leases this member revoked as leader because they expired.",
@@ -324,6 +324,16 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
             "read_index_vouched",
             "Read index requests answered without a round: the asker's vote confirmed the leader.",
             &c.read_index_vouched,
+        ),
+        (
+            "read_vote_checks",
+            "Leadership checks for reads run by asking the voters' saved votes.",
+            &c.read_vote_checks,
+        ),
+        (
+            "read_vote_checks_confirmed",
+            "Of those, the ones a quorum of saved votes confirmed (no heartbeat round).",
+            &c.read_vote_checks_confirmed,
         ),
         ("watch_events_sent", "Watch events sent to clients.", &c.watch_events_sent),
         (

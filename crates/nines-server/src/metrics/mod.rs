@@ -41,6 +41,10 @@ pub struct Counters {
     pub read_index_answered: AtomicU64,
     /// Of those, the ones whose offered vote made a round needless.
     pub read_index_vouched: AtomicU64,
+    /// Leadership checks this node ran by asking its voters' saved votes.
+    pub read_vote_checks: AtomicU64,
+    /// Of those, the ones a quorum confirmed (no openraft round needed).
+    pub read_vote_checks_confirmed: AtomicU64,
     /// Gauge: watchers on this member.
     pub watchers: AtomicU64,
     /// Gauge: open watch streams.

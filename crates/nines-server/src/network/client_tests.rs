@@ -82,6 +82,21 @@ impl nines_proto::raft_server::Raft for SlowEcho {
     ) -> Result<tonic::Response<nines_proto::ReadIndexReply>, tonic::Status> {
         Err(tonic::Status::unimplemented("test peer"))
     }
+    type ReadIndexStreamStream = mpsc::Receiver<Result<nines_proto::ReadIndexReply, tonic::Status>>;
+    async fn read_index_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<nines_proto::ReadIndexRequest>>,
+    ) -> Result<tonic::Response<Self::ReadIndexStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test peer"))
+    }
+    type VoteCheckStreamStream =
+        futures::stream::Empty<Result<nines_proto::VoteCheckReply, tonic::Status>>;
+    async fn vote_check_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<nines_proto::VoteCheckRequest>>,
+    ) -> Result<tonic::Response<Self::VoteCheckStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test peer"))
+    }
 }
 
 async fn slow_echo_connection() -> Connection {

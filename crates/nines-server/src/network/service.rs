@@ -233,23 +233,14 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<RaftRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (mut replies, stream) = mpsc::channel(1);
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let answer = match inbound.message().await {
-                    Ok(Some(request)) => this.append_one(&request).await,
-                    Ok(None) => return,
-                    Err(status) => Err(status),
-                };
-                let last = answer.is_err();
-                if replies.send(answer).await.is_err() || last {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(stream))
+        Ok(Response::new(in_turn(
+            request.into_inner(),
+            move |request| {
+                let this = this.clone();
+                async move { this.append_one(&request).await }
+            },
+        )))
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
@@ -310,14 +301,126 @@ impl RaftRpc for RaftService {
         }))
     }
 
-    /// A follower's read index request, answered from this node's own
-    /// leadership check (shared with its clients' reads). Only members of
-    /// this cluster may ask: the answer is the leader's commit index.
     async fn read_index(
         &self,
         request: Request<nines_proto::ReadIndexRequest>,
     ) -> Result<Response<nines_proto::ReadIndexReply>, Status> {
-        let req = request.get_ref();
+        self.answer_ask(request.get_ref()).await.map(Response::new)
+    }
+
+    type ReadIndexStreamStream = mpsc::Receiver<Result<nines_proto::ReadIndexReply, Status>>;
+
+    /// Asks in turn, each answered before the next is read; the first
+    /// refusal ends the stream with its status (`append_stream`'s rules).
+    async fn read_index_stream(
+        &self,
+        request: Request<Streaming<nines_proto::ReadIndexRequest>>,
+    ) -> Result<Response<Self::ReadIndexStreamStream>, Status> {
+        let this = self.clone();
+        Ok(Response::new(in_turn(
+            request.into_inner(),
+            move |request| {
+                let this = this.clone();
+                async move { this.answer_ask(&request).await }
+            },
+        )))
+    }
+
+    type VoteCheckStreamStream = mpsc::Receiver<Result<nines_proto::VoteCheckReply, Status>>;
+
+    /// A leader's vote checks (`vote_check.rs`), answered in turn.
+    async fn vote_check_stream(
+        &self,
+        request: Request<Streaming<nines_proto::VoteCheckRequest>>,
+    ) -> Result<Response<Self::VoteCheckStreamStream>, Status> {
+        if self.vouching.is_none() {
+            return Err(Status::unimplemented("this node answers no vote checks"));
+        }
+        let this = self.clone();
+        Ok(Response::new(in_turn(
+            request.into_inner(),
+            move |request| {
+                let this = this.clone();
+                async move { this.answer_check(&request) }
+            },
+        )))
+    }
+}
+
+/// Answers a stream's requests in turn, each before the next is read; the
+/// first refusal is sent as the stream's status and ends it, as a unary
+/// call would have answered it. The task ends with the stream.
+fn in_turn<Q, R, F, Fut>(mut inbound: Streaming<Q>, answer: F) -> mpsc::Receiver<Result<R, Status>>
+where
+    Q: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Q) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<R, Status>> + Send,
+{
+    let (mut replies, stream) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            let reply = match inbound.message().await {
+                Ok(Some(request)) => answer(request).await,
+                Ok(None) => return,
+                Err(status) => Err(status),
+            };
+            let last = reply.is_err();
+            if replies.send(reply).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    stream
+}
+
+impl RaftService {
+    /// A leader's vote check: this node's saved vote, read now. Only a
+    /// member of this cluster may ask.
+    fn answer_check(
+        &self,
+        req: &nines_proto::VoteCheckRequest,
+    ) -> Result<nines_proto::VoteCheckReply, Status> {
+        if req.target != self.id || req.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {} of cluster {:x}, not node {} of cluster {:x}",
+                self.id, self.cluster_id, req.target, req.cluster_id
+            )));
+        }
+        if req.from == self.id {
+            return Err(self.refused(&Refused::FromMyself(req.from)));
+        }
+        let member = {
+            let metrics = self.raft.server_metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&req.from)
+                .is_some()
+        };
+        if !member {
+            return Err(self.refused(&Refused::NotMember(req.from)));
+        }
+        let Some(vouching) = &self.vouching else {
+            return Err(Status::unimplemented("this node answers no vote checks"));
+        };
+        Ok(match vouching.log.saved_vote() {
+            Some(v) => nines_proto::VoteCheckReply {
+                term: v.leader_id.term,
+                leader: v.leader_id.node_id,
+                committed: v.committed,
+            },
+            None => nines_proto::VoteCheckReply::default(),
+        })
+    }
+
+    /// A follower's read index request, answered from this node's own
+    /// leadership check (shared with its clients' reads). Only members of
+    /// this cluster may ask: the answer is the leader's commit index.
+    async fn answer_ask(
+        &self,
+        req: &nines_proto::ReadIndexRequest,
+    ) -> Result<nines_proto::ReadIndexReply, Status> {
         if req.target != self.id || req.cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(format!(
                 "this is node {} of cluster {:x}, not node {} of cluster {:x}",
@@ -354,6 +457,6 @@ impl RaftRpc for RaftService {
             }
             None => reads.check_local().await,
         };
-        Ok(Response::new(crate::read_index::reply_of(&barrier)))
+        Ok(crate::read_index::reply_of(&barrier))
     }
 }

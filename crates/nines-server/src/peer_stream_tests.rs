@@ -1,0 +1,168 @@
+use std::time::Duration;
+
+use futures::StreamExt;
+use nines_proto::{ProbeReply, ProbeRequest, RaftReply, RaftRequest};
+use nines_proto::{ReadIndexReply, ReadIndexRequest};
+
+use super::*;
+
+/// A leader that answers each ask with `index = vote_term` after
+/// `vote_leader` × 10 ms, one at a time and in order, over the stream
+/// (unless `streams` is false: then only unary asks).
+struct SlowLeader {
+    streams: bool,
+}
+
+type Unary = Result<tonic::Response<RaftReply>, Status>;
+type Replies = futures::stream::BoxStream<'static, Result<ReadIndexReply, Status>>;
+
+async fn answer(ask: ReadIndexRequest) -> ReadIndexReply {
+    tokio::time::sleep(Duration::from_millis(ask.vote_leader * 10)).await;
+    ReadIndexReply {
+        outcome: 0,
+        index: ask.vote_term,
+        leader_id: 0,
+    }
+}
+
+#[tonic::async_trait]
+impl nines_proto::raft_server::Raft for SlowLeader {
+    async fn append_entries(&self, _: tonic::Request<RaftRequest>) -> Unary {
+        Err(Status::unimplemented("test peer"))
+    }
+    type AppendStreamStream = futures::stream::Empty<Result<RaftReply, Status>>;
+    async fn append_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<RaftRequest>>,
+    ) -> Result<tonic::Response<Self::AppendStreamStream>, Status> {
+        Err(Status::unimplemented("test peer"))
+    }
+    async fn vote(&self, _: tonic::Request<RaftRequest>) -> Unary {
+        Err(Status::unimplemented("test peer"))
+    }
+    async fn install_snapshot(&self, _: tonic::Request<RaftRequest>) -> Unary {
+        Err(Status::unimplemented("test peer"))
+    }
+    async fn pre_vote(&self, _: tonic::Request<RaftRequest>) -> Unary {
+        Err(Status::unimplemented("test peer"))
+    }
+    async fn probe(
+        &self,
+        _: tonic::Request<ProbeRequest>,
+    ) -> Result<tonic::Response<ProbeReply>, Status> {
+        Err(Status::unimplemented("test peer"))
+    }
+    async fn read_index(
+        &self,
+        r: tonic::Request<ReadIndexRequest>,
+    ) -> Result<tonic::Response<ReadIndexReply>, Status> {
+        Ok(tonic::Response::new(answer(r.into_inner()).await))
+    }
+    type ReadIndexStreamStream = Replies;
+    async fn read_index_stream(
+        &self,
+        r: tonic::Request<tonic::Streaming<ReadIndexRequest>>,
+    ) -> Result<tonic::Response<Replies>, Status> {
+        if !self.streams {
+            return Err(Status::unimplemented("an older peer"));
+        }
+        let replies = r
+            .into_inner()
+            .then(|ask| async move { Ok(answer(ask?).await) });
+        Ok(tonic::Response::new(replies.boxed()))
+    }
+    type VoteCheckStreamStream =
+        futures::stream::Empty<Result<nines_proto::VoteCheckReply, Status>>;
+    async fn vote_check_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<nines_proto::VoteCheckRequest>>,
+    ) -> Result<tonic::Response<Self::VoteCheckStreamStream>, Status> {
+        Err(Status::unimplemented("test peer"))
+    }
+}
+
+async fn leader(streams: bool) -> (String, Channel) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(nines_proto::raft_server::RaftServer::new(SlowLeader {
+                streams,
+            }))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    (addr, channel)
+}
+
+fn ask(index: u64, delay_tens_of_ms: u64) -> ReadIndexRequest {
+    ReadIndexRequest {
+        vote_term: index,
+        vote_leader: delay_tens_of_ms,
+        ..Default::default()
+    }
+}
+
+/// The append stream's failure (CI, 2026-12-06) with asks: a read index
+/// taken from an earlier ask's late reply could be older than the reads
+/// waiting on this one need.
+#[tokio::test]
+async fn a_dropped_ask_never_lends_its_reply_to_the_next() {
+    let (addr, channel) = leader(true).await;
+    let streams = StreamPool::<Ask>::default();
+    let first = streams.exchange(&addr, channel.clone(), ask(1, 0)).await;
+    assert_eq!(first.unwrap().index, 1);
+    assert_eq!(streams.idle(&addr), 1, "the stream kept for the next ask");
+    // Given up on while the leader is still answering (500 ms).
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        streams.exchange(&addr, channel.clone(), ask(2, 50)),
+    )
+    .await;
+    assert!(dropped.is_err(), "the slow ask was dropped by the caller");
+    let next = streams.exchange(&addr, channel.clone(), ask(3, 0)).await;
+    assert_eq!(next.unwrap().index, 3, "a reply taken for another ask");
+}
+
+#[tokio::test]
+async fn asks_to_a_leader_without_the_stream_go_unary() {
+    let (addr, channel) = leader(false).await;
+    let streams = StreamPool::<Ask>::default();
+    for index in 1..=3 {
+        let reply = streams
+            .exchange(&addr, channel.clone(), ask(index, 0))
+            .await;
+        assert_eq!(reply.unwrap().index, index);
+    }
+    assert_eq!(streams.idle(&addr), 0, "no stream kept: unary from now on");
+}
+
+#[tokio::test]
+async fn an_unreachable_leader_is_an_error_and_leaves_nothing_behind() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let streams = StreamPool::<Ask>::default();
+    let reply = streams.exchange(&addr, channel, ask(1, 0)).await;
+    assert!(reply.is_err());
+    assert_eq!(streams.idle(&addr), 0);
+}
+
+/// Exchanges that overlap (a round moving on at a quorum while the
+/// slowest peer still answers) each get a stream; both are kept.
+#[tokio::test]
+async fn overlapping_exchanges_each_get_a_stream_and_keep_it() {
+    let (addr, channel) = leader(true).await;
+    let streams = StreamPool::<Ask>::default();
+    let (a, b) = tokio::join!(
+        streams.exchange(&addr, channel.clone(), ask(1, 5)),
+        streams.exchange(&addr, channel.clone(), ask(2, 0)),
+    );
+    assert_eq!((a.unwrap().index, b.unwrap().index), (1, 2));
+    assert_eq!(streams.idle(&addr), 2);
+}

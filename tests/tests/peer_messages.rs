@@ -464,6 +464,50 @@ async fn read_index_requests_are_answered_only_for_members() {
         replies.message().await.expect("ended cleanly").is_none(),
         "one reply per ask"
     );
+
+    // Vote checks: the same refusals; a member gets the saved vote, which
+    // in a stable cluster names the leader in its term.
+    let check = |target, cluster_id, from| pb::v1::VoteCheckRequest {
+        target,
+        cluster_id,
+        from,
+    };
+    let mut at_follower = peer(&cluster, follower).await;
+    for (request, code) in [
+        (check(follower, cluster_id, 77), Code::PermissionDenied),
+        (
+            check(follower, cluster_id, follower),
+            Code::PermissionDenied,
+        ),
+        (check(leader, cluster_id, leader), Code::FailedPrecondition),
+        (
+            check(follower, cluster_id ^ 1, leader),
+            Code::FailedPrecondition,
+        ),
+    ] {
+        let mut replies = at_follower
+            .vote_check_stream(futures::stream::iter([request, request]))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        let err = replies.message().await.unwrap_err();
+        assert_eq!(err.code(), code, "{request:?}: {err}");
+        assert!(
+            !matches!(replies.message().await, Ok(Some(_))),
+            "a refused stream answered again"
+        );
+    }
+    let mut replies = at_follower
+        .vote_check_stream(futures::stream::iter(
+            [check(follower, cluster_id, leader); 2],
+        ))
+        .await
+        .expect("stream opened")
+        .into_inner();
+    for _ in 0..2 {
+        let reply = replies.message().await.expect("answered").expect("a reply");
+        assert_eq!((reply.term, reply.leader), (term, leader), "{reply:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

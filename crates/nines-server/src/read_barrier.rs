@@ -146,16 +146,16 @@ impl ReadBarrier {
 
     async fn run(&self, source: Source) {
         loop {
-            if let Source::Leader = source {
-                // An ask costs a call to the leader: let reads a round or
-                // two behind share it (`gather.rs`). The leader's own
-                // rounds do not wait: no gain measured there.
-                let waiting = || {
-                    let pending = self.batch(source).lock();
-                    pending.unwrap_or_else(|e| e.into_inner()).waiters.len()
-                };
-                crate::gather::while_arriving(waiting, crate::gather::ROUNDS).await;
-            }
+            // An ask or a check costs messages to peers: let reads a round
+            // or two behind share it (`gather.rs`). For the leader's own
+            // checks, two alternating pairs of `nines bench --workload get
+            // --clients 64 --connections 8` on fresh clusters: 39,143 and
+            // 34,218 ops/s without, 42,137 and 38,925 with.
+            let waiting = || {
+                let pending = self.batch(source).lock();
+                pending.unwrap_or_else(|e| e.into_inner()).waiters.len()
+            };
+            crate::gather::while_arriving(waiting, crate::gather::ROUNDS).await;
             // Every waiter taken here arrived before this round starts (and
             // so before the leader hears of it): the property that makes
             // sharing the round safe.

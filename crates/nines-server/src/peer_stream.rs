@@ -31,6 +31,11 @@ const MAX_ADDRESSES: usize = 16;
 /// at a quorum's replies while the slowest peer's is still out.
 const MAX_IDLE: usize = 4;
 
+/// Exchanges in flight per address, past which more fail at once: a peer
+/// that stopped answering (paused, cut off) would otherwise collect one
+/// stream per leadership check until each timed out.
+const MAX_IN_FLIGHT: usize = 4;
+
 /// One kind of exchange: how to open its stream, and its unary fallback
 /// for a peer without the stream (an older version).
 pub trait Exchange: Send + Sync + 'static {
@@ -55,6 +60,7 @@ struct Slot<E: Exchange> {
     /// The peer has no such stream: unary calls.
     unary: bool,
     idle: Vec<Stream<E>>,
+    in_flight: usize,
 }
 
 impl<E: Exchange> Default for Slot<E> {
@@ -62,6 +68,21 @@ impl<E: Exchange> Default for Slot<E> {
         Self {
             unary: false,
             idle: Vec::new(),
+            in_flight: 0,
+        }
+    }
+}
+
+/// Counts an exchange in flight until dropped (finished or abandoned).
+struct InFlight<'a, E: Exchange> {
+    pool: &'a StreamPool<E>,
+    addr: &'a str,
+}
+
+impl<E: Exchange> Drop for InFlight<'_, E> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.pool.lock().get_mut(self.addr) {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
         }
     }
 }
@@ -93,7 +114,8 @@ impl<E: Exchange> StreamPool<E> {
         channel: Channel,
         request: E::Request,
     ) -> Result<E::Reply, Status> {
-        let mut stream = match self.take(addr) {
+        let (taken, _in_flight) = self.take(addr)?;
+        let mut stream = match taken {
             Err(Unary) => return E::unary(channel, request).await,
             Ok(Some(stream)) => stream,
             Ok(None) => {
@@ -126,23 +148,38 @@ impl<E: Exchange> StreamPool<E> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take(&self, addr: &str) -> Result<Option<Stream<E>>, Unary> {
-        let mut map = self.lock();
-        match map.get_mut(addr) {
-            Some(slot) if slot.unary => Err(Unary),
-            Some(slot) => Ok(slot.idle.pop()),
-            None => Ok(None),
-        }
-    }
-
-    fn put(&self, addr: &str, stream: Stream<E>) {
+    /// An idle stream for `addr` (or none, or the word to call unary),
+    /// counted in flight; refused while `MAX_IN_FLIGHT` are out.
+    #[allow(clippy::type_complexity)]
+    fn take<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> Result<(Result<Option<Stream<E>>, Unary>, InFlight<'a, E>), Status> {
         let mut map = self.lock();
         if map.len() >= MAX_ADDRESSES && !map.contains_key(addr) {
             map.clear();
         }
         let slot = map.entry(addr.to_string()).or_default();
-        if slot.idle.len() < MAX_IDLE {
-            slot.idle.push(stream);
+        if slot.in_flight >= MAX_IN_FLIGHT {
+            return Err(Status::unavailable(format!(
+                "{MAX_IN_FLIGHT} exchanges with {addr} unanswered"
+            )));
+        }
+        slot.in_flight += 1;
+        let taken = if slot.unary {
+            Err(Unary)
+        } else {
+            Ok(slot.idle.pop())
+        };
+        Ok((taken, InFlight { pool: self, addr }))
+    }
+
+    fn put(&self, addr: &str, stream: Stream<E>) {
+        let mut map = self.lock();
+        if let Some(slot) = map.get_mut(addr) {
+            if slot.idle.len() < MAX_IDLE {
+                slot.idle.push(stream);
+            }
         }
     }
 

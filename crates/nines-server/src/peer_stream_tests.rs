@@ -166,3 +166,32 @@ async fn overlapping_exchanges_each_get_a_stream_and_keep_it() {
     assert_eq!((a.unwrap().index, b.unwrap().index), (1, 2));
     assert_eq!(streams.idle(&addr), 2);
 }
+
+/// A peer that stopped answering holds at most `MAX_IN_FLIGHT` exchanges;
+/// more fail at once instead of piling up until each times out.
+#[tokio::test]
+async fn a_stuck_peer_holds_only_so_many_exchanges() {
+    let (addr, channel) = leader(true).await;
+    let streams = StreamPool::<Ask>::default();
+    let mut slow = Vec::new();
+    for i in 0..MAX_IN_FLIGHT as u64 {
+        let (streams, addr, channel) = (streams.clone(), addr.clone(), channel.clone());
+        slow.push(tokio::spawn(async move {
+            streams.exchange(&addr, channel, ask(i, 50)).await
+        }));
+    }
+    // Let the slow ones take their places.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let refused = streams.exchange(&addr, channel.clone(), ask(9, 0)).await;
+    assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "refused at once"
+    );
+    for task in slow {
+        task.await.unwrap().expect("the slow ones are answered");
+    }
+    let again = streams.exchange(&addr, channel, ask(10, 0)).await;
+    assert_eq!(again.unwrap().index, 10, "places freed once answered");
+}

@@ -40,6 +40,20 @@ fn value_of(resp: &pb::RangeResponse) -> Option<String> {
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
 }
 
+/// Writes k = "before" through `leader`, reads it at `reader` (whose
+/// client is returned), then pauses the leader (SIGSTOP).
+async fn write_read_and_pause(cluster: &Cluster, leader: u64, reader: u64) -> KvClient<Channel> {
+    cluster
+        .client_of(leader)
+        .put("k", "before")
+        .await
+        .expect("put");
+    let mut kv = kv_of(cluster, reader).await;
+    read(&mut kv, "k").await.expect("warm-up read");
+    cluster.signal(leader, libc::SIGSTOP);
+    kv
+}
+
 /// The leader the members other than `old` agree on (`old` is paused and
 /// cannot be asked).
 async fn new_leader(cluster: &Cluster, old: u64) -> u64 {
@@ -144,15 +158,7 @@ async fn a_read_at_a_follower_of_a_paused_leader_ends_with_the_new_leader() {
         .map(|n| n.id)
         .find(|&id| id != leader)
         .unwrap();
-    cluster
-        .client_of(leader)
-        .put("k", "before")
-        .await
-        .expect("put");
-    let mut at_follower = kv_of(&cluster, follower).await;
-    read(&mut at_follower, "k").await.expect("warm-up read");
-
-    cluster.signal(leader, libc::SIGSTOP);
+    let mut at_follower = write_read_and_pause(&cluster, leader, follower).await;
     let start = Instant::now();
     let result = read(&mut at_follower, "k").await;
     let took = start.elapsed();
@@ -213,16 +219,9 @@ async fn the_leader_confirms_its_own_reads_by_its_voters_saved_votes() {
 async fn a_deposed_leader_never_serves_a_read_from_its_stale_state() {
     let (cluster, _metrics) = metrics_cluster(&[]);
     let leader = cluster.stable_leader(GENEROUS).await;
-    cluster
-        .client_of(leader)
-        .put("k", "before")
-        .await
-        .expect("put");
-    let mut at_old = kv_of(&cluster, leader).await;
-    // Opens the vote check streams the read after the pause would reuse.
-    read(&mut at_old, "k").await.expect("warm-up read");
-
-    cluster.signal(leader, libc::SIGSTOP);
+    // The warm-up read opens the vote check streams the read after the
+    // pause reuses.
+    let mut at_old = write_read_and_pause(&cluster, leader, leader).await;
     let new_leader = new_leader(&cluster, leader).await;
     cluster
         .client_of(new_leader)

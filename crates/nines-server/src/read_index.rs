@@ -141,12 +141,12 @@ pub fn vouched_index(v: &Vouch<'_>) -> Option<u64> {
     (mine && offered && leading && quorum && own_term).then_some(applied.index.max(v.committed))
 }
 
+/// Votes and voter sets for the tests here and in `vote_check.rs`.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use openraft::CommittedLeaderId;
 
-    fn vote(term: u64, node: NodeId, committed: bool) -> Vote {
+    pub(crate) fn vote(term: u64, node: NodeId, committed: bool) -> Vote {
         let mut v = Vote::new(term, node);
         if committed {
             v.commit();
@@ -154,9 +154,16 @@ mod tests {
         v
     }
 
-    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+    pub(crate) fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
         ids.iter().copied().collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{set, vote};
+    use super::*;
+    use openraft::CommittedLeaderId;
 
     /// Leader 1 in term 5 with entry 40 of its term applied; 2 asks.
     fn base(voters: &[BTreeSet<NodeId>]) -> Vouch<'_> {

@@ -1,17 +1,6 @@
 use super::*;
+use crate::read_index::testing::{set, vote};
 use openraft::CommittedLeaderId;
-
-fn vote(term: u64, node: NodeId, committed: bool) -> Vote {
-    let mut v = Vote::new(term, node);
-    if committed {
-        v.commit();
-    }
-    v
-}
-
-fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
-    ids.iter().copied().collect()
-}
 
 /// Leader 1 in term 5, entry 40 of its term applied, 42 committed.
 fn base(voters: &[BTreeSet<NodeId>]) -> Own<'_> {

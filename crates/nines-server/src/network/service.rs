@@ -143,6 +143,18 @@ impl RaftService {
         })
     }
 
+    /// Refuses a request for another node or cluster (the probe, read
+    /// index asks and vote checks; Raft messages go through `check`).
+    fn addressed(&self, target: NodeId, cluster_id: u64) -> Result<(), Status> {
+        if target != self.id || cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {} of cluster {:x}, not node {} of cluster {:x}",
+                self.id, self.cluster_id, target, cluster_id
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs `check` against this node's current term and membership.
     fn guard(
         &self,
@@ -289,12 +301,7 @@ impl RaftRpc for RaftService {
         request: Request<nines_proto::ProbeRequest>,
     ) -> Result<Response<nines_proto::ProbeReply>, Status> {
         let req = request.get_ref();
-        if req.target != self.id || req.cluster_id != self.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "this is node {} of cluster {:x}, not node {} of cluster {:x}",
-                self.id, self.cluster_id, req.target, req.cluster_id
-            )));
-        }
+        self.addressed(req.target, req.cluster_id)?;
         Ok(Response::new(nines_proto::ProbeReply {
             id: self.id,
             cluster_id: self.cluster_id,
@@ -381,12 +388,7 @@ impl RaftService {
         &self,
         req: &nines_proto::VoteCheckRequest,
     ) -> Result<nines_proto::VoteCheckReply, Status> {
-        if req.target != self.id || req.cluster_id != self.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "this is node {} of cluster {:x}, not node {} of cluster {:x}",
-                self.id, self.cluster_id, req.target, req.cluster_id
-            )));
-        }
+        self.addressed(req.target, req.cluster_id)?;
         if req.from == self.id {
             return Err(self.refused(&Refused::FromMyself(req.from)));
         }
@@ -421,12 +423,7 @@ impl RaftService {
         &self,
         req: &nines_proto::ReadIndexRequest,
     ) -> Result<nines_proto::ReadIndexReply, Status> {
-        if req.target != self.id || req.cluster_id != self.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "this is node {} of cluster {:x}, not node {} of cluster {:x}",
-                self.id, self.cluster_id, req.target, req.cluster_id
-            )));
-        }
+        self.addressed(req.target, req.cluster_id)?;
         // One borrow of the metrics for both; dropped before any await.
         let (member, vouched) = {
             let metrics = self.raft.server_metrics();

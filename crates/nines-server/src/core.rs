@@ -42,8 +42,9 @@ pub struct NodeCore {
     pub lessor: crate::lease::Lessor,
     /// Requests waiting for this member to apply an index or a revision.
     pub waits: Arc<crate::applied_waits::AppliedWaits>,
-    /// The highest commit index sent to a follower (`read_index.rs`).
-    pub commit_told: crate::read_index::CommitTold,
+    /// Where the leader's read indexes are read from (`read_index.rs`):
+    /// the peer service's vouched answers and the vote checks share it.
+    pub read_state: crate::read_index::ReadState,
 }
 
 impl NodeCore {

@@ -145,6 +145,12 @@ impl NinesNode {
             None => None,
         };
         let config = Arc::new(config);
+        // What the leader's read indexes are read from (`read_index.rs`).
+        let read_state = crate::read_index::ReadState {
+            log: log.clone(),
+            reader: reader.clone(),
+            commit_told,
+        };
         let core = Arc::new(NodeCore {
             id: config.id,
             cluster_id,
@@ -164,9 +170,7 @@ impl NinesNode {
                 id: config.id,
                 cluster_id,
                 pool: pool.clone(),
-                log: log.clone(),
-                reader: reader.clone(),
-                commit_told: commit_told.clone(),
+                state: read_state.clone(),
                 streams: Default::default(),
             }),
             proposer: Proposer::start(raft.clone(), counters.clone(), config.request_timeout),
@@ -179,7 +183,7 @@ impl NinesNode {
             config: config.clone(),
             pool,
             peers,
-            commit_told,
+            read_state,
         });
         let reads = Arc::new(ReadLimiter::new(
             config.max_concurrent_reads,
@@ -426,11 +430,7 @@ async fn serve_peer(
             core.counters.clone(),
         )
         .with_reads(core.barrier.clone())
-        .with_vouching(crate::network::Vouching {
-            log: election.log.clone(),
-            reader: core.reader.clone(),
-            commit_told: core.commit_told.clone(),
-        })
+        .with_vouching(core.read_state.clone())
         .with_election(election),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -106,39 +106,89 @@ impl CommitTold {
     }
 }
 
+/// What a leader knows of itself, read after the reads or the ask that
+/// its read index is for arrived: the base of a vouched answer here and of
+/// a vote check (`vote_check.rs`).
+pub struct Own<'a> {
+    pub me: NodeId,
+    /// What openraft last reported: its state and vote.
+    pub state: ServerState,
+    pub reported: Vote,
+    /// This node's saved vote.
+    pub saved: Option<Vote>,
+    /// The voter sets of the membership in effect (two while joint).
+    pub voters: &'a [BTreeSet<NodeId>],
+    pub applied: Option<LogId>,
+    /// The highest commit index saved or sent to a follower ([`CommitTold`]).
+    pub committed: u64,
+}
+
+impl Own<'_> {
+    /// This leader's term and read index, or None unless it is a settled
+    /// leader (its committed saved vote, the one openraft reports) that has
+    /// applied an entry of its own term (so everything committed before it
+    /// led is applied too).
+    pub fn read_index(&self) -> Option<(u64, u64)> {
+        let saved = self.saved?;
+        let term = saved.leader_id.term;
+        let mine = saved.committed && saved.leader_id.node_id == self.me;
+        let leading = self.state == ServerState::Leader && self.reported == saved;
+        let applied = self.applied?;
+        let own_term = applied.leader_id.term == term && applied.leader_id.node_id == self.me;
+        // Not the applied index alone: a follower may have applied further.
+        (mine && leading && own_term).then_some((term, applied.index.max(self.committed)))
+    }
+}
+
+/// Where a leader reads [`Own`] from.
+#[derive(Clone)]
+pub struct ReadState {
+    pub log: nines_log::LogStore,
+    pub reader: nines_state::StateReader,
+    pub commit_told: CommitTold,
+}
+
+impl ReadState {
+    /// [`Own`] as of now, with `m` the server metrics the caller borrowed.
+    pub fn own<'a>(
+        &self,
+        me: NodeId,
+        m: &'a openraft::metrics::RaftServerMetrics<NodeId, Node>,
+    ) -> Own<'a> {
+        Own {
+            me,
+            state: m.state,
+            reported: m.vote,
+            saved: self.log.saved_vote(),
+            voters: m.membership_config.membership().get_joint_config(),
+            applied: self.reader.last_applied(),
+            committed: self
+                .log
+                .committed_index()
+                .unwrap_or(0)
+                .max(self.commit_told.get()),
+        }
+    }
+}
+
 /// What a leader knows when an ask offers the asker's vote.
 pub struct Vouch<'a> {
-    pub me: NodeId,
+    /// Read after the ask arrived.
+    pub own: Own<'a>,
     pub asker: NodeId,
     /// The asker's saved vote: its term and the node it names.
     pub offered_term: u64,
     pub offered_leader: NodeId,
-    /// This node's saved vote, read after the ask arrived.
-    pub saved: Option<Vote>,
-    /// What openraft last reported: its state and vote.
-    pub state: ServerState,
-    pub reported: Vote,
-    /// The voter sets of the membership in effect (two while joint).
-    pub voters: &'a [BTreeSet<NodeId>],
-    pub applied: Option<LogId>,
-    /// The highest commit index saved or sent to a follower ([`CommitTold`]),
-    /// read after the ask arrived.
-    pub committed: u64,
 }
 
 /// The read index an ask's vote earns without a heartbeat round, or None
 /// when the leader must run one (see the module doc for why this is safe).
 pub fn vouched_index(v: &Vouch<'_>) -> Option<u64> {
-    let saved = v.saved?;
-    let term = saved.leader_id.term;
-    let mine = saved.committed && saved.leader_id.node_id == v.me;
-    let offered = v.offered_term == term && v.offered_leader == v.me && v.asker != v.me;
-    let leading = v.state == ServerState::Leader && v.reported == saved;
-    let quorum = crate::election::has_quorum(v.voters, &BTreeSet::from([v.me, v.asker]));
-    let applied = v.applied?;
-    let own_term = applied.leader_id.term == term && applied.leader_id.node_id == v.me;
-    // Not the applied index alone: a follower may have applied further.
-    (mine && offered && leading && quorum && own_term).then_some(applied.index.max(v.committed))
+    let (term, index) = v.own.read_index()?;
+    let me = v.own.me;
+    let offered = v.offered_term == term && v.offered_leader == me && v.asker != me;
+    let quorum = crate::election::has_quorum(v.own.voters, &BTreeSet::from([me, v.asker]));
+    (offered && quorum).then_some(index)
 }
 
 /// Votes and voter sets for the tests here and in `vote_check.rs`.
@@ -165,13 +215,10 @@ mod tests {
     use super::*;
     use openraft::CommittedLeaderId;
 
-    /// Leader 1 in term 5 with entry 40 of its term applied; 2 asks.
-    fn base(voters: &[BTreeSet<NodeId>]) -> Vouch<'_> {
-        Vouch {
+    /// Leader 1 in term 5 with entry 40 of its term applied.
+    fn base_own(voters: &[BTreeSet<NodeId>]) -> Own<'_> {
+        Own {
             me: 1,
-            asker: 2,
-            offered_term: 5,
-            offered_leader: 1,
             saved: Some(vote(5, 1, true)),
             state: ServerState::Leader,
             reported: vote(5, 1, true),
@@ -181,13 +228,26 @@ mod tests {
         }
     }
 
+    /// That leader; 2 asks.
+    fn base(voters: &[BTreeSet<NodeId>]) -> Vouch<'_> {
+        Vouch {
+            own: base_own(voters),
+            asker: 2,
+            offered_term: 5,
+            offered_leader: 1,
+        }
+    }
+
     #[test]
     fn the_answer_covers_commits_followers_were_told_of_before_the_leader_applied_them() {
         let three = [set(&[1, 2, 3])];
         // Entries 41-45 are committed and sent to followers, who may have
         // applied them; the leader has applied up to 40 only.
         let v = Vouch {
-            committed: 45,
+            own: Own {
+                committed: 45,
+                ..base_own(&three)
+            },
             ..base(&three)
         };
         assert_eq!(vouched_index(&v), Some(45));
@@ -258,49 +318,70 @@ mod tests {
             (
                 "saved vote moved on",
                 Vouch {
-                    saved: Some(vote(6, 3, false)),
+                    own: Own {
+                        saved: Some(vote(6, 3, false)),
+                        ..base_own(&three)
+                    },
                     ..base(&three)
                 },
             ),
             (
                 "saved vote not committed",
                 Vouch {
-                    saved: Some(vote(5, 1, false)),
+                    own: Own {
+                        saved: Some(vote(5, 1, false)),
+                        ..base_own(&three)
+                    },
                     ..base(&three)
                 },
             ),
             (
                 "no saved vote",
                 Vouch {
-                    saved: None,
+                    own: Own {
+                        saved: None,
+                        ..base_own(&three)
+                    },
                     ..base(&three)
                 },
             ),
             (
                 "not leading",
                 Vouch {
-                    state: ServerState::Follower,
+                    own: Own {
+                        state: ServerState::Follower,
+                        ..base_own(&three)
+                    },
                     ..base(&three)
                 },
             ),
             (
                 "report behind",
                 Vouch {
-                    reported: vote(4, 1, true),
+                    own: Own {
+                        reported: vote(4, 1, true),
+                        ..base_own(&three)
+                    },
                     ..base(&three)
                 },
             ),
             (
                 "nothing of its own term applied",
                 Vouch {
-                    applied: Some(LogId::new(CommittedLeaderId::new(4, 2), 39)),
+                    own: Own {
+                        applied: Some(LogId::new(CommittedLeaderId::new(4, 2), 39)),
+                        ..base_own(&three)
+                    },
                     ..base(&three)
                 },
             ),
             (
                 "nothing applied",
                 Vouch {
-                    applied: None,
+                    own: Own {
+                        applied: None,
+                        ..base_own(&three)
+                    },
                     ..base(&three)
                 },
             ),

@@ -26,12 +26,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use nines_proto::{VoteCheckReply, VoteCheckRequest};
-use nines_types::{LogId, NodeId, Raft, Vote};
-use openraft::ServerState;
+use nines_types::{NodeId, Raft};
 
 use crate::network::ChannelPool;
 use crate::peer_stream::{Check, StreamPool};
-use crate::read_index::CommitTold;
+use crate::read_index::{Own, ReadState};
 
 /// What a leader needs to check its own leadership.
 #[derive(Clone)]
@@ -40,9 +39,8 @@ pub struct Checker {
     pub cluster_id: u64,
     /// Channels on the runtime the reads run on.
     pub pool: ChannelPool,
-    pub log: nines_log::LogStore,
-    pub reader: nines_state::StateReader,
-    pub commit_told: CommitTold,
+    /// Where this leader's saved vote, applied index and commits are read.
+    pub state: ReadState,
     pub streams: StreamPool<Check>,
 }
 
@@ -57,30 +55,12 @@ pub struct Standing {
     pub index: u64,
 }
 
-/// What the leader knows of itself when a check starts.
-pub struct Own<'a> {
-    pub me: NodeId,
-    pub state: ServerState,
-    /// openraft's last report of the vote, and the vote saved on disk.
-    pub reported: Vote,
-    pub saved: Option<Vote>,
-    pub voters: &'a [BTreeSet<NodeId>],
-    pub applied: Option<LogId>,
-    /// Saved or told commits (`CommitTold`).
-    pub committed: u64,
-}
-
 /// The check's starting point, or None when this node must not (or cannot
 /// usefully) check this way: not a settled leader, or nothing of its own
 /// term applied yet (so older commits may still be unapplied).
 pub fn standing(own: &Own<'_>, addr_of: impl Fn(NodeId) -> Option<String>) -> Option<Standing> {
-    let saved = own.saved?;
-    let term = saved.leader_id.term;
-    let mine = saved.committed && saved.leader_id.node_id == own.me;
-    let leading = own.state == ServerState::Leader && own.reported == saved;
-    let applied = own.applied?;
-    let own_term = applied.leader_id.term == term && applied.leader_id.node_id == own.me;
-    if !(mine && leading && own_term) || own.voters.is_empty() {
+    let (term, index) = own.read_index()?;
+    if own.voters.is_empty() {
         return None;
     }
     let ids: BTreeSet<NodeId> = own.voters.iter().flatten().copied().collect();
@@ -92,7 +72,7 @@ pub fn standing(own: &Own<'_>, addr_of: impl Fn(NodeId) -> Option<String>) -> Op
         term,
         voters: own.voters.to_vec(),
         others,
-        index: applied.index.max(own.committed),
+        index,
     })
 }
 
@@ -109,19 +89,7 @@ impl Checker {
             let metrics = raft.server_metrics();
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
-            let own = Own {
-                me: self.id,
-                state: m.state,
-                reported: m.vote,
-                saved: self.log.saved_vote(),
-                voters: membership.get_joint_config(),
-                applied: self.reader.last_applied(),
-                committed: self
-                    .log
-                    .committed_index()
-                    .unwrap_or(0)
-                    .max(self.commit_told.get()),
-            };
+            let own = self.state.own(self.id, &m);
             standing(&own, |id| {
                 membership.get_node(&id).map(|n| n.raft_addr.clone())
             })?

@@ -1,6 +1,7 @@
 use super::*;
 use crate::read_index::testing::{set, vote};
-use openraft::CommittedLeaderId;
+use nines_types::LogId;
+use openraft::{CommittedLeaderId, ServerState};
 
 /// Leader 1 in term 5, entry 40 of its term applied, 42 committed.
 fn base(voters: &[BTreeSet<NodeId>]) -> Own<'_> {

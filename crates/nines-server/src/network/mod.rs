@@ -9,4 +9,4 @@ mod service;
 
 pub use client::{ChannelPool, NetworkFactory, MAX_MESSAGE_BYTES};
 pub use peers::PeerLiveness;
-pub use service::{RaftService, Vouching};
+pub use service::RaftService;

@@ -35,15 +35,7 @@ pub struct RaftService {
     reads: Option<ReadBarrier>,
     /// This node's saved vote and applied index, with which an ask that
     /// offers a vote is answered without a round (`read_index.rs`).
-    vouching: Option<Vouching>,
-}
-
-/// What a vouched answer is read from (`read_index.rs`).
-#[derive(Clone)]
-pub struct Vouching {
-    pub log: nines_log::LogStore,
-    pub reader: nines_state::StateReader,
-    pub commit_told: crate::read_index::CommitTold,
+    vouching: Option<crate::read_index::ReadState>,
 }
 
 impl RaftService {
@@ -62,7 +54,7 @@ impl RaftService {
         }
     }
 
-    pub fn with_vouching(mut self, vouching: Vouching) -> Self {
+    pub fn with_vouching(mut self, vouching: crate::read_index::ReadState) -> Self {
         self.vouching = Some(vouching);
         self
     }
@@ -74,28 +66,17 @@ impl RaftService {
         req: &nines_proto::ReadIndexRequest,
         m: &openraft::metrics::RaftServerMetrics<NodeId, nines_types::Node>,
     ) -> Option<u64> {
-        let Vouching {
-            log,
-            reader,
-            commit_told,
-        } = self.vouching.as_ref()?;
+        let state = self.vouching.as_ref()?;
         if req.vote_term == 0 {
             return None;
         }
         // The saved vote is read after the ask arrived (the module doc of
         // read_index.rs); the applied index may be read at any time after.
-        let saved = log.saved_vote();
         crate::read_index::vouched_index(&crate::read_index::Vouch {
-            me: self.id,
+            own: state.own(self.id, m),
             asker: req.from,
             offered_term: req.vote_term,
             offered_leader: req.vote_leader,
-            saved,
-            state: m.state,
-            reported: m.vote,
-            voters: m.membership_config.membership().get_joint_config(),
-            applied: reader.last_applied(),
-            committed: log.committed_index().unwrap_or(0).max(commit_told.get()),
         })
     }
 

@@ -102,8 +102,13 @@ impl<E: Exchange> Default for StreamPool<E> {
     }
 }
 
-/// The peer takes unary calls only.
-struct Unary;
+/// What an exchange starts from, counted in flight until dropped.
+struct Taken<'a, E: Exchange> {
+    /// The peer takes unary calls only.
+    unary: bool,
+    idle: Option<Stream<E>>,
+    _in_flight: InFlight<'a, E>,
+}
 
 impl<E: Exchange> StreamPool<E> {
     /// One exchange with the peer at `addr` over `channel`, streamed when
@@ -114,11 +119,13 @@ impl<E: Exchange> StreamPool<E> {
         channel: Channel,
         request: E::Request,
     ) -> Result<E::Reply, Status> {
-        let (taken, _in_flight) = self.take(addr)?;
-        let mut stream = match taken {
-            Err(Unary) => return E::unary(channel, request).await,
-            Ok(Some(stream)) => stream,
-            Ok(None) => {
+        let taken = self.take(addr)?;
+        if taken.unary {
+            return E::unary(channel, request).await;
+        }
+        let mut stream = match taken.idle {
+            Some(stream) => stream,
+            None => {
                 let (requests, outbound) = mpsc::channel(1);
                 match E::open(channel.clone(), outbound).await {
                     Ok(replies) => Stream { requests, replies },
@@ -148,13 +155,9 @@ impl<E: Exchange> StreamPool<E> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle stream for `addr` (or none, or the word to call unary),
-    /// counted in flight; refused while `MAX_IN_FLIGHT` are out.
-    #[allow(clippy::type_complexity)]
-    fn take<'a>(
-        &'a self,
-        addr: &'a str,
-    ) -> Result<(Result<Option<Stream<E>>, Unary>, InFlight<'a, E>), Status> {
+    /// An idle stream for `addr` if there is one, or the word to call
+    /// unary; refused while `MAX_IN_FLIGHT` are out.
+    fn take<'a>(&'a self, addr: &'a str) -> Result<Taken<'a, E>, Status> {
         let mut map = self.lock();
         if map.len() >= MAX_ADDRESSES && !map.contains_key(addr) {
             map.clear();
@@ -166,12 +169,11 @@ impl<E: Exchange> StreamPool<E> {
             )));
         }
         slot.in_flight += 1;
-        let taken = if slot.unary {
-            Err(Unary)
-        } else {
-            Ok(slot.idle.pop())
-        };
-        Ok((taken, InFlight { pool: self, addr }))
+        Ok(Taken {
+            unary: slot.unary,
+            idle: if slot.unary { None } else { slot.idle.pop() },
+            _in_flight: InFlight { pool: self, addr },
+        })
     }
 
     fn put(&self, addr: &str, stream: Stream<E>) {

@@ -93,6 +93,7 @@ impl epb::watch_server::Watch for EtcdWatch {
             watchers: BTreeMap::new(),
             next_id: 0,
             key_bytes: 0,
+            progress_asked: false,
         };
         Counters::inc(&stream.hub.counters.watch_streams);
         let run = stream.run(request.into_inner());
@@ -123,7 +124,13 @@ struct StreamTask {
     next_id: i64,
     /// Sum of the watchers' `key_bytes`.
     key_bytes: usize,
+    /// A progress request waits for every watcher to be current (any
+    /// number of them asked meanwhile get one answer, as in etcd).
+    progress_asked: bool,
 }
+
+/// etcd's `clientv3.InvalidWatchID`: the id of a create it refused.
+const REFUSED_WATCH_ID: i64 = -1;
 
 /// The client is gone: end the stream.
 struct Gone;
@@ -192,7 +199,7 @@ impl StreamTask {
                                 linger_until = Some(tokio::time::Instant::now() + LINGER);
                             }
                             behind = still;
-                            Ok(())
+                            self.answer_progress().await
                         }
                         Err(gone) => Err(gone),
                     }
@@ -255,30 +262,38 @@ impl StreamTask {
                 self.send(response).await
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                // Every event at or below this revision has been sent on
-                // this stream: the slowest watcher's position.
-                let fed = self.hub.feed.fed();
-                let current = self
-                    .watchers
-                    .values()
-                    .map(|e| e.watcher.next - 1)
-                    .fold(fed, i64::min);
-                let response = epb::WatchResponse {
-                    header: self.header(current),
-                    watch_id: STREAM_WATCH_ID,
-                    ..Default::default()
-                };
-                self.send(response).await
+                // Answered once every watcher on the stream is current, as
+                // etcd does: clientv3 hands the answer to every watcher of
+                // the stream, so the slowest one's position would tell a
+                // watcher already past it that the revision went back.
+                self.progress_asked = true;
+                self.answer_progress().await
             }
             None => Ok(()),
         }
+    }
+
+    /// Answers a waiting progress request once every watcher is current:
+    /// every event up to the fed revision has then been sent.
+    async fn answer_progress(&mut self) -> Result<(), Gone> {
+        let fed = self.hub.feed.fed();
+        if !self.progress_asked || self.watchers.values().any(|e| e.watcher.next <= fed) {
+            return Ok(());
+        }
+        self.progress_asked = false;
+        let response = epb::WatchResponse {
+            header: self.header(fed),
+            watch_id: STREAM_WATCH_ID,
+            ..Default::default()
+        };
+        self.send(response).await
     }
 
     async fn create(&mut self, create: epb::WatchCreateRequest) -> Result<(), Gone> {
         let revision = self.hub.revision();
         let id = match self.pick_id(create.watch_id) {
             Ok(id) => id,
-            Err(reason) => return self.refuse(create.watch_id, revision, reason).await,
+            Err(reason) => return self.refuse(revision, reason).await,
         };
         let key_bytes = create.key.len() + create.range_end.len();
         if self.key_bytes + key_bytes > MAX_WATCH_KEY_BYTES_PER_STREAM {
@@ -286,17 +301,17 @@ impl StreamTask {
                 "too many watched key bytes on one stream (at most \
                  {MAX_WATCH_KEY_BYTES_PER_STREAM}); open another stream"
             );
-            return self.refuse(id, revision, reason).await;
+            return self.refuse(revision, reason).await;
         }
         let permitted = self
             .core
             .check_keys(&self.caller, false, &create.key, &create.range_end);
         if let Err(e) = permitted {
-            return self.refuse(id, revision, e.to_string()).await;
+            return self.refuse(revision, e.to_string()).await;
         }
         let spec = match self.spec(&create, revision) {
             Ok(spec) => spec,
-            Err(reason) => return self.refuse(id, revision, reason).await,
+            Err(reason) => return self.refuse(revision, reason).await,
         };
         let created = epb::WatchResponse {
             header: self.header(revision),
@@ -314,14 +329,21 @@ impl StreamTask {
         };
         self.key_bytes += key_bytes;
         self.watchers.insert(id, entry);
+        if create.watch_id == 0 {
+            // Past the id given out, as etcd does: a freed id is not
+            // handed out again, so a late response to a canceled watcher
+            // is never taken for a new one's.
+            self.next_id = id.saturating_add(1);
+        }
         Ok(())
     }
 
-    /// etcd's answer to a create it cannot serve: created and canceled at once.
-    async fn refuse(&self, id: i64, revision: i64, reason: String) -> Result<(), Gone> {
+    /// etcd's answer to a create it cannot serve: created and canceled at
+    /// once, with the invalid id whatever id was asked for.
+    async fn refuse(&self, revision: i64, reason: String) -> Result<(), Gone> {
         let response = epb::WatchResponse {
             header: self.header(revision),
-            watch_id: id,
+            watch_id: REFUSED_WATCH_ID,
             created: true,
             canceled: true,
             cancel_reason: reason,
@@ -483,8 +505,10 @@ impl StreamTask {
         let mut due = Vec::new();
         for (id, entry) in self.watchers.iter_mut() {
             let current = entry.watcher.next > fed;
+            // The fed revision, not the watcher's own position: one whose
+            // start is in the future is current, but only to `fed`.
             if entry.progress_notify && current && !entry.sent {
-                due.push((*id, entry.watcher.next - 1));
+                due.push((*id, fed));
             }
             entry.sent = false;
         }

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::SinkExt;
@@ -35,6 +36,12 @@ const MAX_IDLE: usize = 4;
 /// that stopped answering (paused, cut off) would otherwise collect one
 /// stream per leadership check until each timed out.
 const MAX_IN_FLIGHT: usize = 4;
+
+/// How long a peer that refused the stream is called unary before the
+/// stream is tried again: it may since have been upgraded at the same
+/// address, and a vote check has no unary form (such a voter would never
+/// confirm a read again).
+const UNARY_FOR: Duration = Duration::from_secs(30);
 
 /// One kind of exchange: how to open its stream, and its unary fallback
 /// for a peer without the stream (an older version).
@@ -57,8 +64,8 @@ struct Stream<E: Exchange> {
 }
 
 struct Slot<E: Exchange> {
-    /// The peer has no such stream: unary calls.
-    unary: bool,
+    /// The peer had no such stream: unary calls until then.
+    unary_until: Option<Instant>,
     idle: Vec<Stream<E>>,
     in_flight: usize,
 }
@@ -66,7 +73,7 @@ struct Slot<E: Exchange> {
 impl<E: Exchange> Default for Slot<E> {
     fn default() -> Self {
         Self {
-            unary: false,
+            unary_until: None,
             idle: Vec::new(),
             in_flight: 0,
         }
@@ -88,17 +95,26 @@ impl<E: Exchange> Drop for InFlight<'_, E> {
 }
 
 /// Idle streams by peer address.
-pub struct StreamPool<E: Exchange>(Arc<Mutex<HashMap<String, Slot<E>>>>);
+pub struct StreamPool<E: Exchange> {
+    slots: Arc<Mutex<HashMap<String, Slot<E>>>>,
+    unary_for: Duration,
+}
 
 impl<E: Exchange> Clone for StreamPool<E> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self {
+            slots: self.slots.clone(),
+            unary_for: self.unary_for,
+        }
     }
 }
 
 impl<E: Exchange> Default for StreamPool<E> {
     fn default() -> Self {
-        Self(Arc::default())
+        Self {
+            slots: Arc::default(),
+            unary_for: UNARY_FOR,
+        }
     }
 }
 
@@ -130,7 +146,8 @@ impl<E: Exchange> StreamPool<E> {
                 match E::open(channel.clone(), outbound).await {
                     Ok(replies) => Stream { requests, replies },
                     Err(status) if status.code() == Code::Unimplemented => {
-                        self.lock().entry(addr.to_string()).or_default().unary = true;
+                        let until = Instant::now() + self.unary_for;
+                        self.lock().entry(addr.to_string()).or_default().unary_until = Some(until);
                         return E::unary(channel, request).await;
                     }
                     Err(status) => return Err(status),
@@ -152,7 +169,7 @@ impl<E: Exchange> StreamPool<E> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot<E>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An idle stream for `addr` if there is one, or the word to call
@@ -160,7 +177,15 @@ impl<E: Exchange> StreamPool<E> {
     fn take<'a>(&'a self, addr: &'a str) -> Result<Taken<'a, E>, Status> {
         let mut map = self.lock();
         if map.len() >= MAX_ADDRESSES && !map.contains_key(addr) {
-            map.clear();
+            // Forget the peers with nothing out: a slot with exchanges in
+            // flight stays, or their guards would count down its successor
+            // and let more than `MAX_IN_FLIGHT` out.
+            map.retain(|_, slot| slot.in_flight > 0);
+            if map.len() >= MAX_ADDRESSES {
+                return Err(Status::unavailable(format!(
+                    "exchanges with {MAX_ADDRESSES} other peers unanswered"
+                )));
+            }
         }
         let slot = map.entry(addr.to_string()).or_default();
         if slot.in_flight >= MAX_IN_FLIGHT {
@@ -169,9 +194,13 @@ impl<E: Exchange> StreamPool<E> {
             )));
         }
         slot.in_flight += 1;
+        let unary = slot.unary_until.is_some_and(|until| Instant::now() < until);
+        if !unary {
+            slot.unary_until = None;
+        }
         Ok(Taken {
-            unary: slot.unary,
-            idle: if slot.unary { None } else { slot.idle.pop() },
+            unary,
+            idle: if unary { None } else { slot.idle.pop() },
             _in_flight: InFlight { pool: self, addr },
         })
     }
@@ -182,6 +211,14 @@ impl<E: Exchange> StreamPool<E> {
             if slot.idle.len() < MAX_IDLE {
                 slot.idle.push(stream);
             }
+        }
+    }
+
+    #[cfg(test)]
+    fn with_unary_for(unary_for: Duration) -> Self {
+        Self {
+            slots: Arc::default(),
+            unary_for,
         }
     }
 

@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,7 +11,7 @@ use super::*;
 /// `vote_leader` × 10 ms, one at a time and in order, over the stream
 /// (unless `streams` is false: then only unary asks).
 struct SlowLeader {
-    streams: bool,
+    streams: Arc<AtomicBool>,
 }
 
 type Unary = Result<tonic::Response<RaftReply>, Status>;
@@ -63,7 +64,7 @@ impl nines_proto::raft_server::Raft for SlowLeader {
         &self,
         r: tonic::Request<tonic::Streaming<ReadIndexRequest>>,
     ) -> Result<tonic::Response<Replies>, Status> {
-        if !self.streams {
+        if !self.streams.load(Ordering::Relaxed) {
             return Err(Status::unimplemented("an older peer"));
         }
         let replies = r
@@ -82,19 +83,36 @@ impl nines_proto::raft_server::Raft for SlowLeader {
 }
 
 async fn leader(streams: bool) -> (String, Channel) {
+    let (addr, channel, _) = upgradable_leader(streams).await;
+    (addr, channel)
+}
+
+/// A leader whose stream can be switched on later, at the same address
+/// (an upgrade).
+async fn upgradable_leader(streams: bool) -> (String, Channel, Arc<AtomicBool>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let streams = Arc::new(AtomicBool::new(streams));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(nines_proto::raft_server::RaftServer::new(SlowLeader {
-                streams,
+                streams: streams.clone(),
             }))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    (addr.clone(), lazy(&addr), streams)
+}
+
+fn lazy(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
-        .connect_lazy();
-    (addr, channel)
+        .connect_lazy()
+}
+
+/// An address nothing listens on.
+fn refused_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
 
 fn ask(index: u64, delay_tens_of_ms: u64) -> ReadIndexRequest {
@@ -141,12 +159,8 @@ async fn asks_to_a_leader_without_the_stream_go_unary() {
 
 #[tokio::test]
 async fn an_unreachable_leader_is_an_error_and_leaves_nothing_behind() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    drop(listener);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let addr = refused_addr();
+    let channel = lazy(&addr);
     let streams = StreamPool::<Ask>::default();
     let reply = streams.exchange(&addr, channel, ask(1, 0)).await;
     assert!(reply.is_err());
@@ -194,4 +208,54 @@ async fn a_stuck_peer_holds_only_so_many_exchanges() {
     }
     let again = streams.exchange(&addr, channel, ask(10, 0)).await;
     assert_eq!(again.unwrap().index, 10, "places freed once answered");
+}
+
+/// A peer that once had no stream is tried again later: it may have been
+/// upgraded at the same address. Before, it stayed unary until this node
+/// restarted (and a voter without a unary vote check never confirmed a
+/// read again).
+#[tokio::test]
+async fn a_peer_that_gains_the_stream_is_streamed_to_again() {
+    let (addr, channel, streams_on) = upgradable_leader(false).await;
+    let pool = StreamPool::<Ask>::with_unary_for(Duration::from_millis(300));
+    let reply = pool.exchange(&addr, channel.clone(), ask(1, 0)).await;
+    assert_eq!(reply.unwrap().index, 1);
+    assert_eq!(pool.idle(&addr), 0, "unary");
+    streams_on.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reply = pool.exchange(&addr, channel, ask(2, 0)).await;
+    assert_eq!(reply.unwrap().index, 2);
+    assert_eq!(pool.idle(&addr), 1, "streamed again, the stream kept");
+}
+
+/// Forgetting peers (past `MAX_ADDRESSES`) keeps the ones with exchanges
+/// out. Before, the whole map was cleared, the stuck peer's count started
+/// over at 0 and more than `MAX_IN_FLIGHT` exchanges went out to it.
+#[tokio::test]
+async fn forgetting_peers_keeps_the_count_of_exchanges_still_out() {
+    let (addr, channel) = leader(true).await;
+    let pool = StreamPool::<Ask>::default();
+    let mut slow = Vec::new();
+    for i in 0..MAX_IN_FLIGHT as u64 {
+        let (pool, addr, channel) = (pool.clone(), addr.clone(), channel.clone());
+        slow.push(tokio::spawn(async move {
+            pool.exchange(&addr, channel, ask(i, 100)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..MAX_ADDRESSES {
+        let other = refused_addr();
+        let failed = pool.exchange(&other, lazy(&other), ask(0, 0)).await;
+        assert!(failed.is_err());
+    }
+    let started = std::time::Instant::now();
+    let refused = pool.exchange(&addr, channel, ask(9, 0)).await;
+    assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
+    for task in slow {
+        task.await.unwrap().expect("the slow ones are answered");
+    }
 }

@@ -27,9 +27,10 @@ use openraft::ServerState;
 
 use crate::read_barrier::{Asker, Barrier};
 
-/// Asks `leader` for a read index. Any failure to get an answer sends the
-/// reads to the leader whole (the path every read took before), so a
-/// broken ask costs a forward, never a wrong read.
+/// Asks `leader` for a read index. A failed ask sends the reads to the
+/// leader whole (the path every read took before), so a broken ask costs a
+/// forward, never a wrong read; one not answered within `timeout` fails
+/// the reads with a timeout instead (the client retries).
 pub async fn ask(asker: &Asker, leader_id: NodeId, leader: &Node, timeout: Duration) -> Barrier {
     let forward = || Barrier::NotLeader(Some(leader_id), Some(leader.clone()));
     let Ok(channel) = asker.pool.peer(&leader.raft_addr) else {
@@ -61,8 +62,9 @@ pub async fn ask(asker: &Asker, leader_id: NodeId, leader: &Node, timeout: Durat
 fn barrier_of(reply: &ReadIndexReply) -> Option<Barrier> {
     Some(match ReadIndexOutcome::try_from(reply.outcome).ok()? {
         ReadIndexOutcome::ReadIndexOk => Barrier::ReadIndex(reply.index),
-        // The reads go to whoever the leader named, through the normal
-        // forward path (which finds that member's address itself).
+        // The reads go whole to the member asked, which forwards them to
+        // its own leader (an extra hop while leadership moves); the
+        // leader the reply names is not used.
         ReadIndexOutcome::ReadIndexNotLeader => return None,
         ReadIndexOutcome::ReadIndexQuorumLost => Barrier::QuorumLost,
         ReadIndexOutcome::ReadIndexTimeout => Barrier::Timeout,

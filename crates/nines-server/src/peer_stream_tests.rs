@@ -115,6 +115,30 @@ fn refused_addr() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+type Slow = tokio::task::JoinHandle<Result<ReadIndexReply, Status>>;
+
+/// `MAX_IN_FLIGHT` asks the leader answers only after `tens_of_ms`, once
+/// they have taken their places.
+async fn fill(pool: &StreamPool<Ask>, addr: &str, channel: &Channel, tens_of_ms: u64) -> Vec<Slow> {
+    let mut slow = Vec::new();
+    for i in 0..MAX_IN_FLIGHT as u64 {
+        let (pool, addr, channel) = (pool.clone(), addr.to_string(), channel.clone());
+        slow.push(tokio::spawn(async move {
+            pool.exchange(&addr, channel, ask(i, tens_of_ms)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    slow
+}
+
+/// One more ask is refused UNAVAILABLE, well before the slow ones end.
+async fn refused_at_once(pool: &StreamPool<Ask>, addr: &str, channel: &Channel, within: Duration) {
+    let started = std::time::Instant::now();
+    let refused = pool.exchange(addr, channel.clone(), ask(9, 0)).await;
+    assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
+    assert!(started.elapsed() < within, "refused at once");
+}
+
 fn ask(index: u64, delay_tens_of_ms: u64) -> ReadIndexRequest {
     ReadIndexRequest {
         vote_term: index,
@@ -187,22 +211,8 @@ async fn overlapping_exchanges_each_get_a_stream_and_keep_it() {
 async fn a_stuck_peer_holds_only_so_many_exchanges() {
     let (addr, channel) = leader(true).await;
     let streams = StreamPool::<Ask>::default();
-    let mut slow = Vec::new();
-    for i in 0..MAX_IN_FLIGHT as u64 {
-        let (streams, addr, channel) = (streams.clone(), addr.clone(), channel.clone());
-        slow.push(tokio::spawn(async move {
-            streams.exchange(&addr, channel, ask(i, 50)).await
-        }));
-    }
-    // Let the slow ones take their places.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = std::time::Instant::now();
-    let refused = streams.exchange(&addr, channel.clone(), ask(9, 0)).await;
-    assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
-    assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "refused at once"
-    );
+    let slow = fill(&streams, &addr, &channel, 50).await;
+    refused_at_once(&streams, &addr, &channel, Duration::from_millis(100)).await;
     for task in slow {
         task.await.unwrap().expect("the slow ones are answered");
     }
@@ -235,26 +245,13 @@ async fn a_peer_that_gains_the_stream_is_streamed_to_again() {
 async fn forgetting_peers_keeps_the_count_of_exchanges_still_out() {
     let (addr, channel) = leader(true).await;
     let pool = StreamPool::<Ask>::default();
-    let mut slow = Vec::new();
-    for i in 0..MAX_IN_FLIGHT as u64 {
-        let (pool, addr, channel) = (pool.clone(), addr.clone(), channel.clone());
-        slow.push(tokio::spawn(async move {
-            pool.exchange(&addr, channel, ask(i, 100)).await
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow = fill(&pool, &addr, &channel, 100).await;
     for _ in 0..MAX_ADDRESSES {
         let other = refused_addr();
         let failed = pool.exchange(&other, lazy(&other), ask(0, 0)).await;
         assert!(failed.is_err());
     }
-    let started = std::time::Instant::now();
-    let refused = pool.exchange(&addr, channel, ask(9, 0)).await;
-    assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "refused at once"
-    );
+    refused_at_once(&pool, &addr, &channel, Duration::from_millis(500)).await;
     for task in slow {
         task.await.unwrap().expect("the slow ones are answered");
     }

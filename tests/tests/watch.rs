@@ -14,7 +14,7 @@ use nines_tests::{Cluster, ClusterOptions};
 
 mod raw_watch;
 
-use raw_watch::{prefix, summary, RawStream, LONG};
+use raw_watch::{fast_progress, prefix, summary, RawStream, LONG};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_streams_changes_in_order_and_replays_history() {
@@ -110,10 +110,7 @@ fn put_op(key: &str, value: &str) -> epb::RequestOp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_starts_cancel_and_streams_answer_cancel_and_progress() {
-    let cluster = Cluster::start(ClusterOptions {
-        args: vec!["--experimental-watch-progress-notify-interval=200ms".into()],
-        ..Default::default()
-    });
+    let cluster = Cluster::start(fast_progress());
     cluster.wait_leader(LONG).await;
     let client = cluster.client();
     let mut last = 0;

@@ -11,7 +11,7 @@ use nines_tests::{Cluster, ClusterOptions};
 mod raw_watch;
 
 use epb::watch_request::RequestUnion;
-use raw_watch::{prefix, RawStream, LONG};
+use raw_watch::{fast_progress, prefix, RawStream, LONG};
 
 /// One watcher far behind (reading history) and one current on the same
 /// stream: the answer to a progress request waits until both are current.
@@ -84,10 +84,7 @@ async fn a_progress_answer_waits_until_every_watcher_of_the_stream_is_current() 
 /// notifications name the member's revision, not the one before its start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_notifications_never_name_a_revision_the_member_has_not_reached() {
-    let cluster = Cluster::start(ClusterOptions {
-        args: vec!["--experimental-watch-progress-notify-interval=200ms".into()],
-        ..Default::default()
-    });
+    let cluster = Cluster::start(fast_progress());
     cluster.wait_leader(LONG).await;
     let client = cluster.client_of(1);
     let revision = client

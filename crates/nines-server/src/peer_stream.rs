@@ -195,9 +195,6 @@ impl<E: Exchange> StreamPool<E> {
         }
         slot.in_flight += 1;
         let unary = slot.unary_until.is_some_and(|until| Instant::now() < until);
-        if !unary {
-            slot.unary_until = None;
-        }
         Ok(Taken {
             unary,
             idle: if unary { None } else { slot.idle.pop() },

@@ -14,6 +14,14 @@ use tonic::transport::Channel;
 
 pub const LONG: Duration = Duration::from_secs(30);
 
+/// A cluster whose members send progress notifications every 200 ms.
+pub fn fast_progress() -> nines_tests::ClusterOptions {
+    nines_tests::ClusterOptions {
+        args: vec!["--experimental-watch-progress-notify-interval=200ms".into()],
+        ..Default::default()
+    }
+}
+
 /// A raw watch stream on one member: the request sender and the responses.
 pub struct RawStream {
     pub requests: mpsc::Sender<epb::WatchRequest>,

@@ -276,8 +276,12 @@ impl StreamTask {
     /// Answers a waiting progress request once every watcher is current:
     /// every event up to the fed revision has then been sent.
     async fn answer_progress(&mut self) -> Result<(), Gone> {
+        // Checked after every poll of every stream: the flag first.
+        if !self.progress_asked {
+            return Ok(());
+        }
         let fed = self.hub.feed.fed();
-        if !self.progress_asked || self.watchers.values().any(|e| e.watcher.next <= fed) {
+        if self.watchers.values().any(|e| e.watcher.next <= fed) {
             return Ok(());
         }
         self.progress_asked = false;

@@ -298,6 +298,18 @@ async fn client_watch_resumes_through_another_member_without_gap_or_duplicate() 
     }
 }
 
+/// Processes killed when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_and_nines_watch_print_the_same_events_from_a_follower() {
     let cluster = Cluster::start(ClusterOptions::default());
@@ -328,15 +340,19 @@ async fn etcdctl_and_nines_watch_print_the_same_events_from_a_follower() {
         command.spawn().expect("spawn a watch")
     };
     let nines = nines_tests::cluster::server_binary().with_file_name("nines");
-    let children = [
-        spawn(std::path::Path::new(nines_tests::etcdctl::etcdctl()), &[]),
-        spawn(&nines, &[]),
-        spawn(&nines, &["-w", "json"]),
-    ];
+    // Killed if the test fails before reading them: a leaked watch keeps
+    // running, and with it anything it inherited (a build lock).
+    let mut children = Children(Vec::new());
+    children.0.push(spawn(
+        std::path::Path::new(nines_tests::etcdctl::etcdctl()),
+        &[],
+    ));
+    children.0.push(spawn(&nines, &[]));
+    children.0.push(spawn(&nines, &["-w", "json"]));
     tokio::time::sleep(Duration::from_secs(3)).await;
     client.put("e/c", "3").await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let outputs: Vec<String> = children
+    let outputs: Vec<String> = std::mem::take(&mut children.0)
         .into_iter()
         .map(|mut child| {
             child.kill().unwrap();

@@ -1,28 +1,17 @@
 //! Grouping a watcher's events into responses: whole revisions of about
 //! [`POLL_BYTES`] each, a larger revision alone or in fragments.
 
-use nines_proto::etcd::mvccpb;
+use bytes::Bytes;
 
-use super::super::convert;
+use super::wire::event;
 use super::POLL_BYTES;
 use crate::watch::Event;
 
 pub(super) struct Chunk {
-    pub events: Vec<mvccpb::Event>,
+    /// Encoded `mvccpb.Event`s.
+    pub events: Vec<Bytes>,
     pub last_revision: i64,
     pub fragment: bool,
-}
-
-fn event(e: Event) -> mvccpb::Event {
-    mvccpb::Event {
-        r#type: if e.deleted {
-            mvccpb::event::EventType::Delete as i32
-        } else {
-            mvccpb::event::EventType::Put as i32
-        },
-        kv: Some(convert::kv(e.kv)),
-        prev_kv: e.prev_kv.map(convert::kv),
-    }
 }
 
 fn event_bytes(e: &Event) -> usize {
@@ -30,7 +19,7 @@ fn event_bytes(e: &Event) -> usize {
         .prev_kv
         .as_ref()
         .map_or(0, |p| p.key.len() + p.value.len());
-    e.kv.key.len() + e.kv.value.len() + prev + 64
+    e.kv().key.len() + e.kv().value.len() + prev + 64
 }
 
 /// Groups events into responses: whole revisions up to about
@@ -40,9 +29,9 @@ fn event_bytes(e: &Event) -> usize {
 pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
     // The common case, one response: no grouping.
     if events.iter().map(event_bytes).sum::<usize>() <= POLL_BYTES {
-        let last_revision = events.last().map_or(0, |e| e.kv.mod_revision);
+        let last_revision = events.last().map_or(0, |e| e.kv().mod_revision);
         let chunk = Chunk {
-            events: events.into_iter().map(event).collect(),
+            events: events.iter().map(event).collect(),
             last_revision,
             fragment: false,
         };
@@ -52,7 +41,7 @@ pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
     let mut revisions: Vec<Vec<Event>> = Vec::new();
     for e in events {
         match revisions.last_mut() {
-            Some(group) if group[0].kv.mod_revision == e.kv.mod_revision => group.push(e),
+            Some(group) if group[0].kv().mod_revision == e.kv().mod_revision => group.push(e),
             _ => revisions.push(vec![e]),
         }
     }
@@ -64,7 +53,7 @@ pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
     };
     let mut bytes = 0;
     for group in revisions {
-        let revision = group[0].kv.mod_revision;
+        let revision = group[0].kv().mod_revision;
         let size: usize = group.iter().map(event_bytes).sum();
         if bytes > 0 && bytes + size > POLL_BYTES {
             out.push(std::mem::replace(
@@ -83,7 +72,7 @@ pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
             let mut piece_bytes = 0;
             for e in group {
                 piece_bytes += event_bytes(&e);
-                piece.push(event(e));
+                piece.push(event(&e));
                 if piece_bytes > POLL_BYTES {
                     out.push(Chunk {
                         events: std::mem::take(&mut piece),
@@ -103,7 +92,7 @@ pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
             }
             continue;
         }
-        current.events.extend(group.into_iter().map(event));
+        current.events.extend(group.iter().map(event));
         current.last_revision = revision;
         bytes += size;
     }
@@ -123,7 +112,7 @@ mod tests {
     use nines_types::KeyValue;
 
     fn put(rev: i64, key: &str, value_len: usize) -> Event {
-        Event {
+        let change = nines_state::Change {
             deleted: false,
             kv: KeyValue {
                 key: key.as_bytes().to_vec(),
@@ -131,15 +120,20 @@ mod tests {
                 mod_revision: rev,
                 ..Default::default()
             },
+        };
+        Event {
+            change: crate::watch::Shared::new(change),
             prev_kv: None,
         }
     }
 
     fn revisions(chunk: &Chunk) -> Vec<i64> {
+        use prost::Message;
+        let decode = |b: &Bytes| nines_proto::etcd::mvccpb::Event::decode(b.as_ref()).unwrap();
         chunk
             .events
             .iter()
-            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .map(|e| decode(e).kv.unwrap().mod_revision)
             .collect()
     }
 

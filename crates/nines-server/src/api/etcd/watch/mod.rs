@@ -12,6 +12,7 @@
 
 mod chunks;
 mod outbox;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -24,6 +25,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::chunks::chunks;
 use self::outbox::{Driven, Outbox};
+use self::wire::WatchOut;
+pub use self::wire::WatchServer;
 use super::convert;
 use crate::api::convert::key_range;
 use crate::core::NodeCore;
@@ -65,16 +68,16 @@ pub struct EtcdWatch {
     pub core: Arc<NodeCore>,
 }
 
-type Out = Arc<Outbox<Result<epb::WatchResponse, Status>>>;
-type WatchStream = Pin<Box<dyn Stream<Item = Result<epb::WatchResponse, Status>> + Send>>;
+type Out = Arc<Outbox<Result<WatchOut, Status>>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchOut, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl epb::watch_server::Watch for EtcdWatch {
-    async fn watch(
+impl EtcdWatch {
+    /// etcd's `Watch.Watch` (served by [`WatchServer`]).
+    pub async fn watch(
         &self,
         request: Request<Streaming<epb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let outbox = Outbox::new(|r: &Result<epb::WatchResponse, Status>| {
+        let outbox = Outbox::new(|r: &Result<WatchOut, Status>| {
             r.as_ref().map_or(0, prost::Message::encoded_len)
         });
         let require_leader = request
@@ -233,7 +236,7 @@ impl StreamTask {
 
     /// Never fails: a client that is gone drops the body and with it this
     /// stream. `Result` keeps the callers' `?` for the ends that do.
-    async fn send(&self, response: epb::WatchResponse) -> Result<(), Gone> {
+    async fn send(&self, response: WatchOut) -> Result<(), Gone> {
         self.out.send(Ok(response)).await;
         Ok(())
     }
@@ -253,7 +256,7 @@ impl StreamTask {
                 };
                 self.key_bytes -= entry.key_bytes;
                 self.hub.drop_watcher(entry.watcher);
-                let response = epb::WatchResponse {
+                let response = WatchOut {
                     header: self.header(self.hub.revision()),
                     watch_id: cancel.watch_id,
                     canceled: true,
@@ -285,7 +288,7 @@ impl StreamTask {
             return Ok(());
         }
         self.progress_asked = false;
-        let response = epb::WatchResponse {
+        let response = WatchOut {
             header: self.header(fed),
             watch_id: STREAM_WATCH_ID,
             ..Default::default()
@@ -317,7 +320,7 @@ impl StreamTask {
             Ok(spec) => spec,
             Err(reason) => return self.refuse(revision, reason).await,
         };
-        let created = epb::WatchResponse {
+        let created = WatchOut {
             header: self.header(revision),
             watch_id: id,
             created: true,
@@ -345,7 +348,7 @@ impl StreamTask {
     /// etcd's answer to a create it cannot serve: created and canceled at
     /// once, with the invalid id whatever id was asked for.
     async fn refuse(&self, revision: i64, reason: String) -> Result<(), Gone> {
-        let response = epb::WatchResponse {
+        let response = WatchOut {
             header: self.header(revision),
             watch_id: REFUSED_WATCH_ID,
             created: true,
@@ -437,7 +440,7 @@ impl StreamTask {
                     }
                 }
                 Ok(Polled::Compacted { compact_revision }) => {
-                    let response = epb::WatchResponse {
+                    let response = WatchOut {
                         header: self.header(self.hub.revision()),
                         watch_id: id,
                         canceled: true,
@@ -450,7 +453,7 @@ impl StreamTask {
                 }
                 Err(e) => {
                     tracing::warn!(watch_id = id, error = %e, "watch canceled: reading history failed");
-                    let response = epb::WatchResponse {
+                    let response = WatchOut {
                         header: self.header(self.hub.revision()),
                         watch_id: id,
                         canceled: true,
@@ -485,7 +488,7 @@ impl StreamTask {
         let sent = events.len() as u64;
         for (last, chunk) in chunks(events, fragment) {
             let revision = if last { through } else { chunk.last_revision };
-            let response = epb::WatchResponse {
+            let response = WatchOut {
                 header: self.header(revision),
                 watch_id: id,
                 fragment: chunk.fragment,
@@ -517,7 +520,7 @@ impl StreamTask {
             entry.sent = false;
         }
         for (id, revision) in due {
-            let response = epb::WatchResponse {
+            let response = WatchOut {
                 header: self.header(revision),
                 watch_id: id,
                 ..Default::default()

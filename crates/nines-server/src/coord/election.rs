@@ -185,15 +185,15 @@ impl Observer {
             };
             let key = key.clone();
             for event in events {
-                if event.kv().key != key {
+                if event.kv.key != key {
                     continue;
                 }
-                if event.deleted() {
+                if event.deleted {
                     // A new leader, or none: read again.
                     self.following = None;
                     break;
                 }
-                self.push(event.kv().mod_revision, event.kv().clone());
+                self.push(event.kv.mod_revision, event.kv);
             }
         }
     }

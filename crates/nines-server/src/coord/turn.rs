@@ -149,7 +149,7 @@ async fn wait_deleted(hub: &Arc<Hub>, keys: [&[u8]; 2], from: i64) -> Result<(),
     let mut follow = Follow::new(hub, spec);
     loop {
         match follow.next().await? {
-            Some(events) if events.iter().any(|e| keys.contains(&e.kv().key.as_slice())) => {
+            Some(events) if events.iter().any(|e| keys.contains(&e.kv.key.as_slice())) => {
                 return Ok(())
             }
             Some(_) => {}

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use nines_state::{Change, StateError, StateReader};
 use tokio::sync::watch;
 
-use super::Shared;
 use crate::metrics::Counters;
 
 /// One window read from the store: every change with a main revision in
@@ -24,23 +23,12 @@ use crate::metrics::Counters;
 pub struct Batch {
     pub from: i64,
     pub through: i64,
-    pub changes: Vec<Arc<Shared>>,
+    pub changes: Vec<Change>,
 }
 
 impl Batch {
-    fn new(from: i64, through: i64, changes: Vec<Change>) -> Self {
-        let changes = changes.into_iter().map(Shared::new).collect();
-        Batch {
-            from,
-            through,
-            changes,
-        }
-    }
-
-    /// The changes' bytes, counted as if encoded once more (`wire`).
     fn bytes(&self) -> usize {
-        let each = |s: &Arc<Shared>| 2 * s.change.size() + 128;
-        self.changes.iter().map(each).sum::<usize>() + 64
+        self.changes.iter().map(|c| c.size() + 64).sum::<usize>() + 64
     }
 }
 
@@ -184,9 +172,11 @@ impl Feed {
                 continue;
             }
             match read {
-                Ok(Ok(changes)) if changes.through > fed => {
-                    self.push(Batch::new(fed + 1, changes.through, changes.changes))
-                }
+                Ok(Ok(changes)) if changes.through > fed => self.push(Batch {
+                    from: fed + 1,
+                    through: changes.through,
+                    changes: changes.changes,
+                }),
                 // Empty only if the store went back (an install of an older
                 // snapshot cannot happen, but must not spin) or a race with
                 // an install: start over from the store's revision.
@@ -214,6 +204,10 @@ impl nines_state::ChangeSink for Feed {
     }
 
     fn applied(&self, from: i64, through: i64, changes: Vec<Change>) {
-        self.push(Batch::new(from, through, changes));
+        self.push(Batch {
+            from,
+            through,
+            changes,
+        });
     }
 }

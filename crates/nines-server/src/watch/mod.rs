@@ -1,7 +1,7 @@
 //! Watch, the domain side (etcd's mvcc watchable store): a watcher follows
 //! one key range from a start revision, and is handed every change in it,
 //! in revision order, once, from this member's own applied history. The
-//! gRPC stream that multiplexes watchers lives in `api/etcd/watch/`.
+//! gRPC stream that multiplexes watchers lives in `api/etcd/watch.rs`.
 //!
 //! Memory stays bounded whatever the clients do: the shared recent history
 //! (`feed.rs`) has a byte cap, a watcher holds only its cursor, and each
@@ -11,7 +11,7 @@
 mod feed;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use nines_state::{Change, StateError, StateReader};
 use nines_types::{KeyRange, KeyValue};
@@ -31,50 +31,13 @@ pub struct WatchSpec {
     pub no_delete: bool,
 }
 
-/// One change as every watcher of it shares it: held once in the feed and
-/// handed out by reference, with room for the API's encoding of it
-/// (`wire`), made by the first watcher that sends it and reused by the
-/// rest. At 1,000 watchers a change was otherwise copied (key and value)
-/// and encoded 1,000 times.
-#[derive(Debug)]
-pub struct Shared {
-    pub change: Change,
-    pub wire: OnceLock<bytes::Bytes>,
-}
-
-impl Shared {
-    pub fn new(change: Change) -> Arc<Self> {
-        Arc::new(Shared {
-            change,
-            wire: OnceLock::new(),
-        })
-    }
-}
-
-impl PartialEq for Shared {
-    fn eq(&self, other: &Self) -> bool {
-        self.change == other.change
-    }
-}
-
-impl Eq for Shared {}
-
 /// One change as a watcher sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub change: Arc<Shared>,
+    pub deleted: bool,
+    pub kv: KeyValue,
     /// The key before this change, when asked for and it existed.
     pub prev_kv: Option<KeyValue>,
-}
-
-impl Event {
-    pub fn deleted(&self) -> bool {
-        self.change.change.deleted
-    }
-
-    pub fn kv(&self) -> &KeyValue {
-        &self.change.change.kv
-    }
 }
 
 /// A watcher's cursor.
@@ -185,7 +148,7 @@ impl Hub {
                 match read {
                     Ok(c) => {
                         let changes = c.changes.into_iter().filter(|c| wanted(spec, c));
-                        (c.through, changes.map(Shared::new).collect())
+                        (c.through, changes.collect())
                     }
                     Err(StateError::Compacted { compacted, .. }) => {
                         return Ok(compacted_at(compacted))
@@ -196,9 +159,8 @@ impl Hub {
         };
         let mut events = Vec::with_capacity(changes.len());
         for change in changes {
-            let kv = &change.change.kv;
             let prev_kv = match spec.prev_kv {
-                true => match self.reader.before(&kv.key, kv.mod_revision) {
+                true => match self.reader.before(&change.kv.key, change.kv.mod_revision) {
                     Ok(prev) => prev,
                     Err(StateError::Compacted { compacted, .. }) => {
                         return Ok(compacted_at(compacted))
@@ -207,7 +169,11 @@ impl Hub {
                 },
                 false => None,
             };
-            events.push(Event { change, prev_kv });
+            events.push(Event {
+                deleted: change.deleted,
+                kv: change.kv,
+                prev_kv,
+            });
         }
         // Never backwards, even if a store swap made the window look short.
         watcher.next = watcher.next.max(through + 1);
@@ -238,7 +204,7 @@ fn from_ring(
     from: i64,
     max_bytes: usize,
     wanted: impl Fn(&Change) -> bool,
-) -> (i64, Vec<Arc<Shared>>) {
+) -> (i64, Vec<Change>) {
     let mut out = Vec::new();
     let mut through = from - 1;
     let mut bytes = 0;
@@ -246,11 +212,10 @@ fn from_ring(
         if batch.through < from {
             continue;
         }
-        for shared in &batch.changes {
-            let change = &shared.change;
+        for change in &batch.changes {
             if change.kv.mod_revision >= from && wanted(change) {
                 bytes += change.size();
-                out.push(shared.clone());
+                out.push(change.clone());
             }
         }
         through = batch.through;

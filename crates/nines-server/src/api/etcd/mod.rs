@@ -49,7 +49,7 @@ pub struct Services {
     pub cluster: epb::cluster_server::ClusterServer<EtcdCluster>,
     pub maintenance: epb::maintenance_server::MaintenanceServer<EtcdMaintenance>,
     pub auth: epb::auth_server::AuthServer<EtcdAuth>,
-    pub watch: watch::WatchServer,
+    pub watch: epb::watch_server::WatchServer<EtcdWatch>,
     pub lease: epb::lease_server::LeaseServer<EtcdLease>,
     pub lock: v3lockpb::lock_server::LockServer<EtcdLock>,
     pub election: v3electionpb::election_server::ElectionServer<EtcdElection>,
@@ -84,7 +84,8 @@ pub fn services(core: &Arc<NodeCore>, reads: &Arc<ReadLimiter>, max_decode: usiz
             core: core.clone(),
         }),
         auth: epb::auth_server::AuthServer::new(EtcdAuth { core: core.clone() }),
-        watch: watch::WatchServer::new(EtcdWatch { core: core.clone() }, MAX_MESSAGE_BYTES),
+        watch: epb::watch_server::WatchServer::new(EtcdWatch { core: core.clone() })
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         lease: epb::lease_server::LeaseServer::new(EtcdLease { core: core.clone() }),
         lock: v3lockpb::lock_server::LockServer::new(EtcdLock::new(core)),
         election: v3electionpb::election_server::ElectionServer::new(EtcdElection::new(core)),

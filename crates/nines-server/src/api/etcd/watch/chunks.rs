@@ -1,17 +1,28 @@
 //! Grouping a watcher's events into responses: whole revisions of about
 //! [`POLL_BYTES`] each, a larger revision alone or in fragments.
 
-use bytes::Bytes;
+use nines_proto::etcd::mvccpb;
 
-use super::wire::event;
+use super::super::convert;
 use super::POLL_BYTES;
 use crate::watch::Event;
 
 pub(super) struct Chunk {
-    /// Encoded `mvccpb.Event`s.
-    pub events: Vec<Bytes>,
+    pub events: Vec<mvccpb::Event>,
     pub last_revision: i64,
     pub fragment: bool,
+}
+
+fn event(e: Event) -> mvccpb::Event {
+    mvccpb::Event {
+        r#type: if e.deleted {
+            mvccpb::event::EventType::Delete as i32
+        } else {
+            mvccpb::event::EventType::Put as i32
+        },
+        kv: Some(convert::kv(e.kv)),
+        prev_kv: e.prev_kv.map(convert::kv),
+    }
 }
 
 fn event_bytes(e: &Event) -> usize {
@@ -19,7 +30,7 @@ fn event_bytes(e: &Event) -> usize {
         .prev_kv
         .as_ref()
         .map_or(0, |p| p.key.len() + p.value.len());
-    e.kv().key.len() + e.kv().value.len() + prev + 64
+    e.kv.key.len() + e.kv.value.len() + prev + 64
 }
 
 /// Groups events into responses: whole revisions up to about
@@ -29,9 +40,9 @@ fn event_bytes(e: &Event) -> usize {
 pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
     // The common case, one response: no grouping.
     if events.iter().map(event_bytes).sum::<usize>() <= POLL_BYTES {
-        let last_revision = events.last().map_or(0, |e| e.kv().mod_revision);
+        let last_revision = events.last().map_or(0, |e| e.kv.mod_revision);
         let chunk = Chunk {
-            events: events.iter().map(event).collect(),
+            events: events.into_iter().map(event).collect(),
             last_revision,
             fragment: false,
         };
@@ -41,7 +52,7 @@ pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
     let mut revisions: Vec<Vec<Event>> = Vec::new();
     for e in events {
         match revisions.last_mut() {
-            Some(group) if group[0].kv().mod_revision == e.kv().mod_revision => group.push(e),
+            Some(group) if group[0].kv.mod_revision == e.kv.mod_revision => group.push(e),
             _ => revisions.push(vec![e]),
         }
     }
@@ -53,7 +64,7 @@ pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
     };
     let mut bytes = 0;
     for group in revisions {
-        let revision = group[0].kv().mod_revision;
+        let revision = group[0].kv.mod_revision;
         let size: usize = group.iter().map(event_bytes).sum();
         if bytes > 0 && bytes + size > POLL_BYTES {
             out.push(std::mem::replace(
@@ -72,7 +83,7 @@ pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
             let mut piece_bytes = 0;
             for e in group {
                 piece_bytes += event_bytes(&e);
-                piece.push(event(&e));
+                piece.push(event(e));
                 if piece_bytes > POLL_BYTES {
                     out.push(Chunk {
                         events: std::mem::take(&mut piece),
@@ -92,7 +103,7 @@ pub(super) fn chunks(events: Vec<Event>, fragment: bool) -> Vec<(bool, Chunk)> {
             }
             continue;
         }
-        current.events.extend(group.iter().map(event));
+        current.events.extend(group.into_iter().map(event));
         current.last_revision = revision;
         bytes += size;
     }
@@ -112,7 +123,7 @@ mod tests {
     use nines_types::KeyValue;
 
     fn put(rev: i64, key: &str, value_len: usize) -> Event {
-        let change = nines_state::Change {
+        Event {
             deleted: false,
             kv: KeyValue {
                 key: key.as_bytes().to_vec(),
@@ -120,20 +131,15 @@ mod tests {
                 mod_revision: rev,
                 ..Default::default()
             },
-        };
-        Event {
-            change: crate::watch::Shared::new(change),
             prev_kv: None,
         }
     }
 
     fn revisions(chunk: &Chunk) -> Vec<i64> {
-        use prost::Message;
-        let decode = |b: &Bytes| nines_proto::etcd::mvccpb::Event::decode(b.as_ref()).unwrap();
         chunk
             .events
             .iter()
-            .map(|e| decode(e).kv.unwrap().mod_revision)
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
             .collect()
     }
 

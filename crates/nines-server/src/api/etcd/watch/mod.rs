@@ -12,7 +12,6 @@
 
 mod chunks;
 mod outbox;
-mod wire;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -25,8 +24,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::chunks::chunks;
 use self::outbox::{Driven, Outbox};
-use self::wire::WatchOut;
-pub use self::wire::WatchServer;
 use super::convert;
 use crate::api::convert::key_range;
 use crate::core::NodeCore;
@@ -68,16 +65,16 @@ pub struct EtcdWatch {
     pub core: Arc<NodeCore>,
 }
 
-type Out = Arc<Outbox<Result<WatchOut, Status>>>;
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchOut, Status>> + Send>>;
+type Out = Arc<Outbox<Result<epb::WatchResponse, Status>>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<epb::WatchResponse, Status>> + Send>>;
 
-impl EtcdWatch {
-    /// etcd's `Watch.Watch` (served by [`WatchServer`]).
-    pub async fn watch(
+#[tonic::async_trait]
+impl epb::watch_server::Watch for EtcdWatch {
+    async fn watch(
         &self,
         request: Request<Streaming<epb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let outbox = Outbox::new(|r: &Result<WatchOut, Status>| {
+        let outbox = Outbox::new(|r: &Result<epb::WatchResponse, Status>| {
             r.as_ref().map_or(0, prost::Message::encoded_len)
         });
         let require_leader = request
@@ -236,7 +233,7 @@ impl StreamTask {
 
     /// Never fails: a client that is gone drops the body and with it this
     /// stream. `Result` keeps the callers' `?` for the ends that do.
-    async fn send(&self, response: WatchOut) -> Result<(), Gone> {
+    async fn send(&self, response: epb::WatchResponse) -> Result<(), Gone> {
         self.out.send(Ok(response)).await;
         Ok(())
     }
@@ -256,7 +253,7 @@ impl StreamTask {
                 };
                 self.key_bytes -= entry.key_bytes;
                 self.hub.drop_watcher(entry.watcher);
-                let response = WatchOut {
+                let response = epb::WatchResponse {
                     header: self.header(self.hub.revision()),
                     watch_id: cancel.watch_id,
                     canceled: true,
@@ -288,7 +285,7 @@ impl StreamTask {
             return Ok(());
         }
         self.progress_asked = false;
-        let response = WatchOut {
+        let response = epb::WatchResponse {
             header: self.header(fed),
             watch_id: STREAM_WATCH_ID,
             ..Default::default()
@@ -320,7 +317,7 @@ impl StreamTask {
             Ok(spec) => spec,
             Err(reason) => return self.refuse(revision, reason).await,
         };
-        let created = WatchOut {
+        let created = epb::WatchResponse {
             header: self.header(revision),
             watch_id: id,
             created: true,
@@ -348,7 +345,7 @@ impl StreamTask {
     /// etcd's answer to a create it cannot serve: created and canceled at
     /// once, with the invalid id whatever id was asked for.
     async fn refuse(&self, revision: i64, reason: String) -> Result<(), Gone> {
-        let response = WatchOut {
+        let response = epb::WatchResponse {
             header: self.header(revision),
             watch_id: REFUSED_WATCH_ID,
             created: true,
@@ -440,7 +437,7 @@ impl StreamTask {
                     }
                 }
                 Ok(Polled::Compacted { compact_revision }) => {
-                    let response = WatchOut {
+                    let response = epb::WatchResponse {
                         header: self.header(self.hub.revision()),
                         watch_id: id,
                         canceled: true,
@@ -453,7 +450,7 @@ impl StreamTask {
                 }
                 Err(e) => {
                     tracing::warn!(watch_id = id, error = %e, "watch canceled: reading history failed");
-                    let response = WatchOut {
+                    let response = epb::WatchResponse {
                         header: self.header(self.hub.revision()),
                         watch_id: id,
                         canceled: true,
@@ -488,7 +485,7 @@ impl StreamTask {
         let sent = events.len() as u64;
         for (last, chunk) in chunks(events, fragment) {
             let revision = if last { through } else { chunk.last_revision };
-            let response = WatchOut {
+            let response = epb::WatchResponse {
                 header: self.header(revision),
                 watch_id: id,
                 fragment: chunk.fragment,
@@ -520,7 +517,7 @@ impl StreamTask {
             entry.sent = false;
         }
         for (id, revision) in due {
-            let response = WatchOut {
+            let response = epb::WatchResponse {
                 header: self.header(revision),
                 watch_id: id,
                 ..Default::default()

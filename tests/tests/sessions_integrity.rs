@@ -96,12 +96,32 @@ async fn read_txns_under_a_session_do_not_grow_the_state() {
     }
 }
 
+/// `call` again while it answers UNAVAILABLE (a leader change on a loaded
+/// machine: seen right after the first write), for up to 30 s. Every call
+/// here carries its session, so a retry is the same write: retries are
+/// what sessions are for.
+async fn until_settled<F, Fut>(mut call: F) -> Result<(), tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Err(e) if e.code() == Code::Unavailable && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_seq_with_another_request_is_failed_precondition() {
     let cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.wait_leader(Duration::from_secs(30)).await;
     let addr = format!("http://{}", cluster.node(leader).client_addr);
-    let mut kv = pb::kv_client::KvClient::connect(addr)
+    let kv = pb::kv_client::KvClient::connect(addr)
         .await
         .expect("connect");
     let put = |value: &str, seq: u64| {
@@ -110,24 +130,15 @@ async fn reused_seq_with_another_request_is_failed_precondition() {
             value: value.as_bytes().to_vec(),
             ..Default::default()
         };
-        nines_client::with_session(message, 0xfeed, seq)
+        let mut kv = kv.clone();
+        let request = nines_client::with_session(message, 0xfeed, seq);
+        async move { kv.put(request).await.map(|_| ()) }
     };
-    // Retried while the new leader settles: retries are what sessions are for.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match kv.put(put("first", 1)).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Code::Unavailable && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("first put: {e:?}"),
-        }
-    }
+    until_settled(|| put("first", 1)).await.expect("first put");
     // The honest retry is answered.
-    kv.put(put("first", 1)).await.expect("retry");
+    until_settled(|| put("first", 1)).await.expect("retry");
     // A second client sharing the id, with the same seq.
-    let err = kv
-        .put(put("second", 1))
+    let err = until_settled(|| put("second", 1))
         .await
         .expect_err("a reused seq must be refused");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -137,8 +148,10 @@ async fn reused_seq_with_another_request_is_failed_precondition() {
         err.message()
     );
     // A client that lost its place and restarted at seq 1 after seq 2.
-    kv.put(put("third", 2)).await.expect("seq 2");
-    let err = kv.put(put("restart", 1)).await.expect_err("stale seq");
+    until_settled(|| put("third", 2)).await.expect("seq 2");
+    let err = until_settled(|| put("restart", 1))
+        .await
+        .expect_err("stale seq");
     assert_eq!(err.code(), Code::FailedPrecondition);
     let value = cluster
         .client()

@@ -33,12 +33,12 @@ impl RawStream {
         // A member may not listen yet when another has become leader (seen
         // once on a loaded machine: connection refused right after start).
         let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + LONG;
         let channel = loop {
             match endpoint.connect().await {
                 Ok(channel) => break channel,
                 Err(e) if std::time::Instant::now() > deadline => panic!("connect: {e:?}"),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
         let (requests, rx) = mpsc::channel(16);

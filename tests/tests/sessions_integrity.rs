@@ -162,3 +162,60 @@ async fn reused_seq_with_another_request_is_failed_precondition() {
     assert_eq!(value.value, b"third");
     assert_eq!(value.version, 2, "only the two real writes applied");
 }
+
+/// Auth changes are exactly-once too: a retried `user add` or `role add`
+/// whose first attempt was applied answers OK (before: "user name already
+/// exists", which failed a CI run when the client retried across a leader
+/// change), at the leader and through a follower that forwards it; a new
+/// request for the same user is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_auth_changes_answer_as_their_first_attempt() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    // One client id per member: each walks its own sequence 1, 2, 3.
+    for (id, client_id) in [(leader, 0xa17), (follower, 0xa18)] {
+        let addr = format!("http://{}", cluster.node(id).client_addr);
+        let auth = pb::auth_client::AuthClient::connect(addr)
+            .await
+            .expect("connect");
+        let name = format!("user{id}");
+        let user_add = |name: String, seq: u64| {
+            let mut auth = auth.clone();
+            let message = pb::AuthUserAddRequest {
+                name,
+                password: "pw".into(),
+                ..Default::default()
+            };
+            let request = nines_client::with_session(message, client_id, seq);
+            async move { auth.user_add(request).await.map(|_| ()) }
+        };
+        until_settled(|| user_add(name.clone(), 1))
+            .await
+            .expect("user add");
+        until_settled(|| user_add(name.clone(), 1))
+            .await
+            .unwrap_or_else(|e| panic!("the retry at member {id}: {e:?}"));
+        let err = until_settled(|| user_add(name.clone(), 2))
+            .await
+            .expect_err("a second add of the user");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("already exists"), "{err:?}");
+        let role_add = || {
+            let mut auth = auth.clone();
+            let message = pb::AuthRoleAddRequest {
+                name: format!("role{id}"),
+            };
+            let request = nines_client::with_session(message, client_id, 3);
+            async move { auth.role_add(request).await.map(|_| ()) }
+        };
+        until_settled(role_add).await.expect("role add");
+        until_settled(role_add)
+            .await
+            .unwrap_or_else(|e| panic!("the role retry at member {id}: {e:?}"));
+    }
+    let users = cluster.client().user_list(Default::default()).await;
+    let mut expected = [format!("user{leader}"), format!("user{follower}")];
+    expected.sort();
+    assert_eq!(users.expect("user list").users, expected);
+}

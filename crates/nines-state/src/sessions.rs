@@ -37,9 +37,10 @@
 //! Layout change: records written by older versions (whole responses, no
 //! hash) do not decode; old data dirs are not readable (pre-1.0).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
-use nines_types::{Command, CommandResult, RejectReason, Response, Session};
+use nines_types::{AuthCommand, Command, CommandResult, RejectReason, Response, Session};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
@@ -81,16 +82,42 @@ pub(crate) enum Check {
     Execute { previous: Option<SessionRecord> },
 }
 
-/// A stable 64-bit hash (FNV-1a) of the bincode encoding of a command: the
-/// same on every replica and across builds as long as the layout is.
+/// A stable 64-bit hash (FNV-1a) of the bincode encoding of a command's
+/// identity: the same on every replica and across builds as long as the
+/// layout is.
 pub(crate) fn request_hash(command: &Command) -> Result<u64, StateError> {
-    let bytes = encode(command)?;
+    let bytes = encode(&identity(command))?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     Ok(h)
+}
+
+/// What a retry must repeat: the command less the bytes its proposer
+/// picks afresh on every attempt (the token secret of `auth enable`, a
+/// password's salted hash). Without this an honest retry of `user add`
+/// would be refused as a reused sequence.
+fn identity(command: &Command) -> Cow<'_, Command> {
+    let redacted = match command {
+        Command::Auth(AuthCommand::Enable { .. }) => AuthCommand::Enable { secret: Vec::new() },
+        Command::Auth(AuthCommand::UserAdd {
+            name,
+            password_hash,
+        }) => AuthCommand::UserAdd {
+            name: name.clone(),
+            password_hash: password_hash.as_ref().map(|_| String::new()),
+        },
+        Command::Auth(AuthCommand::UserChangePassword { name, .. }) => {
+            AuthCommand::UserChangePassword {
+                name: name.clone(),
+                password_hash: String::new(),
+            }
+        }
+        _ => return Cow::Borrowed(command),
+    };
+    Cow::Owned(Command::Auth(redacted))
 }
 
 fn lru_key(last_index: u64, client_id: u64) -> Vec<u8> {

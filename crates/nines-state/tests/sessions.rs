@@ -193,3 +193,52 @@ async fn batch_applies_each_request_with_its_own_revision_and_session() {
     // The unsessioned put is applied again (revision 4).
     assert_eq!(again[1].revision, 5);
 }
+
+/// An auth change's proposer picks fresh bytes on every attempt (a salted
+/// password hash, the token secret), so a retry's command differs from
+/// its first attempt's: under the same session it is still the same
+/// request, answered as before, while another user under the seq is not.
+#[tokio::test]
+async fn auth_changes_retried_with_fresh_salts_apply_once() {
+    use nines_types::{AuthCommand, Command};
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    let add = |name: &str, hash: &str| {
+        Command::Auth(AuthCommand::UserAdd {
+            name: name.into(),
+            password_hash: Some(hash.into()),
+        })
+    };
+    let first = a
+        .apply(Request::with_session(add("alice", "salt1"), 9, 1))
+        .await;
+    assert!(
+        matches!(first.result, CommandResult::AuthChanged { .. }),
+        "{first:?}"
+    );
+    let retry = a
+        .apply(Request::with_session(add("alice", "salt2"), 9, 1))
+        .await;
+    assert_eq!(retry, first, "a retry is answered as its first attempt");
+    let other = a
+        .apply(Request::with_session(add("bob", "salt1"), 9, 1))
+        .await;
+    assert_eq!(
+        other.result,
+        CommandResult::Rejected(RejectReason::SessionSeqReused {
+            client_id: 9,
+            seq: 1
+        })
+    );
+    let enable = |secret: u8| {
+        Command::Auth(AuthCommand::Enable {
+            secret: vec![secret; 32],
+        })
+    };
+    // Enabling needs root; refused either way, but answered the same.
+    let on = a.apply(Request::with_session(enable(1), 9, 2)).await;
+    let again = a.apply(Request::with_session(enable(2), 9, 2)).await;
+    assert_eq!(again, on);
+    let users = a.sm.reader().with_auth(|auth| auth.users());
+    assert_eq!(users, vec!["alice".to_string()]);
+}

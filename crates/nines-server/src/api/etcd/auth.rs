@@ -12,7 +12,7 @@ use tonic::{Response, Status};
 
 use epb::auth_client::AuthClient;
 
-use super::convert;
+use super::{convert, session};
 use crate::api::forward::{self, is_forwarded};
 use crate::auth::token;
 use crate::core::{NodeCore, Routed};
@@ -61,17 +61,21 @@ fn perm_type(kind: PermKind) -> i32 {
 }
 
 /// Proposes `command` as root (once auth is on) and answers with the
-/// header, or forwards the original call to the leader.
+/// header, or forwards the original call to the leader. Under an
+/// exactly-once session a retry is answered as the first attempt was
+/// (not "user name already exists").
 macro_rules! change {
     ($self:ident, $request:ident, $method:ident, $command:expr, $response:ident) => {{
         let forwarded = is_forwarded(&$request);
         $self.core.admin($request.metadata())?;
+        let session = session::from_metadata($request.metadata())?;
         let message = $request.into_inner();
         let command: Result<AuthCommand, ApiError> = $command(&message);
-        let routed = $self
-            .core
-            .write(Request::new(Command::Auth(command?)), forwarded)
-            .await?;
+        let request = Request {
+            session,
+            command: Command::Auth(command?),
+        };
+        let routed = $self.core.write(request, forwarded).await?;
         match routed {
             Routed::Local(resp) => {
                 let (revision, result) = crate::api::convert::applied(resp)?;
@@ -82,7 +86,8 @@ macro_rules! change {
             }
             Routed::Forward(leader) => {
                 let call = |ch, r| async move { auth(ch).$method(r).await };
-                let answer = forward::to_leader(&$self.core, &leader, message, None, call).await?;
+                let answer =
+                    forward::to_leader(&$self.core, &leader, message, session, call).await?;
                 // This member checks tokens and permissions from its own
                 // copy of the auth state: answer once it has the change, as
                 // etcd does, so the caller's next request here sees it.

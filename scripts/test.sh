@@ -17,7 +17,7 @@ promtool test rules deploy/prometheus/tests/*.yml
 
 # The cluster tests start real nines-server processes: build the binaries first.
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads="${NINES_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${NINES_TEST_THREADS:-2}"
 
 # A quick chaos run (kill, pause, partition, membership; all workloads) on
 # every commit. NINES_SKIP_CHAOS=1 skips it.

@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nines_client::{Client, ClientConfig, NodeStatus, TlsFiles};
@@ -91,6 +92,8 @@ pub struct NodeProc {
     pub extra_args: Vec<String>,
     /// RLIMIT_NOFILE (soft and hard) set in the child before exec.
     pub nofile_limit: Option<u64>,
+    /// Its client port answered a status call since it was last spawned.
+    answered: AtomicBool,
 }
 
 impl NodeProc {
@@ -103,6 +106,7 @@ impl NodeProc {
             data_dir: dir.join(format!("node{id}")),
             log: dir.join(format!("node{id}.log")),
             child: None,
+            answered: AtomicBool::new(false),
             bootstrap,
             extra_args: Vec::new(),
             nofile_limit: None,
@@ -291,6 +295,7 @@ impl Cluster {
             nofile_limit: node.nofile_limit,
             die_with_spawner,
         };
+        node.answered.store(false, Ordering::Relaxed);
         node.child = Some(ServerProcess::spawn(&launch)?);
         Ok(())
     }
@@ -505,24 +510,43 @@ impl Cluster {
         }
     }
 
-    /// Waits until a running node reports a leader that the others agree on.
+    /// Waits until a running node reports a leader that the others agree
+    /// on, and every live node (not exited, not stopped) has answered on
+    /// its client port since it was spawned: a test that goes on to call
+    /// any member finds it listening (one that did not failed on
+    /// "connection refused" right after another member became leader).
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
             let mut leaders = Vec::new();
-            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-                if let Some(s) = self.status(node.id).await {
-                    if s.leader_id != 0 && (s.state == "leader" || s.leader_id != node.id) {
-                        leaders.push(s.leader_id);
+            let mut silent = Vec::new();
+            for node in self.nodes.iter() {
+                let Some(child) = &node.child else { continue };
+                match self.status(node.id).await {
+                    Some(s) => {
+                        node.answered.store(true, Ordering::Relaxed);
+                        if s.leader_id != 0 && (s.state == "leader" || s.leader_id != node.id) {
+                            leaders.push(s.leader_id);
+                        }
                     }
+                    None if !node.answered.load(Ordering::Relaxed) && child.is_live() => {
+                        silent.push(node.id);
+                    }
+                    None => {}
                 }
             }
             if let Some(&first) = leaders.first() {
-                if leaders.iter().all(|&l| l == first) && self.is_running(first) {
+                if leaders.iter().all(|&l| l == first)
+                    && self.is_running(first)
+                    && silent.is_empty()
+                {
                     return first;
                 }
             }
-            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {timeout:?} (leaders seen {leaders:?}, never answered {silent:?})"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -117,6 +117,22 @@ impl ServerProcess {
         self.paused
     }
 
+    /// Able to answer: not exited (a zombie until reaped) and not stopped
+    /// (by `pause` or any SIGSTOP), from the process state in /proc.
+    pub fn is_live(&self) -> bool {
+        if self.reaped {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
+            return false;
+        };
+        // The state letter follows the command name's closing parenthesis.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, None | Some('Z' | 'X' | 'x' | 'T' | 't'))
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: signalling a child we spawned and have not reaped.
         unsafe { libc::kill(self.child.id() as i32, signal) };

@@ -52,6 +52,9 @@ declare -A SPEC=(
   [watch-100]="--workload watch --watchers 100 --connections 8"
   [watch-1000]="--workload watch --watchers 1000 --connections 8"
   [watch-10000]="--workload watch --watchers 10000 --connections 8"
+  # 1000 watchers that ask for each event's prev_kv (as Kubernetes' watch
+  # cache does).
+  [watch-1000-prev]="--workload watch --watchers 1000 --connections 8 --watch-prev-kv"
   # 1000 leases kept alive over 8 LeaseKeepAlive streams, 64 keepalives in
   # flight: keepalives/s and send -> answer latency (both targets through
   # nines-client's streams; see crates/nines-cli/src/bench/lease.rs).

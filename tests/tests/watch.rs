@@ -411,6 +411,45 @@ async fn watchers_are_counted_and_forgotten_when_their_client_goes() {
     .await;
 }
 
+/// A change's prev_kv is read from the store once for all the watchers
+/// that ask for it while the shared feed holds the change (it was read once
+/// per watcher: 1,000 watchers with prev_kv, 1,000 reads of one version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_of_a_change_share_its_prev_kv_read() {
+    const WATCHERS: usize = 8;
+    const PUTS: usize = 10;
+    let (cluster, metrics) = nines_tests::http::metrics_cluster(&[]);
+    cluster.wait_leader(LONG).await;
+    let mut s = RawStream::open(&cluster.node(2).client_addr).await;
+    for _ in 0..WATCHERS {
+        let mut create = prefix("pk/");
+        create.prev_kv = true;
+        assert!(s.create(create).await.created);
+    }
+    let client = cluster.client();
+    for i in 0..=PUTS {
+        client.put("pk/k", format!("v{i}")).await.unwrap();
+    }
+    let events = s.events(WATCHERS * (PUTS + 1)).await;
+    for e in &events {
+        let value = String::from_utf8(e.kv.as_ref().unwrap().value.clone()).unwrap();
+        let n: usize = value[1..].parse().unwrap();
+        let prev = e.prev_kv.as_ref().map(|p| p.value.clone());
+        let expected = (n > 0).then(|| format!("v{}", n - 1).into_bytes());
+        assert_eq!(prev, expected, "prev_kv of {value}");
+    }
+    let page = nines_tests::http::scrape(&metrics[&2])
+        .await
+        .expect("metrics");
+    let reads = page["nines_watch_prev_reads_total"];
+    // Two watchers may race to the first read of a change: at most twice.
+    assert!(
+        reads <= (2 * (PUTS + 1)) as f64,
+        "{reads} store reads for {} changes watched {WATCHERS} times",
+        PUTS + 1
+    );
+}
+
 /// The keys a stream watches are bounded in bytes, not only in count: one
 /// stream of 40,000 watchers on 4 KiB keys and range ends took 330 MB of a
 /// member. Past 16 MiB a create is refused (created and canceled, with

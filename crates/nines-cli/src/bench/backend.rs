@@ -142,12 +142,14 @@ impl Backend {
         &self,
         w: usize,
         prefix: Vec<u8>,
+        prev_kv: bool,
         mut recorder: Recorder,
     ) -> Result<JoinHandle<()>> {
         match self {
             Backend::Nines(c) => {
                 let options = nines_client::WatchOptions {
                     range_end: nines_client::prefix_end(&prefix),
+                    prev_kv,
                     ..Default::default()
                 };
                 let mut watch = c[w % c.len()].watch(prefix, options).await?;
@@ -165,7 +167,10 @@ impl Backend {
             }
             #[cfg(feature = "etcd")]
             Backend::Etcd(c) => {
-                let options = etcd_client::WatchOptions::new().with_prefix();
+                let mut options = etcd_client::WatchOptions::new().with_prefix();
+                if prev_kv {
+                    options = options.with_prev_key();
+                }
                 let mut stream = c[w % c.len()]
                     .watch_client()
                     .watch(prefix, Some(options))

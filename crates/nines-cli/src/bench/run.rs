@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Puts per second of the `watch` workload's one writer.
     #[arg(long, default_value_t = 500)]
     pub watch_rate: u64,
+    /// The `watch` workload's watchers ask for each event's previous
+    /// key-value (as Kubernetes' watch cache does).
+    #[arg(long)]
+    pub watch_prev_kv: bool,
     /// nines or etcd (etcd needs a build with `--features etcd`).
     #[arg(long, default_value = "nines")]
     pub target: String,

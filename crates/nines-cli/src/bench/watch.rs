@@ -123,7 +123,12 @@ pub async fn run(
             local: histogram(),
             count: 0,
         };
-        streams.push(backend.watch_prefix(w, PREFIX.to_vec(), recorder).await?);
+        let prefix = PREFIX.to_vec();
+        streams.push(
+            backend
+                .watch_prefix(w, prefix, args.watch_prev_kv, recorder)
+                .await?,
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_steadily(

@@ -284,7 +284,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 36] = [
+    let counters: [(&str, &str, &AtomicU64); 37] = [
         (
             "leases_expired",
             "Leases this member revoked as leader because they expired.",
@@ -340,6 +340,11 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
             "watch_history_reads",
             "Reads of the store's history for watchers.",
             &c.watch_history_reads,
+        ),
+        (
+            "watch_prev_reads",
+            "Store reads of a previous key-value for watchers' prev_kv (shared by the watchers of a change).",
+            &c.watch_prev_reads,
         ),
         (
             "reads_rejected",

@@ -53,6 +53,9 @@ pub struct Counters {
     /// Reads of history for watchers (the shared feed's, and those of
     /// watchers that fell behind it).
     pub watch_history_reads: AtomicU64,
+    /// Store reads of a previous key-value for watchers' `prev_kv` (one
+    /// per change while the shared feed holds it, shared by its watchers).
+    pub watch_prev_reads: AtomicU64,
     /// Leases this leader revoked because they expired.
     pub leases_expired: AtomicU64,
     /// Keepalives this member answered or forwarded.

@@ -9,13 +9,19 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use nines_state::{Change, StateError, StateReader};
+use nines_types::KeyValue;
 use tokio::sync::watch;
 
 use crate::metrics::Counters;
+
+/// A change's previous key-value (a watch's `prev_kv`), looked up by the
+/// first watcher that asks and handed to every other: with 1,000 watchers
+/// asking, one store read per change instead of 1,000.
+pub type PrevCell = Arc<OnceLock<Option<KeyValue>>>;
 
 /// One window read from the store: every change with a main revision in
 /// `from..=through`, oldest first.
@@ -24,9 +30,21 @@ pub struct Batch {
     pub from: i64,
     pub through: i64,
     pub changes: Vec<Change>,
+    /// One per change, in the same order.
+    pub prevs: Vec<PrevCell>,
 }
 
 impl Batch {
+    pub fn new(from: i64, through: i64, changes: Vec<Change>) -> Batch {
+        let prevs = changes.iter().map(|_| PrevCell::default()).collect();
+        Batch {
+            from,
+            through,
+            changes,
+            prevs,
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.changes.iter().map(|c| c.size() + 64).sum::<usize>() + 64
     }
@@ -172,11 +190,9 @@ impl Feed {
                 continue;
             }
             match read {
-                Ok(Ok(changes)) if changes.through > fed => self.push(Batch {
-                    from: fed + 1,
-                    through: changes.through,
-                    changes: changes.changes,
-                }),
+                Ok(Ok(changes)) if changes.through > fed => {
+                    self.push(Batch::new(fed + 1, changes.through, changes.changes))
+                }
                 // Empty only if the store went back (an install of an older
                 // snapshot cannot happen, but must not spin) or a race with
                 // an install: start over from the store's revision.
@@ -204,10 +220,6 @@ impl nines_state::ChangeSink for Feed {
     }
 
     fn applied(&self, from: i64, through: i64, changes: Vec<Change>) {
-        self.push(Batch {
-            from,
-            through,
-            changes,
-        });
+        self.push(Batch::new(from, through, changes));
     }
 }

@@ -11,7 +11,7 @@
 mod feed;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nines_state::{Change, StateError, StateReader};
 use nines_types::{KeyRange, KeyValue};
@@ -134,7 +134,7 @@ impl Hub {
         let spec = &watcher.spec;
         let from = watcher.next;
         let ring = self.feed.since(from, |batches| {
-            from_ring(batches, from, max_bytes, |c| wanted(spec, c))
+            from_ring(batches, from, max_bytes, spec.prev_kv, |c| wanted(spec, c))
         });
         let (through, changes) = match ring {
             Some(read) => read,
@@ -148,7 +148,7 @@ impl Hub {
                 match read {
                     Ok(c) => {
                         let changes = c.changes.into_iter().filter(|c| wanted(spec, c));
-                        (c.through, changes.collect())
+                        (c.through, changes.map(|c| (c, None)).collect())
                     }
                     Err(StateError::Compacted { compacted, .. }) => {
                         return Ok(compacted_at(compacted))
@@ -158,9 +158,9 @@ impl Hub {
             }
         };
         let mut events = Vec::with_capacity(changes.len());
-        for change in changes {
+        for (change, cell) in changes {
             let prev_kv = match spec.prev_kv {
-                true => match self.reader.before(&change.kv.key, change.kv.mod_revision) {
+                true => match self.prev(&change, cell.as_deref()) {
                     Ok(prev) => prev,
                     Err(StateError::Compacted { compacted, .. }) => {
                         return Ok(compacted_at(compacted))
@@ -178,6 +178,26 @@ impl Hub {
         // Never backwards, even if a store swap made the window look short.
         watcher.next = watcher.next.max(through + 1);
         Ok(Polled::Events { events, through })
+    }
+
+    /// `change`'s previous key-value: from `cell` when another watcher
+    /// already looked it up (history does not change, so it stays right),
+    /// else from the store, kept in `cell` for the next.
+    fn prev(
+        &self,
+        change: &Change,
+        cell: Option<&OnceLock<Option<KeyValue>>>,
+    ) -> Result<Option<KeyValue>, StateError> {
+        if let Some(prev) = cell.and_then(OnceLock::get) {
+            return Ok(prev.clone());
+        }
+        Counters::inc(&self.counters.watch_prev_reads);
+        let prev = self.reader.before(&change.kv.key, change.kv.mod_revision)?;
+        if let Some(cell) = cell {
+            // A watcher that raced this one may have set it: same value.
+            let _ = cell.set(prev.clone());
+        }
+        Ok(prev)
     }
 }
 
@@ -197,14 +217,20 @@ fn wanted(spec: &WatchSpec, change: &Change) -> bool {
     !filtered && spec.range.contains(&change.kv.key)
 }
 
+/// A change, and where its previous key-value is shared if it came from
+/// the ring and the watcher asked for it.
+type Wanted = (Change, Option<feed::PrevCell>);
+
 /// The wanted changes from revision `from` in `batches`, cut after the
-/// batch that takes them past `max_bytes`, and the revision they cover.
+/// batch that takes them past `max_bytes`, and the revision they cover;
+/// with `prev_kv`, each with its shared cell.
 fn from_ring(
     batches: &mut dyn Iterator<Item = &feed::Batch>,
     from: i64,
     max_bytes: usize,
+    prev_kv: bool,
     wanted: impl Fn(&Change) -> bool,
-) -> (i64, Vec<Change>) {
+) -> (i64, Vec<Wanted>) {
     let mut out = Vec::new();
     let mut through = from - 1;
     let mut bytes = 0;
@@ -212,10 +238,10 @@ fn from_ring(
         if batch.through < from {
             continue;
         }
-        for change in &batch.changes {
+        for (change, cell) in batch.changes.iter().zip(&batch.prevs) {
             if change.kv.mod_revision >= from && wanted(change) {
                 bytes += change.size();
-                out.push(change.clone());
+                out.push((change.clone(), prev_kv.then(|| cell.clone())));
             }
         }
         through = batch.through;

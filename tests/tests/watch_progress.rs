@@ -148,3 +148,20 @@ async fn automatic_ids_are_not_reused_and_refused_creates_carry_the_invalid_id()
     assert!(refused.created && refused.canceled, "{refused:?}");
     assert_eq!(refused.watch_id, -1, "{refused:?}");
 }
+
+/// A client that ends its side of the stream after its requests (grpcurl
+/// does) keeps its watchers, as on etcd: the stream ended right after
+/// "created", so no event ever came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_stream_keeps_delivering() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(LONG).await;
+    let mut s = RawStream::open(&cluster.node(2).client_addr).await;
+    assert!(s.create(prefix("hc/")).await.created);
+    // Close the request side: a fresh sender in its place, then drop both.
+    let (closed, _) = tokio::sync::mpsc::channel(1);
+    drop(std::mem::replace(&mut s.requests, closed));
+    cluster.client().put("hc/a", "1").await.unwrap();
+    let events = s.events(1).await;
+    assert_eq!(events[0].kv.as_ref().unwrap().key, b"hc/a");
+}

@@ -25,7 +25,9 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use super::codec;
+use super::guard::LogOnce;
 use super::peers::PeerLiveness;
+use super::replies::{self, BadReply};
 
 /// Pause between attempts to reach a peer that refused the connection.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
@@ -124,6 +126,8 @@ pub struct Connection {
     unary_only: bool,
     /// Appends sent through this connection so far.
     appends: u64,
+    /// Refused replies are said once per kind and interval.
+    said: LogOnce,
 }
 
 /// One replication target's `AppendStream`: a request, then its reply.
@@ -152,6 +156,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             stream: None,
             unary_only: false,
             appends: 0,
+            said: LogOnce::new(Duration::from_secs(5)),
         }
     }
 }
@@ -293,6 +298,17 @@ fn streams(appends_before: u64, unary_only: bool) -> bool {
     appends_before > 0 && !unary_only
 }
 
+impl Connection {
+    /// A reply that failed `replies`: said, and a network error to
+    /// openraft (which retries) instead of the reply.
+    fn bad_reply<E: std::error::Error>(&self, e: BadReply) -> RPCError<NodeId, Node, E> {
+        if self.said.should_say("bad_reply") {
+            tracing::warn!(peer = self.target, addr = %self.addr, "{e} (said once per 5 s)");
+        }
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
 fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, Node, E> {
     RPCError::Unreachable(Unreachable::new(&AnyError::error(msg)))
 }
@@ -351,7 +367,9 @@ impl RaftNetwork<TypeConfig> for Connection {
                 PayloadTooLarge::new_entries_hint(entries / 2),
             ));
         }
-        self.call(Rpc::Append, data, &option).await
+        let reply = self.call(Rpc::Append, data, &option).await?;
+        replies::check_append(&rpc, &reply).map_err(|e| self.bad_reply(e))?;
+        Ok(reply)
     }
 
     async fn install_snapshot(
@@ -360,7 +378,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         let data = codec::encode(&rpc).map_err(encode_error)?;
-        self.call(Rpc::Snapshot, data, &option).await
+        let reply = self.call(Rpc::Snapshot, data, &option).await?;
+        replies::check_snapshot(&rpc.vote, &reply).map_err(|e| self.bad_reply(e))?;
+        Ok(reply)
     }
 
     /// After an unreachable peer, wait less than the election timeout
@@ -376,7 +396,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         let data = codec::encode(&rpc).map_err(encode_error)?;
-        self.call(Rpc::Vote, data, &option).await
+        let reply = self.call(Rpc::Vote, data, &option).await?;
+        replies::check_vote(&rpc, &reply).map_err(|e| self.bad_reply(e))?;
+        Ok(reply)
     }
 }
 

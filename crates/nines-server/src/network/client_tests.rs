@@ -125,6 +125,7 @@ async fn slow_echo_connection() -> Connection {
         unary_only: false,
         // Past the first append: these go over the stream.
         appends: 1,
+        said: crate::network::guard::LogOnce::new(std::time::Duration::from_secs(5)),
     }
 }
 

@@ -5,6 +5,7 @@ mod client;
 mod codec;
 pub mod guard;
 pub mod peers;
+mod replies;
 mod service;
 
 pub use client::{ChannelPool, NetworkFactory, MAX_MESSAGE_BYTES};

@@ -8,7 +8,7 @@
 //! watcher never holds memory here.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,13 @@ use crate::metrics::Counters;
 
 /// A change's previous key-value (a watch's `prev_kv`), looked up by the
 /// first watcher that asks and handed to every other: with 1,000 watchers
-/// asking, one store read per change instead of 1,000.
+/// asking, one store read per change instead of 1,000. Kept only through
+/// [`Feed::keep_prev`], which counts it against the ring's byte cap.
 pub type PrevCell = Arc<OnceLock<Option<KeyValue>>>;
+
+fn prev_bytes(prev: &Option<KeyValue>) -> usize {
+    prev.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len()) + 64
+}
 
 /// One window read from the store: every change with a main revision in
 /// `from..=through`, oldest first.
@@ -48,12 +53,39 @@ impl Batch {
     fn bytes(&self) -> usize {
         self.changes.iter().map(|c| c.size() + 64).sum::<usize>() + 64
     }
+
+    /// What the previous key-values kept in its cells take.
+    fn prev_bytes(&self) -> usize {
+        self.prevs
+            .iter()
+            .filter_map(|c| c.get())
+            .map(prev_bytes)
+            .sum()
+    }
 }
 
 #[derive(Default)]
 struct Ring {
     batches: VecDeque<Batch>,
     bytes: usize,
+    /// Previous key-values kept in the batches' cells (set under the read
+    /// lock, so atomic); counted with `bytes` against the cap.
+    prev_bytes: AtomicUsize,
+}
+
+impl Ring {
+    fn pop_front(&mut self) {
+        if let Some(old) = self.batches.pop_front() {
+            self.bytes = self.bytes.saturating_sub(old.bytes());
+            let kept = old.prev_bytes();
+            let prev = self.prev_bytes.get_mut();
+            *prev = prev.saturating_sub(kept);
+        }
+    }
+
+    fn total(&mut self) -> usize {
+        self.bytes + *self.prev_bytes.get_mut()
+    }
 }
 
 pub struct Feed {
@@ -125,6 +157,27 @@ impl Feed {
         Some(read(&mut ring.batches.range(start..)))
     }
 
+    /// Keeps `prev` in `cell`, the cell of a change at `revision`, for the
+    /// change's other watchers, if the ring still holds that change and the
+    /// values kept stay within half the cap. They count with the changes
+    /// when the ring is trimmed, so they go with their batches; without a
+    /// bound of their own, 1 MiB values overwritten by small ones would pin
+    /// 1 MiB per change. Past the bound each watcher reads its own.
+    pub fn keep_prev(&self, cell: &PrevCell, revision: i64, prev: &Option<KeyValue>) {
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        // The ring is contiguous and only ever moves forward, so a change
+        // at or past its first revision is one of its batches'.
+        if ring.batches.front().is_none_or(|b| revision < b.from) {
+            return;
+        }
+        let size = prev_bytes(prev);
+        let kept = ring.prev_bytes.fetch_add(size, Ordering::Relaxed);
+        if kept + size > self.max_bytes / 2 || cell.set(prev.clone()).is_err() {
+            // No room, or another watcher kept it first.
+            ring.prev_bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
+
     /// Appends `batch` if it continues the feed exactly (applies hand
     /// theirs directly, and the feed task reads what they did not: whichever
     /// comes second finds its window taken and is dropped).
@@ -136,10 +189,8 @@ impl Feed {
         }
         ring.bytes += batch.bytes();
         ring.batches.push_back(batch);
-        while ring.bytes > self.max_bytes && ring.batches.len() > 1 {
-            if let Some(old) = ring.batches.pop_front() {
-                ring.bytes = ring.bytes.saturating_sub(old.bytes());
-            }
+        while ring.total() > self.max_bytes && ring.batches.len() > 1 {
+            ring.pop_front();
         }
         // Sent under the ring lock: the contiguity check above reads it.
         self.moved();
@@ -156,6 +207,7 @@ impl Feed {
         }
         ring.batches.clear();
         ring.bytes = 0;
+        *ring.prev_bytes.get_mut() = 0;
         self.moved();
         self.fed.send_replace(revision);
     }

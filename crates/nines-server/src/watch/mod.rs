@@ -11,7 +11,7 @@
 mod feed;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use nines_state::{Change, StateError, StateReader};
 use nines_types::{KeyRange, KeyValue};
@@ -160,7 +160,7 @@ impl Hub {
         let mut events = Vec::with_capacity(changes.len());
         for (change, cell) in changes {
             let prev_kv = match spec.prev_kv {
-                true => match self.prev(&change, cell.as_deref()) {
+                true => match self.prev(&change, cell.as_ref()) {
                     Ok(prev) => prev,
                     Err(StateError::Compacted { compacted, .. }) => {
                         return Ok(compacted_at(compacted))
@@ -182,20 +182,20 @@ impl Hub {
 
     /// `change`'s previous key-value: from `cell` when another watcher
     /// already looked it up (history does not change, so it stays right),
-    /// else from the store, kept in `cell` for the next.
+    /// else from the store, kept in `cell` for the next if the ring has
+    /// room (`Feed::keep_prev`).
     fn prev(
         &self,
         change: &Change,
-        cell: Option<&OnceLock<Option<KeyValue>>>,
+        cell: Option<&feed::PrevCell>,
     ) -> Result<Option<KeyValue>, StateError> {
-        if let Some(prev) = cell.and_then(OnceLock::get) {
+        if let Some(prev) = cell.and_then(|c| c.get()) {
             return Ok(prev.clone());
         }
         Counters::inc(&self.counters.watch_prev_reads);
         let prev = self.reader.before(&change.kv.key, change.kv.mod_revision)?;
         if let Some(cell) = cell {
-            // A watcher that raced this one may have set it: same value.
-            let _ = cell.set(prev.clone());
+            self.feed.keep_prev(cell, change.kv.mod_revision, &prev);
         }
         Ok(prev)
     }

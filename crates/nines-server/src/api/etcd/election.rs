@@ -88,8 +88,13 @@ impl vpb::election_server::Election for EtcdElection {
             &name.unwrap_or_default(),
             true,
         )?;
+        let caller = self.core.caller(request.metadata())?;
         let m = request.into_inner();
         let leader = leader_key(m.leader)?;
+        // The write goes to the key the caller names, which need not be
+        // under the election's prefix: as etcd (whose election service
+        // writes with the caller's credentials), it needs write there.
+        self.core.check_keys(&caller, true, &leader.key, &[])?;
         let revision = self.election.proclaim(&leader, &m.value).await?;
         Ok(Response::new(vpb::ProclaimResponse {
             header: self.header(revision),
@@ -158,7 +163,10 @@ impl vpb::election_server::Election for EtcdElection {
             &name.unwrap_or_default(),
             true,
         )?;
+        let caller = self.core.caller(request.metadata())?;
         let leader = leader_key(request.into_inner().leader)?;
+        // Resigning deletes the named key: write there too (see proclaim).
+        self.core.check_keys(&caller, true, &leader.key, &[])?;
         let revision = self.election.resign(&leader).await?;
         Ok(Response::new(vpb::ResignResponse {
             header: self.header(revision),

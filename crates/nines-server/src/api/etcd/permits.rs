@@ -1,5 +1,6 @@
 //! What each KV request needs once auth is on, as etcd checks it: a range
-//! reads its keys, a put or delete writes them, a txn reads its compares'
+//! reads its keys, a put or delete writes them (and reads them with
+//! `prev_kv`), a txn reads its compares'
 //! keys and both branches' reads and writes (either may run), and a
 //! compaction needs root.
 
@@ -19,15 +20,26 @@ impl Guarded for epb::RangeRequest {
     }
 }
 
+/// A put or delete with `prev_kv` also reads what it replaces: etcd
+/// checks read permission on the same keys then, so a write-only user
+/// cannot read values back through it.
 impl Guarded for epb::PutRequest {
     fn check(&self, core: &NodeCore, caller: &Caller) -> Result<(), ApiError> {
-        core.check_keys(caller, true, &self.key, &[])
+        core.check_keys(caller, true, &self.key, &[])?;
+        if self.prev_kv {
+            core.check_keys(caller, false, &self.key, &[])?;
+        }
+        Ok(())
     }
 }
 
 impl Guarded for epb::DeleteRangeRequest {
     fn check(&self, core: &NodeCore, caller: &Caller) -> Result<(), ApiError> {
-        core.check_keys(caller, true, &self.key, &self.range_end)
+        core.check_keys(caller, true, &self.key, &self.range_end)?;
+        if self.prev_kv {
+            core.check_keys(caller, false, &self.key, &self.range_end)?;
+        }
+        Ok(())
     }
 }
 

@@ -148,8 +148,8 @@ impl Drop for StreamTask {
 }
 
 impl StreamTask {
-    /// Until the client ends the stream; dropped with the response body
-    /// if the client goes away (`Drop` cleans up either way).
+    /// Until the client goes away: dropped with the response body (`Drop`
+    /// cleans up), or a failed read of its requests.
     async fn run(mut self, mut inbound: Streaming<epb::WatchRequest>) {
         let mut fed = self.hub.fed();
         let every = self.core.config.watch_progress_interval;
@@ -162,20 +162,29 @@ impl StreamTask {
         let mut streak = 0u32;
         // No poll before this (see `LINGER`).
         let mut linger_until: Option<tokio::time::Instant> = None;
+        // The client ended its side (grpcurl does, after its requests):
+        // as etcd, its watchers go on until it goes away.
+        let mut half_closed = false;
         loop {
             let step = tokio::select! {
                 // Requests first, so a cancel is not stuck behind events;
                 // but a client that keeps requests coming (progress
                 // requests back to back) must not starve its own watchers.
                 biased;
-                message = inbound.message(), if !(behind && streak >= REQUESTS_PER_POLL) => {
+                message = inbound.message(),
+                    if !(half_closed || behind && streak >= REQUESTS_PER_POLL) =>
+                {
                     streak += 1;
                     match message {
                         Ok(Some(request)) => {
                             behind = true;
                             self.handle(request).await
                         }
-                        Ok(None) | Err(_) => Err(Gone),
+                        Ok(None) => {
+                            half_closed = true;
+                            Ok(())
+                        }
+                        Err(_) => Err(Gone),
                     }
                 }
                 changed = fed.changed(), if !behind => match changed {

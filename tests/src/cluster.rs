@@ -418,6 +418,12 @@ impl Cluster {
         self.node(id).child.is_some()
     }
 
+    /// Running and not exited by itself (nor stopped): see
+    /// [`ServerProcess::is_live`].
+    pub fn is_alive(&self, id: u64) -> bool {
+        self.node(id).child.as_ref().is_some_and(|c| c.is_live())
+    }
+
     pub fn signal(&self, id: u64, signal: i32) {
         if let Some(child) = &self.node(id).child {
             child.signal(signal);

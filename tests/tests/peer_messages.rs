@@ -16,6 +16,9 @@ use tonic::Code;
 
 const LONG: Duration = Duration::from_secs(30);
 
+mod fake_peer;
+use fake_peer::RaftResult;
+
 async fn peer(cluster: &Cluster, id: u64) -> RaftClient<Channel> {
     let addr = format!("http://{}", cluster.node(id).peer_addr);
     RaftClient::new(Channel::from_shared(addr).unwrap().connect().await.unwrap())
@@ -264,14 +267,9 @@ async fn a_snapshot_chunk_at_offset_two_to_the_forty_is_refused() {
     assert_serving(&mut cluster, "a snapshot chunk at 2^40").await;
 }
 
-/// A hostile "learner": it answers the membership probe as the node the
-/// leader expects, then replies to every Raft call with a message whose
-/// error string claims 2^50 bytes. On 7b83ce3 the leader decoding such a
-/// reply aborted, and so did the next leader.
-struct HostileLearner;
-
-type RaftResult = Result<tonic::Response<pb::v1::RaftReply>, tonic::Status>;
-
+/// A hostile "learner" (`fake_peer`) whose every Raft reply claims an
+/// error string of 2^50 bytes. On 7b83ce3 the leader decoding such a reply
+/// aborted, and so did the next leader.
 fn hostile_reply() -> RaftResult {
     let err: Result<(), openraft::error::RaftError<u64>> = Err(openraft::error::RaftError::Fatal(
         openraft::error::Fatal::StorageError(openraft::StorageError::from_io_error(
@@ -286,71 +284,6 @@ fn hostile_reply() -> RaftResult {
     data.push(0xfd);
     data.extend_from_slice(&(1u64 << 50).to_le_bytes());
     Ok(tonic::Response::new(pb::v1::RaftReply { data }))
-}
-
-#[tonic::async_trait]
-impl pb::v1::raft_server::Raft for HostileLearner {
-    async fn append_entries(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
-        hostile_reply()
-    }
-    type AppendStreamStream =
-        futures::stream::BoxStream<'static, Result<pb::v1::RaftReply, tonic::Status>>;
-    /// The same reply to every append over the stream too.
-    async fn append_stream(
-        &self,
-        request: tonic::Request<tonic::Streaming<pb::v1::RaftRequest>>,
-    ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
-        use futures::StreamExt;
-        let replies = request
-            .into_inner()
-            .map(|_| hostile_reply().map(tonic::Response::into_inner));
-        Ok(tonic::Response::new(replies.boxed()))
-    }
-    async fn vote(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
-        hostile_reply()
-    }
-    async fn install_snapshot(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
-        hostile_reply()
-    }
-    async fn pre_vote(&self, _: tonic::Request<pb::v1::RaftRequest>) -> RaftResult {
-        hostile_reply()
-    }
-    async fn probe(
-        &self,
-        request: tonic::Request<pb::v1::ProbeRequest>,
-    ) -> Result<tonic::Response<pb::v1::ProbeReply>, tonic::Status> {
-        let req = request.into_inner();
-        Ok(tonic::Response::new(pb::v1::ProbeReply {
-            id: req.target,
-            cluster_id: req.cluster_id,
-        }))
-    }
-    async fn read_index(
-        &self,
-        _: tonic::Request<pb::v1::ReadIndexRequest>,
-    ) -> Result<tonic::Response<pb::v1::ReadIndexReply>, tonic::Status> {
-        Err(tonic::Status::internal("hostile"))
-    }
-    type ReadIndexStreamStream =
-        futures::stream::BoxStream<'static, Result<pb::v1::ReadIndexReply, tonic::Status>>;
-    async fn read_index_stream(
-        &self,
-        request: tonic::Request<tonic::Streaming<pb::v1::ReadIndexRequest>>,
-    ) -> Result<tonic::Response<Self::ReadIndexStreamStream>, tonic::Status> {
-        use futures::StreamExt;
-        let replies = request
-            .into_inner()
-            .map(|_| Err(tonic::Status::internal("hostile")));
-        Ok(tonic::Response::new(replies.boxed()))
-    }
-    type VoteCheckStreamStream =
-        futures::stream::Empty<Result<pb::v1::VoteCheckReply, tonic::Status>>;
-    async fn vote_check_stream(
-        &self,
-        _: tonic::Request<tonic::Streaming<pb::v1::VoteCheckRequest>>,
-    ) -> Result<tonic::Response<Self::VoteCheckStreamStream>, tonic::Status> {
-        Err(tonic::Status::internal("hostile"))
-    }
 }
 
 /// The leader's commit index is for members: a read index request from
@@ -514,13 +447,7 @@ async fn read_index_requests_are_answered_only_for_members() {
 async fn a_hostile_learner_cannot_crash_the_leader() {
     let mut cluster = Cluster::start(ClusterOptions::default());
     cluster.wait_leader(LONG).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let fake = listener.local_addr().unwrap().to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::v1::raft_server::RaftServer::new(HostileLearner))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let fake = fake_peer::serve(hostile_reply).await;
     let client = cluster.client();
     // Accepted or timed out waiting for the learner: either way the leader
     // now replicates to it and decodes its replies.

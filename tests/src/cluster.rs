@@ -445,6 +445,16 @@ impl Cluster {
         Client::new(self.client_config(self.endpoints())).expect("client")
     }
 
+    /// A client of every node that logs in as `user` (etcd auth).
+    pub fn client_as(&self, user: &str, password: &str) -> Client {
+        let mut config = self.client_config(self.endpoints());
+        config.credentials = Some(nines_client::Credentials {
+            user: user.into(),
+            password: password.into(),
+        });
+        Client::new(config).expect("client")
+    }
+
     /// A client bound to one node only.
     pub fn client_of(&self, id: u64) -> Client {
         let mut config = self.client_config(vec![self.node(id).client_addr.clone()]);

@@ -6,22 +6,13 @@ use std::time::{Duration, Instant};
 
 use nines_client::proto::etcd::authpb;
 use nines_client::proto::{self as pb};
-use nines_client::{Client, Credentials, WatchOptions, WatchUpdate};
+use nines_client::{Client, WatchOptions, WatchUpdate};
 use nines_tests::{Cluster, ClusterOptions};
 use tonic::Code;
 
 const LONG: Duration = Duration::from_secs(60);
 /// The cluster's --auth-token-ttl, in seconds.
 const TOKEN_TTL: u64 = 2;
-
-fn client_as(cluster: &Cluster, user: &str, password: &str) -> Client {
-    let mut config = cluster.client_config(cluster.endpoints());
-    config.credentials = Some(Credentials {
-        user: user.into(),
-        password: password.into(),
-    });
-    Client::new(config).unwrap()
-}
 
 /// root, and alice with readwrite on app/, then auth on (through the
 /// client's Auth methods, without credentials while auth is off).
@@ -70,7 +61,7 @@ async fn a_client_with_credentials_outlives_its_tokens() {
     cluster.stable_leader(LONG).await;
     // Logged in before auth is on (no token then), it must log in once
     // auth is enabled: the first refusal is "user name is empty".
-    let alice = client_as(&cluster, "alice", "apw");
+    let alice = cluster.client_as("alice", "apw");
     alice.put("app/before", "v").await.expect("auth still off");
     set_up(&cluster.client()).await;
 
@@ -127,7 +118,7 @@ async fn a_client_with_credentials_outlives_its_tokens() {
     let denied = alice.put("other/x", "v").await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     // A wrong password fails with etcd's error, and is not retried.
-    let wrong = client_as(&cluster, "alice", "nope");
+    let wrong = cluster.client_as("alice", "nope");
     let failed = wrong.get("app/0").await.unwrap_err();
     assert!(
         failed
@@ -145,7 +136,7 @@ async fn a_member_joins_a_cluster_with_auth_on_as_a_root_user() {
     let mut cluster = Cluster::start(ClusterOptions::default());
     cluster.stable_leader(LONG).await;
     set_up(&cluster.client()).await;
-    let root = client_as(&cluster, "root", "rootpw");
+    let root = cluster.client_as("root", "rootpw");
     root.put("before/join", "v").await.unwrap();
 
     let endpoints = cluster.endpoints().join(",");

@@ -7,20 +7,11 @@ use std::time::Duration;
 
 use nines_client::proto::etcd::authpb;
 use nines_client::proto::{self as pb};
-use nines_client::{Client, Credentials, LeaderKey};
+use nines_client::{Client, LeaderKey};
 use nines_tests::{Cluster, ClusterOptions};
 use tonic::Code;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn client_as(cluster: &Cluster, user: &str, password: &str) -> Client {
-    let mut config = cluster.client_config(cluster.endpoints());
-    config.credentials = Some(Credentials {
-        user: user.into(),
-        password: password.into(),
-    });
-    Client::new(config).unwrap()
-}
 
 /// root; `w` with write-only on `app/` and readwrite on `e/`; auth on.
 async fn set_up(admin: &Client) {
@@ -70,8 +61,8 @@ async fn election_calls_need_write_on_the_key_they_name() {
     let cluster = Cluster::start(ClusterOptions::default());
     cluster.stable_leader(LONG).await;
     set_up(&cluster.client()).await;
-    let root = client_as(&cluster, "root", "rootpw");
-    let w = client_as(&cluster, "w", "wpw");
+    let root = cluster.client_as("root", "rootpw");
+    let w = cluster.client_as("w", "wpw");
     root.put("secret/y", "kept").await.unwrap();
     // Election "e" is w's to use; the keys below are not.
     let forged = |key: &str, rev: i64| LeaderKey {
@@ -107,8 +98,8 @@ async fn prev_kv_needs_read_on_the_keys_it_returns() {
     let cluster = Cluster::start(ClusterOptions::default());
     cluster.stable_leader(LONG).await;
     set_up(&cluster.client()).await;
-    let root = client_as(&cluster, "root", "rootpw");
-    let w = client_as(&cluster, "w", "wpw");
+    let root = cluster.client_as("root", "rootpw");
+    let w = cluster.client_as("w", "wpw");
     root.put("app/k", "old").await.unwrap();
     let put = |prev_kv| pb::PutRequest {
         key: b"app/k".to_vec(),

@@ -82,6 +82,7 @@ impl NinesNode {
         // before openraft hears of it.
         state.gate_on(log.durable_index());
         let reader = state.reader();
+        let receiver = crate::network::SnapshotReceiver::new(state.stager());
         let pool = ChannelPool::new(config.peer_source_ip, &config.tls);
         // Raft's channels get a pool of their own: a tonic channel's worker
         // task runs on the runtime that first creates it, and Raft's must
@@ -205,6 +206,7 @@ impl NinesNode {
                 core.clone(),
                 election.clone(),
                 reads,
+                receiver,
                 peer_listener,
                 stopped.clone(),
             )),
@@ -419,6 +421,7 @@ async fn serve_peer(
     core: Arc<NodeCore>,
     election: Arc<Election>,
     reads: Arc<ReadLimiter>,
+    receiver: crate::network::SnapshotReceiver,
     listener: TcpListener,
     stopped: watch::Receiver<bool>,
 ) {
@@ -431,7 +434,8 @@ async fn serve_peer(
         )
         .with_reads(core.barrier.clone())
         .with_vouching(core.read_state.clone())
-        .with_election(election),
+        .with_election(election)
+        .with_receiver(receiver),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -31,12 +31,22 @@ pub(crate) fn install(
     meta: &SnapshotMeta,
     mut src: File,
 ) -> Result<(), StateError> {
-    let tmp = shared.snapshots.tmp_path("install");
     // The sweep deletes from the current store: not while it is replaced.
     let _no_sweep = lock(&shared.compactor.gate);
+    // Received from a peer, it was staged (checked and loaded) already.
+    let staged = crate::stage::take(shared, meta);
+    let tmp = match &staged {
+        Some(s) => s.tmp.clone(),
+        None => shared.snapshots.tmp_path("install"),
+    };
     let result = (|| {
-        copy_synced(&mut src, &tmp)?;
-        let (store, state) = fill_new_tree(shared, &tmp, meta)?;
+        let (store, state) = match staged {
+            Some(s) => (s.store, s.state),
+            None => {
+                copy_synced(&mut src, &tmp)?;
+                fill_new_tree(shared, &tmp, meta)?
+            }
+        };
         let dest = shared.snapshots.file_for(&meta.snapshot_id);
         // Publish before flipping: if we crash in between, open() sees a
         // snapshot newer than the tree and reloads it.
@@ -56,7 +66,7 @@ pub(crate) fn install(
 }
 
 /// Streams `src` from its start into `dest` and fsyncs it.
-fn copy_synced(src: &mut File, dest: &Path) -> Result<(), StateError> {
+pub(crate) fn copy_synced(src: &mut File, dest: &Path) -> Result<(), StateError> {
     // openraft hands over the file it wrote into (or, in tests, another
     // node's snapshot handle): its position is arbitrary.
     src.seek(SeekFrom::Start(0))

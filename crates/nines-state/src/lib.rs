@@ -28,6 +28,7 @@ mod snapshot_base;
 mod snapshot_builder;
 mod snapshot_dir;
 mod snapshot_file;
+mod stage;
 mod state_machine;
 mod store;
 mod tail;
@@ -42,6 +43,7 @@ pub use lease::LeaseInfo;
 pub use mvcc::{Change, Changes, HashKv, Read};
 pub use reader::StateReader;
 pub use snapshot_builder::SnapshotBuilder;
+pub use stage::SnapshotStager;
 pub use state_machine::{SnapshotStats, StateMachine};
 #[doc(hidden)]
 pub use store::RawRecord;

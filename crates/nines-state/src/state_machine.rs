@@ -93,6 +93,14 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Checks and loads snapshots received from peers before their install
+    /// (`stage.rs`).
+    pub fn stager(&self) -> crate::stage::SnapshotStager {
+        crate::stage::SnapshotStager {
+            shared: self.shared.clone(),
+        }
+    }
+
     pub fn reader(&self) -> StateReader {
         StateReader {
             shared: self.shared.clone(),

@@ -223,6 +223,9 @@ pub(crate) struct Shared {
     /// (its next send fails before it reads the error): the server names
     /// this one instead.
     pub fault: std::sync::OnceLock<String>,
+    /// A received snapshot already checked and loaded (`stage.rs`), which
+    /// the install that follows takes instead of loading it again.
+    pub staged: Mutex<Option<crate::stage::Staged>>,
 }
 
 impl Drop for Shared {
@@ -404,5 +407,6 @@ pub(crate) fn shared(
         applied_index: tokio::sync::watch::Sender::new(meta.applied.map_or(0, |l| l.index)),
         change_sink: RwLock::new(None),
         fault: std::sync::OnceLock::new(),
+        staged: Mutex::new(None),
     })
 }

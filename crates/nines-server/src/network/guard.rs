@@ -159,8 +159,22 @@ fn check_term(term: u64, view: &View, limits: &GuardLimits) -> Result<(), Refuse
     Ok(())
 }
 
+/// The highest log index a peer may name: 2^62 is 146,000 years of a
+/// million entries a second, and far enough below u64::MAX that openraft's
+/// `index + 1` (the next entry, a snapshot's purge point) cannot overflow.
+pub const MAX_LOG_INDEX: u64 = 1 << 62;
+
+/// Longest snapshot id taken from a peer; ours are under 90 bytes. The id
+/// names a file, so it must fit in one.
+pub const MAX_SNAPSHOT_ID: usize = 128;
+
 fn check_log_id(what: &str, log_id: &Option<LogId<NodeId>>, vote_term: u64) -> Result<(), Refused> {
     if let Some(id) = log_id {
+        if id.index > MAX_LOG_INDEX {
+            return Err(Refused::Malformed(format!(
+                "{what} {id} has an index past {MAX_LOG_INDEX}"
+            )));
+        }
         if id.leader_id.term > vote_term {
             return Err(Refused::Malformed(format!(
                 "{what} {id} has a term above the sender's vote term {vote_term}"
@@ -289,8 +303,37 @@ pub fn check_snapshot(
     limits: &GuardLimits,
 ) -> Result<(), Refused> {
     let term = check_leader(&rpc.vote, view, limits)?;
-    check_log_id("snapshot last_log_id", &rpc.meta.last_log_id, term)?;
-    check_membership(rpc.meta.last_membership.membership(), limits)
+    let meta = &rpc.meta;
+    check_snapshot_id(&meta.snapshot_id)?;
+    check_log_id("snapshot last_log_id", &meta.last_log_id, term)?;
+    let membership_at = meta.last_membership.log_id();
+    check_log_id("snapshot membership log id", membership_at, term)?;
+    // By index and term: log ids compare by leader first, and the leader
+    // ids of two terms' leaders need not be ordered.
+    let past = match (membership_at, &meta.last_log_id) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(m), Some(l)) => m.index > l.index || m.leader_id.term > l.leader_id.term,
+    };
+    if past {
+        return Err(Refused::Malformed(format!(
+            "snapshot membership log id {membership_at:?} is past its last log id {:?}",
+            meta.last_log_id
+        )));
+    }
+    check_membership(meta.last_membership.membership(), limits)
+}
+
+/// A snapshot id names a file here: short, and of `[A-Za-z0-9_-]` only.
+fn check_snapshot_id(id: &str) -> Result<(), Refused> {
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    if id.is_empty() || id.len() > MAX_SNAPSHOT_ID || !id.bytes().all(safe) {
+        return Err(Refused::Malformed(format!(
+            "snapshot id of {} bytes is not 1 to {MAX_SNAPSHOT_ID} of [A-Za-z0-9_-]",
+            id.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The snapshot stream being received: chunks must come without gaps (a
@@ -428,5 +471,67 @@ mod tests {
             check_append(&heartbeat(2, 3), &v, &limits),
             Err(Refused::NotMember(3))
         );
+    }
+
+    #[test]
+    fn log_indexes_past_the_bound_are_refused() {
+        let membership = old_config();
+        let vote = Vote::new_committed(3, 1);
+        let view = View {
+            me: 2,
+            current_term: 3,
+            membership: &membership,
+            vote: &vote,
+            leaderless_for: Duration::ZERO,
+        };
+        let limits = GuardLimits::default();
+        let at = |index| Some(LogId::new(CommittedLeaderId::new(3, 1), index));
+        let mut append = heartbeat(3, 1);
+        append.prev_log_id = at(MAX_LOG_INDEX);
+        assert_eq!(check_append(&append, &view, &limits), Ok(()));
+        append.prev_log_id = at(MAX_LOG_INDEX + 1);
+        assert!(matches!(
+            check_append(&append, &view, &limits),
+            Err(Refused::Malformed(_))
+        ));
+        append.prev_log_id = None;
+        append.leader_commit = at(u64::MAX);
+        assert!(matches!(
+            check_append(&append, &view, &limits),
+            Err(Refused::Malformed(_))
+        ));
+
+        let snapshot = |index, id: &str| InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            meta: openraft::SnapshotMeta {
+                last_log_id: at(index),
+                last_membership: old_config(),
+                snapshot_id: id.into(),
+            },
+            offset: 0,
+            data: vec![],
+            done: true,
+        };
+        assert_eq!(
+            check_snapshot(&snapshot(20, "3-20-1-0"), &view, &limits),
+            Ok(())
+        );
+        for bad in [
+            snapshot(u64::MAX, "3-20-1-0"),
+            // Its membership (at index 10) is past its last log id.
+            snapshot(5, "3-5-1-0"),
+            snapshot(20, "../../etc"),
+            snapshot(20, ""),
+            snapshot(20, &"9".repeat(MAX_SNAPSHOT_ID + 1)),
+        ] {
+            assert!(
+                matches!(
+                    check_snapshot(&bad, &view, &limits),
+                    Err(Refused::Malformed(_))
+                ),
+                "{:?}",
+                bad.meta
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::codec;
 use super::guard::{self, GuardLimits, LogOnce, Refused, SnapshotStreams, View};
+use super::snapshot_receive::NotTaken;
 use crate::election::{Election, PreVoteRequest};
 use crate::metrics::Counters;
 use crate::read_barrier::ReadBarrier;
@@ -36,6 +37,9 @@ pub struct RaftService {
     /// This node's saved vote and applied index, with which an ask that
     /// offers a vote is answered without a round (`read_index.rs`).
     vouching: Option<crate::read_index::ReadState>,
+    /// Stages a snapshot before its install (`snapshot_receive.rs`); absent
+    /// in handler-only tests, which use openraft's receiver.
+    receiver: Option<Arc<super::SnapshotReceiver>>,
 }
 
 impl RaftService {
@@ -51,7 +55,13 @@ impl RaftService {
             election: None,
             reads: None,
             vouching: None,
+            receiver: None,
         }
+    }
+
+    pub fn with_receiver(mut self, receiver: super::SnapshotReceiver) -> Self {
+        self.receiver = Some(Arc::new(receiver));
+        self
     }
 
     pub fn with_vouching(mut self, vouching: crate::read_index::ReadState) -> Self {
@@ -257,7 +267,19 @@ impl RaftRpc for RaftService {
             .admit(&rpc, &self.limits)
             .map_err(|why| self.refused(&why))?;
         let term = rpc.vote.leader_id.term;
-        let result = self.raft.install_snapshot(rpc).await;
+        let result = match &self.receiver {
+            Some(receiver) => receiver
+                .receive(&self.raft, rpc)
+                .await
+                .map_err(|e| match e {
+                    NotTaken::Bad { .. } => self.refused(&Refused::Malformed(e.to_string())),
+                    NotTaken::Local { .. } => {
+                        tracing::warn!(node = self.id, "{e}");
+                        Status::internal(e.to_string())
+                    }
+                })?,
+            None => self.raft.install_snapshot(rpc).await,
+        };
         if matches!(&result, Ok(r) if r.vote.leader_id.term <= term) {
             self.leader_contact();
         }

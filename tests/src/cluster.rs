@@ -232,6 +232,11 @@ impl Cluster {
         self.add_node_with(vec!["--join".into(), endpoints])
     }
 
+    /// Starts a fresh node with `--join` through these endpoints.
+    pub fn join_node_via(&mut self, endpoints: &[String]) -> u64 {
+        self.add_node_with(vec!["--join".into(), endpoints.join(",")])
+    }
+
     fn add_node_with(&mut self, bootstrap: Vec<String>) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let peer_addr = format!("127.0.0.1:{}", free_port());

@@ -115,6 +115,52 @@ async fn join_flag_adds_and_promotes_a_fresh_node() {
     assert_eq!(kv.map(|kv| kv.value), Some(b"x".to_vec()));
 }
 
+/// An endpoint that speaks HTTP/2 (so keepalive pings are answered) but
+/// never answers a call, as a hung member: it held `--join` for good,
+/// though good endpoints followed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_gets_past_an_endpoint_that_never_answers() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut endpoints = vec![hung.local_addr().unwrap().to_string()];
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((tcp, _)) = hung.accept().await else {
+                return;
+            };
+            held.push(tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                let mut calls = Vec::new();
+                // Takes every call and keeps it, unanswered.
+                while let Some(Ok(call)) = conn.accept().await {
+                    calls.push(call);
+                }
+            }));
+        }
+    });
+    endpoints.extend(cluster.endpoints());
+    let id = cluster.join_node_via(&endpoints);
+    let client = cluster.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = client.member_list().await.expect("member list");
+        if list.members.iter().any(|m| m.id == id && !m.is_learner) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {id} did not join past the hung endpoint: {list:?}\n{}",
+            cluster.server_log(id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.abort();
+}
+
 /// etcd 3.5's `MemberList{linearizable: true}` must show every change
 /// committed before the call, even when asked of a member that missed it
 /// (restarted on old data and still catching up): a chaos nemesis once

@@ -8,8 +8,9 @@
 //! (bounded by `HANDSHAKE_TIMEOUT`, holding its slot), so a slow or hostile
 //! client cannot hold up the accept loop; only completed handshakes are
 //! handed to tonic, and a refused one closes the connection. A plaintext
-//! connection is handed out once it has sent its first bytes, within the
-//! same bound: sockets that never speak held every peer slot for good.
+//! connection is handed out once it has sent the whole HTTP/2 preface,
+//! within the same bound: sockets that never speak, or stop partway, held
+//! every peer slot for good.
 
 use std::future::Future;
 use std::io;
@@ -87,22 +88,17 @@ impl Incoming {
         }
     }
 
-    /// Hands out a plaintext connection once it has sent something; its
-    /// slot is held until then (bounded) or until it closes.
+    /// Hands out a plaintext connection once it has sent the whole HTTP/2
+    /// preface; its slot is held until then (bounded) or until it closes.
     fn first_bytes(&mut self, stream: TcpStream, slot: OwnedSemaphorePermit) {
         let timeout = self.handshake_timeout;
         self.handshakes.spawn(async move {
-            let mut byte = [0u8; 1];
-            match tokio::time::timeout(timeout, stream.peek(&mut byte)).await {
-                Ok(Ok(n)) if n > 0 => Ok(Conn::new(ConnStream::Plain(stream), slot)),
-                Ok(Ok(_)) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed before sending anything",
-                )),
+            match tokio::time::timeout(timeout, preface(&stream)).await {
+                Ok(Ok(())) => Ok(Conn::new(ConnStream::Plain(stream), slot)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("sent nothing within {timeout:?}"),
+                    format!("sent no HTTP/2 preface within {timeout:?}"),
                 )),
             }
         });
@@ -164,6 +160,37 @@ impl Incoming {
             );
             self.last_refusal_log = Some(now);
         }
+    }
+}
+
+/// What every HTTP/2 client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until `stream` has sent the whole HTTP/2 preface (read by peeking:
+/// the bytes stay for the server). Once handed to hyper, a connection that
+/// sent part of it and went quiet held its slot for good: hyper neither
+/// times the preface out nor pings before it has it.
+async fn preface(stream: &TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before sending the HTTP/2 preface",
+            ));
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an HTTP/2 connection",
+            ));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(());
+        }
+        // peek returns at once while bytes wait unread: poll gently.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -397,7 +424,7 @@ mod tests {
 
     async fn speaking(addr: std::net::SocketAddr) -> TcpStream {
         let mut c = TcpStream::connect(addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut c, b"P")
+        tokio::io::AsyncWriteExt::write_all(&mut c, H2_PREFACE)
             .await
             .unwrap();
         c
@@ -449,6 +476,32 @@ mod tests {
         );
     }
 
+    /// hyper neither times out nor pings a connection that sent part of
+    /// the preface: such connections held every slot for good.
+    #[tokio::test]
+    async fn a_partial_preface_or_another_protocol_gives_its_slot_back() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Incoming::new(listener, "test", 1, None);
+        incoming.handshake_timeout = Duration::from_millis(300);
+        let mut partial = TcpStream::connect(addr).await.unwrap();
+        partial.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_millis(100), incoming.next()).await;
+        assert!(first.is_err(), "a partial preface is not handed out");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut http1 = TcpStream::connect(addr).await.unwrap();
+        http1.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_millis(200), incoming.next()).await;
+        assert!(refused.is_err(), "HTTP/1 is not handed out");
+        let _talker = speaking(addr).await;
+        let next = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
+        assert!(
+            matches!(next, Ok(Some(Ok(_)))),
+            "the partial connection's slot was not freed"
+        );
+    }
+
     #[tokio::test]
     async fn a_flush_waits_a_round_while_writes_keep_coming_and_then_sends_everything() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -456,8 +509,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut incoming = Incoming::new(listener, "test", 1, None);
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        // A plain connection is handed over once it sent something.
-        client.write_all(b"?").await.unwrap();
+        // A plain connection is handed over once it sent the preface.
+        client.write_all(H2_PREFACE).await.unwrap();
         let mut conn = incoming.next().await.unwrap().unwrap();
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);

@@ -76,6 +76,23 @@ async fn promote(channel: Channel, id: u64, token: Option<String>) -> Result<(),
 }
 
 const ADD_DEADLINE: Duration = Duration::from_secs(60);
+/// One call to one endpoint. Without it, an endpoint that took the TCP
+/// connection and never answered (a hung member, a wrong port) held the
+/// join for good, however many good endpoints followed. A slow add is safe
+/// to cut short: asked again, the member answers that it is present.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn timed<T>(
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {CALL_TIMEOUT:?}"
+            )))
+        })
+}
 /// Catching up from a snapshot of a large state can take minutes.
 const PROMOTE_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -159,10 +176,10 @@ where
                 last = format!("bad endpoint {addr:?}");
                 continue;
             };
-            let mut answer = call(channel.clone(), login.token()).await;
+            let mut answer = timed(call(channel.clone(), login.token())).await;
             if let Err(status) = &answer {
-                match login.renew(channel.clone(), status).await {
-                    Ok(true) => answer = call(channel, login.token()).await,
+                match timed(login.renew(channel.clone(), status)).await {
+                    Ok(true) => answer = timed(call(channel, login.token())).await,
                     Ok(false) => {}
                     // A wrong password will not get better.
                     Err(e) if e.code() == tonic::Code::InvalidArgument => {

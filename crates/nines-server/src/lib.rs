@@ -10,6 +10,7 @@ pub mod config;
 pub mod coord;
 pub mod core;
 mod datadir;
+mod declared;
 pub mod disk;
 pub mod election;
 pub mod error;

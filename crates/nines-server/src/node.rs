@@ -350,6 +350,9 @@ async fn serve_client(
         .build_v1();
     let etcd = crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES);
     let mut router = h2_server()
+        .layer(crate::declared::DeclaredLayer::new(
+            crate::declared::Budget::new(CLIENT_DECLARED_BUDGET),
+        ))
         .layer(RequestMetricsLayer::new(
             core.counters.timings.requests.clone(),
         ))
@@ -443,6 +446,9 @@ async fn serve_peer(
     // (every service that forwards: see `api::forward`).
     let etcd = crate::api::etcd::services(&core, &reads, MAX_CLIENT_MESSAGE_BYTES);
     let result = h2_server()
+        .layer(crate::declared::DeclaredLayer::new(
+            crate::declared::Budget::new(PEER_DECLARED_BUDGET),
+        ))
         .add_service(raft)
         // Client calls on the peer port only as forwarded by a member: a
         // firewalled client port must not be bypassed through this one.
@@ -505,7 +511,20 @@ fn h2_server() -> Server {
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(H2_MAX_STREAMS))
         .http2_max_pending_accept_reset_streams(Some(H2_MAX_PENDING_RESETS))
+        // A connection whose other end is gone (a partition, a host that
+        // died without a FIN) gave its slot back only at the TCP timeout,
+        // hours later: 64 of them filled the peer port. etcd's server
+        // pings every 2 h and waits 20 s; the peer port cannot wait hours.
+        .http2_keepalive_interval(Some(H2_PING_EVERY))
+        .http2_keepalive_timeout(Some(H2_PING_TIMEOUT))
 }
+
+const H2_PING_EVERY: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// What requests may have declared and not yet sent, per port
+/// (`declared.rs`): 16 of the largest peer messages, 256 of a client's.
+const PEER_DECLARED_BUDGET: u64 = 16 * MAX_MESSAGE_BYTES as u64;
+const CLIENT_DECLARED_BUDGET: u64 = 256 * MAX_CLIENT_MESSAGE_BYTES as u64;
 
 /// Concurrent streams per connection (a bench runs 32 per connection).
 const H2_MAX_STREAMS: u32 = 1024;

@@ -207,3 +207,62 @@ async fn range_larger_than_four_mib_through_leader_and_follower() {
         );
     }
 }
+
+/// Input flags are checked where a request comes in, never at apply: a
+/// leader started with `--max-txn-ops 300` took a txn of 200 puts that its
+/// followers, on the default 128, refused when they applied it, and the
+/// replicas differed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_apply_alike_whatever_their_input_flags() {
+    let mut cluster = Cluster::prepare(ClusterOptions::default());
+    for node in &mut cluster.nodes[..2] {
+        node.extra_args = vec!["--max-txn-ops".into(), "300".into()];
+    }
+    cluster.spawn_all();
+    let long = Duration::from_secs(30);
+    let mut leader = cluster.stable_leader(long).await;
+    if leader == 3 {
+        // Node 3 has the default limit: lead from one of the others.
+        cluster.kill(3);
+        leader = cluster.wait_leader(long).await;
+        cluster.spawn(3);
+    }
+    let puts = pb::TxnRequest {
+        success: (0..200)
+            .map(|i| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: format!("t{i}").into_bytes(),
+                    value: b"x".to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let done = cluster.client_of(leader).txn(puts).await;
+    let written = done
+        .unwrap_or_else(|e| panic!("leader {leader} refused 200 ops: {e}"))
+        .header
+        .expect("header")
+        .revision;
+    // Every member reaches the same revision once it has applied the txn.
+    let deadline = std::time::Instant::now() + long;
+    loop {
+        let mut revisions = Vec::new();
+        for id in 1..=3 {
+            let status = cluster.status_retrying(id).await;
+            revisions.push((
+                status.applied_index,
+                status.header.expect("header").revision,
+            ));
+        }
+        let applied: Vec<u64> = revisions.iter().map(|r| r.0).collect();
+        if applied.iter().all(|a| *a == applied[0]) {
+            let revs: Vec<i64> = revisions.iter().map(|r| r.1).collect();
+            assert_eq!(revs, vec![written; 3], "members differ after one txn");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{revisions:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -221,3 +221,57 @@ async fn etcd_clients_get_etcd_errors_and_nines_sessions_apply_once() {
         .into_inner();
     assert!(granted.id > 0 && granted.ttl == 5, "{granted:?}");
 }
+
+/// etcd grants a lease of any id but 0, negative ones included, and a put
+/// or revoke of one never granted is "requested lease not found" (nines
+/// refused negative ids as invalid input).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_lease_ids_work_as_in_etcd() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    all_know_leader(&cluster).await;
+    let addr = format!("http://{}", cluster.node(2).client_addr);
+    let channel = Channel::from_shared(addr).unwrap().connect().await.unwrap();
+    let mut leases = epb::lease_client::LeaseClient::new(channel);
+    let mut kv = kv_client(&cluster, 3).await;
+    let put = |lease| epb::PutRequest {
+        key: b"leased".to_vec(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    };
+    let missing = kv.put(put(-7)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing}");
+    assert!(missing.message().contains("requested lease not found"), "{missing}");
+    let granted = leases
+        .lease_grant(epb::LeaseGrantRequest { ttl: 60, id: -7 })
+        .await
+        .expect("a negative lease id is granted")
+        .into_inner();
+    assert_eq!(granted.id, -7);
+    kv.put(put(-7)).await.expect("a put under lease -7");
+    let ttl = leases
+        .lease_time_to_live(epb::LeaseTimeToLiveRequest { id: -7, keys: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ttl.id, ttl.keys), (-7, vec![b"leased".to_vec()]));
+    leases
+        .lease_revoke(epb::LeaseRevokeRequest { id: -7 })
+        .await
+        .expect("revoke -7");
+    let gone = kv
+        .range(epb::RangeRequest {
+            key: b"leased".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gone.count, 0, "revoking deleted the lease's key");
+    let again = leases
+        .lease_revoke(epb::LeaseRevokeRequest { id: -7 })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound, "{again}");
+}

@@ -25,6 +25,8 @@ const NO_INPUT: &str = "";
 /// errors a client matches on. Revision 1 is the empty store.
 const SESSION: &[Step] = &[
     Step(&["get", "a", "-w", "json"], NO_INPUT),
+    // etcd accepts compacting a store never compacted to 0.
+    Step(&["compaction", "0"], NO_INPUT),
     Step(&["put", "a", "1"], NO_INPUT),
     Step(&["put", "b", "2"], NO_INPUT),
     Step(&["put", "c", "3"], NO_INPUT),
@@ -45,6 +47,8 @@ const SESSION: &[Step] = &[
     Step(&["get", "foo", "--prefix", "-w", "json"], NO_INPUT),
     Step(&["get", "foo", "--prefix", "--keys-only"], NO_INPUT),
     Step(&["get", "foo", "--prefix", "--limit=2", "-w", "json"], NO_INPUT),
+    // A negative limit is no limit.
+    Step(&["get", "foo", "--prefix", "--limit=-1"], NO_INPUT),
     Step(&["get", "foo", "--prefix", "--limit=2", "-w", "fields"], NO_INPUT),
     Step(&["get", "", "--prefix", "--keys-only"], NO_INPUT),
     Step(&["get", "b", "--from-key"], NO_INPUT),
@@ -126,6 +130,10 @@ const SESSION: &[Step] = &[
         "version(\"missing\") = \"0\"\ncreate(\"a\") = \"2\"\nmod(\"a\") < \"100\"\n\nget a --prefix\nget foo --prefix --keys-only\n\n\n",
     ),
     Step(&["txn"], "\nput e 5\n\n\n"),
+    // A branch may not put a key it deletes; two deletes may overlap.
+    Step(&["txn"], "\nput q2 1\ndel q2\n\n\n"),
+    Step(&["txn"], "\ndel q1 q3\nput q2 1\n\n\n"),
+    Step(&["txn", "-w", "json"], "\ndel q1 q3\ndel q2 q4\n\nput q2 1\ndel q2\n\n"),
     Step(&["txn", "-w", "json"], "value(\"e\") = \"5\"\n\ndel e\n\n\n"),
     Step(&["get", "", "--from-key", "-w", "json"], NO_INPUT),
     // Compaction, reads around it, and what cannot be compacted.
@@ -204,10 +212,13 @@ fn mask(line: &str, key: &str, closing: &str, end: char) -> String {
 /// The session's transcript: per step, the command, its exit status,
 /// stdout and stderr, normalized.
 fn transcript(endpoint: &str) -> Vec<String> {
-    SESSION
+    let session = SESSION
         .iter()
-        .map(|Step(args, stdin)| {
-            let out = ctl(endpoint, args, stdin);
+        .map(|Step(args, stdin)| (args.to_vec(), stdin.to_string()));
+    session
+        .chain([long_txn()])
+        .map(|(args, stdin)| {
+            let out = ctl(endpoint, &args, &stdin);
             normalize(&format!(
                 "$ etcdctl {args:?} <<< {stdin:?}\n[{}]\n{}{}",
                 out.status.code().unwrap_or(-1),
@@ -216,6 +227,16 @@ fn transcript(endpoint: &str) -> Vec<String> {
             ))
         })
         .collect()
+}
+
+/// 100 compares and 100 puts: etcd's op limit (128) is on the longest
+/// list, not the sum.
+fn long_txn() -> (Vec<&'static str>, String) {
+    let compares: String = (0..100)
+        .map(|i| format!("version(\"L{i}\") = \"0\"\n"))
+        .collect();
+    let puts: String = (0..100).map(|i| format!("put L{i} v\n")).collect();
+    (vec!["txn", "-w", "json"], format!("{compares}\n{puts}\n\n"))
 }
 
 /// Waits until every nines member names the same leader: a member that

@@ -530,6 +530,13 @@ impl TryFrom<ServerArgs> for ServerConfig {
                 "key and txn limits must be positive".into(),
             ));
         }
+        if !limits.within_apply() {
+            let most = Limits::APPLY;
+            return Err(ServerError::Config(format!(
+                "--max-key-bytes, --max-value-bytes and --max-txn-ops may be at most {}, {} and {} (what every member applies)",
+                most.max_key_bytes, most.max_value_bytes, most.max_txn_ops
+            )));
+        }
         let auto_compaction =
             AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
                 .map_err(ServerError::Config)?;

@@ -218,7 +218,9 @@ impl<'a, E: Engine> Executor<'a, E> {
     }
 
     fn execute(&mut self, command: &Command) -> Result<Response, StateError> {
-        if let Err(e) = self.opts.limits.check_command(command) {
+        // Fixed bounds, never this member's flags: every member must apply
+        // an entry alike (`Limits::APPLY`).
+        if let Err(e) = nines_types::Limits::APPLY.check_command(command) {
             return Ok(Response {
                 revision: self.revision,
                 result: CommandResult::Rejected(RejectReason::InvalidInput(e.to_string())),
@@ -446,7 +448,11 @@ impl<'a, E: Engine> Executor<'a, E> {
     /// the index is compacted only after they are published).
     fn compact(&mut self, revision: i64) -> CommandResult {
         let compacted = self.compact_to.unwrap_or_else(|| self.mvcc.compacted());
-        if revision <= compacted {
+        if revision == 0 && compacted == 0 {
+            // etcd: compacting to 0 a store never compacted is accepted and
+            // removes nothing (its compacted revision starts below 0).
+            CommandResult::Compacted { revision: 0 }
+        } else if revision <= compacted {
             CommandResult::Rejected(RejectReason::Compacted {
                 requested: revision,
                 compacted,

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use nines_types::{CommandResult, CompareOp, CompareTarget, KeyValue, TxnOpResponse};
+use nines_types::{CommandResult, CompareOp, CompareTarget, KeyValue, RejectReason, TxnOpResponse};
 
 fn succeeded(result: &CommandResult) -> bool {
     match result {
@@ -198,11 +198,30 @@ async fn branches_ops_and_revision() {
     let r = a.cmd(txn(vec![], vec![tdel("nothing-here")], vec![])).await;
     assert_eq!(r.revision, 6, "a txn that deletes nothing does not bump");
 
-    // Delete then get inside a txn sees the deletion; put after delete recreates.
+    // A branch may not delete a key it puts (etcd: "duplicate key given in
+    // txn request"): refused whole.
     let r = a
         .cmd(txn(
             vec![],
             vec![tdel("k"), tget("k"), tput("k", "z")],
+            vec![],
+        ))
+        .await;
+    assert_eq!(r.revision, 6);
+    assert!(
+        matches!(
+            &r.result,
+            CommandResult::Rejected(RejectReason::InvalidInput(_))
+        ),
+        "{:?}",
+        r.result
+    );
+
+    // Delete then get inside a txn sees the deletion.
+    let r = a
+        .cmd(txn(
+            vec![],
+            vec![tdel("k"), tget("k"), tput("k2", "z")],
             vec![],
         ))
         .await;
@@ -214,7 +233,8 @@ async fn branches_ops_and_revision() {
         panic!()
     };
     assert_eq!(got.count, 0);
-    let kv = a.sm.reader().get(b"k").unwrap().data.unwrap();
+    assert!(a.sm.reader().get(b"k").unwrap().data.is_none());
+    let kv = a.sm.reader().get(b"k2").unwrap().data.unwrap();
     assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, 7, 7));
     assert_eq!(a.sm.reader().revision(), 7);
 }

@@ -28,8 +28,6 @@ pub enum InputError {
     DuplicateKeyInTxn(String),
     #[error("a batch may not contain another batch")]
     NestedBatch,
-    #[error("compaction revision {0} is not positive")]
-    CompactRevision(i64),
     #[error("value is provided with ignore_value")]
     ValueProvided,
     #[error("lease is provided with ignore_lease")]
@@ -60,6 +58,24 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The bounds every member applies the log within, whatever its flags.
+    /// The flags (`--max-key-bytes` and the like) are checked where a
+    /// request comes in, as etcd checks them; an apply that read them made
+    /// a leader started with larger ones apply what its followers refused,
+    /// and the replicas differed. No flag may exceed these.
+    pub const APPLY: Limits = Limits {
+        max_key_bytes: 64 * 1024,
+        max_value_bytes: 32 * 1024 * 1024,
+        max_txn_ops: 10_000,
+    };
+
+    /// Whether every bound is within [`Limits::APPLY`].
+    pub fn within_apply(&self) -> bool {
+        self.max_key_bytes <= Self::APPLY.max_key_bytes
+            && self.max_value_bytes <= Self::APPLY.max_value_bytes
+            && self.max_txn_ops <= Self::APPLY.max_txn_ops
+    }
+
     pub fn check_key(&self, key: &[u8]) -> Result<(), InputError> {
         if key.is_empty() {
             return Err(InputError::EmptyKey);
@@ -108,12 +124,11 @@ impl Limits {
 
     pub fn check_command(&self, command: &Command) -> Result<(), InputError> {
         match command {
-            Command::Put {
-                key, value, lease, ..
-            } => {
+            // A lease may be any id (etcd grants negative ones); one not
+            // granted is "not found" at apply.
+            Command::Put { key, value, .. } => {
                 self.check_key(key)?;
-                self.check_value(value)?;
-                check_lease(*lease)
+                self.check_value(value)
             }
             Command::PutKeeping {
                 key,
@@ -125,7 +140,12 @@ impl Limits {
             Command::Delete { key, .. } => self.check_key(key),
             Command::DeleteRange { range, .. } => self.check_range(range),
             Command::Txn(txn) => {
-                let ops = txn.compares.len() + txn.success.len() + txn.failure.len();
+                // etcd's rule: the longest of the three lists, not their sum.
+                let ops = txn
+                    .compares
+                    .len()
+                    .max(txn.success.len())
+                    .max(txn.failure.len());
                 if ops > self.max_txn_ops {
                     return Err(InputError::TooManyTxnOps {
                         ops,
@@ -141,16 +161,17 @@ impl Limits {
                 self.check_branch(&txn.success)?;
                 self.check_branch(&txn.failure)
             }
-            Command::Compact { revision, .. } if *revision <= 0 => {
-                Err(InputError::CompactRevision(*revision))
-            }
+            // Compaction bounds are the store's (etcd: at or below the
+            // compacted revision is "compacted", past the current one "future").
             Command::Compact { .. } => Ok(()),
             Command::Batch(requests) => requests.iter().try_for_each(|r| match &r.command {
                 Command::Batch(_) => Err(InputError::NestedBatch),
                 command => self.check_command(command),
             }),
             Command::LeaseGrant { id, ttl } => {
-                if *id <= 0 {
+                // Any id but 0, which asks the leader to pick one; etcd takes
+                // negative ids too.
+                if *id == 0 {
                     return Err(InputError::LeaseId(*id));
                 }
                 if !(1..=MAX_LEASE_TTL).contains(ttl) {
@@ -161,7 +182,7 @@ impl Limits {
                 }
                 Ok(())
             }
-            Command::LeaseRevoke { id } if *id <= 0 => Err(InputError::LeaseId(*id)),
+            // An id never granted is "not found" at apply, as in etcd.
             Command::LeaseRevoke { .. } => Ok(()),
             Command::LeaseCheckpoint(list) if list.len() > MAX_CHECKPOINT_LEASES => {
                 Err(InputError::CheckpointTooLarge {
@@ -191,14 +212,14 @@ impl Limits {
         if keep.lease && lease != 0 {
             return Err(InputError::LeaseProvided);
         }
-        check_lease(lease)
+        Ok(())
     }
 
     fn check_branch(&self, ops: &[TxnOp]) -> Result<(), InputError> {
-        let mut put_keys: Vec<&[u8]> = Vec::new();
+        let mut put_keys: std::collections::BTreeSet<&[u8]> = Default::default();
         for op in ops {
             match op {
-                TxnOp::Put { key, value, .. } => {
+                TxnOp::Put { key, value, .. } | TxnOp::PutLeased { key, value, .. } => {
                     self.check_key(key)?;
                     self.check_value(value)?;
                 }
@@ -209,29 +230,50 @@ impl Limits {
                     keep,
                     ..
                 } => self.check_put_keeping(key, value, *lease, *keep)?,
-                TxnOp::PutLeased {
-                    key, value, lease, ..
-                } => {
-                    self.check_key(key)?;
-                    self.check_value(value)?;
-                    check_lease(*lease)?;
-                }
                 TxnOp::Delete { range, .. } => self.check_range(range)?,
                 TxnOp::Get(read) | TxnOp::GetWith(read, _) => self.check_read(read)?,
             }
             if let Some(key) = op.put_key() {
                 // etcd rejects a txn that writes the same key twice: the result would
                 // depend on op order in a way clients rarely mean.
-                if put_keys.contains(&key) {
+                if !put_keys.insert(key) {
                     return Err(InputError::DuplicateKeyInTxn(
                         String::from_utf8_lossy(key).into_owned(),
                     ));
                 }
-                put_keys.push(key);
+            }
+        }
+        // So is a put of a key the same branch deletes (two deletes are fine).
+        for op in ops {
+            if let TxnOp::Delete { range, .. } = op {
+                if let Some(key) = first_put_in(&put_keys, range) {
+                    return Err(InputError::DuplicateKeyInTxn(
+                        String::from_utf8_lossy(key).into_owned(),
+                    ));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// The first of `puts` that `range` covers.
+fn first_put_in<'a>(
+    puts: &std::collections::BTreeSet<&'a [u8]>,
+    range: &KeyRange,
+) -> Option<&'a [u8]> {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let found = match range {
+        KeyRange::Single(key) => puts.get(key.as_slice()),
+        KeyRange::From(start) => puts
+            .range::<[u8], _>((Included(start.as_slice()), Unbounded))
+            .next(),
+        KeyRange::Between { start, end } if end > start => puts
+            .range::<[u8], _>((Included(start.as_slice()), Excluded(end.as_slice())))
+            .next(),
+        KeyRange::Between { .. } => None,
+    };
+    found.copied()
 }
 
 /// Names and keys of an auth change: bounded, so one entry stays small.
@@ -271,14 +313,6 @@ fn check_auth(auth: &crate::AuthCommand) -> Result<(), InputError> {
 
 /// Longest user or role name (etcd has none; a name is in every token).
 pub const MAX_AUTH_NAME: usize = 1024;
-
-/// A put's lease: 0 for none, else a granted id (ids are positive).
-fn check_lease(lease: i64) -> Result<(), InputError> {
-    if lease < 0 {
-        return Err(InputError::LeaseId(lease));
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {
@@ -322,6 +356,76 @@ mod tests {
             limits.check_command(&Command::Txn(dup)),
             Err(InputError::DuplicateKeyInTxn(_))
         ));
+        // etcd counts the longest list, not the sum: 128 in each passes.
+        let full = Txn {
+            compares: (0..128)
+                .map(|i| crate::Compare {
+                    key: i.to_string().into_bytes(),
+                    op: crate::CompareOp::Equal,
+                    target: crate::CompareTarget::Version(0),
+                })
+                .collect(),
+            success: (0..128).map(|i| put(&i.to_string())).collect(),
+            failure: (0..128).map(|i| put(&i.to_string())).collect(),
+        };
+        assert_eq!(limits.check_command(&Command::Txn(full)), Ok(()));
+    }
+
+    #[test]
+    fn a_put_of_a_key_its_branch_deletes_is_a_duplicate() {
+        let limits = Limits::default();
+        let put = |k: &str| TxnOp::Put {
+            key: k.as_bytes().to_vec(),
+            value: vec![],
+            prev_kv: false,
+        };
+        let del = |range: KeyRange| TxnOp::Delete {
+            range,
+            prev_kv: false,
+        };
+        let between = |a: &str, b: &str| KeyRange::Between {
+            start: a.as_bytes().to_vec(),
+            end: b.as_bytes().to_vec(),
+        };
+        let verdict = |success: Vec<TxnOp>, failure: Vec<TxnOp>| {
+            limits.check_command(&Command::Txn(Txn {
+                compares: vec![],
+                success,
+                failure,
+            }))
+        };
+        let dup = |r: Result<(), InputError>| matches!(r, Err(InputError::DuplicateKeyInTxn(_)));
+        assert!(dup(verdict(
+            vec![put("a"), del(KeyRange::Single(b"a".to_vec()))],
+            vec![]
+        )));
+        assert!(dup(verdict(vec![del(between("a", "c")), put("b")], vec![])));
+        assert!(dup(verdict(
+            vec![put("abc"), del(between("a", "b"))],
+            vec![]
+        )));
+        assert!(dup(verdict(
+            vec![put("z"), del(KeyRange::From(b"m".to_vec()))],
+            vec![]
+        )));
+        // Not covered: the end is excluded; an empty interval covers nothing.
+        assert_eq!(
+            verdict(vec![put("c"), del(between("a", "c"))], vec![]),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(vec![put("b"), del(between("c", "a"))], vec![]),
+            Ok(())
+        );
+        // Deletes may overlap; the branches are checked apart.
+        assert_eq!(
+            verdict(vec![del(between("a", "c")), del(between("b", "d"))], vec![]),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(vec![put("a")], vec![del(KeyRange::Single(b"a".to_vec()))]),
+            Ok(())
+        );
     }
 
     #[test]

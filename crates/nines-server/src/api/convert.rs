@@ -19,8 +19,8 @@ pub fn key_range(key: &[u8], range_end: &[u8]) -> KeyRange {
     }
 }
 
-/// Sort and filter options from their wire values; unknown enum values and
-/// negative bounds are INVALID_ARGUMENT. `bounds` are min/max mod
+/// Sort and filter options from their wire values; unknown enum values are
+/// INVALID_ARGUMENT. `bounds` are min/max mod
 /// revision, then min/max create revision.
 pub fn range_options_of(
     sort_order: i32,
@@ -43,15 +43,8 @@ pub fn range_options_of(
         Ok(T::Value) => SortTarget::Value,
         Err(_) => return Err(bad("sort_target", sort_target.into())),
     };
-    let names = [
-        "min_mod_revision",
-        "max_mod_revision",
-        "min_create_revision",
-        "max_create_revision",
-    ];
-    if let Some((what, v)) = names.into_iter().zip(bounds).find(|(_, v)| *v < 0) {
-        return Err(bad(what, v));
-    }
+    // Any bound but 0 filters, negative ones included, as in etcd: a
+    // negative max matches nothing, a negative min everything.
     let [min_mod_revision, max_mod_revision, min_create_revision, max_create_revision] = bounds;
     Ok(RangeOptions {
         sort_order,
@@ -150,7 +143,8 @@ mod tests {
             Err(ApiError::InvalidRequest(_))
         ));
         assert!(range_options_of(-1, 0, [0; 4]).is_err());
-        assert!(range_options_of(0, 0, [0, -5, 0, 0]).is_err());
+        // Negative bounds filter, as in etcd.
+        assert!(!range_options_of(0, 0, [0, -5, 0, 0]).unwrap().is_plain());
         assert!(range_options_of(0, 0, [0; 4]).unwrap().is_plain());
     }
 }

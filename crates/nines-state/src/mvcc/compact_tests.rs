@@ -78,6 +78,11 @@ fn compaction_keeps_what_reads_at_or_above_it_need() {
 #[test]
 fn compactions_are_refused_like_etcd_refuses_them() {
     let mut s = Store::new();
+    // etcd: compacting a store never compacted to 0 is a no-op, accepted.
+    assert_eq!(
+        s.apply(compact(0)).result,
+        CommandResult::Compacted { revision: 0 }
+    );
     s.apply(put("a", "1"));
     s.apply(put("a", "2"));
     s.apply(compact(1));
@@ -96,10 +101,11 @@ fn compactions_are_refused_like_etcd_refuses_them() {
             current: 2
         })
     );
+    // etcd: 0 and below are behind the compacted revision.
     for bad in [0, -1, i64::MIN] {
         assert!(matches!(
             refused(&mut s, bad),
-            CommandResult::Rejected(RejectReason::InvalidInput(_))
+            CommandResult::Rejected(RejectReason::Compacted { compacted: 1, .. })
         ));
     }
     assert_eq!(refused(&mut s, i64::MAX), {

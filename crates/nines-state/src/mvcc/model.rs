@@ -331,6 +331,11 @@ pub(crate) fn txn_ops(rng: &mut StdRng) -> Vec<TxnOp> {
         };
         ops.push(op);
     }
+    // Nor may a branch delete a key it puts (etcd's rule, tested elsewhere).
+    ops.retain(|op| match op {
+        TxnOp::Delete { range, .. } => !put_keys.iter().any(|k| range.contains(k)),
+        _ => true,
+    });
     ops
 }
 
@@ -425,10 +430,8 @@ impl Model {
             return model_apply(&mut self.states, command);
         };
         let current = self.revision();
-        let result = if *revision <= 0 {
-            CommandResult::Rejected(RejectReason::InvalidInput(
-                nines_types::InputError::CompactRevision(*revision).to_string(),
-            ))
+        let result = if *revision == 0 && self.compacted == 0 {
+            CommandResult::Compacted { revision: 0 }
         } else if *revision <= self.compacted {
             CommandResult::Rejected(RejectReason::Compacted {
                 requested: *revision,

@@ -38,12 +38,10 @@ pub fn kv(kv: KeyValue) -> mvccpb::KeyValue {
 
 /// The domain read for `req` and its sort and filter options.
 pub fn range_request(req: &epb::RangeRequest) -> Result<(RangeRequest, RangeOptions), ApiError> {
-    if req.limit < 0 {
-        return Err(invalid("limit must not be negative"));
-    }
     let read = RangeRequest {
         range: key_range(&req.key, &req.range_end),
-        limit: req.limit as u64,
+        // etcd: a limit at or below 0 is no limit.
+        limit: req.limit.max(0) as u64,
         keys_only: req.keys_only,
         count_only: req.count_only,
     };

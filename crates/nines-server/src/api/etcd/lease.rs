@@ -50,11 +50,6 @@ impl epb::lease_server::Lease for EtcdLease {
         let forwarded = is_forwarded(&request);
         let session = session::from_metadata(request.metadata())?;
         let message = request.into_inner();
-        if message.id < 0 {
-            return Err(
-                ApiError::InvalidInput(nines_types::InputError::LeaseId(message.id)).into(),
-            );
-        }
         match self
             .core
             .lease_grant(message.id, message.ttl, session, forwarded)
@@ -87,7 +82,7 @@ impl epb::lease_server::Lease for EtcdLease {
         let caller = self.core.caller(request.metadata())?;
         let session = session::from_metadata(request.metadata())?;
         let message = request.into_inner();
-        if message.id <= 0 {
+        if message.id == 0 {
             return Err(ApiError::LeaseNotFound.into());
         }
         // etcd: revoking deletes the lease's keys, so it needs write on each.

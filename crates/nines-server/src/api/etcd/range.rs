@@ -59,12 +59,16 @@ mod tests {
                 sort_target: -1,
                 ..Default::default()
             },
-            epb::RangeRequest {
-                min_mod_revision: -5,
-                ..Default::default()
-            },
         ] {
             assert!(matches!(options(&req), Err(ApiError::InvalidRequest(_))));
         }
+        // Negative bounds filter, as in etcd.
+        let req = epb::RangeRequest {
+            min_mod_revision: -5,
+            max_create_revision: -1,
+            ..Default::default()
+        };
+        let o = options(&req).unwrap();
+        assert_eq!((o.min_mod_revision, o.max_create_revision), (-5, -1));
     }
 }

@@ -242,7 +242,10 @@ async fn negative_lease_ids_work_as_in_etcd() {
     };
     let missing = kv.put(put(-7)).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound, "{missing}");
-    assert!(missing.message().contains("requested lease not found"), "{missing}");
+    assert!(
+        missing.message().contains("requested lease not found"),
+        "{missing}"
+    );
     let granted = leases
         .lease_grant(epb::LeaseGrantRequest { ttl: 60, id: -7 })
         .await

@@ -155,6 +155,13 @@ pub struct Election {
     pub contact: Contact,
     /// When this node last became leader (the supervisor keeps it).
     leader_since: std::sync::Mutex<Option<Instant>>,
+    /// Held from the supervisor's last look before campaigning until the
+    /// campaign is queued to RaftCore, and by the vote and leader-message
+    /// handlers around their call into openraft: a vote granted, or a new
+    /// leader heard, in between made this node campaign anyway at the next
+    /// term and depose the leader it had just elected (a chaos run saw
+    /// 795 ms without a leader from that).
+    pub turn: tokio::sync::Mutex<()>,
     pub lease: Duration,
     /// Random extra wait before a campaign: `election_timeout_max - min`.
     pub spread: Duration,
@@ -181,6 +188,7 @@ impl Election {
             pool,
             contact: Contact::default(),
             leader_since: std::sync::Mutex::new(None),
+            turn: tokio::sync::Mutex::new(()),
             lease: Duration::from_millis(config.election_timeout_max),
             spread: Duration::from_millis(
                 config.election_timeout_max - config.election_timeout_min,
@@ -262,6 +270,8 @@ impl Election {
             let (granted, refusals) = self.round(&m, &configs).await;
             // While we asked, another candidate may have won our vote or a
             // leader may have reached us: campaigning now would depose it.
+            // Neither can happen from here on until the campaign is queued.
+            let _turn = self.turn.lock().await;
             let now = self.raft.metrics().borrow().clone();
             let moved_on =
                 now.current_term != m.current_term || self.contact.since() < round_start.elapsed();
@@ -282,6 +292,10 @@ impl Election {
                 if self.raft.trigger().elect().await.is_err() {
                     return;
                 }
+                // If this campaign splits the vote, no leader will reach us:
+                // try again sooner than a leader's silence is waited for (a
+                // pre-vote round still guards a leader that did win).
+                wait = self.spread.mul_f64(rand_unit()) + RETRY_FLOOR;
             } else if self.log_once.should_say("pre_vote_lost") {
                 tracing::info!(
                     node = self.me,
@@ -359,6 +373,9 @@ impl Election {
         codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())
     }
 }
+
+/// The least wait before campaigning again after a campaign of our own.
+const RETRY_FLOOR: Duration = Duration::from_millis(30);
 
 /// A uniform number in [0, 1) from the clock's low bits: good enough to
 /// spread candidates, and needs no generator state.

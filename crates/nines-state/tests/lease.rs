@@ -166,6 +166,9 @@ async fn leases_and_checkpoints_survive_a_reopen_and_a_snapshot_install() {
     a.cmd(Command::LeaseGrant { id: 4, ttl: 20 }).await;
     a.cmd(put("x", 3)).await;
     a.cmd(put("y", 4)).await;
+    // etcd grants negative ids too: they must reload like any other.
+    a.cmd(Command::LeaseGrant { id: -5, ttl: 30 }).await;
+    a.cmd(put("z", -5)).await;
     a.cmd(Command::LeaseCheckpoint(vec![
         LeaseRemaining {
             id: 3,
@@ -183,7 +186,13 @@ async fn leases_and_checkpoints_survive_a_reopen_and_a_snapshot_install() {
         },
     ]))
     .await;
-    let expect = vec![
+    let mut expect = vec![
+        LeaseInfo {
+            id: -5,
+            ttl: 30,
+            // Never checkpointed.
+            remaining: 0,
+        },
         LeaseInfo {
             id: 3,
             ttl: 60,
@@ -195,13 +204,19 @@ async fn leases_and_checkpoints_survive_a_reopen_and_a_snapshot_install() {
             remaining: 20,
         },
     ];
-    assert_eq!(a.sm.reader().leases(), expect);
+    let sorted = |mut v: Vec<LeaseInfo>| {
+        v.sort_by_key(|l| l.id);
+        v
+    };
+    expect = sorted(expect);
+    assert_eq!(sorted(a.sm.reader().leases()), expect);
     let next = a.next_index;
     drop(a);
 
     let mut sm = open(dir.path()).await;
-    assert_eq!(sm.reader().leases(), expect, "after a reopen");
+    assert_eq!(sorted(sm.reader().leases()), expect, "after a reopen");
     assert_eq!(sm.reader().lease_keys(3), vec![b"x".to_vec()]);
+    assert_eq!(sm.reader().lease_keys(-5), vec![b"z".to_vec()]);
     let snap = sm
         .get_snapshot_builder()
         .await
@@ -214,8 +229,13 @@ async fn leases_and_checkpoints_survive_a_reopen_and_a_snapshot_install() {
     let mut receive = b.begin_receiving_snapshot().await.unwrap();
     *receive = *snap.snapshot;
     b.install_snapshot(&snap.meta, receive).await.unwrap();
-    assert_eq!(b.reader().leases(), expect, "after a snapshot install");
+    assert_eq!(
+        sorted(b.reader().leases()),
+        expect,
+        "after a snapshot install"
+    );
     assert_eq!(b.reader().lease_keys(4), vec![b"y".to_vec()]);
+    assert_eq!(b.reader().lease_keys(-5), vec![b"z".to_vec()]);
     let mut b = Applier {
         sm: b,
         next_index: next,

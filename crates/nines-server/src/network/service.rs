@@ -100,6 +100,15 @@ impl RaftService {
         self
     }
 
+    /// The election's turn (`Election::turn`), held around a call that may
+    /// grant a vote or admit a leader; none in handler-only tests.
+    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.election {
+            Some(e) => Some(e.turn.lock().await),
+            None => None,
+        }
+    }
+
     /// A leader of our term or a newer one reached us.
     fn leader_contact(&self) {
         if let Some(e) = &self.election {
@@ -210,10 +219,12 @@ impl RaftService {
     async fn append_one(&self, request: &RaftRequest) -> Result<RaftReply, Status> {
         let rpc = self.decode(request)?;
         self.guard(|view, limits| guard::check_append(&rpc, view, limits))?;
+        let turn = self.turn().await;
         let result = self.raft.append_entries(rpc).await;
         if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
             self.leader_contact();
         }
+        drop(turn);
         encoded(&result)
     }
 }
@@ -249,11 +260,13 @@ impl RaftRpc for RaftService {
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let rpc = self.decode(request.get_ref())?;
         self.guard(|view, limits| guard::check_vote(&rpc, view, limits))?;
+        let turn = self.turn().await;
         let result = self.raft.vote(rpc).await;
         if matches!(&result, Ok(r) if r.vote_granted) {
             // As in Raft: granting a vote restarts the election timer.
             self.leader_contact();
         }
+        drop(turn);
         reply(&result)
     }
 

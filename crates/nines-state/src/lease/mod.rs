@@ -79,11 +79,13 @@ fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
 fn parse_id(raw: &[u8]) -> Result<(i64, &[u8]), StateError> {
     let bad = || StateError::CorruptState(format!("bad lease record key {raw:02x?}"));
     let id = raw.get(1..9).ok_or_else(bad)?;
-    let id = u64::from_be_bytes(id.try_into().map_err(|_| bad())?);
-    match i64::try_from(id) {
-        Ok(id) if id > 0 => Ok((id, &raw[9..])),
-        _ => Err(bad()),
+    // Stored as the id's two's-complement bits: etcd grants negative ids
+    // too, and only 0 (no lease) is never one.
+    let id = u64::from_be_bytes(id.try_into().map_err(|_| bad())?) as i64;
+    if id == 0 {
+        return Err(bad());
     }
+    Ok((id, &raw[9..]))
 }
 
 impl LeaseTable {

@@ -106,19 +106,7 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     // Too many ops.
-    let huge = pb::TxnRequest {
-        success: (0..200)
-            .map(|i| pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                    key: format!("t{i}").into_bytes(),
-                    value: b"x".to_vec(),
-                    ..Default::default()
-                })),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let err = client.txn(huge).await.unwrap_err();
+    let err = client.txn(puts("t", 200)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     let after = client.get("sentinel").await.unwrap().unwrap();
@@ -227,19 +215,7 @@ async fn members_apply_alike_whatever_their_input_flags() {
         leader = cluster.wait_leader(long).await;
         cluster.spawn(3);
     }
-    let puts = pb::TxnRequest {
-        success: (0..200)
-            .map(|i| pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                    key: format!("t{i}").into_bytes(),
-                    value: b"x".to_vec(),
-                    ..Default::default()
-                })),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let done = cluster.client_of(leader).txn(puts).await;
+    let done = cluster.client_of(leader).txn(puts("t", 200)).await;
     let written = done
         .unwrap_or_else(|e| panic!("leader {leader} refused 200 ops: {e}"))
         .header
@@ -264,5 +240,21 @@ async fn members_apply_alike_whatever_their_input_flags() {
         }
         assert!(std::time::Instant::now() < deadline, "{revisions:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A txn of `n` puts `{prefix}0..`, all in its success branch.
+fn puts(prefix: &str, n: usize) -> pb::TxnRequest {
+    pb::TxnRequest {
+        success: (0..n)
+            .map(|i| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: format!("{prefix}{i}").into_bytes(),
+                    value: b"x".to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
     }
 }

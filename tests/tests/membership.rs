@@ -89,19 +89,7 @@ async fn join_flag_adds_and_promotes_a_fresh_node() {
     let client = cluster.client();
     client.put("before-join", "x").await.expect("put");
     let id = cluster.join_node_process();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = client.member_list().await.expect("member list");
-        if list.members.iter().any(|m| m.id == id && !m.is_learner) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node {id} did not join as a voter: {list:?}\n{}",
-            cluster.server_log(id)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_voter(&cluster, id, Duration::from_secs(30)).await;
     // The joined node has the data and serves it.
     let kv = cluster.client_of(id).get("before-join").await.expect("get");
     assert_eq!(kv.map(|kv| kv.value), Some(b"x".to_vec()));
@@ -144,21 +132,26 @@ async fn join_gets_past_an_endpoint_that_never_answers() {
     });
     endpoints.extend(cluster.endpoints());
     let id = cluster.join_node_via(&endpoints);
+    wait_voter(&cluster, id, Duration::from_secs(60)).await;
+    server.abort();
+}
+
+/// Waits until `id` is a voter of `cluster`'s member list.
+async fn wait_voter(cluster: &Cluster, id: u64, timeout: Duration) {
     let client = cluster.client();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + timeout;
     loop {
         let list = client.member_list().await.expect("member list");
         if list.members.iter().any(|m| m.id == id && !m.is_learner) {
-            break;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "node {id} did not join past the hung endpoint: {list:?}\n{}",
+            "node {id} did not join as a voter: {list:?}\n{}",
             cluster.server_log(id)
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    server.abort();
 }
 
 /// etcd 3.5's `MemberList{linearizable: true}` must show every change

@@ -363,15 +363,7 @@ async fn raft_handlers_survive_hostile_messages() {
     let state = StateMachine::open(&dir.path().join("state"), StateOptions::default())
         .await
         .unwrap();
-    let config = openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
-        ..Default::default()
-    }
-    .validate()
-    .unwrap();
-    let raft = openraft::Raft::new(1, Arc::new(config), NoNetwork, log, state)
+    let raft = openraft::Raft::new(1, common::raft_config(), NoNetwork, log, state)
         .await
         .unwrap();
     let members: BTreeMap<NodeId, Node> = (1..=3)

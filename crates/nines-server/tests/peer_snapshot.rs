@@ -35,15 +35,7 @@ async fn node(dir: &std::path::Path) -> (Raft, RaftService) {
         .await
         .unwrap();
     let receiver = SnapshotReceiver::new(state.stager());
-    let config = openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
-        ..Default::default()
-    }
-    .validate()
-    .unwrap();
-    let raft = openraft::Raft::new(1, Arc::new(config), NoNetwork, log, state)
+    let raft = openraft::Raft::new(1, common::raft_config(), NoNetwork, log, state)
         .await
         .unwrap();
     raft.initialize(members()).await.unwrap();

@@ -49,3 +49,15 @@ impl RaftNetwork<TypeConfig> for NoNetwork {
         Err(down())
     }
 }
+
+/// A lone node's Raft config: fast timers, as a test wants.
+#[allow(dead_code)] // not every test binary that shares this module uses it
+pub fn raft_config() -> std::sync::Arc<openraft::Config> {
+    let config = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    };
+    std::sync::Arc::new(config.validate().expect("a valid test config"))
+}

@@ -61,6 +61,8 @@ pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 /// Tuning of the state machine.
 #[derive(Debug, Clone)]
 pub struct StateOptions {
+    /// This member's input limits, for the reads it serves; applying the
+    /// log never reads them (`Limits::APPLY`).
     pub limits: Limits,
     /// sled page cache size; sled's own default is 1 GiB per Db.
     pub cache_capacity_bytes: u64,

@@ -88,12 +88,6 @@ impl SnapshotStager {
             drop_staged(&self.shared, s);
         }
     }
-
-    /// Whether a snapshot is staged (tests).
-    #[doc(hidden)]
-    pub fn is_staged(&self) -> bool {
-        lock(&self.shared.staged).is_some()
-    }
 }
 
 /// The staged snapshot for `meta`, taken for its install; any other one is

@@ -6,11 +6,10 @@
 //! at once, so they neither use a descriptor for long nor wait in the backlog.
 //! With TLS, each accepted connection's handshake runs in a task of its own
 //! (bounded by `HANDSHAKE_TIMEOUT`, holding its slot), so a slow or hostile
-//! client cannot hold up the accept loop; only completed handshakes are
-//! handed to tonic, and a refused one closes the connection. A plaintext
-//! connection is handed out once it has sent the whole HTTP/2 preface,
-//! within the same bound: sockets that never speak, or stop partway, held
-//! every peer slot for good.
+//! client cannot hold up the accept loop; a refused handshake closes the
+//! connection. Every connection, plaintext or TLS, is handed to tonic only
+//! once it has sent the whole HTTP/2 preface, within the same bound:
+//! sockets that never speak, or stop partway, held every slot for good.
 
 use std::future::Future;
 use std::io;
@@ -105,15 +104,35 @@ impl Incoming {
     }
 
     /// Starts the handshake of an accepted connection; its slot is held
-    /// until the handshake fails or the connection closes.
+    /// until the handshake fails or the connection closes. The connection
+    /// is handed out once it has also sent the HTTP/2 preface, all within
+    /// the one bound: a client that finished the handshake and went quiet
+    /// held its slot for good.
     fn handshake(&mut self, tls: Arc<ServerTls>, stream: TcpStream, slot: OwnedSemaphorePermit) {
         let timeout = self.handshake_timeout;
         self.handshakes.spawn(async move {
-            let handshake = tokio::time::timeout(timeout, tls.accept(stream));
-            let stream = handshake.await.map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+            let start = async move {
+                let mut stream = tls.accept(stream).await?;
+                let mut first = [0u8; H2_PREFACE.len()];
+                tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first).await?;
+                if &first != H2_PREFACE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "not an HTTP/2 connection",
+                    ));
+                }
+                Ok(stream)
+            };
+            let stream = tokio::time::timeout(timeout, start).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no TLS handshake and HTTP/2 preface within {timeout:?}"),
+                )
             })??;
-            Ok(Conn::new(stream, slot))
+            let mut conn = Conn::new(stream, slot);
+            // Read off the stream here: hyper gets it as it was sent.
+            conn.replay = H2_PREFACE.len();
+            Ok(conn)
         });
     }
 
@@ -133,7 +152,7 @@ impl Incoming {
                         tracing::warn!(
                             listener = self.name,
                             refused_total = self.failed_handshakes,
-                            "TLS handshake refused, or a plaintext connection sent nothing in time: {e}"
+                            "connection dropped before HTTP/2 (TLS handshake refused, or no preface in time): {e}"
                         );
                         self.last_handshake_log = Some(now);
                     }
@@ -273,6 +292,9 @@ impl Stream for Incoming {
 pub struct Conn {
     stream: ConnStream,
     _slot: OwnedSemaphorePermit,
+    /// How much of the HTTP/2 preface, already read off a TLS stream, is
+    /// still to be handed to the reader (its last `replay` bytes).
+    replay: usize,
     /// Written but not yet sent (see `poll_flush`).
     out: Vec<u8>,
     /// Flushes put off in a row, and how much was gathered at the last.
@@ -290,6 +312,7 @@ impl Conn {
         Conn {
             stream,
             _slot: slot,
+            replay: 0,
             out: Vec::new(),
             deferred: 0,
             deferred_len: 0,
@@ -359,7 +382,15 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.replay > 0 {
+            let from = H2_PREFACE.len() - this.replay;
+            let n = this.replay.min(buf.remaining());
+            buf.put_slice(&H2_PREFACE[from..from + n]);
+            this.replay -= n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -544,3 +575,7 @@ mod tests {
         assert!(rest.ends_with(b"end"));
     }
 }
+
+#[cfg(test)]
+#[path = "incoming_tls_tests.rs"]
+mod tls_tests;

@@ -203,7 +203,7 @@ fn meta_keys(
         let (key, value) = item?;
         let key = key.as_ref();
         // An apply in flight: its writes reach the snapshot through the undo map.
-        if key == redo::REDO_KEY {
+        if redo::is_journal(key) {
             continue;
         }
         if guard.check(key) {

@@ -168,10 +168,20 @@ impl Prealloc {
             }
             // The sync (which commits the new size) runs with no lock held:
             // an append that needs the chunk can already write into it.
-            if let Err(e) = written.and_then(|()| seg.file.sync_data()) {
-                // Only speed is lost: appends still fdatasync their own writes.
+            if let Err(e) = written {
+                // Only speed is lost: appends still write and sync their own.
                 tracing::warn!(path = %seg.path.display(), "log preallocation stopped: {e}");
                 lock(&self.state).stop = true;
+                continue;
+            }
+            if let Err(e) = seg.file.sync_data() {
+                // This file is the log's own: a failed fdatasync may have
+                // been the writeback of appended entries, and Linux reports
+                // it once per file, so the append's own sync could then
+                // succeed over lost pages (fsyncgate). Fatal, as in
+                // `pipeline.rs`.
+                tracing::error!(path = %seg.path.display(), "fdatasync of the Raft log failed: {e}; aborting");
+                std::process::abort();
             }
         }
     }

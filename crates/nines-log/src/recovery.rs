@@ -31,7 +31,12 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
     let lock = meta::lock_dir(dir)?;
     meta::remove_stale_tmp(dir)?;
     let purged = meta::read_purged(dir)?;
-    let purged_next = purged.map_or(0, |p| p.index + 1);
+    let purged_next = match purged {
+        None => 0,
+        Some(p) => p.index.checked_add(1).ok_or_else(|| {
+            LogError::corrupt(&dir.join("purged"), 0, "purged index at the end of the index space")
+        })?,
+    };
     let names = list_segments(dir)?;
 
     let mut segments = BTreeMap::new();
@@ -98,7 +103,9 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
                             format!("entry index {} where {next} was expected", e.log_id.index),
                         ));
                     }
-                    next += 1;
+                    next = next.checked_add(1).ok_or_else(|| {
+                        LogError::corrupt(&path, rec.offset, "entry index at the end of the index space")
+                    })?;
                     has_entries = true;
                     if e.log_id.index >= purged_next {
                         locs.push_back(Loc {
@@ -157,8 +164,31 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
             }
         }
     };
+    // The first live entry follows the purge point: a lost segment right
+    // after it (the segments before it purged, so no jump is seen) left a
+    // hole that openraft would only trip over later.
+    if let (Some(_), Some(front)) = (purged, locs.front()) {
+        if front.log_id.index != purged_next {
+            return Err(LogError::corrupt(
+                &dir.join(segment::segment_file_name(front.seg)),
+                front.off,
+                format!(
+                    "the log resumes at index {} after a purge up to {} (missing segment?)",
+                    front.log_id.index,
+                    purged_next - 1
+                ),
+            ));
+        }
+    }
     let first = locs.front().map_or(next_index, |l| l.log_id.index);
-    // Everything recovered is on disk.
+    // What was read back may be only in the page cache (a crash before its
+    // fdatasync): make it durable before calling it so, since openraft
+    // reports it to the leader as stored.
+    tail.seg
+        .file
+        .sync_data()
+        .map_err(|e| LogError::io(&tail.seg.path, e))?;
+    meta::fsync_dir(dir)?;
     let (durable, _) = nines_types::durable_index(next_index.saturating_sub(1));
     // A damaged vote file is reported by `read_vote`, where openraft reads
     // it; here it only means no pipelining until the next vote is saved.
@@ -229,4 +259,27 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, LogError> {
     }
     names.sort_unstable();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use nines_types::LogId;
+    use openraft::CommittedLeaderId;
+
+    use crate::{LogError, LogOptions};
+
+    /// `purged + 1` wrapped in release builds (every purged entry live
+    /// again) and panicked in debug ones.
+    #[test]
+    fn a_purge_point_at_the_end_of_the_index_space_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = LogId::new(CommittedLeaderId::new(1, 1), u64::MAX);
+        crate::meta::write_purged(dir.path(), &last).unwrap();
+        let opened = super::open(dir.path(), LogOptions::default());
+        assert!(
+            matches!(opened, Err(LogError::Corrupt { .. })),
+            "{:?}",
+            opened.err()
+        );
+    }
 }

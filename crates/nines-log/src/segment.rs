@@ -296,24 +296,28 @@ pub(crate) fn scan(path: &Path, data: &[u8], is_last: bool) -> Result<Scan, LogE
     })
 }
 
-/// Page-cache writeback unit: after a power loss, an unsynced write into
-/// zeroed space can come back with whole pages missing (still zero).
-const PAGE: usize = 4096;
+/// The smallest unit a device writes whole: after a power loss, an
+/// unsynced write into zeroed space can come back with sectors missing
+/// (still zero). Pages (4 KiB) were the unit here before, but a device
+/// may tear a page at its 512-byte sectors, and such a crash made the log
+/// refuse to open for good.
+const SECTOR: usize = 512;
 
-/// Whether a page overlapping the record at `[start, end)` reads as zero
+/// Whether a sector overlapping the record at `[start, end)` reads as zero
 /// from the record's start on: a write the crash cut short, not damage to
-/// synced data (the rule etcd's WAL applies to sectors). Everything after
-/// such a record was never covered by a completed sync, so never acked.
+/// synced data (etcd's WAL applies the same rule to sectors). Everything
+/// after such a record was never covered by a completed sync, so never
+/// acked.
 fn has_lost_page(data: &[u8], start: usize, end: usize) -> bool {
     let end = end.min(data.len());
-    let mut page = start - start % PAGE;
-    while page < end {
-        let lo = page.max(start);
-        let hi = (page + PAGE).min(data.len());
+    let mut sector = start - start % SECTOR;
+    while sector < end {
+        let lo = sector.max(start);
+        let hi = (sector + SECTOR).min(data.len());
         if all_zero(&data[lo..hi]) {
             return true;
         }
-        page += PAGE;
+        sector += SECTOR;
     }
     false
 }

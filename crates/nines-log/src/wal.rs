@@ -363,18 +363,21 @@ impl Wal {
         // Readers no longer see the removed entries; now cut the files.
         drop(idx);
 
-        // Newest first, so a crash leaves an unbroken prefix of segments.
+        // Newest first, so a crash leaves an unbroken prefix of segments;
+        // the removals are made durable before the cut: where a file's
+        // fsync does not commit other directory changes, a crash could
+        // otherwise leave the cut segment and the later ones behind it.
         for s in removed.iter().rev() {
             remove_segment_file(&s.path)?;
+        }
+        if !removed.is_empty() {
+            meta::fsync_dir(&self.dir)?;
         }
         self.prealloc
             .switch(&seg, loc.off, || {
                 seg.file.set_len(loc.off).and_then(|()| seg.file.sync_all())
             })
             .map_err(|e| LogError::io(&seg.path, e))?;
-        if !removed.is_empty() {
-            meta::fsync_dir(&self.dir)?;
-        }
         self.pipeline.flush.rewind(cut.saturating_sub(1));
         *w = Writer {
             active: seg,

@@ -195,15 +195,13 @@ impl<'a, E: Engine> Executor<'a, E> {
             Check::Answer(response) => return Ok(response),
             Check::Execute { previous } => previous,
         };
-        let before = self.revision;
         let response = self.execute(&request.command)?;
-        // `execute` bumps the revision exactly when the keys changed. A key
-        // command that changed none (a read-only txn, a delete of nothing)
-        // answers the same when run again, so only its sequence is kept.
-        // Every other command changes state without a revision, and run
-        // again would not answer the same (a second lease, "lease not
-        // found", "required revision has been compacted"): kept too.
-        let changed = self.revision != before || !request.command.is_key_command();
+        // Only a txn of reads may run again: a write that changed nothing
+        // this time (a delete of nothing, a txn whose compare failed, a
+        // refused put) can change something when a late copy of it runs
+        // after its answer was given (another client created the key
+        // meanwhile), so its answer is kept like any write's.
+        let rerun = request.command.is_read_only();
         self.sessions.record(
             &mut self.overlay,
             self.opts,
@@ -212,7 +210,7 @@ impl<'a, E: Engine> Executor<'a, E> {
             index,
             previous,
             &response,
-            changed,
+            rerun,
         )?;
         Ok(response)
     }

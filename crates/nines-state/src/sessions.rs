@@ -17,10 +17,15 @@
 //! - otherwise the request is executed and its outcome recorded.
 //!
 //! What is stored (the record holds what a retry needs, no more):
-//! - a request that changed nothing (a read-only txn, a delete of nothing, a
-//!   rejected command): `Rerun`, no response. Its retry runs it again; that
-//!   is sound because an execution without effects that nobody saw can be
-//!   dropped from the history. Read results are never stored for it.
+//! - a txn of reads only: `Rerun`, no response. Its retry runs it again;
+//!   that is sound because a read that nobody saw can be dropped from the
+//!   history, and a read cannot change anything. Read results are never
+//!   stored for it.
+//! - anything else, even when it changed nothing this time (a delete of
+//!   nothing, a txn whose compare failed, a refused command): a late copy
+//!   run again could change what its answer told (it deleted nothing, then
+//!   deletes the key another client has since created), so it is kept as a
+//!   write is:
 //! - a write whose encoded response is at most `KEEP_RESPONSE_BYTES`: the
 //!   whole response, returned as-is to a retry (same shape, incl. the reads
 //!   of a mixed txn and prev_kv).
@@ -66,7 +71,7 @@ pub(crate) struct SessionRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Outcome {
-    /// The request changed nothing: a retry executes it again.
+    /// A txn of reads only: a retry executes it again.
     Rerun,
     /// The response, returned as-is to a retry.
     Response(Response),
@@ -217,9 +222,9 @@ impl Sessions {
         index: u64,
         previous: Option<SessionRecord>,
         response: &Response,
-        changed: bool,
+        rerun: bool,
     ) -> Result<(), StateError> {
-        let outcome = if !changed || matches!(response.result, CommandResult::Rejected(_)) {
+        let outcome = if rerun {
             Outcome::Rerun
         } else {
             let kept = Outcome::Response(response.clone());

@@ -93,13 +93,54 @@ async fn invalid_command_with_session_keeps_no_response() {
         bad.result,
         CommandResult::Rejected(RejectReason::InvalidInput(_))
     ));
-    // Known to the table (so seq 2 is accepted), but nothing to replay: a
-    // retry of seq 1 is checked again.
+    // Known to the table (so seq 2 is accepted); a retry of seq 1 gets the
+    // refusal it got.
     assert_eq!(sessions(&a.sm).len(), 1);
     let retry = a.apply(Request::with_session(put("", "x"), 3, 1)).await;
     assert_eq!(retry.result, bad.result);
     let good = a.apply(Request::with_session(put("a", "x"), 3, 2)).await;
     assert_eq!(good.revision, 2);
+}
+
+/// A write that changed nothing was kept as "run it again". A late copy
+/// of it (queued on a follower while the client's retry went to the
+/// leader and was answered) then ran after that answer and changed what
+/// the answer told: the delete that deleted nothing deleted the key
+/// another client had created meanwhile, and the txn whose compare had
+/// failed took its success branch.
+#[tokio::test]
+async fn a_late_copy_of_a_write_that_changed_nothing_answers_as_the_first() {
+    use nines_types::{CompareOp, CompareTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    let del = || Request::with_session(delete("k", false), 5, 1);
+    let first = a.apply(del()).await;
+    assert!(matches!(first.result, CommandResult::Delete { deleted: 0, .. }));
+    let guarded = || {
+        let absent = cmp("g", CompareOp::Equal, CompareTarget::Version(0));
+        Request::with_session(txn(vec![absent], vec![tput("g", "mine")], vec![]), 6, 1)
+    };
+    a.cmd(put("g", "theirs")).await;
+    let refused = a.apply(guarded()).await;
+    assert!(matches!(refused.result, CommandResult::Txn { succeeded: false, .. }));
+
+    // Another client creates k, and removes g.
+    a.cmd(put("k", "v")).await;
+    a.cmd(delete("g", false)).await;
+    let revision = a.sm.reader().revision();
+    // The late copies arrive.
+    assert_eq!(a.apply(del()).await, first);
+    assert_eq!(a.apply(guarded()).await, refused);
+    assert_eq!(a.sm.reader().get(b"k").unwrap().data.unwrap().value, b"v");
+    assert!(a.sm.reader().get(b"g").unwrap().data.is_none());
+    assert_eq!(a.sm.reader().revision(), revision);
+
+    // A txn of reads only is still run again, and answers what is there now.
+    let read = || Request::with_session(txn(vec![], vec![tget("k")], vec![]), 7, 1);
+    let before = a.apply(read()).await;
+    a.cmd(put("k", "w")).await;
+    let again = a.apply(read()).await;
+    assert_ne!(again, before);
 }
 
 #[tokio::test]

@@ -271,22 +271,17 @@ pub struct Keep {
 }
 
 impl Command {
-    /// Whether it only reads and writes keys, so that a try that changed
-    /// no key (a read-only txn, a delete of nothing) answers the same when
-    /// run again. Every other command changes state without a revision.
-    pub fn is_key_command(&self) -> bool {
+    /// Whether no branch of it can change anything (a txn of reads only):
+    /// the one kind of request whose copy, run again after its answer was
+    /// given, cannot change what that answer told.
+    pub fn is_read_only(&self) -> bool {
         match self {
-            Command::Put { .. }
-            | Command::PutKeeping { .. }
-            | Command::Delete { .. }
-            | Command::DeleteRange { .. }
-            | Command::Txn(_) => true,
-            Command::Batch(_)
-            | Command::Compact { .. }
-            | Command::LeaseGrant { .. }
-            | Command::LeaseRevoke { .. }
-            | Command::LeaseCheckpoint(_)
-            | Command::Auth(_) => false,
+            Command::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .all(|op| matches!(op, TxnOp::Get(_) | TxnOp::GetWith(..))),
+            _ => false,
         }
     }
 

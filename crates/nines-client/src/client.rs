@@ -378,7 +378,8 @@ impl Client {
         if !forgotten {
             self.inner.lanes.release(lane);
         }
-        result
+        let attempts = attempts.load(Ordering::Relaxed) as u32;
+        result.map_err(|e| crate::error::session_outcome(e, attempts))
     }
 
     pub async fn put(

@@ -19,6 +19,37 @@ pub enum ClientError {
     /// answered with TTL 0). `id` is 0 when the request named several.
     #[error("lease {id:016x} not found (etcdserver: requested lease not found)")]
     LeaseNotFound { id: i64 },
+    /// The write was applied, at `revision`, but a retry could not get its
+    /// response back (too large to keep for retries). Not a failure: do not
+    /// send it again.
+    #[error("applied at revision {revision}; its response was too large to keep for the retry")]
+    AppliedResponseLost { revision: i64 },
+}
+
+/// What a retried write's session refusal means to the caller. The server
+/// answers FAILED_PRECONDITION for both cases, which reads as a definite
+/// failure: a caller that sent such a write again applied it twice.
+pub(crate) fn session_outcome(e: ClientError, attempts: u32) -> ClientError {
+    let ClientError::Status(status) = &e else {
+        return e;
+    };
+    if status.code() != Code::FailedPrecondition {
+        return e;
+    }
+    let message = status.message();
+    if let Some(rest) = message.split("already applied at revision ").nth(1) {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(revision) = digits.parse() {
+            return ClientError::AppliedResponseLost { revision };
+        }
+    }
+    // The server forgot the session; an earlier attempt may have been
+    // applied before it did.
+    if attempts > 1 && message.contains("session unknown") {
+        let last = status.clone();
+        return ClientError::Exhausted { attempts, last };
+    }
+    e
 }
 
 /// etcd's message for a lease it does not know (ErrGRPCLeaseNotFound).
@@ -33,6 +64,7 @@ impl ClientError {
                 Code::InvalidArgument
             }
             ClientError::LeaseNotFound { .. } => Code::NotFound,
+            ClientError::AppliedResponseLost { .. } => Code::FailedPrecondition,
         }
     }
 
@@ -78,5 +110,23 @@ mod tests {
         assert!(matches!(other, ClientError::Status(_)));
         let busy = ClientError::Status(tonic::Status::unavailable(LEASE_NOT_FOUND)).lease(1);
         assert!(matches!(busy, ClientError::Status(_)));
+    }
+
+    /// The server's words for both refusals (`api/convert.rs`).
+    #[test]
+    fn session_refusals_of_a_retried_write_do_not_read_as_failures() {
+        let refused = |m: &str| ClientError::Status(tonic::Status::failed_precondition(m));
+        let kept = "client 1f sequence 4 was already applied at revision 812; \
+                    its response was too large to keep for retries";
+        let e = session_outcome(refused(kept), 2);
+        assert!(matches!(e, ClientError::AppliedResponseLost { revision: 812 }));
+        assert!(!e.is_indeterminate());
+        let forgot = "session unknown or expired: client 1f sequence 4 was not applied now; \
+                      if it was sent before, it may have been applied then";
+        assert!(session_outcome(refused(forgot), 3).is_indeterminate());
+        // Sent once and refused: it was not applied.
+        assert!(!session_outcome(refused(forgot), 1).is_indeterminate());
+        let other = session_outcome(refused("etcdserver: key not found"), 3);
+        assert!(matches!(other, ClientError::Status(_)));
     }
 }

@@ -105,7 +105,12 @@ impl NodeConn {
                 Err(status) => status,
             };
             let text = format!("{:?}: {}", status.code(), status.message());
-            if definite(status.code()) {
+            // A session refusal of a retry is no failure: "already
+            // applied" (response not kept) or "session unknown" (an earlier
+            // attempt may have been applied).
+            let session = status.message().contains("already applied at revision")
+                || status.message().contains("session unknown");
+            if definite(status.code()) && !session {
                 return Err(OpError::Definite(text));
             }
             if !retryable(status.code()) || Instant::now() + Duration::from_millis(100) >= deadline

@@ -215,6 +215,29 @@ impl Lessor {
         expired.into_iter().map(|(_, id)| id).collect()
     }
 
+    /// A grant this member applied as leader: lease `id` counts down from
+    /// `ttl` now. `sync` sees only which ids are granted, so a revoke and a
+    /// new grant of one id between two syncs looked like no change, and the
+    /// old lease's countdown went on: its early expiry, or its mark of being
+    /// revoked, so that the new lease never expired here and every
+    /// keepalive of it was answered TTL 0.
+    pub fn granted(&self, id: i64, ttl: i64, now: Instant) {
+        let mut state = self.lock();
+        if state.term.is_some() {
+            let countdown = Countdown {
+                expiry: now + secs(ttl),
+                ttl,
+                revoking: false,
+            };
+            state.leases.insert(id, countdown);
+        }
+    }
+
+    /// A revoke this member applied as leader: lease `id` is gone.
+    pub fn revoked(&self, id: i64) {
+        self.lock().leases.remove(&id);
+    }
+
     /// A revoke that did not happen (timeout, lost leadership): the lease
     /// is handed out again once it is due.
     pub fn revoke_failed(&self, id: i64) {

@@ -112,3 +112,32 @@ fn a_new_leader_counts_only_after_applying_an_entry_of_its_term() {
     // Already counting: the table is not read again.
     assert!(lessor.promote_if_new(3, 3, || panic!("read again"), t0));
 }
+
+/// A lease revoked (here: expired) and granted again under its id before
+/// the next sync kept the old countdown, marked as being revoked: the new
+/// lease never expired on this leader and each keepalive answered TTL 0.
+#[test]
+fn a_lease_granted_again_under_its_id_counts_down_afresh() {
+    let lessor = Lessor::new(EXTEND);
+    let t0 = Instant::now();
+    lessor.promote(1, &[info(42, 2, 0)], t0);
+    let later = t0 + Duration::from_secs(5);
+    assert_eq!(lessor.take_expired(1, later, 10), vec![42]);
+    // The revoke applies, and a client grants 42 again, before a sync.
+    lessor.revoked(42);
+    lessor.granted(42, 60, later);
+    lessor.sync(&[info(42, 60, 0)], later);
+    assert!(matches!(
+        lessor.renew(1, 42, 60, later),
+        Renewal::Renewed
+    ));
+    let left = lessor.remaining(42, later).unwrap().as_secs();
+    assert_eq!(left, 60);
+    assert!(lessor
+        .take_expired(1, later + Duration::from_secs(30), 10)
+        .is_empty());
+    // And a revoke alone leaves nothing to count down.
+    lessor.revoked(42);
+    lessor.sync(&[], later);
+    assert!(lessor.remaining(42, later).is_none());
+}

@@ -111,7 +111,9 @@ impl NodeCore {
         };
         if id != 0 {
             let grant = request(session, Command::LeaseGrant { id, ttl });
-            return self.write(grant, forwarded).await;
+            let done = self.write(grant, forwarded).await?;
+            self.count_down_granted(&done);
+            return Ok(done);
         }
         // Picked on the leader only: a follower forwards the request as is.
         if self.leading_term().is_none() {
@@ -126,7 +128,10 @@ impl NodeCore {
                         nines_types::CommandResult::Rejected(nines_types::RejectReason::LeaseExists(_)),
                     ..
                 }) => {}
-                done => return Ok(done),
+                done => {
+                    self.count_down_granted(&done);
+                    return Ok(done);
+                }
             }
             last = Some(ApiError::LeaseExists);
         }
@@ -142,8 +147,30 @@ impl NodeCore {
         session: Option<Session>,
         forwarded: bool,
     ) -> Result<Routed<Response>, ApiError> {
-        self.write(request(session, Command::LeaseRevoke { id }), forwarded)
-            .await
+        let done = self
+            .write(request(session, Command::LeaseRevoke { id }), forwarded)
+            .await?;
+        if let Routed::Local(Response {
+            result:
+                nines_types::CommandResult::LeaseRevoked { .. }
+                | nines_types::CommandResult::Rejected(nines_types::RejectReason::LeaseNotFound(_)),
+            ..
+        }) = &done
+        {
+            self.lessor.revoked(id);
+        }
+        Ok(done)
+    }
+
+    /// A grant applied here starts its countdown now (see `Lessor::granted`).
+    fn count_down_granted(&self, done: &Routed<Response>) {
+        if let Routed::Local(Response {
+            result: nines_types::CommandResult::LeaseGranted { id, ttl },
+            ..
+        }) = done
+        {
+            self.lessor.granted(*id, *ttl, Instant::now());
+        }
     }
 
     /// Confirms this member still leads in `term` with a quorum, and that

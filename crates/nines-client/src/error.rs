@@ -119,7 +119,10 @@ mod tests {
         let kept = "client 1f sequence 4 was already applied at revision 812; \
                     its response was too large to keep for retries";
         let e = session_outcome(refused(kept), 2);
-        assert!(matches!(e, ClientError::AppliedResponseLost { revision: 812 }));
+        assert!(matches!(
+            e,
+            ClientError::AppliedResponseLost { revision: 812 }
+        ));
         assert!(!e.is_indeterminate());
         let forgot = "session unknown or expired: client 1f sequence 4 was not applied now; \
                       if it was sent before, it may have been applied then";

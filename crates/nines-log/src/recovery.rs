@@ -34,7 +34,11 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
     let purged_next = match purged {
         None => 0,
         Some(p) => p.index.checked_add(1).ok_or_else(|| {
-            LogError::corrupt(&dir.join("purged"), 0, "purged index at the end of the index space")
+            LogError::corrupt(
+                &dir.join("purged"),
+                0,
+                "purged index at the end of the index space",
+            )
         })?,
     };
     let names = list_segments(dir)?;
@@ -104,7 +108,11 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
                         ));
                     }
                     next = next.checked_add(1).ok_or_else(|| {
-                        LogError::corrupt(&path, rec.offset, "entry index at the end of the index space")
+                        LogError::corrupt(
+                            &path,
+                            rec.offset,
+                            "entry index at the end of the index space",
+                        )
                     })?;
                     has_entries = true;
                     if e.log_id.index >= purged_next {

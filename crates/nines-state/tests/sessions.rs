@@ -115,14 +115,23 @@ async fn a_late_copy_of_a_write_that_changed_nothing_answers_as_the_first() {
     let mut a = Applier::new(open(dir.path()).await);
     let del = || Request::with_session(delete("k", false), 5, 1);
     let first = a.apply(del()).await;
-    assert!(matches!(first.result, CommandResult::Delete { deleted: 0, .. }));
+    assert!(matches!(
+        first.result,
+        CommandResult::Delete { deleted: 0, .. }
+    ));
     let guarded = || {
         let absent = cmp("g", CompareOp::Equal, CompareTarget::Version(0));
         Request::with_session(txn(vec![absent], vec![tput("g", "mine")], vec![]), 6, 1)
     };
     a.cmd(put("g", "theirs")).await;
     let refused = a.apply(guarded()).await;
-    assert!(matches!(refused.result, CommandResult::Txn { succeeded: false, .. }));
+    assert!(matches!(
+        refused.result,
+        CommandResult::Txn {
+            succeeded: false,
+            ..
+        }
+    ));
 
     // Another client creates k, and removes g.
     a.cmd(put("k", "v")).await;

@@ -127,10 +127,7 @@ fn a_lease_granted_again_under_its_id_counts_down_afresh() {
     lessor.revoked(42);
     lessor.granted(42, 60, later);
     lessor.sync(&[info(42, 60, 0)], later);
-    assert!(matches!(
-        lessor.renew(1, 42, 60, later),
-        Renewal::Renewed
-    ));
+    assert!(matches!(lessor.renew(1, 42, 60, later), Renewal::Renewed));
     let left = lessor.remaining(42, later).unwrap().as_secs();
     assert_eq!(left, 60);
     assert!(lessor

@@ -79,8 +79,10 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
         }
         if let Some(exp) = expected {
             // A jump is fine only where nothing live precedes it (a reset
-            // after a purge past the end, or an empty log restarting).
-            if exp != name && !locs.is_empty() {
+            // after a purge past the end, or an empty log restarting), and
+            // never past the purge point: segments before it that a crash
+            // left behind mid-purge hid a lost segment after it.
+            if exp != name && (!locs.is_empty() || purged.is_some() && name > purged_next) {
                 return Err(LogError::corrupt(
                     &path,
                     0,
@@ -172,22 +174,6 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
             }
         }
     };
-    // The first live entry follows the purge point: a lost segment right
-    // after it (the segments before it purged, so no jump is seen) left a
-    // hole that openraft would only trip over later.
-    if let (Some(_), Some(front)) = (purged, locs.front()) {
-        if front.log_id.index != purged_next {
-            return Err(LogError::corrupt(
-                &dir.join(segment::segment_file_name(front.seg)),
-                front.off,
-                format!(
-                    "the log resumes at index {} after a purge up to {} (missing segment?)",
-                    front.log_id.index,
-                    purged_next - 1
-                ),
-            ));
-        }
-    }
     let first = locs.front().map_or(next_index, |l| l.log_id.index);
     // What was read back may be only in the page cache (a crash before its
     // fdatasync): make it durable before calling it so, since openraft

@@ -35,7 +35,7 @@ pub(crate) fn open(dir: &Path, opts: LogOptions) -> Result<Wal, LogError> {
         None => 0,
         Some(p) => p.index.checked_add(1).ok_or_else(|| {
             LogError::corrupt(
-                &dir.join("purged"),
+                dir.join("purged"),
                 0,
                 "purged index at the end of the index space",
             )

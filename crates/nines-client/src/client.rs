@@ -371,9 +371,17 @@ impl Client {
             // The forgotten lane is not returned to the pool.
             let lane = self.inner.lanes.fresh();
             let session = Some((lane.client_id, lane.seq));
-            let result = self.call_in(Route::Leader, message, session, &call).await;
+            let attempts = AtomicUsize::new(0);
+            let counted = |channel, request| {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                call(channel, request)
+            };
+            let result = self
+                .call_in(Route::Leader, message, session, &counted)
+                .await;
             self.inner.lanes.release(lane);
-            return result;
+            let attempts = attempts.load(Ordering::Relaxed) as u32;
+            return result.map_err(|e| crate::error::session_outcome(e, attempts));
         }
         if !forgotten {
             self.inner.lanes.release(lane);

@@ -19,9 +19,10 @@ pub enum ClientError {
     /// answered with TTL 0). `id` is 0 when the request named several.
     #[error("lease {id:016x} not found (etcdserver: requested lease not found)")]
     LeaseNotFound { id: i64 },
-    /// The write was applied, at `revision`, but a retry could not get its
-    /// response back (too large to keep for retries). Not a failure: do not
-    /// send it again.
+    /// The request ran, at `revision`, but a retry could not get its
+    /// response back (too large to keep for retries). Do not send it again:
+    /// a put or delete took effect; of a txn, which branch its compares
+    /// chose is in the lost response, so read the keys to learn it.
     #[error("applied at revision {revision}; its response was too large to keep for the retry")]
     AppliedResponseLost { revision: i64 },
 }

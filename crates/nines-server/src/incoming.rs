@@ -35,8 +35,8 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Connections handled in one poll before yielding to other tasks, so a
 /// flood of refused connections cannot hold a worker.
 const ACCEPTS_PER_POLL: usize = 64;
-/// A TLS handshake not done by then, or a plaintext connection that has
-/// sent nothing by then, is dropped with its connection.
+/// A connection that has not finished its TLS handshake (with TLS) and
+/// sent the whole HTTP/2 preface by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most one "TLS handshake refused" line per interval.
 const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);

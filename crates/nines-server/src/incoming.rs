@@ -92,8 +92,9 @@ impl Incoming {
     fn first_bytes(&mut self, stream: TcpStream, slot: OwnedSemaphorePermit) {
         let timeout = self.handshake_timeout;
         self.handshakes.spawn(async move {
-            match tokio::time::timeout(timeout, preface(&stream)).await {
-                Ok(Ok(())) => Ok(Conn::new(ConnStream::Plain(stream), slot)),
+            let mut stream = ConnStream::Plain(stream);
+            match tokio::time::timeout(timeout, read_preface(&mut stream)).await {
+                Ok(Ok(())) => Ok(Conn::new(stream, slot)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -113,15 +114,8 @@ impl Incoming {
         self.handshakes.spawn(async move {
             let start = async move {
                 let mut stream = tls.accept(stream).await?;
-                let mut first = [0u8; H2_PREFACE.len()];
-                tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first).await?;
-                if &first != H2_PREFACE {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "not an HTTP/2 connection",
-                    ));
-                }
-                Ok(stream)
+                read_preface(&mut stream).await?;
+                Ok::<_, io::Error>(stream)
             };
             let stream = tokio::time::timeout(timeout, start).await.map_err(|_| {
                 io::Error::new(
@@ -129,10 +123,7 @@ impl Incoming {
                     format!("no TLS handshake and HTTP/2 preface within {timeout:?}"),
                 )
             })??;
-            let mut conn = Conn::new(stream, slot);
-            // Read off the stream here: hyper gets it as it was sent.
-            conn.replay = H2_PREFACE.len();
-            Ok(conn)
+            Ok(Conn::new(stream, slot))
         });
     }
 
@@ -185,32 +176,32 @@ impl Incoming {
 /// What every HTTP/2 client sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Waits until `stream` has sent the whole HTTP/2 preface (read by peeking:
-/// the bytes stay for the server). Once handed to hyper, a connection that
-/// sent part of it and went quiet held its slot for good: hyper neither
-/// times the preface out nor pings before it has it.
-async fn preface(stream: &TcpStream) -> io::Result<()> {
-    let mut buf = [0u8; 24];
-    loop {
-        let n = stream.peek(&mut buf).await?;
+/// Reads the HTTP/2 preface off `stream` (a `Conn` hands it on to hyper
+/// first), refusing at the first byte that differs. Once handed to hyper,
+/// a connection that sent part of it and went quiet held its slot for
+/// good: hyper neither times the preface out nor pings before it has it.
+/// (Peeking instead, on plaintext only, had to poll every 5 ms while part
+/// of the preface waited unread.)
+async fn read_preface(stream: &mut ConnStream) -> io::Result<()> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut have = 0;
+    while have < buf.len() {
+        let n = tokio::io::AsyncReadExt::read(stream, &mut buf[have..]).await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "closed before sending the HTTP/2 preface",
             ));
         }
-        if buf[..n] != H2_PREFACE[..n] {
+        have += n;
+        if buf[..have] != H2_PREFACE[..have] {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "not an HTTP/2 connection",
             ));
         }
-        if n == H2_PREFACE.len() {
-            return Ok(());
-        }
-        // peek returns at once while bytes wait unread: poll gently.
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok(())
 }
 
 /// Errors that concern only the connection being accepted: the next accept
@@ -292,8 +283,9 @@ impl Stream for Incoming {
 pub struct Conn {
     stream: ConnStream,
     _slot: OwnedSemaphorePermit,
-    /// How much of the HTTP/2 preface, already read off a TLS stream, is
-    /// still to be handed to the reader (its last `replay` bytes).
+    /// How much of the HTTP/2 preface, read off the stream to check it
+    /// (`read_preface`), is still to be handed to the reader (its last
+    /// `replay` bytes).
     replay: usize,
     /// Written but not yet sent (see `poll_flush`).
     out: Vec<u8>,
@@ -308,11 +300,12 @@ const COALESCE_BYTES: usize = 64 << 10;
 const MAX_DEFERRALS: u32 = 8;
 
 impl Conn {
+    /// A connection whose preface `read_preface` has read.
     fn new(stream: ConnStream, slot: OwnedSemaphorePermit) -> Self {
         Conn {
             stream,
             _slot: slot,
-            replay: 0,
+            replay: H2_PREFACE.len(),
             out: Vec::new(),
             deferred: 0,
             deferred_len: 0,

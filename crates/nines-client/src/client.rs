@@ -367,27 +367,27 @@ impl Client {
         // not applied: retry once on a new lane. After several attempts an
         // earlier one may have been applied, so the caller must decide.
         let forgotten = matches!(&result, Err(e) if session_unknown(e));
+        // A session refusal after this request's attempts so far says more
+        // than its status (see `session_outcome`).
+        let classify = |result: Result<Resp, ClientError>| {
+            let attempts = attempts.load(Ordering::Relaxed) as u32;
+            result.map_err(|e| crate::error::session_outcome(e, attempts))
+        };
         if forgotten && attempts.load(Ordering::Relaxed) == 1 {
             // The forgotten lane is not returned to the pool.
             let lane = self.inner.lanes.fresh();
             let session = Some((lane.client_id, lane.seq));
-            let attempts = AtomicUsize::new(0);
-            let counted = |channel, request| {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                call(channel, request)
-            };
+            attempts.store(0, Ordering::Relaxed);
             let result = self
                 .call_in(Route::Leader, message, session, &counted)
                 .await;
             self.inner.lanes.release(lane);
-            let attempts = attempts.load(Ordering::Relaxed) as u32;
-            return result.map_err(|e| crate::error::session_outcome(e, attempts));
+            return classify(result);
         }
         if !forgotten {
             self.inner.lanes.release(lane);
         }
-        let attempts = attempts.load(Ordering::Relaxed) as u32;
-        result.map_err(|e| crate::error::session_outcome(e, attempts))
+        classify(result)
     }
 
     pub async fn put(

@@ -28,6 +28,9 @@ struct State {
     /// The term this member leads in and counts down for.
     term: Option<u64>,
     leases: HashMap<i64, Countdown>,
+    /// The countdowns of the term it last stopped counting for: taken up
+    /// again if it counts for that term once more (see `promote`).
+    kept: Option<(u64, HashMap<i64, Countdown>)>,
 }
 
 /// What a keepalive did.
@@ -66,6 +69,13 @@ fn start(info: &LeaseInfo) -> i64 {
     }
 }
 
+/// A kept countdown of `id` belongs to a lease that is gone now.
+fn forget_kept(state: &mut State, id: i64) {
+    if let Some((_, kept)) = state.kept.as_mut() {
+        kept.remove(&id);
+    }
+}
+
 impl Lessor {
     pub fn new(extend: Duration) -> Self {
         Self {
@@ -91,14 +101,31 @@ impl Lessor {
         if state.term == Some(term) {
             return;
         }
+        // Counting for the term it stopped counting for (a leadership
+        // confirmation failed, then succeeded, in one term): the table may
+        // not show yet a keepalive's clearing of a recorded remaining TTL
+        // (its commit may be pending), but the countdown it kept does, so
+        // that goes on; at least `extend`, for clients that were turned
+        // away meanwhile. Its revoke marks go: none is under way then.
+        let kept = match state.kept.take() {
+            Some((kept_term, leases)) if kept_term == term => leases,
+            _ => HashMap::new(),
+        };
         state.term = Some(term);
         state.leases = table
             .iter()
             .map(|info| {
-                let countdown = Countdown {
-                    expiry: now + secs(start(info)) + self.extend,
-                    ttl: info.ttl,
-                    revoking: false,
+                let countdown = match kept.get(&info.id) {
+                    Some(c) => Countdown {
+                        expiry: c.expiry.max(now + self.extend),
+                        ttl: c.ttl,
+                        revoking: false,
+                    },
+                    None => Countdown {
+                        expiry: now + secs(start(info)) + self.extend,
+                        ttl: info.ttl,
+                        revoking: false,
+                    },
                 };
                 (info.id, countdown)
             })
@@ -132,8 +159,10 @@ impl Lessor {
     /// Stops counting down: this member no longer leads.
     pub fn demote(&self) {
         let mut state = self.lock();
-        state.term = None;
-        state.leases.clear();
+        if let Some(term) = state.term.take() {
+            let leases = std::mem::take(&mut state.leases);
+            state.kept = Some((term, leases));
+        }
     }
 
     /// Follows the applied leases: a lease granted since starts from its
@@ -223,6 +252,7 @@ impl Lessor {
     /// keepalive of it was answered TTL 0.
     pub fn granted(&self, id: i64, ttl: i64, now: Instant) {
         let mut state = self.lock();
+        forget_kept(&mut state, id);
         if state.term.is_some() {
             let countdown = Countdown {
                 expiry: now + secs(ttl),
@@ -235,7 +265,9 @@ impl Lessor {
 
     /// A revoke this member applied as leader: lease `id` is gone.
     pub fn revoked(&self, id: i64) {
-        self.lock().leases.remove(&id);
+        let mut state = self.lock();
+        forget_kept(&mut state, id);
+        state.leases.remove(&id);
     }
 
     /// A revoke that did not happen (timeout, lost leadership): the lease

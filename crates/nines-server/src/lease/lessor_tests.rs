@@ -138,3 +138,49 @@ fn a_lease_granted_again_under_its_id_counts_down_afresh() {
     lessor.sync(&[], later);
     assert!(lessor.remaining(42, later).is_none());
 }
+
+/// A leader whose confirmation failed stops counting, and counts again
+/// in the same term once confirmed. A keepalive it acknowledged just
+/// before cleared the lease's recorded remaining TTL in a commit that may
+/// not be applied yet: counting again from the table's record (3 s) would
+/// revoke the lease 26 s before the TTL the keepalive promised.
+#[test]
+fn a_countdown_goes_on_when_the_same_term_counts_again() {
+    let lessor = Lessor::new(EXTEND);
+    let t0 = Instant::now();
+    let table = [info(1, 30, 3)];
+    lessor.promote(5, &table, t0);
+    assert_eq!(lessor.renew(5, 1, 30, t0), Renewal::Renewed);
+    // The confirmation fails: it stops counting...
+    lessor.demote();
+    assert_eq!(lessor.leading(), None);
+    assert_eq!(lessor.renew(5, 1, 30, t0), Renewal::NotLeading);
+    // ...and counts again in term 5, the table still showing 3 s.
+    let t1 = t0 + Duration::from_secs(2);
+    lessor.promote(5, &table, t1);
+    let left = lessor.remaining(1, t1).unwrap().as_secs();
+    assert_eq!(left, 28, "the keepalive at t0 promised 30 s");
+    assert!(lessor
+        .take_expired(5, t0 + Duration::from_secs(29), 10)
+        .is_empty());
+    // Another term starts from the table, as a new leader does.
+    lessor.demote();
+    lessor.promote(6, &table, t1);
+    assert_eq!(lessor.remaining(1, t1).unwrap().as_secs(), 4);
+}
+
+/// Revoke marks do not survive into the countdowns taken up again: the
+/// lease loop stops counting only before it proposes any revoke, and a
+/// mark left on would keep the lease from ever expiring here.
+#[test]
+fn countdowns_taken_up_again_are_not_marked_as_being_revoked() {
+    let lessor = Lessor::new(EXTEND);
+    let t0 = Instant::now();
+    lessor.promote(2, &[info(9, 2, 0)], t0);
+    let later = t0 + Duration::from_secs(5);
+    assert_eq!(lessor.take_expired(2, later, 10), vec![9]);
+    lessor.demote();
+    lessor.promote(2, &[info(9, 2, 0)], later);
+    let again = later + EXTEND;
+    assert_eq!(lessor.take_expired(2, again, 10), vec![9]);
+}

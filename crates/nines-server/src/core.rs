@@ -3,8 +3,11 @@
 //! protocol types: handlers in `api/` convert, and forward through
 //! `api::forward`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::Either;
 
 use nines_state::StateReader;
 use nines_types::{Header, Node, NodeId, Raft, Request, Response};
@@ -101,6 +104,18 @@ impl NodeCore {
         request: Request,
         forwarded: bool,
     ) -> Result<Routed<Response>, ApiError> {
+        self.submit_write(request, forwarded)?.await
+    }
+
+    /// `write`, with the checks done and the proposal queued before it
+    /// returns: writes submitted one after another reach a leader's log in
+    /// that order (see `Proposer::submit`).
+    pub fn submit_write(
+        &self,
+        request: Request,
+        forwarded: bool,
+    ) -> Result<impl Future<Output = Result<Routed<Response>, ApiError>> + Send + '_, ApiError>
+    {
         self.config.limits.check_command(&request.command)?;
         self.check_quota(&request.command)?;
         // A follower that knows its leader sends the write there at once:
@@ -110,24 +125,32 @@ impl NodeCore {
         // as openraft would have.
         if let Some((id, node)) = self.other_leader() {
             Counters::inc(&self.counters.writes_forwarded);
-            return self.redirect(Some(id), Some(node), forwarded);
+            let redirected = self.redirect(Some(id), Some(node), forwarded);
+            return Ok(Either::Left(std::future::ready(redirected)));
         }
         self.check_quorum_contact()?;
-        let written = tokio::time::timeout(self.timeout(), self.proposer.propose(request)).await;
-        let counters = &self.counters;
-        match &written {
-            Ok(Ok(_)) => Counters::inc(&counters.writes_ok),
-            Ok(Err(ProposeError::ForwardToLeader(..))) => Counters::inc(&counters.writes_forwarded),
-            _ => Counters::inc(&counters.writes_failed),
-        }
-        match written {
-            Err(_) => Err(ApiError::Timeout(self.timeout())),
-            Ok(Ok(resp)) => Ok(Routed::Local(resp)),
-            Ok(Err(ProposeError::ForwardToLeader(id, node))) => self.redirect(id, node, forwarded),
-            Ok(Err(ProposeError::Membership(e))) => Err(ApiError::Precondition(e)),
-            Ok(Err(ProposeError::Timeout)) => Err(ApiError::Timeout(self.timeout())),
-            Ok(Err(ProposeError::ShuttingDown)) => Err(ApiError::ShuttingDown),
-        }
+        let proposed = self.proposer.submit(request);
+        Ok(Either::Right(async move {
+            let written = tokio::time::timeout(self.timeout(), proposed).await;
+            let counters = &self.counters;
+            match &written {
+                Ok(Ok(_)) => Counters::inc(&counters.writes_ok),
+                Ok(Err(ProposeError::ForwardToLeader(..))) => {
+                    Counters::inc(&counters.writes_forwarded)
+                }
+                _ => Counters::inc(&counters.writes_failed),
+            }
+            match written {
+                Err(_) => Err(ApiError::Timeout(self.timeout())),
+                Ok(Ok(resp)) => Ok(Routed::Local(resp)),
+                Ok(Err(ProposeError::ForwardToLeader(id, node))) => {
+                    self.redirect(id, node, forwarded)
+                }
+                Ok(Err(ProposeError::Membership(e))) => Err(ApiError::Precondition(e)),
+                Ok(Err(ProposeError::Timeout)) => Err(ApiError::Timeout(self.timeout())),
+                Ok(Err(ProposeError::ShuttingDown)) => Err(ApiError::ShuttingDown),
+            }
+        }))
     }
 
     /// Builds a snapshot on this member covering at least what it has

@@ -97,18 +97,34 @@ impl Proposer {
     }
 
     pub async fn propose(&self, request: Request) -> Result<Response, ProposeError> {
+        self.submit(request).await
+    }
+
+    /// Queues `request` now, before the returned future is polled: requests
+    /// submitted one after another on a leader reach its log in that order
+    /// within a term (what `lease::ops` relies on to order a checkpoint
+    /// and a keepalive's clearing of it).
+    pub fn submit(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Response, ProposeError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         // Counted before it can be received, so the gauge never underflows.
         self.counters
             .proposal_pending
             .fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Pending { request, reply }).is_err() {
+        let sent = self.tx.send(Pending { request, reply });
+        if sent.is_err() {
             self.counters
                 .proposal_pending
                 .fetch_sub(1, Ordering::Relaxed);
-            return Err(ProposeError::ShuttingDown);
         }
-        rx.await.unwrap_or(Err(ProposeError::ShuttingDown))
+        async move {
+            match sent {
+                Ok(()) => rx.await.unwrap_or(Err(ProposeError::ShuttingDown)),
+                Err(_) => Err(ProposeError::ShuttingDown),
+            }
+        }
     }
 }
 
@@ -136,7 +152,7 @@ fn approx_bytes(command: &Command) -> usize {
         }
         Command::Batch(requests) => requests.iter().map(|r| approx_bytes(&r.command)).sum(),
         Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
-        Command::LeaseCheckpoint(list) => list.len() * 16,
+        Command::LeaseCheckpoint(list) | Command::LeaseCheckpointOf { list, .. } => list.len() * 16,
         Command::Auth(_) => 256,
     }
 }
@@ -441,5 +457,36 @@ mod tests {
         let proposed = writer.proposed.lock().unwrap().clone();
         assert_eq!(proposed, vec![put("a"), put("c")]);
         assert_eq!(counters.requests_abandoned.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_are_proposed_in_the_order_submitted_not_polled() {
+        let counters = Arc::new(Counters::default());
+        let writer = Arc::new(StuckFirst::default());
+        let proposer =
+            Proposer::start_with(writer.clone(), counters.clone(), Duration::from_millis(500));
+        let stuck = tokio::spawn({
+            let proposer = proposer.clone();
+            async move { proposer.propose(put("a")).await }
+        });
+        while counters.proposal_started_ms.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let x = proposer.submit(put("x"));
+        let y = proposer.submit(put("y"));
+        // "y" is waited on first: the order must still be "x", "y".
+        let (y, x) = tokio::time::timeout(GENEROUS, futures::future::join(y, x))
+            .await
+            .expect("proposed");
+        assert!(x.is_ok() && y.is_ok(), "{x:?} {y:?}");
+        let _ = tokio::time::timeout(GENEROUS, stuck).await.unwrap();
+        let proposed: Vec<Request> = writer.proposed.lock().unwrap()[1..]
+            .iter()
+            .flat_map(|r| match &r.command {
+                Command::Batch(requests) => requests.clone(),
+                _ => vec![r.clone()],
+            })
+            .collect();
+        assert_eq!(proposed, vec![put("x"), put("y")]);
     }
 }

@@ -391,6 +391,18 @@ impl<'a, E: Engine> Executor<'a, E> {
                 }
                 CommandResult::Empty
             }
+            Command::LeaseCheckpointOf { term, list } => {
+                // Only from an entry of the term that took it (see the
+                // command's doc).
+                let entry_term = self.applied.map(|l| l.leader_id.get_term());
+                if entry_term == Some(*term) {
+                    let mut leases = self.mvcc.leases_mut();
+                    for c in list {
+                        leases.checkpoint(&mut self.overlay, c.id, c.remaining)?;
+                    }
+                }
+                CommandResult::Empty
+            }
             // Batches are unpacked by apply_entry; one inside a batch is refused.
             Command::Batch(_) => CommandResult::Rejected(RejectReason::InvalidInput(
                 nines_types::InputError::NestedBatch.to_string(),

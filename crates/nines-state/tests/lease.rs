@@ -244,3 +244,51 @@ async fn leases_and_checkpoints_survive_a_reopen_and_a_snapshot_install() {
     assert_eq!(revoked.result, CommandResult::LeaseRevoked { deleted: 1 });
     assert_eq!(get_lease(&b.sm, "y"), None);
 }
+
+/// A checkpoint proposed by the leader of one term and committed in an
+/// entry of another (it waited in a proposal queue while its member lost
+/// leadership and won it again) predates keepalives committed meanwhile: it
+/// changes nothing. In an entry of its own term it records the remaining
+/// TTLs. (The helper's entries are of term 1.)
+#[tokio::test]
+async fn a_checkpoint_applies_only_from_an_entry_of_its_own_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    a.cmd(Command::LeaseGrant { id: 5, ttl: 60 }).await;
+    let remaining = |a: &Applier| {
+        a.sm.reader()
+            .leases()
+            .iter()
+            .find(|l| l.id == 5)
+            .map(|l| l.remaining)
+    };
+    let stale = Command::LeaseCheckpointOf {
+        term: 2,
+        list: vec![LeaseRemaining {
+            id: 5,
+            remaining: 7,
+        }],
+    };
+    let done = a.cmd(stale).await;
+    assert_eq!(done.result, CommandResult::Empty);
+    assert_eq!(remaining(&a), Some(0), "a checkpoint of term 2 in term 1");
+    a.cmd(Command::LeaseCheckpointOf {
+        term: 1,
+        list: vec![LeaseRemaining {
+            id: 5,
+            remaining: 7,
+        }],
+    })
+    .await;
+    assert_eq!(remaining(&a), Some(7));
+    // A keepalive's clearing, of the same term, after it.
+    a.cmd(Command::LeaseCheckpointOf {
+        term: 1,
+        list: vec![LeaseRemaining {
+            id: 5,
+            remaining: 0,
+        }],
+    })
+    .await;
+    assert_eq!(remaining(&a), Some(0));
+}

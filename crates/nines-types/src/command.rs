@@ -253,6 +253,17 @@ pub enum Command {
     LeaseCheckpoint(Vec<LeaseRemaining>),
     /// A change to users, roles, permissions or whether auth is on.
     Auth(crate::AuthCommand),
+    /// A checkpoint (or a keepalive's clearing of one) by the leader of
+    /// `term`, applied only from an entry of that term. One whose proposal
+    /// outlived its term (queued on a leader that lost and won leadership
+    /// again) would set remaining TTLs older than keepalives committed in
+    /// between. Within its term, every keepalive that may postdate it is
+    /// proposed after it (`nines-server`'s `lease::ops`), so it never lands
+    /// after a newer clearing. `LeaseCheckpoint` is what older logs hold.
+    LeaseCheckpointOf {
+        term: u64,
+        list: Vec<LeaseRemaining>,
+    },
 }
 
 /// A lease's remaining time to live, in seconds, as the leader saw it.
@@ -301,7 +312,8 @@ impl Command {
             | Command::DeleteRange { .. }
             | Command::Compact { .. }
             | Command::LeaseRevoke { .. }
-            | Command::LeaseCheckpoint(_) => false,
+            | Command::LeaseCheckpoint(_)
+            | Command::LeaseCheckpointOf { .. } => false,
             // Small, and an operator must be able to fix auth on a full store.
             Command::Auth(_) => false,
             // A lease record is small, but a full store must not grow

@@ -184,13 +184,15 @@ impl Limits {
             }
             // An id never granted is "not found" at apply, as in etcd.
             Command::LeaseRevoke { .. } => Ok(()),
-            Command::LeaseCheckpoint(list) if list.len() > MAX_CHECKPOINT_LEASES => {
+            Command::LeaseCheckpoint(list) | Command::LeaseCheckpointOf { list, .. }
+                if list.len() > MAX_CHECKPOINT_LEASES =>
+            {
                 Err(InputError::CheckpointTooLarge {
                     len: list.len(),
                     max: MAX_CHECKPOINT_LEASES,
                 })
             }
-            Command::LeaseCheckpoint(_) => Ok(()),
+            Command::LeaseCheckpoint(_) | Command::LeaseCheckpointOf { .. } => Ok(()),
             Command::Auth(auth) => check_auth(auth),
         }
     }

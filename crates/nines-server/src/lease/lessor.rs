@@ -43,14 +43,50 @@ pub enum Renewal {
     NotLeading,
 }
 
+/// Checkpoints of a term proposed and not known to be applied: while any
+/// is, a keepalive clears the lease's recorded remaining TTL even if the
+/// applied table shows none, since the checkpoint may land later and
+/// record one older than the keepalive.
+#[derive(Debug, Default)]
+pub struct Order {
+    unsettled: Option<(u64, usize)>,
+}
+
+impl Order {
+    /// A checkpoint command of `term` is queued for proposal.
+    pub fn checkpoint_submitted(&mut self, term: u64) {
+        self.unsettled = match self.unsettled {
+            Some((t, n)) if t == term => Some((t, n + 1)),
+            _ => Some((term, 1)),
+        };
+    }
+
+    /// One of `term` is applied. One that failed or timed out is never
+    /// settled: it may still commit while its term lasts.
+    pub fn checkpoint_settled(&mut self, term: u64) {
+        if let Some((t, n)) = self.unsettled.as_mut() {
+            if *t == term {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether a checkpoint of `term` may still land.
+    pub fn unsettled(&self, term: u64) -> bool {
+        matches!(self.unsettled, Some((t, n)) if t == term && n > 0)
+    }
+}
+
 #[derive(Debug)]
 pub struct Lessor {
-    /// Keepalives hold it shared, a periodic checkpoint exclusively from
-    /// reading the countdowns until it is applied: so a checkpoint taken
-    /// before a renewal can never land after the renewal cleared the
-    /// lease's recorded remaining TTL (a new leader would then count down
-    /// from a remaining TTL older than the keepalive).
-    pub gate: tokio::sync::RwLock<()>,
+    /// Held by a periodic checkpoint from reading the countdowns until its
+    /// commands are queued, and by a keepalive from renewing until its
+    /// clearing is queued: commands of one term reach the log in the order
+    /// they were queued, so a checkpoint taken before a renewal never lands
+    /// after the renewal's clearing (a new leader would then count down
+    /// from a remaining TTL older than the keepalive). Neither waits for a
+    /// commit under it: a slow disk stalls no keepalive behind a checkpoint.
+    order: Mutex<Order>,
     state: Mutex<State>,
     /// Added to every countdown a new leader starts.
     extend: Duration,
@@ -79,7 +115,7 @@ fn forget_kept(state: &mut State, id: i64) {
 impl Lessor {
     pub fn new(extend: Duration) -> Self {
         Self {
-            gate: tokio::sync::RwLock::new(()),
+            order: Mutex::new(Order::default()),
             state: Mutex::new(State::default()),
             extend,
         }
@@ -87,6 +123,11 @@ impl Lessor {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See `Lessor::order`. Taken before the countdowns' lock, never after.
+    pub fn order(&self) -> std::sync::MutexGuard<'_, Order> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The term this member counts down for, if it leads.

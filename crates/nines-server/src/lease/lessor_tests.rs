@@ -184,3 +184,27 @@ fn countdowns_taken_up_again_are_not_marked_as_being_revoked() {
     let again = later + EXTEND;
     assert_eq!(lessor.take_expired(2, again, 10), vec![9]);
 }
+
+#[test]
+fn a_checkpoint_stays_unsettled_for_its_term_until_applied() {
+    let mut order = super::Order::default();
+    assert!(!order.unsettled(3));
+    order.checkpoint_submitted(3);
+    order.checkpoint_submitted(3);
+    assert!(order.unsettled(3));
+    assert!(!order.unsettled(4), "another term's checkpoint never lands");
+    order.checkpoint_settled(3);
+    assert!(order.unsettled(3), "one of two applied");
+    order.checkpoint_settled(4);
+    assert!(order.unsettled(3), "settling another term changes nothing");
+    order.checkpoint_settled(3);
+    assert!(!order.unsettled(3));
+    order.checkpoint_settled(3);
+    order.checkpoint_submitted(3);
+    assert!(order.unsettled(3), "no count below zero");
+    // A new term starts afresh: what the old one queued is ignored at apply.
+    order.checkpoint_submitted(5);
+    order.checkpoint_settled(5);
+    assert!(!order.unsettled(5));
+    assert!(!order.unsettled(3));
+}

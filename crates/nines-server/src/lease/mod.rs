@@ -10,7 +10,7 @@
 //!   before t + TTL: only a leader confirmed by a quorum revokes; the leader
 //!   that acknowledged counts from t; and before acknowledging it clears
 //!   the lease's recorded remaining TTL, so a new leader starts it from
-//!   its full TTL, or from a checkpoint taken after t (`Lessor::gate`);
+//!   its full TTL, or from a checkpoint taken after t (`Lessor::order`);
 //! - an abandoned lease is revoked within TTL + 100 ms + a commit while
 //!   one leader lasts; across leader changes, each change can add up to
 //!   min(TTL, checkpoint interval) + the extension + the election.
@@ -21,7 +21,7 @@ mod lessor_tests;
 mod ops;
 pub mod run;
 
-pub use lessor::{Lessor, Renewal};
+pub use lessor::{Lessor, Order, Renewal};
 pub use ops::{LeaseTtl, TimeToLive, MIN_TTL};
 
 /// Added to every countdown a new leader starts (see the module doc).

@@ -2,8 +2,9 @@
 //! through the log; keepalive and time-to-live are the leader's, since
 //! only it counts down.
 
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nines_types::{Command, LeaseRemaining, Request, Response, Session, MAX_LEASE_TTL};
 use openraft::ServerState;
@@ -215,29 +216,44 @@ impl NodeCore {
         let Some(term) = self.leading_term() else {
             return self.to_lease_leader(forwarded);
         };
-        let _no_checkpoint_meanwhile = self.lessor.gate.read().await;
         self.confirm_leading(term).await?;
         let revision = self.reader.revision();
-        let Some(info) = self.reader.lease(id) else {
-            return Ok(Routed::Local((revision, 0)));
-        };
-        match self.lessor.renew(term, id, info.ttl, Instant::now()) {
-            Renewal::Renewed if info.remaining > 0 => {
-                // A recorded remaining TTL predates this keepalive: clear it
-                // before answering, so that a new leader never counts down
-                // from less than this keepalive promised (etcd does the
-                // same, without waiting). At most once per lease per
-                // checkpoint interval.
-                self.lease_checkpoint(vec![LeaseRemaining { id, remaining: 0 }])
-                    .await?;
-                Ok(Routed::Local((revision, info.ttl)))
+        let (ttl, clearing) = {
+            let order = self.lessor.order();
+            let Some(info) = self.reader.lease(id) else {
+                return Ok(Routed::Local((revision, 0)));
+            };
+            match self.lessor.renew(term, id, info.ttl, Instant::now()) {
+                // A recorded remaining TTL, or one a queued checkpoint may
+                // still record, predates this keepalive: clear it before
+                // answering, so that a new leader never counts down from
+                // less than this keepalive promised (etcd does the same,
+                // without waiting). At most once per lease per checkpoint
+                // interval, unless a checkpoint failed.
+                Renewal::Renewed if info.remaining > 0 || order.unsettled(term) => {
+                    let clear = vec![LeaseRemaining { id, remaining: 0 }];
+                    (info.ttl, Some(self.submit_checkpoint(term, clear)?))
+                }
+                Renewal::Renewed => (info.ttl, None),
+                Renewal::Expiring => return Ok(Routed::Local((revision, 0))),
+                Renewal::NotLeading => {
+                    return Err(ApiError::LeaderChanged {
+                        leader: self.leader(),
+                    })
+                }
             }
-            Renewal::Renewed => Ok(Routed::Local((revision, info.ttl))),
-            Renewal::Expiring => Ok(Routed::Local((revision, 0))),
-            Renewal::NotLeading => Err(ApiError::LeaderChanged {
-                leader: self.leader(),
-            }),
+        };
+        if let Some(clearing) = clearing {
+            let done = clearing.await?;
+            // Applied only from an entry of `term`: if this member no
+            // longer leads in it, the clearing may have been skipped.
+            if matches!(done, Routed::Forward(_)) || self.leading_term() != Some(term) {
+                return Err(ApiError::LeaderChanged {
+                    leader: self.leader(),
+                });
+            }
         }
+        Ok(Routed::Local((revision, ttl)))
     }
 
     /// etcd's LeaseTimeToLive, answered by the leader.
@@ -267,17 +283,38 @@ impl NodeCore {
         Ok(Routed::Local(TimeToLive { revision, lease }))
     }
 
-    /// Records the leader's remaining TTLs in the log, in commands of at
-    /// most etcd's batch size.
-    pub async fn lease_checkpoint(&self, list: Vec<LeaseRemaining>) -> Result<(), ApiError> {
-        for chunk in list.chunks(nines_types::MAX_CHECKPOINT_LEASES) {
-            let command = Command::LeaseCheckpoint(chunk.to_vec());
-            if let Routed::Forward(_) = self.write(Request::new(command), true).await? {
+    /// Records the leader's remaining TTLs in the log as the leader of
+    /// `term`, in commands of at most etcd's batch size.
+    pub async fn lease_checkpoint(&self, term: u64, interval: Duration) -> Result<(), ApiError> {
+        let queued = {
+            let mut order = self.lessor.order();
+            let list = self.lessor.checkpoints(Instant::now(), interval);
+            let mut queued = Vec::new();
+            for chunk in list.chunks(nines_types::MAX_CHECKPOINT_LEASES) {
+                queued.push(self.submit_checkpoint(term, chunk.to_vec())?);
+                order.checkpoint_submitted(term);
+            }
+            queued
+        };
+        for done in queued {
+            if let Routed::Forward(_) = done.await? {
                 return Err(ApiError::LeaderChanged {
                     leader: self.leader(),
                 });
             }
+            self.lessor.order().checkpoint_settled(term);
         }
         Ok(())
+    }
+
+    /// Queues a `LeaseCheckpointOf` of `term` (see `Lessor::order`).
+    fn submit_checkpoint(
+        &self,
+        term: u64,
+        list: Vec<LeaseRemaining>,
+    ) -> Result<impl Future<Output = Result<Routed<Response>, ApiError>> + Send + '_, ApiError>
+    {
+        let command = Command::LeaseCheckpointOf { term, list };
+        self.submit_write(Request::new(command), true)
     }
 }

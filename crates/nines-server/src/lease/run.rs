@@ -50,13 +50,8 @@ pub async fn run(core: Arc<NodeCore>, mut stopped: watch::Receiver<bool>) {
         let interval = core.config.lease_checkpoint_interval;
         if last_checkpoint.elapsed() >= interval {
             last_checkpoint = Instant::now();
-            // Held until applied (see `Lessor::gate`).
-            let _exclusive = lessor.gate.write().await;
-            let list = lessor.checkpoints(Instant::now(), interval);
-            if !list.is_empty() {
-                if let Err(e) = core.lease_checkpoint(list).await {
-                    tracing::debug!("lease checkpoint: {e}");
-                }
+            if let Err(e) = core.lease_checkpoint(term, interval).await {
+                tracing::debug!("lease checkpoint: {e}");
             }
         }
     }

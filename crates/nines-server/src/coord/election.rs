@@ -64,12 +64,9 @@ impl<K: Kv> Election<K> {
             rev: queued.rev,
             lease,
         };
-        let mut after = queued.revision;
-        // Campaigning again with the same lease: the key keeps its place
-        // and takes the new value (etcd proclaims it).
-        if queued.value != value {
-            after = self.proclaim(&leader, value).await?;
-        }
+        // Campaigning again with the same lease: the key kept its place
+        // and took the new value (`enqueue`'s claim; etcd proclaims it).
+        let after = queued.revision;
         let turn = turn::wait(&self.local, &queue, &leader.key, leader.rev, after).await;
         withdraw.disarm();
         match turn? {

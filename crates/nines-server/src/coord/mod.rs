@@ -210,55 +210,76 @@ struct Queued {
     rev: i64,
     /// Whether this call created the key (else it was there, same lease).
     created: bool,
-    /// The key's value now.
-    value: Vec<u8>,
-    /// The revision the queuing txn was applied at.
+    /// The revision the queuing txn (or the rejoin's claim) was applied
+    /// at: the key's mod revision then.
     revision: i64,
 }
+
+/// How often a rejoin tries again when the key it found was deleted
+/// before its claim.
+const ENQUEUE_ATTEMPTS: usize = 3;
 
 /// Queues `key` with `value` and `lease` unless it exists (one lease holds
 /// one place: a second call with it rejoins the first's place, as in etcd).
 /// A key there that is not attached to `lease` is refused: a key someone
 /// put under the name by hand would otherwise hold the lock forever.
+///
+/// A rejoin claims the key by writing it again with `value` (for a
+/// campaign, that is etcd's proclaim of a new value): the call that
+/// created it may be an abandoned one, on another member, whose withdraw
+/// (`Withdraw`) must then find the key changed and leave it to the caller.
 async fn enqueue<K: Kv>(kv: &K, key: &[u8], value: &[u8], lease: i64) -> Result<Queued, ApiError> {
-    let txn = Txn {
-        compares: vec![created_at(key, 0)],
-        success: vec![put(key, value, lease)],
-        failure: vec![TxnOp::Get(RangeRequest::key(key.to_vec()))],
-    };
-    let applied = kv.txn(txn).await?;
-    if applied.succeeded {
-        return Ok(Queued {
-            key: key.to_vec(),
-            rev: applied.revision,
-            created: true,
-            value: value.to_vec(),
-            revision: applied.revision,
-        });
+    for _ in 0..ENQUEUE_ATTEMPTS {
+        let txn = Txn {
+            compares: vec![created_at(key, 0)],
+            success: vec![put(key, value, lease)],
+            failure: vec![TxnOp::Get(RangeRequest::key(key.to_vec()))],
+        };
+        let applied = kv.txn(txn).await?;
+        if applied.succeeded {
+            return Ok(Queued {
+                key: key.to_vec(),
+                rev: applied.revision,
+                created: true,
+                revision: applied.revision,
+            });
+        }
+        let existing = match applied.responses.into_iter().next() {
+            Some(TxnOpResponse::Get(read)) => read.kvs.into_iter().next(),
+            _ => None,
+        };
+        let Some(existing) = existing else {
+            return Err(ApiError::Internal(
+                "queuing txn failed its compare but read no key".into(),
+            ));
+        };
+        if existing.lease != lease {
+            return Err(ApiError::Precondition(format!(
+                "key {} exists and is attached to lease {:x}, not {lease:x}",
+                String::from_utf8_lossy(key),
+                existing.lease
+            )));
+        }
+        let claim = Txn {
+            compares: vec![created_at(key, existing.create_revision)],
+            success: vec![put(key, value, lease)],
+            failure: Vec::new(),
+        };
+        let claimed = kv.txn(claim).await?;
+        if claimed.succeeded {
+            return Ok(Queued {
+                key: key.to_vec(),
+                rev: existing.create_revision,
+                created: false,
+                revision: claimed.revision,
+            });
+        }
+        // Deleted (unlocked, its lease ended) since it was read: queue anew.
     }
-    let existing = match applied.responses.into_iter().next() {
-        Some(TxnOpResponse::Get(read)) => read.kvs.into_iter().next(),
-        _ => None,
-    };
-    let Some(existing) = existing else {
-        return Err(ApiError::Internal(
-            "queuing txn failed its compare but read no key".into(),
-        ));
-    };
-    if existing.lease != lease {
-        return Err(ApiError::Precondition(format!(
-            "key {} exists and is attached to lease {:x}, not {lease:x}",
-            String::from_utf8_lossy(key),
-            existing.lease
-        )));
-    }
-    Ok(Queued {
-        key: key.to_vec(),
-        rev: existing.create_revision,
-        created: false,
-        value: existing.value,
-        revision: applied.revision,
-    })
+    Err(ApiError::Precondition(format!(
+        "key {} was deleted and created again while queuing; try again",
+        String::from_utf8_lossy(key)
+    )))
 }
 
 /// What a waiter answers when its key vanished while it waited: the lease
@@ -276,8 +297,10 @@ fn key_vanished(reader: &StateReader, what: &str, lease: i64) -> ApiError {
 /// Deletes a key this call queued if the call is abandoned mid-wait (the
 /// client went away or its deadline passed: the handler's future is
 /// dropped), as etcd's Mutex.Lock and Election.Campaign clean up after a
-/// canceled wait. Only the incarnation this call created: a key that was
-/// already there belongs to an earlier call with the same lease. A wait
+/// canceled wait. Only the incarnation this call created, and only while
+/// no later call has written it: a key that was already there belongs to
+/// an earlier call with the same lease, and one a later call rejoined
+/// (its claim wrote it) belongs to that call. A wait
 /// that ends in an error keeps the key: the client may call again with
 /// its lease and take the same place (a delete racing that retry would
 /// fail it), and the lease bounds the key's life otherwise.
@@ -320,7 +343,14 @@ impl<K: Kv> Drop for Withdraw<K> {
         let kv = self.kv.clone();
         let key = std::mem::take(&mut self.key);
         let txn = Txn {
-            compares: vec![created_at(&key, self.rev)],
+            compares: vec![
+                created_at(&key, self.rev),
+                Compare {
+                    key: key.clone(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::ModRevision(self.rev),
+                },
+            ],
             success: vec![delete(&key)],
             failure: Vec::new(),
         };

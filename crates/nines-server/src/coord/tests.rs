@@ -202,6 +202,33 @@ async fn an_abandoned_wait_withdraws_the_key_it_created() {
     panic!("the abandoned waiter's key is still there");
 }
 
+/// The client's wait on one member is cut off; it calls again with its
+/// lease (on another member), rejoins its key and is told it holds the
+/// lock; only then does the first member drop the abandoned call. Its
+/// withdraw used to delete the key the client now holds.
+#[tokio::test]
+async fn an_abandoned_call_spares_the_key_a_retry_rejoined() {
+    let f = Fixture::new().await;
+    f.kv.grant(1).await;
+    f.kv.grant(2).await;
+    let lock = f.lock();
+    let first = lock.lock(b"r", 1).await.unwrap();
+    let mut abandoned = Box::pin(lock.lock(b"r", 2));
+    let waited = tokio::time::timeout(Duration::from_millis(200), &mut abandoned).await;
+    assert!(waited.is_err(), "the first call waits");
+    let l = lock.clone();
+    let retry = tokio::spawn(async move { l.lock(b"r", 2).await });
+    still_waiting(&retry).await;
+    lock.unlock(&first.key).await.unwrap();
+    let held = finished(retry).await.unwrap();
+    drop(abandoned);
+    // The withdraw runs in a task of its own: give it time, then write
+    // once more so that it has been applied if it was sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.kv.grant(3).await;
+    assert!(f.kv.exists(&held.key), "the lock the retry holds is gone");
+}
+
 #[tokio::test]
 async fn bad_requests_are_refused_before_any_write() {
     let f = Fixture::new().await;
@@ -303,6 +330,29 @@ async fn campaigning_again_with_one_lease_proclaims_the_new_value() {
     let (again, _) = election.campaign(b"c", 4, b"y").await.unwrap();
     assert_eq!(first, again);
     assert_eq!(election.leader(b"c").await.unwrap().kv.value, b"y");
+}
+
+/// `an_abandoned_call_spares_the_key_a_retry_rejoined`, for a campaign.
+#[tokio::test]
+async fn an_abandoned_campaign_spares_the_leadership_a_retry_rejoined() {
+    let f = Fixture::new().await;
+    f.kv.grant(1).await;
+    f.kv.grant(2).await;
+    let election = f.election();
+    let (first, _) = election.campaign(b"e", 1, b"a").await.unwrap();
+    let mut abandoned = Box::pin(election.campaign(b"e", 2, b"b"));
+    let waited = tokio::time::timeout(Duration::from_millis(200), &mut abandoned).await;
+    assert!(waited.is_err(), "the first campaign waits");
+    let e = election.clone();
+    let retry = tokio::spawn(async move { e.campaign(b"e", 2, b"b").await });
+    still_waiting(&retry).await;
+    election.resign(&first).await.unwrap();
+    let (leader, _) = finished(retry).await.unwrap();
+    drop(abandoned);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.kv.grant(3).await;
+    assert!(f.kv.exists(&leader.key), "the retry's leadership is gone");
+    assert_eq!(election.leader(b"e").await.unwrap().kv.value, b"b");
 }
 
 #[tokio::test]

@@ -7,11 +7,10 @@
 //!   for good, or for a TTL the caller never chose).
 //! - When the client goes away mid-wait, both delete the key the call
 //!   queued (etcd's Mutex.Lock releases it after a canceled wait); nines
-//!   deletes it only if that call created it, only that incarnation (an
-//!   earlier call with the same lease may hold it), and only if no later
-//!   call rejoined it: a rejoin writes the key, so a withdraw that runs
-//!   after the client's retry (on another member) was told it holds the
-//!   lock leaves that lock; etcd's deletes it. A wait that ends
+//!   deletes it only as that call left it: a rejoin (a call with the same
+//!   lease) writes the key, so the withdraw of a call abandoned before
+//!   leaves alone the lock its client's retry (on another member) was
+//!   told it holds; etcd's deletes it. A wait that ends
 //!   in an error (this member lost its leader) keeps the key, so the
 //!   client's retry with the same lease takes the same place; etcd
 //!   deletes it there too.

@@ -178,6 +178,15 @@ pub fn created_at(key: &[u8], rev: i64) -> Compare {
     }
 }
 
+/// A compare that holds while `key` was last written at `rev`.
+pub fn written_at(key: &[u8], rev: i64) -> Compare {
+    Compare {
+        key: key.to_vec(),
+        op: CompareOp::Equal,
+        target: CompareTarget::ModRevision(rev),
+    }
+}
+
 /// A put attaching `key` to `lease` (none for 0).
 pub fn put(key: &[u8], value: &[u8], lease: i64) -> TxnOp {
     match lease {
@@ -208,8 +217,6 @@ struct Queued {
     key: Vec<u8>,
     /// The key's create revision: its place in the queue.
     rev: i64,
-    /// Whether this call created the key (else it was there, same lease).
-    created: bool,
     /// The revision the queuing txn (or the rejoin's claim) was applied
     /// at: the key's mod revision then.
     revision: i64,
@@ -240,7 +247,6 @@ async fn enqueue<K: Kv>(kv: &K, key: &[u8], value: &[u8], lease: i64) -> Result<
             return Ok(Queued {
                 key: key.to_vec(),
                 rev: applied.revision,
-                created: true,
                 revision: applied.revision,
             });
         }
@@ -261,7 +267,12 @@ async fn enqueue<K: Kv>(kv: &K, key: &[u8], value: &[u8], lease: i64) -> Result<
             )));
         }
         let claim = Txn {
-            compares: vec![created_at(key, existing.create_revision)],
+            // Unchanged since read: a put under another lease meanwhile
+            // must be refused, not taken over.
+            compares: vec![
+                created_at(key, existing.create_revision),
+                written_at(key, existing.mod_revision),
+            ],
             success: vec![put(key, value, lease)],
             failure: Vec::new(),
         };
@@ -270,14 +281,14 @@ async fn enqueue<K: Kv>(kv: &K, key: &[u8], value: &[u8], lease: i64) -> Result<
             return Ok(Queued {
                 key: key.to_vec(),
                 rev: existing.create_revision,
-                created: false,
                 revision: claimed.revision,
             });
         }
-        // Deleted (unlocked, its lease ended) since it was read: queue anew.
+        // Deleted (unlocked, its lease ended) or written since it was
+        // read: look again.
     }
     Err(ApiError::Precondition(format!(
-        "key {} was deleted and created again while queuing; try again",
+        "key {} kept changing while queuing; try again",
         String::from_utf8_lossy(key)
     )))
 }
@@ -297,17 +308,20 @@ fn key_vanished(reader: &StateReader, what: &str, lease: i64) -> ApiError {
 /// Deletes a key this call queued if the call is abandoned mid-wait (the
 /// client went away or its deadline passed: the handler's future is
 /// dropped), as etcd's Mutex.Lock and Election.Campaign clean up after a
-/// canceled wait. Only the incarnation this call created, and only while
-/// no later call has written it: a key that was already there belongs to
-/// an earlier call with the same lease, and one a later call rejoined
-/// (its claim wrote it) belongs to that call. A wait
+/// canceled wait. Only the key as this call left it (created, or claimed
+/// on a rejoin): once a later call with the same lease rejoined it (its
+/// claim wrote it), it is that call's, which the client may have been told
+/// holds the lock. A rejoin abandoned mid-wait withdraws the key as etcd
+/// does, even if an earlier call with the lease was granted the lock. A wait
 /// that ends in an error keeps the key: the client may call again with
 /// its lease and take the same place (a delete racing that retry would
 /// fail it), and the lease bounds the key's life otherwise.
 struct Withdraw<K: Kv> {
     kv: K,
     key: Vec<u8>,
+    /// The key's create and mod revisions as this call left it.
     rev: i64,
+    written: i64,
     armed: bool,
     /// The caller's credentials: the delete runs in a task of its own,
     /// outside the call, and a follower forwards it to the leader, which
@@ -322,7 +336,8 @@ impl<K: Kv> Withdraw<K> {
             kv: kv.clone(),
             key: queued.key.clone(),
             rev: queued.rev,
-            armed: queued.created,
+            written: queued.revision,
+            armed: true,
             identity: crate::auth::current_identity(),
         }
     }
@@ -343,14 +358,7 @@ impl<K: Kv> Drop for Withdraw<K> {
         let kv = self.kv.clone();
         let key = std::mem::take(&mut self.key);
         let txn = Txn {
-            compares: vec![
-                created_at(&key, self.rev),
-                Compare {
-                    key: key.clone(),
-                    op: CompareOp::Equal,
-                    target: CompareTarget::ModRevision(self.rev),
-                },
-            ],
+            compares: vec![created_at(&key, self.rev), written_at(&key, self.written)],
             success: vec![delete(&key)],
             failure: Vec::new(),
         };

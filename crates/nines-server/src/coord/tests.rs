@@ -332,6 +332,35 @@ async fn campaigning_again_with_one_lease_proclaims_the_new_value() {
     assert_eq!(election.leader(b"c").await.unwrap().kv.value, b"y");
 }
 
+/// Both the call and its client's retry are abandoned mid-wait: the
+/// key goes (the first call's withdraw finds it rewritten, the retry's
+/// withdraws it), and does not hold the queue for the lease's life.
+#[tokio::test]
+async fn a_rejoin_abandoned_too_withdraws_the_key() {
+    let f = Fixture::new().await;
+    f.kv.grant(1).await;
+    f.kv.grant(2).await;
+    let lock = f.lock();
+    let first = lock.lock(b"s", 1).await.unwrap();
+    let mut abandoned = Box::pin(lock.lock(b"s", 2));
+    let waited = tokio::time::timeout(Duration::from_millis(200), &mut abandoned).await;
+    assert!(waited.is_err(), "the first call waits");
+    let mut retry = Box::pin(lock.lock(b"s", 2));
+    let waited = tokio::time::timeout(Duration::from_millis(200), &mut retry).await;
+    assert!(waited.is_err(), "the retry waits");
+    drop(abandoned);
+    drop(retry);
+    let key = Queue::new("lock", b"s").unwrap().key(2);
+    for _ in 0..50 {
+        if !f.kv.exists(&key) {
+            assert!(f.kv.exists(&first.key));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the key of two abandoned calls is still queued");
+}
+
 /// `an_abandoned_call_spares_the_key_a_retry_rejoined`, for a campaign.
 #[tokio::test]
 async fn an_abandoned_campaign_spares_the_leadership_a_retry_rejoined() {

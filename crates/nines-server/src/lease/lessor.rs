@@ -43,37 +43,55 @@ pub enum Renewal {
     NotLeading,
 }
 
-/// Checkpoints of a term proposed and not known to be applied: while any
-/// is, a keepalive clears the lease's recorded remaining TTL even if the
-/// applied table shows none, since the checkpoint may land later and
-/// record one older than the keepalive.
+/// The lease commands (checkpoints, keepalive clearings) of one term in
+/// the order they were queued. They reach the log in that order, so once
+/// one of them is applied, each queued before it is applied too or will
+/// never be (dropped, or refused with the term). While a checkpoint may
+/// still land, a keepalive clears the lease's recorded remaining TTL even
+/// if the applied table shows none: the checkpoint would record one older
+/// than the keepalive.
 #[derive(Debug, Default)]
 pub struct Order {
-    unsettled: Option<(u64, usize)>,
+    term: u64,
+    /// Sequence numbers of the term's commands: the last one queued, the
+    /// last checkpoint queued, and the highest one applied.
+    queued: u64,
+    checkpoint: u64,
+    applied: u64,
 }
 
 impl Order {
-    /// A checkpoint command of `term` is queued for proposal.
-    pub fn checkpoint_submitted(&mut self, term: u64) {
-        self.unsettled = match self.unsettled {
-            Some((t, n)) if t == term => Some((t, n + 1)),
-            _ => Some((term, 1)),
-        };
+    /// A command of `term` is queued; answers its sequence number.
+    pub fn queued(&mut self, term: u64, is_checkpoint: bool) -> u64 {
+        if term < self.term {
+            // Ignored at apply: nothing to order it with.
+            return 0;
+        }
+        if term > self.term {
+            // An older term's commands are ignored at apply from now on.
+            *self = Order {
+                term,
+                ..Order::default()
+            };
+        }
+        self.queued += 1;
+        if is_checkpoint {
+            self.checkpoint = self.queued;
+        }
+        self.queued
     }
 
-    /// One of `term` is applied. One that failed or timed out is never
-    /// settled: it may still commit while its term lasts.
-    pub fn checkpoint_settled(&mut self, term: u64) {
-        if let Some((t, n)) = self.unsettled.as_mut() {
-            if *t == term {
-                *n = n.saturating_sub(1);
-            }
+    /// The command `seq` of `term` is applied (and with it every one of
+    /// the term queued before it).
+    pub fn applied(&mut self, term: u64, seq: u64) {
+        if term == self.term {
+            self.applied = self.applied.max(seq);
         }
     }
 
     /// Whether a checkpoint of `term` may still land.
     pub fn unsettled(&self, term: u64) -> bool {
-        matches!(self.unsettled, Some((t, n)) if t == term && n > 0)
+        term == self.term && self.checkpoint > self.applied
     }
 }
 

@@ -186,25 +186,34 @@ fn countdowns_taken_up_again_are_not_marked_as_being_revoked() {
 }
 
 #[test]
-fn a_checkpoint_stays_unsettled_for_its_term_until_applied() {
+fn a_checkpoint_is_unsettled_until_it_or_a_later_command_of_its_term_applies() {
     let mut order = super::Order::default();
     assert!(!order.unsettled(3));
-    order.checkpoint_submitted(3);
-    order.checkpoint_submitted(3);
+    let first = order.queued(3, true);
+    let second = order.queued(3, true);
     assert!(order.unsettled(3));
     assert!(!order.unsettled(4), "another term's checkpoint never lands");
-    order.checkpoint_settled(3);
+    order.applied(3, first);
     assert!(order.unsettled(3), "one of two applied");
-    order.checkpoint_settled(4);
-    assert!(order.unsettled(3), "settling another term changes nothing");
-    order.checkpoint_settled(3);
+    order.applied(4, second);
+    assert!(order.unsettled(3), "another term's command settles nothing");
+    // The second timed out (it may still land): a keepalive's clearing
+    // queued after it settles it once applied, since it cannot land later.
+    let clearing = order.queued(3, false);
+    assert!(order.unsettled(3));
+    order.applied(3, clearing);
     assert!(!order.unsettled(3));
-    order.checkpoint_settled(3);
-    order.checkpoint_submitted(3);
-    assert!(order.unsettled(3), "no count below zero");
+    // A clearing applied before a later checkpoint settles nothing of it.
+    let clearing = order.queued(3, false);
+    order.queued(3, true);
+    order.applied(3, clearing);
+    assert!(order.unsettled(3));
     // A new term starts afresh: what the old one queued is ignored at apply.
-    order.checkpoint_submitted(5);
-    order.checkpoint_settled(5);
+    let next = order.queued(5, true);
+    assert!(order.unsettled(5));
+    // A late command of the old term changes nothing for the new one.
+    assert_eq!(order.queued(3, true), 0);
+    order.applied(5, next);
     assert!(!order.unsettled(5));
     assert!(!order.unsettled(3));
 }

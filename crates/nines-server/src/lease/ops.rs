@@ -219,7 +219,7 @@ impl NodeCore {
         self.confirm_leading(term).await?;
         let revision = self.reader.revision();
         let (ttl, clearing) = {
-            let order = self.lessor.order();
+            let mut order = self.lessor.order();
             let Some(info) = self.reader.lease(id) else {
                 return Ok(Routed::Local((revision, 0)));
             };
@@ -229,10 +229,11 @@ impl NodeCore {
                 // answering, so that a new leader never counts down from
                 // less than this keepalive promised (etcd does the same,
                 // without waiting). At most once per lease per checkpoint
-                // interval, unless a checkpoint failed.
+                // interval, or while a checkpoint is in flight.
                 Renewal::Renewed if info.remaining > 0 || order.unsettled(term) => {
                     let clear = vec![LeaseRemaining { id, remaining: 0 }];
-                    (info.ttl, Some(self.submit_checkpoint(term, clear)?))
+                    let queued = self.submit_checkpoint(term, clear)?;
+                    (info.ttl, Some((order.queued(term, false), queued)))
                 }
                 Renewal::Renewed => (info.ttl, None),
                 Renewal::Expiring => return Ok(Routed::Local((revision, 0))),
@@ -243,8 +244,11 @@ impl NodeCore {
                 }
             }
         };
-        if let Some(clearing) = clearing {
+        if let Some((seq, clearing)) = clearing {
             let done = clearing.await?;
+            if matches!(done, Routed::Local(_)) {
+                self.lessor.order().applied(term, seq);
+            }
             // Applied only from an entry of `term`: if this member no
             // longer leads in it, the clearing may have been skipped.
             if matches!(done, Routed::Forward(_)) || self.leading_term() != Some(term) {
@@ -288,21 +292,25 @@ impl NodeCore {
     pub async fn lease_checkpoint(&self, term: u64, interval: Duration) -> Result<(), ApiError> {
         let queued = {
             let mut order = self.lessor.order();
+            if self.lessor.leading() != Some(term) {
+                // The countdowns are another term's now, or none.
+                return Ok(());
+            }
             let list = self.lessor.checkpoints(Instant::now(), interval);
             let mut queued = Vec::new();
             for chunk in list.chunks(nines_types::MAX_CHECKPOINT_LEASES) {
-                queued.push(self.submit_checkpoint(term, chunk.to_vec())?);
-                order.checkpoint_submitted(term);
+                let done = self.submit_checkpoint(term, chunk.to_vec())?;
+                queued.push((order.queued(term, true), done));
             }
             queued
         };
-        for done in queued {
+        for (seq, done) in queued {
             if let Routed::Forward(_) = done.await? {
                 return Err(ApiError::LeaderChanged {
                     leader: self.leader(),
                 });
             }
-            self.lessor.order().checkpoint_settled(term);
+            self.lessor.order().applied(term, seq);
         }
         Ok(())
     }

@@ -67,7 +67,8 @@ impl<K: Kv> Election<K> {
         // Campaigning again with the same lease: the key kept its place
         // and took the new value (`enqueue`'s claim; etcd proclaims it).
         let after = queued.revision;
-        let turn = turn::wait(&self.local, &queue, &leader.key, leader.rev, after).await;
+        let arm = || withdraw.arm();
+        let turn = turn::wait(&self.local, &queue, &leader.key, leader.rev, after, arm).await;
         withdraw.disarm();
         match turn? {
             turn::Turn::Ours(revision) => Ok((leader, revision)),

@@ -10,7 +10,8 @@
 //!   deletes it only as that call left it: a rejoin (a call with the same
 //!   lease) writes the key, so the withdraw of a call abandoned before
 //!   leaves alone the lock its client's retry (on another member) was
-//!   told it holds; etcd's deletes it. A wait that ends
+//!   told it holds; etcd's deletes it. A rejoin withdraws only once it saw
+//!   its key wait behind another, as etcd's does. A wait that ends
 //!   in an error (this member lost its leader) keeps the key, so the
 //!   client's retry with the same lease takes the same place; etcd
 //!   deletes it there too.
@@ -48,7 +49,8 @@ impl<K: Kv> Lock<K> {
         let key = queue.key(lease);
         let queued = enqueue(&self.kv, &key, b"", lease).await?;
         let mut withdraw = Withdraw::new(&self.kv, &queued);
-        let turn = turn::wait(&self.local, &queue, &key, queued.rev, queued.revision).await;
+        let arm = || withdraw.arm();
+        let turn = turn::wait(&self.local, &queue, &key, queued.rev, queued.revision, arm).await;
         withdraw.disarm();
         match turn? {
             turn::Turn::Ours(revision) => Ok(Locked {

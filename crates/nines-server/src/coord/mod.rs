@@ -217,6 +217,8 @@ struct Queued {
     key: Vec<u8>,
     /// The key's create revision: its place in the queue.
     rev: i64,
+    /// Whether this call created the key (else it rejoined it).
+    created: bool,
     /// The revision the queuing txn (or the rejoin's claim) was applied
     /// at: the key's mod revision then.
     revision: i64,
@@ -247,6 +249,7 @@ async fn enqueue<K: Kv>(kv: &K, key: &[u8], value: &[u8], lease: i64) -> Result<
             return Ok(Queued {
                 key: key.to_vec(),
                 rev: applied.revision,
+                created: true,
                 revision: applied.revision,
             });
         }
@@ -281,6 +284,7 @@ async fn enqueue<K: Kv>(kv: &K, key: &[u8], value: &[u8], lease: i64) -> Result<
             return Ok(Queued {
                 key: key.to_vec(),
                 rev: existing.create_revision,
+                created: false,
                 revision: claimed.revision,
             });
         }
@@ -311,8 +315,9 @@ fn key_vanished(reader: &StateReader, what: &str, lease: i64) -> ApiError {
 /// canceled wait. Only the key as this call left it (created, or claimed
 /// on a rejoin): once a later call with the same lease rejoined it (its
 /// claim wrote it), it is that call's, which the client may have been told
-/// holds the lock. A rejoin abandoned mid-wait withdraws the key as etcd
-/// does, even if an earlier call with the lease was granted the lock. A wait
+/// holds the lock. A rejoin withdraws only once it saw its key wait behind
+/// another (`arm`): etcd's Lock and Campaign return at once, never
+/// withdrawing, when the key they rejoin already owns the lock. A wait
 /// that ends in an error keeps the key: the client may call again with
 /// its lease and take the same place (a delete racing that retry would
 /// fail it), and the lease bounds the key's life otherwise.
@@ -337,9 +342,14 @@ impl<K: Kv> Withdraw<K> {
             key: queued.key.clone(),
             rev: queued.rev,
             written: queued.revision,
-            armed: true,
+            armed: queued.created,
             identity: crate::auth::current_identity(),
         }
+    }
+
+    /// A rejoin's key waits behind another: withdraw it if abandoned.
+    fn arm(&mut self) {
+        self.armed = true;
     }
 
     fn disarm(&mut self) {

@@ -361,6 +361,28 @@ async fn a_rejoin_abandoned_too_withdraws_the_key() {
     panic!("the key of two abandoned calls is still queued");
 }
 
+/// The holder calls Lock again with its lease through a member that has
+/// not applied the claim yet, and gives up: the lock it holds stays, as
+/// etcd's Lock returns at once for a key that owns the lock.
+#[tokio::test]
+async fn a_holder_rejoining_and_giving_up_keeps_its_lock() {
+    let f = Fixture::new().await;
+    // A member that applies none of `f`'s writes.
+    let lagging = Fixture::new().await;
+    f.kv.grant(1).await;
+    let held = f.lock().lock(b"h", 1).await.unwrap();
+    let through_lagging = Lock {
+        kv: f.kv.clone(),
+        local: lagging.local.clone(),
+    };
+    let waited =
+        tokio::time::timeout(Duration::from_millis(300), through_lagging.lock(b"h", 1)).await;
+    assert!(waited.is_err(), "the lagging member waits for the claim");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.kv.grant(2).await;
+    assert!(f.kv.exists(&held.key), "the holder's lock was withdrawn");
+}
+
 /// `an_abandoned_call_spares_the_key_a_retry_rejoined`, for a campaign.
 #[tokio::test]
 async fn an_abandoned_campaign_spares_the_leadership_a_retry_rejoined() {

@@ -45,16 +45,17 @@ enum Standing {
 
 /// Waits until `key`, created at `rev` by a write applied at `after`, is
 /// the oldest key in `queue`, or is gone; UNAVAILABLE if this member loses
-/// its leader meanwhile.
+/// its leader meanwhile. `behind` runs once the key is seen behind another.
 pub async fn wait(
     local: &Local,
     queue: &Queue,
     key: &[u8],
     rev: i64,
     after: i64,
+    behind: impl FnMut() + Send,
 ) -> Result<Turn, ApiError> {
     tokio::select! {
-        turn = wait_here(local, queue, key, rev, after) => turn,
+        turn = wait_here(local, queue, key, rev, after, behind) => turn,
         () = local.leader_lost() => Err(ApiError::NoLeader),
     }
 }
@@ -65,6 +66,7 @@ async fn wait_here(
     key: &[u8],
     rev: i64,
     after: i64,
+    mut behind: impl FnMut() + Send,
 ) -> Result<Turn, ApiError> {
     local.reach(after).await?;
     loop {
@@ -73,6 +75,7 @@ async fn wait_here(
             Standing::Gone(at) => return Ok(Turn::Gone(at)),
             Standing::Behind { pred, at } => (pred, at),
         };
+        behind();
         wait_deleted(&local.hub, [&pred, key], at + 1).await?;
     }
 }

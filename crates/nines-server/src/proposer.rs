@@ -397,8 +397,16 @@ mod tests {
 
     const GENEROUS: Duration = Duration::from_secs(20);
 
-    #[tokio::test]
-    async fn a_stuck_proposal_is_given_up_and_later_writes_proceed() {
+    type Answer = Result<Response, ProposeError>;
+
+    /// A proposer whose first proposal, "a", is stuck in flight (given up
+    /// after 500 ms).
+    async fn stuck_on_a() -> (
+        Arc<Counters>,
+        Arc<StuckFirst>,
+        Proposer,
+        tokio::task::JoinHandle<Answer>,
+    ) {
         let counters = Arc::new(Counters::default());
         let writer = Arc::new(StuckFirst::default());
         let proposer =
@@ -407,10 +415,16 @@ mod tests {
             let proposer = proposer.clone();
             async move { proposer.propose(put("a")).await }
         });
-        // Wait until "a" is in flight, then queue "b" behind it.
         while counters.proposal_started_ms.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        (counters, writer, proposer, stuck)
+    }
+
+    #[tokio::test]
+    async fn a_stuck_proposal_is_given_up_and_later_writes_proceed() {
+        // "a" in flight; queue "b" behind it.
+        let (counters, _writer, proposer, stuck) = stuck_on_a().await;
         assert_eq!(counters.proposal_requests.load(Ordering::Relaxed), 1);
         let behind = tokio::spawn({
             let proposer = proposer.clone();
@@ -433,17 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_whose_caller_gave_up_are_not_proposed() {
-        let counters = Arc::new(Counters::default());
-        let writer = Arc::new(StuckFirst::default());
-        let proposer =
-            Proposer::start_with(writer.clone(), counters.clone(), Duration::from_millis(500));
-        let stuck = tokio::spawn({
-            let proposer = proposer.clone();
-            async move { proposer.propose(put("a")).await }
-        });
-        while counters.proposal_started_ms.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let (counters, writer, proposer, stuck) = stuck_on_a().await;
         // Its caller times out while it waits behind "a".
         let gave_up =
             tokio::time::timeout(Duration::from_millis(20), proposer.propose(put("b"))).await;
@@ -461,17 +465,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_are_proposed_in_the_order_submitted_not_polled() {
-        let counters = Arc::new(Counters::default());
-        let writer = Arc::new(StuckFirst::default());
-        let proposer =
-            Proposer::start_with(writer.clone(), counters.clone(), Duration::from_millis(500));
-        let stuck = tokio::spawn({
-            let proposer = proposer.clone();
-            async move { proposer.propose(put("a")).await }
-        });
-        while counters.proposal_started_ms.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let (_counters, writer, proposer, stuck) = stuck_on_a().await;
         let x = proposer.submit(put("x"));
         let y = proposer.submit(put("y"));
         // "y" is waited on first: the order must still be "x", "y".

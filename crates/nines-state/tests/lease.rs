@@ -262,33 +262,16 @@ async fn a_checkpoint_applies_only_from_an_entry_of_its_own_term() {
             .find(|l| l.id == 5)
             .map(|l| l.remaining)
     };
-    let stale = Command::LeaseCheckpointOf {
-        term: 2,
-        list: vec![LeaseRemaining {
-            id: 5,
-            remaining: 7,
-        }],
+    let checkpoint = |term, remaining| Command::LeaseCheckpointOf {
+        term,
+        list: vec![LeaseRemaining { id: 5, remaining }],
     };
-    let done = a.cmd(stale).await;
+    let done = a.cmd(checkpoint(2, 7)).await;
     assert_eq!(done.result, CommandResult::Empty);
     assert_eq!(remaining(&a), Some(0), "a checkpoint of term 2 in term 1");
-    a.cmd(Command::LeaseCheckpointOf {
-        term: 1,
-        list: vec![LeaseRemaining {
-            id: 5,
-            remaining: 7,
-        }],
-    })
-    .await;
+    a.cmd(checkpoint(1, 7)).await;
     assert_eq!(remaining(&a), Some(7));
     // A keepalive's clearing, of the same term, after it.
-    a.cmd(Command::LeaseCheckpointOf {
-        term: 1,
-        list: vec![LeaseRemaining {
-            id: 5,
-            remaining: 0,
-        }],
-    })
-    .await;
+    a.cmd(checkpoint(1, 0)).await;
     assert_eq!(remaining(&a), Some(0));
 }

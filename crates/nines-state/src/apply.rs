@@ -8,7 +8,8 @@ use std::cmp::Ordering;
 
 use nines_types::{
     Command, CommandResult, Compare, CompareOp, CompareTarget, Entry, Keep, KeyRange, KeyValue,
-    LogId, RangeRequest, RejectReason, Request, Response, StoredMembership, TxnOp, TxnOpResponse,
+    LeaseRemaining, LogId, RangeRequest, RejectReason, Request, Response, StoredMembership, TxnOp,
+    TxnOpResponse,
 };
 use openraft::EntryPayload;
 
@@ -384,22 +385,13 @@ impl<'a, E: Engine> Executor<'a, E> {
                     Err(reason) => CommandResult::Rejected(RejectReason::Auth(reason)),
                 }
             }
-            Command::LeaseCheckpoint(list) => {
-                let mut leases = self.mvcc.leases_mut();
-                for c in list {
-                    leases.checkpoint(&mut self.overlay, c.id, c.remaining)?;
-                }
-                CommandResult::Empty
-            }
+            Command::LeaseCheckpoint(list) => self.checkpoint(list)?,
             Command::LeaseCheckpointOf { term, list } => {
                 // Only from an entry of the term that took it (see the
                 // command's doc).
                 let entry_term = self.applied.map(|l| l.leader_id.get_term());
                 if entry_term == Some(*term) {
-                    let mut leases = self.mvcc.leases_mut();
-                    for c in list {
-                        leases.checkpoint(&mut self.overlay, c.id, c.remaining)?;
-                    }
+                    self.checkpoint(list)?;
                 }
                 CommandResult::Empty
             }
@@ -416,6 +408,15 @@ impl<'a, E: Engine> Executor<'a, E> {
             revision: self.revision,
             result,
         })
+    }
+
+    /// Records the leader's remaining TTLs.
+    fn checkpoint(&mut self, list: &[LeaseRemaining]) -> Result<CommandResult, StateError> {
+        let mut leases = self.mvcc.leases_mut();
+        for c in list {
+            leases.checkpoint(&mut self.overlay, c.id, c.remaining)?;
+        }
+        Ok(CommandResult::Empty)
     }
 
     fn rejected(&self, reason: RejectReason) -> Response {

@@ -103,7 +103,8 @@ pub struct Lessor {
     /// they were queued, so a checkpoint taken before a renewal never lands
     /// after the renewal's clearing (a new leader would then count down
     /// from a remaining TTL older than the keepalive). Neither waits for a
-    /// commit under it: a slow disk stalls no keepalive behind a checkpoint.
+    /// commit under it; a keepalive while a checkpoint may still land waits
+    /// for its own clearing, queued behind it (see `Order`).
     order: Mutex<Order>,
     state: Mutex<State>,
     /// Added to every countdown a new leader starts.

@@ -192,9 +192,7 @@ impl NodeCore {
         if confirmed {
             Ok(())
         } else {
-            Err(ApiError::LeaderChanged {
-                leader: self.leader(),
-            })
+            Err(self.leader_changed())
         }
     }
 
@@ -237,24 +235,15 @@ impl NodeCore {
                 }
                 Renewal::Renewed => (info.ttl, None),
                 Renewal::Expiring => return Ok(Routed::Local((revision, 0))),
-                Renewal::NotLeading => {
-                    return Err(ApiError::LeaderChanged {
-                        leader: self.leader(),
-                    })
-                }
+                Renewal::NotLeading => return Err(self.leader_changed()),
             }
         };
         if let Some((seq, clearing)) = clearing {
-            let done = clearing.await?;
-            if matches!(done, Routed::Local(_)) {
-                self.lessor.order().applied(term, seq);
-            }
+            self.settle(term, seq, clearing).await?;
             // Applied only from an entry of `term`: if this member no
             // longer leads in it, the clearing may have been skipped.
-            if matches!(done, Routed::Forward(_)) || self.leading_term() != Some(term) {
-                return Err(ApiError::LeaderChanged {
-                    leader: self.leader(),
-                });
+            if self.leading_term() != Some(term) {
+                return Err(self.leader_changed());
             }
         }
         Ok(Routed::Local((revision, ttl)))
@@ -305,14 +294,32 @@ impl NodeCore {
             queued
         };
         for (seq, done) in queued {
-            if let Routed::Forward(_) = done.await? {
-                return Err(ApiError::LeaderChanged {
-                    leader: self.leader(),
-                });
-            }
-            self.lessor.order().applied(term, seq);
+            self.settle(term, seq, done).await?;
         }
         Ok(())
+    }
+
+    /// Waits for the lease command `seq` of `term` and records it applied
+    /// (see `Order::applied`).
+    async fn settle(
+        &self,
+        term: u64,
+        seq: u64,
+        done: impl Future<Output = Result<Routed<Response>, ApiError>>,
+    ) -> Result<(), ApiError> {
+        match done.await? {
+            Routed::Local(_) => {
+                self.lessor.order().applied(term, seq);
+                Ok(())
+            }
+            Routed::Forward(_) => Err(self.leader_changed()),
+        }
+    }
+
+    fn leader_changed(&self) -> ApiError {
+        ApiError::LeaderChanged {
+            leader: self.leader(),
+        }
     }
 
     /// Queues a `LeaseCheckpointOf` of `term` (see `Lessor::order`).

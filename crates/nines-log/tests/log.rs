@@ -37,6 +37,36 @@ fn append_and_read_back() {
     });
 }
 
+/// A batch of keepalive clearings is a few bytes per request, nearly all
+/// small integers: bincode counts 8 bytes against the decode limit for
+/// each one-byte u64. Such a 2.7 KB entry was written, then refused when
+/// replication read it back ("decode: LimitExceeded"), and the leader
+/// exited.
+#[test]
+fn an_entry_of_small_integers_reads_back_at_every_size() {
+    use nines_types::{Command, LeaseRemaining, Request};
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let clearing = |id| {
+            Request::new(Command::LeaseCheckpointOf {
+                term: 2,
+                list: vec![LeaseRemaining { id, remaining: 0 }],
+            })
+        };
+        let sizes: Vec<u64> = (1..=64).chain((100..=4000).step_by(150)).collect();
+        let batches = sizes.iter().enumerate().map(|(i, &n)| nines_types::Entry {
+            log_id: log_id(1, i as u64),
+            payload: openraft::EntryPayload::Normal(Request::new(Command::Batch(
+                (0..n).map(|id| clearing(id as i64 % 50)).collect(),
+            ))),
+        });
+        append(&mut s, batches.collect()).await;
+        let all = read_all(&mut s).await;
+        assert_eq!(all.len(), sizes.len());
+    });
+}
+
 #[test]
 fn empty_log_state() {
     rt().block_on(async {

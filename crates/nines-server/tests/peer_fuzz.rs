@@ -308,10 +308,10 @@ fn decode_and_guard_never_panic_nor_allocate_by_the_wire() {
     let (mut decoded, mut passed) = (0u64, 0u64);
     for _ in 0..total {
         let (kind, bytes) = message(&mut rng);
-        // The decoder may allocate a bounded multiple of the input (the
-        // smallest limit tier is 16 KiB) and serde's cautious 1 MiB hint
-        // for sequences; never what a length prefix claims.
-        let bound = (bytes.len() * 4).max(16 * 1024) + (1 << 20);
+        // The decoder may allocate up to its limit tier (a bounded
+        // multiple of the input, at least 16 KiB) and serde's cautious
+        // 1 MiB hint for sequences; never what a length prefix claims.
+        let bound = nines_types::codec::decode_limit(bytes.len()).unwrap() + (1 << 20);
         let ok = match kind {
             0 => {
                 let (r, largest) =

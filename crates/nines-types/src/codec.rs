@@ -7,9 +7,15 @@
 //! chosen from the input's own size: bincode claims a string's or byte
 //! field's length against the limit *before* allocating it, so a message
 //! can never make us allocate more than `LIMIT_FACTOR` times its own size
-//! (at least the smallest tier), and never more than `MAX_DECODE_BYTES`.
-//! Sequences (`Vec<Entry>` …) go through serde's cautious size hint, which
-//! caps their pre-allocation at 1 MiB whatever the wire says.
+//! (at least the smallest tier). Sequences (`Vec<Entry>` …) go through
+//! serde's cautious size hint, which caps their pre-allocation at 1 MiB
+//! whatever the wire says.
+//!
+//! bincode also claims every integer's full width, however short its
+//! varint: a one-byte u64 counts 8. So a valid value claims up to 8 times
+//! its encoding, and the limit is at least that; at 4 times, a 2.7 KB log
+//! entry of keepalive clearings was written and then refused on every
+//! read, and the leader that wrote it exited.
 //!
 //! Encoding uses the same standard configuration: a limit changes no byte
 //! of the format, so logs and snapshots written before stay readable.
@@ -18,13 +24,15 @@ use bincode::config::{self, Configuration, Limit};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// No single decoded value (a peer message, a log record, a snapshot
-/// record) may claim more than this in strings and byte fields.
+/// No single input (a peer message, a log record, a snapshot record) may
+/// be larger than this.
 pub const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Tiers of the decode limit: the smallest one at least `LIMIT_FACTOR`
-/// times the input's size is used.
-const LIMIT_FACTOR: usize = 4;
+/// times the input's size is used. bincode claims at most 8 bytes per
+/// byte of a valid encoding (a u64 or usize in one varint byte); no type
+/// nines encodes holds a u128, which would claim 16.
+pub const LIMIT_FACTOR: usize = 8;
 
 /// A value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -59,22 +67,41 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+/// The limits, smallest first.
+const TIERS: [usize; 6] = [
+    16 * KIB,
+    256 * KIB,
+    4 * MIB,
+    32 * MIB,
+    128 * MIB,
+    MAX_DECODE_BYTES * LIMIT_FACTOR,
+];
+
+/// The byte limit a decode of `len` bytes runs with: the most it may
+/// allocate for what length prefixes claim. None over `MAX_DECODE_BYTES`.
+pub fn decode_limit(len: usize) -> Option<usize> {
+    if len > MAX_DECODE_BYTES {
+        return None;
+    }
+    TIERS.into_iter().find(|&t| t >= len * LIMIT_FACTOR)
+}
+
 /// Decodes a value from the front of `bytes`; returns it and the bytes used.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
     fn run<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
         bincode::serde::decode_from_slice(bytes, limited::<N>())
             .map_err(|e| CodecError::Decode(e.to_string()))
     }
-    const KIB: usize = 1024;
-    const MIB: usize = 1024 * KIB;
-    let need = bytes.len().saturating_mul(LIMIT_FACTOR);
-    match need {
-        n if n <= 16 * KIB => run::<T, { 16 * KIB }>(bytes),
-        n if n <= 256 * KIB => run::<T, { 256 * KIB }>(bytes),
-        n if n <= 4 * MIB => run::<T, { 4 * MIB }>(bytes),
-        n if n <= 16 * MIB => run::<T, { 16 * MIB }>(bytes),
-        _ if bytes.len() <= MAX_DECODE_BYTES => run::<T, MAX_DECODE_BYTES>(bytes),
-        _ => Err(CodecError::TooLarge(bytes.len())),
+    match decode_limit(bytes.len()) {
+        Some(n) if n == TIERS[0] => run::<T, { TIERS[0] }>(bytes),
+        Some(n) if n == TIERS[1] => run::<T, { TIERS[1] }>(bytes),
+        Some(n) if n == TIERS[2] => run::<T, { TIERS[2] }>(bytes),
+        Some(n) if n == TIERS[3] => run::<T, { TIERS[3] }>(bytes),
+        Some(n) if n == TIERS[4] => run::<T, { TIERS[4] }>(bytes),
+        Some(_) => run::<T, { TIERS[5] }>(bytes),
+        None => Err(CodecError::TooLarge(bytes.len())),
     }
 }
 
@@ -128,6 +155,25 @@ mod tests {
         let mut bytes = vec![0xfc];
         bytes.extend_from_slice(&(1u32 << 20).to_le_bytes());
         assert!(decode::<Vec<u8>>(&bytes).is_err());
+    }
+
+    /// bincode counts a u64's full 8 bytes against the limit however few
+    /// its varint takes: every valid value must decode, at every tier.
+    #[test]
+    fn values_of_small_integers_decode_at_every_size() {
+        for n in (0..70_000)
+            .step_by(997)
+            .chain([2_046, 2_050, 4_094, 32_766, 32_770, 65_534])
+        {
+            let zeros = vec![0u64; n];
+            let bytes = encode(&zeros).unwrap();
+            assert_eq!(decode::<Vec<u64>>(&bytes).unwrap(), zeros, "{n} zeros");
+            let units = vec![None::<u64>; n];
+            assert_eq!(
+                decode::<Vec<Option<u64>>>(&encode(&units).unwrap()).unwrap(),
+                units
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use openraft::ServerState;
 use super::lessor::Renewal;
 use crate::core::{NodeCore, Routed};
 use crate::error::ApiError;
+use crate::metrics::Counters;
 
 /// etcd's smallest TTL with its default timings: a shorter one is raised to
 /// it, so that a lease outlives a leader change.
@@ -295,6 +296,7 @@ impl NodeCore {
         };
         for (seq, done) in queued {
             self.settle(term, seq, done).await?;
+            Counters::inc(&self.counters.lease_checkpoints);
         }
         Ok(())
     }

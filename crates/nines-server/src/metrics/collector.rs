@@ -284,7 +284,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 37] = [
+    let counters: [(&str, &str, &AtomicU64); 38] = [
         (
             "leases_expired",
             "Leases this member revoked as leader because they expired.",
@@ -294,6 +294,11 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
             "lease_keepalives",
             "Lease keepalives this member answered or forwarded.",
             &c.lease_keepalives,
+        ),
+        (
+            "lease_checkpoints",
+            "Lease checkpoints (remaining TTLs in the log) this member applied as leader.",
+            &c.lease_checkpoints,
         ),
         ("writes_ok", "Writes applied for clients of this node.", &c.writes_ok),
         ("writes_failed", "Writes that returned an error.", &c.writes_failed),

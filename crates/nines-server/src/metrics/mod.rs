@@ -60,6 +60,8 @@ pub struct Counters {
     pub leases_expired: AtomicU64,
     /// Keepalives this member answered or forwarded.
     pub lease_keepalives: AtomicU64,
+    /// Lease checkpoint commands this member, as leader, saw applied.
+    pub lease_checkpoints: AtomicU64,
     pub proposals: AtomicU64,
     pub proposed_requests: AtomicU64,
     /// Local range/get executions running now (gauge).

@@ -126,8 +126,15 @@ fn encode_record(
     buf[start + 8] = kind as u8;
     body(buf)?;
     let payload_len = buf.len() - start - RECORD_HEADER_LEN;
-    let len = u32::try_from(payload_len)
-        .map_err(|_| LogError::Encode(format!("record of {payload_len} bytes is too large")))?;
+    if payload_len > codec::MAX_DECODE_BYTES {
+        // Written, it would be refused on every read (and at every start).
+        buf.truncate(start);
+        return Err(LogError::Encode(format!(
+            "record of {payload_len} bytes is over the {}-byte read limit",
+            codec::MAX_DECODE_BYTES
+        )));
+    }
+    let len = payload_len as u32;
     let crc = crc32c::crc32c(&buf[start + 8..]);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());

@@ -67,6 +67,26 @@ fn an_entry_of_small_integers_reads_back_at_every_size() {
     });
 }
 
+/// An entry the log could not read back is refused before any byte of it
+/// is written: written, it would fail every read and every start.
+#[test]
+fn an_entry_over_the_read_limit_is_refused_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        append(&mut s, entries(1, 0..3)).await;
+        let huge = entry(1, 3, &vec![1; nines_types::codec::MAX_DECODE_BYTES]);
+        let refused = openraft::storage::RaftLogStorageExt::blocking_append(&mut s, [huge]).await;
+        assert!(refused.is_err(), "an unreadable entry was written");
+    });
+    rt().block_on(async {
+        let mut s = open(dir.path());
+        assert_eq!(indexes(&read_all(&mut s).await), vec![0, 1, 2]);
+        append(&mut s, entries(1, 3..5)).await;
+        assert_eq!(indexes(&read_all(&mut s).await), vec![0, 1, 2, 3, 4]);
+    });
+}
+
 #[test]
 fn empty_log_state() {
     rt().block_on(async {

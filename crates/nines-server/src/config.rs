@@ -102,6 +102,13 @@ pub struct ServerArgs {
     pub max_value_bytes: usize,
     #[arg(long, env = "NINES_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Largest write, as the log holds it (etcd's flag; "request is too
+    /// large" past it). Default: etcd's 1.5 MiB, or the value limit plus
+    /// 512 KiB when `--max-value-bytes` is larger. A larger entry takes
+    /// longer than a heartbeat interval to replicate, which openraft
+    /// treats as a failed append.
+    #[arg(long, env = "NINES_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
     /// sled page cache for the state machine, in MiB (default: 512, or an
     /// eighth of the machine's memory if that is less).
     #[arg(long, env = "NINES_CACHE_MB")]
@@ -247,6 +254,8 @@ pub struct ServerConfig {
     pub raft: openraft::Config,
     pub request_timeout: Duration,
     pub limits: Limits,
+    /// `--max-request-bytes`, resolved.
+    pub max_request_bytes: usize,
     pub cache_bytes: u64,
     pub peer_source_ip: Option<std::net::IpAddr>,
     pub unsafe_local_reads: bool,
@@ -271,6 +280,9 @@ pub struct ServerConfig {
     /// Transport security of both ports (see `tls.rs`).
     pub tls: crate::tls::Tls,
 }
+
+/// etcd's default `--max-request-bytes`.
+const DEFAULT_MAX_REQUEST_BYTES: usize = 3 << 19;
 
 /// etcd's default storage quota.
 pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
@@ -537,6 +549,15 @@ impl TryFrom<ServerArgs> for ServerConfig {
                 most.max_key_bytes, most.max_value_bytes, most.max_txn_ops
             )));
         }
+        let max_request_bytes = args
+            .max_request_bytes
+            .unwrap_or(DEFAULT_MAX_REQUEST_BYTES.max(limits.max_value_bytes + (512 << 10)));
+        if !(1..=nines_types::MAX_REQUEST_BYTES).contains(&max_request_bytes) {
+            return Err(ServerError::Config(format!(
+                "--max-request-bytes must be within 1..={} (what the log and every peer read back)",
+                nines_types::MAX_REQUEST_BYTES
+            )));
+        }
         let auto_compaction =
             AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
                 .map_err(ServerError::Config)?;
@@ -571,6 +592,7 @@ impl TryFrom<ServerArgs> for ServerConfig {
             raft,
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(100)),
             limits,
+            max_request_bytes,
             cache_bytes: cache_bytes(args.cache_mb, physical_memory()),
             peer_source_ip: args.peer_source_ip,
             unsafe_local_reads,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::Either;
 
 use nines_state::StateReader;
-use nines_types::{Header, Node, NodeId, Raft, Request, Response};
+use nines_types::{Header, InputError, Node, NodeId, Raft, Request, Response, MAX_REQUEST_BYTES};
 use openraft::ServerState;
 
 use crate::config::ServerConfig;
@@ -117,6 +117,7 @@ impl NodeCore {
     ) -> Result<impl Future<Output = Result<Routed<Response>, ApiError>> + Send + '_, ApiError>
     {
         self.config.limits.check_command(&request.command)?;
+        self.check_size(&request)?;
         self.check_quota(&request.command)?;
         // A follower that knows its leader sends the write there at once:
         // proposing it only to hear openraft answer ForwardToLeader cost
@@ -149,8 +150,24 @@ impl NodeCore {
                 Ok(Err(ProposeError::Membership(e))) => Err(ApiError::Precondition(e)),
                 Ok(Err(ProposeError::Timeout)) => Err(ApiError::Timeout(self.timeout())),
                 Ok(Err(ProposeError::ShuttingDown)) => Err(ApiError::ShuttingDown),
+                Ok(Err(ProposeError::TooLarge(len))) => {
+                    Err(ApiError::InvalidInput(InputError::RequestTooLarge {
+                        len,
+                        max: MAX_REQUEST_BYTES,
+                    }))
+                }
             }
         }))
+    }
+
+    /// etcd's `--max-request-bytes`, on the request as the log holds it.
+    fn check_size(&self, request: &Request) -> Result<(), ApiError> {
+        let max = self.config.max_request_bytes;
+        let len = nines_types::codec::encoded_len(request).unwrap_or(usize::MAX);
+        if len > max {
+            return Err(InputError::RequestTooLarge { len, max }.into());
+        }
+        Ok(())
     }
 
     /// Builds a snapshot on this member covering at least what it has

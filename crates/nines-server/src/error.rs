@@ -49,6 +49,7 @@ fn etcd_input_message(e: &InputError) -> String {
         InputError::DuplicateKeyInTxn(_) => "etcdserver: duplicate key given in txn request".into(),
         InputError::ValueProvided => "etcdserver: value is provided".into(),
         InputError::LeaseProvided => "etcdserver: lease is provided".into(),
+        InputError::RequestTooLarge { .. } => "etcdserver: request is too large".into(),
         other => other.to_string(),
     }
 }

@@ -116,6 +116,7 @@ impl NodeCore {
         }
         let _guard = self.change_lock().await?;
         let current = self.membership();
+        membership::check_room(&current)?;
         membership::check_peer_addr_free(&current, &raft_addr, 0)?;
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)

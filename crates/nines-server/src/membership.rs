@@ -41,6 +41,11 @@ pub fn live_window(election_timeout_max_ms: u64) -> Duration {
 /// Addresses arrive from admin calls: bound them before they reach a URI.
 const MAX_ADDR_BYTES: usize = 255;
 
+/// Nodes one membership may name. Peers refuse a larger one as malformed
+/// (`network::guard`), so adding past it would write a membership entry no
+/// follower accepts.
+pub const MAX_MEMBERS: usize = 64;
+
 /// Why a membership change is refused. Where etcd has the same refusal,
 /// the message starts with etcd's text (clients match on it), then says
 /// what nines saw.
@@ -64,6 +69,8 @@ pub enum MembershipError {
     NotMember(NodeId),
     #[error("cannot remove the last voter")]
     LastVoter,
+    #[error("the membership already names {MAX_MEMBERS} nodes, the most it may")]
+    TooMany,
     #[error("etcdserver: can only promote a learner member which is in sync with leader: learner {id} is not in sync with the leader (matched {matched}, leader {leader}; at most {MAX_LEARNER_LAG} entries behind)")]
     NotInSync {
         id: NodeId,
@@ -163,8 +170,19 @@ pub fn check_add_learner(
             id,
             addr: existing.raft_addr.clone(),
         }),
-        None => check_peer_addr_free(membership, &node.raft_addr, id).map(|()| AddLearner::New),
+        None => {
+            check_room(membership)?;
+            check_peer_addr_free(membership, &node.raft_addr, id).map(|()| AddLearner::New)
+        }
     }
+}
+
+/// Whether `membership` can name one more node.
+pub fn check_room(membership: &Membership<NodeId, Node>) -> Result<(), MembershipError> {
+    if membership.nodes().count() >= MAX_MEMBERS {
+        return Err(MembershipError::TooMany);
+    }
+    Ok(())
 }
 
 /// Two members on one peer address would each get the other's traffic

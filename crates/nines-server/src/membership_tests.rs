@@ -65,6 +65,33 @@ fn member_addresses_are_host_and_port() {
     assert!(validate_member(4, &long, "").is_err());
 }
 
+/// Peers refuse a membership naming more than the guard's bound: adding
+/// past it would write an entry no follower accepts (each refusal costing
+/// an election).
+#[test]
+fn no_add_takes_the_membership_past_what_peers_accept() {
+    let learners: Vec<NodeId> = (4..=MAX_MEMBERS as NodeId).collect();
+    let full = membership(&[&[1, 2, 3]], &learners);
+    assert_eq!(full.nodes().count(), MAX_MEMBERS);
+    let next = MAX_MEMBERS as NodeId + 1;
+    assert_eq!(
+        check_add_learner(&full, next, &node(next)),
+        Err(MembershipError::TooMany)
+    );
+    assert_eq!(check_room(&full), Err(MembershipError::TooMany));
+    // Already a member: still idempotent.
+    assert_eq!(
+        check_add_learner(&full, 4, &node(4)),
+        Ok(AddLearner::AlreadyPresent)
+    );
+    let room = membership(&[&[1, 2, 3]], &learners[1..]);
+    assert_eq!(check_add_learner(&room, 4, &node(4)), Ok(AddLearner::New));
+    assert_eq!(
+        crate::network::guard::GuardLimits::default().max_members,
+        MAX_MEMBERS
+    );
+}
+
 #[test]
 fn add_learner_is_idempotent_only_for_the_same_address() {
     let m = membership(&[&[1, 2, 3]], &[4]);

@@ -435,6 +435,9 @@ async fn serve_peer(
             core.raft.clone(),
             core.counters.clone(),
         )
+        .with_limits(crate::network::guard::GuardLimits::for_quota(
+            core.config.quota_backend_bytes,
+        ))
         .with_reads(core.barrier.clone())
         .with_vouching(core.read_state.clone())
         .with_election(election)

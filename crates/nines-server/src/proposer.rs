@@ -10,7 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nines_types::{Command, CommandResult, Node, NodeId, Raft, Request, Response};
+use futures::future::Either;
+use nines_types::{
+    Command, CommandResult, Node, NodeId, Raft, Request, Response, MAX_REQUEST_BYTES,
+};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
@@ -18,7 +21,9 @@ use tokio::time::Instant;
 use crate::metrics::Counters;
 use crate::observe::{mono_ms, View};
 
-/// Most requests in one entry, and their rough payload bound.
+/// Most requests in one entry, and the most bytes of them (encoded) unless
+/// one request alone is larger: an entry stays under
+/// `MAX_REQUEST_BYTES`, which the log and peers can always read back.
 const MAX_BATCH_REQUESTS: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Proposals in flight at once. openraft 0.9's core handles one append at a
@@ -40,6 +45,9 @@ pub enum ProposeError {
     /// commit later (outcome unknown).
     Timeout,
     ShuttingDown,
+    /// The request encodes to this many bytes, over `MAX_REQUEST_BYTES`:
+    /// not proposed.
+    TooLarge(usize),
 }
 
 /// What the proposer proposes through: Raft, or a stand-in in tests.
@@ -69,6 +77,8 @@ type Reply = oneshot::Sender<Result<Response, ProposeError>>;
 
 struct Pending {
     request: Request,
+    /// The request's encoded length.
+    bytes: usize,
     reply: Reply,
 }
 
@@ -108,52 +118,36 @@ impl Proposer {
         &self,
         request: Request,
     ) -> impl Future<Output = Result<Response, ProposeError>> + Send + 'static {
+        // Counted exactly: a batch sized by an estimate (a compare's value
+        // counted as 64 bytes) could pass what the log can read back.
+        let bytes = match nines_types::codec::encoded_len(&request) {
+            Ok(n) if n <= MAX_REQUEST_BYTES => n,
+            Ok(n) => return Either::Left(std::future::ready(Err(ProposeError::TooLarge(n)))),
+            Err(_) => {
+                return Either::Left(std::future::ready(Err(ProposeError::TooLarge(usize::MAX))))
+            }
+        };
         let (reply, rx) = oneshot::channel();
         // Counted before it can be received, so the gauge never underflows.
         self.counters
             .proposal_pending
             .fetch_add(1, Ordering::Relaxed);
-        let sent = self.tx.send(Pending { request, reply });
+        let sent = self.tx.send(Pending {
+            request,
+            bytes,
+            reply,
+        });
         if sent.is_err() {
             self.counters
                 .proposal_pending
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        async move {
+        Either::Right(async move {
             match sent {
                 Ok(()) => rx.await.unwrap_or(Err(ProposeError::ShuttingDown)),
                 Err(_) => Err(ProposeError::ShuttingDown),
             }
-        }
-    }
-}
-
-fn approx_bytes(command: &Command) -> usize {
-    use nines_types::TxnOp;
-    match command {
-        Command::Put { key, value, .. } | Command::PutKeeping { key, value, .. } => {
-            key.len() + value.len()
-        }
-        Command::Delete { key, .. } => key.len(),
-        Command::DeleteRange { range, .. } => range.start().len() * 2,
-        Command::Txn(txn) => {
-            txn.success
-                .iter()
-                .chain(&txn.failure)
-                .map(|op| match op {
-                    TxnOp::Put { key, value, .. }
-                    | TxnOp::PutKeeping { key, value, .. }
-                    | TxnOp::PutLeased { key, value, .. } => key.len() + value.len(),
-                    TxnOp::Delete { range, .. } => range.start().len() * 2,
-                    TxnOp::Get(r) | TxnOp::GetWith(r, _) => r.range.start().len() * 2,
-                })
-                .sum::<usize>()
-                + txn.compares.len() * 64
-        }
-        Command::Batch(requests) => requests.iter().map(|r| approx_bytes(&r.command)).sum(),
-        Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
-        Command::LeaseCheckpoint(list) | Command::LeaseCheckpointOf { list, .. } => list.len() * 16,
-        Command::Auth(_) => 256,
+        })
     }
 }
 
@@ -164,7 +158,17 @@ async fn run<W: Writer>(
     timeout: Duration,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A request that would have taken its batch past the bound: it opens
+    // the next one, so the order of submission holds.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         // Waiting for a slot first is what lets a batch grow.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -173,6 +177,10 @@ async fn run<W: Writer>(
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(pending) = next.take() {
+            if !batch.is_empty() && bytes + pending.bytes > MAX_BATCH_BYTES {
+                carried = Some(pending);
+                break;
+            }
             counters.proposal_pending.fetch_sub(1, Ordering::Relaxed);
             if pending.reply.is_closed() {
                 // Its caller timed out waiting (behind a stuck proposal):
@@ -180,7 +188,7 @@ async fn run<W: Writer>(
                 // keeps a stall from ending in a burst of stale writes.
                 Counters::inc(&counters.requests_abandoned);
             } else {
-                bytes += approx_bytes(&pending.request.command);
+                bytes += pending.bytes;
                 batch.push(pending);
             }
             if batch.len() >= MAX_BATCH_REQUESTS || bytes >= MAX_BATCH_BYTES {
@@ -219,7 +227,7 @@ async fn propose<W: Writer>(
         .store(mono_ms(), Ordering::Relaxed);
     let in_flight = Flight { counters };
     if requests == 1 {
-        let Pending { request, reply } = batch.pop().expect("one pending request");
+        let Pending { request, reply, .. } = batch.pop().expect("one pending request");
         let result = bounded(writer, request, requests, counters, timeout).await;
         drop(in_flight);
         let _ = reply.send(result);
@@ -482,5 +490,74 @@ mod tests {
             })
             .collect();
         assert_eq!(proposed, vec![put("x"), put("y")]);
+    }
+
+    /// A txn of `compares` compares, each against a 1 MiB value: counted
+    /// as 64 bytes apiece by the old estimate.
+    fn big_txn(key: &str, compares: usize) -> Request {
+        use nines_types::{Compare, CompareOp, CompareTarget, Txn};
+        let compare = Compare {
+            key: key.as_bytes().to_vec(),
+            op: CompareOp::Equal,
+            target: CompareTarget::Value(vec![7; 1 << 20]),
+        };
+        Request::new(Command::Txn(Txn {
+            compares: vec![compare; compares],
+            success: Vec::new(),
+            failure: Vec::new(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn large_requests_are_never_batched_past_what_the_log_reads_back() {
+        let (_counters, writer, proposer, stuck) = stuck_on_a().await;
+        // Five 15 MiB txns queue behind "a", then a small put.
+        let mut waits: Vec<_> = (0..5)
+            .map(|i| proposer.submit(big_txn(&format!("t{i}"), 15)))
+            .collect();
+        waits.push(proposer.submit(put("z")));
+        let answers = tokio::time::timeout(GENEROUS, futures::future::join_all(waits))
+            .await
+            .expect("proposed");
+        assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+        let _ = tokio::time::timeout(GENEROUS, stuck).await.unwrap();
+        let proposed = writer.proposed.lock().unwrap()[1..].to_vec();
+        let sizes: Vec<usize> = proposed
+            .iter()
+            .map(|r| nines_types::codec::encoded_len(r).unwrap())
+            .collect();
+        assert!(
+            sizes.iter().all(|&n| n <= MAX_REQUEST_BYTES),
+            "entries of {sizes:?} bytes"
+        );
+        // In the order submitted, whatever the batches.
+        let order: Vec<Vec<u8>> = proposed
+            .iter()
+            .flat_map(|r| match &r.command {
+                Command::Batch(requests) => requests.clone(),
+                _ => vec![r.clone()],
+            })
+            .map(|r| match r.command {
+                Command::Txn(t) => t.compares[0].key.clone(),
+                Command::Put { key, .. } => key,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(order, [&b"t0"[..], b"t1", b"t2", b"t3", b"t4", b"z"]);
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_entry_bound_is_refused_not_proposed() {
+        let (_counters, writer, proposer, _stuck) = stuck_on_a().await;
+        let answer = proposer.submit(big_txn("huge", 33)).await;
+        assert!(
+            matches!(answer, Err(ProposeError::TooLarge(n)) if n > MAX_REQUEST_BYTES),
+            "{answer:?}"
+        );
+        assert_eq!(
+            writer.proposed.lock().unwrap().len(),
+            1,
+            "only 'a' proposed"
+        );
     }
 }

@@ -60,6 +60,14 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, standard()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// The length of `value`'s encoding, counted without building it.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, standard())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(size.bytes_written)
+}
+
 /// Appends `value`'s encoding to `buf`.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
     bincode::serde::encode_into_std_write(value, buf, standard())
@@ -173,6 +181,18 @@ mod tests {
                 decode::<Vec<Option<u64>>>(&encode(&units).unwrap()).unwrap(),
                 units
             );
+        }
+    }
+
+    #[test]
+    fn encoded_len_is_the_encoding_s_length() {
+        for n in [0usize, 1, 250, 251, 70_000] {
+            let rec = Rec {
+                name: "x".repeat(n),
+                data: vec![1; n],
+                items: (0..n as u64).collect(),
+            };
+            assert_eq!(encoded_len(&rec).unwrap(), encode(&rec).unwrap().len());
         }
     }
 

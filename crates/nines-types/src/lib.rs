@@ -13,7 +13,7 @@ use std::io::Cursor;
 pub use auth::{AuthCommand, AuthRejection, PermKind, Permission, ROOT};
 pub use command::*;
 pub use durable::{durable_index, DurableIndex, DurableIndexTx};
-pub use limits::{InputError, Limits, MAX_CHECKPOINT_LEASES, MAX_LEASE_TTL};
+pub use limits::{InputError, Limits, MAX_CHECKPOINT_LEASES, MAX_LEASE_TTL, MAX_REQUEST_BYTES};
 pub use node::Node;
 
 /// Raft node ids are stable small integers chosen by the operator (`--id`).

@@ -32,10 +32,17 @@ pub enum InputError {
     ValueProvided,
     #[error("lease is provided with ignore_lease")]
     LeaseProvided,
+    #[error("request of {len} bytes encoded, the limit is {max}")]
+    RequestTooLarge { len: usize, max: usize },
 }
 
 /// etcd's largest lease TTL (9,000,000,000 s): larger grants are refused.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// The most one request may take in the log (encoded). With the
+/// proposer's batch bound added, an entry stays well under what the log
+/// and a peer may decode (`codec::MAX_DECODE_BYTES`): an entry over it
+/// would be written and then refused on every read.
+pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 /// Leases per checkpoint command (etcd's batch size), so one entry stays small.
 pub const MAX_CHECKPOINT_LEASES: usize = 1000;
 

@@ -40,7 +40,21 @@ impl Default for GuardLimits {
             max_term_jump: MAX_TERM_JUMP,
             // etcd's largest supported backend quota.
             max_snapshot_bytes: 8 << 30,
-            max_members: 64,
+            max_members: crate::membership::MAX_MEMBERS,
+        }
+    }
+}
+
+impl GuardLimits {
+    /// The limits of a member whose store may hold `quota` bytes of
+    /// history: a snapshot holds that, plus framing, leases, sessions and
+    /// auth. A fixed 8 GiB refused every snapshot of a store let grow past
+    /// it, and a member that needed one never caught up.
+    pub fn for_quota(quota: u64) -> Self {
+        let fits = quota.saturating_mul(2).saturating_add(1 << 30);
+        Self {
+            max_snapshot_bytes: fits.max(Self::default().max_snapshot_bytes),
+            ..Self::default()
         }
     }
 }
@@ -441,6 +455,17 @@ mod tests {
             entries: vec![],
             leader_commit: None,
         }
+    }
+
+    #[test]
+    fn the_snapshot_limit_grows_with_the_quota() {
+        assert_eq!(GuardLimits::for_quota(2 << 30).max_snapshot_bytes, 8 << 30);
+        let big = GuardLimits::for_quota(16 << 30).max_snapshot_bytes;
+        assert!(big >= 32 << 30, "{big}");
+        assert_eq!(
+            GuardLimits::for_quota(u64::MAX).max_snapshot_bytes,
+            u64::MAX
+        );
     }
 
     #[test]

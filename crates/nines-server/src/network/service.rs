@@ -64,6 +64,11 @@ impl RaftService {
         self
     }
 
+    pub fn with_limits(mut self, limits: GuardLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     pub fn with_vouching(mut self, vouching: crate::read_index::ReadState) -> Self {
         self.vouching = Some(vouching);
         self

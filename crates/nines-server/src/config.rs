@@ -650,6 +650,21 @@ mod tests {
     }
 
     #[test]
+    fn the_request_limit_is_etcd_s_unless_values_need_more() {
+        let config = |extra: &[&str]| {
+            let args = ["nines-server", "--id", "1"].iter().chain(extra);
+            ServerConfig::try_from(ServerArgs::parse_from(args))
+        };
+        assert_eq!(config(&[]).unwrap().max_request_bytes, 1_572_864);
+        let values = config(&["--max-value-bytes", "4194304"]).unwrap();
+        assert_eq!(values.max_request_bytes, 4_194_304 + 524_288);
+        let given = config(&["--max-request-bytes", "100"]).unwrap();
+        assert_eq!(given.max_request_bytes, 100);
+        assert!(config(&["--max-request-bytes", "0"]).is_err());
+        assert!(config(&["--max-request-bytes", "33554433"]).is_err());
+    }
+
+    #[test]
     fn auto_compaction_defaults_to_periodic_five_minutes() {
         let args = ServerArgs::parse_from(["nines-server", "--id", "1"]);
         let config = ServerConfig::try_from(args).unwrap();

@@ -133,16 +133,17 @@ impl Wal {
         let Some(first) = entries.first().map(|e| e.log_id.index) else {
             return Ok(());
         };
-        if first != w.next_index {
-            self.realign(&mut w, first)?;
-        }
-
+        // Encoded first: an entry refused here (too large to read back)
+        // must leave the log as it was, not truncated for it.
         let mut buf = Vec::with_capacity(entries.len() * 128);
         let mut spans = Vec::with_capacity(entries.len());
         for e in entries {
             let start = buf.len();
             segment::encode_entry(&mut buf, e)?;
             spans.push((start as u64, (buf.len() - start) as u32, e.log_id));
+        }
+        if first != w.next_index {
+            self.realign(&mut w, first)?;
         }
         // Bound segment size; a single oversized batch still stays in one segment.
         if w.has_entries && w.len + buf.len() as u64 > self.opts.segment_bytes {

@@ -283,6 +283,13 @@ pub struct ServerConfig {
 
 /// etcd's default `--max-request-bytes`.
 const DEFAULT_MAX_REQUEST_BYTES: usize = 3 << 19;
+/// The least `--max-request-bytes`: a lease checkpoint of 1,000 leases is
+/// about 18 KB, and the server's own writes must fit.
+const MIN_REQUEST_BYTES: usize = 64 << 10;
+/// The largest message the client port accepts: well above the 1 MiB
+/// value limit, below the size that would make a single Raft entry
+/// unreasonable.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// etcd's default storage quota.
 pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
@@ -549,13 +556,14 @@ impl TryFrom<ServerArgs> for ServerConfig {
                 most.max_key_bytes, most.max_value_bytes, most.max_txn_ops
             )));
         }
-        let max_request_bytes = args
-            .max_request_bytes
-            .unwrap_or(DEFAULT_MAX_REQUEST_BYTES.max(limits.max_value_bytes + (512 << 10)));
-        if !(1..=nines_types::MAX_REQUEST_BYTES).contains(&max_request_bytes) {
+        let max_request_bytes = args.max_request_bytes.unwrap_or(
+            DEFAULT_MAX_REQUEST_BYTES
+                .max(limits.max_value_bytes + (512 << 10))
+                .min(MAX_CLIENT_MESSAGE_BYTES),
+        );
+        if !(MIN_REQUEST_BYTES..=MAX_CLIENT_MESSAGE_BYTES).contains(&max_request_bytes) {
             return Err(ServerError::Config(format!(
-                "--max-request-bytes must be within 1..={} (what the log and every peer read back)",
-                nines_types::MAX_REQUEST_BYTES
+                "--max-request-bytes must be within {MIN_REQUEST_BYTES}..={MAX_CLIENT_MESSAGE_BYTES} (room for the server's own lease checkpoints; what the client port accepts)"
             )));
         }
         let auto_compaction =
@@ -658,10 +666,16 @@ mod tests {
         assert_eq!(config(&[]).unwrap().max_request_bytes, 1_572_864);
         let values = config(&["--max-value-bytes", "4194304"]).unwrap();
         assert_eq!(values.max_request_bytes, 4_194_304 + 524_288);
-        let given = config(&["--max-request-bytes", "100"]).unwrap();
-        assert_eq!(given.max_request_bytes, 100);
-        assert!(config(&["--max-request-bytes", "0"]).is_err());
-        assert!(config(&["--max-request-bytes", "33554433"]).is_err());
+        let given = config(&["--max-request-bytes", "100000"]).unwrap();
+        assert_eq!(given.max_request_bytes, 100_000);
+        assert!(
+            config(&["--max-request-bytes", "100"]).is_err(),
+            "checkpoints must fit"
+        );
+        assert!(config(&["--max-request-bytes", "16777217"]).is_err());
+        // The value limit may be raised to what every member applies.
+        let top = config(&["--max-value-bytes", "33554432"]).unwrap();
+        assert_eq!(top.max_request_bytes, 16 << 20);
     }
 
     #[test]

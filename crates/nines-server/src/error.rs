@@ -196,6 +196,7 @@ impl From<ApiError> for Status {
                 use nines_types::AuthRejection as R;
                 match reason {
                     R::UserEmpty | R::RoleEmpty => Status::invalid_argument(message),
+                    R::TooManyPermissions | R::TooManyRoles => Status::resource_exhausted(message),
                     _ => Status::failed_precondition(message),
                 }
             }

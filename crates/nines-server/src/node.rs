@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::api::AdminService;
-use crate::config::{Bootstrap, ServerConfig};
+use crate::config::{Bootstrap, ServerConfig, MAX_CLIENT_MESSAGE_BYTES};
 use crate::core::NodeCore;
 use crate::datadir::DataDir;
 use crate::election::Election;
@@ -29,10 +29,6 @@ use crate::proposer::Proposer;
 use crate::read_barrier::{Asker, ReadBarrier};
 use crate::read_limit::ReadLimiter;
 use crate::runtime::RaftRuntime;
-
-/// Client requests are bounded well above the 1 MiB value limit, below the
-/// size that would make a single Raft entry unreasonable.
-const MAX_CLIENT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A running node. Dropping it does not stop it: call `shutdown`.
 pub struct NinesNode {

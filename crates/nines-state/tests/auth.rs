@@ -103,3 +103,88 @@ async fn auth_changes_survive_a_reopen_and_a_snapshot_install() {
     assert_eq!(summary(&b), expect, "after a snapshot install");
     assert_eq!(b.reader().with_auth(|s| s.secret().to_vec()), vec![1; 32]);
 }
+
+/// A role's permissions and a user's roles are each one record, read whole
+/// at every start: past a bound the next grant is refused, not written.
+#[tokio::test]
+async fn grants_stop_at_what_one_record_may_hold() {
+    use nines_types::{Request, MAX_ROLE_PERMISSIONS, MAX_USER_ROLES};
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier::new(open(dir.path()).await);
+    let perm = |i: usize| A::RoleGrantPermission {
+        role: "big".into(),
+        perm: Permission {
+            kind: PermKind::Read,
+            key: format!("k{i:05}").into_bytes(),
+            range_end: Vec::new(),
+        },
+    };
+    let role = |i: usize| format!("r{i:05}");
+    let batch = |commands: Vec<A>| {
+        Command::Batch(
+            commands
+                .into_iter()
+                .map(|c| Request::new(Command::Auth(c)))
+                .collect(),
+        )
+    };
+    let mut setup = vec![
+        A::RoleAdd { name: "big".into() },
+        A::UserAdd {
+            name: "bob".into(),
+            password_hash: None,
+        },
+    ];
+    setup.extend((0..MAX_ROLE_PERMISSIONS).map(perm));
+    setup.extend((0..MAX_USER_ROLES).map(|i| A::RoleAdd { name: role(i) }));
+    setup.extend((0..MAX_USER_ROLES).map(|i| A::UserGrantRole {
+        user: "bob".into(),
+        role: role(i),
+    }));
+    let done = a.cmd(batch(setup)).await;
+    let CommandResult::Batch(answers) = done.result else {
+        panic!("{done:?}");
+    };
+    assert!(answers
+        .iter()
+        .all(|r| matches!(r.result, CommandResult::AuthChanged { .. })));
+    let refused = |r: nines_types::Response, why: AuthRejection| {
+        assert_eq!(r.result, CommandResult::Rejected(RejectReason::Auth(why)));
+    };
+    refused(
+        a.cmd(Command::Auth(perm(MAX_ROLE_PERMISSIONS))).await,
+        AuthRejection::TooManyPermissions,
+    );
+    a.cmd(Command::Auth(A::RoleAdd {
+        name: "one-more".into(),
+    }))
+    .await;
+    refused(
+        a.cmd(Command::Auth(A::UserGrantRole {
+            user: "bob".into(),
+            role: "one-more".into(),
+        }))
+        .await,
+        AuthRejection::TooManyRoles,
+    );
+    // What a record already holds may be granted again.
+    let again = a.cmd(Command::Auth(perm(7))).await;
+    assert!(
+        matches!(again.result, CommandResult::AuthChanged { .. }),
+        "{again:?}"
+    );
+    let regrant = a
+        .cmd(Command::Auth(A::UserGrantRole {
+            user: "bob".into(),
+            role: role(7),
+        }))
+        .await;
+    assert!(
+        matches!(regrant.result, CommandResult::AuthChanged { .. }),
+        "{regrant:?}"
+    );
+    let held =
+        a.sm.reader()
+            .with_auth(|s| s.role_permissions("big").unwrap().len());
+    assert_eq!(held, MAX_ROLE_PERMISSIONS);
+}

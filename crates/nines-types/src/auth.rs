@@ -111,4 +111,17 @@ pub enum AuthRejection {
     UserEmpty,
     #[error("etcdserver: role name is empty")]
     RoleEmpty,
+    /// nines' own: a role record holds every permission of the role, and
+    /// one too large to read back would fail every start.
+    #[error("role already holds {MAX_ROLE_PERMISSIONS} permissions, the most it may")]
+    TooManyPermissions,
+    /// nines' own, as `TooManyPermissions`, for a user's roles.
+    #[error("user already holds {MAX_USER_ROLES} roles, the most it may")]
+    TooManyRoles,
 }
+
+/// Permissions one role may hold: at most 8 KiB each (key and range end),
+/// so its record stays well under what a record may be to be read back.
+pub const MAX_ROLE_PERMISSIONS: usize = 4096;
+/// Roles one user may hold (names of at most 1 KiB).
+pub const MAX_USER_ROLES: usize = 4096;

@@ -7,7 +7,7 @@
 //! chosen from the input's own size: bincode claims a string's or byte
 //! field's length against the limit *before* allocating it, so a message
 //! can never make us allocate more than `LIMIT_FACTOR` times its own size
-//! (at least the smallest tier). Sequences (`Vec<Entry>` …) go through
+//! (at least the smallest tier, at most 128 MiB). Sequences (`Vec<Entry>` …) go through
 //! serde's cautious size hint, which caps their pre-allocation at 1 MiB
 //! whatever the wire says.
 //!
@@ -77,15 +77,13 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
-/// The limits, smallest first.
-const TIERS: [usize; 6] = [
-    16 * KIB,
-    256 * KIB,
-    4 * MIB,
-    32 * MIB,
-    128 * MIB,
-    MAX_DECODE_BYTES * LIMIT_FACTOR,
-];
+/// The limits, smallest first. The last one holds any input of up to
+/// 16 MiB at `LIMIT_FACTOR`, and a larger one at 2× its size: what nines
+/// writes that large is one request of a few large values (byte fields
+/// count 1×), while integer-dense values (checkpoints, batches of small
+/// requests, txns of at most 10,000 ops) stay far below 16 MiB. 8× of
+/// 64 MiB would let one hostile peer message allocate 512 MiB.
+const TIERS: [usize; 5] = [16 * KIB, 256 * KIB, 4 * MIB, 32 * MIB, 128 * MIB];
 
 /// The byte limit a decode of `len` bytes runs with: the most it may
 /// allocate for what length prefixes claim. None over `MAX_DECODE_BYTES`.
@@ -93,7 +91,8 @@ pub fn decode_limit(len: usize) -> Option<usize> {
     if len > MAX_DECODE_BYTES {
         return None;
     }
-    TIERS.into_iter().find(|&t| t >= len * LIMIT_FACTOR)
+    let need = len * LIMIT_FACTOR;
+    Some(TIERS.into_iter().find(|&t| t >= need).unwrap_or(TIERS[4]))
 }
 
 /// Decodes a value from the front of `bytes`; returns it and the bytes used.
@@ -107,8 +106,7 @@ pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Co
         Some(n) if n == TIERS[1] => run::<T, { TIERS[1] }>(bytes),
         Some(n) if n == TIERS[2] => run::<T, { TIERS[2] }>(bytes),
         Some(n) if n == TIERS[3] => run::<T, { TIERS[3] }>(bytes),
-        Some(n) if n == TIERS[4] => run::<T, { TIERS[4] }>(bytes),
-        Some(_) => run::<T, { TIERS[5] }>(bytes),
+        Some(_) => run::<T, { TIERS[4] }>(bytes),
         None => Err(CodecError::TooLarge(bytes.len())),
     }
 }

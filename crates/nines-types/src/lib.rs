@@ -10,7 +10,9 @@ mod node;
 
 use std::io::Cursor;
 
-pub use auth::{AuthCommand, AuthRejection, PermKind, Permission, ROOT};
+pub use auth::{
+    AuthCommand, AuthRejection, PermKind, Permission, MAX_ROLE_PERMISSIONS, MAX_USER_ROLES, ROOT,
+};
 pub use command::*;
 pub use durable::{durable_index, DurableIndex, DurableIndexTx};
 pub use limits::{InputError, Limits, MAX_CHECKPOINT_LEASES, MAX_LEASE_TTL, MAX_REQUEST_BYTES};

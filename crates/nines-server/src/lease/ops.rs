@@ -289,12 +289,19 @@ impl NodeCore {
             let list = self.lessor.checkpoints(Instant::now(), interval);
             let mut queued = Vec::new();
             for chunk in list.chunks(nines_types::MAX_CHECKPOINT_LEASES) {
-                let done = self.submit_checkpoint(term, chunk.to_vec())?;
-                queued.push((order.queued(term, true), done));
+                match self.submit_checkpoint(term, chunk.to_vec()) {
+                    Ok(done) => queued.push(Ok((order.queued(term, true), done))),
+                    // Those queued before it are still waited for.
+                    Err(e) => {
+                        queued.push(Err(e));
+                        break;
+                    }
+                }
             }
             queued
         };
-        for (seq, done) in queued {
+        for next in queued {
+            let (seq, done) = next?;
             self.settle(term, seq, done).await?;
             Counters::inc(&self.counters.lease_checkpoints);
         }

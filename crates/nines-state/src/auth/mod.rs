@@ -15,7 +15,9 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nines_types::{AuthCommand, AuthRejection, Permission, ROOT};
+use nines_types::{
+    AuthCommand, AuthRejection, Permission, MAX_ROLE_PERMISSIONS, MAX_USER_ROLES, ROOT,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
@@ -223,6 +225,9 @@ impl AuthState {
                 if role != ROOT && !self.roles.contains_key(role) {
                     return refused(R::RoleNotFound);
                 }
+                if !record.roles.contains(role) && record.roles.len() >= MAX_USER_ROLES {
+                    return refused(R::TooManyRoles);
+                }
                 record.roles.insert(role.clone());
                 self.put_user(overlay, user, record)?;
             }
@@ -274,12 +279,14 @@ impl AuthState {
                     return refused(R::RoleNotFound);
                 };
                 // The same key range granted again replaces its type (etcd).
+                let held = record.perms.len();
                 match record
                     .perms
                     .iter_mut()
                     .find(|p| p.key == perm.key && p.range_end == perm.range_end)
                 {
                     Some(existing) => existing.kind = perm.kind,
+                    None if held >= MAX_ROLE_PERMISSIONS => return refused(R::TooManyPermissions),
                     None => record.perms.push(perm.clone()),
                 }
                 record

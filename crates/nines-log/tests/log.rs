@@ -74,16 +74,23 @@ fn an_entry_over_the_read_limit_is_refused_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let mut s = open(dir.path());
-        append(&mut s, entries(1, 0..3)).await;
-        let huge = entry(1, 3, &vec![1; nines_types::codec::MAX_DECODE_BYTES]);
-        let refused = openraft::storage::RaftLogStorageExt::blocking_append(&mut s, [huge]).await;
-        assert!(refused.is_err(), "an unreadable entry was written");
+        append(&mut s, entries(1, 0..5)).await;
+        // At the end, and over entries 3 and 4 (which it would replace).
+        for index in [5, 3] {
+            let huge = entry(2, index, &vec![1; nines_types::codec::MAX_DECODE_BYTES]);
+            let refused =
+                openraft::storage::RaftLogStorageExt::blocking_append(&mut s, [huge]).await;
+            assert!(
+                refused.is_err(),
+                "an unreadable entry was written at {index}"
+            );
+        }
     });
     rt().block_on(async {
         let mut s = open(dir.path());
-        assert_eq!(indexes(&read_all(&mut s).await), vec![0, 1, 2]);
-        append(&mut s, entries(1, 3..5)).await;
         assert_eq!(indexes(&read_all(&mut s).await), vec![0, 1, 2, 3, 4]);
+        append(&mut s, entries(1, 5..7)).await;
+        assert_eq!(indexes(&read_all(&mut s).await), (0..7).collect::<Vec<_>>());
     });
 }
 

@@ -117,7 +117,7 @@ impl NodeCore {
     ) -> Result<impl Future<Output = Result<Routed<Response>, ApiError>> + Send + '_, ApiError>
     {
         self.config.limits.check_command(&request.command)?;
-        self.check_size(&request)?;
+        let len = self.check_size(&request)?;
         self.check_quota(&request.command)?;
         // A follower that knows its leader sends the write there at once:
         // proposing it only to hear openraft answer ForwardToLeader cost
@@ -130,7 +130,7 @@ impl NodeCore {
             return Ok(Either::Left(std::future::ready(redirected)));
         }
         self.check_quorum_contact()?;
-        let proposed = self.proposer.submit(request);
+        let proposed = self.proposer.submit_sized(request, len);
         Ok(Either::Right(async move {
             let written = tokio::time::timeout(self.timeout(), proposed).await;
             let counters = &self.counters;
@@ -160,14 +160,15 @@ impl NodeCore {
         }))
     }
 
-    /// etcd's `--max-request-bytes`, on the request as the log holds it.
-    fn check_size(&self, request: &Request) -> Result<(), ApiError> {
+    /// etcd's `--max-request-bytes`, on the request as the log holds it;
+    /// returns that length, which the proposer sizes batches by.
+    pub(crate) fn check_size(&self, request: &Request) -> Result<usize, ApiError> {
         let max = self.config.max_request_bytes;
         let len = nines_types::codec::encoded_len(request).unwrap_or(usize::MAX);
         if len > max {
             return Err(InputError::RequestTooLarge { len, max }.into());
         }
-        Ok(())
+        Ok(len)
     }
 
     /// Builds a snapshot on this member covering at least what it has

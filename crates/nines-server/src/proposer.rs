@@ -120,13 +120,26 @@ impl Proposer {
     ) -> impl Future<Output = Result<Response, ProposeError>> + Send + 'static {
         // Counted exactly: a batch sized by an estimate (a compare's value
         // counted as 64 bytes) could pass what the log can read back.
-        let bytes = match nines_types::codec::encoded_len(&request) {
-            Ok(n) if n <= MAX_REQUEST_BYTES => n,
-            Ok(n) => return Either::Left(std::future::ready(Err(ProposeError::TooLarge(n)))),
-            Err(_) => {
-                return Either::Left(std::future::ready(Err(ProposeError::TooLarge(usize::MAX))))
-            }
-        };
+        let len = nines_types::codec::encoded_len(&request).unwrap_or(usize::MAX);
+        self.submit_sized(request, len)
+    }
+
+    /// [`Proposer::submit`] of a request whose encoded length the caller
+    /// already has (`NodeCore` measures every write for
+    /// `--max-request-bytes`): the walk is not done twice per write.
+    pub fn submit_sized(
+        &self,
+        request: Request,
+        len: usize,
+    ) -> impl Future<Output = Result<Response, ProposeError>> + Send + 'static {
+        debug_assert!(
+            nines_types::codec::encoded_len(&request).map_or(len == usize::MAX, |n| n == len),
+            "submit_sized given a length that is not the request's"
+        );
+        if len > MAX_REQUEST_BYTES {
+            return Either::Left(std::future::ready(Err(ProposeError::TooLarge(len))));
+        }
+        let bytes = len;
         let (reply, rx) = oneshot::channel();
         // Counted before it can be received, so the gauge never underflows.
         self.counters

@@ -127,3 +127,60 @@ async fn prev_kv_needs_read_on_the_keys_it_returns() {
     w.delete_range(delete(false)).await.unwrap();
     assert!(root.get("app/k").await.unwrap().is_none());
 }
+
+/// A txn of reads only is served without the log (`txn_read.rs` in
+/// nines-server); it still needs read on every key it compares or ranges
+/// over, from a follower as from the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_txns_need_read_on_what_they_compare_and_range() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.stable_leader(LONG).await;
+    set_up(&cluster.client()).await;
+    let root = cluster.client_as("root", "rootpw");
+    root.put("app/k", "secret").await.unwrap();
+    let range = |key: &str| pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    };
+    let compare = pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Value as i32,
+        key: b"app/k".to_vec(),
+        target_union: Some(pb::compare::TargetUnion::Value(b"secret".to_vec())),
+        ..Default::default()
+    };
+    for id in cluster.nodes.iter().map(|n| n.id) {
+        let mut config = cluster.client_config(vec![cluster.node(id).client_addr.clone()]);
+        config.credentials = Some(nines_client::Credentials {
+            user: "w".into(),
+            password: "wpw".into(),
+        });
+        let w = Client::new(config).expect("client");
+        let on = if id == leader { "leader" } else { "follower" };
+        let ranges = pb::TxnRequest {
+            success: vec![range("app/k")],
+            ..Default::default()
+        };
+        denied(
+            w.txn(ranges).await,
+            &format!("a range of app/k at the {on}"),
+        );
+        // The compare alone would tell the value.
+        let checks = pb::TxnRequest {
+            compare: vec![compare.clone()],
+            success: vec![range("e/x")],
+            failure: vec![range("e/x")],
+        };
+        denied(
+            w.txn(checks).await,
+            &format!("a compare on app/k at the {on}"),
+        );
+        let allowed = pb::TxnRequest {
+            success: vec![range("e/x")],
+            ..Default::default()
+        };
+        w.txn(allowed).await.expect("a range w may read");
+    }
+}

@@ -39,8 +39,18 @@ fn big_txn(key: &str) -> epb::TxnRequest {
         target_union: Some(TargetUnion::Value(vec![b'v'; MIB - 1024])),
         ..Default::default()
     };
+    // The put makes it a write (a txn of compares alone is a read, served
+    // without the log).
+    let put = epb::RequestOp {
+        request: Some(epb::request_op::Request::RequestPut(epb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"small".to_vec(),
+            ..Default::default()
+        })),
+    };
     epb::TxnRequest {
         compare: vec![compare; 15],
+        success: vec![put],
         ..Default::default()
     }
 }

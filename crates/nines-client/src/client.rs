@@ -475,9 +475,15 @@ impl Client {
         .await
     }
 
+    /// A txn; one of ranges (and compares) only is a read, sent without a
+    /// session (the server serves it without the log, so it would use no
+    /// sequence number) and retried as a read.
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, ClientError> {
-        self.write(request, |ch, req| async move { kv(ch).txn(req).await })
-            .await
+        let call = |ch, req| async move { kv(ch).txn(req).await };
+        if is_read_only(&request) {
+            return self.call(Route::Leader, request, call).await;
+        }
+        self.write(request, call).await
     }
 
     /// Compacts history at or below `revision`; with `physical`, answers
@@ -491,6 +497,13 @@ impl Client {
         self.write(request, |ch, req| async move { kv(ch).compact(req).await })
             .await
     }
+}
+
+/// etcd's read-only txn: no branch holds anything but ranges.
+fn is_read_only(txn: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as Op;
+    let range = |op: &pb::RequestOp| matches!(op.request, Some(Op::RequestRange(_)));
+    txn.success.iter().chain(&txn.failure).all(range)
 }
 
 pub(crate) fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {

@@ -4,19 +4,18 @@
 //! only then publishes the new revision to readers.
 
 use std::borrow::Cow;
-use std::cmp::Ordering;
 
 use nines_types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, Entry, Keep, KeyRange, KeyValue,
-    LeaseRemaining, LogId, RangeRequest, RejectReason, Request, Response, StoredMembership, TxnOp,
-    TxnOpResponse,
+    Command, CommandResult, Compare, Entry, Keep, KeyRange, KeyValue, LeaseRemaining, LogId,
+    RangeRequest, RejectReason, Request, Response, StoredMembership, TxnOp, TxnOpResponse,
 };
 use openraft::EntryPayload;
 
 use crate::engine::{Engine, Write};
 use crate::error::StateError;
 use crate::mvcc::{
-    encode_record, key_value, record_of, rev_key, value_of, KeyAt, Mvcc, RecordHeader, Rev,
+    compare_key, encode_record, key_value, record_of, rev_key, value_of, KeyAt, Mvcc, RecordHeader,
+    Rev,
 };
 use crate::overlay::Overlay;
 use crate::sessions::{self, Check, Sessions};
@@ -608,27 +607,11 @@ impl<'a, E: Engine> Executor<'a, E> {
         }
     }
 
-    /// etcd compare: a missing key has version and revisions 0 and fails
-    /// every value compare.
+    /// etcd's compare, on the newest state (this call's writes included).
     fn compare(&self, compare: &Compare) -> Result<bool, StateError> {
         let current = self.mvcc.latest(&compare.key);
-        let order = match (&compare.target, current) {
-            (CompareTarget::Value(_), None) => return Ok(false),
-            (CompareTarget::Value(want), Some(at)) => {
-                let value = value_of(&compare.key, at.rev, |r| self.overlay.get(&rev_key(r)))?;
-                value.as_slice().cmp(want.as_slice())
-            }
-            (CompareTarget::Version(want), _) => current.map_or(0, |c| c.version).cmp(want),
-            (CompareTarget::CreateRevision(want), _) => {
-                current.map_or(0, |c| c.create_revision).cmp(want)
-            }
-            (CompareTarget::ModRevision(want), _) => current.map_or(0, |c| c.rev.main).cmp(want),
-        };
-        Ok(match compare.op {
-            CompareOp::Equal => order == Ordering::Equal,
-            CompareOp::NotEqual => order != Ordering::Equal,
-            CompareOp::Greater => order == Ordering::Greater,
-            CompareOp::Less => order == Ordering::Less,
+        compare_key(compare, current, |rev| {
+            value_of(&compare.key, rev, |r| self.overlay.get(&rev_key(r)))
         })
     }
 }

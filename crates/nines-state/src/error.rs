@@ -66,6 +66,10 @@ pub enum StateError {
     Restore(String),
 
     /// The Raft log whose durable index gates apply was closed.
+    /// A txn with a put or delete asked of the read-only path.
+    #[error("a txn that writes cannot be served as a read")]
+    NotReadOnly,
+
     #[error("the Raft log was closed while an apply waited for it")]
     LogClosed,
 }

@@ -40,7 +40,7 @@ pub use backup::{
 };
 pub use error::StateError;
 pub use lease::LeaseInfo;
-pub use mvcc::{Change, Changes, HashKv, Read};
+pub use mvcc::{Change, Changes, HashKv, Read, TxnRead};
 pub use reader::StateReader;
 pub use snapshot_builder::SnapshotBuilder;
 pub use stage::SnapshotStager;

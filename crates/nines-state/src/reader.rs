@@ -51,6 +51,25 @@ impl StateReader {
         self.on_current(|store| store.range_with(req, opts, revision))
     }
 
+    /// A txn of ranges only at the current revision, without the log
+    /// (see `mvcc/txn_read.rs`); linearizable after a read barrier.
+    pub fn txn_read(&self, txn: &nines_types::Txn) -> Result<Read<crate::TxnRead>, StateError> {
+        for op in txn.success.iter().chain(&txn.failure) {
+            if let nines_types::TxnOp::Get(req) | nines_types::TxnOp::GetWith(req, _) = op {
+                self.shared.opts.limits.check_read(req)?;
+            }
+        }
+        // A compaction past the revision read may race it (nothing asked
+        // for an old revision): read again at the new current one.
+        let mut tries = 0;
+        loop {
+            match self.on_current(|store| store.txn_read(txn)) {
+                Err(StateError::Compacted { .. }) if tries < 3 => tries += 1,
+                result => return result,
+            }
+        }
+    }
+
     /// One key at the current revision.
     pub fn get(&self, key: &[u8]) -> Result<Read<Option<KeyValue>>, StateError> {
         self.on_current(|store| store.get(key))

@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use nines_types::{CommandResult, CompareOp, CompareTarget, KeyValue, RejectReason, TxnOpResponse};
+use nines_types::{
+    Command, CommandResult, CompareOp, CompareTarget, KeyValue, RejectReason, TxnOpResponse,
+};
 
 fn succeeded(result: &CommandResult) -> bool {
     match result {
@@ -326,4 +328,88 @@ async fn a_txn_range_sorts_and_filters_like_a_plain_one() {
         "sees the txn's own put"
     );
     assert_eq!(keys(3).0, vec!["lock/a".to_string(), "lock/c".to_string()]);
+}
+
+/// A txn of reads only, served from the published state without the log
+/// (`StateReader::txn_read`), must answer exactly what applying it does:
+/// every compare target and op, on a live key, a deleted one and one never
+/// written, with plain, limited, counted and sorted ranges in both branches.
+#[tokio::test]
+async fn a_read_only_txn_answers_as_applying_it_would() {
+    use nines_types::{KeyRange, RangeOptions, RangeRequest, SortOrder, SortTarget, Txn, TxnOp};
+    use CompareOp::*;
+    use CompareTarget::*;
+    let (_dir, mut a) = setup().await;
+    a.cmd(put("gone", "g")).await;
+    a.cmd(delete("gone", false)).await;
+    let everything = RangeRequest::range(KeyRange::Between {
+        start: vec![0],
+        end: vec![0xff],
+    });
+    let limited = RangeRequest {
+        limit: 1,
+        ..everything.clone()
+    };
+    let counted = RangeRequest {
+        count_only: true,
+        ..everything.clone()
+    };
+    let by_value = RangeOptions {
+        sort_order: SortOrder::Descend,
+        sort_target: SortTarget::Value,
+        ..Default::default()
+    };
+    let branches = [
+        vec![tget("k"), TxnOp::Get(limited), TxnOp::Get(counted)],
+        vec![TxnOp::GetWith(everything.clone(), by_value), tget("gone")],
+    ];
+    let targets = [
+        Value(b"m".to_vec()),
+        Value(b"".to_vec()),
+        Version(2),
+        Version(0),
+        CreateRevision(2),
+        ModRevision(4),
+        ModRevision(0),
+    ];
+    let mut cases = 0;
+    for key in ["k", "gone", "never"] {
+        for target in &targets {
+            for op in [Equal, NotEqual, Greater, Less] {
+                let t = Txn {
+                    compares: vec![cmp(key, op, target.clone())],
+                    success: branches[0].clone(),
+                    failure: branches[1].clone(),
+                };
+                let read = a.sm.reader().txn_read(&t).expect("read-only txn");
+                let applied = a.cmd(Command::Txn(t)).await;
+                let CommandResult::Txn {
+                    succeeded,
+                    responses,
+                } = applied.result
+                else {
+                    panic!("not a txn result: {:?}", applied.result);
+                };
+                assert_eq!(read.data, (succeeded, responses), "{key} {op:?} {target:?}");
+                assert_eq!(read.revision, applied.revision, "{key} {op:?} {target:?}");
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 3 * 7 * 4);
+}
+
+#[tokio::test]
+async fn a_txn_that_writes_is_not_served_as_a_read() {
+    let (_dir, a) = setup().await;
+    let writes = nines_types::Txn {
+        compares: vec![],
+        success: vec![tget("k")],
+        failure: vec![tput("k", "v")],
+    };
+    let refused = a.sm.reader().txn_read(&writes);
+    assert!(
+        matches!(refused, Err(nines_state::StateError::NotReadOnly)),
+        "{refused:?}"
+    );
 }

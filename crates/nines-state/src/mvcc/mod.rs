@@ -29,6 +29,7 @@ mod sorted_tests;
 mod survivors;
 #[cfg(test)]
 mod tests;
+mod txn_read;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockWriteGuard};
@@ -44,6 +45,8 @@ pub(crate) use record::{
     decode_record, encode_record, parse_rev_key, rev_key, RecordHeader, REV_PREFIX,
 };
 pub(crate) use survivors::Survivors;
+pub(crate) use txn_read::compare_key;
+pub use txn_read::TxnRead;
 
 use crate::auth::AuthState;
 use crate::engine::{Engine, Write};

@@ -28,7 +28,7 @@ pub struct EtcdKv {
 }
 
 /// Bytes a read result holds: what the bytes-in-flight limit counts.
-fn kv_bytes(kv: &nines_types::KeyValue) -> u64 {
+pub(super) fn kv_bytes(kv: &nines_types::KeyValue) -> u64 {
     (kv.key.len() + kv.value.len()) as u64 + 32
 }
 
@@ -40,7 +40,7 @@ enum Written<Resp> {
 
 /// etcd's KV client to the leader, which may answer with up to what it is
 /// allowed to send.
-fn kv(channel: Channel) -> KvClient<Channel> {
+pub(super) fn kv(channel: Channel) -> KvClient<Channel> {
     KvClient::new(channel).max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES)
 }
 
@@ -232,6 +232,13 @@ impl epb::kv_server::Kv for EtcdKv {
         &self,
         request: tonic::Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
+        // One with a session goes through the log: a session's sequence
+        // number is taken when its request is applied, and a lane's first
+        // write after an unlogged seq 1 would meet "session unknown".
+        let sessionless = session::from_metadata(request.metadata())?.is_none();
+        if sessionless && super::txn_read::is_read_only(request.get_ref()) {
+            return self.txn_read(request).await;
+        }
         match self
             .write(&request, convert::txn_request, convert::txn_response)
             .await?

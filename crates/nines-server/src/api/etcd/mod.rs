@@ -17,6 +17,7 @@ mod permits;
 mod range;
 pub mod session;
 mod snapshot;
+mod txn_read;
 mod watch;
 
 use std::sync::Arc;

@@ -1,0 +1,144 @@
+//! etcd's read-only txn (`isTxnReadonly`): a txn whose branches hold only
+//! ranges is served like a range, after a read barrier, from this member's
+//! published state, not proposed. Through the log, each such txn cost an
+//! fsync and a replication round, and its ranges ran inside the apply on
+//! every member (and again at every restart): 128 full-store ranges in one
+//! small request were 128 copies of the store in one apply.
+
+use nines_proto::etcd::etcdserverpb as epb;
+use nines_state::{Read, TxnRead};
+use nines_types::{Command, CommandResult, TxnOpResponse};
+use tonic::{Response, Status};
+
+use super::convert;
+use super::kv::{kv, kv_bytes, EtcdKv};
+use super::permits::Guarded;
+use crate::api::forward::{self, is_forwarded};
+use crate::core::Routed;
+use crate::error::ApiError;
+use crate::read_limit;
+
+/// Whether no branch of `txn` writes (etcd's `isTxnReadonly`; a txn of
+/// compares alone is one).
+pub(super) fn is_read_only(txn: &epb::TxnRequest) -> bool {
+    use epb::request_op::Request as Op;
+    let range = |op: &epb::RequestOp| matches!(op.request, Some(Op::RequestRange(_)));
+    txn.success.iter().chain(&txn.failure).all(range)
+}
+
+/// Served without a read barrier: every op a range that asked to be
+/// serializable. Stricter than etcd, which also serves a txn of compares
+/// alone that way: a compare is a check, and a check that can be stale
+/// is no check.
+fn is_serializable(txn: &epb::TxnRequest) -> bool {
+    use epb::request_op::Request as Op;
+    let serializable =
+        |op: &epb::RequestOp| matches!(&op.request, Some(Op::RequestRange(r)) if r.serializable);
+    let mut ops = txn.success.iter().chain(&txn.failure).peekable();
+    ops.peek().is_some() && ops.all(serializable)
+}
+
+fn result_bytes(read: &Read<TxnRead>) -> u64 {
+    let op_bytes = |op: &TxnOpResponse| match op {
+        TxnOpResponse::Get(range) => range.kvs.iter().map(kv_bytes).sum(),
+        _ => 0,
+    };
+    read.data.1.iter().map(op_bytes).sum()
+}
+
+impl EtcdKv {
+    pub(super) async fn txn_read(
+        &self,
+        request: tonic::Request<epb::TxnRequest>,
+    ) -> Result<Response<epb::TxnResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let caller = self.core.caller(request.metadata())?;
+        request.get_ref().check(&self.core, &caller)?;
+        let message = request.into_inner();
+        let request = convert::txn_request(&message, None)?;
+        // The limits a write of it would meet: a read is no way around them.
+        self.core
+            .config
+            .limits
+            .check_command(&request.command)
+            .map_err(ApiError::from)?;
+        self.core.check_size(&request)?;
+        let Command::Txn(txn) = request.command else {
+            return Err(ApiError::Internal("a txn converted to another command".into()).into());
+        };
+        if !is_serializable(&message) {
+            if let Routed::Forward(leader) = self.core.linearize(forwarded).await? {
+                let call = |ch, r| async move { kv(ch).txn(r).await };
+                return forward::to_leader(&self.core, &leader, message, None, call).await;
+            }
+        }
+        let reader = self.core.reader.clone();
+        let serve = move || reader.txn_read(&txn).map_err(ApiError::from);
+        let (served, held) = self.reads.run(serve, result_bytes).await?;
+        let header = convert::header(self.core.header(served.revision));
+        let (succeeded, responses) = served.data;
+        let result = CommandResult::Txn {
+            succeeded,
+            responses,
+        };
+        let mut response = Response::new(convert::txn_response(header, result)?);
+        read_limit::attach(&mut response, held);
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use epb::request_op::Request as Op;
+
+    fn range(serializable: bool) -> epb::RequestOp {
+        epb::RequestOp {
+            request: Some(Op::RequestRange(epb::RangeRequest {
+                key: b"k".to_vec(),
+                serializable,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn put() -> epb::RequestOp {
+        epb::RequestOp {
+            request: Some(Op::RequestPut(epb::PutRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn only_txns_of_ranges_are_reads() {
+        let txn = |success, failure| epb::TxnRequest {
+            success,
+            failure,
+            ..Default::default()
+        };
+        assert!(is_read_only(&txn(vec![range(false)], vec![range(true)])));
+        assert!(is_read_only(&txn(vec![], vec![])));
+        assert!(!is_read_only(&txn(vec![range(false)], vec![put()])));
+        assert!(!is_read_only(&txn(vec![put()], vec![])));
+        let empty_op = epb::RequestOp { request: None };
+        assert!(!is_read_only(&txn(vec![empty_op], vec![])));
+    }
+
+    #[test]
+    fn a_txn_skips_the_barrier_only_if_every_op_asked_to() {
+        let txn = |success, failure| epb::TxnRequest {
+            success,
+            failure,
+            ..Default::default()
+        };
+        assert!(is_serializable(&txn(vec![range(true)], vec![range(true)])));
+        assert!(!is_serializable(&txn(
+            vec![range(true)],
+            vec![range(false)]
+        )));
+        // Compares alone are a check: linearizable.
+        assert!(!is_serializable(&txn(vec![], vec![])));
+    }
+}

@@ -39,6 +39,14 @@ pub mod tls;
 mod vote_check;
 pub mod watch;
 
+/// The client port's connection handling (gathered writes, limits),
+/// for the `watch_floor` example, which measures what the transport alone
+/// costs watch delivery.
+#[doc(hidden)]
+pub mod transport {
+    pub use crate::incoming::Incoming;
+}
+
 pub use config::{ServerArgs, ServerConfig};
 pub use error::ServerError;
 pub use node::NinesNode;

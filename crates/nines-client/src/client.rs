@@ -481,7 +481,8 @@ impl Client {
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, ClientError> {
         let call = |ch, req| async move { kv(ch).txn(req).await };
         if is_read_only(&request) {
-            return self.call(Route::Leader, request, call).await;
+            let route = read_route(&request);
+            return self.call(route, request, call).await;
         }
         self.write(request, call).await
     }
@@ -496,6 +497,20 @@ impl Client {
         let request = pb::CompactionRequest { revision, physical };
         self.write(request, |ch, req| async move { kv(ch).compact(req).await })
             .await
+    }
+}
+
+/// Any member, as a serializable range goes, if every op of a read-only
+/// txn asked for that (the server then skips the read barrier too).
+fn read_route(txn: &pb::TxnRequest) -> Route {
+    fn serializable(op: &pb::RequestOp) -> bool {
+        matches!(&op.request, Some(pb::request_op::Request::RequestRange(r)) if r.serializable)
+    }
+    let mut ops = txn.success.iter().chain(&txn.failure).peekable();
+    if ops.peek().is_some() && ops.all(serializable) {
+        Route::AnyReplica
+    } else {
+        Route::Leader
     }
 }
 

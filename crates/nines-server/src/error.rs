@@ -134,6 +134,10 @@ pub enum ApiError {
     /// etcd's ErrGRPCLeaseTTLTooLarge.
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A read whose answer would be more than a response may hold
+    /// (etcd fails the same read when it sends it).
+    #[error("{0}")]
+    ResultTooLarge(String),
 }
 
 impl From<nines_state::StateError> for ApiError {
@@ -147,6 +151,7 @@ impl From<nines_state::StateError> for ApiError {
             S::FutureRevision { .. } => ApiError::OutOfRange(ETCD_FUTURE_REV.into()),
             S::Compacted { .. } => ApiError::OutOfRange(ETCD_COMPACTED.into()),
             S::InvalidInput(input) => ApiError::InvalidInput(input),
+            e @ S::ResultTooLarge { .. } => ApiError::ResultTooLarge(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -170,7 +175,9 @@ impl From<ApiError> for Status {
                 }
             }
             ApiError::OutOfRange(_) => Status::out_of_range(message),
-            ApiError::NoSpace { .. } => Status::resource_exhausted(message),
+            ApiError::NoSpace { .. } | ApiError::ResultTooLarge(_) => {
+                Status::resource_exhausted(message)
+            }
             ApiError::Timeout(_) => Status::deadline_exceeded(message),
             // Statuses from the leader pass through unchanged; transport
             // failures become UNAVAILABLE so clients retry elsewhere.

@@ -65,11 +65,15 @@ pub enum StateError {
     #[error("restore: {0}")]
     Restore(String),
 
-    /// The Raft log whose durable index gates apply was closed.
     /// A txn with a put or delete asked of the read-only path.
     #[error("a txn that writes cannot be served as a read")]
     NotReadOnly,
 
+    /// A read-only txn's ranges returned more than a response may hold.
+    #[error("the txn's ranges return more than {max} bytes; read less per request")]
+    ResultTooLarge { max: usize },
+
+    /// The Raft log whose durable index gates apply was closed.
     #[error("the Raft log was closed while an apply waited for it")]
     LogClosed,
 }

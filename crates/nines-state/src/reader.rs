@@ -53,7 +53,11 @@ impl StateReader {
 
     /// A txn of ranges only at the current revision, without the log
     /// (see `mvcc/txn_read.rs`); linearizable after a read barrier.
-    pub fn txn_read(&self, txn: &nines_types::Txn) -> Result<Read<crate::TxnRead>, StateError> {
+    pub fn txn_read(
+        &self,
+        txn: &nines_types::Txn,
+        max_bytes: usize,
+    ) -> Result<Read<crate::TxnRead>, StateError> {
         for op in txn.success.iter().chain(&txn.failure) {
             if let nines_types::TxnOp::Get(req) | nines_types::TxnOp::GetWith(req, _) = op {
                 self.shared.opts.limits.check_read(req)?;
@@ -63,7 +67,7 @@ impl StateReader {
         // for an old revision): read again at the new current one.
         let mut tries = 0;
         loop {
-            match self.on_current(|store| store.txn_read(txn)) {
+            match self.on_current(|store| store.txn_read(txn, max_bytes)) {
                 Err(StateError::Compacted { .. }) if tries < 3 => tries += 1,
                 result => return result,
             }

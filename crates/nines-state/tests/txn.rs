@@ -381,7 +381,10 @@ async fn a_read_only_txn_answers_as_applying_it_would() {
                     success: branches[0].clone(),
                     failure: branches[1].clone(),
                 };
-                let read = a.sm.reader().txn_read(&t).expect("read-only txn");
+                let read =
+                    a.sm.reader()
+                        .txn_read(&t, usize::MAX)
+                        .expect("read-only txn");
                 let applied = a.cmd(Command::Txn(t)).await;
                 let CommandResult::Txn {
                     succeeded,
@@ -407,9 +410,32 @@ async fn a_txn_that_writes_is_not_served_as_a_read() {
         success: vec![tget("k")],
         failure: vec![tput("k", "v")],
     };
-    let refused = a.sm.reader().txn_read(&writes);
+    let refused = a.sm.reader().txn_read(&writes, usize::MAX);
     assert!(
         matches!(refused, Err(nines_state::StateError::NotReadOnly)),
+        "{refused:?}"
+    );
+}
+
+/// The ranges of one read-only txn stop at the byte bound the server
+/// passes (what a response may hold), not after building all of them.
+#[tokio::test]
+async fn a_read_only_txn_stops_at_its_byte_bound() {
+    let (_dir, a) = setup().await;
+    // k = "m" and other = "x": 1 + 1 and 5 + 1 bytes of keys and values.
+    let t = nines_types::Txn {
+        compares: vec![],
+        success: vec![tget("k"), tget("other")],
+        failure: vec![],
+    };
+    let reader = a.sm.reader();
+    assert!(reader.txn_read(&t, 8).is_ok(), "exactly at the bound");
+    let refused = reader.txn_read(&t, 7);
+    assert!(
+        matches!(
+            refused,
+            Err(nines_state::StateError::ResultTooLarge { max: 7 })
+        ),
         "{refused:?}"
     );
 }

@@ -47,8 +47,10 @@ pub(crate) fn compare_key(
 
 impl<E: Engine> Mvcc<E> {
     /// `txn` at the published revision; [`StateError::NotReadOnly`] if a
-    /// branch holds anything but ranges.
-    pub fn txn_read(&self, txn: &Txn) -> Result<Read<TxnRead>, StateError> {
+    /// branch holds anything but ranges, [`StateError::ResultTooLarge`]
+    /// once its ranges have returned more than `max_bytes` of keys and
+    /// values (128 ranges of the whole store in one request otherwise).
+    pub fn txn_read(&self, txn: &Txn, max_bytes: usize) -> Result<Read<TxnRead>, StateError> {
         let ops = txn.success.iter().chain(&txn.failure);
         if !ops
             .clone()
@@ -56,7 +58,24 @@ impl<E: Engine> Mvcc<E> {
         {
             return Err(StateError::NotReadOnly);
         }
-        let revision = self.revision();
+        self.txn_read_at(txn, self.revision(), max_bytes)
+    }
+
+    fn txn_read_at(
+        &self,
+        txn: &Txn,
+        revision: i64,
+        max_bytes: usize,
+    ) -> Result<Read<TxnRead>, StateError> {
+        // Whole, then checked: a compaction past `revision` that began
+        // meanwhile may have swept a record it read (a missing record is
+        // then its doing, told as a compaction, not damage).
+        let data = self.txn_at(txn, revision, max_bytes);
+        let data = self.checked(revision, data)?;
+        Ok(Read { revision, data })
+    }
+
+    fn txn_at(&self, txn: &Txn, revision: i64, max_bytes: usize) -> Result<TxnRead, StateError> {
         let fetch = |rev| self.engine.get(&rev_key(rev));
         let mut succeeded = true;
         for compare in &txn.compares {
@@ -71,6 +90,7 @@ impl<E: Engine> Mvcc<E> {
         };
         let leased = self.any_leased();
         let mut responses = Vec::with_capacity(branch.len());
+        let mut bytes = 0usize;
         for op in branch {
             let range = match op {
                 TxnOp::Get(req) => read::range(&self.index, req, revision, leased, fetch),
@@ -81,12 +101,62 @@ impl<E: Engine> Mvcc<E> {
                     sorted::range(&self.index, req, opts, revision, leased, fetch)
                 }
                 _ => return Err(StateError::NotReadOnly),
-            };
-            responses.push(TxnOpResponse::Get(range?));
+            }?;
+            let kv_bytes = |kv: &nines_types::KeyValue| kv.key.len() + kv.value.len();
+            bytes = bytes.saturating_add(range.kvs.iter().map(kv_bytes).sum());
+            if bytes > max_bytes {
+                return Err(StateError::ResultTooLarge { max: max_bytes });
+            }
+            responses.push(TxnOpResponse::Get(range));
         }
-        // A compaction past `revision` that began meanwhile may have
-        // dropped records it read: refused, not answered half.
-        let data = self.checked(revision, Ok((succeeded, responses)))?;
-        Ok(Read { revision, data })
+        Ok((succeeded, responses))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nines_types::{Txn, TxnOp};
+
+    use super::super::tests::{put, Store};
+    use super::*;
+
+    /// A read that found a key's old version in the index, then lost its
+    /// record to a compaction and sweep that ran meanwhile, is told so as
+    /// a compaction (the reader then reads again at the new revision), not
+    /// as a missing record, which the client would see as INTERNAL.
+    #[test]
+    fn a_record_swept_under_a_read_is_a_compaction_not_damage() {
+        let mut s = Store::new();
+        s.apply(put("k", "a"));
+        s.apply(put("k", "b"));
+        let txn = Txn {
+            compares: vec![],
+            success: vec![TxnOp::Get(nines_types::RangeRequest::key("k"))],
+            failure: vec![],
+        };
+        // As the race leaves it: the index still names the version of
+        // revision 1, its record is swept, and the compaction is visible.
+        let first = Rev { main: 1, sub: 0 };
+        s.mvcc
+            .engine
+            .remove_each(&[rev_key(first).to_vec()])
+            .unwrap();
+        s.mvcc
+            .compacted
+            .fetch_max(2, std::sync::atomic::Ordering::AcqRel);
+        let read = s.mvcc.txn_read_at(&txn, 1, usize::MAX);
+        assert!(
+            matches!(
+                read,
+                Err(StateError::Compacted {
+                    requested: 1,
+                    compacted: 2
+                })
+            ),
+            "{read:?}"
+        );
+        // At the current revision it reads what is there.
+        let read = s.mvcc.txn_read(&txn, usize::MAX).expect("current");
+        assert_eq!(read.revision, 2);
     }
 }

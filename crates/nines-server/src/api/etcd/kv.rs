@@ -131,6 +131,8 @@ impl epb::kv_server::Kv for EtcdKv {
                 let call = |ch, r| async move { kv(ch).range(r).await };
                 return forward::to_leader(&self.core, &leader, message, None, call).await;
             }
+            // Again, on the state the barrier waited for (see `txn_read`).
+            message.check(&self.core, &caller)?;
         }
         // Scans off the async workers, a few at a time; one key inline. The
         // header carries the revision the read was served at.

@@ -16,6 +16,7 @@ use super::permits::Guarded;
 use crate::api::forward::{self, is_forwarded};
 use crate::core::Routed;
 use crate::error::ApiError;
+use crate::network::MAX_MESSAGE_BYTES;
 use crate::read_limit;
 
 /// Whether no branch of `txn` writes (etcd's `isTxnReadonly`; a txn of
@@ -71,9 +72,17 @@ impl EtcdKv {
                 let call = |ch, r| async move { kv(ch).txn(r).await };
                 return forward::to_leader(&self.core, &leader, message, None, call).await;
             }
+            // Again, on the state the barrier waited for: a revoke
+            // acknowledged before this read may have reached this member
+            // only now (etcd checks after its read barrier).
+            message.check(&self.core, &caller)?;
         }
         let reader = self.core.reader.clone();
-        let serve = move || reader.txn_read(&txn).map_err(ApiError::from);
+        let serve = move || {
+            reader
+                .txn_read(&txn, MAX_MESSAGE_BYTES)
+                .map_err(ApiError::from)
+        };
         let (served, held) = self.reads.run(serve, result_bytes).await?;
         let header = convert::header(self.core.header(served.revision));
         let (succeeded, responses) = served.data;

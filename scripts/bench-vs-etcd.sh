@@ -15,6 +15,12 @@
 #                                   # also an older nines build, same run (before/after);
 #                                   # NINES_BEFORE_CLI=/path/to/old/nines drives it with
 #                                   # its own CLI (builds before the etcd API need theirs)
+#   FLOOR=1 WORKLOADS="watch-1000" scripts/bench-vs-etcd.sh throughput
+#                                   # also the watch floor (target floor): etcd's
+#                                   # Put and Watch over nines' client transport and
+#                                   # nothing else (crates/nines-server/examples/
+#                                   # watch_floor.rs), through etcd-client; watch
+#                                   # workloads only
 #   ETCD_CLIENT_ON_NINES=1 scripts/bench-vs-etcd.sh throughput
 #                                   # also the unmodified etcd-client crate against
 #                                   # nines (target nines-etcd-client), same run
@@ -70,6 +76,7 @@ if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
 fi
 cargo build --release -p nines-server
 cargo build --release -p nines-cli --features etcd
+[ "${FLOOR:-0}" = 1 ] && cargo build --release -p nines-server --example watch_floor
 # Where cargo put them: CARGO_TARGET_DIR when set (a worktree building
 # into its own dir), else target/.
 TARGET=$(realpath "${CARGO_TARGET_DIR:-target}")
@@ -160,7 +167,7 @@ run_bench() { # target endpoints name
   local target=$1 cli=$NINES tls=()
   case $target in
     nines-before) target=nines; cli=${NINES_BEFORE_CLI:-$NINES} ;;
-    nines-etcd-client) target=etcd ;;
+    nines-etcd-client | floor) target=etcd ;;
     etcd-tls) target=etcd tls=("${CLI_TLS[@]}") ;;
     nines-tls) target=nines tls=("${CLI_TLS[@]}") ;;
   esac
@@ -193,6 +200,12 @@ if [ -n "${NINES_BEFORE:-}" ]; then
   TARGETS="$TARGETS nines-before"
 fi
 [ "${ETCD_CLIENT_ON_NINES:-0}" = 1 ] && TARGETS="$TARGETS nines-etcd-client"
+if [ "${FLOOR:-0}" = 1 ]; then
+  FLOOR_ENDPOINTS=127.0.0.1:8301,127.0.0.1:8302,127.0.0.1:8303
+  "$TARGET/release/examples/watch_floor" ${FLOOR_ENDPOINTS//,/ } >"$DIR/floor.log" 2>&1 &
+  PIDS+=($!)
+  TARGETS="$TARGETS floor"
+fi
 if [ "${TLS:-0}" = 1 ]; then
   rm -rf "$TLS_DIR"
   scripts/gen-certs.sh "$TLS_DIR" >/dev/null
@@ -221,6 +234,7 @@ if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
         [[ $name == watch-* && $target == nines-before && -n ${NINES_BEFORE_CLI:-} ]] && continue
         [[ $name == lease-* && $target == nines-before ]] && continue
         [[ $name == lease-* && $target == nines-etcd-client ]] && continue
+        [[ $name != watch-* && $target == floor ]] && continue
         settle
         case $target in
           etcd) eps=$ETCD_ENDPOINTS ;;
@@ -228,6 +242,7 @@ if [ "$MODE" = all ] || [ "$MODE" = throughput ]; then
           nines-tls) eps=$NINES_TLS_ENDPOINTS ;;
           nines | nines-etcd-client) eps=$NINES_ENDPOINTS ;;
           nines-before) eps=$BEFORE_ENDPOINTS ;;
+          floor) eps=$FLOOR_ENDPOINTS ;;
         esac
         bench_row "$target" "$eps" "$name"
       done
@@ -283,9 +298,11 @@ def med(name, target, key):
     return statistics.median(vals) if vals else float("nan")
 before = any(t == "nines-before" for _, t in runs)
 via_etcd = any(t == "nines-etcd-client" for _, t in runs)
+with_floor = any(t == "floor" for _, t in runs)
 print(f"{'workload':<22}{'etcd ops/s':>12}{'nines ops/s':>13}{'ratio':>7}{'etcd p50':>10}{'nines p50':>11}{'etcd p99':>10}{'nines p99':>11}"
       + (f"{'before ops/s':>14}{'after/before':>14}" if before else "")
       + (f"{'etcd-client on nines':>22}{'/nines':>8}" if via_etcd else "")
+      + (f"{'floor ops/s':>13}{'/etcd':>7}{'floor p99':>11}" if with_floor else "")
       + "  (latency in us, median of runs)")
 for name in dict.fromkeys(n for n, _ in runs):
     e, n = med(name, "etcd", "ops"), med(name, "nines", "ops")
@@ -298,6 +315,9 @@ for name in dict.fromkeys(n for n, _ in runs):
     if via_etcd:
         v = med(name, "nines-etcd-client", "ops")
         line += f"{v:>22.0f}{v / n if n else float('nan'):>8.2f}"
+    if with_floor and runs.get((name, "floor")):
+        f = med(name, "floor", "ops")
+        line += f"{f:>13.0f}{f / e if e else float('nan'):>7.2f}{med(name, 'floor', 'p99_us'):>11.0f}"
     print(line)
     if len(runs.get((name, "nines"), [])) > 1:
         vals = [r["throughput"] for r in runs[(name, "nines")]]

@@ -10,7 +10,11 @@
 //!   nines --endpoints <the three> bench --target etcd --workload watch --watchers 1000
 //!
 //! Measures a floor, not a product: what serving 1,000 watch streams over
-//! tonic costs on this machine when nothing else does.
+//! tonic costs on this machine when nothing else does. Connections go
+//! through the client port's own transport (`Incoming`: gathered writes,
+//! TCP_NODELAY), as nines' do. `FLOOR_LINGER_US=N` makes every stream wait
+//! N µs after each wake before it builds its response (a fixed linger);
+//! `FLOOR_ACK_FIRST=1` answers the put before the watchers are woken.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

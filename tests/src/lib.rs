@@ -8,5 +8,6 @@ pub mod etcdctl;
 pub mod http;
 pub mod pki;
 pub mod process;
+pub mod raw;
 
 pub use cluster::{Cluster, ClusterOptions};

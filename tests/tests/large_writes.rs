@@ -20,14 +20,7 @@ const LONG: Duration = Duration::from_secs(60);
 const MIB: usize = 1024 * 1024;
 
 fn kv(addr: &str) -> KvClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(LONG)
-        .connect_lazy();
-    KvClient::new(channel)
-        .max_encoding_message_size(32 * MIB)
-        .max_decoding_message_size(32 * MIB)
+    nines_tests::raw::etcd_kv(addr, LONG)
 }
 
 /// A txn of 15 compares, each against a 1 MiB value: about 15 MiB.

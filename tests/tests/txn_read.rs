@@ -17,12 +17,7 @@ use epb::request_op::Request as Op;
 const LONG: Duration = Duration::from_secs(60);
 
 fn kv(addr: &str) -> KvClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(LONG)
-        .connect_lazy();
-    KvClient::new(channel).max_encoding_message_size(32 << 20)
+    nines_tests::raw::etcd_kv(addr, LONG)
 }
 
 fn range(key: &str) -> epb::RequestOp {

@@ -480,8 +480,14 @@ impl Client {
     /// sequence number) and retried as a read.
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, ClientError> {
         let call = |ch, req| async move { kv(ch).txn(req).await };
-        if is_read_only(&request) {
-            let route = read_route(&request);
+        if request.is_read_only() {
+            // Any member, as a serializable range goes, if every op asked
+            // for that (the server then skips the read barrier too).
+            let route = if request.is_serializable() {
+                Route::AnyReplica
+            } else {
+                Route::Leader
+            };
             return self.call(route, request, call).await;
         }
         self.write(request, call).await
@@ -498,27 +504,6 @@ impl Client {
         self.write(request, |ch, req| async move { kv(ch).compact(req).await })
             .await
     }
-}
-
-/// Any member, as a serializable range goes, if every op of a read-only
-/// txn asked for that (the server then skips the read barrier too).
-fn read_route(txn: &pb::TxnRequest) -> Route {
-    fn serializable(op: &pb::RequestOp) -> bool {
-        matches!(&op.request, Some(pb::request_op::Request::RequestRange(r)) if r.serializable)
-    }
-    let mut ops = txn.success.iter().chain(&txn.failure).peekable();
-    if ops.peek().is_some() && ops.all(serializable) {
-        Route::AnyReplica
-    } else {
-        Route::Leader
-    }
-}
-
-/// etcd's read-only txn: no branch holds anything but ranges.
-fn is_read_only(txn: &pb::TxnRequest) -> bool {
-    use pb::request_op::Request as Op;
-    let range = |op: &pb::RequestOp| matches!(op.request, Some(Op::RequestRange(_)));
-    txn.success.iter().chain(&txn.failure).all(range)
 }
 
 pub(crate) fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {

@@ -30,6 +30,8 @@ pub mod etcd {
     }
 }
 
+mod txn;
+
 /// Encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/nines_descriptor.bin"));

@@ -116,8 +116,7 @@ impl NodeCore {
         forwarded: bool,
     ) -> Result<impl Future<Output = Result<Routed<Response>, ApiError>> + Send + '_, ApiError>
     {
-        self.config.limits.check_command(&request.command)?;
-        let len = self.check_size(&request)?;
+        let len = self.check_limits(&request)?;
         self.check_quota(&request.command)?;
         // A follower that knows its leader sends the write there at once:
         // proposing it only to hear openraft answer ForwardToLeader cost
@@ -160,9 +159,12 @@ impl NodeCore {
         }))
     }
 
-    /// etcd's `--max-request-bytes`, on the request as the log holds it;
-    /// returns that length, which the proposer sizes batches by.
-    pub(crate) fn check_size(&self, request: &Request) -> Result<usize, ApiError> {
+    /// The limits on a request's shape (`Limits::check_command`) and size
+    /// (etcd's `--max-request-bytes`, on the request as the log holds it):
+    /// a write's, and a read-only txn's, which meets them as its write
+    /// would. Returns the encoded length, which the proposer sizes batches by.
+    pub(crate) fn check_limits(&self, request: &Request) -> Result<usize, ApiError> {
+        self.config.limits.check_command(&request.command)?;
         let max = self.config.max_request_bytes;
         let len = nines_types::codec::encoded_len(request).unwrap_or(usize::MAX);
         if len > max {

@@ -287,11 +287,7 @@ impl Command {
     /// given, cannot change what that answer told.
     pub fn is_read_only(&self) -> bool {
         match self {
-            Command::Txn(txn) => txn
-                .success
-                .iter()
-                .chain(&txn.failure)
-                .all(|op| matches!(op, TxnOp::Get(_) | TxnOp::GetWith(..))),
+            Command::Txn(txn) => txn.is_read_only(),
             _ => false,
         }
     }
@@ -407,6 +403,16 @@ pub struct Txn {
     pub compares: Vec<Compare>,
     pub success: Vec<TxnOp>,
     pub failure: Vec<TxnOp>,
+}
+
+impl Txn {
+    /// Whether no branch holds anything but ranges.
+    pub fn is_read_only(&self) -> bool {
+        self.success
+            .iter()
+            .chain(&self.failure)
+            .all(|op| matches!(op, TxnOp::Get(_) | TxnOp::GetWith(..)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -189,13 +189,11 @@ impl NodeConn {
     /// client sends it, so the server serves it as a read (no log entry):
     /// the append workload's multi-key reads check that path.
     pub async fn txn(&mut self, req: pb::TxnRequest) -> Result<pb::TxnResponse, OpError> {
-        use pb::request_op::Request as Op;
-        let read_only = req
-            .success
-            .iter()
-            .chain(&req.failure)
-            .all(|op| matches!(op.request, Some(Op::RequestRange(_))));
-        let session = if read_only { None } else { self.session() };
+        let session = if req.is_read_only() {
+            None
+        } else {
+            self.session()
+        };
         self.retry(req, session, |mut kv, r| async move { kv.txn(r).await })
             .await
     }

@@ -289,14 +289,25 @@ impl<E: Engine> Mvcc<E> {
         at: i64,
     ) -> Result<Read<RangeResponse>, StateError> {
         let revision = self.read_revision(at)?;
+        let data = self.range_unchecked(req, opts, revision);
+        let data = self.checked(revision, data)?;
+        Ok(Read { revision, data })
+    }
+
+    /// A range at `revision` from the engine, not yet checked against a
+    /// compaction that may have begun meanwhile (the caller's `checked`).
+    fn range_unchecked(
+        &self,
+        req: &RangeRequest,
+        opts: &RangeOptions,
+        revision: i64,
+    ) -> Result<RangeResponse, StateError> {
         let fetch = |rev| self.engine.get(&rev_key(rev));
-        let data = if opts.is_plain() {
+        if opts.is_plain() {
             read::range(&self.index, req, revision, self.any_leased(), fetch)
         } else {
             sorted::range(&self.index, req, opts, revision, self.any_leased(), fetch)
-        };
-        let data = self.checked(revision, data)?;
-        Ok(Read { revision, data })
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Read<Option<KeyValue>>, StateError> {

@@ -7,10 +7,10 @@
 
 use std::cmp::Ordering;
 
-use nines_types::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResponse};
+use nines_types::{Compare, CompareOp, CompareTarget, RangeOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::index::{KeyAt, Rev};
-use super::{read, rev_key, sorted, Mvcc, Read};
+use super::{read, rev_key, Mvcc, Read};
 use crate::engine::Engine;
 use crate::error::StateError;
 use crate::store::read_lock;
@@ -51,11 +51,7 @@ impl<E: Engine> Mvcc<E> {
     /// once its ranges have returned more than `max_bytes` of keys and
     /// values (128 ranges of the whole store in one request otherwise).
     pub fn txn_read(&self, txn: &Txn, max_bytes: usize) -> Result<Read<TxnRead>, StateError> {
-        let ops = txn.success.iter().chain(&txn.failure);
-        if !ops
-            .clone()
-            .all(|op| matches!(op, TxnOp::Get(_) | TxnOp::GetWith(..)))
-        {
+        if !txn.is_read_only() {
             return Err(StateError::NotReadOnly);
         }
         self.txn_read_at(txn, self.revision(), max_bytes)
@@ -88,18 +84,12 @@ impl<E: Engine> Mvcc<E> {
         } else {
             &txn.failure
         };
-        let leased = self.any_leased();
         let mut responses = Vec::with_capacity(branch.len());
         let mut bytes = 0usize;
         for op in branch {
             let range = match op {
-                TxnOp::Get(req) => read::range(&self.index, req, revision, leased, fetch),
-                TxnOp::GetWith(req, opts) if opts.is_plain() => {
-                    read::range(&self.index, req, revision, leased, fetch)
-                }
-                TxnOp::GetWith(req, opts) => {
-                    sorted::range(&self.index, req, opts, revision, leased, fetch)
-                }
+                TxnOp::Get(req) => self.range_unchecked(req, &RangeOptions::default(), revision),
+                TxnOp::GetWith(req, opts) => self.range_unchecked(req, opts, revision),
                 _ => return Err(StateError::NotReadOnly),
             }?;
             let kv_bytes = |kv: &nines_types::KeyValue| kv.key.len() + kv.value.len();

@@ -237,8 +237,8 @@ impl epb::kv_server::Kv for EtcdKv {
         // One with a session goes through the log: a session's sequence
         // number is taken when its request is applied, and a lane's first
         // write after an unlogged seq 1 would meet "session unknown".
-        let sessionless = session::from_metadata(request.metadata())?.is_none();
-        if sessionless && super::txn_read::is_read_only(request.get_ref()) {
+        if request.get_ref().is_read_only() && session::from_metadata(request.metadata())?.is_none()
+        {
             return self.txn_read(request).await;
         }
         match self

@@ -19,26 +19,6 @@ use crate::error::ApiError;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::read_limit;
 
-/// Whether no branch of `txn` writes (etcd's `isTxnReadonly`; a txn of
-/// compares alone is one).
-pub(super) fn is_read_only(txn: &epb::TxnRequest) -> bool {
-    use epb::request_op::Request as Op;
-    let range = |op: &epb::RequestOp| matches!(op.request, Some(Op::RequestRange(_)));
-    txn.success.iter().chain(&txn.failure).all(range)
-}
-
-/// Served without a read barrier: every op a range that asked to be
-/// serializable. Stricter than etcd, which also serves a txn of compares
-/// alone that way: a compare is a check, and a check that can be stale
-/// is no check.
-fn is_serializable(txn: &epb::TxnRequest) -> bool {
-    use epb::request_op::Request as Op;
-    let serializable =
-        |op: &epb::RequestOp| matches!(&op.request, Some(Op::RequestRange(r)) if r.serializable);
-    let mut ops = txn.success.iter().chain(&txn.failure).peekable();
-    ops.peek().is_some() && ops.all(serializable)
-}
-
 fn result_bytes(read: &Read<TxnRead>) -> u64 {
     let op_bytes = |op: &TxnOpResponse| match op {
         TxnOpResponse::Get(range) => range.kvs.iter().map(kv_bytes).sum(),
@@ -58,16 +38,11 @@ impl EtcdKv {
         let message = request.into_inner();
         let request = convert::txn_request(&message, None)?;
         // The limits a write of it would meet: a read is no way around them.
-        self.core
-            .config
-            .limits
-            .check_command(&request.command)
-            .map_err(ApiError::from)?;
-        self.core.check_size(&request)?;
+        self.core.check_limits(&request)?;
         let Command::Txn(txn) = request.command else {
             return Err(ApiError::Internal("a txn converted to another command".into()).into());
         };
-        if !is_serializable(&message) {
+        if !message.is_serializable() {
             if let Routed::Forward(leader) = self.core.linearize(forwarded).await? {
                 let call = |ch, r| async move { kv(ch).txn(r).await };
                 return forward::to_leader(&self.core, &leader, message, None, call).await;
@@ -93,61 +68,5 @@ impl EtcdKv {
         let mut response = Response::new(convert::txn_response(header, result)?);
         read_limit::attach(&mut response, held);
         Ok(response)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use epb::request_op::Request as Op;
-
-    fn range(serializable: bool) -> epb::RequestOp {
-        epb::RequestOp {
-            request: Some(Op::RequestRange(epb::RangeRequest {
-                key: b"k".to_vec(),
-                serializable,
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn put() -> epb::RequestOp {
-        epb::RequestOp {
-            request: Some(Op::RequestPut(epb::PutRequest {
-                key: b"k".to_vec(),
-                ..Default::default()
-            })),
-        }
-    }
-
-    #[test]
-    fn only_txns_of_ranges_are_reads() {
-        let txn = |success, failure| epb::TxnRequest {
-            success,
-            failure,
-            ..Default::default()
-        };
-        assert!(is_read_only(&txn(vec![range(false)], vec![range(true)])));
-        assert!(is_read_only(&txn(vec![], vec![])));
-        assert!(!is_read_only(&txn(vec![range(false)], vec![put()])));
-        assert!(!is_read_only(&txn(vec![put()], vec![])));
-        let empty_op = epb::RequestOp { request: None };
-        assert!(!is_read_only(&txn(vec![empty_op], vec![])));
-    }
-
-    #[test]
-    fn a_txn_skips_the_barrier_only_if_every_op_asked_to() {
-        let txn = |success, failure| epb::TxnRequest {
-            success,
-            failure,
-            ..Default::default()
-        };
-        assert!(is_serializable(&txn(vec![range(true)], vec![range(true)])));
-        assert!(!is_serializable(&txn(
-            vec![range(true)],
-            vec![range(false)]
-        )));
-        // Compares alone are a check: linearizable.
-        assert!(!is_serializable(&txn(vec![], vec![])));
     }
 }

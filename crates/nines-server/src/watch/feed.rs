@@ -9,8 +9,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
 
 use nines_state::{Change, StateError, StateReader};
 use nines_types::KeyValue;
@@ -97,6 +100,11 @@ pub struct Feed {
     /// nothing while no one does); `watch_history_reads` counts its reads.
     counters: Arc<Counters>,
     max_bytes: usize,
+    /// `fed`'s value, read without its lock: every stream reads it on
+    /// every pass.
+    fed_now: std::sync::atomic::AtomicI64,
+    /// The streams that wait for `fed` to move ([`Feed::waiter`]).
+    waiters: Mutex<Vec<Arc<AtomicWaker>>>,
     /// When `fed` last moved, in nanoseconds since `born`.
     fed_at: AtomicU64,
     born: Instant,
@@ -112,6 +120,8 @@ impl Feed {
             fed: watch::Sender::new(start),
             counters,
             max_bytes,
+            fed_now: std::sync::atomic::AtomicI64::new(start),
+            waiters: Mutex::new(Vec::new()),
             fed_at: AtomicU64::new(0),
             born: Instant::now(),
         })
@@ -122,7 +132,7 @@ impl Feed {
     }
 
     pub fn fed(&self) -> i64 {
-        *self.fed.borrow()
+        self.fed_now.load(Ordering::Acquire)
     }
 
     /// How long ago the newest revision was fed: a stream that finds it
@@ -139,6 +149,40 @@ impl Feed {
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.fed.subscribe()
+    }
+
+    /// A stream's slot for its waker, woken whenever `fed` moves; the slot
+    /// goes when the stream drops it. Why not `subscribe`: a watch
+    /// receiver's `changed()` enters and leaves one list shared by every
+    /// stream, under its lock, on each pass of a stream's loop; a slot is
+    /// registered without a lock, and only a push walks the list.
+    pub fn waiter(&self) -> Arc<AtomicWaker> {
+        let waiter = Arc::new(AtomicWaker::new());
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(waiter.clone());
+        waiter
+    }
+
+    /// Ready once `fed` is past `seen`, else registers `cx` in `waiter`.
+    pub fn poll_moved(&self, waiter: &AtomicWaker, seen: i64, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the check: a push between the two still wakes.
+        waiter.register(cx.waker());
+        match self.fed() != seen {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Wakes every waiting stream (after `fed` moved), forgetting the slots
+    /// of streams that are gone.
+    fn wake_waiters(&self) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.retain(|w| Arc::strong_count(w) > 1);
+        for waiter in waiters.iter() {
+            waiter.wake();
+        }
     }
 
     /// Runs `read` on the batches that cover `from..=fed`, under the read
@@ -182,34 +226,43 @@ impl Feed {
     /// theirs directly, and the feed task reads what they did not: whichever
     /// comes second finds its window taken and is dropped).
     fn push(&self, batch: Batch) {
-        let through = batch.through;
-        let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
-        if batch.from != *self.fed.borrow() + 1 {
-            return;
+        {
+            let through = batch.through;
+            let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+            if batch.from != *self.fed.borrow() + 1 {
+                return;
+            }
+            ring.bytes += batch.bytes();
+            ring.batches.push_back(batch);
+            while ring.total() > self.max_bytes && ring.batches.len() > 1 {
+                ring.pop_front();
+            }
+            // Sent under the ring lock: the contiguity check above reads it.
+            self.moved();
+            self.fed_now.store(through, Ordering::Release);
+            self.fed.send_replace(through);
         }
-        ring.bytes += batch.bytes();
-        ring.batches.push_back(batch);
-        while ring.total() > self.max_bytes && ring.batches.len() > 1 {
-            ring.pop_front();
-        }
-        // Sent under the ring lock: the contiguity check above reads it.
-        self.moved();
-        self.fed.send_replace(through);
+        // Outside the ring lock, which the woken streams read under.
+        self.wake_waiters();
     }
 
     /// Forgets the ring and moves on to `revision` without reading: no one
     /// watches, or the window before it is gone (compacted, or replaced by
     /// a snapshot install); watchers that need it read history themselves.
     fn skip_to(&self, revision: i64) {
-        let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
-        if revision <= *self.fed.borrow() {
-            return;
+        {
+            let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+            if revision <= *self.fed.borrow() {
+                return;
+            }
+            ring.batches.clear();
+            ring.bytes = 0;
+            *ring.prev_bytes.get_mut() = 0;
+            self.moved();
+            self.fed_now.store(revision, Ordering::Release);
+            self.fed.send_replace(revision);
         }
-        ring.batches.clear();
-        ring.bytes = 0;
-        *ring.prev_bytes.get_mut() = 0;
-        self.moved();
-        self.fed.send_replace(revision);
+        self.wake_waiters();
     }
 
     /// Follows the store's published revision until the store is gone.
@@ -273,5 +326,46 @@ impl nines_state::ChangeSink for Feed {
 
     fn applied(&self, from: i64, through: i64, changes: Vec<Change>) {
         self.push(Batch::new(from, through, changes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_push_wakes_every_waiting_stream_and_forgets_the_gone() {
+        let feed = Feed::new(0, 1 << 20, Arc::new(Counters::default()));
+        let waiters: Vec<_> = (0..3).map(|_| feed.waiter()).collect();
+        let tasks: Vec<_> = waiters
+            .iter()
+            .cloned()
+            .map(|waiter| {
+                let feed = feed.clone();
+                tokio::spawn(async move {
+                    std::future::poll_fn(|cx| feed.poll_moved(&waiter, 0, cx)).await;
+                    feed.fed()
+                })
+            })
+            .collect();
+        // Let them all reach Pending first: the wake must not be lost.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(tasks.iter().all(|t| !t.is_finished()), "nothing was fed");
+        feed.push(Batch::new(1, 1, Vec::new()));
+        for task in tasks {
+            let fed = tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("a waiting stream was not woken")
+                .expect("task");
+            assert_eq!(fed, 1);
+        }
+        // Moved past what a stream saw: ready without a wake.
+        let waiter = &waiters[0];
+        std::future::poll_fn(|cx| feed.poll_moved(waiter, 0, cx)).await;
+        // Streams that are gone leave the list at the next push.
+        drop(waiters);
+        feed.push(Batch::new(2, 2, Vec::new()));
+        assert!(feed.waiters.lock().unwrap().is_empty());
     }
 }

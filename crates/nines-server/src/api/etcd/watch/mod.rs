@@ -11,6 +11,7 @@
 //! other streams.
 
 mod chunks;
+mod gate;
 mod outbox;
 
 use std::collections::BTreeMap;
@@ -90,6 +91,7 @@ impl epb::watch_server::Watch for EtcdWatch {
             core: self.core.clone(),
             hub: self.core.watch.clone(),
             out: outbox.clone(),
+            waiter: self.core.watch.feed.waiter(),
             watchers: BTreeMap::new(),
             next_id: 0,
             key_bytes: 0,
@@ -120,6 +122,8 @@ struct StreamTask {
     core: Arc<NodeCore>,
     hub: Arc<Hub>,
     out: Out,
+    /// Woken when the feed moves (`Feed::waiter`).
+    waiter: Arc<futures::task::AtomicWaker>,
     watchers: BTreeMap<i64, Entry>,
     next_id: i64,
     /// Sum of the watchers' `key_bytes`.
@@ -150,12 +154,24 @@ impl Drop for StreamTask {
 impl StreamTask {
     /// Until the client goes away: dropped with the response body (`Drop`
     /// cleans up), or a failed read of its requests.
-    async fn run(mut self, mut inbound: Streaming<epb::WatchRequest>) {
-        let mut fed = self.hub.fed();
+    async fn run(mut self, inbound: Streaming<epb::WatchRequest>) {
+        let mut inbound = gate::Inbound::new(inbound);
+        let feed = self.hub.feed.clone();
+        // The fed revision the watchers were last polled at: the stream
+        // waits for the feed to move past it.
+        let mut seen = feed.fed();
         let every = self.core.config.watch_progress_interval;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut leader_check = tokio::time::interval(LEADER_CHECK);
+        let now = tokio::time::Instant::now();
+        let mut progress_at = now + every;
+        // A stream that does not require a leader never checks: as far
+        // off as its progress ticks.
+        let mut check_at = match self.require_leader {
+            true => now + LEADER_CHECK,
+            false => progress_at,
+        };
+        // One timer for both (each was a timer polled on every pass).
+        let timer = tokio::time::sleep_until(progress_at.min(check_at));
+        tokio::pin!(timer);
         // Some watcher may have events to read: poll before waiting.
         let mut behind = false;
         // Requests handled since the watchers were last polled.
@@ -171,7 +187,7 @@ impl StreamTask {
                 // but a client that keeps requests coming (progress
                 // requests back to back) must not starve its own watchers.
                 biased;
-                message = inbound.message(),
+                message = std::future::poll_fn(|cx| inbound.poll_message(cx)),
                     if !(half_closed || behind && streak >= REQUESTS_PER_POLL) =>
                 {
                     streak += 1;
@@ -187,21 +203,41 @@ impl StreamTask {
                         Err(_) => Err(Gone),
                     }
                 }
-                changed = fed.changed(), if !behind => match changed {
-                    Ok(()) => {
-                        behind = true;
-                        Ok(())
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    let mut step = Ok(());
+                    if now >= progress_at {
+                        // Counted from now, as a missed tick is delayed.
+                        progress_at = now + every;
+                        step = self.progress_tick().await;
                     }
-                    Err(_) => Err(Gone),
-                },
-                _ = tick.tick() => self.progress_tick().await,
-                _ = leader_check.tick(), if self.require_leader => self.check_leader().await,
-                _ = std::future::ready(()), if behind => {
+                    if now >= check_at {
+                        check_at = match self.require_leader {
+                            true => now + LEADER_CHECK,
+                            false => progress_at,
+                        };
+                        if step.is_ok() && self.require_leader {
+                            step = self.check_leader().await;
+                        }
+                    }
+                    timer.as_mut().reset(progress_at.min(check_at));
+                    step
+                }
+                // Polls at once while behind, else once the feed moves: one
+                // pass of the loop per wake, not one to notice and another
+                // to poll.
+                () = std::future::poll_fn(|cx| match behind {
+                    true => std::task::Poll::Ready(()),
+                    false => feed.poll_moved(&self.waiter, seen, cx),
+                }) => {
                     streak = 0;
                     if let Some(until) = linger_until.take() {
                         tokio::time::sleep_until(until).await;
                     }
-                    let late = self.hub.feed.age() > LATE;
+                    let late = feed.age() > LATE;
+                    // Before the poll: a revision fed during it wakes the
+                    // stream again.
+                    seen = feed.fed();
                     match self.poll_all().await {
                         Ok((still, sent)) => {
                             if sent && late {

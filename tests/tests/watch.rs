@@ -399,8 +399,10 @@ async fn watchers_are_counted_and_forgotten_when_their_client_goes() {
     cluster.client().put("m/a1", "v").await.unwrap();
     assert_eq!(s.events(1).await.len(), 1);
     assert_eq!(s.events(1).await.len(), 1);
-    wait_metrics(addr, "events counted", LONG, |m| {
+    // Two watchers, one event each: two responses.
+    wait_metrics(addr, "events and their responses counted", LONG, |m| {
         value(m, "nines_watch_events_sent_total") >= 2.0
+            && value(m, "nines_watch_event_responses_sent_total") >= 2.0
     })
     .await;
     // The client goes away without canceling: its watchers are dropped.

@@ -284,7 +284,7 @@ impl Collector for Scraped {
 }
 
 fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result {
-    let counters: [(&str, &str, &AtomicU64); 38] = [
+    let counters: [(&str, &str, &AtomicU64); 39] = [
         (
             "leases_expired",
             "Leases this member revoked as leader because they expired.",
@@ -341,6 +341,11 @@ fn encode_counters(e: &mut DescriptorEncoder, c: &Counters) -> std::fmt::Result 
             &c.read_vote_checks_confirmed,
         ),
         ("watch_events_sent", "Watch events sent to clients.", &c.watch_events_sent),
+        (
+            "watch_event_responses_sent",
+            "Watch responses that carried events (events per response: the batching).",
+            &c.watch_event_responses_sent,
+        ),
         (
             "watch_history_reads",
             "Reads of the store's history for watchers.",

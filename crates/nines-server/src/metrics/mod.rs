@@ -50,6 +50,9 @@ pub struct Counters {
     /// Gauge: open watch streams.
     pub watch_streams: AtomicU64,
     pub watch_events_sent: AtomicU64,
+    /// Responses that carried them: events per response is how much a
+    /// stream's responses batch.
+    pub watch_event_responses_sent: AtomicU64,
     /// Reads of history for watchers (the shared feed's, and those of
     /// watchers that fell behind it).
     pub watch_history_reads: AtomicU64,

@@ -462,13 +462,16 @@ impl StreamTask {
     /// Polls every watcher once; says whether any still has events to
     /// read, and whether any events were sent.
     async fn poll_all(&mut self) -> Result<(bool, bool), Gone> {
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
         let mut behind = false;
         let mut sent = false;
-        for id in ids {
-            let Some(entry) = self.watchers.get_mut(&id) else {
-                continue;
+        // In id order from a cursor (a watcher may be canceled on the way),
+        // without collecting the ids on every poll.
+        let mut from = Some(i64::MIN);
+        while let Some(cursor) = from {
+            let Some((&id, entry)) = self.watchers.range_mut(cursor..).next() else {
+                break;
             };
+            from = id.checked_add(1);
             let polled = self.hub.poll(&mut entry.watcher, POLL_BYTES).await;
             let fragment = entry.fragment;
             match polled {
@@ -528,6 +531,7 @@ impl StreamTask {
         fragment: bool,
     ) -> Result<(), Gone> {
         let sent = events.len() as u64;
+        let mut responses = 0;
         for (last, chunk) in chunks(events, fragment) {
             let revision = if last { through } else { chunk.last_revision };
             let response = epb::WatchResponse {
@@ -538,11 +542,15 @@ impl StreamTask {
                 ..Default::default()
             };
             self.send(response).await?;
+            responses += 1;
         }
-        self.hub
-            .counters
+        let counters = &self.hub.counters;
+        counters
             .watch_events_sent
             .fetch_add(sent, Ordering::Relaxed);
+        counters
+            .watch_event_responses_sent
+            .fetch_add(responses, Ordering::Relaxed);
         Ok(())
     }
 

@@ -158,10 +158,16 @@ impl Feed {
     /// registered without a lock, and only a push walks the list.
     pub fn waiter(&self) -> Arc<AtomicWaker> {
         let waiter = Arc::new(AtomicWaker::new());
-        self.waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(waiter.clone());
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Slots of ended streams leave at the next push; streams opened and
+        // closed while nothing is written would pile up until then, so the
+        // list is also pruned each time it reaches a power of two (at most
+        // twice the live streams, a prune per doubling).
+        if waiters.len() >= 64 && waiters.len().is_power_of_two() {
+            waiters.retain(|w| Arc::strong_count(w) > 1);
+        }
+        waiters.push(waiter.clone());
+        drop(waiters);
         waiter
     }
 
@@ -367,5 +373,17 @@ mod tests {
         drop(waiters);
         feed.push(Batch::new(2, 2, Vec::new()));
         assert!(feed.waiters.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn streams_that_come_and_go_without_a_write_leave_no_pile_of_slots() {
+        let feed = Feed::new(0, 1 << 20, Arc::new(Counters::default()));
+        let live: Vec<_> = (0..10).map(|_| feed.waiter()).collect();
+        for _ in 0..100_000 {
+            drop(feed.waiter());
+        }
+        let slots = feed.waiters.lock().unwrap().len();
+        assert!(slots <= 256, "{slots} slots kept for 10 live streams");
+        drop(live);
     }
 }

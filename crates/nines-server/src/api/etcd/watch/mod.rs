@@ -141,6 +141,9 @@ struct Gone;
 
 impl Drop for StreamTask {
     fn drop(&mut self) {
+        // The slot stays in the feed's list until its next prune; the task
+        // its waker would keep alive need not.
+        drop(self.waiter.take());
         for (_, entry) in std::mem::take(&mut self.watchers) {
             self.hub.drop_watcher(entry.watcher);
         }
@@ -165,8 +168,10 @@ impl StreamTask {
         let mut progress_at = now + every;
         // A stream that does not require a leader never checks: as far
         // off as its progress ticks.
+        // The first check at once, as etcd refuses such a stream on a
+        // member without a leader when it opens.
         let mut check_at = match self.require_leader {
-            true => now + LEADER_CHECK,
+            true => now,
             false => progress_at,
         };
         // One timer for both (each was a timer polled on every pass).
@@ -231,6 +236,9 @@ impl StreamTask {
                     false => feed.poll_moved(&self.waiter, seen, cx),
                 }) => {
                     streak = 0;
+                    // No wakes from the feed while lingering or polling (the
+                    // next pass compares revisions, so none is missed).
+                    drop(self.waiter.take());
                     if let Some(until) = linger_until.take() {
                         tokio::time::sleep_until(until).await;
                     }

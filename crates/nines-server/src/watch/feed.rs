@@ -110,6 +110,12 @@ pub struct Feed {
     born: Instant,
 }
 
+/// Whether a waiter slot's stream still holds it (the list holds the other
+/// reference).
+fn held(waiter: &Arc<AtomicWaker>) -> bool {
+    Arc::strong_count(waiter) > 1
+}
+
 /// Bytes read from the store per step of the feed.
 const READ_BYTES: usize = 1 << 20;
 
@@ -142,9 +148,14 @@ impl Feed {
         self.born.elapsed().saturating_sub(at)
     }
 
-    fn moved(&self) {
+    /// Moves `fed` (both its atomic and its channel) to `revision`, noting
+    /// when; the caller holds the ring's write lock and wakes the waiters
+    /// after releasing it.
+    fn advance(&self, revision: i64) {
         let now = self.born.elapsed().as_nanos() as u64;
         self.fed_at.store(now, Ordering::Relaxed);
+        self.fed_now.store(revision, Ordering::Release);
+        self.fed.send_replace(revision);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {
@@ -164,7 +175,7 @@ impl Feed {
         // list is also pruned each time it reaches a power of two (at most
         // twice the live streams, a prune per doubling).
         if waiters.len() >= 64 && waiters.len().is_power_of_two() {
-            waiters.retain(|w| Arc::strong_count(w) > 1);
+            waiters.retain(held);
         }
         waiters.push(waiter.clone());
         drop(waiters);
@@ -185,7 +196,7 @@ impl Feed {
     /// of streams that are gone.
     fn wake_waiters(&self) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        waiters.retain(|w| Arc::strong_count(w) > 1);
+        waiters.retain(held);
         for waiter in waiters.iter() {
             waiter.wake();
         }
@@ -243,10 +254,8 @@ impl Feed {
             while ring.total() > self.max_bytes && ring.batches.len() > 1 {
                 ring.pop_front();
             }
-            // Sent under the ring lock: the contiguity check above reads it.
-            self.moved();
-            self.fed_now.store(through, Ordering::Release);
-            self.fed.send_replace(through);
+            // Under the ring lock: the contiguity check above reads it.
+            self.advance(through);
         }
         // Outside the ring lock, which the woken streams read under.
         self.wake_waiters();
@@ -264,9 +273,7 @@ impl Feed {
             ring.batches.clear();
             ring.bytes = 0;
             *ring.prev_bytes.get_mut() = 0;
-            self.moved();
-            self.fed_now.store(revision, Ordering::Release);
-            self.fed.send_replace(revision);
+            self.advance(revision);
         }
         self.wake_waiters();
     }

@@ -166,16 +166,14 @@ impl StreamTask {
         let every = self.core.config.watch_progress_interval;
         let now = tokio::time::Instant::now();
         let mut progress_at = now + every;
-        // A stream that does not require a leader never checks: as far
-        // off as its progress ticks.
-        // The first check at once, as etcd refuses such a stream on a
-        // member without a leader when it opens.
-        let mut check_at = match self.require_leader {
-            true => now,
-            false => progress_at,
+        // Only a stream that requires a leader checks, the first time at
+        // once, as etcd refuses such a stream on a member without one.
+        let mut check_at = self.require_leader.then_some(now);
+        let due = |progress_at: tokio::time::Instant, check_at: Option<tokio::time::Instant>| {
+            check_at.map_or(progress_at, |c| c.min(progress_at))
         };
         // One timer for both (each was a timer polled on every pass).
-        let timer = tokio::time::sleep_until(progress_at.min(check_at));
+        let timer = tokio::time::sleep_until(due(progress_at, check_at));
         tokio::pin!(timer);
         // Some watcher may have events to read: poll before waiting.
         let mut behind = false;
@@ -216,16 +214,13 @@ impl StreamTask {
                         progress_at = now + every;
                         step = self.progress_tick().await;
                     }
-                    if now >= check_at {
-                        check_at = match self.require_leader {
-                            true => now + LEADER_CHECK,
-                            false => progress_at,
-                        };
-                        if step.is_ok() && self.require_leader {
+                    if check_at.is_some_and(|at| now >= at) {
+                        check_at = Some(now + LEADER_CHECK);
+                        if step.is_ok() {
                             step = self.check_leader().await;
                         }
                     }
-                    timer.as_mut().reset(progress_at.min(check_at));
+                    timer.as_mut().reset(due(progress_at, check_at));
                     step
                 }
                 // Polls at once while behind, else once the feed moves: one
